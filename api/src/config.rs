@@ -1,0 +1,391 @@
+//! The api's configuration, read from the environment (and `.env`) and validated at start.
+//!
+//! Every problem is reported at once, each with the variable's name and how to fix it, so a
+//! misconfigured deploy fails in its first second instead of at the first request.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use ipnet::IpNet;
+use shared::token::{Digest, MIN_SECRET_LEN};
+
+/// Validated settings of one api process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub redis_url: String,
+    pub amqp_url: String,
+    pub bind: SocketAddr,
+    /// Origin links are built from (never from the request's `Host`), without trailing slash.
+    pub public_base_url: String,
+    pub token_secrets: Vec<Vec<u8>>,
+    pub token_digest: Digest,
+    pub reset_token_max_age: Duration,
+    pub verify_token_max_age: Duration,
+    pub rate_limit_email_per_hour: u32,
+    pub rate_limit_ip_per_hour: u32,
+    pub login_limit_per_hour: u32,
+    pub trusted_proxies: Vec<IpNet>,
+    pub retry_schedule_secs: Vec<u64>,
+    pub cookie_secure: bool,
+    pub session_ttl: Duration,
+    pub argon2: Argon2Params,
+    /// Hashes allowed to run at once on the blocking pool.
+    pub hash_concurrency: usize,
+    /// How long a publish may wait for the broker's confirm before the request gets a 503.
+    pub publish_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    /// Namespace for Redis keys (empty in production; lets tests share one Redis).
+    pub redis_key_prefix: String,
+    /// Namespace for broker object names (empty in production; prefer a vhost per environment).
+    pub broker_namespace: String,
+}
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Params {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Params {
+    /// OWASP's recommended argon2id setting (19 MiB, 2 passes, 1 lane).
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+/// All the problems found in the configuration, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Reads the process environment, after loading `.env` if there is one.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env is normal in production (variables come from the orchestrator).
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment in production, a map in tests).
+    /// `NAME_FILE` is honoured for every variable, so secrets can come from mounted files.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            lookup: &lookup,
+            errors: Vec::new(),
+        };
+        let database_url = r.required(
+            "DATABASE_URL",
+            "e.g. postgres://postgres@127.0.0.1:5432/pwrecovery",
+        );
+        let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
+        let amqp_url = r.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let bind = r.parsed(
+            "API_BIND",
+            "127.0.0.1:8080",
+            "a socket address such as 0.0.0.0:8080",
+        );
+        let public_base_url = r.public_base_url();
+        let token_secrets = r.token_secrets();
+        let token_digest = r.parsed("TOKEN_DIGEST", "sha256", "sha256 or sha1");
+        let reset_max = r.number("RESET_TOKEN_MAX_AGE_SECS", 3600, 60, 7 * 86_400);
+        let verify_max = r.number("VERIFY_TOKEN_MAX_AGE_SECS", 86_400, 60, 30 * 86_400);
+        let email_limit = r.number("RATE_LIMIT_EMAIL_PER_HOUR", 3, 1, 1000);
+        let ip_limit = r.number("RATE_LIMIT_IP_PER_HOUR", 10, 1, 1_000_000);
+        let login_limit = r.number("RATE_LIMIT_LOGIN_PER_HOUR", 20, 1, 1_000_000);
+        let trusted_proxies = r.trusted_proxies();
+        let retry = r.string("MAIL_RETRY_SCHEDULE_SECS", "5,30,120,600,3600");
+        let retry_schedule_secs = match shared::topology::parse_retry_schedule(&retry) {
+            Ok(s) => s,
+            Err(e) => {
+                r.errors.push(format!("MAIL_RETRY_SCHEDULE_SECS: {e}"));
+                Vec::new()
+            }
+        };
+        let cookie_secure = r.boolean("COOKIE_SECURE", true);
+        let session_ttl = r.number("SESSION_TTL_SECS", 7 * 86_400, 60, 90 * 86_400);
+        let defaults = Argon2Params::default();
+        let argon2 = Argon2Params {
+            memory_kib: r.number(
+                "ARGON2_MEMORY_KIB",
+                defaults.memory_kib.into(),
+                8,
+                4 * 1024 * 1024,
+            ) as u32,
+            iterations: r.number("ARGON2_ITERATIONS", defaults.iterations.into(), 1, 100) as u32,
+            parallelism: r.number("ARGON2_PARALLELISM", defaults.parallelism.into(), 1, 64) as u32,
+        };
+        if u64::from(argon2.memory_kib) < 8 * u64::from(argon2.parallelism) {
+            r.errors
+                .push("ARGON2_MEMORY_KIB: must be at least 8 × ARGON2_PARALLELISM".into());
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let hash_concurrency = r.number("HASH_CONCURRENCY", cores as u64, 1, 1024) as usize;
+        let publish_timeout = r.number("PUBLISH_TIMEOUT_MS", 5000, 100, 60_000);
+        let shutdown = r.number("SHUTDOWN_TIMEOUT_SECS", 10, 1, 600);
+        let redis_key_prefix = r.string("REDIS_KEY_PREFIX", "");
+        let broker_namespace = r.string("BROKER_NAMESPACE", "");
+
+        if !r.errors.is_empty() {
+            return Err(ConfigError(r.errors));
+        }
+        Ok(Self {
+            database_url,
+            redis_url,
+            amqp_url,
+            bind: bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            public_base_url,
+            token_secrets,
+            token_digest: token_digest.unwrap_or(Digest::Sha256),
+            reset_token_max_age: Duration::from_secs(reset_max),
+            verify_token_max_age: Duration::from_secs(verify_max),
+            rate_limit_email_per_hour: email_limit as u32,
+            rate_limit_ip_per_hour: ip_limit as u32,
+            login_limit_per_hour: login_limit as u32,
+            trusted_proxies,
+            retry_schedule_secs,
+            cookie_secure,
+            session_ttl: Duration::from_secs(session_ttl),
+            argon2,
+            hash_concurrency,
+            publish_timeout: Duration::from_millis(publish_timeout),
+            shutdown_timeout: Duration::from_secs(shutdown),
+            redis_key_prefix,
+            broker_namespace,
+        })
+    }
+
+    /// The secret used for pseudonyms of addresses and IPs (the signing secret).
+    pub fn pseudonym_secret(&self) -> &[u8] {
+        self.token_secrets.first().map_or(&[], Vec::as_slice)
+    }
+}
+
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn raw(&mut self, name: &str) -> Option<String> {
+        if let Some(v) = (self.lookup)(name) {
+            return Some(v);
+        }
+        let file = (self.lookup)(&format!("{name}_FILE"))?;
+        match std::fs::read_to_string(Path::new(&file)) {
+            Ok(v) => Some(v.trim_end_matches(['\r', '\n']).to_owned()),
+            Err(e) => {
+                self.errors
+                    .push(format!("{name}_FILE: cannot read {file:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn required(&mut self, name: &str, hint: &str) -> String {
+        match self.raw(name).filter(|v| !v.trim().is_empty()) {
+            Some(v) => v,
+            None => {
+                self.errors
+                    .push(format!("{name}: not set ({hint}; see .env.example)"));
+                String::new()
+            }
+        }
+    }
+
+    fn parsed<T: std::str::FromStr>(
+        &mut self,
+        name: &str,
+        default: &str,
+        expected: &str,
+    ) -> Option<T> {
+        let v = self.string(name, default);
+        match v.trim().parse() {
+            Ok(t) => Some(t),
+            Err(_) => {
+                self.errors
+                    .push(format!("{name}: expected {expected}, got {v:?}"));
+                None
+            }
+        }
+    }
+
+    fn number(&mut self, name: &str, default: u64, min: u64, max: u64) -> u64 {
+        let Some(v) = self.raw(name) else {
+            return default;
+        };
+        match v.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                self.errors.push(format!(
+                    "{name}: expected a whole number from {min} to {max}, got {v:?}"
+                ));
+                default
+            }
+        }
+    }
+
+    fn boolean(&mut self, name: &str, default: bool) -> bool {
+        match self.raw(name).map(|v| v.trim().to_ascii_lowercase()) {
+            None => default,
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => true,
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no") => false,
+            Some(v) => {
+                self.errors
+                    .push(format!("{name}: expected true or false, got {v:?}"));
+                default
+            }
+        }
+    }
+
+    fn public_base_url(&mut self) -> String {
+        let v = self.required(
+            "PUBLIC_BASE_URL",
+            "the origin users reach, e.g. https://account.example.com",
+        );
+        let trimmed = v.trim().trim_end_matches('/').to_owned();
+        let valid = (trimmed.starts_with("https://") || trimmed.starts_with("http://"))
+            && trimmed
+                .split("://")
+                .nth(1)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['?', '#', ' ', '@']));
+        if !v.is_empty() && !valid {
+            self.errors.push(format!(
+                "PUBLIC_BASE_URL: expected an http(s) origin such as https://account.example.com \
+                 (no query, fragment or credentials), got {v:?}"
+            ));
+        }
+        trimmed
+    }
+
+    fn token_secrets(&mut self) -> Vec<Vec<u8>> {
+        let v = self.required(
+            "TOKEN_SECRETS",
+            "comma-separated secrets of at least 32 bytes; generate one with `openssl rand -hex 32`",
+        );
+        let secrets: Vec<Vec<u8>> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        if !v.is_empty() && secrets.is_empty() {
+            self.errors.push("TOKEN_SECRETS: no secret given".into());
+        }
+        for (i, s) in secrets.iter().enumerate() {
+            if s.len() < MIN_SECRET_LEN {
+                self.errors.push(format!(
+                    "TOKEN_SECRETS: secret #{} is {} bytes; each needs at least {MIN_SECRET_LEN} \
+                     (generate one with `openssl rand -hex 32`)",
+                    i + 1,
+                    s.len()
+                ));
+            }
+        }
+        secrets
+    }
+
+    fn trusted_proxies(&mut self) -> Vec<IpNet> {
+        let v = self.string("TRUSTED_PROXIES", "");
+        let mut nets = Vec::new();
+        for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let parsed = item
+                .parse::<IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net),
+                Err(_) => self.errors.push(format!(
+                    "TRUSTED_PROXIES: {item:?} is not an IP address or CIDR range (e.g. 10.0.0.0/8)"
+                )),
+            }
+        }
+        nets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_minimal_environment_gets_production_defaults() {
+        let c = from(&[
+            ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
+            ("PUBLIC_BASE_URL", "https://account.example.com/"),
+            ("TOKEN_SECRETS", SECRET),
+        ])
+        .expect("valid");
+        assert_eq!(c.public_base_url, "https://account.example.com");
+        assert_eq!(c.rate_limit_email_per_hour, 3);
+        assert_eq!(c.rate_limit_ip_per_hour, 10);
+        assert_eq!(c.reset_token_max_age, Duration::from_secs(3600));
+        assert!(c.cookie_secure);
+        assert_eq!(c.token_digest, Digest::Sha256);
+        assert_eq!(c.retry_schedule_secs, vec![5, 30, 120, 600, 3600]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_the_variable_name_and_a_fix() {
+        let err = from(&[
+            ("PUBLIC_BASE_URL", "ftp://x"),
+            ("TOKEN_SECRETS", "short"),
+            ("TOKEN_DIGEST", "md5"),
+            ("RATE_LIMIT_IP_PER_HOUR", "-1"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, nonsense"),
+            ("COOKIE_SECURE", "maybe"),
+        ])
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "DATABASE_URL: not set",
+            "PUBLIC_BASE_URL: expected an http(s) origin",
+            "TOKEN_SECRETS: secret #1 is 5 bytes",
+            "openssl rand -hex 32",
+            "TOKEN_DIGEST: expected sha256 or sha1",
+            "RATE_LIMIT_IP_PER_HOUR: expected a whole number",
+            "TRUSTED_PROXIES: \"nonsense\"",
+            "COOKIE_SECURE: expected true or false",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let file = dir.join("secrets");
+        std::fs::write(&file, format!("{SECRET},{SECRET}x\n")).expect("write");
+        let c = from(&[
+            ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
+            ("PUBLIC_BASE_URL", "http://127.0.0.1:8080"),
+            ("TOKEN_SECRETS_FILE", file.to_str().expect("utf-8 path")),
+            ("TRUSTED_PROXIES", "10.0.0.0/8,192.0.2.1"),
+        ])
+        .expect("valid");
+        assert_eq!(c.token_secrets.len(), 2);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,196 @@
+//! One error type for every handler, with a stable machine-readable `code` per variant.
+//!
+//! Every error body has the shape `{"code": "...", "message": "..."}`. Server-side failures
+//! are opaque to the client (code and request id only) and their cause is logged once, here.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+/// Seconds a client is told to wait after a 503.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
+/// What went wrong, as the client may learn it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the email address is not valid: {0}")]
+    InvalidEmail(String),
+    #[error("the password is too weak: {0}")]
+    WeakPassword(String),
+    #[error("the password is longer than 1024 bytes")]
+    PasswordTooLong,
+    #[error("this link is invalid or has been replaced by a newer one")]
+    TokenInvalid,
+    #[error("this link has expired; request a new one")]
+    TokenExpired,
+    #[error("this link has already been used")]
+    TokenUsed,
+    #[error("the email address or password is wrong")]
+    InvalidCredentials,
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("too many requests from this address; try again later")]
+    RateLimitedIp { retry_after_secs: u64 },
+    #[error("too many sign-in attempts; try again later")]
+    RateLimitedLogin { retry_after_secs: u64 },
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request body does not match the expected fields: {0}")]
+    InvalidBody(String),
+    #[error("expected a body with Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    #[error("no such resource")]
+    NotFound,
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    /// A dependency (PostgreSQL, Redis, RabbitMQ) is unreachable or too slow. Never a 202 for
+    /// work that was not durably accepted.
+    #[error("the service is temporarily unavailable; try again shortly")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// The stable error code clients and dashboards key on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidEmail(_) => "invalid_email",
+            ApiError::WeakPassword(_) => "weak_password",
+            ApiError::PasswordTooLong => "password_too_long",
+            ApiError::TokenInvalid => "token_invalid",
+            ApiError::TokenExpired => "token_expired",
+            ApiError::TokenUsed => "token_used",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::RateLimitedIp { .. } => "rate_limited_ip",
+            ApiError::RateLimitedLogin { .. } => "rate_limited_login",
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidEmail(_)
+            | ApiError::WeakPassword(_)
+            | ApiError::PasswordTooLong
+            | ApiError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TokenInvalid
+            | ApiError::TokenExpired
+            | ApiError::TokenUsed
+            | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidCredentials | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimitedIp { .. } | ApiError::RateLimitedLogin { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Wraps an infrastructure failure as a 503.
+    pub fn unavailable(e: impl Into<anyhow::Error>) -> Self {
+        ApiError::Unavailable(e.into())
+    }
+}
+
+/// The JSON error body.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            // Log the cause once; the client only sees the code (and the request id header).
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(error = %format!("{cause:#}"), "dependency unavailable")
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %format!("{cause:#}"), "internal error")
+            }
+            _ => {}
+        }
+        let retry_after = match &self {
+            ApiError::RateLimitedIp { retry_after_secs }
+            | ApiError::RateLimitedLogin { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        let body = ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response.extensions_mut().insert(ErrorCode(self.code()));
+        response
+    }
+}
+
+/// The code of an error response, left in the response extensions for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => ApiError::Unavailable(e.into()),
+            sqlx::Error::Database(ref db)
+                // 57P01..03: admin shutdown / crash shutdown / cannot connect now.
+                if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
+            {
+                ApiError::Unavailable(e.into())
+            }
+            _ => ApiError::Internal(e.into()),
+        }
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(e: redis::RedisError) -> Self {
+        // Fail closed: without Redis no limit, burn or session can be checked.
+        ApiError::Unavailable(e.into())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for ApiError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        ApiError::Unavailable(e.into())
+    }
+}
+
+impl From<tokio::time::error::Elapsed> for ApiError {
+    fn from(e: tokio::time::error::Elapsed) -> Self {
+        ApiError::Unavailable(anyhow::Error::new(e).context("dependency timed out"))
+    }
+}

@@ -1,0 +1,318 @@
+//! Request extractors: JSON bodies with our error shape, the client IP, the locale and the
+//! authenticated user.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    extract::{ConnectInfo, FromRequest, FromRequestParts, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode, header, request::Parts},
+};
+use ipnet::IpNet;
+
+use crate::{error::ApiError, sessions, startup::AppState, store::users::User};
+
+/// `Json<T>` whose rejections answer with our error shape: 415 for a missing JSON content
+/// type, 413 over the body limit, 400 for malformed JSON, 422 for well-formed JSON with the
+/// wrong fields.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct AppJson<T>(pub T);
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::JsonSyntaxError(e) => ApiError::MalformedJson(clip(&e.body_text())),
+            JsonRejection::JsonDataError(e) => ApiError::InvalidBody(clip(&e.body_text())),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge
+            }
+            other => ApiError::MalformedJson(clip(&other.body_text())),
+        }
+    }
+}
+
+/// Keeps error messages short: they may quote the client's own input back.
+fn clip(s: &str) -> String {
+    const MAX: usize = 200;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// The client's IP: the socket peer, or the forwarded address when the peer is a trusted
+/// proxy. Headers from anyone else are ignored, so a client cannot pick its own rate-limit
+/// bucket by sending `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("server started without connect info"))
+            })?;
+        Ok(ClientIp(client_ip(
+            peer,
+            &parts.headers,
+            &state.config.trusted_proxies,
+        )))
+    }
+}
+
+/// Resolves the client address from the peer and `X-Forwarded-For`, trusting only `trusted`.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    // Walk the chain from the nearest hop outwards; the first address that is not one of our
+    // proxies is the client. Everything left of it was written by the client and is ignored.
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = canonical(ip);
+                if !is_trusted(&client) {
+                    break;
+                }
+            }
+            // A garbled entry: stop at the last address a trusted proxy vouched for.
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The language emails for this request are written in, from `Accept-Language`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locale(pub &'static str);
+
+/// Locales the templates exist for; the first is the fallback.
+pub const LOCALES: [&str; 2] = ["en", "zh-CN"];
+
+impl<S: Send + Sync> FromRequestParts<S> for Locale {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        Ok(Locale(negotiate_locale(header)))
+    }
+}
+
+/// Picks the supported locale with the highest q-value (ties: the earlier entry).
+pub fn negotiate_locale(accept_language: &str) -> &'static str {
+    let mut best: Option<(f32, &'static str)> = None;
+    for item in accept_language.split(',').take(20) {
+        let mut parts = item.split(';');
+        let tag = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+            })
+            .unwrap_or(1.0);
+        let supported = if tag == "zh" || tag.starts_with("zh-") {
+            Some("zh-CN")
+        } else if tag == "en" || tag.starts_with("en-") {
+            Some("en")
+        } else {
+            None
+        };
+        if let Some(locale) = supported
+            && q > 0.0
+            && best.is_none_or(|(bq, _)| q > bq)
+        {
+            best = Some((q, locale));
+        }
+    }
+    best.map_or(LOCALES[0], |(_, l)| l)
+}
+
+/// The signed-in user, from `Authorization: Bearer …` or the session cookie.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user: User,
+    pub session: sessions::SessionToken,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let raw = bearer(&parts.headers)
+            .or_else(|| cookie(&parts.headers, sessions::COOKIE_NAME))
+            .ok_or(ApiError::Unauthorized)?;
+        let session = sessions::SessionToken::parse(&raw).ok_or(ApiError::Unauthorized)?;
+        let Some(pv) = state.sessions.lookup(&session).await? else {
+            return Err(ApiError::Unauthorized);
+        };
+        let user = crate::store::users::by_id(&state.db, session.user)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        // A session dies with the password it was created under, even if its revocation in
+        // Redis was missed.
+        if user.password_version != pv {
+            return Err(ApiError::Unauthorized);
+        }
+        Ok(AuthUser { user, session })
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then(|| v.to_owned())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_str(v).expect("header"));
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn forwarded_headers_from_untrusted_peers_are_ignored() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        assert_eq!(
+            client_ip(ip("203.0.113.5"), &xff("1.2.3.4"), &trusted),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            client_ip(ip("203.0.113.5"), &xff("1.2.3.4"), &[]),
+            ip("203.0.113.5")
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_chain_yields_the_first_untrusted_hop_from_the_right() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let h = xff("6.6.6.6, 198.51.100.7, 10.1.1.1");
+        assert_eq!(client_ip(ip("10.0.0.2"), &h, &trusted), ip("198.51.100.7"));
+        // No header: the proxy itself is the client.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.2")
+        );
+        // Garbage stops the walk at the last vouched-for address.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &xff("1.1.1.1, nonsense"), &trusted),
+            ip("10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_peers_are_treated_as_ipv4() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().expect("net")];
+        assert_eq!(
+            client_ip(ip("::ffff:127.0.0.1"), &xff("192.0.2.1"), &trusted),
+            ip("192.0.2.1")
+        );
+    }
+
+    #[test]
+    fn locale_negotiation_honours_q_values_and_falls_back_to_english() {
+        assert_eq!(negotiate_locale("zh-CN,zh;q=0.9,en;q=0.8"), "zh-CN");
+        assert_eq!(negotiate_locale("en-US,zh;q=0.5"), "en");
+        assert_eq!(negotiate_locale("fr-FR, zh-TW;q=0.3"), "zh-CN");
+        assert_eq!(negotiate_locale("de"), "en");
+        assert_eq!(negotiate_locale(""), "en");
+        assert_eq!(negotiate_locale("zh;q=0, en;q=0.1"), "en");
+    }
+
+    #[test]
+    fn session_tokens_come_from_bearer_or_cookie() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc.def"),
+        );
+        assert_eq!(bearer(&h).as_deref(), Some("abc.def"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; session=xyz; b=2"),
+        );
+        assert_eq!(cookie(&h, "session").as_deref(), Some("xyz"));
+    }
+}
+
+/// Correlation ids of the request: our `x-request-id` (set by the request-id layer) and the
+/// caller's W3C `traceparent`, copied into every job so logs can be joined across services.
+#[derive(Debug, Clone, Default)]
+pub struct RequestTrace(pub shared::message::Trace);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let get = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= 128)
+                .map(str::to_owned)
+        };
+        Ok(RequestTrace(shared::message::Trace {
+            request_id: get("x-request-id"),
+            traceparent: get("traceparent"),
+        }))
+    }
+}

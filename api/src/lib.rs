@@ -1,0 +1,17 @@
+//! The api service: sign-up, sign-in, forgot-password and reset-password over HTTP, with
+//! Redis rate limits, one-time tokens, argon2id hashing, PostgreSQL storage and confirmed
+//! publishing of every email to RabbitMQ.
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod hashing;
+pub mod password_policy;
+pub mod publisher;
+pub mod rate_limit;
+pub mod redis_pool;
+pub mod routes;
+pub mod sessions;
+pub mod startup;
+pub mod store;
+pub mod tokens;

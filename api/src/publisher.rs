@@ -1,0 +1,280 @@
+//! Publishing to RabbitMQ with publisher confirms, reconnecting by itself.
+//!
+//! A request only gets its 2xx after the broker confirmed the message (it is then on disk
+//! in a quorum queue). An unroutable message (`mandatory`), a nack, a lost connection or a
+//! confirm slower than `PUBLISH_TIMEOUT_MS` is an error, which the handler turns into a 503.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+use shared::{message::Envelope, topology::Topology};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::error::ApiError;
+
+/// Deadline for connecting and declaring the topology.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Minimum pause between two failed reconnection attempts, so an outage is not a storm.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+struct Link {
+    connection: Connection,
+    channel: Channel,
+}
+
+struct Inner {
+    url: String,
+    topology: Topology,
+    confirm_timeout: Duration,
+    link: RwLock<Option<Link>>,
+    /// Held while (re)connecting; remembers when the last attempt failed.
+    reconnecting: Mutex<Option<Instant>>,
+}
+
+/// A cloneable publisher shared by all requests (one AMQP channel; confirms are matched to
+/// publishes by the channel, so concurrent publishes are safe and pipelined).
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+impl Publisher {
+    /// Creates the publisher and tries to connect once. A broker that is down at start is not
+    /// fatal: requests get 503 and the keeper task connects when the broker is back.
+    pub async fn start(url: String, topology: Topology, confirm_timeout: Duration) -> Self {
+        let publisher = Self {
+            inner: Arc::new(Inner {
+                url,
+                topology,
+                confirm_timeout,
+                link: RwLock::new(None),
+                reconnecting: Mutex::new(None),
+            }),
+        };
+        if let Err(e) = publisher.channel().await {
+            tracing::warn!(error = %format!("{e:#}"), "RabbitMQ unreachable at start; will keep trying");
+        }
+        let keeper = publisher.clone();
+        tokio::spawn(async move {
+            // Reconnect in the background too, so readiness recovers without traffic.
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                if Arc::strong_count(&keeper.inner) == 1 {
+                    break; // the application is gone
+                }
+                if !keeper.is_connected().await {
+                    let _ = keeper.channel().await;
+                }
+            }
+        });
+        publisher
+    }
+
+    /// The topology this publisher declared.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// Whether a usable channel is open (readiness).
+    pub async fn is_connected(&self) -> bool {
+        self.inner
+            .link
+            .read()
+            .await
+            .as_ref()
+            .is_some_and(Link::usable)
+    }
+
+    /// Publishes a mail job and waits for the broker's confirm.
+    pub async fn publish_job(&self, envelope: &Envelope) -> Result<(), ApiError> {
+        let mut headers = FieldTable::default();
+        if let Some(id) = &envelope.trace.request_id {
+            headers.insert(
+                "x-request-id".into(),
+                AMQPValue::LongString(LongString::from(id.as_str())),
+            );
+        }
+        if let Some(tp) = &envelope.trace.traceparent {
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(LongString::from(tp.as_str())),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_message_id(envelope.id.to_string().into())
+            .with_type(envelope.job.kind().into())
+            .with_timestamp(envelope.created_at.timestamp().max(0) as u64)
+            .with_headers(headers);
+        let started = Instant::now();
+        let result = self
+            .publish(
+                self.inner.topology.mail_exchange(),
+                shared::topology::JOBS_ROUTING_KEY,
+                &envelope.encode(),
+                properties,
+                true,
+            )
+            .await;
+        metrics::histogram!("publish_duration_seconds", "kind" => envelope.job.kind())
+            .record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics::counter!("publish_failures_total", "kind" => envelope.job.kind()).increment(1);
+        }
+        result
+    }
+
+    /// Publishes a domain event to the `events` topic exchange. Not `mandatory`: an event
+    /// nobody subscribed to yet is not an error.
+    pub async fn publish_event(
+        &self,
+        routing_key: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.into()))?;
+        let properties = BasicProperties::default()
+            .with_message_id(uuid::Uuid::now_v7().to_string().into())
+            .with_type(routing_key.into());
+        self.publish(
+            self.inner.topology.events_exchange(),
+            routing_key,
+            &bytes,
+            properties,
+            false,
+        )
+        .await
+    }
+
+    async fn publish(
+        &self,
+        exchange: String,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), ApiError> {
+        let channel = self.channel().await?;
+        let properties = properties
+            .with_content_type("application/json".into())
+            // Persistent: the message is written to disk before the broker confirms it.
+            .with_delivery_mode(2);
+        let confirm = tokio::time::timeout(self.inner.confirm_timeout, async {
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        })
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(anyhow::anyhow!(
+                "broker did not confirm the publish in time"
+            ))
+        })?
+        .map_err(|e| ApiError::unavailable(anyhow::Error::new(e).context("publish failed")))?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(ApiError::unavailable(anyhow::anyhow!(
+                "broker returned the message as unroutable: {}",
+                returned.reply_text
+            ))),
+            Confirmation::Nack(_) => Err(ApiError::unavailable(anyhow::anyhow!(
+                "broker refused the message (nack)"
+            ))),
+            Confirmation::NotRequested => Err(ApiError::Internal(anyhow::anyhow!(
+                "publisher confirms are not enabled on the channel"
+            ))),
+        }
+    }
+
+    /// A usable channel, reconnecting when the current one is gone.
+    async fn channel(&self) -> Result<Channel, ApiError> {
+        if let Some(link) = self.inner.link.read().await.as_ref()
+            && link.usable()
+        {
+            return Ok(link.channel.clone());
+        }
+        // One task reconnects; the others fail fast instead of queueing behind it.
+        let Ok(mut last_failure) = self.inner.reconnecting.try_lock() else {
+            return Err(ApiError::unavailable(anyhow::anyhow!(
+                "reconnecting to RabbitMQ"
+            )));
+        };
+        if let Some(link) = self.inner.link.read().await.as_ref()
+            && link.usable()
+        {
+            return Ok(link.channel.clone());
+        }
+        if last_failure.is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF) {
+            return Err(ApiError::unavailable(anyhow::anyhow!(
+                "RabbitMQ unreachable"
+            )));
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+            Ok(Ok(link)) => {
+                let channel = link.channel.clone();
+                let old = self.inner.link.write().await.replace(link);
+                if let Some(old) = old {
+                    let _ = old.connection.close(200, "replaced".into()).await;
+                }
+                *last_failure = None;
+                tracing::info!("connected to RabbitMQ");
+                Ok(channel)
+            }
+            Ok(Err(e)) => {
+                *last_failure = Some(Instant::now());
+                Err(ApiError::unavailable(
+                    anyhow::Error::new(e).context("cannot connect to RabbitMQ"),
+                ))
+            }
+            Err(_) => {
+                *last_failure = Some(Instant::now());
+                Err(ApiError::unavailable(anyhow::anyhow!(
+                    "connecting to RabbitMQ timed out"
+                )))
+            }
+        }
+    }
+
+    async fn connect(&self) -> lapin::Result<Link> {
+        let properties = ConnectionProperties::default().with_connection_name("api".into());
+        let connection = Connection::connect(&self.inner.url, properties).await?;
+        let channel = connection.create_channel().await?;
+        self.inner.topology.declare(&channel).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Link {
+            connection,
+            channel,
+        })
+    }
+
+    /// Closes the connection (graceful shutdown).
+    pub async fn close(&self) {
+        if let Some(link) = self.inner.link.write().await.take() {
+            let _ = link.connection.close(200, "shutting down".into()).await;
+        }
+    }
+}
+
+impl Link {
+    fn usable(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+}

@@ -1,0 +1,243 @@
+//! `POST /v1/password/forgot` and `POST /v1/password/reset`.
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde::Deserialize;
+use serde_json::json;
+use shared::{
+    email,
+    message::{Envelope, Job},
+    token::Purpose,
+};
+
+use crate::{
+    error::ApiError,
+    extract::{AppJson, ClientIp, Locale, RequestTrace},
+    password_policy,
+    startup::AppState,
+    store::{self, audit::AuditEvent},
+    tokens::Rejected,
+};
+
+/// The one answer to every well-formed forgot-password request within the IP budget.
+pub const FORGOT_ACCEPTED_MESSAGE: &str =
+    "If an account exists for that address, a link to reset its password is on its way.";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/password/forgot", post(request_password_reset))
+        .route("/v1/password/reset", post(reset_password))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ForgotRequest {
+    pub email: String,
+}
+
+/// Queues a reset email without looking the address up.
+///
+/// Known, unknown and over-budget addresses take exactly the same path: count both budgets
+/// in one Redis round trip, publish one confirmed job carrying the verdict, answer the same
+/// 202. Only the worker learns whether the address has an account, so neither the answer
+/// nor its timing can reveal it. The per-IP limit is the one visible refusal: it says
+/// nothing about any address.
+pub async fn request_password_reset(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Locale(locale): Locale,
+    RequestTrace(trace): RequestTrace,
+    AppJson(body): AppJson<ForgotRequest>,
+) -> Result<Response, ApiError> {
+    let address =
+        email::normalize(&body.email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
+    let now = state.clock.now();
+    let verdict = state.limiter.check_forgot(ip, address.key(), now).await?;
+    if !verdict.ip.allowed {
+        metrics::counter!("rate_limit_hits_total", "kind" => "forgot_ip").increment(1);
+        return Err(ApiError::RateLimitedIp {
+            retry_after_secs: verdict.ip.retry_after_secs,
+        });
+    }
+    if !verdict.email.allowed {
+        // Invisible to the client by design; still counted for operators.
+        metrics::counter!("rate_limit_hits_total", "kind" => "forgot_email").increment(1);
+    }
+    let job = Envelope::new(
+        Job::PasswordResetRequested {
+            email: address.address().to_owned(),
+            ip: Some(ip.to_string()),
+            within_budget: verdict.email.allowed,
+        },
+        now,
+        chrono::Duration::from_std(state.config.reset_token_max_age)
+            .unwrap_or(chrono::Duration::hours(1)),
+        locale,
+        trace,
+    );
+    state.publisher.publish_job(&job).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "message": FORGOT_ACCEPTED_MESSAGE })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResetRequest {
+    pub token: String,
+    pub new_password: String,
+}
+
+/// Sets a new password through a reset link.
+///
+/// Order matters: every check that can fail without side effects runs before the burn, so a
+/// refused password leaves the link usable; the burn is the single point where concurrent
+/// submissions are decided; the password change, the audit row and the confirmed notice
+/// commit together or not at all.
+pub async fn reset_password(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Locale(locale): Locale,
+    RequestTrace(trace): RequestTrace,
+    AppJson(body): AppJson<ResetRequest>,
+) -> Result<StatusCode, ApiError> {
+    let request_id = trace.request_id.clone();
+    let (st, rid) = (&state, request_id.as_deref());
+    let audit =
+        |outcome: &'static str, user: Option<uuid::Uuid>| audit_reset(st, ip, rid, outcome, user);
+    let refuse = |rejected: Rejected| async move {
+        if !matches!(rejected.error, ApiError::Unavailable(_)) {
+            audit_reset(st, ip, rid, rejected.reason, rejected.user).await;
+        }
+        rejected.error
+    };
+
+    if let Err(e) = password_policy::check_length(&body.new_password) {
+        audit("password_too_long", None).await;
+        return Err(e);
+    }
+    let now = state.clock.now();
+    let token = match state
+        .tokens
+        .check(Purpose::PasswordReset, &body.token, now)
+        .await
+    {
+        Ok(t) => t,
+        Err(r) => return Err(refuse(r).await),
+    };
+    let user_id = token.claims.uid;
+    let Some(user) = store::users::by_id(&state.db, user_id).await? else {
+        audit("unknown_user", Some(user_id)).await;
+        return Err(ApiError::TokenInvalid);
+    };
+    if let Err(r) = state
+        .tokens
+        .check_password_version(&token, user.password_version)
+    {
+        return Err(refuse(r).await);
+    }
+    if let Err(e) = password_policy::check_new_password(&body.new_password, &user.email) {
+        audit("weak_password", Some(user_id)).await;
+        return Err(e);
+    }
+    if !state.tokens.burn(Purpose::PasswordReset, &token).await? {
+        audit("used", Some(user_id)).await;
+        return Err(ApiError::TokenUsed);
+    }
+
+    let result = async {
+        let hash = state.hasher.hash(body.new_password).await?;
+        let mut tx = state.db.begin().await?;
+        let Some(new_version) =
+            store::users::replace_password(&mut *tx, user_id, user.password_version, &hash).await?
+        else {
+            // The password changed between the check and the update (another link, another
+            // device): this link belongs to the old password.
+            return Ok(None);
+        };
+        store::audit::record(
+            &mut *tx,
+            &AuditEvent {
+                action: "password_reset",
+                outcome: "success",
+                user_id: Some(user_id),
+                ip: Some(ip),
+                address_hash: None,
+                request_id: trace.request_id.as_deref(),
+            },
+        )
+        .await?;
+        let notice = Envelope::new(
+            Job::PasswordChanged {
+                user_id,
+                email: user.email.clone(),
+                ip: Some(ip.to_string()),
+                password_version: new_version,
+            },
+            now,
+            chrono::Duration::days(1),
+            locale,
+            trace.clone(),
+        );
+        state.publisher.publish_job(&notice).await?;
+        state
+            .publisher
+            .publish_event(
+                shared::topology::PASSWORD_RESET_EVENT,
+                &json!({
+                    "user_id": user_id,
+                    "password_version": new_version,
+                    "occurred_at": now,
+                }),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok::<_, ApiError>(Some(new_version))
+    }
+    .await;
+
+    match result {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            audit("password_changed", Some(user_id)).await;
+            return Err(ApiError::TokenInvalid);
+        }
+        Err(e) => {
+            state.tokens.unburn(&token).await;
+            return Err(e);
+        }
+    }
+    // Sessions also die by their password version; deleting them is the fast path.
+    if let Err(e) = state.sessions.revoke_all(user_id).await {
+        tracing::warn!(error = %e, "session revocation failed; sessions die by password version");
+    }
+    metrics::counter!("password_resets_total").increment(1);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Records one reset attempt. A failed audit write must not turn a refusal into a 503; it is
+/// logged instead (successes are recorded inside the password transaction).
+async fn audit_reset(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    request_id: Option<&str>,
+    outcome: &'static str,
+    user: Option<uuid::Uuid>,
+) {
+    let event = AuditEvent {
+        action: "password_reset",
+        outcome,
+        user_id: user,
+        ip: Some(ip),
+        address_hash: None,
+        request_id,
+    };
+    if let Err(e) = store::audit::record(&state.db, &event).await {
+        tracing::error!(error = %e, outcome, "could not write audit row");
+    }
+}

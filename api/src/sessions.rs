@@ -1,0 +1,189 @@
+//! Sessions in Redis: revocable one at a time or all at once per user, each carrying the
+//! password version it was created under.
+//!
+//! A session token is `<user id>.<secret>`. Redis stores only a SHA-256 of the secret, so a
+//! dump of Redis cannot be replayed as sessions. All keys of a user share one hash tag, so the
+//! revoke-all script is valid on Redis Cluster.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use redis::Script;
+use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
+
+use crate::{error::ApiError, redis_pool::RedisPool};
+
+/// Name of the session cookie.
+pub const COOKIE_NAME: &str = "session";
+
+/// A parsed session token (never logged: its `Debug` hides the secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken {
+    pub user: Uuid,
+    secret: String,
+}
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionToken")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionToken {
+    /// Parses `<uuid>.<secret>`; anything else is no session.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (user, secret) = raw.split_once('.')?;
+        let user = Uuid::parse_str(user).ok()?;
+        let valid = (32..=64).contains(&secret.len())
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        valid.then(|| Self {
+            user,
+            secret: secret.to_owned(),
+        })
+    }
+
+    /// The wire form handed to the client.
+    pub fn expose(&self) -> String {
+        format!("{}.{}", self.user, self.secret)
+    }
+
+    fn secret_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.secret.as_bytes()))
+    }
+}
+
+/// Session storage.
+#[derive(Clone)]
+pub struct Sessions {
+    redis: RedisPool,
+    ttl: Duration,
+    revoke_all: Script,
+}
+
+/// Deletes every session key listed in the user's set, then the set. `KEYS[1]` is the set;
+/// session keys are `<set>:<hash>`, in the same slot thanks to the shared hash tag.
+const REVOKE_ALL_LUA: &str = r"
+local members = redis.call('SMEMBERS', KEYS[1])
+for _, m in ipairs(members) do
+  redis.call('DEL', KEYS[1] .. ':' .. m)
+end
+redis.call('DEL', KEYS[1])
+return #members
+";
+
+impl Sessions {
+    pub fn new(redis: RedisPool, ttl: Duration) -> Self {
+        Self {
+            redis,
+            ttl,
+            revoke_all: Script::new(REVOKE_ALL_LUA),
+        }
+    }
+
+    /// How long a new session lives.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Creates a session for `user` bound to `password_version`.
+    pub async fn create(
+        &self,
+        user: Uuid,
+        password_version: i32,
+        now: DateTime<Utc>,
+    ) -> Result<(SessionToken, DateTime<Utc>), ApiError> {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = SessionToken {
+            user,
+            secret: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+        };
+        let keys = self.redis.keys();
+        let hash = token.secret_hash();
+        let ttl = self.ttl.as_secs();
+        let set = keys.user_sessions(user);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .set_ex(keys.session(user, &hash), password_version, ttl)
+            .ignore()
+            .sadd(&set, &hash)
+            .ignore()
+            .expire(&set, ttl as i64)
+            .ignore();
+        self.redis
+            .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await?;
+        let expires_at = now + chrono::Duration::seconds(ttl as i64);
+        Ok((token, expires_at))
+    }
+
+    /// The password version of a live session, or `None` when it is unknown or expired.
+    pub async fn lookup(&self, token: &SessionToken) -> Result<Option<i32>, ApiError> {
+        let key = self.redis.keys().session(token.user, &token.secret_hash());
+        let pv: Option<i32> = self
+            .redis
+            .run(|mut c| async move { redis::cmd("GET").arg(&key).query_async(&mut c).await })
+            .await?;
+        Ok(pv)
+    }
+
+    /// Ends one session.
+    pub async fn revoke(&self, token: &SessionToken) -> Result<(), ApiError> {
+        let keys = self.redis.keys();
+        let hash = token.secret_hash();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(keys.session(token.user, &hash))
+            .ignore()
+            .srem(keys.user_sessions(token.user), &hash)
+            .ignore();
+        self.redis
+            .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await?;
+        Ok(())
+    }
+
+    /// Ends every session of `user`; returns how many there were.
+    pub async fn revoke_all(&self, user: Uuid) -> Result<u64, ApiError> {
+        let set = self.redis.keys().user_sessions(user);
+        let script = self.revoke_all.clone();
+        let n: u64 = self
+            .redis
+            .run(|mut c| async move { script.key(&set).invoke_async(&mut c).await })
+            .await?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_tokens_parse_only_in_their_own_shape() {
+        let user = Uuid::new_v4();
+        let secret = "A".repeat(43);
+        let t = SessionToken::parse(&format!("{user}.{secret}")).expect("valid");
+        assert_eq!(t.user, user);
+        assert_eq!(t.expose(), format!("{user}.{secret}"));
+        assert!(SessionToken::parse("nope").is_none());
+        assert!(SessionToken::parse(&format!("{user}.short")).is_none());
+        assert!(SessionToken::parse(&format!("{user}.{}", "a\"b".repeat(15))).is_none());
+        assert!(SessionToken::parse(&format!("not-a-uuid.{secret}")).is_none());
+    }
+
+    #[test]
+    fn debug_output_never_contains_the_secret() {
+        let user = Uuid::new_v4();
+        let secret = "S".repeat(43);
+        let t = SessionToken::parse(&format!("{user}.{secret}")).expect("valid");
+        assert!(!format!("{t:?}").contains(&secret));
+    }
+}

@@ -1,0 +1,249 @@
+//! Building the application: connections, state, router and server. `Application::build` is
+//! both the production start and the test harness (bind port 0, own database per test).
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::HeaderName,
+    middleware::{self, Next},
+    response::Response,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use shared::{clock::Clock, keys::Keys, token::TokenKeys, topology::Topology};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::{
+    config::Config,
+    error::{ApiError, ErrorCode},
+    hashing::Hasher,
+    publisher::Publisher,
+    rate_limit::RateLimiter,
+    redis_pool::RedisPool,
+    routes,
+    sessions::Sessions,
+    tokens::TokenService,
+};
+
+/// Largest request body accepted (JSON bodies here are well under 2 KiB).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    pub redis: RedisPool,
+    pub sessions: Sessions,
+    pub limiter: RateLimiter,
+    pub tokens: TokenService,
+    pub hasher: Hasher,
+    pub publisher: Publisher,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: PrometheusHandle,
+}
+
+/// A built, bound, not yet running api.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+/// The embedded migrations (also run by `api migrate`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl Application {
+    /// Connects to PostgreSQL (running pending migrations), Redis and RabbitMQ and binds the
+    /// listener. Uses the system clock.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(shared::clock::SystemClock)).await
+    }
+
+    /// Like [`Self::build`] with an injected clock (tests move time instead of sleeping).
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let db = connect_db(&config.database_url).await?;
+        MIGRATOR
+            .run(&db)
+            .await
+            .context("running database migrations")?;
+
+        let keys = Keys::new(config.redis_key_prefix.clone());
+        let redis = RedisPool::new(&config.redis_url, keys)
+            .context("REDIS_URL is not a valid Redis URL")?;
+        if !redis.ping().await {
+            tracing::warn!("Redis unreachable at start; requests will get 503 until it is back");
+        }
+        let topology = Topology::new(config.broker_namespace.clone(), &config.retry_schedule_secs);
+        let publisher =
+            Publisher::start(config.amqp_url.clone(), topology, config.publish_timeout).await;
+        let token_keys = TokenKeys::new(config.token_secrets.clone(), config.token_digest)
+            .map_err(|e| anyhow::anyhow!("TOKEN_SECRETS: {e}"))?;
+        let hasher = Hasher::new(config.argon2, config.hash_concurrency)?;
+
+        let state = AppState {
+            sessions: Sessions::new(redis.clone(), config.session_ttl),
+            limiter: RateLimiter::new(
+                redis.clone(),
+                config.pseudonym_secret(),
+                config.rate_limit_email_per_hour,
+                config.rate_limit_ip_per_hour,
+                config.login_limit_per_hour,
+            ),
+            tokens: TokenService::new(
+                token_keys,
+                redis.clone(),
+                config.reset_token_max_age,
+                config.verify_token_max_age,
+            ),
+            hasher,
+            publisher,
+            clock,
+            metrics: metrics_handle(),
+            db,
+            redis,
+            config: Arc::new(config),
+        };
+        let listener = TcpListener::bind(state.config.bind)
+            .await
+            .with_context(|| format!("cannot bind API_BIND={}", state.config.bind))?;
+        Ok(Self { listener, state })
+    }
+
+    /// The bound address (port 0 in the configuration becomes the real port here).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state (tests reach the pool and Redis through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
+    /// for up to `SHUTDOWN_TIMEOUT_SECS`, and closes the broker connection.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        tracing::info!(%addr, "api listening");
+        let state = self.state.clone();
+        let grace = state.config.shutdown_timeout;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = stopping_tx.send(());
+        };
+        let server = axum::serve(
+            self.listener,
+            router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal);
+        let drained = async move {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = server => result.context("server error")?,
+            () = drained => tracing::warn!("drain timeout reached; closing remaining connections"),
+        }
+        state.publisher.close().await;
+        state.db.close().await;
+        tracing::info!("api stopped");
+        Ok(())
+    }
+}
+
+/// Connects the PostgreSQL pool. Acquiring a connection is bounded so that an unreachable
+/// database turns into prompt 503s.
+pub async fn connect_db(url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(32)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+        .context("cannot connect to PostgreSQL (check DATABASE_URL and that the server runs)")
+}
+
+/// The router, shared by `main` and the tests.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .merge(routes::users::router())
+        .merge(routes::sessions::router())
+        .merge(routes::password::router())
+        .merge(routes::health::router())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(track))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// One log line and the request metrics per request. Logs the route pattern, never the URI:
+/// query strings may carry tokens.
+async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let code = response.extensions().get::<ErrorCode>().map_or("", |c| c.0);
+    metrics::counter!("http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method.to_string(), "route" => route.clone())
+        .record(elapsed.as_secs_f64());
+    tracing::info!(
+        request_id,
+        %method,
+        route,
+        status,
+        code,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// The process-wide Prometheus recorder (installed once; tests build many applications).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .expect("bucket list is not empty");
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is already installed (an embedding program): keep ours
+                // private instead of failing.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}

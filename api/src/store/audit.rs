@@ -1,0 +1,35 @@
+//! The `audit_events` table.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+/// One audit row.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEvent<'a> {
+    pub action: &'a str,
+    pub outcome: &'a str,
+    pub user_id: Option<Uuid>,
+    pub ip: Option<IpAddr>,
+    pub address_hash: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+}
+
+/// Appends an audit row.
+pub async fn record(db: impl PgExecutor<'_>, e: &AuditEvent<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(e.action)
+    .bind(e.outcome)
+    .bind(e.user_id)
+    .bind(e.ip.map(IpNet::from))
+    .bind(e.address_hash)
+    .bind(e.request_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! PostgreSQL queries, one module per table.
+
+pub mod audit;
+pub mod users;

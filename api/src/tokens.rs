@@ -1,0 +1,224 @@
+//! Checking and burning one-time tokens (reset and verification links).
+//!
+//! A token is accepted only if every check holds: signature under one of `TOKEN_SECRETS`,
+//! purpose (salt), age, the user's current password version, the user's newest generation in
+//! Redis, and no burn marker yet. Burning is a single `SET NX`, so of N concurrent uses
+//! exactly one wins.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use shared::token::{
+    Claims, MAX_CLOCK_SKEW_SECS, Purpose, TokenError, TokenKeys, token_fingerprint,
+};
+use uuid::Uuid;
+
+use crate::{error::ApiError, redis_pool::RedisPool};
+
+/// A token that passed the signature, age, generation and burn checks.
+#[derive(Debug, Clone)]
+pub struct CheckedToken {
+    pub claims: Claims,
+    fingerprint: String,
+}
+
+/// A refused token: the client's error, the user it named (when the signature was valid) and
+/// a reason for the audit trail and metrics.
+#[derive(Debug)]
+pub struct Rejected {
+    pub error: ApiError,
+    pub user: Option<Uuid>,
+    pub reason: &'static str,
+}
+
+impl Rejected {
+    fn new(error: ApiError, user: Option<Uuid>, reason: &'static str) -> Self {
+        metrics::counter!("tokens_rejected_total", "reason" => reason).increment(1);
+        Self {
+            error,
+            user,
+            reason,
+        }
+    }
+}
+
+impl Rejected {
+    /// The token named a user that does not exist (deleted account).
+    pub fn unknown_user(user: Uuid) -> Self {
+        Self::new(ApiError::TokenInvalid, Some(user), "unknown_user")
+    }
+
+    /// The token lost the burn race or was used before.
+    pub fn used(user: Uuid) -> Self {
+        Self::new(ApiError::TokenUsed, Some(user), "used")
+    }
+}
+
+/// Infrastructure failures while checking a token: not the token's fault, not audited.
+impl From<ApiError> for Rejected {
+    fn from(error: ApiError) -> Self {
+        Self {
+            error,
+            user: None,
+            reason: "unavailable",
+        }
+    }
+}
+
+/// Token verification against the signing keys and Redis.
+#[derive(Clone)]
+pub struct TokenService {
+    keys: std::sync::Arc<TokenKeys>,
+    redis: RedisPool,
+    reset_max_age: Duration,
+    verify_max_age: Duration,
+}
+
+impl TokenService {
+    pub fn new(
+        keys: TokenKeys,
+        redis: RedisPool,
+        reset_max_age: Duration,
+        verify_max_age: Duration,
+    ) -> Self {
+        Self {
+            keys: std::sync::Arc::new(keys),
+            redis,
+            reset_max_age,
+            verify_max_age,
+        }
+    }
+
+    /// The signing keys (the worker mints with the same ones).
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    fn max_age(&self, purpose: Purpose) -> Duration {
+        match purpose {
+            Purpose::PasswordReset => self.reset_max_age,
+            Purpose::EmailVerify => self.verify_max_age,
+        }
+    }
+
+    /// Verifies `token` without consuming it. GET-safe: a mail scanner opening a link calls
+    /// only this.
+    pub async fn check(
+        &self,
+        purpose: Purpose,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<CheckedToken, Rejected> {
+        let max_age = self.max_age(purpose).as_secs() as i64;
+        let claims = match self
+            .keys
+            .verify::<Claims>(purpose, token, now.timestamp(), max_age)
+        {
+            Ok(v) => v.value,
+            Err(e) => return Err(Self::signature_rejection(&e)),
+        };
+        let fingerprint = token_fingerprint(token);
+        let keys = self.redis.keys();
+        let gen_key = keys.token_generation(claims.uid, purpose);
+        let burn_key = keys.burn(&fingerprint);
+        // Two independent single-key reads in one round trip.
+        let (generation, burned): (Option<i64>, bool) = self
+            .redis
+            .run(|mut c| async move {
+                redis::pipe()
+                    .get(&gen_key)
+                    .exists(&burn_key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if burned {
+            metrics::counter!("burned_token_replays_total").increment(1);
+            return Err(Rejected::new(ApiError::TokenUsed, Some(claims.uid), "used"));
+        }
+        // A missing generation (Redis lost its data) matches nothing: fail closed.
+        if generation != Some(claims.r#gen) {
+            return Err(Rejected::new(
+                ApiError::TokenInvalid,
+                Some(claims.uid),
+                "superseded",
+            ));
+        }
+        Ok(CheckedToken {
+            claims,
+            fingerprint,
+        })
+    }
+
+    /// Checks the password version the token was issued under against the current one.
+    pub fn check_password_version(
+        &self,
+        token: &CheckedToken,
+        current: i32,
+    ) -> Result<(), Rejected> {
+        if token.claims.pv != current {
+            return Err(Rejected::new(
+                ApiError::TokenInvalid,
+                Some(token.claims.uid),
+                "password_changed",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Consumes the token: `true` for exactly one caller, `false` if it was already used.
+    pub async fn burn(&self, purpose: Purpose, token: &CheckedToken) -> Result<bool, ApiError> {
+        let key = self.redis.keys().burn(&token.fingerprint);
+        // Keep the marker as long as the token could still verify.
+        let ttl = self.max_age(purpose).as_secs() + MAX_CLOCK_SKEW_SECS as u64 + 60;
+        let won: Option<String> = self
+            .redis
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if won.is_none() {
+            metrics::counter!("burned_token_replays_total").increment(1);
+        }
+        Ok(won.is_some())
+    }
+
+    /// Gives a burned token back after the change it was burned for was rolled back (the
+    /// broker refused the notice, the database failed), so the person can simply retry.
+    /// Safe: the winner's change did not happen, and the next use burns it again.
+    pub async fn unburn(&self, token: &CheckedToken) {
+        let key = self.redis.keys().burn(&token.fingerprint);
+        let result = self
+            .redis
+            .run(
+                |mut c| async move { redis::cmd("DEL").arg(&key).query_async::<i64>(&mut c).await },
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not release a token after a rolled-back change");
+        }
+    }
+
+    fn signature_rejection(e: &TokenError) -> Rejected {
+        let reason = match e {
+            TokenError::Expired { .. } => {
+                return Rejected::new(ApiError::TokenExpired, None, "expired");
+            }
+            TokenError::Oversized | TokenError::DecompressedTooLarge => "oversized",
+            TokenError::Malformed => "malformed",
+            TokenError::Truncated => "truncated",
+            TokenError::WrongPurpose => "wrong_purpose",
+            TokenError::WrongDigest => "wrong_digest",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::FutureDated => "future_dated",
+        };
+        Rejected::new(ApiError::TokenInvalid, None, reason)
+    }
+}

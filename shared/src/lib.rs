@@ -1,0 +1,10 @@
+//! Pieces both services agree on: tokens, job messages, broker topology, Redis key names,
+//! address normalisation and logging setup.
+
+pub mod clock;
+pub mod email;
+pub mod keys;
+pub mod message;
+pub mod telemetry;
+pub mod token;
+pub mod topology;

@@ -1,0 +1,228 @@
+//! The mail job: one versioned JSON envelope per email, published by the api and consumed by
+//! the mail-worker.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Envelope format version. A worker refuses (dead-letters) versions it does not know instead
+/// of guessing at their meaning.
+pub const ENVELOPE_VERSION: u16 = 1;
+
+/// Largest job accepted by the decoder; real jobs are a few hundred bytes.
+pub const MAX_JOB_BYTES: usize = 64 * 1024;
+
+/// A mail job as it travels through RabbitMQ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique job id; also the AMQP `message_id` and the seed of the email's `Message-ID`.
+    pub id: Uuid,
+    /// Envelope format version ([`ENVELOPE_VERSION`]).
+    pub version: u16,
+    /// Delivery attempts made so far (0 when first published).
+    pub attempt: u32,
+    /// When the api accepted the request.
+    pub created_at: DateTime<Utc>,
+    /// After this instant the email is useless (its link would be dead) and is not sent.
+    pub not_after: DateTime<Utc>,
+    /// BCP 47 language chosen from the request's `Accept-Language` (e.g. `en`, `zh-CN`).
+    pub locale: String,
+    /// Correlation data so one request can be followed from HTTP to SMTP in the logs.
+    pub trace: Trace,
+    /// What to send; serialised as `"kind"` and `"payload"` beside the fields above.
+    #[serde(flatten)]
+    pub job: Job,
+}
+
+/// Correlation identifiers copied from the HTTP request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    /// The api's `x-request-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// W3C `traceparent`, when the caller sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// The job kinds, each with its own payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
+pub enum Job {
+    /// Someone asked for a reset link for `email`. The api did not look the address up; the
+    /// worker does, so the HTTP answer is the same whether or not an account exists.
+    PasswordResetRequested {
+        /// The normalised address as typed.
+        email: String,
+        /// Client IP as the api saw it (after trusted-proxy handling), for the audit row.
+        ip: Option<String>,
+        /// False when the per-address budget was already spent: the worker records and drops.
+        within_budget: bool,
+    },
+    /// A new account needs its address confirmed.
+    EmailVerification {
+        /// The new user.
+        user_id: Uuid,
+        /// Where to send the link.
+        email: String,
+    },
+    /// Someone tried to sign up with an address that already has an account; tell the owner
+    /// instead of telling the requester.
+    AccountExistsNotice {
+        /// The registered address.
+        email: String,
+    },
+    /// The password was changed through a reset link.
+    PasswordChanged {
+        /// The user whose password changed.
+        user_id: Uuid,
+        /// Where to send the notice.
+        email: String,
+        /// Client IP of the reset request.
+        ip: Option<String>,
+        /// The password version after the change; the worker drops the notice if the user's
+        /// version differs (the change was rolled back after the publish).
+        password_version: i32,
+    },
+}
+
+impl Job {
+    /// The stable name of this kind (the `kind` field and the AMQP `type` property).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Job::PasswordResetRequested { .. } => "password_reset_requested",
+            Job::EmailVerification { .. } => "email_verification",
+            Job::AccountExistsNotice { .. } => "account_exists_notice",
+            Job::PasswordChanged { .. } => "password_changed",
+        }
+    }
+}
+
+/// Why a message could not be turned into an [`Envelope`]. Such a message is dead-lettered,
+/// never retried: a retry cannot make it decodable.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("job is {0} bytes, over the {MAX_JOB_BYTES} byte limit")]
+    TooLarge(usize),
+    #[error("job is not a valid envelope: {0}")]
+    Invalid(#[from] serde_json::Error),
+    #[error("envelope version {0} is not supported (this build knows {ENVELOPE_VERSION})")]
+    UnsupportedVersion(u16),
+}
+
+impl Envelope {
+    /// A new job with a fresh id, created now and useless after `ttl`.
+    pub fn new(
+        job: Job,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+        locale: &str,
+        trace: Trace,
+    ) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            version: ENVELOPE_VERSION,
+            attempt: 0,
+            created_at: now,
+            not_after: now + ttl,
+            locale: locale.to_owned(),
+            trace,
+            job,
+        }
+    }
+
+    /// Serialises the envelope to its JSON wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising these plain structs cannot fail (no maps with non-string keys).
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses and checks a received job.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_JOB_BYTES {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        let envelope: Envelope = serde_json::from_slice(bytes)?;
+        if envelope.version != ENVELOPE_VERSION {
+            return Err(DecodeError::UnsupportedVersion(envelope.version));
+        }
+        Ok(envelope)
+    }
+
+    /// Whether the job is past its `not_after` at `now`.
+    pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
+        now > self.not_after
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope::new(
+            Job::PasswordResetRequested {
+                email: "ann@example.org".into(),
+                ip: Some("203.0.113.9".into()),
+                within_budget: true,
+            },
+            Utc::now(),
+            chrono::Duration::hours(1),
+            "en",
+            Trace::default(),
+        )
+    }
+
+    #[test]
+    fn an_envelope_round_trips_through_json() {
+        let e = sample();
+        assert_eq!(Envelope::decode(&e.encode()).expect("decodes"), e);
+    }
+
+    #[test]
+    fn the_wire_form_names_kind_and_payload_beside_the_envelope_fields() {
+        let v: serde_json::Value = serde_json::from_slice(&sample().encode()).expect("json");
+        assert_eq!(v["kind"], "password_reset_requested");
+        assert_eq!(v["payload"]["email"], "ann@example.org");
+        assert_eq!(v["payload"]["within_budget"], true);
+        for field in [
+            "id",
+            "version",
+            "attempt",
+            "created_at",
+            "not_after",
+            "locale",
+            "trace",
+        ] {
+            assert!(v.get(field).is_some(), "missing {field}");
+        }
+    }
+
+    #[test]
+    fn garbage_unknown_kinds_and_versions_are_refused() {
+        assert!(matches!(
+            Envelope::decode(b"not json"),
+            Err(DecodeError::Invalid(_))
+        ));
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().encode()).expect("json");
+        v["kind"] = "launch_missiles".into();
+        assert!(Envelope::decode(&serde_json::to_vec(&v).expect("json")).is_err());
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().encode()).expect("json");
+        v["version"] = 99.into();
+        assert!(matches!(
+            Envelope::decode(&serde_json::to_vec(&v).expect("json")),
+            Err(DecodeError::UnsupportedVersion(99))
+        ));
+        assert!(matches!(
+            Envelope::decode(&vec![b' '; MAX_JOB_BYTES + 1]),
+            Err(DecodeError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn a_job_past_not_after_is_stale() {
+        let e = sample();
+        assert!(!e.is_stale(e.created_at));
+        assert!(e.is_stale(e.not_after + chrono::Duration::seconds(1)));
+    }
+}

@@ -1,0 +1,258 @@
+//! The RabbitMQ topology, declared in code by both services from this one definition.
+//!
+//! ```text
+//!  api ──publish "jobs"──> [mail] (direct) ──> mail.jobs (quorum) ──> mail-worker
+//!                            │   ^                   │ reject / delivery limit
+//!                            │   └── TTL expiry ── mail.retry.<secs> <── worker re-publishes "retry.<secs>"
+//!                            └──"dead"──> mail.dead (quorum) <─────────────┘
+//!  api ──"user.password_reset"──> [events] (topic) ──> other services' queues
+//! ```
+//!
+//! Declarations are idempotent: declaring with the same arguments again is a no-op, so every
+//! replica declares at start and no deploy step is needed.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+/// Routing key of new and retried jobs.
+pub const JOBS_ROUTING_KEY: &str = "jobs";
+/// Routing key of dead letters.
+pub const DEAD_ROUTING_KEY: &str = "dead";
+/// Routing key of the event published after a successful password reset.
+pub const PASSWORD_RESET_EVENT: &str = "user.password_reset";
+/// A message redelivered this many times (e.g. it crashed workers) is dead-lettered instead of
+/// looping forever.
+pub const DELIVERY_LIMIT: i64 = 20;
+/// Default retry schedule (seconds), used when `MAIL_RETRY_SCHEDULE_SECS` is not set.
+pub const DEFAULT_RETRY_SCHEDULE_SECS: [u64; 5] = [5, 30, 120, 600, 3600];
+
+/// Names and declaration of the broker objects.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    retry_schedule_secs: Vec<u64>,
+    expires_ms: Option<i64>,
+}
+
+impl Topology {
+    /// A topology whose names start with `prefix` (empty in production; tests use a random
+    /// one so they can share one broker) with one delay queue per distinct retry delay.
+    pub fn new(prefix: impl Into<String>, retry_schedule_secs: &[u64]) -> Self {
+        let mut delays = retry_schedule_secs.to_vec();
+        delays.sort_unstable();
+        delays.dedup();
+        Self {
+            prefix: prefix.into(),
+            retry_schedule_secs: delays,
+            expires_ms: None,
+        }
+    }
+
+    /// Makes every queue disappear after `ms` unused and every exchange once unbound. Only
+    /// for tests: a test that dies halfway then leaves nothing behind on the shared broker.
+    pub fn expiring(mut self, ms: i64) -> Self {
+        self.expires_ms = Some(ms);
+        self
+    }
+
+    /// The exchange every mail job is published to.
+    pub fn mail_exchange(&self) -> String {
+        format!("{}mail", self.prefix)
+    }
+
+    /// The work queue the workers consume.
+    pub fn jobs_queue(&self) -> String {
+        format!("{}mail.jobs", self.prefix)
+    }
+
+    /// Where jobs that will never be delivered end up, for inspection and replay.
+    pub fn dead_queue(&self) -> String {
+        format!("{}mail.dead", self.prefix)
+    }
+
+    /// The delay queue for a retry after `delay_secs`. Named by its delay rather than by the
+    /// attempt number, so changing `MAIL_RETRY_SCHEDULE_SECS` declares new queues instead of
+    /// clashing with existing ones whose TTL differs (a redeclare with other arguments fails).
+    pub fn retry_queue(&self, delay_secs: u64) -> String {
+        format!("{}mail.retry.{delay_secs}", self.prefix)
+    }
+
+    /// Routing key that reaches [`Self::retry_queue`] for `delay_secs`.
+    pub fn retry_routing_key(delay_secs: u64) -> String {
+        format!("retry.{delay_secs}")
+    }
+
+    /// The topic exchange for domain events other services subscribe to.
+    pub fn events_exchange(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
+    /// The distinct retry delays this topology declares queues for.
+    pub fn retry_delays(&self) -> &[u64] {
+        &self.retry_schedule_secs
+    }
+
+    /// Declares exchanges, queues and bindings. Safe to call from every replica at every start.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let auto_delete = self.expires_ms.is_some();
+        let exchange_options = ExchangeDeclareOptions {
+            // Exchanges and queues must survive a broker restart, or queued mail is lost.
+            durable: true,
+            auto_delete,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.mail_exchange().into(),
+                ExchangeKind::Direct,
+                exchange_options,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.events_exchange().into(),
+                ExchangeKind::Topic,
+                exchange_options,
+                FieldTable::default(),
+            )
+            .await?;
+
+        // The work queue: quorum, so a job survives the loss of a broker node once confirmed.
+        let mut jobs_args = self.base_args();
+        jobs_args.insert("x-queue-type".into(), string("quorum"));
+        // A message the workers keep failing to ack (it crashes them) is dead-lettered after
+        // DELIVERY_LIMIT redeliveries; a worker's own reject-without-requeue also lands there.
+        jobs_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        jobs_args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&self.mail_exchange()),
+        );
+        jobs_args.insert("x-dead-letter-routing-key".into(), string(DEAD_ROUTING_KEY));
+        self.queue(channel, &self.jobs_queue(), jobs_args, JOBS_ROUTING_KEY)
+            .await?;
+
+        let mut dead_args = self.base_args();
+        dead_args.insert("x-queue-type".into(), string("quorum"));
+        self.queue(channel, &self.dead_queue(), dead_args, DEAD_ROUTING_KEY)
+            .await?;
+
+        for &delay in &self.retry_schedule_secs {
+            // Delay queues have no consumer: a message waits for its TTL, then the broker
+            // dead-letters it back to the work queue. No worker sleeps on a retry. Classic
+            // queues, because per-queue TTL with dead-lettering is long established there.
+            let mut args = self.base_args();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(delay_ms(delay)),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                string(&self.mail_exchange()),
+            );
+            args.insert("x-dead-letter-routing-key".into(), string(JOBS_ROUTING_KEY));
+            self.queue(
+                channel,
+                &self.retry_queue(delay),
+                args,
+                &Self::retry_routing_key(delay),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn base_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if let Some(ms) = self.expires_ms {
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+        }
+        args
+    }
+
+    async fn queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        args: FieldTable,
+        routing_key: &str,
+    ) -> lapin::Result<()> {
+        channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await?;
+        channel
+            .queue_bind(
+                name.into(),
+                self.mail_exchange().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+}
+
+fn string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn delay_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// Parses a retry schedule such as `5,30,120,600,3600`.
+pub fn parse_retry_schedule(raw: &str) -> Result<Vec<u64>, String> {
+    let schedule: Result<Vec<u64>, _> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::parse::<u64>)
+        .collect();
+    match schedule {
+        Ok(s) if !s.is_empty() && s.iter().all(|&d| (1..=86_400).contains(&d)) => Ok(s),
+        _ => Err(format!(
+            "expected a comma-separated list of delays in seconds between 1 and 86400, e.g. \
+             \"5,30,120,600,3600\"; got {raw:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_prefix_and_retry_queues_are_named_by_delay() {
+        let t = Topology::new("t-1.", &[30, 5, 30]);
+        assert_eq!(t.jobs_queue(), "t-1.mail.jobs");
+        assert_eq!(t.dead_queue(), "t-1.mail.dead");
+        assert_eq!(t.retry_queue(5), "t-1.mail.retry.5");
+        assert_eq!(t.retry_delays(), &[5, 30]);
+        assert_eq!(Topology::new("", &[1]).mail_exchange(), "mail");
+    }
+
+    #[test]
+    fn retry_schedules_parse_or_explain_the_expected_form() {
+        assert_eq!(
+            parse_retry_schedule("5, 30,120").expect("valid"),
+            vec![5, 30, 120]
+        );
+        assert!(parse_retry_schedule("").is_err());
+        assert!(parse_retry_schedule("5,x").is_err());
+        assert!(parse_retry_schedule("0").is_err());
+        assert!(parse_retry_schedule("5,30").is_ok());
+    }
+}
