@@ -38,6 +38,8 @@ pub struct Config {
     pub redis_key_prefix: String,
     /// Namespace for broker object names (empty in production; prefer a vhost per environment).
     pub broker_namespace: String,
+    /// When set, broker queues vanish after this long unused (ephemeral test environments).
+    pub broker_queue_expires_ms: Option<i64>,
 }
 
 /// Argon2id cost parameters.
@@ -130,6 +132,7 @@ impl Config {
         let shutdown = r.number("SHUTDOWN_TIMEOUT_SECS", 10, 1, 600);
         let redis_key_prefix = r.string("REDIS_KEY_PREFIX", "");
         let broker_namespace = r.string("BROKER_NAMESPACE", "");
+        let expires = r.number("BROKER_QUEUE_EXPIRES_MS", 0, 0, 30 * 86_400_000);
 
         if !r.errors.is_empty() {
             return Err(ConfigError(r.errors));
@@ -157,6 +160,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(shutdown),
             redis_key_prefix,
             broker_namespace,
+            broker_queue_expires_ms: (expires > 0).then_some(expires as i64),
         })
     }
 

@@ -12,11 +12,30 @@ use ipnet::IpNet;
 use crate::{error::ApiError, sessions, startup::AppState, store::users::User};
 
 /// `Json<T>` whose rejections answer with our error shape: 415 for a missing JSON content
-/// type, 413 over the body limit, 400 for malformed JSON, 422 for well-formed JSON with the
-/// wrong fields.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// type, 413 over the body limit, 400 for malformed JSON, 422 for well-formed JSON that is
+/// not an object with the expected fields.
+#[derive(Debug)]
 pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        // serde would happily read a struct from an array (`["a@b.c"]`); the contract is an
+        // object, so anything else is refused.
+        if !value.is_object() {
+            return Err(ApiError::InvalidBody("expected a JSON object".into()));
+        }
+        serde_json::from_value(value)
+            .map(AppJson)
+            .map_err(|e| ApiError::InvalidBody(clip(&e.to_string())))
+    }
+}
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {

@@ -82,7 +82,11 @@ impl Application {
         if !redis.ping().await {
             tracing::warn!("Redis unreachable at start; requests will get 503 until it is back");
         }
-        let topology = Topology::new(config.broker_namespace.clone(), &config.retry_schedule_secs);
+        let mut topology =
+            Topology::new(config.broker_namespace.clone(), &config.retry_schedule_secs);
+        if let Some(ms) = config.broker_queue_expires_ms {
+            topology = topology.expiring(ms);
+        }
         let publisher =
             Publisher::start(config.amqp_url.clone(), topology, config.publish_timeout).await;
         let token_keys = TokenKeys::new(config.token_secrets.clone(), config.token_digest)

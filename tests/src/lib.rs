@@ -1,1 +1,217 @@
-//! End-to-end helpers.
+//! Test support for the end-to-end suite and the api's integration tests: per-test
+//! databases, key and queue namespaces, a fault-injecting TCP proxy and a job reader, all
+//! against the real PostgreSQL, Redis and RabbitMQ of the machine.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicAckOptions, BasicGetOptions},
+};
+use shared::message::Envelope;
+use tokio::{
+    io::copy_bidirectional,
+    net::{TcpListener, TcpStream},
+    task::AbortHandle,
+};
+
+/// PostgreSQL server URL without a database (`TEST_POSTGRES_URL`).
+pub fn postgres_server_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Redis URL (`TEST_REDIS_URL`).
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// RabbitMQ URL (`TEST_AMQP_URL`).
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Prefix of every database the tests create (dropped by the test command before a run).
+pub const TEST_DB_PREFIX: &str = "pwr_test_";
+
+/// A short random id for names.
+pub fn unique_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Creates an empty database for one test and returns its URL.
+pub async fn create_database() -> anyhow::Result<String> {
+    use sqlx::Connection as _;
+    let server = postgres_server_url();
+    let name = format!("{TEST_DB_PREFIX}{}", unique_id());
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+    // The name is ours (prefix + hex), never input: safe to splice into the statement.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    Ok(format!("{server}/{name}"))
+}
+
+/// Retries `probe` until it returns `Some` or `timeout` passes.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A TCP proxy in front of a real service that a test can cut and restore, to see how the
+/// services behave when a dependency disappears and comes back.
+#[derive(Clone)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on 127.0.0.1 forwarding to `target` (`host:port`).
+    pub async fn start(target: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let proxy = Self {
+            addr: listener.local_addr()?,
+            down: Arc::new(AtomicBool::new(false)),
+            connections: Arc::new(Mutex::new(Vec::new())),
+        };
+        let target = target.to_owned();
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if p.down.load(Ordering::SeqCst) {
+                    drop(inbound); // refused: the peer sees the connection closed at once
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        let _ = copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                if let Ok(mut list) = p.connections.lock() {
+                    list.retain(|h| !h.is_finished());
+                    list.push(task.abort_handle());
+                }
+            }
+        });
+        Ok(proxy)
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        if let Ok(mut list) = self.connections.lock() {
+            for h in list.drain(..) {
+                h.abort();
+            }
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Reads messages from a queue of the real broker (the tests' view of what was published).
+pub struct QueueReader {
+    _connection: Connection,
+    channel: lapin::Channel,
+}
+
+/// A message as read from a queue.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl Received {
+    /// Decodes the body as a mail job.
+    pub fn envelope(&self) -> Envelope {
+        Envelope::decode(&self.body).expect("a published job decodes")
+    }
+}
+
+impl QueueReader {
+    pub async fn connect() -> anyhow::Result<Self> {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        Ok(Self {
+            _connection: connection,
+            channel,
+        })
+    }
+
+    /// The channel, for declaring extra test queues.
+    pub fn channel(&self) -> &lapin::Channel {
+        &self.channel
+    }
+
+    /// Takes (and acks) every message currently in `queue`.
+    pub async fn drain(&self, queue: &str) -> anyhow::Result<Vec<Received>> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await?
+        {
+            m.delivery.ack(BasicAckOptions::default()).await?;
+            out.push(Received {
+                body: m.delivery.data.clone(),
+                properties: m.delivery.properties.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes messages from `queue` until `n` arrived or `timeout` passed.
+    pub async fn take(
+        &self,
+        queue: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Received>> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            let got = self.drain(queue).await?;
+            if got.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            out.extend(got);
+        }
+        Ok(out)
+    }
+}

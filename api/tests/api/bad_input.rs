@@ -1,0 +1,171 @@
+//! Hostile and broken input: always a clean 4xx in the JSON error shape, never a 5xx.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{assert_error, spawn_app};
+
+#[tokio::test]
+async fn broken_bodies_get_clear_4xx_answers_and_the_service_stays_healthy() {
+    let app = spawn_app().await;
+    let raw = |body: Vec<u8>, content_type: &'static str| {
+        app.client
+            .post(app.url("/v1/password/forgot"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+
+    let r = raw(br#"{"email":"a@example.org"}"#.to_vec(), "text/plain")
+        .await
+        .unwrap();
+    assert_error(
+        r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let r = app
+        .client
+        .post(app.url("/v1/password/forgot"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+
+    let r = raw(b"{\"email\": ".to_vec(), "application/json")
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::BAD_REQUEST, "malformed_json").await;
+    let r = raw(vec![b'{', 0xff, 0xfe, b'}'], "application/json")
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::BAD_REQUEST, "malformed_json").await;
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let r = raw(deep.into_bytes(), "application/json").await.unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let deep_obj = format!("{}1{}", "{\"a\":".repeat(500), "}".repeat(500));
+    let r = raw(deep_obj.into_bytes(), "application/json")
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+
+    let r = app
+        .post("/v1/password/forgot", json!({ "mail": "a@example.org" }))
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+    let r = app
+        .post("/v1/password/forgot", json!({ "email": 42 }))
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+    let r = app
+        .post("/v1/password/forgot", json!(["a@example.org"]))
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+
+    let big = json!({ "email": "a@example.org", "padding": "x".repeat(64 * 1024) });
+    assert_error(
+        app.post("/v1/password/forgot", big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+
+    for email in [
+        "a\r\nbcc: x@example.org",
+        "a\u{0}@example.org",
+        "\u{7}@example.org",
+        "a@exa\u{200b}mple.org\u{85}",
+    ] {
+        let r = app
+            .post("/v1/password/forgot", json!({ "email": email }))
+            .await;
+        assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_email").await;
+    }
+
+    // A 2 MB password is over the body limit; a 1025-byte one is refused by name before hashing.
+    let huge = json!({ "email": "a@example.org", "password": "p".repeat(2 * 1024 * 1024) });
+    for path in ["/v1/users", "/v1/sessions"] {
+        assert_error(
+            app.post(path, huge.clone()).await,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        )
+        .await;
+    }
+    let long = json!({ "email": "a@example.org", "password": "p".repeat(1025) });
+    for path in ["/v1/users", "/v1/sessions"] {
+        assert_error(
+            app.post(path, long.clone()).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "password_too_long",
+        )
+        .await;
+    }
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": "x".repeat(10_000), "new_password": "correct horse battery 1" }),
+        )
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
+    let r = app
+        .post("/v1/password/reset", json!({ "token": "'; DROP TABLE users; --{{7*7}}", "new_password": "correct horse battery 1" }))
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
+
+    assert_error(
+        app.get("/v1/nothing-here").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.get("/v1/password/forgot").await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+
+    // Still healthy and still working.
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+    assert_eq!(
+        app.forgot("a@example.org").await.status(),
+        StatusCode::ACCEPTED
+    );
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(users, 0, "nothing half-written");
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let app = spawn_app().await;
+    let r = app.get("/healthz").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["checks"],
+        json!({ "postgres": true, "redis": true, "rabbitmq": true })
+    );
+    app.forgot("a@example.org").await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("http_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("publish_duration_seconds_bucket"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,281 @@
+//! The test harness: one real api per test on port 0.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use api::{
+    config::Config,
+    startup::{AppState, Application},
+};
+use e2e::{QueueReader, Received};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use shared::{
+    clock::ManualClock,
+    keys::Keys,
+    message::{Envelope, Job},
+    token::{Claims, Purpose, TokenKeys},
+    topology::Topology,
+};
+use uuid::Uuid;
+
+pub const SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
+pub const STRONG: &str = "correct horse battery staple 42";
+pub const STRONGER: &str = "plaid zebra umbrella tangerine 97";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub clock: ManualClock,
+    pub topology: Topology,
+    pub reader: QueueReader,
+    pub keys: Keys,
+    pub token_keys: TokenKeys,
+    server: tokio::task::JoinHandle<()>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.server.abort();
+    }
+}
+
+/// Builds the configuration a test app runs with; `overrides` win.
+pub async fn test_config(overrides: &[(&str, &str)]) -> Config {
+    let id = e2e::unique_id();
+    let database_url = e2e::create_database().await.expect("create test database");
+    let mut env: HashMap<String, String> = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("REDIS_URL", &e2e::redis_url()),
+        ("AMQP_URL", &e2e::amqp_url()),
+        ("API_BIND", "127.0.0.1:0"),
+        ("PUBLIC_BASE_URL", "https://account.example.test"),
+        ("TOKEN_SECRETS", SECRET),
+        ("RATE_LIMIT_IP_PER_HOUR", "100000"),
+        ("RATE_LIMIT_LOGIN_PER_HOUR", "100000"),
+        // Cheap hashing keeps the suite fast; production cost is the default.
+        ("ARGON2_MEMORY_KIB", "64"),
+        ("ARGON2_ITERATIONS", "1"),
+        ("PUBLISH_TIMEOUT_MS", "3000"),
+        ("REDIS_KEY_PREFIX", &format!("t:{id}:")),
+        ("BROKER_NAMESPACE", &format!("t-{id}.")),
+        ("BROKER_QUEUE_EXPIRES_MS", "600000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in overrides {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    Config::from_lookup(|k| env.get(k).cloned()).expect("valid test configuration")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(&[]).await
+}
+
+pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_config(test_config(overrides).await).await
+}
+
+pub async fn spawn_config(config: Config) -> TestApp {
+    let clock = ManualClock::new(chrono::Utc::now());
+    let topology = Topology::new(config.broker_namespace.clone(), &config.retry_schedule_secs);
+    let keys = Keys::new(config.redis_key_prefix.clone());
+    let token_keys = TokenKeys::new(config.token_secrets.clone(), config.token_digest).unwrap();
+    let app = Application::build_with_clock(config, Arc::new(clock.clone()))
+        .await
+        .expect("build app");
+    let base = format!("http://{}", app.local_addr().unwrap());
+    let state = app.state().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = app
+            .run_until(async move {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    TestApp {
+        base,
+        client,
+        state,
+        clock,
+        topology,
+        reader: QueueReader::connect().await.expect("broker reachable"),
+        keys,
+        token_keys,
+        server,
+        shutdown: Some(tx),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn forgot(&self, email: &str) -> Response {
+        self.post("/v1/password/forgot", json!({ "email": email }))
+            .await
+    }
+
+    /// Waits for `n` mail jobs and returns them.
+    pub async fn jobs(&self, n: usize) -> Vec<Received> {
+        let got = self
+            .reader
+            .take(&self.topology.jobs_queue(), n, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), n, "expected {n} jobs");
+        got
+    }
+
+    /// Everything queued right now.
+    pub async fn drain_jobs(&self) -> Vec<Envelope> {
+        self.reader
+            .drain(&self.topology.jobs_queue())
+            .await
+            .unwrap()
+            .iter()
+            .map(Received::envelope)
+            .collect()
+    }
+
+    /// Signs up and returns the new user's id (from the verification job).
+    pub async fn create_user(&self, email: &str, password: &str) -> Uuid {
+        let r = self
+            .post("/v1/users", json!({ "email": email, "password": password }))
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            r.text().await.unwrap()
+        );
+        let job = self.jobs(1).await.remove(0).envelope();
+        match job.job {
+            Job::EmailVerification { user_id, .. } => user_id,
+            other => panic!("expected a verification job, got {other:?}"),
+        }
+    }
+
+    /// Signs in and returns the session token.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let r = self
+            .post(
+                "/v1/sessions",
+                json!({ "email": email, "password": password }),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap()
+        );
+        r.json::<Value>().await.unwrap()["session"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn me(&self, session: &str) -> Response {
+        self.client
+            .get(self.url("/v1/me"))
+            .bearer_auth(session)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(e2e::redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub async fn password_version(&self, user: Uuid) -> i32 {
+        sqlx::query_scalar("SELECT password_version FROM users WHERE id = $1")
+            .bind(user)
+            .fetch_one(&self.state.db)
+            .await
+            .unwrap()
+    }
+
+    /// Issues a link the way the worker does: bump the user's generation, sign the claims.
+    pub async fn mint(&self, purpose: Purpose, user: Uuid) -> String {
+        self.mint_at(purpose, user, self.clock.now_secs()).await
+    }
+
+    pub async fn mint_at(&self, purpose: Purpose, user: Uuid, timestamp: i64) -> String {
+        let mut redis = self.redis().await;
+        let generation: i64 = redis::cmd("INCR")
+            .arg(self.keys.token_generation(user, purpose))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let claims = Claims::new(user, self.password_version(user).await, generation);
+        self.token_keys.sign(purpose, &claims, timestamp)
+    }
+
+    pub async fn audit_outcomes(&self, action: &str) -> Vec<String> {
+        sqlx::query_scalar("SELECT outcome FROM audit_events WHERE action = $1 ORDER BY id")
+            .bind(action)
+            .fetch_all(&self.state.db)
+            .await
+            .unwrap()
+    }
+}
+
+trait NowSecs {
+    fn now_secs(&self) -> i64;
+}
+
+impl NowSecs for ManualClock {
+    fn now_secs(&self) -> i64 {
+        use shared::clock::Clock as _;
+        self.now().timestamp()
+    }
+}
+
+/// Asserts the JSON error shape and code of a response.
+pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(r.status(), status);
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}

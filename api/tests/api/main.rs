@@ -1,0 +1,12 @@
+//! HTTP-level integration tests of the api against the real PostgreSQL, Redis and RabbitMQ.
+//! Every test builds its own application with its own database, Redis key prefix and broker
+//! namespace, so tests run in parallel without seeing each other.
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod forgot;
+mod helpers;
+mod outage;
+mod reset;
+mod sessions;
+mod users;

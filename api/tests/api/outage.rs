@@ -1,0 +1,146 @@
+//! Dependencies going away and coming back: 503 with the JSON shape (never a 202 for a job
+//! that was not confirmed, never a 500), then recovery without a restart.
+
+use std::time::Duration;
+
+use e2e::{FaultProxy, poll_until};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{STRONG, assert_error, spawn_with};
+
+fn host_port(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap();
+    let rest = rest.rsplit('@').next().unwrap();
+    rest.split('/').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn without_redis_requests_fail_closed_with_503_and_recover_when_it_returns() {
+    let proxy = FaultProxy::start(&host_port(&e2e::redis_url()))
+        .await
+        .unwrap();
+    let url = format!("redis://127.0.0.1:{}", proxy.port());
+    let app = spawn_with(&[("REDIS_URL", url.as_str())]).await;
+    app.create_user("ann@example.org", STRONG).await;
+    assert_eq!(
+        app.forgot("ann@example.org").await.status(),
+        StatusCode::ACCEPTED
+    );
+    app.jobs(1).await;
+
+    proxy.cut();
+    let r = app.forgot("ann@example.org").await;
+    assert!(r.headers().get("retry-after").is_some());
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    let r = app
+        .post(
+            "/v1/sessions",
+            json!({ "email": "ann@example.org", "password": STRONG }),
+        )
+        .await;
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": "a.b.c", "new_password": STRONG }),
+        )
+        .await;
+    // An unreadable token is refused before Redis is needed; a well-formed one cannot be
+    // checked without its burn marker and gets 503.
+    assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["checks"]["redis"], false);
+    assert!(
+        app.drain_jobs().await.is_empty(),
+        "no job without its rate-limit check"
+    );
+
+    proxy.restore();
+    let back = poll_until(Duration::from_secs(15), || async {
+        (app.forgot("ann@example.org").await.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "api did not recover after Redis came back");
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_rabbitmq_nothing_is_accepted_or_half_written_and_publishing_resumes() {
+    let proxy = FaultProxy::start(&host_port(&e2e::amqp_url()))
+        .await
+        .unwrap();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port());
+    let app = spawn_with(&[("AMQP_URL", url.as_str())]).await;
+    assert_eq!(
+        app.forgot("a@example.org").await.status(),
+        StatusCode::ACCEPTED
+    );
+    app.jobs(1).await;
+
+    proxy.cut();
+    let r = app.forgot("a@example.org").await;
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    let r = app
+        .post(
+            "/v1/users",
+            json!({ "email": "new@example.org", "password": STRONG }),
+        )
+        .await;
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        users, 0,
+        "a sign-up whose job was not confirmed leaves no account"
+    );
+    assert_eq!(
+        app.get("/readyz").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    proxy.restore();
+    let back = poll_until(Duration::from_secs(20), || async {
+        (app.forgot("a@example.org").await.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "api did not reconnect to RabbitMQ");
+    let jobs = app.jobs(1).await;
+    assert_eq!(jobs.len(), 1, "exactly the accepted request produced a job");
+    let ready = poll_until(Duration::from_secs(5), || async {
+        (app.get("/readyz").await.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(ready.is_some());
+}
+
+#[tokio::test]
+async fn the_api_starts_while_rabbitmq_is_down_and_answers_503() {
+    let proxy = FaultProxy::start(&host_port(&e2e::amqp_url()))
+        .await
+        .unwrap();
+    proxy.cut();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port());
+    let app = spawn_with(&[("AMQP_URL", url.as_str())]).await;
+    assert_error(
+        app.forgot("a@example.org").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    )
+    .await;
+    assert_eq!(
+        app.get("/healthz").await.status(),
+        StatusCode::OK,
+        "alive, just not ready"
+    );
+    proxy.restore();
+    let back = poll_until(Duration::from_secs(20), || async {
+        (app.forgot("a@example.org").await.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    assert!(back.is_some());
+}

@@ -1,0 +1,165 @@
+//! Sign-up and email verification.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shared::{message::Job, token::Purpose};
+
+use crate::helpers::{STRONG, assert_error, spawn_app};
+
+#[tokio::test]
+async fn sign_up_answers_the_same_for_new_and_taken_addresses_but_queues_different_mail() {
+    let app = spawn_app().await;
+    let first = app
+        .post(
+            "/v1/users",
+            json!({ "email": "ann@example.org", "password": STRONG }),
+        )
+        .await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first_body = first.text().await.unwrap();
+    // Same address in another case, with another password: still 202, same body.
+    let second = app
+        .post(
+            "/v1/users",
+            json!({ "email": "ANN@Example.org", "password": "another fine passphrase 7" }),
+        )
+        .await;
+    assert_eq!(second.status(), StatusCode::ACCEPTED);
+    assert_eq!(second.text().await.unwrap(), first_body);
+
+    let jobs = app.jobs(2).await;
+    let kinds: Vec<&str> = jobs.iter().map(|j| j.envelope().job.kind()).collect();
+    assert_eq!(kinds, ["email_verification", "account_exists_notice"]);
+    assert!(matches!(
+        jobs[1].envelope().job,
+        Job::AccountExistsNotice { ref email } if email == "ANN@example.org"
+    ));
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 1, "one account per address, whatever its case");
+    // Jobs are persistent and carry their id and kind as AMQP properties.
+    let props = &jobs[0].properties;
+    assert_eq!(props.delivery_mode(), &Some(2));
+    assert_eq!(
+        props.message_id().as_ref().map(|s| s.to_string()),
+        Some(jobs[0].envelope().id.to_string())
+    );
+    assert_eq!(
+        props.kind().as_ref().map(|s| s.to_string()).as_deref(),
+        Some("email_verification")
+    );
+}
+
+#[tokio::test]
+async fn sign_up_refuses_invalid_addresses_and_weak_passwords_without_writing_anything() {
+    let app = spawn_app().await;
+    for email in [
+        "not-an-address",
+        "a@b",
+        "ann\r\n@example.org",
+        "ann\u{0}@example.org",
+        "",
+    ] {
+        let r = app
+            .post("/v1/users", json!({ "email": email, "password": STRONG }))
+            .await;
+        assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_email").await;
+    }
+    for password in ["short", "password123", "ann@example.org1"] {
+        let r = app
+            .post(
+                "/v1/users",
+                json!({ "email": "ann@example.org", "password": password }),
+            )
+            .await;
+        assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "weak_password").await;
+    }
+    let r = app
+        .post(
+            "/v1/users",
+            json!({ "email": "ann@example.org", "password": "x".repeat(1025) }),
+        )
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "password_too_long").await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    assert!(app.drain_jobs().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_verification_link_verifies_once() {
+    let app = spawn_app().await;
+    let user = app.create_user("ann@example.org", STRONG).await;
+    let session = app.login("ann@example.org", STRONG).await;
+    let me: Value = app.me(&session).await.json().await.unwrap();
+    assert_eq!(me["email_verified"], false);
+    assert_eq!(me["email"], "ann@example.org");
+    assert_eq!(me["id"], user.to_string());
+
+    let token = app.mint(Purpose::EmailVerify, user).await;
+    let r = app
+        .post("/v1/email/verify", json!({ "token": token }))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let me: Value = app.me(&session).await.json().await.unwrap();
+    assert_eq!(me["email_verified"], true);
+
+    let again = app
+        .post("/v1/email/verify", json!({ "token": token }))
+        .await;
+    assert_error(again, StatusCode::BAD_REQUEST, "token_used").await;
+    assert_eq!(
+        app.audit_outcomes("email_verify").await,
+        ["success", "used"]
+    );
+}
+
+#[tokio::test]
+async fn verification_refuses_reset_tokens_superseded_expired_and_tampered_links() {
+    let app = spawn_app().await;
+    let user = app.create_user("bob@example.org", STRONG).await;
+
+    // A reset link is not a verification link (different salt).
+    let reset = app.mint(Purpose::PasswordReset, user).await;
+    let r = app
+        .post("/v1/email/verify", json!({ "token": reset }))
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
+
+    // A newer link kills the older one.
+    let older = app.mint(Purpose::EmailVerify, user).await;
+    let newer = app.mint(Purpose::EmailVerify, user).await;
+    let r = app
+        .post("/v1/email/verify", json!({ "token": older }))
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
+
+    // Tampering with any character breaks the signature.
+    let mut tampered = newer.clone().into_bytes();
+    let i = tampered.len() / 3;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let r = app
+        .post(
+            "/v1/email/verify",
+            json!({ "token": String::from_utf8(tampered).unwrap() }),
+        )
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
+
+    // Expired: the default verification lifetime is a day.
+    app.clock.advance(chrono::Duration::seconds(86_400 + 1));
+    let r = app
+        .post("/v1/email/verify", json!({ "token": newer }))
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "token_expired").await;
+
+    assert_eq!(
+        app.audit_outcomes("email_verify").await,
+        ["wrong_purpose", "superseded", "bad_signature", "expired"]
+    );
+}
