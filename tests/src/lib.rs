@@ -26,7 +26,7 @@ use tokio::{
 /// PostgreSQL server URL without a database (`TEST_POSTGRES_URL`).
 pub fn postgres_server_url() -> String {
     std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into())
 }
 
 /// Redis URL (`TEST_REDIS_URL`).
@@ -213,5 +213,99 @@ impl QueueReader {
             out.extend(got);
         }
         Ok(out)
+    }
+}
+
+/// Path of a binary of this workspace, built next to the running test.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the suite with `cargo test --workspace` (or build it first)",
+        path.display()
+    );
+    path
+}
+
+/// A running service process whose JSON log lines are collected.
+pub struct ServiceProcess {
+    pub child: tokio::process::Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with exactly `env` (plus PATH) and collects its stdout and stderr.
+    pub fn spawn(
+        binary: &std::path::Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().cloned())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        for reader in [
+            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(err),
+        ] {
+            let lines = lines.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(reader).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if let Ok(mut l) = lines.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        Ok(Self { child, lines })
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits for a JSON log line whose `message` is `message` and returns its `field`.
+    pub async fn wait_for_log_field(
+        &self,
+        message: &str,
+        field: &str,
+        timeout: Duration,
+    ) -> Option<String> {
+        poll_until(timeout, || async {
+            self.output().iter().find_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                (v["message"] == message).then(|| v[field].as_str().map(str::to_owned))?
+            })
+        })
+        .await
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("process already exited"))?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        Ok(tokio::time::timeout(timeout, self.child.wait()).await??)
     }
 }
