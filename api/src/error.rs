@@ -112,9 +112,12 @@ impl ApiError {
 }
 
 /// The JSON error body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `token_expired`.
+    #[schema(value_type = String, example = "token_expired")]
     pub code: &'static str,
+    /// Human-readable explanation.
     pub message: String,
 }
 

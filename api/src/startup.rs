@@ -21,6 +21,8 @@ use shared::{clock::Clock, keys::Keys, token::TokenKeys, topology::Topology};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
     config::Config,
@@ -182,11 +184,16 @@ pub async fn connect_db(url: &str) -> anyhow::Result<PgPool> {
 /// The router, shared by `main` and the tests.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .merge(routes::users::router())
-        .merge(routes::sessions::router())
-        .merge(routes::password::router())
-        .merge(routes::health::router())
+    let (router, openapi) = api_routes().split_for_parts();
+    let document = Arc::new(openapi);
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let document = document.clone();
+                async move { axum::Json(document.as_ref().clone()) }
+            }),
+        )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -194,6 +201,46 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Every documented route with its OpenAPI description.
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::users::router())
+        .merge(routes::sessions::router())
+        .merge(routes::password::router())
+        .merge(routes::health::router())
+}
+
+/// The OpenAPI document (paths are added by [`api_routes`]).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Password recovery api", description = "Sign-up, sign-in, forgot and reset password. Every error is `{code, message}`."),
+    modifiers(&SessionAuth)
+)]
+struct ApiDoc;
+
+struct SessionAuth;
+
+impl utoipa::Modify for SessionAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("session"))),
+        );
+    }
 }
 
 /// One log line and the request metrics per request. Logs the route pattern, never the URI:

@@ -1,11 +1,10 @@
 //! `POST /v1/password/forgot` and `POST /v1/password/reset`.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::post,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -14,9 +13,11 @@ use shared::{
     message::{Envelope, Job},
     token::Purpose,
 };
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     extract::{AppJson, ClientIp, Locale, RequestTrace},
     password_policy,
     startup::AppState,
@@ -28,13 +29,13 @@ use crate::{
 pub const FORGOT_ACCEPTED_MESSAGE: &str =
     "If an account exists for that address, a link to reset its password is on its way.";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/password/forgot", post(request_password_reset))
-        .route("/v1/password/reset", post(reset_password))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(request_password_reset))
+        .routes(routes!(reset_password))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ForgotRequest {
     pub email: String,
 }
@@ -46,6 +47,16 @@ pub struct ForgotRequest {
 /// 202. Only the worker learns whether the address has an account, so neither the answer
 /// nor its timing can reveal it. The per-IP limit is the one visible refusal: it says
 /// nothing about any address.
+#[utoipa::path(post, path = "/v1/password/forgot", tag = "password", request_body = ForgotRequest,
+    responses(
+        (status = 202, description = "Byte-identical for known, unknown and over-budget addresses", body = crate::routes::Accepted),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_email`, `invalid_body`", body = ErrorBody),
+        (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the per-IP budget only)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ))]
 pub async fn request_password_reset(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -87,7 +98,7 @@ pub async fn request_password_reset(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ResetRequest {
     pub token: String,
     pub new_password: String,
@@ -99,6 +110,15 @@ pub struct ResetRequest {
 /// refused password leaves the link usable; the burn is the single point where concurrent
 /// submissions are decided; the password change, the audit row and the confirmed notice
 /// commit together or not at all.
+#[utoipa::path(post, path = "/v1/password/reset", tag = "password", request_body = ResetRequest,
+    responses(
+        (status = 204, description = "Password changed; every session of the user is revoked"),
+        (status = 400, description = "`token_invalid` (also a superseded link), `token_expired`, `token_used`, `malformed_json`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`weak_password`, `password_too_long`, `invalid_body`", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ))]
 pub async fn reset_password(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,

@@ -1,18 +1,19 @@
 //! `POST /v1/sessions` and `DELETE /v1/sessions/current`.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::State,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{delete, post},
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::email;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     extract::{AppJson, AuthUser, ClientIp},
     password_policy,
     sessions::COOKIE_NAME,
@@ -20,19 +21,19 @@ use crate::{
     store,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/sessions", post(log_in))
-        .route("/v1/sessions/current", delete(log_out))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(log_in))
+        .routes(routes!(log_out))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SessionCreated {
     pub session: String,
     pub expires_at: DateTime<Utc>,
@@ -40,6 +41,17 @@ pub struct SessionCreated {
 
 /// Signs in. An unknown address and a wrong password get the same 401 after the same work
 /// (one argon2 verification, against a dummy hash when there is no account).
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = LoginRequest,
+    responses(
+        (status = 201, description = "Signed in; also sets the `session` cookie (HttpOnly, SameSite=Lax, Secure)", body = SessionCreated),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 401, description = "`invalid_credentials` (same for unknown addresses)", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_email`, `password_too_long`, `invalid_body`", body = ErrorBody),
+        (status = 429, description = "`rate_limited_login`, with `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ))]
 pub async fn log_in(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -87,6 +99,12 @@ pub async fn log_in(
 }
 
 /// Ends the current session and clears the cookie.
+#[utoipa::path(delete, path = "/v1/sessions/current", tag = "sessions", security(("session" = [])),
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ))]
 pub async fn log_out(State(state): State<AppState>, auth: AuthUser) -> Result<Response, ApiError> {
     state.sessions.revoke(&auth.session).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();

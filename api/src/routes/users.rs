@@ -1,11 +1,10 @@
 //! `POST /v1/users`, `POST /v1/email/verify`, `GET /v1/me`.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -14,10 +13,12 @@ use shared::{
     message::{Envelope, Job},
     token::Purpose,
 };
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     extract::{AppJson, AuthUser, ClientIp, Locale, RequestTrace},
     password_policy,
     startup::AppState,
@@ -29,14 +30,14 @@ use crate::{
 pub const SIGN_UP_ACCEPTED_MESSAGE: &str =
     "Check your inbox: we have sent a message to that address with the next step.";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/users", post(sign_up))
-        .route("/v1/email/verify", post(verify_email))
-        .route("/v1/me", get(show_me))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sign_up))
+        .routes(routes!(verify_email))
+        .routes(routes!(show_me))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct SignUpRequest {
     pub email: String,
     pub password: String,
@@ -47,6 +48,15 @@ pub struct SignUpRequest {
 /// Both outcomes hash the password and publish one job, and answer the same 202, so sign-up
 /// cannot be used to test whether an address is registered. The insert and the publish
 /// commit together: a job the broker did not confirm leaves no account behind.
+#[utoipa::path(post, path = "/v1/users", tag = "users", request_body = SignUpRequest,
+    responses(
+        (status = 202, description = "Accepted; the same answer whether or not the address is taken", body = crate::routes::Accepted),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_email`, `weak_password`, `password_too_long`, `invalid_body`", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ))]
 pub async fn sign_up(
     State(state): State<AppState>,
     Locale(locale): Locale,
@@ -88,12 +98,21 @@ pub async fn sign_up(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct VerifyRequest {
     pub token: String,
 }
 
 /// Confirms an address through its verification link.
+#[utoipa::path(post, path = "/v1/email/verify", tag = "users", request_body = VerifyRequest,
+    responses(
+        (status = 204, description = "Address verified"),
+        (status = 400, description = "`token_invalid`, `token_expired`, `token_used`, `malformed_json`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_body`", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ))]
 pub async fn verify_email(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -144,7 +163,7 @@ pub async fn verify_email(
 }
 
 /// The signed-in user.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Me {
     pub id: Uuid,
     pub email: String,
@@ -152,6 +171,12 @@ pub struct Me {
 }
 
 /// `GET /v1/me`.
+#[utoipa::path(get, path = "/v1/me", tag = "sessions", security(("session" = [])),
+    responses(
+        (status = 200, description = "The signed-in user", body = Me),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ))]
 pub async fn show_me(auth: AuthUser) -> Json<Me> {
     Json(Me {
         id: auth.user.id,

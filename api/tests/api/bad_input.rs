@@ -169,3 +169,71 @@ async fn health_readiness_and_metrics_answer() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_exactly_the_served_routes() {
+    let app = spawn_app().await;
+    let r = app.get("/openapi.json").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut expected = vec![
+        "POST /v1/users",
+        "POST /v1/email/verify",
+        "POST /v1/sessions",
+        "GET /v1/me",
+        "DELETE /v1/sessions/current",
+        "POST /v1/password/forgot",
+        "POST /v1/password/reset",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+    ];
+    expected.sort_unstable();
+    assert_eq!(documented, expected);
+    // Every documented route is served (none answers 404/405).
+    for entry in &documented {
+        let (method, path) = entry.split_once(' ').unwrap();
+        let r = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            !matches!(r.status().as_u16(), 404 | 405),
+            "{entry} answered {}",
+            r.status()
+        );
+    }
+    // Every error code the api can produce is named in the document.
+    let text = doc.to_string();
+    for code in [
+        "invalid_email",
+        "weak_password",
+        "password_too_long",
+        "token_invalid",
+        "token_expired",
+        "token_used",
+        "invalid_credentials",
+        "unauthorized",
+        "rate_limited_ip",
+        "rate_limited_login",
+        "malformed_json",
+        "invalid_body",
+        "unsupported_media_type",
+        "payload_too_large",
+        "unavailable",
+    ] {
+        assert!(text.contains(code), "{code} is not documented");
+    }
+}
