@@ -3,10 +3,10 @@
 //! Every problem is reported at once, each with the variable's name and how to fix it, so a
 //! misconfigured deploy fails in its first second instead of at the first request.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use ipnet::IpNet;
-use shared::token::{Digest, MIN_SECRET_LEN};
+use shared::{config::EnvReader, token::Digest};
 
 /// Validated settings of one api process.
 #[derive(Debug, Clone)]
@@ -77,10 +77,7 @@ impl Config {
     /// Reads settings through `lookup` (the environment in production, a map in tests).
     /// `NAME_FILE` is honoured for every variable, so secrets can come from mounted files.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut r = Reader {
-            lookup: &lookup,
-            errors: Vec::new(),
-        };
+        let mut r = EnvReader::new(&lookup);
         let database_url = r.required(
             "DATABASE_URL",
             "e.g. postgres://postgres@127.0.0.1:5432/pwrecovery",
@@ -105,7 +102,7 @@ impl Config {
         let retry_schedule_secs = match shared::topology::parse_retry_schedule(&retry) {
             Ok(s) => s,
             Err(e) => {
-                r.errors.push(format!("MAIL_RETRY_SCHEDULE_SECS: {e}"));
+                r.error(format!("MAIL_RETRY_SCHEDULE_SECS: {e}"));
                 Vec::new()
             }
         };
@@ -123,8 +120,7 @@ impl Config {
             parallelism: r.number("ARGON2_PARALLELISM", defaults.parallelism.into(), 1, 64) as u32,
         };
         if u64::from(argon2.memory_kib) < 8 * u64::from(argon2.parallelism) {
-            r.errors
-                .push("ARGON2_MEMORY_KIB: must be at least 8 × ARGON2_PARALLELISM".into());
+            r.error("ARGON2_MEMORY_KIB: must be at least 8 × ARGON2_PARALLELISM");
         }
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let hash_concurrency = r.number("HASH_CONCURRENCY", cores as u64, 1, 1024) as usize;
@@ -134,9 +130,7 @@ impl Config {
         let broker_namespace = r.string("BROKER_NAMESPACE", "");
         let expires = r.number("BROKER_QUEUE_EXPIRES_MS", 0, 0, 30 * 86_400_000);
 
-        if !r.errors.is_empty() {
-            return Err(ConfigError(r.errors));
-        }
+        r.finish().map_err(ConfigError)?;
         Ok(Self {
             database_url,
             redis_url,
@@ -167,152 +161,6 @@ impl Config {
     /// The secret used for pseudonyms of addresses and IPs (the signing secret).
     pub fn pseudonym_secret(&self) -> &[u8] {
         self.token_secrets.first().map_or(&[], Vec::as_slice)
-    }
-}
-
-struct Reader<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-    errors: Vec<String>,
-}
-
-impl Reader<'_> {
-    fn raw(&mut self, name: &str) -> Option<String> {
-        if let Some(v) = (self.lookup)(name) {
-            return Some(v);
-        }
-        let file = (self.lookup)(&format!("{name}_FILE"))?;
-        match std::fs::read_to_string(Path::new(&file)) {
-            Ok(v) => Some(v.trim_end_matches(['\r', '\n']).to_owned()),
-            Err(e) => {
-                self.errors
-                    .push(format!("{name}_FILE: cannot read {file:?}: {e}"));
-                None
-            }
-        }
-    }
-
-    fn string(&mut self, name: &str, default: &str) -> String {
-        self.raw(name).unwrap_or_else(|| default.to_owned())
-    }
-
-    fn required(&mut self, name: &str, hint: &str) -> String {
-        match self.raw(name).filter(|v| !v.trim().is_empty()) {
-            Some(v) => v,
-            None => {
-                self.errors
-                    .push(format!("{name}: not set ({hint}; see .env.example)"));
-                String::new()
-            }
-        }
-    }
-
-    fn parsed<T: std::str::FromStr>(
-        &mut self,
-        name: &str,
-        default: &str,
-        expected: &str,
-    ) -> Option<T> {
-        let v = self.string(name, default);
-        match v.trim().parse() {
-            Ok(t) => Some(t),
-            Err(_) => {
-                self.errors
-                    .push(format!("{name}: expected {expected}, got {v:?}"));
-                None
-            }
-        }
-    }
-
-    fn number(&mut self, name: &str, default: u64, min: u64, max: u64) -> u64 {
-        let Some(v) = self.raw(name) else {
-            return default;
-        };
-        match v.trim().parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => n,
-            _ => {
-                self.errors.push(format!(
-                    "{name}: expected a whole number from {min} to {max}, got {v:?}"
-                ));
-                default
-            }
-        }
-    }
-
-    fn boolean(&mut self, name: &str, default: bool) -> bool {
-        match self.raw(name).map(|v| v.trim().to_ascii_lowercase()) {
-            None => default,
-            Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => true,
-            Some(v) if matches!(v.as_str(), "false" | "0" | "no") => false,
-            Some(v) => {
-                self.errors
-                    .push(format!("{name}: expected true or false, got {v:?}"));
-                default
-            }
-        }
-    }
-
-    fn public_base_url(&mut self) -> String {
-        let v = self.required(
-            "PUBLIC_BASE_URL",
-            "the origin users reach, e.g. https://account.example.com",
-        );
-        let trimmed = v.trim().trim_end_matches('/').to_owned();
-        let valid = (trimmed.starts_with("https://") || trimmed.starts_with("http://"))
-            && trimmed
-                .split("://")
-                .nth(1)
-                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['?', '#', ' ', '@']));
-        if !v.is_empty() && !valid {
-            self.errors.push(format!(
-                "PUBLIC_BASE_URL: expected an http(s) origin such as https://account.example.com \
-                 (no query, fragment or credentials), got {v:?}"
-            ));
-        }
-        trimmed
-    }
-
-    fn token_secrets(&mut self) -> Vec<Vec<u8>> {
-        let v = self.required(
-            "TOKEN_SECRETS",
-            "comma-separated secrets of at least 32 bytes; generate one with `openssl rand -hex 32`",
-        );
-        let secrets: Vec<Vec<u8>> = v
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| s.as_bytes().to_vec())
-            .collect();
-        if !v.is_empty() && secrets.is_empty() {
-            self.errors.push("TOKEN_SECRETS: no secret given".into());
-        }
-        for (i, s) in secrets.iter().enumerate() {
-            if s.len() < MIN_SECRET_LEN {
-                self.errors.push(format!(
-                    "TOKEN_SECRETS: secret #{} is {} bytes; each needs at least {MIN_SECRET_LEN} \
-                     (generate one with `openssl rand -hex 32`)",
-                    i + 1,
-                    s.len()
-                ));
-            }
-        }
-        secrets
-    }
-
-    fn trusted_proxies(&mut self) -> Vec<IpNet> {
-        let v = self.string("TRUSTED_PROXIES", "");
-        let mut nets = Vec::new();
-        for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let parsed = item
-                .parse::<IpNet>()
-                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from));
-            match parsed {
-                Ok(net) => nets.push(net),
-                Err(_) => self.errors.push(format!(
-                    "TRUSTED_PROXIES: {item:?} is not an IP address or CIDR range (e.g. 10.0.0.0/8)"
-                )),
-            }
-        }
-        nets
     }
 }
 

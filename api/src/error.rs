@@ -179,15 +179,9 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<redis::RedisError> for ApiError {
-    fn from(e: redis::RedisError) -> Self {
+impl From<shared::redis_pool::RedisError> for ApiError {
+    fn from(e: shared::redis_pool::RedisError) -> Self {
         // Fail closed: without Redis no limit, burn or session can be checked.
-        ApiError::Unavailable(e.into())
-    }
-}
-
-impl From<deadpool_redis::PoolError> for ApiError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
         ApiError::Unavailable(e.into())
     }
 }

@@ -9,7 +9,6 @@ pub mod hashing;
 pub mod password_policy;
 pub mod publisher;
 pub mod rate_limit;
-pub mod redis_pool;
 pub mod routes;
 pub mod sessions;
 pub mod startup;

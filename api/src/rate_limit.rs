@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 use shared::keys::pseudonym;
 
-use crate::{error::ApiError, redis_pool::RedisPool};
+use shared::redis_pool::RedisPool;
+
+use crate::error::ApiError;
 
 const WINDOW: Duration = Duration::from_secs(3600);
 
@@ -123,22 +125,22 @@ impl RateLimiter {
             pipe
         };
         let first = build(false);
-        let raw: Result<Vec<(i64, i64, i64)>, ApiError> = self
+        let raw: Vec<(i64, i64, i64)> = match self
             .redis
             .run(|mut c| async move { first.query_async(&mut c).await })
-            .await;
-        let raw = match raw {
+            .await
+        {
             Ok(r) => r,
             // After a Redis restart the script cache is empty: load and retry once. The
             // failed pipeline ran nothing (every call failed with NOSCRIPT), so nothing is
             // counted twice.
-            Err(ApiError::Unavailable(e)) if is_noscript(&e) => {
+            Err(e) if e.is_noscript() => {
                 let retry = build(true);
                 self.redis
                     .run(|mut c| async move { retry.query_async(&mut c).await })
                     .await?
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         Ok(raw
             .into_iter()
@@ -152,9 +154,4 @@ impl RateLimiter {
             })
             .collect())
     }
-}
-
-fn is_noscript(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<redis::RedisError>()
-        .is_some_and(|r| r.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
 }

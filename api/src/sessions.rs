@@ -14,7 +14,9 @@ use redis::Script;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use crate::{error::ApiError, redis_pool::RedisPool};
+use shared::redis_pool::RedisPool;
+
+use crate::error::ApiError;
 
 /// Name of the session cookie.
 pub const COOKIE_NAME: &str = "session";

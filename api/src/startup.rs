@@ -1,12 +1,7 @@
 //! Building the application: connections, state, router and server. `Application::build` is
 //! both the production start and the test harness (bind port 0, own database per test).
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{Arc, OnceLock},
-    time::{Duration, Instant},
-};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::Context as _;
 use axum::{
@@ -16,9 +11,11 @@ use axum::{
     middleware::{self, Next},
     response::Response,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use shared::{clock::Clock, keys::Keys, token::TokenKeys, topology::Topology};
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use metrics_exporter_prometheus::PrometheusHandle;
+use shared::{
+    clock::Clock, keys::Keys, redis_pool::RedisPool, token::TokenKeys, topology::Topology,
+};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi as _;
@@ -30,7 +27,6 @@ use crate::{
     hashing::Hasher,
     publisher::Publisher,
     rate_limit::RateLimiter,
-    redis_pool::RedisPool,
     routes,
     sessions::Sessions,
     tokens::TokenService,
@@ -113,7 +109,7 @@ impl Application {
             hasher,
             publisher,
             clock,
-            metrics: metrics_handle(),
+            metrics: shared::telemetry::prometheus(),
             db,
             redis,
             config: Arc::new(config),
@@ -170,15 +166,9 @@ impl Application {
     }
 }
 
-/// Connects the PostgreSQL pool. Acquiring a connection is bounded so that an unreachable
-/// database turns into prompt 503s.
+/// Connects the PostgreSQL pool (see [`shared::telemetry::connect_db`]).
 pub async fn connect_db(url: &str) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(32)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(url)
-        .await
-        .context("cannot connect to PostgreSQL (check DATABASE_URL and that the server runs)")
+    shared::telemetry::connect_db(url, 32).await
 }
 
 /// The router, shared by `main` and the tests.
@@ -276,25 +266,4 @@ async fn track(request: Request, next: Next) -> Response {
         "request"
     );
     response
-}
-
-/// The process-wide Prometheus recorder (installed once; tests build many applications).
-fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ];
-            let builder = PrometheusBuilder::new()
-                .set_buckets(&buckets)
-                .expect("bucket list is not empty");
-            match builder.install_recorder() {
-                Ok(handle) => handle,
-                // Another recorder is already installed (an embedding program): keep ours
-                // private instead of failing.
-                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
-        })
-        .clone()
 }

@@ -13,7 +13,9 @@ use shared::token::{
 };
 use uuid::Uuid;
 
-use crate::{error::ApiError, redis_pool::RedisPool};
+use shared::redis_pool::RedisPool;
+
+use crate::error::ApiError;
 
 /// A token that passed the signature, age, generation and burn checks.
 #[derive(Debug, Clone)]
@@ -131,7 +133,8 @@ impl TokenService {
                     .query_async(&mut c)
                     .await
             })
-            .await?;
+            .await
+            .map_err(ApiError::from)?;
         if burned {
             metrics::counter!("burned_token_replays_total").increment(1);
             return Err(Rejected::new(ApiError::TokenUsed, Some(claims.uid), "used"));

@@ -12,6 +12,20 @@ for db in $(psql "$PG_URL" -Atqc "SELECT datname FROM pg_database WHERE datname 
   psql "$PG_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
 done
 
+# The end-to-end tests deliver to a real SMTP server (aiosmtpd, tests/smtp/): keep it in a
+# virtualenv outside the clone so system Python stays untouched and reruns are instant.
+VENV="${XDG_CACHE_HOME:-$HOME/.cache}/pwrecovery/smtp-venv"
+if ! "$VENV/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/smtp/requirements.txt
+fi
+export SMTP_SINK_PYTHON="$VENV/bin/python"
+
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
 cargo test --workspace --locked "$@"

@@ -1,10 +1,13 @@
 //! Pieces both services agree on: tokens, job messages, broker topology, Redis key names,
 //! address normalisation and logging setup.
 
+pub mod audit;
 pub mod clock;
+pub mod config;
 pub mod email;
 pub mod keys;
 pub mod message;
+pub mod redis_pool;
 pub mod telemetry;
 pub mod token;
 pub mod topology;

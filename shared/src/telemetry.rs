@@ -1,5 +1,11 @@
-//! Logging setup shared by both binaries: JSON lines on stdout, filtered by `RUST_LOG`.
+//! Process plumbing shared by both binaries: JSON logs on stdout (filtered by `RUST_LOG`),
+//! the Prometheus recorder and the PostgreSQL pool.
 
+use std::{sync::OnceLock, time::Duration};
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::{PgPool, postgres::PgPoolOptions};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `LOG_FORMAT=pretty` gives human-readable lines for local
@@ -21,4 +27,38 @@ pub fn init(default_filter: &str) {
             .with_current_span(true)
             .try_init()
     };
+}
+
+/// Histogram buckets (seconds) for every latency metric, so each has `_bucket` series.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The process-wide Prometheus recorder, installed on first use (tests build several
+/// services in one process; they share it).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)
+                .expect("bucket list is not empty");
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (an embedding program): keep ours private.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// Connects a PostgreSQL pool. Acquiring a connection is bounded, so an unreachable database
+/// turns into prompt errors (503 in the api, retries in the worker) instead of stalls.
+pub async fn connect_db(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+        .context("cannot connect to PostgreSQL (check DATABASE_URL and that the server runs)")
 }

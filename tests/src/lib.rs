@@ -2,6 +2,8 @@
 //! databases, key and queue namespaces, a fault-injecting TCP proxy and a job reader, all
 //! against the real PostgreSQL, Redis and RabbitMQ of the machine.
 
+pub mod stack;
+
 use std::{
     future::Future,
     net::SocketAddr,
@@ -308,4 +310,106 @@ impl ServiceProcess {
             .status()?;
         Ok(tokio::time::timeout(timeout, self.child.wait()).await??)
     }
+}
+
+/// Deletes a test's queues and exchanges from the broker, synchronously (callable from
+/// `Drop`, also while a failed test unwinds). Queues hold file descriptors on the broker; a
+/// suite that leaves hundreds behind runs the broker out of them.
+pub fn delete_topology_blocking(topology: &shared::topology::Topology) {
+    let topology = topology.clone();
+    let worker = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+                let connection =
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+                let channel = connection.create_channel().await?;
+                let mut queues = vec![topology.jobs_queue(), topology.dead_queue()];
+                queues.extend(
+                    topology
+                        .retry_delays()
+                        .iter()
+                        .map(|d| topology.retry_queue(*d)),
+                );
+                for queue in queues {
+                    let _ = channel
+                        .queue_delete(queue.into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                for exchange in [topology.mail_exchange(), topology.events_exchange()] {
+                    let _ = channel
+                        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
+                connection.close(200, "cleaned up".into()).await
+            })
+            .await;
+        });
+    });
+    let _ = worker.join();
+}
+
+/// Publishes `bodies` to the work queue of `topology` with confirms (as the api would), each
+/// with its message id when it is a valid job.
+pub async fn publish_raw_jobs(
+    topology: &shared::topology::Topology,
+    bodies: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut confirms = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Ok(envelope) = Envelope::decode(body) {
+            properties = properties
+                .with_message_id(envelope.id.to_string().into())
+                .with_type(envelope.job.kind().into());
+        }
+        confirms.push(
+            channel
+                .basic_publish(
+                    topology.mail_exchange().into(),
+                    shared::topology::JOBS_ROUTING_KEY.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await?,
+        );
+    }
+    for confirm in confirms {
+        anyhow::ensure!(confirm.await?.is_ack(), "broker refused a job");
+    }
+    connection.close(200, "published".into()).await?;
+    Ok(())
+}
+
+/// `n` account-exists notices to distinct addresses `<prefix>-<i>@example.org`: jobs that
+/// need no account in the database and always produce exactly one email.
+pub fn notice_jobs(prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            Envelope::new(
+                shared::message::Job::AccountExistsNotice {
+                    email: format!("{prefix}-{i}@example.org"),
+                },
+                chrono::Utc::now(),
+                chrono::Duration::hours(1),
+                "en",
+                shared::message::Trace::default(),
+            )
+            .encode()
+        })
+        .collect()
 }

@@ -23,7 +23,7 @@ fn base_env(database_url: &str, namespace: &str) -> Vec<(String, String)> {
         ("MAIL_RETRY_SCHEDULE_SECS", "1"),
         ("REDIS_KEY_PREFIX", &format!("{namespace}:")),
         ("BROKER_NAMESPACE", &format!("{namespace}.")),
-        ("BROKER_QUEUE_EXPIRES_MS", "300000"),
+        ("BROKER_QUEUE_EXPIRES_MS", "120000"),
         ("RUST_LOG", "info"),
     ]
     .into_iter()
@@ -78,6 +78,7 @@ async fn the_api_binary_migrates_serves_publishes_and_stops_cleanly_on_sigterm()
     );
 
     let status = process.terminate(Duration::from_secs(15)).await.unwrap();
+    e2e::delete_topology_blocking(&topology);
     assert!(status.success(), "exit status {status:?}");
     let logs = process.output().join("\n");
     assert!(logs.contains("api stopped"), "{logs}");

@@ -16,12 +16,14 @@ use shared::{
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use shared::audit::AuditEvent;
+
 use crate::{
     error::{ApiError, ErrorBody},
     extract::{AppJson, ClientIp, Locale, RequestTrace},
     password_policy,
     startup::AppState,
-    store::{self, audit::AuditEvent},
+    store,
     tokens::Rejected,
 };
 
@@ -170,17 +172,20 @@ pub async fn reset_password(
         return Err(ApiError::TokenUsed);
     }
 
-    let result = async {
+    // Commit first, then publish: the worker reads what the notice announces, so the change
+    // must be visible before the job can be consumed. If the broker does not confirm, the
+    // change is undone (compensated) and the link given back, so nothing stays half-done.
+    let committed = async {
         let hash = state.hasher.hash(body.new_password).await?;
         let mut tx = state.db.begin().await?;
-        let Some(new_version) =
+        let Some(change) =
             store::users::replace_password(&mut *tx, user_id, user.password_version, &hash).await?
         else {
             // The password changed between the check and the update (another link, another
             // device): this link belongs to the old password.
             return Ok(None);
         };
-        store::audit::record(
+        shared::audit::record(
             &mut *tx,
             &AuditEvent {
                 action: "password_reset",
@@ -192,37 +197,12 @@ pub async fn reset_password(
             },
         )
         .await?;
-        let notice = Envelope::new(
-            Job::PasswordChanged {
-                user_id,
-                email: user.email.clone(),
-                ip: Some(ip.to_string()),
-                password_version: new_version,
-            },
-            now,
-            chrono::Duration::days(1),
-            locale,
-            trace.clone(),
-        );
-        state.publisher.publish_job(&notice).await?;
-        state
-            .publisher
-            .publish_event(
-                shared::topology::PASSWORD_RESET_EVENT,
-                &json!({
-                    "user_id": user_id,
-                    "password_version": new_version,
-                    "occurred_at": now,
-                }),
-            )
-            .await?;
         tx.commit().await?;
-        Ok::<_, ApiError>(Some(new_version))
+        Ok::<_, ApiError>(Some(change))
     }
     .await;
-
-    match result {
-        Ok(Some(_)) => {}
+    let change = match committed {
+        Ok(Some(change)) => change,
         Ok(None) => {
             audit("password_changed", Some(user_id)).await;
             return Err(ApiError::TokenInvalid);
@@ -231,7 +211,48 @@ pub async fn reset_password(
             state.tokens.unburn(&token).await;
             return Err(e);
         }
+    };
+
+    let notice = Envelope::new(
+        Job::PasswordChanged {
+            user_id,
+            email: user.email.clone(),
+            ip: Some(ip.to_string()),
+            password_version: change.new_version,
+        },
+        now,
+        chrono::Duration::days(1),
+        locale,
+        trace.clone(),
+    );
+    let event = json!({
+        "user_id": user_id,
+        "password_version": change.new_version,
+        "occurred_at": now,
+    });
+    let published = async {
+        state.publisher.publish_job(&notice).await?;
+        state
+            .publisher
+            .publish_event(shared::topology::PASSWORD_RESET_EVENT, &event)
+            .await
     }
+    .await;
+    if let Err(e) = published {
+        match store::users::restore_password(&state.db, user_id, &change).await {
+            Ok(()) => {
+                audit("rolled_back", Some(user_id)).await;
+                state.tokens.unburn(&token).await;
+            }
+            // The new password stays (it was committed) and the link stays burned; the notice
+            // is what is missing. Logged loudly for operators.
+            Err(restore) => {
+                tracing::error!(error = %restore, "could not undo a password change after a failed publish")
+            }
+        }
+        return Err(e);
+    }
+
     // Sessions also die by their password version; deleting them is the fast path.
     if let Err(e) = state.sessions.revoke_all(user_id).await {
         tracing::warn!(error = %e, "session revocation failed; sessions die by password version");
@@ -257,7 +278,7 @@ async fn audit_reset(
         address_hash: None,
         request_id,
     };
-    if let Err(e) = store::audit::record(&state.db, &event).await {
+    if let Err(e) = shared::audit::record(&state.db, &event).await {
         tracing::error!(error = %e, outcome, "could not write audit row");
     }
 }

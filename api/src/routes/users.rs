@@ -17,12 +17,14 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use shared::audit::AuditEvent;
+
 use crate::{
     error::{ApiError, ErrorBody},
     extract::{AppJson, AuthUser, ClientIp, Locale, RequestTrace},
     password_policy,
     startup::AppState,
-    store::{self, audit::AuditEvent},
+    store,
     tokens::Rejected,
 };
 
@@ -46,8 +48,8 @@ pub struct SignUpRequest {
 /// Creates an account, or tells the owner of a taken address that someone tried.
 ///
 /// Both outcomes hash the password and publish one job, and answer the same 202, so sign-up
-/// cannot be used to test whether an address is registered. The insert and the publish
-/// commit together: a job the broker did not confirm leaves no account behind.
+/// cannot be used to test whether an address is registered. A job the broker did not
+/// confirm leaves no account behind.
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = SignUpRequest,
     responses(
         (status = 202, description = "Accepted; the same answer whether or not the address is taken", body = crate::routes::Accepted),
@@ -69,9 +71,10 @@ pub async fn sign_up(
     let hash = state.hasher.hash(body.password).await?;
     let now = state.clock.now();
 
-    let mut tx = state.db.begin().await?;
+    // Commit, then publish: the worker looks the new user up, so the row must be visible
+    // before the job can be consumed. Without the broker's confirm the row is removed again.
     let created =
-        store::users::insert_if_absent(&mut *tx, address.address(), address.key(), &hash).await?;
+        store::users::insert_if_absent(&state.db, address.address(), address.key(), &hash).await?;
     let (job, ttl) = match created {
         Some(user_id) => (
             Job::EmailVerification {
@@ -89,8 +92,14 @@ pub async fn sign_up(
     };
     let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
     let envelope = Envelope::new(job, now, ttl, locale, trace);
-    state.publisher.publish_job(&envelope).await?;
-    tx.commit().await?;
+    if let Err(e) = state.publisher.publish_job(&envelope).await {
+        if let Some(user_id) = created
+            && let Err(undo) = store::users::delete_unconfirmed(&state.db, user_id).await
+        {
+            tracing::error!(error = %undo, "could not remove an account whose verification job failed");
+        }
+        return Err(e);
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "message": SIGN_UP_ACCEPTED_MESSAGE })),
@@ -155,7 +164,7 @@ pub async fn verify_email(
             address_hash: None,
             request_id: trace.request_id.as_deref(),
         };
-        if let Err(e) = store::audit::record(&state.db, &event).await {
+        if let Err(e) = shared::audit::record(&state.db, &event).await {
             tracing::error!(error = %e, "could not write audit row");
         }
     }

@@ -1,4 +1,3 @@
 //! PostgreSQL queries, one module per table.
 
-pub mod audit;
 pub mod users;

@@ -59,6 +59,15 @@ pub async fn credentials(db: &PgPool, email_key: &str) -> Result<Option<Credenti
         .await
 }
 
+/// A committed password change, with what is needed to undo it.
+#[derive(Debug, Clone)]
+pub struct PasswordChange {
+    pub old_hash: String,
+    pub old_version: i32,
+    pub was_verified: bool,
+    pub new_version: i32,
+}
+
 /// Replaces the password if the version is still `expected_version`; bumps the version and
 /// marks the address verified (the reset link proved it). `None` when the version moved.
 pub async fn replace_password(
@@ -66,21 +75,65 @@ pub async fn replace_password(
     id: Uuid,
     expected_version: i32,
     password_hash: &str,
-) -> Result<Option<i32>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE users
+) -> Result<Option<PasswordChange>, sqlx::Error> {
+    let row: Option<(String, bool, i32)> = sqlx::query_as(
+        "UPDATE users u
          SET password_hash = $3,
-             password_version = password_version + 1,
-             email_verified_at = COALESCE(email_verified_at, now()),
+             password_version = u.password_version + 1,
+             email_verified_at = COALESCE(u.email_verified_at, now()),
              updated_at = now()
-         WHERE id = $1 AND password_version = $2
-         RETURNING password_version",
+         FROM (SELECT password_hash, email_verified_at IS NOT NULL AS verified
+               FROM users WHERE id = $1 AND password_version = $2 FOR UPDATE) old
+         WHERE u.id = $1 AND u.password_version = $2
+         RETURNING old.password_hash, old.verified, u.password_version",
     )
     .bind(id)
     .bind(expected_version)
     .bind(password_hash)
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(
+        row.map(|(old_hash, was_verified, new_version)| PasswordChange {
+            old_hash,
+            old_version: expected_version,
+            was_verified,
+            new_version,
+        }),
+    )
+}
+
+/// Undoes `change` if nothing changed the password since.
+pub async fn restore_password(
+    db: &PgPool,
+    id: Uuid,
+    change: &PasswordChange,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE users
+         SET password_hash = $3,
+             password_version = $4,
+             email_verified_at = CASE WHEN $5 THEN email_verified_at ELSE NULL END,
+             updated_at = now()
+         WHERE id = $1 AND password_version = $2",
+    )
+    .bind(id)
+    .bind(change.new_version)
+    .bind(&change.old_hash)
+    .bind(change.old_version)
+    .bind(change.was_verified)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Removes an account whose verification job the broker did not confirm (compensation of
+/// a sign-up).
+pub async fn delete_unconfirmed(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM users WHERE id = $1 AND email_verified_at IS NULL")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// Marks the address verified (idempotent).

@@ -41,6 +41,7 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
         self.server.abort();
+        e2e::delete_topology_blocking(&self.topology);
     }
 }
 
@@ -63,7 +64,9 @@ pub async fn test_config(overrides: &[(&str, &str)]) -> Config {
         ("PUBLISH_TIMEOUT_MS", "3000"),
         ("REDIS_KEY_PREFIX", &format!("t:{id}:")),
         ("BROKER_NAMESPACE", &format!("t-{id}.")),
-        ("BROKER_QUEUE_EXPIRES_MS", "600000"),
+        // Backstop for queues a killed test run could not delete.
+        ("BROKER_QUEUE_EXPIRES_MS", "120000"),
+        ("MAIL_RETRY_SCHEDULE_SECS", "1"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -83,6 +86,9 @@ pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestApp {
 }
 
 pub async fn spawn_config(config: Config) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        shared::telemetry::init("warn");
+    }
     let clock = ManualClock::new(chrono::Utc::now());
     let topology = Topology::new(config.broker_namespace.clone(), &config.retry_schedule_secs);
     let keys = Keys::new(config.redis_key_prefix.clone());

@@ -1,15 +1,32 @@
 //! The Redis connection pool, with a deadline on every operation.
 //!
-//! A slow or dead Redis must turn into a prompt 503, never into requests piling up.
+//! A slow or dead Redis must turn into a prompt error (a 503 in the api, a retry in the
+//! worker), never into work piling up.
 
 use std::{future::Future, time::Duration};
 
+use crate::keys::Keys;
 use deadpool_redis::{
     Config as PoolConfig, Connection, Pool, PoolConfig as Sizing, Runtime, Timeouts,
 };
-use shared::keys::Keys;
 
-use crate::error::ApiError;
+/// A failed Redis operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl RedisError {
+    /// Whether the server had lost the script (it restarted): load it and retry.
+    pub fn is_noscript(&self) -> bool {
+        matches!(self, RedisError::Redis(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+    }
+}
 
 /// Deadline for one Redis round trip, connection checkout included.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,16 +62,17 @@ impl RedisPool {
     }
 
     /// Runs `op` on a pooled connection within the deadline.
-    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, ApiError>
+    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         tokio::time::timeout(OP_TIMEOUT, async {
             let conn = self.pool.get().await?;
-            Ok::<T, ApiError>(op(conn).await?)
+            Ok::<T, RedisError>(op(conn).await?)
         })
-        .await?
+        .await
+        .map_err(|_| RedisError::Timeout(OP_TIMEOUT))?
     }
 
     /// Readiness probe.

@@ -1,4 +1,5 @@
-//! The `audit_events` table.
+//! The `audit_events` table, written by the api (reset and verification attempts) and the
+//! worker (forgot-password decisions).
 
 use std::net::IpAddr;
 

@@ -1,0 +1,218 @@
+//! The worker's configuration, read from the environment (and `.env`) and validated at start.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use shared::{config::EnvReader, token::Digest};
+
+/// Where emails go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// SMTP per `SMTP_URL` (plain, STARTTLS or implicit TLS; credentials in the URL).
+    Smtp { url: String },
+    /// `.eml` files in a directory (local runs without a mail server).
+    File { dir: PathBuf },
+}
+
+/// Validated settings of one worker process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub redis_url: String,
+    pub amqp_url: String,
+    pub http_bind: SocketAddr,
+    pub public_base_url: String,
+    pub token_secrets: Vec<Vec<u8>>,
+    pub token_digest: Digest,
+    pub reset_token_max_age: Duration,
+    pub verify_token_max_age: Duration,
+    pub transport: Transport,
+    /// `From` header, e.g. `Account Security <no-reply@example.com>`.
+    pub mail_from: String,
+    /// Name of the product in subjects and signatures.
+    pub product_name: String,
+    pub retry_schedule_secs: Vec<u64>,
+    /// SMTP sends in flight per process (and the AMQP prefetch).
+    pub concurrency: usize,
+    pub notify_unknown_recipients: bool,
+    /// Per-command SMTP timeout.
+    pub smtp_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub redis_key_prefix: String,
+    pub broker_namespace: String,
+    pub broker_queue_expires_ms: Option<i64>,
+}
+
+/// Every configuration problem, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Reads the process environment, after loading `.env` if there is one.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment in production, a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = EnvReader::new(&lookup);
+        let database_url = r.required(
+            "DATABASE_URL",
+            "e.g. postgres://postgres@127.0.0.1:5432/pwrecovery",
+        );
+        let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
+        let amqp_url = r.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let http_bind = r.parsed(
+            "WORKER_HTTP_BIND",
+            "127.0.0.1:8081",
+            "a socket address such as 0.0.0.0:8081",
+        );
+        let public_base_url = r.public_base_url();
+        let token_secrets = r.token_secrets();
+        let token_digest = r.parsed("TOKEN_DIGEST", "sha256", "sha256 or sha1");
+        let reset_max = r.number("RESET_TOKEN_MAX_AGE_SECS", 3600, 60, 7 * 86_400);
+        let verify_max = r.number("VERIFY_TOKEN_MAX_AGE_SECS", 86_400, 60, 30 * 86_400);
+        let transport = match r
+            .string("MAIL_TRANSPORT", "smtp")
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "smtp" => {
+                let url = r.string("SMTP_URL", "smtp://127.0.0.1:1025");
+                if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                    r.error(format!(
+                        "SMTP_URL: expected smtp://host:port, smtp://host:587?tls=required or \
+                         smtps://user:pass@host:465, got a value starting with {:?}",
+                        url.chars().take(8).collect::<String>()
+                    ));
+                }
+                Transport::Smtp { url }
+            }
+            "file" => Transport::File {
+                dir: PathBuf::from(r.string("MAIL_FILE_DIR", "./mail-out")),
+            },
+            other => {
+                r.error(format!(
+                    "MAIL_TRANSPORT: expected smtp or file, got {other:?}"
+                ));
+                Transport::File {
+                    dir: PathBuf::new(),
+                }
+            }
+        };
+        let mail_from = r.string("MAIL_FROM", "Account Security <no-reply@example.com>");
+        if mail_from.parse::<lettre::message::Mailbox>().is_err() {
+            r.error(format!(
+                "MAIL_FROM: expected a mailbox such as \"Account Security <no-reply@example.com>\", got {mail_from:?}"
+            ));
+        }
+        let product_name = r.string("PRODUCT_NAME", "Example Accounts");
+        let retry = r.string("MAIL_RETRY_SCHEDULE_SECS", "5,30,120,600,3600");
+        let retry_schedule_secs =
+            shared::topology::parse_retry_schedule(&retry).unwrap_or_else(|e| {
+                r.error(format!("MAIL_RETRY_SCHEDULE_SECS: {e}"));
+                Vec::new()
+            });
+        let concurrency = r.number("WORKER_CONCURRENCY", 16, 1, 1024) as usize;
+        let notify_unknown_recipients = r.boolean("NOTIFY_UNKNOWN_RECIPIENTS", false);
+        let smtp_timeout = r.number("SMTP_TIMEOUT_SECS", 30, 1, 600);
+        let shutdown = r.number("SHUTDOWN_TIMEOUT_SECS", 10, 1, 600);
+        let redis_key_prefix = r.string("REDIS_KEY_PREFIX", "");
+        let broker_namespace = r.string("BROKER_NAMESPACE", "");
+        let expires = r.number("BROKER_QUEUE_EXPIRES_MS", 0, 0, 30 * 86_400_000);
+        r.finish().map_err(ConfigError)?;
+        Ok(Self {
+            database_url,
+            redis_url,
+            amqp_url,
+            http_bind: http_bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081))),
+            public_base_url,
+            token_secrets,
+            token_digest: token_digest.unwrap_or_default(),
+            reset_token_max_age: Duration::from_secs(reset_max),
+            verify_token_max_age: Duration::from_secs(verify_max),
+            transport,
+            mail_from,
+            product_name,
+            retry_schedule_secs,
+            concurrency,
+            notify_unknown_recipients,
+            smtp_timeout: Duration::from_secs(smtp_timeout),
+            shutdown_timeout: Duration::from_secs(shutdown),
+            redis_key_prefix,
+            broker_namespace,
+            broker_queue_expires_ms: (expires > 0).then_some(expires as i64),
+        })
+    }
+
+    /// The secret used for address pseudonyms (the signing secret, as in the api).
+    pub fn pseudonym_secret(&self) -> &[u8] {
+        self.token_secrets.first().map_or(&[], Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
+        ("PUBLIC_BASE_URL", "https://account.example.com"),
+        ("TOKEN_SECRETS", "0123456789abcdef0123456789abcdef"),
+    ];
+
+    #[test]
+    fn defaults_deliver_over_smtp_with_the_documented_schedule() {
+        let c = from(&BASE).expect("valid");
+        assert_eq!(
+            c.transport,
+            Transport::Smtp {
+                url: "smtp://127.0.0.1:1025".into()
+            }
+        );
+        assert_eq!(c.retry_schedule_secs, vec![5, 30, 120, 600, 3600]);
+        assert_eq!(c.concurrency, 16);
+        assert!(!c.notify_unknown_recipients);
+    }
+
+    #[test]
+    fn bad_transport_sender_and_schedule_are_each_explained() {
+        let mut pairs = BASE.to_vec();
+        pairs.extend([
+            ("MAIL_TRANSPORT", "pigeon"),
+            ("MAIL_FROM", "not a mailbox"),
+            ("MAIL_RETRY_SCHEDULE_SECS", "soon"),
+            ("WORKER_CONCURRENCY", "0"),
+        ]);
+        let text = from(&pairs).expect_err("invalid").to_string();
+        for needle in [
+            "MAIL_TRANSPORT: expected smtp or file",
+            "MAIL_FROM: expected a mailbox",
+            "MAIL_RETRY_SCHEDULE_SECS",
+            "WORKER_CONCURRENCY",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in {text}");
+        }
+    }
+
+    #[test]
+    fn smtp_credentials_are_never_echoed_in_errors() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("SMTP_URL", "ftp://user:hunter2@example.com"));
+        let text = from(&pairs).expect_err("invalid").to_string();
+        assert!(text.contains("SMTP_URL"));
+        assert!(!text.contains("hunter2"));
+    }
+}

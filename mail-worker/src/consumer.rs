@@ -1,0 +1,343 @@
+//! The AMQP side: consume `mail.jobs` with manual acks and bounded prefetch, run up to
+//! `WORKER_CONCURRENCY` jobs at once, and settle each delivery only after its effect is done:
+//! the SMTP server accepted the email, or the job was re-published (confirmed) to a delay
+//! queue or to `mail.dead`. Reconnects by itself; stops consuming on shutdown and lets
+//! in-flight sends finish.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt as _;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString},
+};
+use shared::{
+    message::Envelope,
+    topology::{DEAD_ROUTING_KEY, Topology},
+};
+use tokio::sync::{Semaphore, watch};
+use tracing::Instrument as _;
+
+use crate::{
+    process::{Outcome, Processor},
+    retry,
+};
+
+/// How long to wait for the broker to confirm a re-published job.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The consuming loop of one worker process.
+pub struct Consumer {
+    pub amqp_url: String,
+    pub topology: Topology,
+    pub processor: Arc<Processor>,
+    pub concurrency: usize,
+    pub shutdown_timeout: Duration,
+    /// True while a consumer is attached to the queue (readiness).
+    pub connected: Arc<AtomicBool>,
+}
+
+impl Consumer {
+    /// Consumes until `stop` turns true, reconnecting after any broker failure.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let in_flight = Arc::new(Semaphore::new(self.concurrency));
+        let mut backoff = Duration::from_millis(200);
+        while !*stop.borrow() {
+            match self.session(&mut stop, &in_flight).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.connected.store(false, Ordering::SeqCst);
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.connected.store(false, Ordering::SeqCst);
+        // Let in-flight sends finish (they ack on their own channel) within the bound.
+        let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        if tokio::time::timeout(self.shutdown_timeout, in_flight.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown timeout reached with sends still in flight; they will be redelivered"
+            );
+        }
+    }
+
+    async fn session(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        in_flight: &Arc<Semaphore>,
+    ) -> anyhow::Result<()> {
+        let connection = Connection::connect(
+            &self.amqp_url,
+            ConnectionProperties::default().with_connection_name("mail-worker".into()),
+        )
+        .await?;
+        let channel = connection.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        // Prefetch bounds the unacked jobs this process holds; a crash returns at most these.
+        let prefetch = u16::try_from(self.concurrency).unwrap_or(u16::MAX);
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let tag = format!("mail-worker-{}", uuid::Uuid::new_v4().simple());
+        let mut deliveries = channel
+            .basic_consume(
+                self.topology.jobs_queue().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.connected.store(true, Ordering::SeqCst);
+        tracing::info!(queue = %self.topology.jobs_queue(), prefetch, "consuming");
+        let mut tasks = tokio::task::JoinSet::new();
+        let result = loop {
+            tokio::select! {
+                _ = stop.changed() => {
+                    // Stop taking new jobs; unacked prefetched ones go back to the queue.
+                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    break Ok(());
+                }
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let permit = in_flight.clone().acquire_owned().await?;
+                        let processor = self.processor.clone();
+                        let publisher = publisher.clone();
+                        let topology = self.topology.clone();
+                        tasks.spawn(async move {
+                            handle(&processor, &publisher, &topology, delivery).await;
+                            drop(permit);
+                        });
+                        while tasks.try_join_next().is_some() {}
+                    }
+                    Some(Err(e)) => break Err(anyhow::Error::new(e).context("consumer failed")),
+                    None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+                },
+            }
+        };
+        // In-flight jobs need this connection to settle; keep it open until they are done.
+        let _ = tokio::time::timeout(self.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        let _ = connection.close(200, "bye".into()).await;
+        result
+    }
+}
+
+/// Processes one delivery and settles it.
+async fn handle(
+    processor: &Processor,
+    publisher: &Channel,
+    topology: &Topology,
+    delivery: Delivery,
+) {
+    let envelope = match Envelope::decode(&delivery.data) {
+        Ok(e) => e,
+        Err(e) => {
+            // Never crash, never loop: an undecodable job goes to the dead letters as is.
+            tracing::error!(error = %e, bytes = delivery.data.len(), "undecodable job; dead-lettering");
+            metrics::counter!("jobs_total", "kind" => "undecodable", "outcome" => "dead")
+                .increment(1);
+            let reason = format!("undecodable: {e}");
+            let headers = dead_headers(delivery.properties.headers().as_ref(), &reason, processor);
+            let ok = publish(
+                publisher,
+                topology,
+                DEAD_ROUTING_KEY,
+                &delivery.data,
+                &delivery.properties,
+                headers,
+            )
+            .await;
+            settle_published(&delivery, ok, true).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("job", job_id = %envelope.id, kind = envelope.job.kind(), attempt = envelope.attempt,
+        request_id = envelope.trace.request_id.as_deref().unwrap_or(""));
+    let outcome = processor.process(&envelope).instrument(span.clone()).await;
+    let kind = envelope.job.kind();
+    match &outcome {
+        Outcome::Sent | Outcome::Dropped(_) => {
+            tracing::info!(parent: &span, outcome = outcome.label(), "job done");
+            metrics::counter!("jobs_total", "kind" => kind, "outcome" => outcome.label())
+                .increment(1);
+            ack(&delivery).await;
+        }
+        Outcome::Retry(error) => {
+            let attempt = envelope.attempt + 1;
+            let headers = retry::with_history(
+                delivery.properties.headers().as_ref(),
+                attempt,
+                processor.clock.now(),
+                error,
+            );
+            match retry::delay_for(&processor.config.retry_schedule_secs, attempt) {
+                Some(delay) => {
+                    tracing::warn!(parent: &span, error, delay_secs = delay, "delivery failed; will retry");
+                    metrics::counter!("jobs_total", "kind" => kind, "outcome" => "retried")
+                        .increment(1);
+                    let mut next = envelope.clone();
+                    next.attempt = attempt;
+                    let properties = delivery
+                        .properties
+                        .clone()
+                        .with_expiration(retry::jittered_expiration_ms(delay).to_string().into());
+                    let ok = publish(
+                        publisher,
+                        topology,
+                        &Topology::retry_routing_key(delay),
+                        &next.encode(),
+                        &properties,
+                        headers,
+                    )
+                    .await;
+                    settle_published(&delivery, ok, false).await;
+                }
+                None => {
+                    let reason = format!(
+                        "retries exhausted after {} attempts; last error: {error}",
+                        attempt
+                    );
+                    tracing::error!(parent: &span, reason, "dead-lettering");
+                    metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead")
+                        .increment(1);
+                    processor.audit(&envelope, "dead", None).await;
+                    let dead = dead_headers(Some(&headers), &reason, processor);
+                    let ok = publish(
+                        publisher,
+                        topology,
+                        DEAD_ROUTING_KEY,
+                        &delivery.data,
+                        &delivery.properties,
+                        dead,
+                    )
+                    .await;
+                    settle_published(&delivery, ok, false).await;
+                }
+            }
+        }
+        Outcome::Dead(reason) => {
+            tracing::error!(parent: &span, reason, "permanent failure; dead-lettering");
+            metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead").increment(1);
+            let headers = retry::with_history(
+                delivery.properties.headers().as_ref(),
+                envelope.attempt + 1,
+                processor.clock.now(),
+                reason,
+            );
+            let dead = dead_headers(Some(&headers), reason, processor);
+            let ok = publish(
+                publisher,
+                topology,
+                DEAD_ROUTING_KEY,
+                &delivery.data,
+                &delivery.properties,
+                dead,
+            )
+            .await;
+            settle_published(&delivery, ok, false).await;
+        }
+    }
+}
+
+fn dead_headers(original: Option<&FieldTable>, reason: &str, processor: &Processor) -> FieldTable {
+    let mut headers = original.cloned().unwrap_or_default();
+    let reason: String = reason.chars().take(1000).collect();
+    headers.insert(
+        retry::DEAD_REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    headers.insert(
+        retry::DEAD_AT_HEADER.into(),
+        AMQPValue::LongString(LongString::from(processor.clock.now().to_rfc3339())),
+    );
+    headers
+}
+
+/// Publishes to the mail exchange and waits for the confirm. `true` when the broker has it.
+async fn publish(
+    channel: &Channel,
+    topology: &Topology,
+    routing_key: &str,
+    body: &[u8],
+    properties: &BasicProperties,
+    headers: FieldTable,
+) -> bool {
+    let properties = properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    let result = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+        channel
+            .basic_publish(
+                topology.mail_exchange().into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await?
+            .await
+    })
+    .await;
+    match result {
+        Ok(Ok(Confirmation::Ack(None))) => true,
+        other => {
+            tracing::error!(routing_key, result = ?other.map(|r| r.map(|c| c.is_ack())), "re-publish not confirmed");
+            false
+        }
+    }
+}
+
+/// Acks once the re-publish is confirmed. Otherwise the job goes back to the queue (it will
+/// be tried again); an undecodable one is rejected instead, so the queue's dead-letter
+/// exchange takes it and it cannot loop.
+async fn settle_published(delivery: &Delivery, published: bool, undecodable: bool) {
+    if published {
+        ack(delivery).await;
+    } else if undecodable {
+        let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+    } else {
+        let _ = delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await;
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        // The channel died after the effect: the broker will redeliver, and the idempotency
+        // marker makes the redelivery a no-op.
+        tracing::warn!(error = %e, "ack failed; the job will be redelivered and skipped");
+    }
+}

@@ -1,0 +1,78 @@
+//! The worker's small HTTP port: `/healthz`, `/readyz`, `/metrics`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use shared::redis_pool::RedisPool;
+use sqlx::PgPool;
+
+/// What the probes look at.
+#[derive(Clone)]
+pub struct HttpState {
+    pub db: PgPool,
+    pub redis: RedisPool,
+    pub consuming: Arc<AtomicBool>,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Ready when PostgreSQL and Redis answer and a consumer is attached to RabbitMQ. SMTP is
+/// deliberately not checked: a provider outage is handled by retries, not by restarts.
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let db = async {
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&state.db),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    };
+    let (postgres, redis) = tokio::join!(db, state.redis.ping());
+    let rabbitmq = state.consuming.load(Ordering::SeqCst);
+    let ready = postgres && redis && rabbitmq;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "checks": { "postgres": postgres, "redis": redis, "rabbitmq": rabbitmq },
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,13 @@
+//! The mail-worker service: consumes mail jobs from RabbitMQ, decides what to send, renders
+//! text + HTML emails and delivers them over SMTP with retries, backoff and dead letters.
+
+pub mod config;
+pub mod consumer;
+pub mod dlq;
+pub mod http;
+pub mod mailer;
+pub mod process;
+pub mod render;
+pub mod retry;
+pub mod startup;
+pub mod store;

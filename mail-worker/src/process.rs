@@ -1,0 +1,333 @@
+//! Deciding what a job means and doing it: look the recipient up, mint the link, render,
+//! send. Returns an [`Outcome`]; the consumer turns it into ack, retry or dead letter.
+
+use std::{net::IpAddr, sync::Arc, time::Instant};
+
+use lettre::message::Mailbox;
+use shared::{
+    audit::AuditEvent,
+    clock::Clock,
+    email,
+    keys::{Keys, pseudonym},
+    message::{Envelope, Job},
+    redis_pool::{RedisError, RedisPool},
+    token::{Claims, Purpose, TokenKeys},
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    config::Config,
+    mailer::{Mailer, Outgoing, SendError},
+    render::{EmailContent, Renderer},
+    store::{self, Recipient},
+};
+
+/// How long a delivered job's id is remembered (longer than any redelivery or retry path).
+const SENT_MARKER_TTL_SECS: u64 = 7 * 86_400;
+
+/// What became of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The SMTP server accepted the email.
+    Sent,
+    /// Deliberately not sent (the reason is a stable label).
+    Dropped(&'static str),
+    /// Failed in a way that may pass: retry later.
+    Retry(String),
+    /// Will never work: dead-letter with this reason.
+    Dead(String),
+}
+
+impl Outcome {
+    /// Stable label for metrics and audit rows.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Dropped(reason) => reason,
+            Outcome::Retry(_) => "retried",
+            Outcome::Dead(_) => "dead",
+        }
+    }
+}
+
+/// Everything needed to handle jobs; shared by all in-flight tasks.
+pub struct Processor {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    pub redis: RedisPool,
+    pub tokens: TokenKeys,
+    pub renderer: Renderer,
+    pub mailer: Mailer,
+    pub from: Mailbox,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What a job asks for, after the lookups.
+enum Plan {
+    Send {
+        to: String,
+        content: EmailContent,
+        user: Option<Uuid>,
+    },
+    Drop {
+        reason: &'static str,
+        user: Option<Uuid>,
+    },
+}
+
+/// A failure of a dependency while planning: always worth a retry.
+#[derive(Debug, thiserror::Error)]
+enum Unavailable {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Redis(#[from] RedisError),
+}
+
+impl Processor {
+    fn keys(&self) -> &Keys {
+        self.redis.keys()
+    }
+
+    /// Handles one job end to end (without acking; that is the consumer's business).
+    pub async fn process(&self, job: &Envelope) -> Outcome {
+        let sent_key = self.keys().job_sent(job.id);
+        match self
+            .redis
+            .run(|mut c| async move {
+                redis::cmd("EXISTS")
+                    .arg(&sent_key)
+                    .query_async::<bool>(&mut c)
+                    .await
+            })
+            .await
+        {
+            Ok(true) => return Outcome::Dropped("duplicate"),
+            Ok(false) => {}
+            Err(e) => return Outcome::Retry(format!("idempotency check: {e}")),
+        }
+        if job.is_stale(self.clock.now()) {
+            // Its link would be dead or its news old; sending it would only confuse.
+            self.audit(job, "stale", None).await;
+            return Outcome::Dropped("stale");
+        }
+        let plan = match self.plan(job).await {
+            Ok(plan) => plan,
+            Err(e) => return Outcome::Retry(e.to_string()),
+        };
+        let (to, content, user) = match plan {
+            Plan::Drop { reason, user } => {
+                self.audit(job, reason, user).await;
+                return Outcome::Dropped(reason);
+            }
+            Plan::Send { to, content, user } => (to, content, user),
+        };
+        let rendered = match self.renderer.render(&content, &job.locale) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Dead(format!("cannot render: {e}")),
+        };
+        let started = Instant::now();
+        let result = self
+            .mailer
+            .send(
+                &self.from,
+                Outgoing {
+                    job_id: job.id,
+                    to: &to,
+                    content: &rendered,
+                },
+            )
+            .await;
+        metrics::histogram!("smtp_send_duration_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                self.mark_sent(job.id).await;
+                self.audit(job, "sent", user).await;
+                Outcome::Sent
+            }
+            Err(SendError::Transient(e)) => Outcome::Retry(e),
+            Err(SendError::Permanent(e)) => {
+                self.audit(job, "dead", user).await;
+                Outcome::Dead(e)
+            }
+        }
+    }
+
+    async fn plan(&self, job: &Envelope) -> Result<Plan, Unavailable> {
+        let base = &self.config.public_base_url;
+        Ok(match &job.job {
+            Job::PasswordResetRequested {
+                email,
+                within_budget,
+                ip,
+            } => {
+                if !within_budget {
+                    return Ok(Plan::Drop {
+                        reason: "dropped_over_budget",
+                        user: None,
+                    });
+                }
+                let Ok(address) = email::normalize(email) else {
+                    return Ok(Plan::Drop {
+                        reason: "dropped_invalid_address",
+                        user: None,
+                    });
+                };
+                match store::by_email_key(&self.db, address.key()).await? {
+                    Some(user) => {
+                        let token = self.mint(Purpose::PasswordReset, &user).await?;
+                        Plan::Send {
+                            to: user.email.clone(),
+                            content: EmailContent::PasswordReset {
+                                link: format!("{base}/reset-password?token={token}"),
+                                expires_in_minutes: self.config.reset_token_max_age.as_secs() / 60,
+                                requested_from_ip: checked_ip(ip.as_deref()),
+                            },
+                            user: Some(user.id),
+                        }
+                    }
+                    None if self.config.notify_unknown_recipients => Plan::Send {
+                        to: address.address().to_owned(),
+                        content: EmailContent::NoAccount {
+                            sign_up_url: format!("{base}/"),
+                        },
+                        user: None,
+                    },
+                    None => Plan::Drop {
+                        reason: "dropped_unknown",
+                        user: None,
+                    },
+                }
+            }
+            Job::EmailVerification { user_id, .. } => match store::by_id(&self.db, *user_id).await?
+            {
+                Some(user) if !user.email_verified => {
+                    let token = self.mint(Purpose::EmailVerify, &user).await?;
+                    Plan::Send {
+                        to: user.email.clone(),
+                        content: EmailContent::EmailVerification {
+                            link: format!("{base}/verify-email?token={token}"),
+                            expires_in_hours: self
+                                .config
+                                .verify_token_max_age
+                                .as_secs()
+                                .div_ceil(3600),
+                        },
+                        user: Some(user.id),
+                    }
+                }
+                Some(user) => Plan::Drop {
+                    reason: "dropped_already_verified",
+                    user: Some(user.id),
+                },
+                None => Plan::Drop {
+                    reason: "dropped_unknown",
+                    user: Some(*user_id),
+                },
+            },
+            Job::AccountExistsNotice { email } => Plan::Send {
+                to: email.clone(),
+                content: EmailContent::AccountExists {
+                    sign_in_url: format!("{base}/"),
+                    forgot_password_url: format!("{base}/forgot-password"),
+                },
+                user: None,
+            },
+            Job::PasswordChanged {
+                user_id,
+                password_version,
+                ip,
+                ..
+            } => match store::by_id(&self.db, *user_id).await? {
+                // The notice goes to the address on file now, and only if the change it
+                // announces still stands (a later change does not make it untrue; an undone
+                // one, whose version went back, does).
+                Some(user) if user.password_version >= *password_version => Plan::Send {
+                    to: user.email.clone(),
+                    content: EmailContent::PasswordChanged {
+                        changed_at: job.created_at,
+                        from_ip: checked_ip(ip.as_deref()),
+                        forgot_password_url: format!("{base}/forgot-password"),
+                    },
+                    user: Some(user.id),
+                },
+                Some(user) => Plan::Drop {
+                    reason: "dropped_rolled_back",
+                    user: Some(user.id),
+                },
+                None => Plan::Drop {
+                    reason: "dropped_unknown",
+                    user: Some(*user_id),
+                },
+            },
+        })
+    }
+
+    /// Issues a link: bump the user's generation for this purpose (older links die), sign.
+    async fn mint(&self, purpose: Purpose, user: &Recipient) -> Result<String, RedisError> {
+        let key = self.keys().token_generation(user.id, purpose);
+        let generation: i64 = self
+            .redis
+            .run(|mut c| async move { redis::cmd("INCR").arg(&key).query_async(&mut c).await })
+            .await?;
+        let claims = Claims::new(user.id, user.password_version, generation);
+        Ok(self
+            .tokens
+            .sign(purpose, &claims, self.clock.now().timestamp()))
+    }
+
+    async fn mark_sent(&self, job: Uuid) {
+        let key = self.keys().job_sent(job);
+        let result = self
+            .redis
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("EX")
+                    .arg(SENT_MARKER_TTL_SECS)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(e) = result {
+            // The email went out; a redelivery could now send it twice. Rare, and better than
+            // failing a delivered job.
+            tracing::warn!(job_id = %job, error = %e, "could not record the delivery");
+        }
+    }
+
+    /// Writes the audit row of a final decision. Audit failures are logged, not retried: the
+    /// email's fate must not depend on the audit table.
+    pub async fn audit(&self, job: &Envelope, outcome: &str, user: Option<Uuid>) {
+        let (address, ip) = match &job.job {
+            Job::PasswordResetRequested { email, ip, .. } => (Some(email.as_str()), ip.as_deref()),
+            Job::EmailVerification { email, .. } | Job::AccountExistsNotice { email } => {
+                (Some(email.as_str()), None)
+            }
+            Job::PasswordChanged { email, ip, .. } => (Some(email.as_str()), ip.as_deref()),
+        };
+        let address_hash = address
+            .and_then(|a| email::normalize(a).ok())
+            .map(|a| pseudonym(self.config.pseudonym_secret(), "email", a.key()));
+        let event = AuditEvent {
+            action: job.job.kind(),
+            outcome,
+            user_id: user,
+            ip: ip.and_then(|ip| ip.parse::<IpAddr>().ok()),
+            address_hash: address_hash.as_deref(),
+            request_id: job.trace.request_id.as_deref(),
+        };
+        if let Err(e) = shared::audit::record(&self.db, &event).await {
+            tracing::error!(job_id = %job.id, error = %e, "could not write audit row");
+        }
+    }
+}
+
+/// An IP from the job, only if it really is one: the text part shows it verbatim, so a
+/// forged job must not be able to add lines to the email.
+fn checked_ip(ip: Option<&str>) -> Option<String> {
+    ip.and_then(|ip| ip.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_string())
+}

@@ -1,0 +1,717 @@
+//! Renders the emails the worker sends: subject, plain text and HTML, per kind and locale.
+//!
+//! Every template is compiled into the binary (`include_str!`) and parsed once in
+//! [`Renderer::new`], so a broken template stops the worker at start instead of failing jobs.
+//! Templates live in `mail-worker/templates/<locale>/<kind>.{subject,txt,html}.j2`; the
+//! `.html.j2` ones are auto-escaped by minijinja (it decides by the name), the others are not.
+
+use chrono::{DateTime, Utc};
+use minijinja::value::Serde;
+use minijinja::{AutoEscape, Environment, Output, State, UndefinedBehavior, Value};
+use serde::Serialize;
+
+/// The locales the worker has templates for; the first one is the fallback.
+pub const LOCALES: [&str; 2] = ["en", "zh-CN"];
+
+/// Maps a requested locale (a BCP 47 tag such as `zh-Hans-CN`) to one of [`LOCALES`].
+///
+/// Chinese written in Simplified characters (`zh`, `zh-CN`, `zh-Hans`, `zh-SG`, `zh-Hans-*`,
+/// any case, `_` or `-`) gets `zh-CN`. Everything else gets `en`, including Traditional Chinese
+/// (`zh-TW`, `zh-HK`, `zh-Hant`), whose readers we have no templates for.
+pub fn supported_locale(requested: &str) -> &'static str {
+    let tag = requested.trim().replace('_', "-").to_ascii_lowercase();
+    let mut subtags = tag.split('-');
+    if subtags.next() != Some("zh") {
+        return LOCALES[0];
+    }
+    match subtags.next() {
+        None | Some("hans" | "cn" | "sg") => LOCALES[1],
+        _ => LOCALES[0],
+    }
+}
+
+/// What an email says; the worker fills these from the job and its configuration.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EmailContent {
+    /// A reset link was requested for an existing account.
+    PasswordReset {
+        /// The one-time reset link.
+        link: String,
+        /// How long the link stays valid.
+        expires_in_minutes: u64,
+        /// The client IP the request came from, when known.
+        requested_from_ip: Option<String>,
+    },
+    /// Confirm a new account's address.
+    EmailVerification {
+        /// The verification link.
+        link: String,
+        /// How long the link stays valid.
+        expires_in_hours: u64,
+    },
+    /// Someone tried to sign up with an address that already has an account.
+    AccountExists {
+        /// Where to sign in.
+        sign_in_url: String,
+        /// Where to ask for a reset link.
+        forgot_password_url: String,
+    },
+    /// A reset was requested for an address with no account (only sent when the operator enables it).
+    NoAccount {
+        /// Where to create an account.
+        sign_up_url: String,
+    },
+    /// The password was just changed.
+    PasswordChanged {
+        /// When the change was committed.
+        changed_at: DateTime<Utc>,
+        /// The client IP the change came from, when known.
+        from_ip: Option<String>,
+        /// Where to ask for a reset link if the change was not the owner's.
+        forgot_password_url: String,
+    },
+}
+
+impl EmailContent {
+    /// The template name stem; the same as the serde `kind` tag.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::PasswordReset { .. } => "password_reset",
+            Self::EmailVerification { .. } => "email_verification",
+            Self::AccountExists { .. } => "account_exists",
+            Self::NoAccount { .. } => "no_account",
+            Self::PasswordChanged { .. } => "password_changed",
+        }
+    }
+}
+
+/// A rendered email, ready to be put into a `multipart/alternative` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// One line, no control characters: safe to put in the `Subject` header.
+    pub subject: String,
+    /// The `text/plain` part, ending with a newline.
+    pub text: String,
+    /// The `text/html` part, ending with a newline.
+    pub html: String,
+}
+
+/// Why an email could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The configured product name would be unsafe or empty in a subject line.
+    #[error("the product name must be non-empty and contain no line breaks or control characters")]
+    InvalidProductName,
+    /// A template failed to parse or render.
+    #[error("email template error: {0}")]
+    Template(#[from] minijinja::Error),
+}
+
+/// Declares every template file once and embeds it for each locale.
+macro_rules! embedded_templates {
+    ($($file:literal),* $(,)?) => {
+        [$(
+            (concat!("en/", $file), include_str!(concat!("../templates/en/", $file))),
+            (concat!("zh-CN/", $file), include_str!(concat!("../templates/zh-CN/", $file))),
+        )*]
+    };
+}
+
+/// `(name, source)` of every template; names are `<locale>/<file>`.
+const TEMPLATES: &[(&str, &str)] = &embedded_templates![
+    "layout.txt.j2",
+    "layout.html.j2",
+    "macros.html.j2",
+    "password_reset.subject.j2",
+    "password_reset.txt.j2",
+    "password_reset.html.j2",
+    "email_verification.subject.j2",
+    "email_verification.txt.j2",
+    "email_verification.html.j2",
+    "account_exists.subject.j2",
+    "account_exists.txt.j2",
+    "account_exists.html.j2",
+    "no_account.subject.j2",
+    "no_account.txt.j2",
+    "no_account.html.j2",
+    "password_changed.subject.j2",
+    "password_changed.txt.j2",
+    "password_changed.html.j2",
+];
+
+/// Renders every kind of email in every supported locale.
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    env: Environment<'static>,
+}
+
+impl Renderer {
+    /// Parses every embedded template; `product_name` (e.g. "Example Accounts") appears in
+    /// subjects and signatures.
+    pub fn new(product_name: &str) -> Result<Self, RenderError> {
+        let product_name = product_name.trim();
+        // The name goes into the Subject header: a line break there is header injection.
+        if product_name.is_empty() || product_name.chars().any(char::is_control) {
+            return Err(RenderError::InvalidProductName);
+        }
+        let mut env = Environment::new();
+        // A misspelt variable must fail the tests, not send an email with a hole in it.
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()?,
+        );
+        env.set_formatter(format_value);
+        env.add_global("product_name", product_name.to_owned());
+        for &(name, source) in TEMPLATES {
+            env.add_template(name, source)?;
+        }
+        Ok(Self { env })
+    }
+
+    /// Renders `content` in `locale`; a locale without templates falls back to English.
+    pub fn render(&self, content: &EmailContent, locale: &str) -> Result<Rendered, RenderError> {
+        let locale = supported_locale(locale);
+        let kind = content.kind();
+        let mut context = Context {
+            content,
+            expires_in: match content {
+                EmailContent::PasswordReset {
+                    expires_in_minutes, ..
+                } => Some(minutes_phrase(*expires_in_minutes, locale)),
+                EmailContent::EmailVerification {
+                    expires_in_hours, ..
+                } => Some(hours_phrase(*expires_in_hours, locale)),
+                _ => None,
+            },
+            changed_at_utc: match content {
+                EmailContent::PasswordChanged { changed_at, .. } => {
+                    Some(changed_at.format("%Y-%m-%d %H:%M UTC").to_string())
+                }
+                _ => None,
+            },
+            subject: None,
+        };
+
+        let subject = self.render_part(locale, kind, "subject", &context)?;
+        let subject = single_line(&subject);
+        context.subject = Some(subject.clone());
+        let text = self.render_part(locale, kind, "txt", &context)?;
+        let html = self.render_part(locale, kind, "html", &context)?;
+        Ok(Rendered {
+            subject,
+            text: tidy_text(&text),
+            html: format!("{}\n", html.trim()),
+        })
+    }
+
+    fn render_part(
+        &self,
+        locale: &str,
+        kind: &str,
+        part: &str,
+        context: &Context<'_>,
+    ) -> Result<String, RenderError> {
+        let template = self
+            .env
+            .get_template(&format!("{locale}/{kind}.{part}.j2"))?;
+        Ok(template.render(Value::from(Serde(context)))?)
+    }
+}
+
+/// What the templates see: the content's fields plus values worded in Rust.
+#[derive(Serialize)]
+struct Context<'a> {
+    #[serde(flatten)]
+    content: &'a EmailContent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed_at_utc: Option<String>,
+    /// The rendered subject, for the HTML `<title>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+}
+
+/// "1 hour", "1 hour and 30 minutes", "45 minutes"; "1 小时 30 分钟" in Chinese.
+fn minutes_phrase(minutes: u64, locale: &str) -> String {
+    let (hours, rest) = (minutes / 60, minutes % 60);
+    let zh = locale == "zh-CN";
+    match (hours, rest, zh) {
+        (0, 0, false) => "less than a minute".to_owned(),
+        (0, 0, true) => "不到 1 分钟".to_owned(),
+        (0, m, false) => plural(m, "minute"),
+        (0, m, true) => format!("{m} 分钟"),
+        (h, 0, false) => plural(h, "hour"),
+        (h, 0, true) => format!("{h} 小时"),
+        (h, m, false) => format!("{} and {}", plural(h, "hour"), plural(m, "minute")),
+        (h, m, true) => format!("{h} 小时 {m} 分钟"),
+    }
+}
+
+/// "24 hours", "1 hour"; "24 小时" in Chinese.
+fn hours_phrase(hours: u64, locale: &str) -> String {
+    match (hours, locale == "zh-CN") {
+        (0, false) => "less than an hour".to_owned(),
+        (0, true) => "不到 1 小时".to_owned(),
+        (h, false) => plural(h, "hour"),
+        (h, true) => format!("{h} 小时"),
+    }
+}
+
+fn plural(n: u64, unit: &str) -> String {
+    if n == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{n} {unit}s")
+    }
+}
+
+/// Collapses all whitespace (line breaks included) and drops control characters, so the
+/// subject is one header-safe line whatever a template or a value contained.
+fn single_line(raw: &str) -> String {
+    raw.split_whitespace()
+        .map(|word| word.chars().filter(|c| !c.is_control()).collect::<String>())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Drops trailing spaces and runs of blank lines left by template tags; ends with one newline.
+fn tidy_text(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut blank_run = 0;
+    for line in raw.trim().lines().map(str::trim_end) {
+        if line.is_empty() {
+            blank_run += 1;
+            if blank_run > 1 {
+                continue;
+            }
+        } else {
+            blank_run = 0;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// minijinja's formatter, except that HTML escaping leaves `/` alone.
+///
+/// The default escaper also turns `/` into `&#x2f;`, which is valid HTML but puts
+/// `https:&#x2f;&#x2f;…` into every link of the source; people and tools that read the source
+/// (link scanners, "copy link" in some clients) would see that. In quoted attributes and text,
+/// escaping `& < > " '` is all that is needed.
+fn format_value(
+    out: &mut Output,
+    state: &mut State,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    if matches!(state.auto_escape(), AutoEscape::Html)
+        && !value.is_safe()
+        && let Some(text) = value.as_str()
+    {
+        return Ok(out.write_str(&escape_html(text))?);
+    }
+    minijinja::escape_formatter(out, state, value)
+}
+
+fn escape_html(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#x27;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRODUCT: &str = "Example Accounts";
+    const RESET_LINK: &str =
+        "https://accounts.example.com/reset-password?token=eyJ1aWQiOjF9.Zx1Tqg.abc-DEF_123&lang=en";
+
+    fn renderer() -> Renderer {
+        Renderer::new(PRODUCT).expect("the embedded templates parse")
+    }
+
+    fn render(content: &EmailContent, locale: &str) -> Rendered {
+        renderer()
+            .render(content, locale)
+            .expect("the email renders")
+    }
+
+    fn reset(minutes: u64, ip: Option<&str>) -> EmailContent {
+        EmailContent::PasswordReset {
+            link: RESET_LINK.to_owned(),
+            expires_in_minutes: minutes,
+            requested_from_ip: ip.map(str::to_owned),
+        }
+    }
+
+    fn changed(ip: Option<&str>) -> EmailContent {
+        EmailContent::PasswordChanged {
+            changed_at: DateTime::parse_from_rfc3339("2026-11-26T13:05:42Z")
+                .expect("valid timestamp")
+                .with_timezone(&Utc),
+            from_ip: ip.map(str::to_owned),
+            forgot_password_url: "https://accounts.example.com/forgot-password".to_owned(),
+        }
+    }
+
+    /// One of each kind, with every optional value present.
+    fn every_kind() -> Vec<EmailContent> {
+        vec![
+            reset(60, Some("203.0.113.7")),
+            EmailContent::EmailVerification {
+                link: "https://accounts.example.com/verify-email?token=v.1&x=2".to_owned(),
+                expires_in_hours: 24,
+            },
+            EmailContent::AccountExists {
+                sign_in_url: "https://accounts.example.com/sign-in".to_owned(),
+                forgot_password_url: "https://accounts.example.com/forgot-password".to_owned(),
+            },
+            EmailContent::NoAccount {
+                sign_up_url: "https://accounts.example.com/sign-up?from=reset&src=mail".to_owned(),
+            },
+            changed(Some("198.51.100.23")),
+        ]
+    }
+
+    /// Every URL a content carries.
+    fn urls(content: &EmailContent) -> Vec<&str> {
+        match content {
+            EmailContent::PasswordReset { link, .. }
+            | EmailContent::EmailVerification { link, .. } => vec![link],
+            EmailContent::AccountExists {
+                sign_in_url,
+                forgot_password_url,
+            } => vec![sign_in_url, forgot_password_url],
+            EmailContent::NoAccount { sign_up_url } => vec![sign_up_url],
+            EmailContent::PasswordChanged {
+                forgot_password_url,
+                ..
+            } => vec![forgot_password_url],
+        }
+    }
+
+    fn has_chinese(text: &str) -> bool {
+        text.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c))
+    }
+
+    /// Terminal columns: CJK characters and full-width punctuation take two.
+    fn columns(line: &str) -> usize {
+        line.chars()
+            .map(|c| if c >= '\u{1100}' { 2 } else { 1 })
+            .sum()
+    }
+
+    #[test]
+    fn every_kind_renders_in_both_locales_with_all_three_parts() {
+        for locale in LOCALES {
+            for content in every_kind() {
+                let mail = render(&content, locale);
+                assert!(!mail.subject.is_empty(), "{locale} {content:?}");
+                assert!(mail.text.trim().len() > 100, "{locale} {content:?}");
+                assert!(
+                    mail.html.starts_with("<!DOCTYPE html>"),
+                    "{locale} {content:?}"
+                );
+                assert!(mail.html.contains(&format!("<html lang=\"{locale}\">")));
+                assert!(mail.text.ends_with('\n') && !mail.text.ends_with("\n\n"));
+                assert!(!mail.text.contains("\n\n\n"), "{}", mail.text);
+                assert!(mail.text.contains(PRODUCT) && mail.html.contains(PRODUCT));
+            }
+        }
+    }
+
+    #[test]
+    fn every_link_appears_verbatim_in_text_and_html_escaped_in_html() {
+        for locale in LOCALES {
+            for content in every_kind() {
+                let mail = render(&content, locale);
+                for url in urls(&content) {
+                    let escaped = url.replace('&', "&amp;");
+                    assert!(
+                        mail.text.lines().any(|line| line == url),
+                        "{locale}: {url} is not on a line of its own in\n{}",
+                        mail.text
+                    );
+                    assert!(mail.html.contains(&format!("href=\"{escaped}\"")), "{url}");
+                    assert!(mail.html.contains(&format!(">{escaped}</a>")), "{url}");
+                }
+            }
+        }
+        let mail = render(&reset(60, None), "en");
+        assert!(mail.text.contains("abc-DEF_123&lang=en"));
+        assert!(mail.html.contains("abc-DEF_123&amp;lang=en"));
+        assert!(!mail.html.contains("&#x2f;"), "slashes stay readable");
+    }
+
+    #[test]
+    fn a_button_link_is_also_written_out_under_the_button() {
+        let mail = render(&reset(60, None), "en");
+        let link = RESET_LINK.replace('&', "&amp;");
+        assert_eq!(mail.html.matches(&format!("href=\"{link}\"")).count(), 2);
+        assert!(mail.html.contains("copy this link into your browser"));
+        let mail = render(&reset(60, None), "zh-CN");
+        assert!(mail.html.contains("复制到浏览器"));
+    }
+
+    #[test]
+    fn an_attacker_controlled_ip_is_escaped_in_html() {
+        let script = "<script>alert(1)</script>\"'";
+        for locale in LOCALES {
+            for content in [reset(60, Some(script)), changed(Some(script))] {
+                let mail = render(&content, locale);
+                assert!(!mail.html.contains("<script"), "{}", mail.html);
+                assert!(
+                    mail.html
+                        .contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;")
+                );
+                assert!(mail.text.contains(script), "the text part is not HTML");
+            }
+        }
+    }
+
+    #[test]
+    fn a_product_name_with_markup_is_escaped_in_html() {
+        let mail = Renderer::new("A&B <Accounts>")
+            .expect("a valid name")
+            .render(&reset(60, None), "en")
+            .expect("renders");
+        assert!(mail.html.contains("A&amp;B &lt;Accounts&gt;"));
+        assert!(!mail.html.contains("<Accounts>"));
+        assert_eq!(mail.subject, "Reset your A&B <Accounts> password");
+    }
+
+    #[test]
+    fn the_request_ip_is_shown_when_known_and_left_out_when_not() {
+        let mail = render(&reset(60, Some("203.0.113.7")), "en");
+        assert!(
+            mail.text
+                .contains("The request came from the IP address 203.0.113.7.")
+        );
+        assert!(mail.html.contains("<strong>203.0.113.7</strong>"));
+        let mail = render(&reset(60, None), "en");
+        assert!(!mail.text.contains("IP address"), "{}", mail.text);
+        assert!(!mail.html.contains("IP address"));
+        let mail = render(&reset(60, Some("2001:db8::1")), "zh-CN");
+        assert!(mail.text.contains("此请求来自 IP 地址 2001:db8::1。"));
+        let mail = render(&changed(None), "zh-CN");
+        assert!(!mail.text.contains("IP"), "{}", mail.text);
+    }
+
+    #[test]
+    fn the_reset_email_says_when_the_link_expires_that_it_works_once_and_what_to_do_if_unasked() {
+        let mail = render(&reset(60, None), "en");
+        assert!(
+            mail.text
+                .contains("This link expires in 1 hour and works only once.")
+        );
+        assert!(
+            mail.html
+                .contains("This link expires in <strong>1 hour</strong>")
+        );
+        assert!(mail.text.contains(
+            "If you did not ask for this, ignore this email; your password has not\nchanged."
+        ));
+        let mail = render(&reset(90, None), "zh-CN");
+        assert!(
+            mail.text
+                .contains("该链接将在 1 小时 30 分钟后失效，且只能使用一次。")
+        );
+        assert!(mail.text.contains("您的密码并未更改"));
+    }
+
+    #[test]
+    fn expiry_is_worded_in_natural_hours_and_minutes() {
+        let cases = [
+            (0, "less than a minute", "不到 1 分钟"),
+            (1, "1 minute", "1 分钟"),
+            (30, "30 minutes", "30 分钟"),
+            (60, "1 hour", "1 小时"),
+            (61, "1 hour and 1 minute", "1 小时 1 分钟"),
+            (90, "1 hour and 30 minutes", "1 小时 30 分钟"),
+            (120, "2 hours", "2 小时"),
+            (1440, "24 hours", "24 小时"),
+        ];
+        for (minutes, en, zh) in cases {
+            assert_eq!(minutes_phrase(minutes, "en"), en);
+            assert_eq!(minutes_phrase(minutes, "zh-CN"), zh);
+        }
+        assert_eq!(hours_phrase(1, "en"), "1 hour");
+        assert_eq!(hours_phrase(48, "en"), "48 hours");
+        assert_eq!(hours_phrase(24, "zh-CN"), "24 小时");
+    }
+
+    #[test]
+    fn the_verification_email_gives_its_expiry_in_hours() {
+        let content = EmailContent::EmailVerification {
+            link: "https://accounts.example.com/verify-email?token=t".to_owned(),
+            expires_in_hours: 24,
+        };
+        let mail = render(&content, "en");
+        assert!(mail.text.contains("This link expires in 24 hours."));
+        assert!(
+            mail.text
+                .contains("If you did not sign up for Example Accounts, ignore this email")
+        );
+        let mail = render(&content, "zh-CN");
+        assert!(mail.text.contains("该链接将在 24 小时后失效。"));
+    }
+
+    #[test]
+    fn the_password_changed_email_gives_the_utc_time_the_ip_and_what_to_do() {
+        let mail = render(&changed(Some("198.51.100.23")), "en");
+        assert!(mail.text.contains("2026-11-26 13:05 UTC"));
+        assert!(mail.text.contains("198.51.100.23"));
+        assert!(
+            mail.text
+                .contains("If this wasn't you, reset your password now:")
+        );
+        assert!(mail.text.contains("contact Example Accounts\nsupport"));
+        assert!(mail.html.contains("<strong>2026-11-26 13:05 UTC</strong>"));
+        let mail = render(&changed(None), "zh-CN");
+        assert!(mail.text.contains("已于 2026-11-26 13:05 UTC 更改"));
+        assert!(mail.text.contains("请立即重置密码"));
+    }
+
+    #[test]
+    fn chinese_emails_are_in_chinese_and_english_ones_are_not() {
+        for content in every_kind() {
+            let zh = render(&content, "zh-CN");
+            assert!(has_chinese(&zh.subject) && has_chinese(&zh.text) && has_chinese(&zh.html));
+            let en = render(&content, "en");
+            assert!(!has_chinese(&en.subject) && !has_chinese(&en.text) && !has_chinese(&en.html));
+        }
+    }
+
+    #[test]
+    fn an_unknown_locale_falls_back_to_english() {
+        for locale in ["fr", "", "zh-TW", "../../etc/passwd"] {
+            assert_eq!(
+                render(&reset(60, None), locale),
+                render(&reset(60, None), "en")
+            );
+        }
+        assert_eq!(
+            render(&reset(60, None), "zh-Hans"),
+            render(&reset(60, None), "zh-CN")
+        );
+    }
+
+    #[test]
+    fn supported_locale_maps_simplified_chinese_to_zh_cn_and_everything_else_to_english() {
+        for tag in [
+            "zh",
+            "zh-CN",
+            "zh-Hans",
+            "zh_CN",
+            "ZH-cn",
+            "zh-Hans-CN",
+            "zh-SG",
+            " zh ",
+        ] {
+            assert_eq!(supported_locale(tag), "zh-CN", "{tag}");
+        }
+        for tag in [
+            "en", "en-US", "fr", "", "zh-TW", "zh-Hant", "zh-HK", "zhx", "cn",
+        ] {
+            assert_eq!(supported_locale(tag), "en", "{tag}");
+        }
+    }
+
+    #[test]
+    fn subjects_are_one_short_line_with_the_product_name_and_no_trailing_punctuation() {
+        let expected = [
+            ("en", "Reset your Example Accounts password"),
+            ("zh-CN", "重置您的 Example Accounts 密码"),
+        ];
+        for (locale, subject) in expected {
+            assert_eq!(render(&reset(60, None), locale).subject, subject);
+        }
+        for locale in LOCALES {
+            for content in every_kind() {
+                let subject = render(&content, locale).subject;
+                assert!(subject.contains(PRODUCT), "{subject}");
+                assert!(!subject.chars().any(char::is_control), "{subject:?}");
+                assert_eq!(subject.trim(), subject);
+                assert!(subject.chars().count() <= 60, "{subject}");
+                let last = subject.chars().last().expect("non-empty");
+                assert!(!".!?:;。！？：；".contains(last), "{subject}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_product_name_that_could_inject_headers_is_rejected() {
+        for name in ["Example\r\nBcc: victim@example.com", "Tab\tName", "", "   "] {
+            assert!(
+                matches!(Renderer::new(name), Err(RenderError::InvalidProductName)),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_lines_stay_under_80_columns_and_urls_are_never_broken() {
+        for locale in LOCALES {
+            for content in every_kind() {
+                let mail = render(&content, locale);
+                for line in mail.text.lines() {
+                    let is_url = urls(&content).contains(&line);
+                    assert!(is_url || columns(line) < 80, "{locale}: {line:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn html_loads_nothing_from_outside_and_uses_inline_styles_only() {
+        for locale in LOCALES {
+            for content in every_kind() {
+                let html = render(&content, locale).html.to_lowercase();
+                for banned in [
+                    "<img", "<script", "<link", "<style", "@import", "url(", "<table", " src=",
+                ] {
+                    assert!(!html.contains(banned), "{locale}: {banned}");
+                }
+                assert!(html.contains("name=\"viewport\""));
+            }
+        }
+    }
+
+    #[test]
+    fn the_html_title_is_the_subject() {
+        let mail = render(&changed(None), "en");
+        assert!(
+            mail.html
+                .contains("<title>Your Example Accounts password was changed</title>")
+        );
+    }
+
+    #[test]
+    fn notices_link_to_where_the_reader_can_act() {
+        let mail = render(&every_kind()[2], "en");
+        assert!(
+            mail.text.contains("you already have an account")
+                || mail.text.contains("You already have an account")
+        );
+        assert!(mail.text.contains("If it wasn't you, no action is needed"));
+        let mail = render(&every_kind()[3], "en");
+        assert!(mail.text.contains("there is no account with this address"));
+        assert!(mail.text.contains("If it wasn't you, ignore this email"));
+    }
+}

@@ -1,0 +1,121 @@
+//! The retry policy: which delay queue a failed job waits in, with jitter, and the headers
+//! that keep its history.
+
+use chrono::{DateTime, Utc};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use rand::Rng;
+
+/// Header listing every failed attempt (`attempt N at <time>: <error>`).
+pub const HISTORY_HEADER: &str = "x-attempt-history";
+/// Header with the reason a job was dead-lettered.
+pub const DEAD_REASON_HEADER: &str = "x-dead-reason";
+/// Header with the time a job was dead-lettered.
+pub const DEAD_AT_HEADER: &str = "x-dead-at";
+
+/// The delay before retry number `attempt` (1-based), or `None` when the schedule is spent.
+pub fn delay_for(schedule: &[u64], attempt: u32) -> Option<u64> {
+    let index = usize::try_from(attempt).ok()?.checked_sub(1)?;
+    schedule.get(index).copied()
+}
+
+/// Per-message TTL in the delay queue: 80–100 % of the queue's delay, so jobs that failed
+/// together (an SMTP outage) do not all come back in the same instant. Never above the
+/// queue's own TTL, which caps it anyway.
+pub fn jittered_expiration_ms(delay_secs: u64) -> u64 {
+    let full = delay_secs.saturating_mul(1000);
+    let low = full - full / 5;
+    rand::rng().random_range(low..=full)
+}
+
+/// The headers of a re-published job: the original ones plus one more history line.
+pub fn with_history(
+    original: Option<&FieldTable>,
+    attempt: u32,
+    at: DateTime<Utc>,
+    error: &str,
+) -> FieldTable {
+    let mut headers = original.cloned().unwrap_or_default();
+    let mut history: Vec<AMQPValue> = match headers.inner().get(HISTORY_HEADER) {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
+        _ => Vec::new(),
+    };
+    let error: String = error.chars().take(500).collect();
+    history.push(AMQPValue::LongString(LongString::from(format!(
+        "attempt {attempt} at {}: {error}",
+        at.format("%Y-%m-%dT%H:%M:%SZ")
+    ))));
+    headers.insert(
+        HISTORY_HEADER.into(),
+        AMQPValue::FieldArray(FieldArray::from(history)),
+    );
+    headers
+}
+
+/// The attempt history recorded in `headers`, oldest first.
+pub fn history(headers: Option<&FieldTable>) -> Vec<String> {
+    match headers.and_then(|h| h.inner().get(HISTORY_HEADER)) {
+        Some(AMQPValue::FieldArray(a)) => a
+            .as_slice()
+            .iter()
+            .filter_map(|v| match v {
+                AMQPValue::LongString(s) => Some(s.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A string header's value.
+pub fn string_header(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_gives_one_delay_per_retry_then_none() {
+        let s = [5, 30, 120];
+        assert_eq!(delay_for(&s, 0), None);
+        assert_eq!(delay_for(&s, 1), Some(5));
+        assert_eq!(delay_for(&s, 3), Some(120));
+        assert_eq!(delay_for(&s, 4), None);
+    }
+
+    #[test]
+    fn jitter_stays_between_eighty_and_a_hundred_percent_of_the_delay() {
+        for _ in 0..1000 {
+            let ms = jittered_expiration_ms(30);
+            assert!((24_000..=30_000).contains(&ms), "{ms}");
+        }
+        assert_eq!(jittered_expiration_ms(0), 0);
+    }
+
+    #[test]
+    fn history_accumulates_across_attempts_and_keeps_other_headers() {
+        let mut original = FieldTable::default();
+        original.insert("x-request-id".into(), AMQPValue::LongString("r1".into()));
+        let at = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let once = with_history(Some(&original), 1, at, "451 try later");
+        let twice = with_history(Some(&once), 2, at, "timed out");
+        assert_eq!(
+            history(Some(&twice)),
+            [
+                "attempt 1 at 2026-11-26T10:00:00Z: 451 try later",
+                "attempt 2 at 2026-11-26T10:00:00Z: timed out"
+            ]
+        );
+        assert_eq!(
+            string_header(Some(&twice), "x-request-id").as_deref(),
+            Some("r1")
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! Building and running the worker. `Worker::build` is both the production start and the
+//! test harness (HTTP on port 0, own database, key and queue namespaces per test).
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use anyhow::Context as _;
+use lettre::message::Mailbox;
+use shared::{
+    clock::Clock, keys::Keys, redis_pool::RedisPool, token::TokenKeys, topology::Topology,
+};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    config::{Config, Transport},
+    consumer::Consumer,
+    http::{self, HttpState},
+    mailer::Mailer,
+    process::Processor,
+    render::Renderer,
+};
+
+/// A built, not yet running worker.
+pub struct Worker {
+    config: Arc<Config>,
+    processor: Arc<Processor>,
+    topology: Topology,
+    listener: TcpListener,
+    http: HttpState,
+}
+
+impl Worker {
+    /// Connects PostgreSQL and prepares Redis, SMTP and the HTTP port (RabbitMQ is connected
+    /// by the consumer, which keeps reconnecting).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(shared::clock::SystemClock)).await
+    }
+
+    /// Like [`Self::build`] with an injected clock.
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let db = shared::telemetry::connect_db(&config.database_url, 16).await?;
+        let redis = RedisPool::new(
+            &config.redis_url,
+            Keys::new(config.redis_key_prefix.clone()),
+        )
+        .context("REDIS_URL is not a valid Redis URL")?;
+        let tokens = TokenKeys::new(config.token_secrets.clone(), config.token_digest)
+            .map_err(|e| anyhow::anyhow!("TOKEN_SECRETS: {e}"))?;
+        let from: Mailbox = config.mail_from.parse().context("MAIL_FROM")?;
+        let product = config.product_name.clone();
+        let renderer =
+            Renderer::new(&product).map_err(|e| anyhow::anyhow!("email templates: {e}"))?;
+        let mailer = Mailer::new(&config.transport, config.smtp_timeout, config.concurrency)?;
+        let mut topology =
+            Topology::new(config.broker_namespace.clone(), &config.retry_schedule_secs);
+        if let Some(ms) = config.broker_queue_expires_ms {
+            topology = topology.expiring(ms);
+        }
+        let listener = TcpListener::bind(config.http_bind)
+            .await
+            .with_context(|| format!("cannot bind WORKER_HTTP_BIND={}", config.http_bind))?;
+        let config = Arc::new(config);
+        let http = HttpState {
+            db: db.clone(),
+            redis: redis.clone(),
+            consuming: Arc::new(AtomicBool::new(false)),
+            metrics: shared::telemetry::prometheus(),
+        };
+        let processor = Arc::new(Processor {
+            config: config.clone(),
+            db,
+            redis,
+            tokens,
+            renderer,
+            mailer,
+            from,
+            clock,
+        });
+        Ok(Self {
+            config,
+            processor,
+            topology,
+            listener,
+            http,
+        })
+    }
+
+    /// The HTTP port's address.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The broker topology this worker consumes.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Consumes until `shutdown` resolves, then stops consuming, lets in-flight sends finish
+    /// (up to `SHUTDOWN_TIMEOUT_SECS`) and returns.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.http_addr()?;
+        let destination = match &self.config.transport {
+            Transport::Smtp { .. } => "smtp".to_owned(),
+            Transport::File { dir } => format!("files in {}", dir.display()),
+        };
+        tracing::info!(%addr, queue = %self.topology.jobs_queue(), emails_to = destination, "mail-worker listening");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let consumer = Consumer {
+            amqp_url: self.config.amqp_url.clone(),
+            topology: self.topology.clone(),
+            processor: self.processor.clone(),
+            concurrency: self.config.concurrency,
+            shutdown_timeout: self.config.shutdown_timeout,
+            connected: self.http.consuming.clone(),
+        };
+        let consuming = tokio::spawn(consumer.run(stop_rx));
+        let mut http_stop = stop_tx.subscribe();
+        let server = axum::serve(self.listener, http::router(self.http.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            });
+        let server = tokio::spawn(async move { server.await });
+        shutdown.await;
+        tracing::info!("shutting down: no new jobs, finishing in-flight sends");
+        let _ = stop_tx.send(true);
+        consuming.await.context("consumer task")?;
+        let _ = server.await;
+        self.processor.db.close().await;
+        tracing::info!("mail-worker stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,36 @@
+//! The worker's reads of the `users` table (the api owns the schema and its migrations).
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// What the worker needs to know about a recipient.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Recipient {
+    pub id: Uuid,
+    pub email: String,
+    pub password_version: i32,
+    pub email_verified: bool,
+}
+
+const COLUMNS: &str =
+    "id, email, password_version, email_verified_at IS NOT NULL AS email_verified";
+
+/// Looks an account up by its case-folded address key.
+pub async fn by_email_key(db: &PgPool, email_key: &str) -> Result<Option<Recipient>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM users WHERE email_key = $1"
+    )))
+    .bind(email_key)
+    .fetch_optional(db)
+    .await
+}
+
+/// Looks an account up by id.
+pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<Recipient>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM users WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}

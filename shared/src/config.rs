@@ -1,0 +1,189 @@
+//! Reading configuration from the environment, shared by both binaries.
+//!
+//! Every problem is collected and reported at once, each with the variable's name and how to
+//! fix it, so a misconfigured deploy fails in its first second instead of at the first
+//! request. `NAME_FILE` is honoured for every variable, so secrets can come from mounted files.
+
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use crate::token::MIN_SECRET_LEN;
+
+/// Reads and validates variables, collecting every problem instead of stopping at the first.
+pub struct EnvReader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<String>,
+}
+
+impl<'a> EnvReader<'a> {
+    /// A reader over `lookup` (the environment in production, a map in tests).
+    pub fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Self {
+            lookup,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records a problem found by the caller.
+    pub fn error(&mut self, message: impl Into<String>) {
+        self.errors.push(message.into());
+    }
+
+    /// `Ok` when no problem was recorded, else every problem, one per entry.
+    pub fn finish(self) -> Result<(), Vec<String>> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors)
+        }
+    }
+
+    /// The value of `name`, or of the file named by `NAME_FILE`.
+    pub fn raw(&mut self, name: &str) -> Option<String> {
+        if let Some(v) = (self.lookup)(name) {
+            return Some(v);
+        }
+        let file = (self.lookup)(&format!("{name}_FILE"))?;
+        match std::fs::read_to_string(Path::new(&file)) {
+            Ok(v) => Some(v.trim_end_matches(['\r', '\n']).to_owned()),
+            Err(e) => {
+                self.errors
+                    .push(format!("{name}_FILE: cannot read {file:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `name` or its default.
+    pub fn string(&mut self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// `name`, recording an error with `hint` when it is missing or empty.
+    pub fn required(&mut self, name: &str, hint: &str) -> String {
+        match self.raw(name).filter(|v| !v.trim().is_empty()) {
+            Some(v) => v,
+            None => {
+                self.errors
+                    .push(format!("{name}: not set ({hint}; see .env.example)"));
+                String::new()
+            }
+        }
+    }
+
+    /// See the module documentation.
+    pub fn parsed<T: std::str::FromStr>(
+        &mut self,
+        name: &str,
+        default: &str,
+        expected: &str,
+    ) -> Option<T> {
+        let v = self.string(name, default);
+        match v.trim().parse() {
+            Ok(t) => Some(t),
+            Err(_) => {
+                self.errors
+                    .push(format!("{name}: expected {expected}, got {v:?}"));
+                None
+            }
+        }
+    }
+
+    /// A whole number within `min..=max`, or `default` when unset.
+    pub fn number(&mut self, name: &str, default: u64, min: u64, max: u64) -> u64 {
+        let Some(v) = self.raw(name) else {
+            return default;
+        };
+        match v.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                self.errors.push(format!(
+                    "{name}: expected a whole number from {min} to {max}, got {v:?}"
+                ));
+                default
+            }
+        }
+    }
+
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`), or `default` when unset.
+    pub fn boolean(&mut self, name: &str, default: bool) -> bool {
+        match self.raw(name).map(|v| v.trim().to_ascii_lowercase()) {
+            None => default,
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => true,
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no") => false,
+            Some(v) => {
+                self.errors
+                    .push(format!("{name}: expected true or false, got {v:?}"));
+                default
+            }
+        }
+    }
+
+    /// `PUBLIC_BASE_URL`: an http(s) origin without trailing slash.
+    pub fn public_base_url(&mut self) -> String {
+        let v = self.required(
+            "PUBLIC_BASE_URL",
+            "the origin users reach, e.g. https://account.example.com",
+        );
+        let trimmed = v.trim().trim_end_matches('/').to_owned();
+        let valid = (trimmed.starts_with("https://") || trimmed.starts_with("http://"))
+            && trimmed
+                .split("://")
+                .nth(1)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['?', '#', ' ', '@']));
+        if !v.is_empty() && !valid {
+            self.errors.push(format!(
+                "PUBLIC_BASE_URL: expected an http(s) origin such as https://account.example.com \
+                 (no query, fragment or credentials), got {v:?}"
+            ));
+        }
+        trimmed
+    }
+
+    /// `TOKEN_SECRETS`: comma-separated secrets of at least [`MIN_SECRET_LEN`] bytes.
+    pub fn token_secrets(&mut self) -> Vec<Vec<u8>> {
+        let v = self.required(
+            "TOKEN_SECRETS",
+            "comma-separated secrets of at least 32 bytes; generate one with `openssl rand -hex 32`",
+        );
+        let secrets: Vec<Vec<u8>> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        if !v.is_empty() && secrets.is_empty() {
+            self.errors.push("TOKEN_SECRETS: no secret given".into());
+        }
+        for (i, s) in secrets.iter().enumerate() {
+            if s.len() < MIN_SECRET_LEN {
+                self.errors.push(format!(
+                    "TOKEN_SECRETS: secret #{} is {} bytes; each needs at least {MIN_SECRET_LEN} \
+                     (generate one with `openssl rand -hex 32`)",
+                    i + 1,
+                    s.len()
+                ));
+            }
+        }
+        secrets
+    }
+
+    /// `TRUSTED_PROXIES`: IPs or CIDR ranges.
+    pub fn trusted_proxies(&mut self) -> Vec<IpNet> {
+        let v = self.string("TRUSTED_PROXIES", "");
+        let mut nets = Vec::new();
+        for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let parsed = item
+                .parse::<IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net),
+                Err(_) => self.errors.push(format!(
+                    "TRUSTED_PROXIES: {item:?} is not an IP address or CIDR range (e.g. 10.0.0.0/8)"
+                )),
+            }
+        }
+        nets
+    }
+}

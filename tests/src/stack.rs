@@ -1,0 +1,367 @@
+//! The whole product as processes: the real `api` and `mail-worker` binaries, configured only
+//! by their environment, in front of a real SMTP server (`tests/smtp/smtp_sink.py`).
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+
+use crate::{ServiceProcess, poll_until, workspace_binary};
+
+/// The Python interpreter that has aiosmtpd (`SMTP_SINK_PYTHON`, set by the test command).
+fn sink_python() -> String {
+    std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// A running SMTP sink with its control API.
+pub struct SmtpSink {
+    child: tokio::process::Child,
+    pub smtp_port: u16,
+    control: String,
+    pub dir: PathBuf,
+    http: reqwest::Client,
+}
+
+/// One email as the SMTP server stored it.
+#[derive(Debug, Clone)]
+pub struct StoredEmail {
+    pub file: PathBuf,
+    pub raw: Vec<u8>,
+}
+
+impl StoredEmail {
+    /// Parses the message.
+    pub fn parsed(&self) -> mail_parser::Message<'_> {
+        mail_parser::MessageParser::default()
+            .parse(&self.raw)
+            .expect("a stored email parses")
+    }
+
+    /// A header's text value.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.parsed()
+            .header(name)
+            .and_then(|h| h.as_text())
+            .map(str::to_owned)
+    }
+
+    /// The envelope recipient the server accepted.
+    pub fn rcpt_to(&self) -> String {
+        self.header("X-Sink-Rcpt-To").unwrap_or_default()
+    }
+
+    /// `Message-ID` without angle brackets.
+    pub fn message_id(&self) -> String {
+        self.parsed().message_id().unwrap_or_default().to_owned()
+    }
+
+    pub fn subject(&self) -> String {
+        self.parsed().subject().unwrap_or_default().to_owned()
+    }
+
+    /// The decoded text/plain part.
+    pub fn text(&self) -> String {
+        self.parsed()
+            .body_text(0)
+            .map(|t| t.into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The decoded text/html part.
+    pub fn html(&self) -> String {
+        self.parsed()
+            .body_html(0)
+            .map(|t| t.into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The first link in the text part that starts with `prefix`.
+    pub fn link(&self, prefix: &str) -> Option<String> {
+        let text = self.text();
+        let start = text.find(prefix)?;
+        let rest = &text[start..];
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '>' || c == '"')
+            .unwrap_or(rest.len());
+        Some(rest[..end].to_owned())
+    }
+}
+
+impl SmtpSink {
+    /// Starts a sink storing into a fresh temporary directory.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on(0, None).await
+    }
+
+    /// Starts a sink on `port` (0: any) storing into `dir` (None: a fresh one).
+    pub async fn start_on(port: u16, dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let dir = dir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("pwr-mail-{}", crate::unique_id()))
+        });
+        std::fs::create_dir_all(&dir)?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp/smtp_sink.py");
+        let mut child = tokio::process::Command::new(sink_python())
+            .arg(&script)
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(&dir)
+            .arg("--exit-on-stdin-eof")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start the SMTP sink with {}: {e}", sink_python())
+            })?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the SMTP sink did not start (is aiosmtpd installed? see tests/smtp/README.md)"
+                )
+            })??
+            .ok_or_else(|| {
+                anyhow::anyhow!("the SMTP sink exited at start (is aiosmtpd installed?)")
+            })?;
+        let ports: Value = serde_json::from_str(&line)?;
+        let smtp_port = ports["smtp_port"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("bad port line {line}"))? as u16;
+        let control_port = ports["control_port"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("bad port line {line}"))?;
+        Ok(Self {
+            child,
+            smtp_port,
+            control: format!("http://127.0.0.1:{control_port}"),
+            dir,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// `smtp://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.smtp_port)
+    }
+
+    /// Replaces the fault-injection mode (see tests/smtp/README.md).
+    pub async fn set_mode(&self, mode: Value) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(format!("{}/mode", self.control))
+            .json(&mode)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "sink refused mode {mode}: {}",
+            r.text().await?
+        );
+        Ok(())
+    }
+
+    /// The sink's counters.
+    pub async fn state(&self) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/state", self.control))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Every stored email, in acceptance order.
+    pub fn emails(&self) -> Vec<StoredEmail> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        files.sort();
+        files
+            .into_iter()
+            .filter_map(|file| {
+                std::fs::read(&file)
+                    .ok()
+                    .map(|raw| StoredEmail { file, raw })
+            })
+            .collect()
+    }
+
+    /// Waits until at least `n` emails are stored.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<StoredEmail> {
+        poll_until(timeout, || async {
+            let emails = self.emails();
+            (emails.len() >= n).then_some(emails)
+        })
+        .await
+        .unwrap_or_else(|| self.emails())
+    }
+
+    /// Waits for an email to `rcpt` whose subject contains `subject`.
+    pub async fn wait_for_email(
+        &self,
+        rcpt: &str,
+        subject: &str,
+        timeout: Duration,
+    ) -> Option<StoredEmail> {
+        poll_until(timeout, || async {
+            self.emails()
+                .into_iter()
+                .find(|e| e.rcpt_to().eq_ignore_ascii_case(rcpt) && e.subject().contains(subject))
+        })
+        .await
+    }
+
+    /// Stops the server (the SMTP port closes).
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Settings every stack process shares (database, namespaces, secrets, URLs).
+pub struct StackEnv {
+    pub database_url: String,
+    pub namespace: String,
+    pub public_base_url: String,
+    pub vars: Vec<(String, String)>,
+}
+
+impl Drop for StackEnv {
+    fn drop(&mut self) {
+        crate::delete_topology_blocking(&self.topology());
+    }
+}
+
+impl StackEnv {
+    /// A fresh database and namespace with test-friendly settings.
+    pub async fn new() -> anyhow::Result<Self> {
+        let database_url = crate::create_database().await?;
+        let namespace = format!("e2e-{}", crate::unique_id());
+        let public_base_url = "https://account.example.test".to_owned();
+        let vars = [
+            ("DATABASE_URL", database_url.as_str()),
+            ("REDIS_URL", &crate::redis_url()),
+            ("AMQP_URL", &crate::amqp_url()),
+            ("PUBLIC_BASE_URL", &public_base_url),
+            (
+                "TOKEN_SECRETS",
+                "e2e-secret-0123456789-abcdefghijklmnopqrstuvwxyz",
+            ),
+            ("API_BIND", "127.0.0.1:0"),
+            ("WORKER_HTTP_BIND", "127.0.0.1:0"),
+            ("ARGON2_MEMORY_KIB", "64"),
+            ("ARGON2_ITERATIONS", "1"),
+            ("RATE_LIMIT_IP_PER_HOUR", "100000"),
+            ("RATE_LIMIT_LOGIN_PER_HOUR", "100000"),
+            ("MAIL_RETRY_SCHEDULE_SECS", "1,1,1"),
+            ("MAIL_FROM", "Example Security <security@example.test>"),
+            ("PRODUCT_NAME", "Example Accounts"),
+            ("COOKIE_SECURE", "true"),
+            ("SHUTDOWN_TIMEOUT_SECS", "10"),
+            ("REDIS_KEY_PREFIX", &format!("{namespace}:")),
+            ("BROKER_NAMESPACE", &format!("{namespace}.")),
+            ("BROKER_QUEUE_EXPIRES_MS", "120000"),
+            ("RUST_LOG", "info"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        Ok(Self {
+            database_url,
+            namespace,
+            public_base_url,
+            vars,
+        })
+    }
+
+    /// Sets (or replaces) a variable.
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != name);
+        self.vars.push((name.to_owned(), value.to_owned()));
+    }
+
+    /// The broker topology of this stack.
+    pub fn topology(&self) -> shared::topology::Topology {
+        let schedule = self
+            .vars
+            .iter()
+            .find(|(k, _)| k == "MAIL_RETRY_SCHEDULE_SECS")
+            .and_then(|(_, v)| shared::topology::parse_retry_schedule(v).ok())
+            .unwrap_or_else(|| vec![1]);
+        let expires = self
+            .vars
+            .iter()
+            .find(|(k, _)| k == "BROKER_QUEUE_EXPIRES_MS")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let topology = shared::topology::Topology::new(format!("{}.", self.namespace), &schedule);
+        if expires > 0 {
+            topology.expiring(expires)
+        } else {
+            topology
+        }
+    }
+
+    /// Runs `api migrate` and starts the api; returns it with its base URL.
+    pub async fn start_api(&self) -> anyhow::Result<(ServiceProcess, String)> {
+        let api = workspace_binary("api");
+        let mut migrate = ServiceProcess::spawn(&api, &["migrate"], &self.vars)?;
+        let status = tokio::time::timeout(Duration::from_secs(60), migrate.child.wait()).await??;
+        anyhow::ensure!(
+            status.success(),
+            "api migrate failed: {:?}",
+            migrate.output()
+        );
+        let process = ServiceProcess::spawn(&api, &[], &self.vars)?;
+        let addr = process
+            .wait_for_log_field("api listening", "addr", Duration::from_secs(60))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("api did not start: {:?}", process.output()))?;
+        Ok((process, format!("http://{addr}")))
+    }
+
+    /// Starts a worker delivering to `smtp_url`; returns it with its HTTP base URL once it
+    /// consumes.
+    pub async fn start_worker(&self, smtp_url: &str) -> anyhow::Result<(ServiceProcess, String)> {
+        let mut vars = self.vars.clone();
+        vars.push(("MAIL_TRANSPORT".into(), "smtp".into()));
+        vars.push(("SMTP_URL".into(), smtp_url.into()));
+        vars.push(("SMTP_TIMEOUT_SECS".into(), "5".into()));
+        let process = ServiceProcess::spawn(&workspace_binary("mail-worker"), &[], &vars)?;
+        let addr = process
+            .wait_for_log_field("mail-worker listening", "addr", Duration::from_secs(60))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("worker did not start: {:?}", process.output()))?;
+        let base = format!("http://{addr}");
+        let client = reqwest::Client::new();
+        let ready = poll_until(Duration::from_secs(30), || async {
+            let r = client.get(format!("{base}/readyz")).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+        anyhow::ensure!(
+            ready.is_some(),
+            "worker never ready: {:?}",
+            process.output()
+        );
+        Ok((process, base))
+    }
+
+    /// Runs `mail-worker <args>` to completion and returns (success, stdout+stderr lines).
+    pub async fn worker_command(&self, args: &[&str]) -> anyhow::Result<(bool, Vec<String>)> {
+        let mut process =
+            ServiceProcess::spawn(&workspace_binary("mail-worker"), args, &self.vars)?;
+        let status = tokio::time::timeout(Duration::from_secs(60), process.child.wait()).await??;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok((status.success(), process.output()))
+    }
+}

@@ -1,0 +1,267 @@
+//! The whole product end to end, as processes: sign-up → verification email → verify →
+//! login → forgot password → reset email over real SMTP → reset → old sessions dead, new
+//! password works, link cannot be reused, "password changed" email arrives.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use e2e::stack::{SmtpSink, StackEnv};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn token_of(link: &str) -> String {
+    link.split("token=").nth(1).unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
+    let sink = SmtpSink::start().await.unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let (_api, base) = env.start_api().await.unwrap();
+    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
+    let old_password = "correct horse battery staple 42";
+    let new_password = "plaid zebra umbrella tangerine 97";
+
+    // Sign up: a verification email with a link built from PUBLIC_BASE_URL.
+    let r = post(
+        "/v1/users",
+        json!({ "email": "Ann.Lee@Example.org", "password": old_password }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let verification = sink
+        .wait_for_email("Ann.Lee@example.org", "Example Accounts", WAIT)
+        .await
+        .unwrap_or_else(|| panic!("no verification email; worker: {:#?}", worker.output()));
+    let link = verification
+        .link(&format!("{}/verify-email?token=", env.public_base_url))
+        .unwrap_or_else(|| panic!("no verification link in:\n{}", verification.text()));
+    assert!(
+        verification.html().contains(&link),
+        "the HTML part carries the same link"
+    );
+    let r = post("/v1/email/verify", json!({ "token": token_of(&link) }))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    // Log in on two devices.
+    let login = |password: &'static str| {
+        post(
+            "/v1/sessions",
+            json!({ "email": "ann.lee@example.org", "password": password }),
+        )
+    };
+    let session_a: Value = login(old_password).await.unwrap().json().await.unwrap();
+    let session_b: Value = login(old_password).await.unwrap().json().await.unwrap();
+    let me = |session: &Value| {
+        http.get(format!("{base}/v1/me"))
+            .bearer_auth(session["session"].as_str().unwrap())
+            .send()
+    };
+    let profile: Value = me(&session_a).await.unwrap().json().await.unwrap();
+    assert_eq!(profile["email_verified"], true);
+
+    // Forgot password: the reset email arrives over SMTP with both parts and proper headers.
+    let before = sink.emails().len();
+    let r = http
+        .post(format!("{base}/v1/password/forgot"))
+        .header("host", "evil.example")
+        .header("x-forwarded-host", "evil.example")
+        .json(&json!({ "email": "ann.lee@example.org" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let emails = sink.wait_for(before + 1, WAIT).await;
+    let reset_email = emails.last().unwrap().clone();
+    assert_eq!(
+        reset_email.rcpt_to(),
+        "Ann.Lee@example.org",
+        "mail goes to the stored address"
+    );
+    assert!(
+        reset_email.subject().to_lowercase().contains("reset"),
+        "{}",
+        reset_email.subject()
+    );
+    let parsed = reset_email.parsed();
+    let from = parsed.from().unwrap().first().unwrap();
+    assert_eq!(from.name(), Some("Example Security"));
+    assert_eq!(from.address(), Some("security@example.test"));
+    assert!(
+        reset_email.message_id().ends_with("@example.test"),
+        "{}",
+        reset_email.message_id()
+    );
+    let raw = String::from_utf8_lossy(&reset_email.raw).to_lowercase();
+    assert!(raw.contains("multipart/alternative"), "text + HTML");
+    assert!(
+        !raw.contains("evil.example"),
+        "links never come from the Host header"
+    );
+    let reset_link = reset_email
+        .link(&format!("{}/reset-password?token=", env.public_base_url))
+        .unwrap_or_else(|| panic!("no reset link in:\n{}", reset_email.text()));
+    assert!(
+        reset_email
+            .html()
+            .contains(&reset_link.replace('&', "&amp;"))
+    );
+    assert!(
+        reset_email.text().contains("1 hour"),
+        "the email says when the link expires:\n{}",
+        reset_email.text()
+    );
+    let token = token_of(&reset_link);
+
+    // Reset through the link's token.
+    let r = post(
+        "/v1/password/reset",
+        json!({ "token": token, "new_password": new_password }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        me(&session_a).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "old sessions die"
+    );
+    assert_eq!(
+        me(&session_b).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "on every device"
+    );
+    assert_eq!(
+        login(old_password).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login(new_password).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    let again = post(
+        "/v1/password/reset",
+        json!({ "token": token, "new_password": old_password }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(again.json::<Value>().await.unwrap()["code"], "token_used");
+
+    // The "password changed" notice.
+    let notice = sink
+        .wait_for(before + 2, WAIT)
+        .await
+        .into_iter()
+        .nth(before + 1)
+        .unwrap_or_else(|| panic!("no password-changed email; worker: {:#?}", worker.output()));
+    assert_eq!(notice.rcpt_to(), "Ann.Lee@example.org");
+    assert!(
+        notice.text().contains("127.0.0.1"),
+        "the notice names where the change came from"
+    );
+    assert!(
+        notice
+            .link(&format!("{}/forgot-password", env.public_base_url))
+            .is_some()
+    );
+    // Every email of this flow is distinct (no duplicates).
+    let ids: std::collections::HashSet<String> =
+        sink.emails().iter().map(|e| e.message_id()).collect();
+    assert_eq!(ids.len(), sink.emails().len());
+}
+
+#[tokio::test]
+async fn taken_and_unknown_addresses_get_the_right_mail_or_none() {
+    let sink = SmtpSink::start().await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    env.set("NOTIFY_UNKNOWN_RECIPIENTS", "false");
+    let (_api, base) = env.start_api().await.unwrap();
+    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let http = reqwest::Client::new();
+    let signup =
+        json!({ "email": "bob@example.org", "password": "correct horse battery staple 42" });
+    http.post(format!("{base}/v1/users"))
+        .json(&signup)
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{base}/v1/users"))
+        .json(&signup)
+        .send()
+        .await
+        .unwrap();
+    // Unknown address: answered the same, nothing sent.
+    let r = http
+        .post(format!("{base}/v1/password/forgot"))
+        .json(&json!({ "email": "nobody@example.org" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let emails = sink.wait_for(2, WAIT).await;
+    assert_eq!(emails.len(), 2);
+    assert!(
+        emails[0]
+            .link(&format!("{}/verify-email?token=", env.public_base_url))
+            .is_some()
+    );
+    assert!(
+        emails[1]
+            .text()
+            .contains(&format!("{}/forgot-password", env.public_base_url)),
+        "the account-exists notice points to password recovery:\n{}",
+        emails[1].text()
+    );
+    // The worker's decision about the unknown address is audited, with the address hashed.
+    let db = sqlx::PgPool::connect(&env.database_url).await.unwrap();
+    let row = e2e::poll_until(WAIT, || async {
+        sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
+            "SELECT outcome, address_hash, host(ip) FROM audit_events WHERE action = 'password_reset_requested'",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap()
+    })
+    .await
+    .expect("audit row for the forgot-password decision");
+    assert_eq!(row.0, "dropped_unknown");
+    assert_eq!(row.1.as_ref().map(String::len), Some(64));
+    assert_eq!(row.2.as_deref(), Some("127.0.0.1"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sink.emails().len(),
+        2,
+        "nothing was sent to the unknown address"
+    );
+}
+
+#[tokio::test]
+async fn emails_follow_the_locale_of_the_request() {
+    let sink = SmtpSink::start().await.unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let (_api, base) = env.start_api().await.unwrap();
+    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/users"))
+        .header("accept-language", "zh-CN,zh;q=0.9")
+        .json(&json!({ "email": "li@example.org", "password": "correct horse battery staple 42" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let emails = sink.wait_for(1, WAIT).await;
+    assert_eq!(emails.len(), 1, "worker output: {:#?}", worker.output());
+    let email = &emails[0];
+    let has_chinese = |s: &str| s.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c));
+    assert!(has_chinese(&email.subject()), "{}", email.subject());
+    assert!(has_chinese(&email.text()));
+    assert!(has_chinese(&email.html()));
+}
