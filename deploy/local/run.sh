@@ -23,7 +23,7 @@ if ! psql "$server/postgres" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$
   echo "[run] created database $db"
 fi
 
-cargo build --release --locked -p api
+cargo build --release --locked -p api -p mail-worker
 ./target/release/api migrate
 
 pids=()
@@ -31,7 +31,14 @@ cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait || true; }
 trap cleanup INT TERM EXIT
 
 ./target/release/api & pids+=($!)
+./target/release/mail-worker & pids+=($!)
 
 echo "[run] api on http://$API_BIND  (try: curl -s -XPOST http://$API_BIND/v1/password/forgot -H 'content-type: application/json' -d '{\"email\":\"you@example.com\"}')"
+if [ "${MAIL_TRANSPORT:-smtp}" = "file" ]; then
+  echo "[run] emails are written as .eml files to $(realpath -m "${MAIL_FILE_DIR:-./mail-out}")"
+else
+  echo "[run] emails are delivered over SMTP to ${SMTP_URL%%\?*}" | sed -E 's#//[^@/]*@#//***@#'
+fi
+echo "[run] worker health: http://$WORKER_HTTP_BIND/readyz"
 echo "[run] Ctrl-C stops everything"
 wait -n "${pids[@]}"

@@ -237,3 +237,99 @@ async fn a_worker_killed_mid_flight_loses_nothing_when_restarted() {
     // delivery record can repeat; never more than the jobs in flight.
     assert!(duplicates <= 16, "{duplicates} duplicates");
 }
+
+fn host_port(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap();
+    let rest = rest.rsplit('@').next().unwrap();
+    rest.split('/').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_worker_reconnects_to_rabbitmq_by_itself_and_loses_nothing() {
+    let sink = SmtpSink::start().await.unwrap();
+    let proxy = e2e::FaultProxy::start(&host_port(&e2e::amqp_url()))
+        .await
+        .unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    env.set(
+        "AMQP_URL",
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port()),
+    );
+    let (_worker, http) = env.start_worker(&sink.url()).await.unwrap();
+    publish_raw_jobs(&env.topology(), &notice_jobs("before", 5))
+        .await
+        .unwrap();
+    assert_eq!(sink.wait_for(5, WAIT).await.len(), 5);
+
+    proxy.cut();
+    let client = reqwest::Client::new();
+    let not_ready = e2e::poll_until(WAIT, || async {
+        let r = client.get(format!("{http}/readyz")).send().await.ok()?;
+        (r.status() == 503).then_some(())
+    })
+    .await;
+    assert!(not_ready.is_some(), "readiness reflects the lost broker");
+    // The api keeps publishing to the (real) broker meanwhile.
+    publish_raw_jobs(&env.topology(), &notice_jobs("during", 10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.emails().len(), 5);
+
+    proxy.restore();
+    let emails = sink.wait_for(15, WAIT).await;
+    let counts = tally(&emails);
+    assert_eq!(counts.len(), 15, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let ready = e2e::poll_until(WAIT, || async {
+        let r = client.get(format!("{http}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    assert!(ready.is_some());
+}
+
+#[tokio::test]
+async fn sigterm_stops_consuming_finishes_in_flight_sends_and_exits_zero() {
+    let sink = SmtpSink::start().await.unwrap();
+    sink.set_mode(json!({ "delay_ms": 1500 })).await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    env.set("WORKER_CONCURRENCY", "4");
+    let (mut worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    publish_raw_jobs(&env.topology(), &notice_jobs("drain", 10))
+        .await
+        .unwrap();
+    // Wait until four sends are waiting for the server's answer.
+    let busy = e2e::poll_until(WAIT, || async {
+        let state = sink.state().await.ok()?;
+        (state["open_connections"].as_u64()? >= 4).then_some(())
+    })
+    .await;
+    assert!(busy.is_some());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = worker.terminate(Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "{status:?}: {:?}", worker.output());
+    let delivered_by_first = sink.emails().len();
+    assert_eq!(
+        delivered_by_first, 4,
+        "the four in-flight sends finished before exit"
+    );
+    assert!(
+        worker
+            .output()
+            .iter()
+            .any(|l| l.contains("mail-worker stopped"))
+    );
+
+    sink.set_mode(json!({})).await.unwrap();
+    let (_next, _) = env.start_worker(&sink.url()).await.unwrap();
+    let emails = sink.wait_for(10, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = tally(&sink.emails());
+    assert_eq!(counts.len(), 10);
+    assert_eq!(
+        emails.len(),
+        10,
+        "the rest went back to the queue, not lost, not doubled"
+    );
+}
