@@ -221,8 +221,13 @@ impl QueueReader {
 /// Path of a binary of this workspace, built next to the running test.
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    // Tests live in target/<profile>/deps/, binaries in target/<profile>/.
+    let dir = exe.parent().expect("target dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("profile dir")
+    } else {
+        dir
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

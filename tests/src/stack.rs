@@ -96,8 +96,17 @@ impl SmtpSink {
         Self::start_on(0, None).await
     }
 
+    /// Starts a sink with extra command-line options (e.g. `--no-quickack`).
+    pub async fn start_with_args(args: &[&str]) -> anyhow::Result<Self> {
+        Self::launch(0, None, args).await
+    }
+
     /// Starts a sink on `port` (0: any) storing into `dir` (None: a fresh one).
     pub async fn start_on(port: u16, dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::launch(port, dir, &[]).await
+    }
+
+    async fn launch(port: u16, dir: Option<PathBuf>, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = dir.unwrap_or_else(|| {
             std::env::temp_dir().join(format!("pwr-mail-{}", crate::unique_id()))
         });
@@ -108,6 +117,7 @@ impl SmtpSink {
             .args(["--port", &port.to_string(), "--dir"])
             .arg(&dir)
             .arg("--exit-on-stdin-eof")
+            .args(extra)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -332,10 +342,26 @@ impl StackEnv {
     /// Starts a worker delivering to `smtp_url`; returns it with its HTTP base URL once it
     /// consumes.
     pub async fn start_worker(&self, smtp_url: &str) -> anyhow::Result<(ServiceProcess, String)> {
+        self.start_worker_with(&[
+            ("MAIL_TRANSPORT", "smtp"),
+            ("SMTP_URL", smtp_url),
+            ("SMTP_TIMEOUT_SECS", "5"),
+        ])
+        .await
+    }
+
+    /// Starts a worker with extra variables (they win over the stack's).
+    pub async fn start_worker_with(
+        &self,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(ServiceProcess, String)> {
         let mut vars = self.vars.clone();
-        vars.push(("MAIL_TRANSPORT".into(), "smtp".into()));
-        vars.push(("SMTP_URL".into(), smtp_url.into()));
-        vars.push(("SMTP_TIMEOUT_SECS".into(), "5".into()));
+        vars.retain(|(k, _)| !extra.iter().any(|(name, _)| name == k));
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let process = ServiceProcess::spawn(&workspace_binary("mail-worker"), &[], &vars)?;
         let addr = process
             .wait_for_log_field("mail-worker listening", "addr", Duration::from_secs(60))

@@ -333,3 +333,37 @@ async fn sigterm_stops_consuming_finishes_in_flight_sends_and_exits_zero() {
         "the rest went back to the queue, not lost, not doubled"
     );
 }
+
+#[tokio::test]
+async fn the_file_transport_writes_one_eml_per_email() {
+    let dir = std::env::temp_dir().join(format!("pwr-files-{}", e2e::unique_id()));
+    let env = StackEnv::new().await.unwrap();
+    let dir_str = dir.to_str().unwrap().to_owned();
+    let (_worker, _) = env
+        .start_worker_with(&[("MAIL_TRANSPORT", "file"), ("MAIL_FILE_DIR", &dir_str)])
+        .await
+        .unwrap();
+    publish_raw_jobs(&env.topology(), &notice_jobs("file", 3))
+        .await
+        .unwrap();
+    let files = e2e::poll_until(WAIT, || async {
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect();
+        (files.len() == 3).then_some(files)
+    })
+    .await
+    .expect("three .eml files");
+    for i in 0..3 {
+        assert!(
+            files
+                .iter()
+                .any(|f| f.contains(&format!("file-{i}@example.org")))
+        );
+    }
+    assert!(files.iter().all(|f| f.contains("multipart/alternative")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
