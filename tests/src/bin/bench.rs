@@ -47,8 +47,11 @@ async fn forgot() -> anyhow::Result<()> {
     let secs = env_num("BENCH_SECS", 10);
     let concurrency = env_num("BENCH_CONCURRENCY", 64) as usize;
     let mut env = StackEnv::new().await?;
-    env.set("RATE_LIMIT_IP_PER_HOUR", "100000000");
-    env.set("RUST_LOG", "warn");
+    env.set("RATE_LIMIT_IP_PER_HOUR", "1000000");
+    env.set(
+        "RUST_LOG",
+        "warn,api::startup=info,mail_worker::startup=info",
+    );
     let topology = env.topology();
     let (_api, base) = env.start_api().await?;
     let url = format!("{base}/v1/password/forgot");
@@ -112,13 +115,16 @@ async fn forgot() -> anyhow::Result<()> {
 /// SMTP sink receives them.
 async fn worker() -> anyhow::Result<()> {
     let jobs = env_num("BENCH_JOBS", 2000) as usize;
-    let sink = if std::env::var_os("BENCH_NO_QUICKACK").is_some() {
+    let sink = if std::env::var("BENCH_NO_QUICKACK").is_ok_and(|v| !v.is_empty()) {
         SmtpSink::start_with_args(&["--no-quickack"]).await?
     } else {
         SmtpSink::start().await?
     };
     let mut env = StackEnv::new().await?;
-    env.set("RUST_LOG", "warn");
+    env.set(
+        "RUST_LOG",
+        "warn,api::startup=info,mail_worker::startup=info",
+    );
     let topology = env.topology();
     let (_api, _) = env.start_api().await.context("api (creates the schema)")?;
     e2e::publish_raw_jobs(&topology, &e2e::notice_jobs("bench", jobs)).await?;
@@ -132,7 +138,7 @@ async fn worker() -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         emails.len() as f64 / elapsed.as_secs_f64(),
         16,
-        std::env::var_os("BENCH_NO_QUICKACK").is_none(),
+        !std::env::var("BENCH_NO_QUICKACK").is_ok_and(|v| !v.is_empty()),
     );
     e2e::delete_topology_blocking(&topology);
     let _ = std::fs::remove_dir_all(&sink.dir);
