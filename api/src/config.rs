@@ -24,6 +24,7 @@ pub struct Config {
     pub rate_limit_email_per_hour: u32,
     pub rate_limit_ip_per_hour: u32,
     pub login_limit_per_hour: u32,
+    pub signup_limit_per_hour: u32,
     pub trusted_proxies: Vec<IpNet>,
     pub retry_schedule_secs: Vec<u64>,
     pub cookie_secure: bool,
@@ -93,10 +94,11 @@ impl Config {
         let token_secrets = r.token_secrets();
         let token_digest = r.parsed("TOKEN_DIGEST", "sha256", "sha256 or sha1");
         let reset_max = r.number("RESET_TOKEN_MAX_AGE_SECS", 3600, 60, 7 * 86_400);
-        let verify_max = r.number("VERIFY_TOKEN_MAX_AGE_SECS", 86_400, 60, 30 * 86_400);
+        let verify_max = r.number("VERIFY_TOKEN_MAX_AGE_SECS", 3600, 60, 30 * 86_400);
         let email_limit = r.number("RATE_LIMIT_EMAIL_PER_HOUR", 3, 1, 1000);
         let ip_limit = r.number("RATE_LIMIT_IP_PER_HOUR", 10, 1, 1_000_000);
         let login_limit = r.number("RATE_LIMIT_LOGIN_PER_HOUR", 20, 1, 1_000_000);
+        let signup_limit = r.number("RATE_LIMIT_SIGNUP_PER_HOUR", 20, 1, 1_000_000);
         let trusted_proxies = r.trusted_proxies();
         let retry = r.string("MAIL_RETRY_SCHEDULE_SECS", "5,30,120,600,3600");
         let retry_schedule_secs = match shared::topology::parse_retry_schedule(&retry) {
@@ -144,6 +146,7 @@ impl Config {
             rate_limit_email_per_hour: email_limit as u32,
             rate_limit_ip_per_hour: ip_limit as u32,
             login_limit_per_hour: login_limit as u32,
+            signup_limit_per_hour: signup_limit as u32,
             trusted_proxies,
             retry_schedule_secs,
             cookie_secure,

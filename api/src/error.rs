@@ -169,8 +169,12 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => ApiError::Unavailable(e.into()),
             sqlx::Error::Database(ref db)
-                // 57P01..03: admin shutdown / crash shutdown / cannot connect now.
-                if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
+                // 08: connection exceptions; 53: out of resources (e.g. too many connections);
+                // 57P: shutdown / cannot connect now; 40: serialization failure or deadlock;
+                // 25006: read-only (a failover in progress). All pass; none is the client's fault.
+                if db.code().is_some_and(|c| {
+                    ["08", "53", "57P", "40"].iter().any(|p| c.starts_with(p)) || c == "25006"
+                }) =>
             {
                 ApiError::Unavailable(e.into())
             }

@@ -14,6 +14,9 @@ use tokio::sync::Semaphore;
 
 use crate::{config::Argon2Params, error::ApiError};
 
+/// Longest a request waits for a free hashing slot.
+const HASH_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Hashes and verifies passwords.
 #[derive(Clone)]
 pub struct Hasher {
@@ -77,11 +80,11 @@ impl Hasher {
         &self,
         work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
+        // A burst beyond what the cores can hash waits at most this long, then gets a 503:
+        // a bounded queue instead of requests piling up for minutes.
+        let permit = tokio::time::timeout(HASH_QUEUE_TIMEOUT, self.permits.clone().acquire_owned())
             .await
+            .map_err(|_| ApiError::unavailable(anyhow::anyhow!("password hashing is saturated")))?
             .map_err(|e| ApiError::Internal(e.into()))?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;

@@ -41,15 +41,18 @@ pub struct RateLimiter {
     email_per_hour: u32,
     ip_per_hour: u32,
     login_per_hour: u32,
+    signup_per_hour: u32,
 }
 
 impl RateLimiter {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         redis: RedisPool,
         secret: &[u8],
         email_per_hour: u32,
         ip_per_hour: u32,
         login_per_hour: u32,
+        signup_per_hour: u32,
     ) -> Self {
         Self {
             redis,
@@ -58,6 +61,7 @@ impl RateLimiter {
             email_per_hour,
             ip_per_hour,
             login_per_hour,
+            signup_per_hour,
         }
     }
 
@@ -74,7 +78,7 @@ impl RateLimiter {
         now: DateTime<Utc>,
     ) -> Result<ForgotVerdict, ApiError> {
         let keys = self.redis.keys();
-        let ip_key = keys.rate_ip("forgot", &pseudonym(&self.secret, "ip", &ip.to_string()));
+        let ip_key = keys.rate_ip("forgot", &pseudonym(&self.secret, "ip", &ip_subject(ip)));
         let email_key = keys.rate_email(&self.address_pseudonym(email_key));
         let calls = [(ip_key, self.ip_per_hour), (email_key, self.email_per_hour)];
         let results = self.run(&calls, now).await?;
@@ -93,9 +97,23 @@ impl RateLimiter {
         email_key: &str,
         now: DateTime<Utc>,
     ) -> Result<Verdict, ApiError> {
-        let subject = pseudonym(&self.secret, "login", &format!("{ip}\0{email_key}"));
+        let subject = pseudonym(
+            &self.secret,
+            "login",
+            &format!("{}\0{email_key}", ip_subject(ip)),
+        );
         let key = self.redis.keys().rate_ip("login", &subject);
         let results = self.run(&[(key, self.login_per_hour)], now).await?;
+        Ok(results[0])
+    }
+
+    /// Counts a sign-up from this client IP (each one costs a hash and sends an email).
+    pub async fn check_signup(&self, ip: IpAddr, now: DateTime<Utc>) -> Result<Verdict, ApiError> {
+        let key = self
+            .redis
+            .keys()
+            .rate_ip("signup", &pseudonym(&self.secret, "ip", &ip_subject(ip)));
+        let results = self.run(&[(key, self.signup_per_hour)], now).await?;
         Ok(results[0])
     }
 
@@ -153,5 +171,36 @@ impl RateLimiter {
                 },
             })
             .collect())
+    }
+}
+
+/// The unit an IP budget applies to: the address for IPv4, the /64 network for IPv6 (one
+/// subscriber usually owns a whole /64 and can pick any address in it per request).
+pub fn ip_subject(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{prefix}/64")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_share_a_budget_per_64_network() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(ip_subject(a), ip_subject(b));
+        assert_ne!(ip_subject(a), ip_subject(c));
+        assert_eq!(
+            ip_subject("203.0.113.7".parse().expect("ip")),
+            "203.0.113.7"
+        );
     }
 }

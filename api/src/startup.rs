@@ -99,6 +99,7 @@ impl Application {
                 config.rate_limit_email_per_hour,
                 config.rate_limit_ip_per_hour,
                 config.login_limit_per_hour,
+                config.signup_limit_per_hour,
             ),
             tokens: TokenService::new(
                 token_keys,

@@ -28,4 +28,6 @@ export SMTP_SINK_PYTHON="$VENV/bin/python"
 
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
+# The end-to-end tests run the real binaries, which `cargo test` alone does not build.
+cargo build --workspace --locked --bins
 cargo test --workspace --locked "$@"

@@ -72,7 +72,7 @@ impl Config {
         let token_secrets = r.token_secrets();
         let token_digest = r.parsed("TOKEN_DIGEST", "sha256", "sha256 or sha1");
         let reset_max = r.number("RESET_TOKEN_MAX_AGE_SECS", 3600, 60, 7 * 86_400);
-        let verify_max = r.number("VERIFY_TOKEN_MAX_AGE_SECS", 86_400, 60, 30 * 86_400);
+        let verify_max = r.number("VERIFY_TOKEN_MAX_AGE_SECS", 3600, 60, 30 * 86_400);
         let transport = match r
             .string("MAIL_TRANSPORT", "smtp")
             .trim()

@@ -3,7 +3,11 @@
 
 use lapin::{
     BasicProperties, Confirmation, Connection, ConnectionProperties,
-    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        QueueDeclareOptions,
+    },
+    types::FieldTable,
 };
 use serde::Serialize;
 use shared::{
@@ -69,14 +73,30 @@ pub async fn replay(
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let mut replayed = 0;
-    while let Some(message) = channel
-        .basic_get(
+    // Look at most at what is dead now: a replayed job that fails again lands back in this
+    // queue within milliseconds and must not be picked up (and replayed) again in this run.
+    let present = channel
+        .queue_declare(
             topology.dead_queue().into(),
-            BasicGetOptions { no_ack: false },
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
         )
         .await?
-    {
+        .message_count();
+    let mut replayed = 0;
+    for _ in 0..present {
+        let Some(message) = channel
+            .basic_get(
+                topology.dead_queue().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?
+        else {
+            break;
+        };
         let delivery = message.delivery;
         let info = describe(&delivery.data, &delivery.properties);
         let chosen = match selection {

@@ -67,7 +67,7 @@ impl Mailer {
         let to: Mailbox = email
             .to
             .parse()
-            .map_err(|e| SendError::Permanent(format!("invalid recipient address: {e}")))?;
+            .map_err(|_| SendError::Permanent("invalid recipient address".into()))?;
         let domain = from.email.domain().to_owned();
         let message = Message::builder()
             .from(from.clone())
@@ -102,11 +102,42 @@ impl Mailer {
 }
 
 fn classify(e: lettre::transport::smtp::Error) -> SendError {
+    // SMTP replies often quote the recipient; the text ends up in logs and dead-letter
+    // headers, where addresses must not appear.
+    let text = redact_addresses(&e.to_string());
     // Only a definite 5xx answer is permanent; everything else (4xx, timeouts, refused or
     // reset connections, TLS hiccups) may succeed later.
     if e.is_permanent() {
-        SendError::Permanent(e.to_string())
+        SendError::Permanent(text)
     } else {
-        SendError::Transient(e.to_string())
+        SendError::Transient(text)
+    }
+}
+
+/// Replaces every word containing `@` with `<address>`.
+pub fn redact_addresses(text: &str) -> String {
+    text.split_inclusive(char::is_whitespace)
+        .map(|word| {
+            if word.contains('@') {
+                let trailing = &word[word.trim_end().len()..];
+                format!("<address>{trailing}")
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_error_text_loses_its_addresses() {
+        assert_eq!(
+            redact_addresses("permanent error (550): 5.1.1 <ann@example.org>: user unknown"),
+            "permanent error (550): 5.1.1 <address> user unknown"
+        );
+        assert_eq!(redact_addresses("timed out"), "timed out");
     }
 }

@@ -267,9 +267,24 @@ impl Processor {
     /// Issues a link: bump the user's generation for this purpose (older links die), sign.
     async fn mint(&self, purpose: Purpose, user: &Recipient) -> Result<String, RedisError> {
         let key = self.keys().token_generation(user.id, purpose);
+        let max_age = match purpose {
+            Purpose::PasswordReset => self.config.reset_token_max_age,
+            Purpose::EmailVerify => self.config.verify_token_max_age,
+        };
+        // Keep the generation a little longer than any link of it can live.
+        let ttl_ms = (max_age.as_secs() + 3600) * 1000;
+        let now_ms = self.clock.now().timestamp_millis();
+        let script = redis::Script::new(shared::keys::NEXT_GENERATION_LUA);
         let generation: i64 = self
             .redis
-            .run(|mut c| async move { redis::cmd("INCR").arg(&key).query_async(&mut c).await })
+            .run(|mut c| async move {
+                script
+                    .key(&key)
+                    .arg(now_ms)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
             .await?;
         let claims = Claims::new(user.id, user.password_version, generation);
         Ok(self

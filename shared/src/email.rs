@@ -71,7 +71,7 @@ pub fn normalize(raw: &str) -> Result<NormalizedEmail, EmailError> {
             || c.is_whitespace()
             || matches!(
                 c,
-                '"' | '<' | '>' | '\\' | ',' | ';' | '(' | ')' | '[' | ']'
+                '"' | '<' | '>' | '\\' | ',' | ';' | ':' | '(' | ')' | '[' | ']'
             )
     }) {
         return Err(EmailError::ForbiddenCharacter);
@@ -160,6 +160,7 @@ mod tests {
         assert_eq!(normalize("a@x..com"), Err(EmailError::Domain));
         assert_eq!(normalize("a b@x.com"), Err(EmailError::ForbiddenCharacter));
         assert_eq!(normalize("<a@x.com>"), Err(EmailError::ForbiddenCharacter));
+        assert_eq!(normalize("a:b@x.com"), Err(EmailError::ForbiddenCharacter));
     }
 
     #[test]

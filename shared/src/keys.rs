@@ -68,6 +68,20 @@ impl Keys {
     }
 }
 
+/// Issues the next token generation for one user and purpose.
+///
+/// The generation is `max(previous + 1, now in ms)`, not a bare counter: if Redis loses the
+/// key, a plain `INCR` would start again at 1 and re-issue generations that old, unexpired
+/// links carry, bringing them back to life. Anchoring it to the clock keeps generations
+/// increasing across data loss. The key lives as long as the longest-lived link.
+pub const NEXT_GENERATION_LUA: &str = r"
+local g = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+local now = tonumber(ARGV[1])
+if now > g then g = now end
+redis.call('SET', KEYS[1], g, 'PX', ARGV[2])
+return g
+";
+
 /// Pseudonymises an address key or an IP for Redis keys, logs and audit rows.
 ///
 /// An HMAC (not a bare hash) so that the pseudonyms cannot be reversed by hashing a list of

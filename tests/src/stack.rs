@@ -272,6 +272,7 @@ impl StackEnv {
             ("ARGON2_ITERATIONS", "1"),
             ("RATE_LIMIT_IP_PER_HOUR", "100000"),
             ("RATE_LIMIT_LOGIN_PER_HOUR", "100000"),
+            ("RATE_LIMIT_SIGNUP_PER_HOUR", "100000"),
             ("MAIL_RETRY_SCHEDULE_SECS", "1,1,1"),
             ("MAIL_FROM", "Example Security <security@example.test>"),
             ("PRODUCT_NAME", "Example Accounts"),

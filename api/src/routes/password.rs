@@ -230,12 +230,15 @@ pub async fn reset_password(
         "password_version": change.new_version,
         "occurred_at": now,
     });
+    // The event first: if the notice then fails and the change is undone, other services
+    // merely ended some sessions early; the other order could mail a false "your password
+    // was changed".
     let published = async {
-        state.publisher.publish_job(&notice).await?;
         state
             .publisher
             .publish_event(shared::topology::PASSWORD_RESET_EVENT, &event)
-            .await
+            .await?;
+        state.publisher.publish_job(&notice).await
     }
     .await;
     if let Err(e) = published {

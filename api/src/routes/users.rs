@@ -57,10 +57,12 @@ pub struct SignUpRequest {
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`invalid_email`, `weak_password`, `password_too_long`, `invalid_body`", body = ErrorBody),
+        (status = 429, description = "`rate_limited_ip`, with `Retry-After` (sign-ups per client IP)", body = ErrorBody),
         (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
 pub async fn sign_up(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Locale(locale): Locale,
     RequestTrace(trace): RequestTrace,
     AppJson(body): AppJson<SignUpRequest>,
@@ -68,8 +70,16 @@ pub async fn sign_up(
     let address =
         email::normalize(&body.email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
     password_policy::check_new_password(&body.password, address.address())?;
-    let hash = state.hasher.hash(body.password).await?;
     let now = state.clock.now();
+    // Every sign-up costs a hash and sends an email to an address of the caller's choosing.
+    let verdict = state.limiter.check_signup(ip, now).await?;
+    if !verdict.allowed {
+        metrics::counter!("rate_limit_hits_total", "kind" => "signup_ip").increment(1);
+        return Err(ApiError::RateLimitedIp {
+            retry_after_secs: verdict.retry_after_secs,
+        });
+    }
+    let hash = state.hasher.hash(body.password).await?;
 
     // Commit, then publish: the worker looks the new user up, so the row must be visible
     // before the job can be consumed. Without the broker's confirm the row is removed again.

@@ -58,6 +58,7 @@ pub async fn test_config(overrides: &[(&str, &str)]) -> Config {
         ("TOKEN_SECRETS", SECRET),
         ("RATE_LIMIT_IP_PER_HOUR", "100000"),
         ("RATE_LIMIT_LOGIN_PER_HOUR", "100000"),
+        ("RATE_LIMIT_SIGNUP_PER_HOUR", "100000"),
         // Cheap hashing keeps the suite fast; production cost is the default.
         ("ARGON2_MEMORY_KIB", "64"),
         ("ARGON2_ITERATIONS", "1"),
@@ -239,9 +240,11 @@ impl TestApp {
 
     pub async fn mint_at(&self, purpose: Purpose, user: Uuid, timestamp: i64) -> String {
         let mut redis = self.redis().await;
-        let generation: i64 = redis::cmd("INCR")
-            .arg(self.keys.token_generation(user, purpose))
-            .query_async(&mut redis)
+        let generation: i64 = redis::Script::new(shared::keys::NEXT_GENERATION_LUA)
+            .key(self.keys.token_generation(user, purpose))
+            .arg(chrono::Utc::now().timestamp_millis())
+            .arg(7_200_000)
+            .invoke_async(&mut redis)
             .await
             .unwrap();
         let claims = Claims::new(user, self.password_version(user).await, generation);

@@ -280,3 +280,35 @@ async fn losing_redis_data_kills_links_instead_of_reviving_them() {
         .await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
 }
+
+#[tokio::test]
+async fn a_link_stays_dead_when_redis_forgets_generations_and_a_new_link_is_issued() {
+    let app = spawn_app().await;
+    let user = app.create_user("ann@example.org", STRONG).await;
+    let first = app.mint(Purpose::PasswordReset, user).await;
+    let _second = app.mint(Purpose::PasswordReset, user).await;
+    // Redis loses everything about this user; then a new link is issued.
+    let mut redis = app.redis().await;
+    let _: () = redis::cmd("DEL")
+        .arg(app.keys.token_generation(user, Purpose::PasswordReset))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // Generations are anchored to the clock (ms): let it move past the old ones.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let third = app.mint(Purpose::PasswordReset, user).await;
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": first, "new_password": STRONGER }),
+        )
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": third, "new_password": STRONGER }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+}

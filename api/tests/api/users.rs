@@ -151,8 +151,8 @@ async fn verification_refuses_reset_tokens_superseded_expired_and_tampered_links
         .await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
 
-    // Expired: the default verification lifetime is a day.
-    app.clock.advance(chrono::Duration::seconds(86_400 + 1));
+    // Expired: the default verification lifetime is an hour.
+    app.clock.advance(chrono::Duration::seconds(3600 + 1));
     let r = app
         .post("/v1/email/verify", json!({ "token": newer }))
         .await;
@@ -162,4 +162,26 @@ async fn verification_refuses_reset_tokens_superseded_expired_and_tampered_links
         app.audit_outcomes("email_verify").await,
         ["wrong_purpose", "superseded", "bad_signature", "expired"]
     );
+}
+
+#[tokio::test]
+async fn sign_ups_from_one_ip_are_limited() {
+    let app = crate::helpers::spawn_with(&[("RATE_LIMIT_SIGNUP_PER_HOUR", "2")]).await;
+    for i in 0..2 {
+        let r = app
+            .post(
+                "/v1/users",
+                json!({ "email": format!("u{i}@example.org"), "password": STRONG }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let r = app
+        .post(
+            "/v1/users",
+            json!({ "email": "u9@example.org", "password": STRONG }),
+        )
+        .await;
+    assert!(r.headers().get("retry-after").is_some());
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited_ip").await;
 }
