@@ -6,27 +6,19 @@
 use std::{net::SocketAddr, time::Duration};
 
 use ipnet::IpNet;
-use shared::{config::EnvReader, token::Digest};
+use shared::config::{CommonConfig, EnvReader};
 
-/// Validated settings of one api process.
+/// Validated settings of one api process. The settings shared with the worker are in
+/// [`CommonConfig`], reachable directly through `Deref` (`config.database_url`).
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: String,
-    pub redis_url: String,
-    pub amqp_url: String,
+    pub common: CommonConfig,
     pub bind: SocketAddr,
-    /// Origin links are built from (never from the request's `Host`), without trailing slash.
-    pub public_base_url: String,
-    pub token_secrets: Vec<Vec<u8>>,
-    pub token_digest: Digest,
-    pub reset_token_max_age: Duration,
-    pub verify_token_max_age: Duration,
     pub rate_limit_email_per_hour: u32,
     pub rate_limit_ip_per_hour: u32,
     pub login_limit_per_hour: u32,
     pub signup_limit_per_hour: u32,
     pub trusted_proxies: Vec<IpNet>,
-    pub retry_schedule_secs: Vec<u64>,
     pub cookie_secure: bool,
     pub session_ttl: Duration,
     pub argon2: Argon2Params,
@@ -34,13 +26,14 @@ pub struct Config {
     pub hash_concurrency: usize,
     /// How long a publish may wait for the broker's confirm before the request gets a 503.
     pub publish_timeout: Duration,
-    pub shutdown_timeout: Duration,
-    /// Namespace for Redis keys (empty in production; lets tests share one Redis).
-    pub redis_key_prefix: String,
-    /// Namespace for broker object names (empty in production; prefer a vhost per environment).
-    pub broker_namespace: String,
-    /// When set, broker queues vanish after this long unused (ephemeral test environments).
-    pub broker_queue_expires_ms: Option<i64>,
+}
+
+impl std::ops::Deref for Config {
+    type Target = CommonConfig;
+
+    fn deref(&self) -> &CommonConfig {
+        &self.common
+    }
 }
 
 /// Argon2id cost parameters.
@@ -79,35 +72,17 @@ impl Config {
     /// `NAME_FILE` is honoured for every variable, so secrets can come from mounted files.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = EnvReader::new(&lookup);
-        let database_url = r.required(
-            "DATABASE_URL",
-            "e.g. postgres://postgres@127.0.0.1:5432/pwrecovery",
-        );
-        let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
-        let amqp_url = r.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let common = CommonConfig::read(&mut r);
         let bind = r.parsed(
             "API_BIND",
             "127.0.0.1:8080",
             "a socket address such as 0.0.0.0:8080",
         );
-        let public_base_url = r.public_base_url();
-        let token_secrets = r.token_secrets();
-        let token_digest = r.parsed("TOKEN_DIGEST", "sha256", "sha256 or sha1");
-        let reset_max = r.number("RESET_TOKEN_MAX_AGE_SECS", 3600, 60, 7 * 86_400);
-        let verify_max = r.number("VERIFY_TOKEN_MAX_AGE_SECS", 3600, 60, 30 * 86_400);
         let email_limit = r.number("RATE_LIMIT_EMAIL_PER_HOUR", 3, 1, 1000);
         let ip_limit = r.number("RATE_LIMIT_IP_PER_HOUR", 10, 1, 1_000_000);
         let login_limit = r.number("RATE_LIMIT_LOGIN_PER_HOUR", 20, 1, 1_000_000);
         let signup_limit = r.number("RATE_LIMIT_SIGNUP_PER_HOUR", 20, 1, 1_000_000);
         let trusted_proxies = r.trusted_proxies();
-        let retry = r.string("MAIL_RETRY_SCHEDULE_SECS", "5,30,120,600,3600");
-        let retry_schedule_secs = match shared::topology::parse_retry_schedule(&retry) {
-            Ok(s) => s,
-            Err(e) => {
-                r.error(format!("MAIL_RETRY_SCHEDULE_SECS: {e}"));
-                Vec::new()
-            }
-        };
         let cookie_secure = r.boolean("COOKIE_SECURE", true);
         let session_ttl = r.number("SESSION_TTL_SECS", 7 * 86_400, 60, 90 * 86_400);
         let defaults = Argon2Params::default();
@@ -127,49 +102,30 @@ impl Config {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let hash_concurrency = r.number("HASH_CONCURRENCY", cores as u64, 1, 1024) as usize;
         let publish_timeout = r.number("PUBLISH_TIMEOUT_MS", 5000, 100, 60_000);
-        let shutdown = r.number("SHUTDOWN_TIMEOUT_SECS", 10, 1, 600);
-        let redis_key_prefix = r.string("REDIS_KEY_PREFIX", "");
-        let broker_namespace = r.string("BROKER_NAMESPACE", "");
-        let expires = r.number("BROKER_QUEUE_EXPIRES_MS", 0, 0, 30 * 86_400_000);
 
         r.finish().map_err(ConfigError)?;
         Ok(Self {
-            database_url,
-            redis_url,
-            amqp_url,
+            common,
             bind: bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            public_base_url,
-            token_secrets,
-            token_digest: token_digest.unwrap_or(Digest::Sha256),
-            reset_token_max_age: Duration::from_secs(reset_max),
-            verify_token_max_age: Duration::from_secs(verify_max),
             rate_limit_email_per_hour: email_limit as u32,
             rate_limit_ip_per_hour: ip_limit as u32,
             login_limit_per_hour: login_limit as u32,
             signup_limit_per_hour: signup_limit as u32,
             trusted_proxies,
-            retry_schedule_secs,
             cookie_secure,
             session_ttl: Duration::from_secs(session_ttl),
             argon2,
             hash_concurrency,
             publish_timeout: Duration::from_millis(publish_timeout),
-            shutdown_timeout: Duration::from_secs(shutdown),
-            redis_key_prefix,
-            broker_namespace,
-            broker_queue_expires_ms: (expires > 0).then_some(expires as i64),
         })
-    }
-
-    /// The secret used for pseudonyms of addresses and IPs (the signing secret).
-    pub fn pseudonym_secret(&self) -> &[u8] {
-        self.token_secrets.first().map_or(&[], Vec::as_slice)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    use shared::token::Digest;
 
     use super::*;
 

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use shared::{config::EnvReader, token::Digest};
+use shared::config::{CommonConfig, EnvReader};
 
 /// Where emails go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,33 +13,30 @@ pub enum Transport {
     File { dir: PathBuf },
 }
 
-/// Validated settings of one worker process.
+/// Validated settings of one worker process. The settings shared with the api are in
+/// [`CommonConfig`], reachable directly through `Deref` (`config.database_url`).
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: String,
-    pub redis_url: String,
-    pub amqp_url: String,
+    pub common: CommonConfig,
     pub http_bind: SocketAddr,
-    pub public_base_url: String,
-    pub token_secrets: Vec<Vec<u8>>,
-    pub token_digest: Digest,
-    pub reset_token_max_age: Duration,
-    pub verify_token_max_age: Duration,
     pub transport: Transport,
     /// `From` header, e.g. `Account Security <no-reply@example.com>`.
     pub mail_from: String,
     /// Name of the product in subjects and signatures.
     pub product_name: String,
-    pub retry_schedule_secs: Vec<u64>,
     /// SMTP sends in flight per process (and the AMQP prefetch).
     pub concurrency: usize,
     pub notify_unknown_recipients: bool,
     /// Per-command SMTP timeout.
     pub smtp_timeout: Duration,
-    pub shutdown_timeout: Duration,
-    pub redis_key_prefix: String,
-    pub broker_namespace: String,
-    pub broker_queue_expires_ms: Option<i64>,
+}
+
+impl std::ops::Deref for Config {
+    type Target = CommonConfig;
+
+    fn deref(&self) -> &CommonConfig {
+        &self.common
+    }
 }
 
 /// Every configuration problem, one per line.
@@ -57,22 +54,12 @@ impl Config {
     /// Reads settings through `lookup` (the environment in production, a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = EnvReader::new(&lookup);
-        let database_url = r.required(
-            "DATABASE_URL",
-            "e.g. postgres://postgres@127.0.0.1:5432/pwrecovery",
-        );
-        let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
-        let amqp_url = r.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let common = CommonConfig::read(&mut r);
         let http_bind = r.parsed(
             "WORKER_HTTP_BIND",
             "127.0.0.1:8081",
             "a socket address such as 0.0.0.0:8081",
         );
-        let public_base_url = r.public_base_url();
-        let token_secrets = r.token_secrets();
-        let token_digest = r.parsed("TOKEN_DIGEST", "sha256", "sha256 or sha1");
-        let reset_max = r.number("RESET_TOKEN_MAX_AGE_SECS", 3600, 60, 7 * 86_400);
-        let verify_max = r.number("VERIFY_TOKEN_MAX_AGE_SECS", 3600, 60, 30 * 86_400);
         let transport = match r
             .string("MAIL_TRANSPORT", "smtp")
             .trim()
@@ -109,47 +96,20 @@ impl Config {
             ));
         }
         let product_name = r.string("PRODUCT_NAME", "Example Accounts");
-        let retry = r.string("MAIL_RETRY_SCHEDULE_SECS", "5,30,120,600,3600");
-        let retry_schedule_secs =
-            shared::topology::parse_retry_schedule(&retry).unwrap_or_else(|e| {
-                r.error(format!("MAIL_RETRY_SCHEDULE_SECS: {e}"));
-                Vec::new()
-            });
         let concurrency = r.number("WORKER_CONCURRENCY", 16, 1, 1024) as usize;
         let notify_unknown_recipients = r.boolean("NOTIFY_UNKNOWN_RECIPIENTS", false);
         let smtp_timeout = r.number("SMTP_TIMEOUT_SECS", 30, 1, 600);
-        let shutdown = r.number("SHUTDOWN_TIMEOUT_SECS", 10, 1, 600);
-        let redis_key_prefix = r.string("REDIS_KEY_PREFIX", "");
-        let broker_namespace = r.string("BROKER_NAMESPACE", "");
-        let expires = r.number("BROKER_QUEUE_EXPIRES_MS", 0, 0, 30 * 86_400_000);
         r.finish().map_err(ConfigError)?;
         Ok(Self {
-            database_url,
-            redis_url,
-            amqp_url,
+            common,
             http_bind: http_bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081))),
-            public_base_url,
-            token_secrets,
-            token_digest: token_digest.unwrap_or_default(),
-            reset_token_max_age: Duration::from_secs(reset_max),
-            verify_token_max_age: Duration::from_secs(verify_max),
             transport,
             mail_from,
             product_name,
-            retry_schedule_secs,
             concurrency,
             notify_unknown_recipients,
             smtp_timeout: Duration::from_secs(smtp_timeout),
-            shutdown_timeout: Duration::from_secs(shutdown),
-            redis_key_prefix,
-            broker_namespace,
-            broker_queue_expires_ms: (expires > 0).then_some(expires as i64),
         })
-    }
-
-    /// The secret used for address pseudonyms (the signing secret, as in the api).
-    pub fn pseudonym_secret(&self) -> &[u8] {
-        self.token_secrets.first().map_or(&[], Vec::as_slice)
     }
 }
 

@@ -2,7 +2,6 @@
 //! `mail-worker dlq list` / `mail-worker dlq replay [--id ID | --all]` — the dead letters.
 
 use mail_worker::{config::Config, dlq, startup::Worker};
-use shared::topology::Topology;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -24,13 +23,7 @@ async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let config = Config::from_env()?;
-    let topology = || {
-        let t = Topology::new(config.broker_namespace.clone(), &config.retry_schedule_secs);
-        match config.broker_queue_expires_ms {
-            Some(ms) => t.expiring(ms),
-            None => t,
-        }
-    };
+    let topology = || config.topology();
     match args.as_slice() {
         [] | ["serve"] => {
             Worker::build(config.clone())

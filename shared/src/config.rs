@@ -187,3 +187,79 @@ impl<'a> EnvReader<'a> {
         nets
     }
 }
+
+/// Settings both services read, with the same names, defaults and checks: one definition, so
+/// the api and the worker cannot disagree about a secret, a lifetime or a namespace.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    pub database_url: String,
+    pub redis_url: String,
+    pub amqp_url: String,
+    /// Origin links are built from (never from the request's `Host`), without trailing slash.
+    pub public_base_url: String,
+    pub token_secrets: Vec<Vec<u8>>,
+    pub token_digest: crate::token::Digest,
+    pub reset_token_max_age: std::time::Duration,
+    pub verify_token_max_age: std::time::Duration,
+    pub retry_schedule_secs: Vec<u64>,
+    pub shutdown_timeout: std::time::Duration,
+    /// Namespace for Redis keys (empty in production; lets tests share one Redis).
+    pub redis_key_prefix: String,
+    /// Namespace for broker object names (empty in production; prefer a vhost per environment).
+    pub broker_namespace: String,
+    /// When set, broker queues vanish after this long unused (ephemeral environments).
+    pub broker_queue_expires_ms: Option<i64>,
+}
+
+impl CommonConfig {
+    /// Reads the shared variables, recording problems in `r`.
+    pub fn read(r: &mut EnvReader<'_>) -> Self {
+        use std::time::Duration;
+        let database_url = r.required("DATABASE_URL", "e.g. postgres://postgres@127.0.0.1:5432/pwrecovery");
+        let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
+        let amqp_url = r.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let public_base_url = r.public_base_url();
+        let token_secrets = r.token_secrets();
+        let token_digest = r.parsed("TOKEN_DIGEST", "sha256", "sha256 or sha1").unwrap_or_default();
+        let reset_max = r.number("RESET_TOKEN_MAX_AGE_SECS", 3600, 60, 7 * 86_400);
+        let verify_max = r.number("VERIFY_TOKEN_MAX_AGE_SECS", 3600, 60, 30 * 86_400);
+        let retry = r.string("MAIL_RETRY_SCHEDULE_SECS", "5,30,120,600,3600");
+        let retry_schedule_secs = crate::topology::parse_retry_schedule(&retry).unwrap_or_else(|e| {
+            r.error(format!("MAIL_RETRY_SCHEDULE_SECS: {e}"));
+            Vec::new()
+        });
+        let shutdown = r.number("SHUTDOWN_TIMEOUT_SECS", 10, 1, 600);
+        let redis_key_prefix = r.string("REDIS_KEY_PREFIX", "");
+        let broker_namespace = r.string("BROKER_NAMESPACE", "");
+        let expires = r.number("BROKER_QUEUE_EXPIRES_MS", 0, 0, 30 * 86_400_000);
+        Self {
+            database_url,
+            redis_url,
+            amqp_url,
+            public_base_url,
+            token_secrets,
+            token_digest,
+            reset_token_max_age: Duration::from_secs(reset_max),
+            verify_token_max_age: Duration::from_secs(verify_max),
+            retry_schedule_secs,
+            shutdown_timeout: Duration::from_secs(shutdown),
+            redis_key_prefix,
+            broker_namespace,
+            broker_queue_expires_ms: i64::try_from(expires).ok().filter(|&ms| ms > 0),
+        }
+    }
+
+    /// The secret used for pseudonyms of addresses and IPs (the signing secret).
+    pub fn pseudonym_secret(&self) -> &[u8] {
+        self.token_secrets.first().map_or(&[], Vec::as_slice)
+    }
+
+    /// The broker topology these settings describe.
+    pub fn topology(&self) -> crate::topology::Topology {
+        let topology = crate::topology::Topology::new(self.broker_namespace.clone(), &self.retry_schedule_secs);
+        match self.broker_queue_expires_ms {
+            Some(ms) => topology.expiring(ms),
+            None => topology,
+        }
+    }
+}
