@@ -6,6 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use ipnet::IpNet;
+pub use shared::config::ConfigError;
 use shared::config::{CommonConfig, EnvReader};
 
 /// Validated settings of one api process. The settings shared with the worker are in
@@ -55,17 +56,10 @@ impl Default for Argon2Params {
     }
 }
 
-/// All the problems found in the configuration, one per line.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n{}", .0.join("\n"))]
-pub struct ConfigError(pub Vec<String>);
-
 impl Config {
     /// Reads the process environment, after loading `.env` if there is one.
     pub fn from_env() -> Result<Self, ConfigError> {
-        // A missing .env is normal in production (variables come from the orchestrator).
-        let _ = dotenvy::dotenv();
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(shared::config::environment())
     }
 
     /// Reads settings through `lookup` (the environment in production, a map in tests).

@@ -5,14 +5,7 @@ use api::{config::Config, startup::Application};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     shared::telemetry::init("info");
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "api failed");
-            eprintln!("api: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    shared::telemetry::exit_code("api", run().await)
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -21,7 +14,7 @@ async fn run() -> anyhow::Result<()> {
         None | Some("serve") => {
             Application::build(config)
                 .await?
-                .run_until(shutdown_signal())
+                .run_until(shared::telemetry::shutdown_signal())
                 .await
         }
         Some("migrate") => {
@@ -31,27 +24,5 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Some(other) => anyhow::bail!("unknown command {other:?}; usage: api [serve|migrate]"),
-    }
-}
-
-/// Resolves on SIGTERM (orchestrators) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

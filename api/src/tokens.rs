@@ -153,20 +153,32 @@ impl TokenService {
         })
     }
 
-    /// Checks the password version the token was issued under against the current one.
-    pub fn check_password_version(
+    /// Checks the password version the token was issued under against the current one. When
+    /// it moved because this very token won a concurrent submission a moment ago, the answer
+    /// is `token_used`, not `token_invalid`.
+    pub async fn check_password_version(
         &self,
         token: &CheckedToken,
         current: i32,
     ) -> Result<(), Rejected> {
-        if token.claims.pv != current {
-            return Err(Rejected::new(
+        if token.claims.pv == current {
+            return Ok(());
+        }
+        let key = self.redis.keys().burn(&token.fingerprint);
+        let burned: bool = self
+            .redis
+            .run(|mut c| async move { redis::cmd("EXISTS").arg(&key).query_async(&mut c).await })
+            .await
+            .map_err(ApiError::from)?;
+        Err(if burned {
+            Rejected::used(token.claims.uid)
+        } else {
+            Rejected::new(
                 ApiError::TokenInvalid,
                 Some(token.claims.uid),
                 "password_changed",
-            ));
-        }
-        Ok(())
+            )
+        })
     }
 
     /// Consumes the token: `true` for exactly one caller, `false` if it was already used.

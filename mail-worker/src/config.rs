@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+pub use shared::config::ConfigError;
 use shared::config::{CommonConfig, EnvReader};
 
 /// Where emails go.
@@ -39,16 +40,10 @@ impl std::ops::Deref for Config {
     }
 }
 
-/// Every configuration problem, one per line.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n{}", .0.join("\n"))]
-pub struct ConfigError(pub Vec<String>);
-
 impl Config {
     /// Reads the process environment, after loading `.env` if there is one.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let _ = dotenvy::dotenv();
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(shared::config::environment())
     }
 
     /// Reads settings through `lookup` (the environment in production, a map in tests).

@@ -162,17 +162,11 @@ async fn handle(
             metrics::counter!("jobs_total", "kind" => "undecodable", "outcome" => "dead")
                 .increment(1);
             let reason = format!("undecodable: {e}");
-            let headers = dead_headers(delivery.properties.headers().as_ref(), &reason, processor);
-            let ok = publish(
-                publisher,
-                topology,
-                DEAD_ROUTING_KEY,
-                &delivery.data,
-                &delivery.properties,
-                headers,
+            let headers = delivery.properties.headers().clone().unwrap_or_default();
+            dead_letter(
+                processor, publisher, topology, &delivery, headers, &reason, true,
             )
             .await;
-            settle_published(&delivery, ok, true).await;
             return;
         }
     };
@@ -226,17 +220,10 @@ async fn handle(
                     metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead")
                         .increment(1);
                     processor.audit(&envelope, "dead", None).await;
-                    let dead = dead_headers(Some(&headers), &reason, processor);
-                    let ok = publish(
-                        publisher,
-                        topology,
-                        DEAD_ROUTING_KEY,
-                        &delivery.data,
-                        &delivery.properties,
-                        dead,
+                    dead_letter(
+                        processor, publisher, topology, &delivery, headers, &reason, false,
                     )
                     .await;
-                    settle_published(&delivery, ok, false).await;
                 }
             }
         }
@@ -249,23 +236,25 @@ async fn handle(
                 processor.clock.now(),
                 reason,
             );
-            let dead = dead_headers(Some(&headers), reason, processor);
-            let ok = publish(
-                publisher,
-                topology,
-                DEAD_ROUTING_KEY,
-                &delivery.data,
-                &delivery.properties,
-                dead,
+            dead_letter(
+                processor, publisher, topology, &delivery, headers, reason, false,
             )
             .await;
-            settle_published(&delivery, ok, false).await;
         }
     }
 }
 
-fn dead_headers(original: Option<&FieldTable>, reason: &str, processor: &Processor) -> FieldTable {
-    let mut headers = original.cloned().unwrap_or_default();
+/// Moves the delivery's original body to `mail.dead` with the reason and time added to
+/// `headers`, then settles the delivery.
+async fn dead_letter(
+    processor: &Processor,
+    publisher: &Channel,
+    topology: &Topology,
+    delivery: &Delivery,
+    mut headers: FieldTable,
+    reason: &str,
+    undecodable: bool,
+) {
     let reason: String = reason.chars().take(1000).collect();
     headers.insert(
         retry::DEAD_REASON_HEADER.into(),
@@ -275,7 +264,16 @@ fn dead_headers(original: Option<&FieldTable>, reason: &str, processor: &Process
         retry::DEAD_AT_HEADER.into(),
         AMQPValue::LongString(LongString::from(processor.clock.now().to_rfc3339())),
     );
-    headers
+    let ok = publish(
+        publisher,
+        topology,
+        DEAD_ROUTING_KEY,
+        &delivery.data,
+        &delivery.properties,
+        headers,
+    )
+    .await;
+    settle_published(delivery, ok, undecodable).await;
 }
 
 /// Publishes to the mail exchange and waits for the confirm. `true` when the broker has it.

@@ -1,11 +1,8 @@
 //! The worker's small HTTP port: `/healthz`, `/readyz`, `/metrics`.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use axum::{
@@ -43,26 +40,13 @@ pub fn router(state: HttpState) -> Router {
 /// Ready when PostgreSQL and Redis answer and a consumer is attached to RabbitMQ. SMTP is
 /// deliberately not checked: a provider outage is handled by retries, not by restarts.
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let db = async {
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query("SELECT 1").execute(&state.db),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok())
-    };
-    let (postgres, redis) = tokio::join!(db, state.redis.ping());
-    let rabbitmq = state.consuming.load(Ordering::SeqCst);
-    let ready = postgres && redis && rabbitmq;
+    let consuming = state.consuming.load(Ordering::SeqCst);
+    let (ready, body) = shared::telemetry::readiness(&state.db, &state.redis, consuming).await;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if ready { "ready" } else { "unavailable" },
-        "checks": { "postgres": postgres, "redis": redis, "rabbitmq": rabbitmq },
-    });
     (status, Json(body)).into_response()
 }
 

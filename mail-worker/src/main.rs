@@ -6,14 +6,7 @@ use mail_worker::{config::Config, dlq, startup::Worker};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     shared::telemetry::init("info");
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "mail-worker failed");
-            eprintln!("mail-worker: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    shared::telemetry::exit_code("mail-worker", run().await)
 }
 
 const USAGE: &str =
@@ -28,7 +21,7 @@ async fn run() -> anyhow::Result<()> {
         [] | ["serve"] => {
             Worker::build(config.clone())
                 .await?
-                .run_until(shutdown_signal())
+                .run_until(shared::telemetry::shutdown_signal())
                 .await
         }
         ["dlq", "list"] => {
@@ -62,24 +55,5 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         _ => anyhow::bail!("{USAGE}"),
-    }
-}
-
-/// Resolves on SIGTERM (orchestrators) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

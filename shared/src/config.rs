@@ -10,6 +10,18 @@ use ipnet::IpNet;
 
 use crate::token::MIN_SECRET_LEN;
 
+/// Every configuration problem, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+/// The process environment as a lookup, after loading `.env` if there is one (a missing
+/// `.env` is normal in production, where the orchestrator sets the variables).
+pub fn environment() -> impl Fn(&str) -> Option<String> {
+    let _ = dotenvy::dotenv();
+    |name: &str| std::env::var(name).ok()
+}
+
 /// Reads and validates variables, collecting every problem instead of stopping at the first.
 pub struct EnvReader<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
@@ -215,19 +227,25 @@ impl CommonConfig {
     /// Reads the shared variables, recording problems in `r`.
     pub fn read(r: &mut EnvReader<'_>) -> Self {
         use std::time::Duration;
-        let database_url = r.required("DATABASE_URL", "e.g. postgres://postgres@127.0.0.1:5432/pwrecovery");
+        let database_url = r.required(
+            "DATABASE_URL",
+            "e.g. postgres://postgres@127.0.0.1:5432/pwrecovery",
+        );
         let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
         let amqp_url = r.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
         let public_base_url = r.public_base_url();
         let token_secrets = r.token_secrets();
-        let token_digest = r.parsed("TOKEN_DIGEST", "sha256", "sha256 or sha1").unwrap_or_default();
+        let token_digest = r
+            .parsed("TOKEN_DIGEST", "sha256", "sha256 or sha1")
+            .unwrap_or_default();
         let reset_max = r.number("RESET_TOKEN_MAX_AGE_SECS", 3600, 60, 7 * 86_400);
         let verify_max = r.number("VERIFY_TOKEN_MAX_AGE_SECS", 3600, 60, 30 * 86_400);
         let retry = r.string("MAIL_RETRY_SCHEDULE_SECS", "5,30,120,600,3600");
-        let retry_schedule_secs = crate::topology::parse_retry_schedule(&retry).unwrap_or_else(|e| {
-            r.error(format!("MAIL_RETRY_SCHEDULE_SECS: {e}"));
-            Vec::new()
-        });
+        let retry_schedule_secs =
+            crate::topology::parse_retry_schedule(&retry).unwrap_or_else(|e| {
+                r.error(format!("MAIL_RETRY_SCHEDULE_SECS: {e}"));
+                Vec::new()
+            });
         let shutdown = r.number("SHUTDOWN_TIMEOUT_SECS", 10, 1, 600);
         let redis_key_prefix = r.string("REDIS_KEY_PREFIX", "");
         let broker_namespace = r.string("BROKER_NAMESPACE", "");
@@ -256,7 +274,10 @@ impl CommonConfig {
 
     /// The broker topology these settings describe.
     pub fn topology(&self) -> crate::topology::Topology {
-        let topology = crate::topology::Topology::new(self.broker_namespace.clone(), &self.retry_schedule_secs);
+        let topology = crate::topology::Topology::new(
+            self.broker_namespace.clone(),
+            &self.retry_schedule_secs,
+        );
         match self.broker_queue_expires_ms {
             Some(ms) => topology.expiring(ms),
             None => topology,

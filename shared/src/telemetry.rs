@@ -62,3 +62,55 @@ pub async fn connect_db(url: &str, max_connections: u32) -> anyhow::Result<PgPoo
         .await
         .context("cannot connect to PostgreSQL (check DATABASE_URL and that the server runs)")
 }
+
+/// Resolves on SIGTERM (orchestrators) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// The process exit code for a binary's result; a failure is logged and printed once.
+pub fn exit_code(binary: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "{binary} failed");
+            eprintln!("{binary}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The readiness verdict of a service: PostgreSQL and Redis are probed here (bounded),
+/// `rabbitmq` is the caller's own view of its broker connection.
+pub async fn readiness(
+    db: &PgPool,
+    redis: &crate::redis_pool::RedisPool,
+    rabbitmq: bool,
+) -> (bool, serde_json::Value) {
+    let postgres = async {
+        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(db))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    };
+    let (postgres, redis) = tokio::join!(postgres, redis.ping());
+    let ready = postgres && redis && rabbitmq;
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "checks": { "postgres": postgres, "redis": redis, "rabbitmq": rabbitmq },
+    });
+    (ready, body)
+}

@@ -1,7 +1,5 @@
 //! `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
-use std::time::Duration;
-
 use axum::{
     Json,
     extract::State,
@@ -35,26 +33,13 @@ pub async fn healthz() -> Json<serde_json::Value> {
         (status = 503, description = "A dependency is unreachable; `checks` says which", body = serde_json::Value),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let db = async {
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query("SELECT 1").execute(&state.db),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok())
-    };
-    let (postgres, redis, rabbitmq) =
-        tokio::join!(db, state.redis.ping(), state.publisher.is_connected());
-    let ready = postgres && redis && rabbitmq;
+    let rabbitmq = state.publisher.is_connected().await;
+    let (ready, body) = shared::telemetry::readiness(&state.db, &state.redis, rabbitmq).await;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if ready { "ready" } else { "unavailable" },
-        "checks": { "postgres": postgres, "redis": redis, "rabbitmq": rabbitmq },
-    });
     (status, Json(body)).into_response()
 }
 

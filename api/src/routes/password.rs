@@ -160,6 +160,7 @@ pub async fn reset_password(
     if let Err(r) = state
         .tokens
         .check_password_version(&token, user.password_version)
+        .await
     {
         return Err(refuse(r).await);
     }

@@ -150,7 +150,8 @@ pub async fn verify_email(
             .ok_or_else(|| Rejected::unknown_user(token.claims.uid))?;
         state
             .tokens
-            .check_password_version(&token, user.password_version)?;
+            .check_password_version(&token, user.password_version)
+            .await?;
         if !state.tokens.burn(Purpose::EmailVerify, &token).await? {
             return Err(Rejected::used(user.id));
         }
