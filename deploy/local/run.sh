@@ -24,14 +24,15 @@ if ! psql "$server/postgres" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$
 fi
 
 cargo build --release --locked -p api -p mail-worker
-./target/release/api migrate
+bin="${CARGO_TARGET_DIR:-target}/release"
+"$bin/api" migrate
 
 pids=()
 cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait || true; }
 trap cleanup INT TERM EXIT
 
-./target/release/api & pids+=($!)
-./target/release/mail-worker & pids+=($!)
+"$bin/api" & pids+=($!)
+"$bin/mail-worker" & pids+=($!)
 
 echo "[run] api on http://$API_BIND  (try: curl -s -XPOST http://$API_BIND/v1/password/forgot -H 'content-type: application/json' -d '{\"email\":\"you@example.com\"}')"
 if [ "${MAIL_TRANSPORT:-smtp}" = "file" ]; then
