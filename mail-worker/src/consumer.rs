@@ -113,8 +113,10 @@ impl Consumer {
         self.connected.store(true, Ordering::SeqCst);
         tracing::info!(queue = %self.topology.jobs_queue(), prefetch, "consuming");
         let mut tasks = tokio::task::JoinSet::new();
+        let mut depth_tick = tokio::time::interval(Duration::from_secs(10));
         let result = loop {
             tokio::select! {
+                _ = depth_tick.tick() => report_depth(&channel, &self.topology).await,
                 _ = stop.changed() => {
                     // Stop taking new jobs; unacked prefetched ones go back to the queue.
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
@@ -144,6 +146,30 @@ impl Consumer {
         .await;
         let _ = connection.close(200, "bye".into()).await;
         result
+    }
+}
+
+/// Publishes the depth of the work and dead-letter queues as gauges (what autoscalers and
+/// alerts look at: a growing `mail.jobs` means too few workers, a growing `mail.dead` means
+/// mail that will never go out without an operator).
+async fn report_depth(channel: &Channel, topology: &Topology) {
+    for (label, queue) in [
+        ("mail.jobs", topology.jobs_queue()),
+        ("mail.dead", topology.dead_queue()),
+    ] {
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if let Ok(q) = declared {
+            metrics::gauge!("mail_queue_depth", "queue" => label).set(f64::from(q.message_count()));
+        }
     }
 }
 

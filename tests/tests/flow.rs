@@ -19,8 +19,8 @@ fn token_of(link: &str) -> String {
 async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
     let sink = SmtpSink::start().await.unwrap();
     let env = StackEnv::new().await.unwrap();
-    let (_api, base) = env.start_api().await.unwrap();
-    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let (api, base) = env.start_api().await.unwrap();
+    let (worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
     let old_password = "correct horse battery staple 42";
@@ -172,6 +172,58 @@ async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
             .link(&format!("{}/forgot-password", env.public_base_url))
             .is_some()
     );
+    // Neither service logged a token, a password, a session or the address itself.
+    let logs = [api.output(), worker.output()].concat().join("\n");
+    assert!(logs.contains("\"job done\""), "the logs were captured");
+    for secret in [
+        token.as_str(),
+        token_of(&link).as_str(),
+        old_password,
+        new_password,
+        session_a["session"].as_str().unwrap(),
+        "Ann.Lee@example.org",
+        "ann.lee@example.org",
+        "e2e-secret-0123456789",
+    ] {
+        assert!(!logs.contains(secret), "{secret:?} appears in the logs");
+    }
+    // Both services export what operators alert on.
+    let worker_metrics = http
+        .get(format!("{worker_http}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "jobs_total",
+        "smtp_send_duration_seconds_bucket",
+        "mail_queue_depth",
+    ] {
+        assert!(
+            worker_metrics.contains(name),
+            "worker metrics lack {name}:\n{worker_metrics}"
+        );
+    }
+    let api_metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "http_requests_total",
+        "publish_duration_seconds_bucket",
+        "password_resets_total",
+    ] {
+        assert!(
+            api_metrics.contains(name),
+            "api metrics lack {name}:\n{api_metrics}"
+        );
+    }
     // Every email of this flow is distinct (no duplicates).
     let ids: std::collections::HashSet<String> =
         sink.emails().iter().map(|e| e.message_id()).collect();
