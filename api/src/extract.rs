@@ -296,6 +296,21 @@ mod tests {
     }
 
     #[test]
+    fn only_well_formed_traceparents_are_continued() {
+        assert!(valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent("00-xyz-00f067aa0ba902b7-01"));
+        assert!(!valid_traceparent("garbage\r\nheader: injected"));
+    }
+
+    #[test]
     fn session_tokens_come_from_bearer_or_cookie() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -329,9 +344,32 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
                 .filter(|v| v.len() <= 128)
                 .map(str::to_owned)
         };
+        let request_id = get("x-request-id");
+        // Continue the caller's W3C trace when it sent a valid one; otherwise start one whose
+        // trace id is our request id, so a reset can be followed from HTTP to SMTP either way.
+        let traceparent = get("traceparent")
+            .filter(|t| valid_traceparent(t))
+            .or_else(|| {
+                let trace_id = request_id.as_deref()?.replace('-', "");
+                (trace_id.len() == 32)
+                    .then(|| format!("00-{trace_id}-{:016x}-01", rand::random::<u64>()))
+            });
         Ok(RequestTrace(shared::message::Trace {
-            request_id: get("x-request-id"),
-            traceparent: get("traceparent"),
+            request_id,
+            traceparent,
         }))
     }
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
+fn valid_traceparent(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
 }

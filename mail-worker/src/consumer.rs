@@ -197,7 +197,8 @@ async fn handle(
         }
     };
     let span = tracing::info_span!("job", job_id = %envelope.id, kind = envelope.job.kind(), attempt = envelope.attempt,
-        request_id = envelope.trace.request_id.as_deref().unwrap_or(""));
+        request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
+        traceparent = envelope.trace.traceparent.as_deref().unwrap_or(""));
     let outcome = processor.process(&envelope).instrument(span.clone()).await;
     let kind = envelope.job.kind();
     match &outcome {

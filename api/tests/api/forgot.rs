@@ -256,3 +256,20 @@ async fn malformed_addresses_are_refused_before_any_budget_is_counted() {
         StatusCode::ACCEPTED
     );
 }
+
+#[tokio::test]
+async fn without_a_traceparent_the_job_starts_a_trace_named_after_the_request() {
+    let app = spawn_app().await;
+    let r = app.forgot("a@example.org").await;
+    let request_id = r.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .replace('-', "");
+    let job = app.jobs(1).await.remove(0).envelope();
+    let traceparent = job.trace.traceparent.unwrap();
+    assert!(
+        traceparent.starts_with(&format!("00-{request_id}-")),
+        "{traceparent}"
+    );
+    assert!(traceparent.ends_with("-01"));
+}
