@@ -110,8 +110,8 @@ pub struct ResetRequest {
 ///
 /// Order matters: every check that can fail without side effects runs before the burn, so a
 /// refused password leaves the link usable; the burn is the single point where concurrent
-/// submissions are decided; the password change, the audit row and the confirmed notice
-/// commit together or not at all.
+/// submissions are decided; the password change and its audit row commit together, and are
+/// undone (with the link given back) when the broker does not confirm the notice.
 #[utoipa::path(post, path = "/v1/password/reset", tag = "password", request_body = ResetRequest,
     responses(
         (status = 204, description = "Password changed; every session of the user is revoked"),

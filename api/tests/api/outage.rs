@@ -144,3 +144,53 @@ async fn the_api_starts_while_rabbitmq_is_down_and_answers_503() {
     .await;
     assert!(back.is_some());
 }
+
+#[tokio::test]
+async fn a_reset_whose_notice_cannot_be_published_is_undone_and_the_link_stays_usable() {
+    let proxy = FaultProxy::start(&host_port(&e2e::amqp_url()))
+        .await
+        .unwrap();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port());
+    let app = spawn_with(&[("AMQP_URL", url.as_str())]).await;
+    let user = app.create_user("ann@example.org", STRONG).await;
+    let token = app.mint(shared::token::Purpose::PasswordReset, user).await;
+    let new_password = "plaid zebra umbrella tangerine 97";
+
+    proxy.cut();
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": token, "new_password": new_password }),
+        )
+        .await;
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    assert_eq!(app.password_version(user).await, 1, "the change was undone");
+    let old = app
+        .post(
+            "/v1/sessions",
+            json!({ "email": "ann@example.org", "password": STRONG }),
+        )
+        .await;
+    assert_eq!(
+        old.status(),
+        StatusCode::CREATED,
+        "the old password still works"
+    );
+
+    proxy.restore();
+    let done = poll_until(Duration::from_secs(20), || async {
+        let r = app
+            .post(
+                "/v1/password/reset",
+                json!({ "token": token, "new_password": new_password }),
+            )
+            .await;
+        (r.status() == StatusCode::NO_CONTENT).then_some(())
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "the same link works once the broker is back"
+    );
+    assert_eq!(app.password_version(user).await, 2);
+}
