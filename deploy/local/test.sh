@@ -12,17 +12,18 @@ for db in $(psql "$PG_URL" -Atqc "SELECT datname FROM pg_database WHERE datname 
   psql "$PG_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
 done
 
-# The end-to-end tests deliver to a real SMTP server (aiosmtpd, tests/smtp/): keep it in a
-# virtualenv outside the clone so system Python stays untouched and reruns are instant.
+# The end-to-end tests deliver to a real SMTP server (aiosmtpd, tests/smtp/) and parse the
+# deployment files (PyYAML): keep those in a virtualenv outside the clone so system Python
+# stays untouched and reruns are instant.
 VENV="${XDG_CACHE_HOME:-$HOME/.cache}/pwrecovery/smtp-venv"
-if ! "$VENV/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c 'import aiosmtpd, yaml' >/dev/null 2>&1; then
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
   fi
   rm -rf "$VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/smtp/requirements.txt
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 export SMTP_SINK_PYTHON="$VENV/bin/python"
 

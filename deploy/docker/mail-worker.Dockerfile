@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1.7
+#
+# Image of the `mail-worker` binary (consumes mail jobs from RabbitMQ and delivers them over
+# SMTP; `mail-worker dlq list` / `mail-worker dlq replay --id ID|--all` handle dead letters).
+#
+# Build context: the repository root (the workspace is needed to build one member):
+#   docker build -f deploy/docker/mail-worker.Dockerfile -t pwrecovery/mail-worker .
+# What enters the context is decided by mail-worker.Dockerfile.dockerignore beside this file
+# (BuildKit reads <Dockerfile>.dockerignore in preference to a root .dockerignore).
+#
+# Email templates are compiled into the binary; nothing but the binary is needed at run time.
+# The image sets WORKER_HTTP_BIND=0.0.0.0:8081 (/healthz, /readyz, /metrics) because the
+# binary's default (127.0.0.1) is unreachable from outside a container.
+
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+# ---- build ---------------------------------------------------------------------------------
+FROM ${RUST_IMAGE} AS builder
+WORKDIR /app
+ENV CARGO_TERM_COLOR=never \
+    CARGO_INCREMENTAL=0
+COPY . .
+# The registry, git checkouts and target/ live in BuildKit cache mounts (shared with the api
+# image, so the common dependencies compile once). target/ is a cache mount, so the binary is
+# copied out of it in the same step.
+RUN --mount=type=cache,id=pwrecovery-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,id=pwrecovery-cargo-git,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,id=pwrecovery-target,target=/app/target,sharing=locked \
+    cargo build --release --locked -p mail-worker \
+ && install -D -m 0755 target/release/mail-worker /out/mail-worker
+
+# ---- runtime -------------------------------------------------------------------------------
+FROM ${RUNTIME_IMAGE} AS runtime
+# ca-certificates: system trust store for TLS; zlib1g: the binary links the system libz
+# (already in slim, listed so the dependency is explicit). Versions are not pinned: Debian
+# drops superseded versions from the archive, so pins break rebuilds; pin the base image by
+# digest instead for reproducible releases.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin app
+COPY --from=builder /out/mail-worker /usr/local/bin/mail-worker
+
+LABEL org.opencontainers.image.title="pwrecovery-mail-worker" \
+      org.opencontainers.image.description="Password-recovery mail worker (RabbitMQ -> SMTP with retries and a dead-letter queue)" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0"
+
+ENV WORKER_HTTP_BIND=0.0.0.0:8081 \
+    MAIL_TRANSPORT=smtp \
+    LOG_FORMAT=json \
+    RUST_LOG=info
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8081
+# SIGTERM: stop consuming, finish in-flight sends for up to SHUTDOWN_TIMEOUT_SECS, exit 0;
+# prefetched but unstarted jobs return to the queue.
+STOPSIGNAL SIGTERM
+# No HEALTHCHECK here: the listen address is configurable and the orchestrators define their
+# own checks (deploy/compose.yaml, deploy/k8s/worker-deployment.yaml).
+ENTRYPOINT ["/usr/local/bin/mail-worker"]
