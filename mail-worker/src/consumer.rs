@@ -169,6 +169,10 @@ async fn report_depth(channel: &Channel, topology: &Topology) {
             .await;
         if let Ok(q) = declared {
             metrics::gauge!("mail_queue_depth", "queue" => label).set(f64::from(q.message_count()));
+            if label == "mail.jobs" && q.message_count() == 0 {
+                // Nothing waiting: no job is old.
+                metrics::gauge!("mail_oldest_job_age_seconds").set(0.0);
+            }
         }
     }
 }
@@ -199,6 +203,12 @@ async fn handle(
     let span = tracing::info_span!("job", job_id = %envelope.id, kind = envelope.job.kind(), attempt = envelope.attempt,
         request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
         traceparent = envelope.trace.traceparent.as_deref().unwrap_or(""));
+    // The work queue is FIFO: the job picked up now is the oldest one that was waiting.
+    let waited = (processor.clock.now() - envelope.created_at)
+        .num_milliseconds()
+        .max(0) as f64
+        / 1000.0;
+    metrics::gauge!("mail_oldest_job_age_seconds").set(waited);
     let outcome = processor.process(&envelope).instrument(span.clone()).await;
     let kind = envelope.job.kind();
     match &outcome {

@@ -367,3 +367,30 @@ async fn the_file_transport_writes_one_eml_per_email() {
     assert!(files.iter().all(|f| f.contains("multipart/alternative")));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn smtp_credentials_are_used_but_never_logged() {
+    let sink = SmtpSink::start().await.unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let url = format!("smtp://apikey:s3cr3t-Pa55word@127.0.0.1:{}", sink.smtp_port);
+    let (worker, _) = env
+        .start_worker_with(&[
+            ("MAIL_TRANSPORT", "smtp"),
+            ("SMTP_URL", &url),
+            ("SMTP_TIMEOUT_SECS", "5"),
+        ])
+        .await
+        .unwrap();
+    publish_raw_jobs(&env.topology(), &notice_jobs("auth", 1))
+        .await
+        .unwrap();
+    let emails = sink.wait_for(1, WAIT).await;
+    assert_eq!(emails.len(), 1, "{:?}", worker.output());
+    assert_eq!(
+        emails[0].header("X-Sink-Auth-User").as_deref(),
+        Some("apikey"),
+        "the worker authenticated"
+    );
+    let logs = worker.output().join("\n");
+    assert!(!logs.contains("s3cr3t-Pa55word"), "{logs}");
+}

@@ -19,27 +19,43 @@ fn parse_yaml(files: &[PathBuf]) -> Vec<Vec<serde_json::Value>> {
         .args(files)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    assert!(out.status.success(), "YAML did not parse: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "YAML did not parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
 fn the_compose_file_runs_the_whole_stack_with_a_scalable_worker() {
     let compose = deploy_dir().join("compose.yaml");
-    let doc = &parse_yaml(&[compose.clone()])[0][0];
+    let doc = &parse_yaml(std::slice::from_ref(&compose))[0][0];
     let services = doc["services"].as_object().unwrap();
     for name in ["postgres", "redis", "rabbitmq", "api", "mail-worker"] {
         assert!(services.contains_key(name), "compose lacks {name}");
     }
     assert!(
-        services.keys().any(|k| k.contains("mail")) && services.values().any(|s| s["image"].as_str().is_some_and(|i| i.contains("maildev"))),
+        services.keys().any(|k| k.contains("mail"))
+            && services
+                .values()
+                .any(|s| s["image"].as_str().is_some_and(|i| i.contains("maildev"))),
         "a mail catcher with a web UI"
     );
     let worker = &services["mail-worker"];
-    assert!(worker.get("container_name").is_none(), "--scale needs no fixed container name");
-    assert!(worker.get("ports").is_none(), "--scale needs no fixed host port");
+    assert!(
+        worker.get("container_name").is_none(),
+        "--scale needs no fixed container name"
+    );
+    assert!(
+        worker.get("ports").is_none(),
+        "--scale needs no fixed host port"
+    );
     for name in ["api", "mail-worker", "postgres", "rabbitmq"] {
-        assert!(services[name].get("healthcheck").is_some(), "{name} has no health check");
+        assert!(
+            services[name].get("healthcheck").is_some(),
+            "{name} has no health check"
+        );
     }
     // Validate with the real client too, where it exists.
     let compose_available = std::process::Command::new("docker")
@@ -54,7 +70,11 @@ fn the_compose_file_runs_the_whole_stack_with_a_scalable_worker() {
             .env("TOKEN_SECRETS", "0123456789abcdef0123456789abcdef")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -69,21 +89,42 @@ fn the_kubernetes_manifests_parse_and_cover_probes_autoscaling_and_disruption() 
     files.sort();
     let docs: Vec<serde_json::Value> = parse_yaml(&files).into_iter().flatten().collect();
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    for kind in ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject", "ConfigMap"] {
+    for kind in [
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ScaledObject",
+        "ConfigMap",
+    ] {
         assert!(kinds.contains(&kind), "no {kind} in deploy/k8s ({kinds:?})");
     }
     for deployment in docs.iter().filter(|d| d["kind"] == "Deployment") {
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz", "{}", deployment["metadata"]["name"]);
-        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz", "{}", deployment["metadata"]["name"]);
+        assert_eq!(
+            container["readinessProbe"]["httpGet"]["path"], "/readyz",
+            "{}",
+            deployment["metadata"]["name"]
+        );
+        assert_eq!(
+            container["livenessProbe"]["httpGet"]["path"], "/healthz",
+            "{}",
+            deployment["metadata"]["name"]
+        );
     }
     let scaled = docs.iter().find(|d| d["kind"] == "ScaledObject").unwrap();
     let trigger = &scaled["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "rabbitmq");
     assert_eq!(trigger["metadata"]["queueName"], "mail.jobs");
     // Every file the kustomization lists exists.
-    let kustomization = docs.iter().find(|d| d["kind"] == "Kustomization" || d.get("resources").is_some()).unwrap();
+    let kustomization = docs
+        .iter()
+        .find(|d| d["kind"] == "Kustomization" || d.get("resources").is_some())
+        .unwrap();
     for resource in kustomization["resources"].as_array().unwrap() {
-        assert!(dir.join(resource.as_str().unwrap()).exists(), "{resource} is missing");
+        assert!(
+            dir.join(resource.as_str().unwrap()).exists(),
+            "{resource} is missing"
+        );
     }
 }

@@ -200,6 +200,7 @@ async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
         "jobs_total",
         "smtp_send_duration_seconds_bucket",
         "mail_queue_depth",
+        "mail_oldest_job_age_seconds",
     ] {
         assert!(
             worker_metrics.contains(name),
