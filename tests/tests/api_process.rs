@@ -69,3 +69,53 @@ async fn bad_configuration_fails_at_start_naming_the_variable_and_the_fix() {
         "a secret must not be echoed: {out}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let mut env = StackEnv::new().await.unwrap();
+    // A costly hash keeps a sign-up in flight long enough to send SIGTERM during it.
+    env.set("ARGON2_MEMORY_KIB", "262144");
+    env.set("ARGON2_ITERATIONS", "4");
+    let (mut process, base) = env.start_api().await.unwrap();
+    let client = reqwest::Client::new();
+    let in_flight = {
+        let client = client.clone();
+        let url = format!("{base}/v1/users");
+        tokio::spawn(async move {
+            let body = serde_json::json!({ "email": "late@example.org", "password": "correct horse battery staple 42" });
+            let started = std::time::Instant::now();
+            let r = client.post(url).json(&body).send().await;
+            (r.map(|r| r.status().as_u16()), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = process.child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fresh = reqwest::Client::new()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await;
+    assert!(
+        fresh.is_err(),
+        "a new connection after SIGTERM must be refused: {fresh:?}"
+    );
+    let (status, took) = in_flight.await.unwrap();
+    assert_eq!(
+        status.unwrap(),
+        202,
+        "the in-flight request finished ({took:?})"
+    );
+    assert!(
+        took > Duration::from_millis(150),
+        "the request was really in flight at SIGTERM ({took:?})"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(15), process.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
