@@ -48,6 +48,7 @@ pub struct AppState {
     pub publisher: Publisher,
     pub clock: Arc<dyn Clock>,
     pub metrics: PrometheusHandle,
+    pub pages: Arc<routes::pages::Pages>,
 }
 
 /// A built, bound, not yet running api.
@@ -111,6 +112,9 @@ impl Application {
             publisher,
             clock,
             metrics: shared::telemetry::prometheus(),
+            pages: Arc::new(
+                routes::pages::Pages::new().map_err(|e| anyhow::anyhow!("page templates: {e}"))?,
+            ),
             db,
             redis,
             config: Arc::new(config),
@@ -185,6 +189,7 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(document.as_ref().clone()) }
             }),
         )
+        .merge(routes::pages::router())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -23,8 +23,6 @@ pub struct Config {
     pub transport: Transport,
     /// `From` header, e.g. `Account Security <no-reply@example.com>`.
     pub mail_from: String,
-    /// Name of the product in subjects and signatures.
-    pub product_name: String,
     /// SMTP sends in flight per process (and the AMQP prefetch).
     pub concurrency: usize,
     pub notify_unknown_recipients: bool,
@@ -90,7 +88,6 @@ impl Config {
                 "MAIL_FROM: expected a mailbox such as \"Account Security <no-reply@example.com>\", got {mail_from:?}"
             ));
         }
-        let product_name = r.string("PRODUCT_NAME", "Example Accounts");
         let concurrency = r.number("WORKER_CONCURRENCY", 16, 1, 1024) as usize;
         let notify_unknown_recipients = r.boolean("NOTIFY_UNKNOWN_RECIPIENTS", false);
         let smtp_timeout = r.number("SMTP_TIMEOUT_SECS", 30, 1, 600);
@@ -100,7 +97,6 @@ impl Config {
             http_bind: http_bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081))),
             transport,
             mail_from,
-            product_name,
             concurrency,
             notify_unknown_recipients,
             smtp_timeout: Duration::from_secs(smtp_timeout),

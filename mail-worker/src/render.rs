@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use minijinja::value::Serde;
-use minijinja::{AutoEscape, Environment, Output, State, UndefinedBehavior, Value};
+use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 
 /// The locales the worker has templates for; the first one is the fallback.
@@ -164,7 +164,7 @@ impl Renderer {
                 .lstrip_blocks(true)
                 .build()?,
         );
-        env.set_formatter(format_value);
+        env.set_formatter(shared::html::format_value);
         env.add_global("product_name", product_name.to_owned());
         for &(name, source) in TEMPLATES {
             env.add_template(name, source)?;
@@ -305,35 +305,6 @@ fn tidy_text(raw: &str) -> String {
 /// `https:&#x2f;&#x2f;…` into every link of the source; people and tools that read the source
 /// (link scanners, "copy link" in some clients) would see that. In quoted attributes and text,
 /// escaping `& < > " '` is all that is needed.
-fn format_value(
-    out: &mut Output,
-    state: &mut State,
-    value: &Value,
-) -> Result<(), minijinja::Error> {
-    if matches!(state.auto_escape(), AutoEscape::Html)
-        && !value.is_safe()
-        && let Some(text) = value.as_str()
-    {
-        return Ok(out.write_str(&escape_html(text))?);
-    }
-    minijinja::escape_formatter(out, state, value)
-}
-
-fn escape_html(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#x27;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

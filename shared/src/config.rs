@@ -221,6 +221,8 @@ pub struct CommonConfig {
     pub broker_namespace: String,
     /// When set, broker queues vanish after this long unused (ephemeral environments).
     pub broker_queue_expires_ms: Option<i64>,
+    /// Name of the product on pages and in emails.
+    pub product_name: String,
 }
 
 impl CommonConfig {
@@ -250,6 +252,12 @@ impl CommonConfig {
         let redis_key_prefix = r.string("REDIS_KEY_PREFIX", "");
         let broker_namespace = r.string("BROKER_NAMESPACE", "");
         let expires = r.number("BROKER_QUEUE_EXPIRES_MS", 0, 0, 30 * 86_400_000);
+        let product_name = r.string("PRODUCT_NAME", "Example Accounts");
+        if product_name.trim().is_empty() || product_name.chars().any(char::is_control) {
+            r.error(
+                "PRODUCT_NAME: must be non-empty text without line breaks or control characters",
+            );
+        }
         Self {
             database_url,
             redis_url,
@@ -264,6 +272,7 @@ impl CommonConfig {
             redis_key_prefix,
             broker_namespace,
             broker_queue_expires_ms: i64::try_from(expires).ok().filter(|&ms| ms > 0),
+            product_name,
         }
     }
 

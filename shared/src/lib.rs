@@ -5,6 +5,7 @@ pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod email;
+pub mod html;
 pub mod keys;
 pub mod message;
 pub mod redis_pool;

@@ -241,6 +241,7 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
 pub struct ServiceProcess {
     pub child: tokio::process::Child,
     pub lines: Arc<Mutex<Vec<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ServiceProcess {
@@ -261,6 +262,7 @@ impl ServiceProcess {
             .kill_on_drop(true);
         let mut child = cmd.spawn()?;
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         let out = child.stdout.take().expect("piped stdout");
         let err = child.stderr.take().expect("piped stderr");
         for reader in [
@@ -268,16 +270,20 @@ impl ServiceProcess {
             Box::new(err),
         ] {
             let lines = lines.clone();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut reader = BufReader::new(reader).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
                     if let Ok(mut l) = lines.lock() {
                         l.push(line);
                     }
                 }
-            });
+            }));
         }
-        Ok(Self { child, lines })
+        Ok(Self {
+            child,
+            lines,
+            readers,
+        })
     }
 
     /// Everything the process printed so far.
@@ -313,7 +319,20 @@ impl ServiceProcess {
         std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()?;
-        Ok(tokio::time::timeout(timeout, self.child.wait()).await??)
+        self.wait_exit(timeout).await
+    }
+
+    /// Waits for the process to exit and for its output to be read to the end, so
+    /// [`Self::output`] then holds every line it printed.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let status = tokio::time::timeout(timeout, self.child.wait()).await??;
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
+        Ok(status)
     }
 }
 

@@ -326,7 +326,7 @@ impl StackEnv {
     pub async fn start_api(&self) -> anyhow::Result<(ServiceProcess, String)> {
         let api = workspace_binary("api");
         let mut migrate = ServiceProcess::spawn(&api, &["migrate"], &self.vars)?;
-        let status = tokio::time::timeout(Duration::from_secs(60), migrate.child.wait()).await??;
+        let status = migrate.wait_exit(Duration::from_secs(60)).await?;
         anyhow::ensure!(
             status.success(),
             "api migrate failed: {:?}",
@@ -387,8 +387,7 @@ impl StackEnv {
     pub async fn worker_command(&self, args: &[&str]) -> anyhow::Result<(bool, Vec<String>)> {
         let mut process =
             ServiceProcess::spawn(&workspace_binary("mail-worker"), args, &self.vars)?;
-        let status = tokio::time::timeout(Duration::from_secs(60), process.child.wait()).await??;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = process.wait_exit(Duration::from_secs(60)).await?;
         Ok((status.success(), process.output()))
     }
 }

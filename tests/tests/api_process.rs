@@ -51,12 +51,8 @@ async fn bad_configuration_fails_at_start_naming_the_variable_and_the_fix() {
     env.set("TOKEN_SECRETS", "too-short");
     env.set("RATE_LIMIT_IP_PER_HOUR", "lots");
     let mut process = ServiceProcess::spawn(&workspace_binary("api"), &[], &env.vars).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), process.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = process.wait_exit(Duration::from_secs(20)).await.unwrap();
     assert!(!status.success());
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let out = process.output().join("\n");
     assert!(out.contains("TOKEN_SECRETS: secret #1 is 9 bytes"), "{out}");
     assert!(out.contains("openssl rand -hex 32"), "{out}");

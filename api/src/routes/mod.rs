@@ -5,6 +5,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 pub mod health;
+pub mod pages;
 pub mod password;
 pub mod sessions;
 pub mod users;

@@ -66,8 +66,23 @@ pub async fn request_password_reset(
     RequestTrace(trace): RequestTrace,
     AppJson(body): AppJson<ForgotRequest>,
 ) -> Result<Response, ApiError> {
-    let address =
-        email::normalize(&body.email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
+    forgot(&state, ip, locale, trace, &body.email).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "message": FORGOT_ACCEPTED_MESSAGE })),
+    )
+        .into_response())
+}
+
+/// The forgot-password work shared by the JSON endpoint and the HTML form.
+pub async fn forgot(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    locale: &str,
+    trace: shared::message::Trace,
+    email: &str,
+) -> Result<(), ApiError> {
+    let address = email::normalize(email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
     let now = state.clock.now();
     let verdict = state.limiter.check_forgot(ip, address.key(), now).await?;
     if !verdict.ip.allowed {
@@ -92,12 +107,7 @@ pub async fn request_password_reset(
         locale,
         trace,
     );
-    state.publisher.publish_job(&job).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "message": FORGOT_ACCEPTED_MESSAGE })),
-    )
-        .into_response())
+    state.publisher.publish_job(&job).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -128,8 +138,21 @@ pub async fn reset_password(
     RequestTrace(trace): RequestTrace,
     AppJson(body): AppJson<ResetRequest>,
 ) -> Result<StatusCode, ApiError> {
+    perform_reset(&state, ip, locale, trace, &body.token, body.new_password).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The reset work shared by the JSON endpoint and the HTML form.
+pub async fn perform_reset(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    locale: &str,
+    trace: shared::message::Trace,
+    token: &str,
+    new_password: String,
+) -> Result<(), ApiError> {
     let request_id = trace.request_id.clone();
-    let (st, rid) = (&state, request_id.as_deref());
+    let (st, rid) = (state, request_id.as_deref());
     let audit =
         |outcome: &'static str, user: Option<uuid::Uuid>| audit_reset(st, ip, rid, outcome, user);
     let refuse = |rejected: Rejected| async move {
@@ -139,16 +162,12 @@ pub async fn reset_password(
         rejected.error
     };
 
-    if let Err(e) = password_policy::check_length(&body.new_password) {
+    if let Err(e) = password_policy::check_length(&new_password) {
         audit("password_too_long", None).await;
         return Err(e);
     }
     let now = state.clock.now();
-    let token = match state
-        .tokens
-        .check(Purpose::PasswordReset, &body.token, now)
-        .await
-    {
+    let token = match state.tokens.check(Purpose::PasswordReset, token, now).await {
         Ok(t) => t,
         Err(r) => return Err(refuse(r).await),
     };
@@ -164,7 +183,7 @@ pub async fn reset_password(
     {
         return Err(refuse(r).await);
     }
-    if let Err(e) = password_policy::check_new_password(&body.new_password, &user.email) {
+    if let Err(e) = password_policy::check_new_password(&new_password, &user.email) {
         audit("weak_password", Some(user_id)).await;
         return Err(e);
     }
@@ -177,7 +196,7 @@ pub async fn reset_password(
     // must be visible before the job can be consumed. If the broker does not confirm, the
     // change is undone (compensated) and the link given back, so nothing stays half-done.
     let committed = async {
-        let hash = state.hasher.hash(body.new_password).await?;
+        let hash = state.hasher.hash(new_password).await?;
         let mut tx = state.db.begin().await?;
         let Some(change) =
             store::users::replace_password(&mut *tx, user_id, user.password_version, &hash).await?
@@ -262,7 +281,25 @@ pub async fn reset_password(
         tracing::warn!(error = %e, "session revocation failed; sessions die by password version");
     }
     metrics::counter!("password_resets_total").increment(1);
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
+}
+
+/// Checks a reset link without consuming it (the GET of the reset page; mail scanners open
+/// links, so this must change nothing). Returns the error the submission would get.
+pub async fn inspect_reset_token(state: &AppState, token: &str) -> Result<(), ApiError> {
+    let checked = state
+        .tokens
+        .check(Purpose::PasswordReset, token, state.clock.now())
+        .await
+        .map_err(|r| r.error)?;
+    let user = store::users::by_id(&state.db, checked.claims.uid)
+        .await?
+        .ok_or(ApiError::TokenInvalid)?;
+    state
+        .tokens
+        .check_password_version(&checked, user.password_version)
+        .await
+        .map_err(|r| r.error)
 }
 
 /// Records one reset attempt. A failed audit write must not turn a refusal into a 503; it is

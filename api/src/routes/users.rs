@@ -138,12 +138,20 @@ pub async fn verify_email(
     RequestTrace(trace): RequestTrace,
     AppJson(body): AppJson<VerifyRequest>,
 ) -> Result<StatusCode, ApiError> {
+    verify(&state, ip, &trace, &body.token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The verification work shared by the JSON endpoint and the HTML page.
+pub async fn verify(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    trace: &shared::message::Trace,
+    token: &str,
+) -> Result<(), ApiError> {
     let now = state.clock.now();
     let outcome = async {
-        let token = state
-            .tokens
-            .check(Purpose::EmailVerify, &body.token, now)
-            .await?;
+        let token = state.tokens.check(Purpose::EmailVerify, token, now).await?;
         let user = store::users::by_id(&state.db, token.claims.uid)
             .await
             .map_err(ApiError::from)?
@@ -163,7 +171,7 @@ pub async fn verify_email(
     }
     .await;
     let (result, outcome, user) = match outcome {
-        Ok(user) => (Ok(StatusCode::NO_CONTENT), "success", Some(user)),
+        Ok(user) => (Ok(()), "success", Some(user)),
         Err(r) => (Err(r.error), r.reason, r.user),
     };
     if !matches!(result, Err(ApiError::Unavailable(_))) {

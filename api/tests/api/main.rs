@@ -7,6 +7,7 @@ mod bad_input;
 mod forgot;
 mod helpers;
 mod outage;
+mod pages;
 mod reset;
 mod sessions;
 mod users;

@@ -1,0 +1,559 @@
+//! The HTML pages a person reaches from an email: forgot password, reset password (from the
+//! link), verify email. Scanner-safe: GET and HEAD only look; only a submitted form consumes.
+//!
+//! Security headers on every page: no referrer (the URL may carry a token), no caching, a
+//! strict CSP (no inline script; the one script is a same-origin file), no framing, no MIME
+//! sniffing. Everything works without JavaScript except removing the token from the address
+//! bar.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Form, Router,
+    extract::{Query, Request, State, rejection::FormRejection},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::get,
+};
+use minijinja::{Environment, context};
+use serde::Deserialize;
+
+use crate::{
+    error::ApiError,
+    extract::{ClientIp, Locale, RequestTrace},
+    routes::{password, users},
+    startup::AppState,
+};
+
+/// The page templates, compiled into the binary and parsed once at start.
+pub struct Pages {
+    env: Environment<'static>,
+}
+
+impl Pages {
+    /// Parses every template (a broken one stops the api at start).
+    pub fn new() -> Result<Self, minijinja::Error> {
+        let mut env = Environment::new();
+        for (name, source) in [
+            ("layout.html", include_str!("../../templates/layout.html")),
+            ("forgot.html", include_str!("../../templates/forgot.html")),
+            ("message.html", include_str!("../../templates/message.html")),
+            ("reset.html", include_str!("../../templates/reset.html")),
+            ("verify.html", include_str!("../../templates/verify.html")),
+        ] {
+            env.add_template(name, source)?;
+        }
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.set_formatter(shared::html::format_value);
+        Ok(Self { env })
+    }
+
+    fn render(&self, name: &str, ctx: minijinja::Value) -> Result<String, minijinja::Error> {
+        self.env.get_template(name)?.render(ctx)
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/forgot-password", get(forgot_form).post(forgot_submit))
+        .route("/reset-password", get(reset_form).post(reset_submit))
+        .route("/reset-password/done", get(reset_done))
+        .route("/verify-email", get(verify_form).post(verify_submit))
+        .route("/assets/app.css", get(stylesheet))
+        .route("/assets/clean-url.js", get(script))
+        .layer(middleware::from_fn(page_headers))
+}
+
+/// Content-Security-Policy of every page.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; \
+                       form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+async fn page_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert("content-security-policy", HeaderValue::from_static(CSP));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+async fn stylesheet() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../../assets/app.css"),
+    )
+}
+
+async fn script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/clean-url.js"),
+    )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Renders a page; a template failure is a 500 logged once.
+fn page(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
+    match state.pages.render(name, ctx) {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => ApiError::Internal(anyhow::anyhow!("template {name}: {e}")).into_response(),
+    }
+}
+
+fn base(state: &AppState, locale: &str) -> minijinja::Value {
+    context! {
+        lang => locale,
+        product => state.config.product_name.clone(),
+        t => strings(locale),
+    }
+}
+
+/// A page with a title, one message and an optional button.
+fn message(
+    state: &AppState,
+    locale: &str,
+    status: StatusCode,
+    title: &str,
+    text: &str,
+    tone: &str,
+    action: Option<(&str, &str)>,
+) -> Response {
+    let (action_url, action_label) = action.unwrap_or(("", ""));
+    let ctx = context! {
+        ..base(state, locale),
+        ..context! { title, message => text, tone, action_url, action_label }
+    };
+    page(state, status, "message.html", ctx)
+}
+
+fn t(locale: &str, key: &str) -> String {
+    strings(locale).get(key).copied().unwrap_or(key).to_owned()
+}
+
+/// What a dependency outage looks like on a page.
+fn unavailable(state: &AppState, locale: &str) -> Response {
+    let mut r = message(
+        state,
+        locale,
+        StatusCode::SERVICE_UNAVAILABLE,
+        &t(locale, "unavailable_title"),
+        &t(locale, "unavailable"),
+        "error",
+        None,
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
+fn bad_form(state: &AppState, locale: &str) -> Response {
+    message(
+        state,
+        locale,
+        StatusCode::BAD_REQUEST,
+        &t(locale, "bad_form_title"),
+        &t(locale, "bad_form"),
+        "error",
+        None,
+    )
+}
+
+// ---- forgot password -----------------------------------------------------------------------
+
+async fn forgot_form(State(state): State<AppState>, Locale(locale): Locale) -> Response {
+    forgot_page(&state, locale, StatusCode::OK, "", "")
+}
+
+fn forgot_page(
+    state: &AppState,
+    locale: &str,
+    status: StatusCode,
+    email: &str,
+    error: &str,
+) -> Response {
+    let ctx = context! { ..base(state, locale), ..context! { email, error } };
+    page(state, status, "forgot.html", ctx)
+}
+
+#[derive(Debug, Deserialize)]
+struct ForgotForm {
+    email: String,
+}
+
+/// Same rules as `POST /v1/password/forgot`: the same neutral page for every address; only
+/// the per-IP limit is visible.
+async fn forgot_submit(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Locale(locale): Locale,
+    RequestTrace(trace): RequestTrace,
+    form: Result<Form<ForgotForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return bad_form(&state, locale);
+    };
+    match password::forgot(&state, ip, locale, trace, &form.email).await {
+        Ok(()) => message(
+            &state,
+            locale,
+            StatusCode::OK,
+            &t(locale, "sent_title"),
+            &t(locale, "sent_message"),
+            "notice",
+            None,
+        ),
+        Err(ApiError::InvalidEmail(_)) => forgot_page(
+            &state,
+            locale,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &form.email,
+            &t(locale, "invalid_email"),
+        ),
+        Err(ApiError::RateLimitedIp { retry_after_secs }) => {
+            let minutes = retry_after_secs.div_ceil(60).max(1).to_string();
+            let text = t(locale, "rate_message").replace("{minutes}", &minutes);
+            let mut r = message(
+                &state,
+                locale,
+                StatusCode::TOO_MANY_REQUESTS,
+                &t(locale, "rate_title"),
+                &text,
+                "error",
+                None,
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
+            r
+        }
+        Err(ApiError::Unavailable(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "dependency unavailable");
+            unavailable(&state, locale)
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+// ---- reset password ------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Shows the form for a usable link, or says why the link cannot be used. Looks only: a mail
+/// scanner that opens the link (GET or HEAD, any number of times) changes nothing.
+async fn reset_form(
+    State(state): State<AppState>,
+    Locale(locale): Locale,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
+    match password::inspect_reset_token(&state, &token).await {
+        Ok(()) => reset_page(&state, locale, StatusCode::OK, &token, ""),
+        Err(e) => link_problem(&state, locale, &e),
+    }
+}
+
+fn reset_page(
+    state: &AppState,
+    locale: &str,
+    status: StatusCode,
+    token: &str,
+    error: &str,
+) -> Response {
+    let ctx = context! { ..base(state, locale), ..context! { token, error } };
+    page(state, status, "reset.html", ctx)
+}
+
+/// The page for a link that cannot be used: no form, a way to get a new link.
+fn link_problem(state: &AppState, locale: &str, error: &ApiError) -> Response {
+    let key = match error {
+        ApiError::TokenExpired => "link_expired",
+        ApiError::TokenUsed => "link_used",
+        ApiError::Unavailable(_) => return unavailable(state, locale),
+        _ => "link_invalid",
+    };
+    message(
+        state,
+        locale,
+        StatusCode::BAD_REQUEST,
+        &t(locale, "link_problem_title"),
+        &t(locale, key),
+        "error",
+        Some(("/forgot-password", &t(locale, "new_link"))),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct ResetForm {
+    token: String,
+    password: String,
+    password_confirm: String,
+}
+
+/// Consumes the link exactly as `POST /v1/password/reset` does; success redirects (303) to a
+/// page that sends the person to sign in (no automatic sign-in).
+async fn reset_submit(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Locale(locale): Locale,
+    RequestTrace(trace): RequestTrace,
+    form: Result<Form<ResetForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return bad_form(&state, locale);
+    };
+    if form.password != form.password_confirm {
+        return reset_page(
+            &state,
+            locale,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &form.token,
+            &t(locale, "mismatch"),
+        );
+    }
+    match password::perform_reset(&state, ip, locale, trace, &form.token, form.password).await {
+        Ok(()) => Redirect::to("/reset-password/done").into_response(),
+        Err(ApiError::WeakPassword(hint)) => {
+            let text = if locale == "en" {
+                format!("{} {hint}", t(locale, "weak"))
+            } else {
+                t(locale, "weak")
+            };
+            reset_page(
+                &state,
+                locale,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &form.token,
+                &text,
+            )
+        }
+        Err(ApiError::PasswordTooLong) => reset_page(
+            &state,
+            locale,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &form.token,
+            &t(locale, "too_long"),
+        ),
+        Err(e) => link_problem(&state, locale, &e),
+    }
+}
+
+async fn reset_done(State(state): State<AppState>, Locale(locale): Locale) -> Response {
+    let sign_in = format!("{}/", state.config.public_base_url);
+    message(
+        &state,
+        locale,
+        StatusCode::OK,
+        &t(locale, "done_title"),
+        &t(locale, "done_message"),
+        "notice",
+        Some((&sign_in, &t(locale, "sign_in"))),
+    )
+}
+
+// ---- verify email --------------------------------------------------------------------------
+
+/// Asks for a click before verifying: opening the link (a scanner) must not consume it.
+async fn verify_form(
+    State(state): State<AppState>,
+    Locale(locale): Locale,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
+    let ctx = context! { ..base(&state, locale), ..context! { token } };
+    page(&state, StatusCode::OK, "verify.html", ctx)
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenForm {
+    token: String,
+}
+
+async fn verify_submit(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Locale(locale): Locale,
+    RequestTrace(trace): RequestTrace,
+    form: Result<Form<TokenForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return bad_form(&state, locale);
+    };
+    match users::verify(&state, ip, &trace, &form.token).await {
+        Ok(()) => message(
+            &state,
+            locale,
+            StatusCode::OK,
+            &t(locale, "verified_title"),
+            &t(locale, "verified_message"),
+            "notice",
+            None,
+        ),
+        Err(e) => link_problem(&state, locale, &e),
+    }
+}
+
+// ---- strings -------------------------------------------------------------------------------
+
+/// The texts of the pages in `locale` (English for anything but Simplified Chinese).
+fn strings(locale: &str) -> BTreeMap<&'static str, &'static str> {
+    let table: &[(&str, &str, &str)] = &[
+        ("forgot_title", "Forgot your password?", "忘记密码？"),
+        (
+            "forgot_intro",
+            "Enter the email address of your account. If it has an account, we will send it a link to choose a new password.",
+            "请输入您账户的电子邮箱地址。如果该地址有账户，我们会向它发送一个设置新密码的链接。",
+        ),
+        ("email_label", "Email address", "电子邮箱地址"),
+        ("forgot_submit", "Send reset link", "发送重置链接"),
+        ("sent_title", "Check your inbox", "请查收邮件"),
+        (
+            "sent_message",
+            password::FORGOT_ACCEPTED_MESSAGE,
+            "如果该地址有对应的账户，重置密码的链接已在发送途中。",
+        ),
+        ("rate_title", "Too many requests", "请求过于频繁"),
+        (
+            "rate_message",
+            "Too many requests came from your network. Try again in {minutes} minutes.",
+            "来自您网络的请求过多，请在 {minutes} 分钟后重试。",
+        ),
+        (
+            "invalid_email",
+            "Enter a valid email address.",
+            "请输入有效的电子邮箱地址。",
+        ),
+        ("reset_title", "Choose a new password", "设置新密码"),
+        ("new_password_label", "New password", "新密码"),
+        (
+            "confirm_password_label",
+            "Repeat the new password",
+            "再次输入新密码",
+        ),
+        (
+            "password_hint",
+            "At least 10 characters. A few unrelated words are easy to remember and hard to guess.",
+            "至少 10 个字符。几个互不相关的词语既好记又难猜。",
+        ),
+        ("reset_submit", "Set new password", "设置新密码"),
+        (
+            "mismatch",
+            "The two passwords are not the same.",
+            "两次输入的密码不一致。",
+        ),
+        (
+            "weak",
+            "This password is too easy to guess.",
+            "该密码太容易被猜到，请换一个更长、更不常见的密码。",
+        ),
+        (
+            "too_long",
+            "Use at most 1024 bytes.",
+            "密码不能超过 1024 字节。",
+        ),
+        (
+            "link_problem_title",
+            "This link cannot be used",
+            "此链接无法使用",
+        ),
+        (
+            "link_invalid",
+            "This link is not valid, or a newer link has replaced it.",
+            "此链接无效，或已被更新的链接取代。",
+        ),
+        ("link_expired", "This link has expired.", "此链接已过期。"),
+        (
+            "link_used",
+            "This link has already been used.",
+            "此链接已被使用过。",
+        ),
+        ("new_link", "Request a new link", "重新获取链接"),
+        ("done_title", "Password changed", "密码已更改"),
+        (
+            "done_message",
+            "Your password has been changed and you have been signed out everywhere. Sign in with your new password.",
+            "您的密码已更改，所有设备均已退出登录。请使用新密码登录。",
+        ),
+        ("sign_in", "Sign in", "登录"),
+        (
+            "verify_title",
+            "Confirm your email address",
+            "确认您的电子邮箱地址",
+        ),
+        (
+            "verify_intro",
+            "Confirm that this email address belongs to you.",
+            "请确认此电子邮箱地址属于您。",
+        ),
+        ("verify_submit", "Confirm", "确认"),
+        (
+            "verified_title",
+            "Email address confirmed",
+            "电子邮箱地址已确认",
+        ),
+        (
+            "verified_message",
+            "Thank you, your email address is confirmed.",
+            "谢谢，您的电子邮箱地址已确认。",
+        ),
+        (
+            "unavailable_title",
+            "Temporarily unavailable",
+            "暂时无法使用",
+        ),
+        (
+            "unavailable",
+            "A service we depend on is not responding. Try again in a moment.",
+            "服务暂时无法响应，请稍后重试。",
+        ),
+        ("bad_form_title", "Something went wrong", "出错了"),
+        (
+            "bad_form",
+            "The form could not be read. Go back and try again.",
+            "无法读取表单，请返回重试。",
+        ),
+    ];
+    let zh = locale == "zh-CN";
+    table
+        .iter()
+        .map(|(k, en, cn)| (*k, if zh { *cn } else { *en }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_parses_and_both_locales_have_every_string() {
+        Pages::new().expect("templates parse");
+        let en = strings("en");
+        let zh = strings("zh-CN");
+        assert_eq!(en.len(), zh.len());
+        assert!(
+            zh.values().zip(en.values()).all(|(z, e)| z != e),
+            "every string is translated"
+        );
+    }
+}
