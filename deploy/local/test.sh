@@ -27,6 +27,15 @@ if ! "$VENV/bin/python" -c 'import aiosmtpd, yaml' >/dev/null 2>&1; then
 fi
 export SMTP_SINK_PYTHON="$VENV/bin/python"
 
+# The browser test drives Debian's headless Chromium through chromedriver (test tools that
+# download their own browser do not work on a closed network).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "[test] installing chromium and chromium-driver"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
 # The end-to-end tests run the real binaries, which `cargo test` alone does not build.

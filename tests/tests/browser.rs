@@ -1,0 +1,264 @@
+//! A person in a real browser (Debian's headless Chromium, driven over WebDriver by
+//! chromedriver): forgot-password page → email → reset link → token leaves the address bar →
+//! weak password refused → new password set → the API accepts only the new one. Screenshots of
+//! every page go to `artifacts/browser/` (not committed).
+#![allow(clippy::unwrap_used)]
+
+use std::{path::PathBuf, time::Duration};
+
+use e2e::{
+    poll_until,
+    stack::{SmtpSink, StackEnv},
+};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Browser {
+    client: Client,
+    _driver: tokio::process::Child,
+    _profile: PathBuf,
+    shots: PathBuf,
+}
+
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Browser {
+    async fn start(width: u32, height: u32) -> Self {
+        let driver_bin =
+            std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let port = free_port().await;
+        let driver = tokio::process::Command::new(&driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {driver_bin} (apt-get install chromium chromium-driver): {e}")
+            });
+        let profile = std::env::temp_dir().join(format!("pwr-chromium-{}", e2e::unique_id()));
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage",
+                    format!("--window-size={width},{height}"),
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+                // A phone: headless windows do not go below ~500 px, emulation does.
+                "mobileEmulation": { "deviceMetrics": { "width": width, "height": height, "pixelRatio": 2.0 } }
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let client = poll_until(WAIT, || {
+            let caps = caps.clone();
+            let url = url.clone();
+            async move {
+                let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                ClientBuilder::new(connector)
+                    .capabilities(caps)
+                    .connect(&url)
+                    .await
+                    .ok()
+            }
+        })
+        .await
+        .expect("chromedriver and chromium start");
+        let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts/browser");
+        std::fs::create_dir_all(&shots).unwrap();
+        Self {
+            client,
+            _driver: driver,
+            _profile: profile,
+            shots,
+        }
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// The page's visible text; empty while a navigation is still loading.
+    async fn text(&self) -> String {
+        match self.client.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_person_resets_a_forgotten_password_in_a_phone_sized_browser() {
+    let sink = SmtpSink::start().await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    let (_api, base) = env.start_api().await.unwrap();
+    // Links in the emails must lead to this api.
+    env.set("PUBLIC_BASE_URL", &base);
+    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let http = reqwest::Client::new();
+    let old = "correct horse battery staple 42";
+    let new = "plaid zebra umbrella tangerine 97";
+    let r = http
+        .post(format!("{base}/v1/users"))
+        .json(&json!({ "email": "ann@example.org", "password": old }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    sink.wait_for(1, WAIT).await;
+
+    let browser = Browser::start(360, 780).await;
+    let c = &browser.client;
+
+    // 1. Ask for a reset on the page.
+    c.goto(&format!("{base}/forgot-password")).await.unwrap();
+    browser.screenshot("1-forgot-password").await;
+    c.find(Locator::Css("#email"))
+        .await
+        .unwrap()
+        .send_keys("ann@example.org")
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    poll_until(WAIT, || async {
+        browser
+            .text()
+            .await
+            .contains("Check your inbox")
+            .then_some(())
+    })
+    .await
+    .expect("neutral confirmation page");
+    browser.screenshot("2-forgot-sent").await;
+
+    // 2. The email arrives; its link leads to the api.
+    let emails = sink.wait_for(2, WAIT).await;
+    let reset_email = emails.last().unwrap();
+    let link = reset_email
+        .link(&format!("{base}/reset-password?token="))
+        .unwrap_or_else(|| panic!("no reset link in {}", reset_email.text()));
+
+    // 3. Open it: the token leaves the address bar.
+    c.goto(&link).await.unwrap();
+    let cleaned = poll_until(WAIT, || async {
+        let url = c.current_url().await.ok()?;
+        (url.query().is_none()).then_some(url)
+    })
+    .await
+    .expect("the token is removed from the address bar");
+    assert_eq!(cleaned.path(), "/reset-password");
+    browser.screenshot("3-reset-form").await;
+    let page = browser.text().await;
+    assert!(
+        !page.contains("ann@example.org"),
+        "the page does not show the address"
+    );
+
+    // 4. A weak password is refused, with the reason on the page.
+    c.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys("password1234")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#password_confirm"))
+        .await
+        .unwrap()
+        .send_keys("password1234")
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    poll_until(WAIT, || async {
+        browser
+            .text()
+            .await
+            .contains("too easy to guess")
+            .then_some(())
+    })
+    .await
+    .expect("weak password error shown");
+    browser.screenshot("4-weak-password").await;
+
+    // 5. A good one is accepted; the success page sends the person to sign in.
+    c.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(new)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#password_confirm"))
+        .await
+        .unwrap()
+        .send_keys(new)
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    poll_until(WAIT, || async {
+        browser
+            .text()
+            .await
+            .contains("Password changed")
+            .then_some(())
+    })
+    .await
+    .expect("success page");
+    assert_eq!(
+        c.current_url().await.unwrap().path(),
+        "/reset-password/done"
+    );
+    assert!(browser.text().await.contains("Sign in"));
+    browser.screenshot("5-reset-done").await;
+
+    // 6. The link is spent: opening it again shows the used-link page.
+    c.goto(&link).await.unwrap();
+    poll_until(WAIT, || async {
+        browser
+            .text()
+            .await
+            .contains("already been used")
+            .then_some(())
+    })
+    .await
+    .expect("used-link page");
+    browser.screenshot("6-link-used").await;
+
+    // The API agrees: the old password fails, the new one works.
+    let login = |password: &'static str| {
+        http.post(format!("{base}/v1/sessions"))
+            .json(&json!({ "email": "ann@example.org", "password": password }))
+            .send()
+    };
+    assert_eq!(login(old).await.unwrap().status(), 401);
+    assert_eq!(login(new).await.unwrap().status(), 201);
+    browser.client.clone().close().await.unwrap();
+}
