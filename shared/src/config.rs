@@ -15,6 +15,15 @@ use crate::token::MIN_SECRET_LEN;
 #[error("invalid configuration:\n{}", .0.join("\n"))]
 pub struct ConfigError(pub Vec<String>);
 
+/// A lookup over fixed pairs (tests and embedding programs).
+pub fn pairs_lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |name: &str| map.get(name).cloned()
+}
+
 /// The process environment as a lookup, after loading `.env` if there is one (a missing
 /// `.env` is normal in production, where the orchestrator sets the variables).
 pub fn environment() -> impl Fn(&str) -> Option<String> {
