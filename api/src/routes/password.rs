@@ -39,6 +39,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ForgotRequest {
+    /// The address to send a reset link to, if it has an account.
+    #[schema(format = "email", min_length = 3, max_length = 254)]
     pub email: String,
 }
 
@@ -112,7 +114,11 @@ pub async fn forgot(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ResetRequest {
+    /// The token from the reset link.
+    #[schema(max_length = 4096)]
     pub token: String,
+    /// At least 10 characters, at most 1024 bytes, not easy to guess.
+    #[schema(min_length = 10, max_length = 1024)]
     pub new_password: String,
 }
 

@@ -41,7 +41,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SignUpRequest {
+    /// The address; a confirmation link is sent to it.
+    #[schema(format = "email", min_length = 3, max_length = 254)]
     pub email: String,
+    /// At least 10 characters, at most 1024 bytes, not easy to guess.
+    #[schema(min_length = 10, max_length = 1024)]
     pub password: String,
 }
 
@@ -119,6 +123,8 @@ pub async fn sign_up(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct VerifyRequest {
+    /// The token from the verification link.
+    #[schema(max_length = 4096)]
     pub token: String,
 }
 
