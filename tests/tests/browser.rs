@@ -93,6 +93,37 @@ impl Browser {
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// Types `text` into the field `css`.
+    async fn fill(&self, css: &str, text: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .send_keys(text)
+            .await
+            .unwrap();
+    }
+
+    /// Submits the page's form.
+    async fn submit(&self) {
+        self.client
+            .find(Locator::Css("button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the page shows `needle`.
+    async fn wait_for_text(&self, needle: &str) {
+        poll_until(WAIT, || async {
+            self.text().await.contains(needle).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the page never showed {needle:?}"));
+    }
+
     /// The page's visible text; empty while a navigation is still loading.
     async fn text(&self) -> String {
         match self.client.find(Locator::Css("body")).await {
@@ -128,27 +159,9 @@ async fn a_person_resets_a_forgotten_password_in_a_phone_sized_browser() {
     // 1. Ask for a reset on the page.
     c.goto(&format!("{base}/forgot-password")).await.unwrap();
     browser.screenshot("1-forgot-password").await;
-    c.find(Locator::Css("#email"))
-        .await
-        .unwrap()
-        .send_keys("ann@example.org")
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    poll_until(WAIT, || async {
-        browser
-            .text()
-            .await
-            .contains("Check your inbox")
-            .then_some(())
-    })
-    .await
-    .expect("neutral confirmation page");
+    browser.fill("#email", "ann@example.org").await;
+    browser.submit().await;
+    browser.wait_for_text("Check your inbox").await;
     browser.screenshot("2-forgot-sent").await;
 
     // 2. The email arrives; its link leads to the api.
@@ -175,63 +188,17 @@ async fn a_person_resets_a_forgotten_password_in_a_phone_sized_browser() {
     );
 
     // 4. A weak password is refused, with the reason on the page.
-    c.find(Locator::Css("#password"))
-        .await
-        .unwrap()
-        .send_keys("password1234")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#password_confirm"))
-        .await
-        .unwrap()
-        .send_keys("password1234")
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    poll_until(WAIT, || async {
-        browser
-            .text()
-            .await
-            .contains("too easy to guess")
-            .then_some(())
-    })
-    .await
-    .expect("weak password error shown");
+    browser.fill("#password", "password1234").await;
+    browser.fill("#password_confirm", "password1234").await;
+    browser.submit().await;
+    browser.wait_for_text("too easy to guess").await;
     browser.screenshot("4-weak-password").await;
 
     // 5. A good one is accepted; the success page sends the person to sign in.
-    c.find(Locator::Css("#password"))
-        .await
-        .unwrap()
-        .send_keys(new)
-        .await
-        .unwrap();
-    c.find(Locator::Css("#password_confirm"))
-        .await
-        .unwrap()
-        .send_keys(new)
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    poll_until(WAIT, || async {
-        browser
-            .text()
-            .await
-            .contains("Password changed")
-            .then_some(())
-    })
-    .await
-    .expect("success page");
+    browser.fill("#password", new).await;
+    browser.fill("#password_confirm", new).await;
+    browser.submit().await;
+    browser.wait_for_text("Password changed").await;
     assert_eq!(
         c.current_url().await.unwrap().path(),
         "/reset-password/done"
@@ -241,15 +208,7 @@ async fn a_person_resets_a_forgotten_password_in_a_phone_sized_browser() {
 
     // 6. The link is spent: opening it again shows the used-link page.
     c.goto(&link).await.unwrap();
-    poll_until(WAIT, || async {
-        browser
-            .text()
-            .await
-            .contains("already been used")
-            .then_some(())
-    })
-    .await
-    .expect("used-link page");
+    browser.wait_for_text("already been used").await;
     browser.screenshot("6-link-used").await;
 
     // The API agrees: the old password fails, the new one works.

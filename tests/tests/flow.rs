@@ -11,6 +11,21 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Asserts that `{base}/metrics` exports every metric in `names`.
+async fn assert_metrics(http: &reqwest::Client, base: &str, names: &[&str]) {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in names {
+        assert!(text.contains(name), "{base}/metrics lacks {name}:\n{text}");
+    }
+}
+
 fn token_of(link: &str) -> String {
     link.split("token=").nth(1).unwrap().to_owned()
 }
@@ -188,43 +203,27 @@ async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
         assert!(!logs.contains(secret), "{secret:?} appears in the logs");
     }
     // Both services export what operators alert on.
-    let worker_metrics = http
-        .get(format!("{worker_http}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
-        "jobs_total",
-        "smtp_send_duration_seconds_bucket",
-        "mail_queue_depth",
-        "mail_oldest_job_age_seconds",
-    ] {
-        assert!(
-            worker_metrics.contains(name),
-            "worker metrics lack {name}:\n{worker_metrics}"
-        );
-    }
-    let api_metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
-        "http_requests_total",
-        "publish_duration_seconds_bucket",
-        "password_resets_total",
-    ] {
-        assert!(
-            api_metrics.contains(name),
-            "api metrics lack {name}:\n{api_metrics}"
-        );
-    }
+    assert_metrics(
+        &http,
+        &worker_http,
+        &[
+            "jobs_total",
+            "smtp_send_duration_seconds_bucket",
+            "mail_queue_depth",
+            "mail_oldest_job_age_seconds",
+        ],
+    )
+    .await;
+    assert_metrics(
+        &http,
+        &base,
+        &[
+            "http_requests_total",
+            "publish_duration_seconds_bucket",
+            "password_resets_total",
+        ],
+    )
+    .await;
     // Every email of this flow is distinct (no duplicates).
     let ids: std::collections::HashSet<String> =
         sink.emails().iter().map(|e| e.message_id()).collect();
