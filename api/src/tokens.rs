@@ -237,3 +237,26 @@ impl TokenService {
         Rejected::new(ApiError::TokenInvalid, None, reason)
     }
 }
+
+/// Every check of a link short of consuming it: signature, purpose, age, generation, burn
+/// marker, the user it names, and that user's current password version. Shared by the reset
+/// and verification endpoints and by the GET of the pages (which must only look).
+pub async fn check_link(
+    state: &crate::startup::AppState,
+    purpose: Purpose,
+    token: &str,
+) -> Result<(CheckedToken, crate::store::users::User), Rejected> {
+    let checked = state
+        .tokens
+        .check(purpose, token, state.clock.now())
+        .await?;
+    let user = crate::store::users::by_id(&state.db, checked.claims.uid)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| Rejected::unknown_user(checked.claims.uid))?;
+    state
+        .tokens
+        .check_password_version(&checked, user.password_version)
+        .await?;
+    Ok((checked, user))
+}

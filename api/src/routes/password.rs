@@ -24,7 +24,7 @@ use crate::{
     password_policy,
     startup::AppState,
     store,
-    tokens::Rejected,
+    tokens::{self, Rejected},
 };
 
 /// The one answer to every well-formed forgot-password request within the IP budget.
@@ -162,7 +162,8 @@ pub async fn perform_reset(
     let audit =
         |outcome: &'static str, user: Option<uuid::Uuid>| audit_reset(st, ip, rid, outcome, user);
     let refuse = |rejected: Rejected| async move {
-        if !matches!(rejected.error, ApiError::Unavailable(_)) {
+        // Infrastructure failures are not attempts of the client's; they are not audited.
+        if rejected.reason != "unavailable" {
             audit_reset(st, ip, rid, rejected.reason, rejected.user).await;
         }
         rejected.error
@@ -173,22 +174,11 @@ pub async fn perform_reset(
         return Err(e);
     }
     let now = state.clock.now();
-    let token = match state.tokens.check(Purpose::PasswordReset, token, now).await {
-        Ok(t) => t,
+    let (token, user) = match tokens::check_link(state, Purpose::PasswordReset, token).await {
+        Ok(checked) => checked,
         Err(r) => return Err(refuse(r).await),
     };
-    let user_id = token.claims.uid;
-    let Some(user) = store::users::by_id(&state.db, user_id).await? else {
-        audit("unknown_user", Some(user_id)).await;
-        return Err(ApiError::TokenInvalid);
-    };
-    if let Err(r) = state
-        .tokens
-        .check_password_version(&token, user.password_version)
-        .await
-    {
-        return Err(refuse(r).await);
-    }
+    let user_id = user.id;
     if let Err(e) = password_policy::check_new_password(&new_password, &user.email) {
         audit("weak_password", Some(user_id)).await;
         return Err(e);
@@ -293,18 +283,9 @@ pub async fn perform_reset(
 /// Checks a reset link without consuming it (the GET of the reset page; mail scanners open
 /// links, so this must change nothing). Returns the error the submission would get.
 pub async fn inspect_reset_token(state: &AppState, token: &str) -> Result<(), ApiError> {
-    let checked = state
-        .tokens
-        .check(Purpose::PasswordReset, token, state.clock.now())
+    tokens::check_link(state, Purpose::PasswordReset, token)
         .await
-        .map_err(|r| r.error)?;
-    let user = store::users::by_id(&state.db, checked.claims.uid)
-        .await?
-        .ok_or(ApiError::TokenInvalid)?;
-    state
-        .tokens
-        .check_password_version(&checked, user.password_version)
-        .await
+        .map(drop)
         .map_err(|r| r.error)
 }
 

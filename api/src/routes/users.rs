@@ -25,7 +25,7 @@ use crate::{
     password_policy,
     startup::AppState,
     store,
-    tokens::Rejected,
+    tokens::{self, Rejected},
 };
 
 /// The one answer to every valid sign-up, new address or taken.
@@ -155,17 +155,8 @@ pub async fn verify(
     trace: &shared::message::Trace,
     token: &str,
 ) -> Result<(), ApiError> {
-    let now = state.clock.now();
     let outcome = async {
-        let token = state.tokens.check(Purpose::EmailVerify, token, now).await?;
-        let user = store::users::by_id(&state.db, token.claims.uid)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| Rejected::unknown_user(token.claims.uid))?;
-        state
-            .tokens
-            .check_password_version(&token, user.password_version)
-            .await?;
+        let (token, user) = tokens::check_link(state, Purpose::EmailVerify, token).await?;
         if !state.tokens.burn(Purpose::EmailVerify, &token).await? {
             return Err(Rejected::used(user.id));
         }
