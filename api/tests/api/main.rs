@@ -3,6 +3,7 @@
 //! namespace, so tests run in parallel without seeing each other.
 #![allow(clippy::unwrap_used)]
 
+mod attacks;
 mod bad_input;
 mod forgot;
 mod helpers;
