@@ -12,6 +12,13 @@ for db in $(psql "$PG_URL" -Atqc "SELECT datname FROM pg_database WHERE datname 
   psql "$PG_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
 done
 
+# Private RabbitMQ nodes of an interrupted earlier run (tests/src/broker.rs starts them for the
+# broker-restart test and stops them when it ends).
+for node in $(epmd -names 2>/dev/null | awk '$2 ~ /^pwrtest-/ {print $2}'); do
+  rabbitmqctl -q -n "$node@localhost" stop >/dev/null 2>&1 || true
+done
+rm -rf "${TMPDIR:-/tmp}"/pwr-rabbit-*
+
 # The end-to-end tests deliver to a real SMTP server (aiosmtpd, tests/smtp/), parse the
 # deployment files (PyYAML) and fuzz the HTTP API from its OpenAPI document (schemathesis):
 # keep those in a virtualenv outside the clone so system Python stays untouched and reruns

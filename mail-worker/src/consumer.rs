@@ -233,20 +233,7 @@ async fn handle(
                         .increment(1);
                     let mut next = envelope.clone();
                     next.attempt = attempt;
-                    let properties = delivery
-                        .properties
-                        .clone()
-                        .with_expiration(retry::jittered_expiration_ms(delay).to_string().into());
-                    let ok = publish(
-                        publisher,
-                        topology,
-                        &Topology::retry_routing_key(delay),
-                        &next.encode(),
-                        &properties,
-                        headers,
-                    )
-                    .await;
-                    settle_published(&delivery, ok, false).await;
+                    later(publisher, topology, &delivery, &next, delay, headers).await;
                 }
                 None => {
                     let reason = format!(
@@ -264,6 +251,20 @@ async fn handle(
                 }
             }
         }
+        Outcome::Wait(error) => {
+            let wait = retry::waits(delivery.properties.headers().as_ref()).saturating_add(1);
+            let delay = retry::wait_delay(&processor.config.retry_schedule_secs, wait);
+            tracing::warn!(parent: &span, error, wait, delay_secs = delay, "a dependency is unavailable; the job waits");
+            metrics::counter!("jobs_total", "kind" => kind, "outcome" => "waiting").increment(1);
+            let mut headers = retry::with_history(
+                delivery.properties.headers().as_ref(),
+                envelope.attempt,
+                processor.clock.now(),
+                &format!("waiting: {error}"),
+            );
+            headers.insert(retry::WAITS_HEADER.into(), AMQPValue::LongUInt(wait));
+            later(publisher, topology, &delivery, &envelope, delay, headers).await;
+        }
         Outcome::Dead(reason) => {
             tracing::error!(parent: &span, reason, "permanent failure; dead-lettering");
             metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead").increment(1);
@@ -279,6 +280,31 @@ async fn handle(
             .await;
         }
     }
+}
+
+/// Parks `next` in the delay queue of `delay` seconds (jittered), then settles the delivery.
+async fn later(
+    publisher: &Channel,
+    topology: &Topology,
+    delivery: &Delivery,
+    next: &Envelope,
+    delay: u64,
+    headers: FieldTable,
+) {
+    let properties = delivery
+        .properties
+        .clone()
+        .with_expiration(retry::jittered_expiration_ms(delay).to_string().into());
+    let ok = publish(
+        publisher,
+        topology,
+        &Topology::retry_routing_key(delay),
+        &next.encode(),
+        &properties,
+        headers,
+    )
+    .await;
+    settle_published(delivery, ok, false).await;
 }
 
 /// Moves the delivery's original body to `mail.dead` with the reason and time added to

@@ -35,6 +35,9 @@ pub enum Outcome {
     Dropped(&'static str),
     /// Failed in a way that may pass: retry later.
     Retry(String),
+    /// A dependency of ours (database, Redis) is unavailable: try again later without
+    /// spending a delivery attempt, so an outage of our own never dead-letters mail.
+    Wait(String),
     /// Will never work: dead-letter with this reason.
     Dead(String),
 }
@@ -46,6 +49,7 @@ impl Outcome {
             Outcome::Sent => "sent",
             Outcome::Dropped(reason) => reason,
             Outcome::Retry(_) => "retried",
+            Outcome::Wait(_) => "waiting",
             Outcome::Dead(_) => "dead",
         }
     }
@@ -105,7 +109,7 @@ impl Processor {
         {
             Ok(true) => return Outcome::Dropped("duplicate"),
             Ok(false) => {}
-            Err(e) => return Outcome::Retry(format!("idempotency check: {e}")),
+            Err(e) => return Outcome::Wait(format!("idempotency check: {e}")),
         }
         if job.is_stale(self.clock.now()) {
             // Its link would be dead or its news old; sending it would only confuse.
@@ -114,7 +118,7 @@ impl Processor {
         }
         let plan = match self.plan(job).await {
             Ok(plan) => plan,
-            Err(e) => return Outcome::Retry(e.to_string()),
+            Err(e) => return Outcome::Wait(e.to_string()),
         };
         let (to, content, user) = match plan {
             Plan::Drop { reason, user } => {

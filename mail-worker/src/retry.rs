@@ -12,6 +12,29 @@ pub const DEAD_REASON_HEADER: &str = "x-dead-reason";
 /// Header with the time a job was dead-lettered.
 pub const DEAD_AT_HEADER: &str = "x-dead-at";
 
+/// Header counting how often a job was put back because a dependency was down.
+pub const WAITS_HEADER: &str = "x-waits";
+
+/// How often the job in `headers` has already waited for a dependency.
+pub fn waits(headers: Option<&FieldTable>) -> u32 {
+    match headers.and_then(|h| h.inner().get(WAITS_HEADER)) {
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        _ => 0,
+    }
+}
+
+/// The delay before wait number `wait` (1-based): the retry schedule, then its last step for
+/// as long as the outage lasts (the job's own expiry ends the wait at the latest).
+pub fn wait_delay(schedule: &[u64], wait: u32) -> u64 {
+    let index = usize::try_from(wait.saturating_sub(1)).unwrap_or(usize::MAX);
+    schedule
+        .get(index)
+        .or(schedule.last())
+        .copied()
+        .unwrap_or(1)
+}
+
 /// The delay before retry number `attempt` (1-based), or `None` when the schedule is spent.
 pub fn delay_for(schedule: &[u64], attempt: u32) -> Option<u64> {
     let index = usize::try_from(attempt).ok()?.checked_sub(1)?;
@@ -86,6 +109,20 @@ mod tests {
         assert_eq!(delay_for(&s, 1), Some(5));
         assert_eq!(delay_for(&s, 3), Some(120));
         assert_eq!(delay_for(&s, 4), None);
+    }
+
+    #[test]
+    fn waits_back_off_along_the_schedule_and_never_run_out() {
+        let s = [5, 30, 120];
+        assert_eq!(wait_delay(&s, 1), 5);
+        assert_eq!(wait_delay(&s, 3), 120);
+        assert_eq!(wait_delay(&s, 4), 120);
+        assert_eq!(wait_delay(&s, u32::MAX), 120);
+        let mut headers = FieldTable::default();
+        assert_eq!(waits(Some(&headers)), 0);
+        headers.insert(WAITS_HEADER.into(), AMQPValue::LongUInt(7));
+        assert_eq!(waits(Some(&headers)), 7);
+        assert_eq!(waits(None), 0);
     }
 
     #[test]

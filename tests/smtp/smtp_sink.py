@@ -67,6 +67,7 @@ MODE_KEYS = {
     "connect_code",
     "connect_message",
     "connect_fail_times",
+    "reset_on_connect_times",
     "drop_after_data",
     "per_recipient",
 }
@@ -137,7 +138,7 @@ def normalize_mode(raw) -> dict:
             mode[key] = check_code(value, key)
         elif key in ("data_message", "rcpt_message", "connect_message"):
             mode[key] = check_str(value, key)
-        elif key in ("fail_times", "rcpt_fail_times", "connect_fail_times"):
+        elif key in ("fail_times", "rcpt_fail_times", "connect_fail_times", "reset_on_connect_times"):
             mode[key] = check_count(value, key)
         elif key == "drop_after_data":
             if not isinstance(value, bool):
@@ -185,6 +186,7 @@ class Sink:
             "rejected_rcpt": 0,
             "rejected_data": 0,
             "dropped": 0,
+            "reset_on_connect": 0,
             "store_errors": 0,
             "connections": 0,
         }
@@ -196,6 +198,7 @@ class Sink:
             "data": mode.get("fail_times"),
             "rcpt": mode.get("rcpt_fail_times"),
             "connect": mode.get("connect_fail_times"),
+            "reset": mode.get("reset_on_connect_times"),
         }
 
     def state(self, open_connections: int) -> dict:
@@ -218,6 +221,15 @@ class Sink:
         return True
 
     # Decisions (each returns None for "behave normally") -----------------
+
+    def connect_reset(self) -> bool:
+        """True if this new connection is to be reset (RST) before the greeting."""
+        left = self.fail_left["reset"]
+        if not left:
+            return False
+        self.fail_left["reset"] = left - 1
+        self.counters["reset_on_connect"] += 1
+        return True
 
     def connect_fault(self) -> str | None:
         code = self.mode.get("connect_code")
@@ -414,6 +426,9 @@ class SinkSMTP(SMTP):
         transport.abort()
 
     async def _handle_client(self):
+        if self.sink.connect_reset():
+            self.drop_connection()
+            return
         try:
             fault = self.sink.connect_fault()
         except Exception:  # never let a bad mode break a connection

@@ -2,6 +2,7 @@
 //! databases, key and queue namespaces, a fault-injecting TCP proxy and a job reader, all
 //! against the real PostgreSQL, Redis and RabbitMQ of the machine.
 
+pub mod broker;
 pub mod stack;
 
 use std::{
@@ -168,7 +169,12 @@ impl Received {
 
 impl QueueReader {
     pub async fn connect() -> anyhow::Result<Self> {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        Self::connect_to(&amqp_url()).await
+    }
+
+    /// Connects to the broker at `url` (a private node, say).
+    pub async fn connect_to(url: &str) -> anyhow::Result<Self> {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         Ok(Self {
             _connection: connection,
