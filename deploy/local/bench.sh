@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The benchmarks: start (or install) the services, install the test SMTP server, build the
+# release binaries, then run every section and print one table (see BENCHMARKS.md).
+#   ./deploy/local/bench.sh                          # prints the table, writes artifacts/bench/latest.md
+#   ./deploy/local/bench.sh --update BENCHMARKS.md   # also puts the table into BENCHMARKS.md
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+bash deploy/local/services.sh
+
+# The SMTP sink (aiosmtpd, tests/smtp/) lives in the same virtualenv as the test command's.
+VENV="${XDG_CACHE_HOME:-$HOME/.cache}/pwrecovery/smtp-venv"
+if ! "$VENV/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/smtp/requirements.txt
+fi
+export SMTP_SINK_PYTHON="$VENV/bin/python"
+export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432}"
+
+echo "[bench] building release binaries"
+SECONDS=0
+cargo build --release --locked -p api -p mail-worker -p e2e
+echo "[bench] release build took ${SECONDS}s"
+
+# The measurements share the machine with whatever else runs; say so when it is busy.
+read -r load1 _ < /proc/loadavg
+echo "[bench] load average before the run: $load1 (figures are noisy above ~1 on 2 cores)"
+exec "${CARGO_TARGET_DIR:-target}/release/bench" all "$@"

@@ -1,0 +1,280 @@
+//! Sections 1, 2 and the api's memory: forgot-password throughput and latency next to raw
+//! confirmed publishes, and timing equality of registered and unregistered addresses.
+
+use std::{sync::Arc, time::Duration};
+
+use e2e::stack::StackEnv;
+
+use crate::{
+    limits::RawPublisher,
+    load::{self, Conn, LoadResult},
+    report::{Row, Target},
+    util::{self, env_num, ms},
+};
+
+const FORGOT: &str = "/v1/password/forgot";
+/// Connections (and raw publishing tasks) at saturation.
+const CONCURRENCY: usize = 64;
+
+pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let mut env = StackEnv::new().await?;
+    // One client IP sends everything: lift its budget out of the way (the per-IP limit is
+    // still checked and counted on every request).
+    env.set("RATE_LIMIT_IP_PER_HOUR", "1000000");
+    // The production log level: one JSON access-log line per request is part of the cost.
+    env.set("RUST_LOG", "info");
+    let result = measure(&env, rows).await;
+    util::drop_database(&env).await;
+    result
+}
+
+async fn measure(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let (api, base) = env.start_api().await?;
+    let addr = load::socket_addr(&base)?;
+    let jobs_queue = env.topology().jobs_queue();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = util::rss_mib(&api)?;
+
+    let pairs = env_num("BENCH_TIMING_PAIRS", 2000) as usize;
+    let tag = e2e::unique_id();
+    register_users(&env.database_url, &tag, pairs).await?;
+
+    let raw = RawPublisher::start().await?;
+    let phase = util::secs(5);
+    let rounds = env_num("BENCH_ROUNDS", 2);
+    // Warm up both paths (connections, the channel, the script cache, the allocator).
+    raw.run(CONCURRENCY, Duration::from_secs(1)).await?;
+    raw.purge().await?;
+    saturate(addr, &format!("warm-{tag}"), Duration::from_secs(1)).await?;
+    raw.purge_queue(&jobs_queue).await?;
+
+    // Alternate the two, so drift of a shared machine hits both alike.
+    let mut raw_total = LoadResult::default();
+    let mut api_total = LoadResult::default();
+    let peak = util::RssPeak::start(&api);
+    for round in 0..rounds {
+        raw_total.merge(raw.run(CONCURRENCY, phase).await?);
+        raw.purge().await?;
+        api_total.merge(saturate(addr, &format!("s{round}-{tag}"), phase).await?);
+        raw.purge_queue(&jobs_queue).await?;
+    }
+
+    let half_rate = api_total.rate() / 2.0;
+    let half = load::open_loop(
+        addr,
+        FORGOT,
+        202,
+        CONCURRENCY,
+        half_rate,
+        util::secs(6),
+        forgot_bodies(format!("h-{tag}")),
+    )
+    .await?;
+    let load_rss = peak.finish().await;
+    raw.purge_queue(&jobs_queue).await?;
+    raw.close().await;
+
+    rows.push(
+        Row::new(
+            "1 forgot",
+            "`POST /v1/password/forgot` at saturation, 64 connections",
+        )
+        .measured(format!(
+            "{:.0} req/s ({} errors)",
+            api_total.rate(),
+            api_total.errors
+        ))
+        .limit(format!(
+            "raw lapin confirms, 64 tasks, quorum queue: {:.0} msg/s",
+            raw_total.rate()
+        ))
+        .ratio(api_total.rate() / raw_total.rate())
+        .target(Target::AtLeast(0.70), "≥ 0.70"),
+    );
+    rows.push(
+        Row::new("1 forgot", "latency at saturation")
+            .measured(format!(
+                "p50 {}, p99 {}",
+                ms(api_total.p(0.5)),
+                ms(api_total.p(0.99))
+            ))
+            .limit(format!(
+                "raw confirm p50 {}, p99 {}",
+                ms(raw_total.p(0.5)),
+                ms(raw_total.p(0.99))
+            )),
+    );
+    rows.push(
+        Row::new(
+            "1 forgot",
+            format!("latency at half load ({half_rate:.0} req/s, open loop)"),
+        )
+        .measured(format!(
+            "p50 {}, p99 {} ({:.0} req/s, {} errors, {} late)",
+            ms(half.p(0.5)),
+            ms(half.p(0.99)),
+            half.rate(),
+            half.errors,
+            half.late
+        ))
+        .limit("10 ms")
+        .ratio(half.p(0.99).as_secs_f64() / 0.010)
+        .target(Target::Below(1.0), "p99 < 10 ms"),
+    );
+
+    timing_equality(addr, &tag, pairs, rows).await?;
+
+    rows.push(rss_row("api idle", idle_rss).target(Target::Below(1.0), "< 30 MiB"));
+    rows.push(rss_row(
+        "api peak during the forgot-password runs",
+        load_rss,
+    ));
+    drop(api);
+    Ok(())
+}
+
+/// A memory row against the 30 MiB budget.
+pub fn rss_row(what: &str, mib: f64) -> Row {
+    Row::new("6 memory", format!("RSS, {what}"))
+        .measured(format!("{mib:.1} MiB"))
+        .limit("30 MiB")
+        .ratio(mib / 30.0)
+}
+
+/// Bodies with addresses no other request uses (`<prefix>-<conn>-<seq>@example.org`).
+fn forgot_bodies(prefix: String) -> load::BodyFn {
+    Arc::new(move |c, seq| {
+        Some(format!(r#"{{"email":"{prefix}-{c}-{seq}@example.org"}}"#).into_bytes())
+    })
+}
+
+async fn saturate(
+    addr: std::net::SocketAddr,
+    prefix: &str,
+    duration: Duration,
+) -> anyhow::Result<LoadResult> {
+    load::closed_loop(
+        addr,
+        FORGOT,
+        202,
+        CONCURRENCY,
+        duration,
+        forgot_bodies(prefix.to_owned()),
+    )
+    .await
+}
+
+fn registered(tag: &str, i: usize) -> String {
+    format!("r-{i:05}-{tag}@example.org")
+}
+
+fn unregistered(tag: &str, i: usize) -> String {
+    format!("u-{i:05}-{tag}@example.org")
+}
+
+/// Creates `n` verified accounts `r-<i>-<tag>@example.org` in the api's database (the same
+/// rows a sign-up and verification leave behind; the hash is never checked here).
+pub async fn register_users(database_url: &str, tag: &str, n: usize) -> anyhow::Result<()> {
+    register_with(database_url, "r-", tag, n).await
+}
+
+/// Creates `n` verified accounts `<prefix><i:05>-<tag>@example.org`.
+pub async fn register_with(
+    database_url: &str,
+    prefix: &str,
+    tag: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, Version};
+    let params = Params::new(64, 1, 1, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hash = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(b"an old password nobody uses")
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_string();
+    let pool = sqlx::PgPool::connect(database_url).await?;
+    sqlx::query(
+        "INSERT INTO users (id, email, email_key, password_hash, email_verified_at)
+         SELECT gen_random_uuid(), a, a, $4, now()
+         FROM (SELECT $1 || lpad(i::text, 5, '0') || '-' || $2 || '@example.org' AS a
+               FROM generate_series(0, $3 - 1) AS i) AS addresses",
+    )
+    .bind(prefix)
+    .bind(tag)
+    .bind(n as i32)
+    .bind(hash)
+    .execute(&pool)
+    .await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Section 2: `pairs` pairs of sequential requests on one keep-alive connection, one for a
+/// registered and one for an unregistered address of the same length; the order inside a
+/// pair alternates so neither kind always goes first.
+async fn timing_equality(
+    addr: std::net::SocketAddr,
+    tag: &str,
+    pairs: usize,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let mut conn = Conn::connect(addr).await?;
+    let send = async |conn: &mut Conn, email: &str| -> anyhow::Result<Duration> {
+        let body = format!(r#"{{"email":"{email}"}}"#);
+        let started = std::time::Instant::now();
+        let status = conn.post_json(FORGOT, body.as_bytes()).await?;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(status == 202, "forgot-password answered {status}");
+        Ok(elapsed)
+    };
+    for i in 0..100 {
+        send(&mut conn, &format!("w-{i:05}-{tag}@example.org")).await?;
+    }
+    let mut reg = Vec::with_capacity(pairs);
+    let mut unreg = Vec::with_capacity(pairs);
+    for i in 0..pairs {
+        if i % 2 == 0 {
+            reg.push(send(&mut conn, &registered(tag, i)).await?);
+            unreg.push(send(&mut conn, &unregistered(tag, i)).await?);
+        } else {
+            unreg.push(send(&mut conn, &unregistered(tag, i)).await?);
+            reg.push(send(&mut conn, &registered(tag, i)).await?);
+        }
+    }
+    let slower = reg.iter().zip(&unreg).filter(|(r, u)| r > u).count();
+    let ties = reg.iter().zip(&unreg).filter(|(r, u)| r == u).count();
+    let share = 100.0 * slower as f64 / pairs as f64;
+    let mut sorted_reg = reg.clone();
+    let mut sorted_unreg = unreg.clone();
+    sorted_reg.sort_unstable();
+    sorted_unreg.sort_unstable();
+    let (mr, mu) = (
+        load::percentile(&sorted_reg, 0.5),
+        load::percentile(&sorted_unreg, 0.5),
+    );
+    let delta_ms = (mr.as_secs_f64() - mu.as_secs_f64()) * 1000.0;
+    rows.push(
+        Row::new(
+            "2 timing",
+            format!("median difference, {pairs} interleaved pairs (registered − unregistered)"),
+        )
+        .measured(format!(
+            "{delta_ms:+.3} ms (medians {} / {})",
+            ms(mr),
+            ms(mu)
+        ))
+        .limit("0.1 ms")
+        .ratio(delta_ms.abs() / 0.1)
+        .target(Target::Below(1.0), "|Δ| < 0.1 ms"),
+    );
+    rows.push(
+        Row::new(
+            "2 timing",
+            "pairs in which the registered address was slower",
+        )
+        .measured(format!("{share:.1} % ({slower} of {pairs}, {ties} ties)"))
+        .limit("50 %")
+        .checked(share)
+        .target(Target::Within(48.0, 52.0), "48–52 %"),
+    );
+    Ok(())
+}

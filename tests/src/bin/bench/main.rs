@@ -1,0 +1,114 @@
+//! Benchmarks of the release binaries against the local services. Each figure is measured
+//! next to its physical limit in the same run (a minimal program doing only the expensive
+//! part against the same services), because the machines are shared and noisy: the ratio is
+//! what compares across runs.
+//!
+//! ```sh
+//! ./deploy/local/bench.sh            # services, release build, then `bench all`
+//! ./target/release/bench all [--update BENCHMARKS.md]
+//! ./target/release/bench forgot|worker|scale|reset
+//! ```
+//! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
+//! (`--update FILE` also replaces the table between the `bench:begin`/`bench:end` markers of
+//! FILE). Settings (environment): `BENCH_SECS` (length of each measured phase),
+//! `BENCH_ROUNDS` (raw/api alternations, 2), `BENCH_TIMING_PAIRS` (2000), `BENCH_JOBS`
+//! (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8).
+
+mod forgot;
+mod limits;
+mod load;
+mod mail;
+mod report;
+mod reset;
+mod scale;
+mod util;
+
+use std::time::Instant;
+
+use report::Row;
+
+const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let section = args.first().map(String::as_str).unwrap_or("");
+    let mut update = None;
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--update" => update = Some(rest.next().ok_or_else(|| anyhow::anyhow!(USAGE))?),
+            other => anyhow::bail!("unknown option {other}; {USAGE}"),
+        }
+    }
+    let sections: &[&str] = match section {
+        "all" => &["forgot", "worker", "scale", "reset"],
+        "forgot" | "worker" | "scale" | "reset" => std::slice::from_ref(&section),
+        _ => anyhow::bail!(USAGE),
+    };
+
+    let started = Instant::now();
+    let load_before = util::load_average();
+    let mut rows: Vec<Row> = Vec::new();
+    for name in sections {
+        eprintln!("[bench] {name} …");
+        let section_started = Instant::now();
+        let result = match *name {
+            "forgot" => forgot::run(&mut rows).await,
+            "worker" => mail::run(&mut rows).await,
+            "scale" => scale::run(&mut rows).await,
+            _ => reset::run(&mut rows).await,
+        };
+        if let Err(e) = result {
+            eprintln!("[bench] {name} failed: {e:#}");
+            rows.push(Row::failed(section_label(name), &e));
+        }
+        eprintln!(
+            "[bench] {name} took {:.0} s",
+            section_started.elapsed().as_secs_f64()
+        );
+    }
+    // Sections in the order of the issue, memory last.
+    rows.sort_by_key(|r| r.section);
+
+    let info = report::RunInfo {
+        date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        commit: util::commit(),
+        machine: util::machine(),
+        services: util::services(),
+        load_before,
+        load_after: util::load_average(),
+        wall: started.elapsed(),
+    };
+    println!("{}", report::text_table(&rows));
+    println!(
+        "wall time {:.0} s; load average before {}, after {}",
+        info.wall.as_secs_f64(),
+        info.load_before,
+        info.load_after
+    );
+    let markdown = report::markdown(&info, &rows);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts/bench");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("latest.md");
+    std::fs::write(&file, &markdown)?;
+    println!("markdown: {}", file.display());
+    if let Some(path) = update {
+        report::update_file(std::path::Path::new(path), &markdown)?;
+        println!("updated {path}");
+    }
+    let missed = rows.iter().filter(|r| r.verdict() == Some(false)).count();
+    if missed > 0 {
+        println!("{missed} target(s) missed");
+    }
+    Ok(())
+}
+
+fn section_label(name: &str) -> &'static str {
+    match name {
+        "forgot" => "1 forgot",
+        "worker" => "3 mail",
+        "scale" => "4 scale-out",
+        _ => "5 reset",
+    }
+}

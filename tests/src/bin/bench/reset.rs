@@ -1,0 +1,203 @@
+//! Section 5: reset-password resets/s next to raw argon2id hashes/s with the same cost, and
+//! the forgot-password latency while resets keep every hashing slot busy.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use e2e::stack::{SmtpSink, StackEnv};
+
+use crate::{
+    forgot, limits,
+    load::{self, Conn},
+    report::{Row, Target},
+    util::{self, env_num, ms},
+};
+
+/// The api's production argon2id cost (its defaults, as in `.env.example`).
+const MEMORY_KIB: u32 = 19_456;
+const ITERATIONS: u32 = 2;
+const PARALLELISM: u32 = 1;
+/// Reset clients at once (the api lets `HASH_CONCURRENCY` = cores hash; the rest queue).
+const RESET_CONNECTIONS: usize = 16;
+/// The forgot-password load measured beside the resets.
+const FORGOT_RATE: f64 = 100.0;
+
+pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let sink = SmtpSink::start().await?;
+    let mut env = StackEnv::new().await?;
+    env.set("ARGON2_MEMORY_KIB", &MEMORY_KIB.to_string());
+    env.set("ARGON2_ITERATIONS", &ITERATIONS.to_string());
+    env.set("ARGON2_PARALLELISM", &PARALLELISM.to_string());
+    env.set("RATE_LIMIT_IP_PER_HOUR", "1000000");
+    env.set("RUST_LOG", "info");
+    let result = measure(&env, &sink, rows).await;
+    util::drop_database(&env).await;
+    let _ = std::fs::remove_dir_all(&sink.dir);
+    result
+}
+
+async fn measure(env: &StackEnv, sink: &SmtpSink, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let (api, base) = env.start_api().await?;
+    let addr = load::socket_addr(&base)?;
+    let (mut worker, _) = env.start_worker(&sink.url()).await?;
+
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let raw_rate =
+        limits::argon2_rate(MEMORY_KIB, ITERATIONS, PARALLELISM, threads, util::secs(5)).await?;
+
+    // Enough links for about BENCH_RESET_SECS of resets at the raw hashing rate.
+    let n = ((raw_rate * env_num("BENCH_RESET_SECS", 8) as f64) as usize).clamp(32, 2000);
+    let tag = e2e::unique_id();
+    forgot::register_with(&env.database_url, "reset-", &tag, n).await?;
+    let tokens = reset_links(addr, sink, &env.public_base_url, &tag, n).await?;
+    // The worker is done; it would only compete with the api for the cores from here on.
+    worker.terminate(Duration::from_secs(15)).await?;
+
+    let forgot_secs = util::secs(4);
+    let baseline = forgot_load(addr, &format!("base-{tag}"), forgot_secs).await?;
+
+    let bodies = Arc::new(tokens);
+    let next = Arc::new(AtomicUsize::new(0));
+    let resets = {
+        let (bodies, next) = (bodies.clone(), next.clone());
+        load::closed_loop(
+            addr,
+            "/v1/password/reset",
+            204,
+            RESET_CONNECTIONS,
+            Duration::from_secs(300),
+            Arc::new(move |_, _| bodies.get(next.fetch_add(1, Ordering::Relaxed)).cloned()),
+        )
+    };
+    // The forgot load runs inside the reset run (which lasts about n / raw_rate seconds).
+    let during_secs = Duration::from_secs_f64((n as f64 / raw_rate * 0.7).max(1.0));
+    let during = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        forgot_load(addr, &format!("during-{tag}"), during_secs).await
+    };
+    let (resets, during) = tokio::join!(resets, during);
+    let (resets, during) = (resets?, during?);
+
+    let hash = stored_hash(&env.database_url, &tag).await?;
+    let expected = format!("$argon2id$v=19$m={MEMORY_KIB},t={ITERATIONS},p={PARALLELISM}$");
+    anyhow::ensure!(
+        hash.starts_with(&expected),
+        "the api hashed with other parameters than the raw loop: {}",
+        hash.split('$').take(4).collect::<Vec<_>>().join("$")
+    );
+    drop(api);
+
+    rows.push(
+        Row::new(
+            "5 reset",
+            format!("`POST /v1/password/reset`, {n} links, {RESET_CONNECTIONS} connections"),
+        )
+        .measured(format!(
+            "{:.1} resets/s ({} errors)",
+            resets.rate(),
+            resets.errors
+        ))
+        .limit(format!(
+            "raw argon2id m={MEMORY_KIB} t={ITERATIONS} p={PARALLELISM}, {threads} threads: {raw_rate:.1} hashes/s"
+        ))
+        .ratio(resets.rate() / raw_rate)
+        .target(Target::AtLeast(0.90), "≥ 0.90"),
+    );
+    rows.push(
+        Row::new(
+            "5 reset",
+            format!(
+                "forgot-password latency at {FORGOT_RATE:.0} req/s while resets saturate hashing"
+            ),
+        )
+        .measured(format!(
+            "p50 {}, p99 {} ({} errors)",
+            ms(during.p(0.5)),
+            ms(during.p(0.99)),
+            during.errors
+        ))
+        .limit(format!(
+            "20 ms (hashing idle: p50 {}, p99 {})",
+            ms(baseline.p(0.5)),
+            ms(baseline.p(0.99))
+        ))
+        .ratio(during.p(0.99).as_secs_f64() / 0.020)
+        .target(Target::Below(1.0), "p99 < 20 ms"),
+    );
+    Ok(())
+}
+
+async fn forgot_load(
+    addr: std::net::SocketAddr,
+    prefix: &str,
+    duration: Duration,
+) -> anyhow::Result<load::LoadResult> {
+    let prefix = prefix.to_owned();
+    load::open_loop(
+        addr,
+        "/v1/password/forgot",
+        202,
+        4,
+        FORGOT_RATE,
+        duration,
+        Arc::new(move |c, j| {
+            Some(format!(r#"{{"email":"{prefix}-{c}-{j}@example.org"}}"#).into_bytes())
+        }),
+    )
+    .await
+}
+
+/// Asks for a reset link for each of the `n` accounts and collects the reset bodies
+/// (`{token, new_password}`) from the emails the worker delivered.
+async fn reset_links(
+    addr: std::net::SocketAddr,
+    sink: &SmtpSink,
+    base_url: &str,
+    tag: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let before = util::accepted(sink).await?;
+    let mut conn = Conn::connect(addr).await?;
+    for i in 0..n {
+        let body = format!(r#"{{"email":"reset-{i:05}-{tag}@example.org"}}"#);
+        let status = conn
+            .post_json("/v1/password/forgot", body.as_bytes())
+            .await?;
+        anyhow::ensure!(status == 202, "forgot-password answered {status}");
+    }
+    util::wait_accepted(sink, before + n as u64, Duration::from_secs(120)).await?;
+    let prefix = format!("{base_url}/reset-password?token=");
+    sink.emails()
+        .iter()
+        .filter(|e| e.rcpt_to().contains(tag))
+        .map(|e| {
+            let link = e.link(&prefix).context("a reset email without a link")?;
+            let token = &link[prefix.len()..];
+            Ok(serde_json::to_vec(&serde_json::json!({
+                "token": token,
+                "new_password": format!("Bench-{}-correct-horse-battery", uuid::Uuid::new_v4().simple()),
+            }))?)
+        })
+        .collect()
+}
+
+/// One password hash the api wrote during the run.
+async fn stored_hash(database_url: &str, tag: &str) -> anyhow::Result<String> {
+    use sqlx::Row as _;
+    let pool = sqlx::PgPool::connect(database_url).await?;
+    let row = sqlx::query(
+        "SELECT password_hash FROM users WHERE email LIKE '%' || $1 || '%' AND password_version > 1 LIMIT 1",
+    )
+    .bind(tag)
+    .fetch_one(&pool)
+    .await
+    .context("no password was changed")?;
+    pool.close().await;
+    Ok(row.try_get(0)?)
+}
