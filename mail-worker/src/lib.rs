@@ -9,5 +9,6 @@ pub mod mailer;
 pub mod process;
 pub mod render;
 pub mod retry;
+pub mod smtp;
 pub mod startup;
 pub mod store;

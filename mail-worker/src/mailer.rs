@@ -1,4 +1,5 @@
-//! Delivery: SMTP (pooled, TLS per `SMTP_URL`, with timeouts) or `.eml` files.
+//! Delivery: SMTP (pooled, TLS per `SMTP_URL`, with timeouts; see [`crate::smtp`]) or `.eml`
+//! files.
 //!
 //! Every failure is classified here, once: `Transient` (retry later) or `Permanent` (dead
 //! letter). That classification alone decides what happens to the job.
@@ -6,13 +7,19 @@
 use std::time::Duration;
 
 use lettre::{
-    AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    AsyncFileTransport, AsyncTransport, Message, Tokio1Executor,
     message::{Mailbox, MultiPart, header},
-    transport::smtp::PoolConfig,
 };
 use uuid::Uuid;
 
-use crate::{config::Transport, render::Rendered};
+use crate::{
+    config::Transport,
+    render::Rendered,
+    smtp::{Endpoint, Failure, PoolOptions, SmtpPool},
+};
+
+/// Pooled SMTP connections idle longer than this are closed.
+const SMTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a send failed, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +35,7 @@ pub enum SendError {
 /// The configured transport.
 #[derive(Clone)]
 pub enum Mailer {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(SmtpPool),
     File(AsyncFileTransport<Tokio1Executor>),
 }
 
@@ -41,16 +48,23 @@ pub struct Outgoing<'a> {
 
 impl Mailer {
     /// Builds the transport. SMTP connections are opened lazily and pooled (up to
-    /// `pool_size`), so an unreachable server shows up as transient send failures.
+    /// `pool_size`), so an unreachable server shows up as transient send failures. Must be
+    /// called inside a Tokio runtime.
     pub fn new(transport: &Transport, timeout: Duration, pool_size: usize) -> anyhow::Result<Self> {
         Ok(match transport {
             Transport::Smtp { url } => {
-                let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                let endpoint = Endpoint::parse(url)
                     .map_err(|e| anyhow::anyhow!("SMTP_URL is not usable: {e}"))?;
-                let pool = PoolConfig::new()
-                    .max_size(pool_size.clamp(1, u32::MAX as usize) as u32)
-                    .idle_timeout(Duration::from_secs(60));
-                Mailer::Smtp(builder.timeout(Some(timeout)).pool_config(pool).build())
+                let options = PoolOptions {
+                    size: pool_size,
+                    timeout,
+                    idle_timeout: SMTP_IDLE_TIMEOUT,
+                    extra_roots: Vec::new(),
+                };
+                Mailer::Smtp(
+                    SmtpPool::new(endpoint, options)
+                        .map_err(|e| anyhow::anyhow!("SMTP_URL is not usable: {e:#}"))?,
+                )
             }
             Transport::File { dir } => {
                 std::fs::create_dir_all(dir)
@@ -82,7 +96,10 @@ impl Mailer {
             ))
             .map_err(|e| SendError::Permanent(format!("cannot build the message: {e}")))?;
         match self {
-            Mailer::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(classify),
+            Mailer::Smtp(pool) => pool
+                .send(message.envelope(), &message.formatted())
+                .await
+                .map_err(classify),
             Mailer::File(file) => file
                 .send(message)
                 .await
@@ -95,22 +112,21 @@ impl Mailer {
     /// Whether the SMTP server answers (file transport: always).
     pub async fn check(&self) -> bool {
         match self {
-            Mailer::Smtp(smtp) => smtp.test_connection().await.unwrap_or(false),
+            Mailer::Smtp(pool) => pool.check().await,
             Mailer::File(_) => true,
         }
     }
 }
 
-fn classify(e: lettre::transport::smtp::Error) -> SendError {
+fn classify(failure: Failure) -> SendError {
     // SMTP replies often quote the recipient; the text ends up in logs and dead-letter
     // headers, where addresses must not appear.
-    let text = redact_addresses(&e.to_string());
+    let text = redact_addresses(&failure.to_string());
     // Only a definite 5xx answer is permanent; everything else (4xx, timeouts, refused or
     // reset connections, TLS hiccups) may succeed later.
-    if e.is_permanent() {
-        SendError::Permanent(text)
-    } else {
-        SendError::Transient(text)
+    match failure {
+        Failure::Smtp(e) if e.is_permanent() => SendError::Permanent(text),
+        _ => SendError::Transient(text),
     }
 }
 
@@ -129,8 +145,10 @@ pub fn redact_addresses(text: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::smtp::tests::{Behaviour, TestServer};
 
     #[test]
     fn smtp_error_text_loses_its_addresses() {
@@ -139,5 +157,84 @@ mod tests {
             "permanent error (550): 5.1.1 <address> user unknown"
         );
         assert_eq!(redact_addresses("timed out"), "timed out");
+    }
+
+    fn smtp(url: String) -> Mailer {
+        Mailer::new(&Transport::Smtp { url }, Duration::from_secs(10), 2).unwrap()
+    }
+
+    fn content() -> Rendered {
+        Rendered {
+            subject: "Your account".into(),
+            text: "Hello.\n".into(),
+            html: "<p>Hello.</p>\n".into(),
+        }
+    }
+
+    async fn send_to(mailer: &Mailer, to: &str) -> Result<(), SendError> {
+        let from: Mailbox = "Service <noreply@example.com>".parse().unwrap();
+        let content = content();
+        let email = Outgoing {
+            job_id: Uuid::new_v4(),
+            to,
+            content: &content,
+        };
+        mailer.send(&from, email).await
+    }
+
+    #[tokio::test]
+    async fn only_a_5xx_answer_is_permanent_and_no_answer_quotes_the_address() {
+        let server = TestServer::start(Behaviour::default()).await;
+        let mailer = smtp(server.url("smtp", ""));
+        match send_to(&mailer, "reject@example.org").await {
+            Err(SendError::Permanent(text)) => {
+                assert!(text.contains("550") && !text.contains('@'), "{text}");
+            }
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+        match send_to(&mailer, "later@example.org").await {
+            Err(SendError::Transient(text)) => {
+                assert!(text.contains("451") && !text.contains('@'), "{text}");
+            }
+            other => panic!("expected a transient failure, got {other:?}"),
+        }
+        send_to(&mailer, "ann@example.org").await.unwrap();
+        let messages = server.seen(|s| s.messages.clone());
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].to, vec!["ann@example.org".to_owned()]);
+        assert!(messages[0].data.contains("multipart/alternative"));
+        assert!(mailer.check().await);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_transient_failure() {
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = gone.local_addr().unwrap().port();
+        drop(gone);
+        let mailer = smtp(format!("smtp://127.0.0.1:{port}"));
+        match send_to(&mailer, "ann@example.org").await {
+            Err(SendError::Transient(text)) => assert!(text.contains("connect"), "{text}"),
+            other => panic!("expected a transient failure, got {other:?}"),
+        }
+        assert!(!mailer.check().await);
+    }
+
+    #[tokio::test]
+    async fn an_unusable_smtp_url_stops_the_start_without_echoing_it() {
+        for url in [
+            "smtp://user:hunter2@mail.example.org?tls=yes",
+            "smtps://user:hunter2@",
+        ] {
+            let Err(error) = Mailer::new(
+                &Transport::Smtp { url: url.into() },
+                Duration::from_secs(1),
+                1,
+            ) else {
+                panic!("{url} was accepted");
+            };
+            let text = format!("{error:#}");
+            assert!(text.starts_with("SMTP_URL is not usable"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
     }
 }
