@@ -122,8 +122,9 @@ fn classify(failure: Failure) -> SendError {
     // SMTP replies often quote the recipient; the text ends up in logs and dead-letter
     // headers, where addresses must not appear.
     let text = redact_addresses(&failure.to_string());
-    // Only a definite 5xx answer is permanent; everything else (4xx, timeouts, refused or
-    // reset connections, TLS hiccups) may succeed later.
+    // Only a definite 5xx answer to this message is permanent; everything else (4xx,
+    // timeouts, refused or reset connections, TLS hiccups, a session the provider would not
+    // open, such as bad credentials) may succeed later or after an operator's fix.
     match failure {
         Failure::Smtp(e) if e.is_permanent() => SendError::Permanent(text),
         _ => SendError::Transient(text),
@@ -204,6 +205,27 @@ mod tests {
         assert_eq!(messages[0].to, vec!["ann@example.org".to_owned()]);
         assert!(messages[0].data.contains("multipart/alternative"));
         assert!(mailer.check().await);
+    }
+
+    #[tokio::test]
+    async fn bad_credentials_are_a_transient_failure_not_a_dead_letter() {
+        let server = TestServer::start(Behaviour {
+            auth: Some(("mailer", "right")),
+            ..Behaviour::default()
+        })
+        .await;
+        let port = server
+            .url("smtp", "")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mailer = smtp(format!("smtp://mailer:wrong@127.0.0.1:{port}"));
+        match send_to(&mailer, "ann@example.org").await {
+            Err(SendError::Transient(text)) => assert!(text.contains("535"), "{text}"),
+            other => panic!("expected a transient failure, got {other:?}"),
+        }
+        assert!(server.seen(|s| s.messages.is_empty()));
     }
 
     #[tokio::test]

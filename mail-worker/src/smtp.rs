@@ -59,6 +59,10 @@ pub enum Failure {
     /// An answer from the server, or a protocol or network error seen by lettre.
     #[error(transparent)]
     Smtp(#[from] lettre::transport::smtp::Error),
+    /// Greeting, EHLO, STARTTLS or AUTH failed, whatever the code: a provider or
+    /// configuration problem (a wrong password, say), never this message's.
+    #[error("SMTP session could not be opened: {0}")]
+    Setup(lettre::transport::smtp::Error),
     #[error("cannot connect to the SMTP server: {0}")]
     Connect(io::Error),
     #[error("TLS handshake with the SMTP server failed: {0}")]
@@ -265,10 +269,13 @@ impl Inner {
                     .await
                     .map_err(Failure::Tls)?;
                 AsyncSmtpConnection::connect_with_transport(Box::new(ImplicitTls(stream)), hello)
-                    .await?
+                    .await
+                    .map_err(Failure::Setup)?
             }
             Encryption::None | Encryption::StartTls { .. } => {
-                AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello).await?
+                AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
+                    .await
+                    .map_err(Failure::Setup)?
             }
         };
         if let Encryption::StartTls {
@@ -279,10 +286,14 @@ impl Inner {
         {
             // Fails when the server does not offer STARTTLS: no credentials and no message
             // ever cross a connection that should have been encrypted.
-            smtp.starttls(parameters.clone(), hello).await?;
+            smtp.starttls(parameters.clone(), hello)
+                .await
+                .map_err(Failure::Setup)?;
         }
         if let Some(credentials) = &self.endpoint.credentials {
-            smtp.auth(DEFAULT_MECHANISMS, credentials).await?;
+            smtp.auth(DEFAULT_MECHANISMS, credentials)
+                .await
+                .map_err(Failure::Setup)?;
         }
         Ok(smtp)
     }
