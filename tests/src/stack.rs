@@ -2,6 +2,7 @@
 //! by their environment, in front of a real SMTP server (`tests/smtp/smtp_sink.py`).
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -14,6 +15,25 @@ use crate::{ServiceProcess, poll_until, workspace_binary};
 /// The Python interpreter that has aiosmtpd (`SMTP_SINK_PYTHON`, set by the test command).
 fn sink_python() -> String {
     std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Recipients and how often each got mail.
+pub fn tally(emails: &[StoredEmail]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for e in emails {
+        *counts.entry(e.rcpt_to()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The Prometheus text a service exports at `{base}/metrics`.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics endpoint answers")
+        .text()
+        .await
+        .expect("metrics text")
 }
 
 /// A running SMTP sink with its control API.

@@ -2,24 +2,15 @@
 //! backoff, dead letters with their reasons, replay, outages, crashes, competing consumers.
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use e2e::{
     notice_jobs, publish_raw_jobs,
-    stack::{SmtpSink, StackEnv, StoredEmail},
+    stack::{SmtpSink, StackEnv, tally},
 };
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Recipients and how often each got mail.
-fn tally(emails: &[StoredEmail]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for e in emails {
-        *counts.entry(e.rcpt_to()).or_insert(0) += 1;
-    }
-    counts
-}
 
 async fn dead_letters(env: &StackEnv) -> Vec<Value> {
     let (ok, lines) = env.worker_command(&["dlq", "list"]).await.unwrap();

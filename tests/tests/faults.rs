@@ -12,20 +12,11 @@ use std::{
 
 use e2e::{
     FaultProxy, QueueReader, notice_jobs, publish_raw_jobs,
-    stack::{SmtpSink, StackEnv, StoredEmail},
+    stack::{SmtpSink, StackEnv, metrics_text, tally},
 };
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// Recipients and how often each got mail.
-fn tally(emails: &[StoredEmail]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for e in emails {
-        *counts.entry(e.rcpt_to()).or_insert(0) += 1;
-    }
-    counts
-}
 
 fn duplicates(counts: &HashMap<String, usize>) -> usize {
     counts.values().map(|n| n - 1).sum()
@@ -227,14 +218,7 @@ async fn jobs_wait_out_a_postgres_outage_instead_of_dead_lettering() {
         0,
         "nothing can be sent without the database"
     );
-    let metrics = client
-        .get(format!("{worker_http}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&worker_http).await;
     assert!(
         metrics.contains("outcome=\"waiting\""),
         "jobs waited: {metrics}"
@@ -343,12 +327,7 @@ async fn connection_resets_and_421_on_connect_are_retried_until_everything_is_de
     assert_eq!(state["rejected_connect"], 6, "{state}");
     assert_eq!(state["reset_on_connect"], 6, "{state}");
     assert_eq!(dead_letter_count(&env, None).await, 0);
-    let metrics = reqwest::get(format!("{worker_http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&worker_http).await;
     assert!(metrics.contains("outcome=\"retried\""), "{metrics}");
     drop(worker);
 }

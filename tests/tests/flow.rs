@@ -12,15 +12,8 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Asserts that `{base}/metrics` exports every metric in `names`.
-async fn assert_metrics(http: &reqwest::Client, base: &str, names: &[&str]) {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+async fn assert_metrics(base: &str, names: &[&str]) {
+    let text = e2e::stack::metrics_text(base).await;
     for name in names {
         assert!(text.contains(name), "{base}/metrics lacks {name}:\n{text}");
     }
@@ -204,7 +197,6 @@ async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
     }
     // Both services export what operators alert on.
     assert_metrics(
-        &http,
         &worker_http,
         &[
             "jobs_total",
@@ -215,7 +207,6 @@ async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
     )
     .await;
     assert_metrics(
-        &http,
         &base,
         &[
             "http_requests_total",

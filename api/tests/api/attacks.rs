@@ -1,35 +1,12 @@
 //! What an attacker tries: telling registered addresses from unknown ones, racing a link
 //! against itself or against a sign-in, and hostile values in every field.
 
-use std::collections::BTreeMap;
-
 use futures_util::future::join_all;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use shared::token::{Claims, Purpose};
 
-use crate::helpers::{STRONG, STRONGER, TestApp, spawn_app};
-
-/// Status, headers (minus date and request id) and body bytes.
-async fn fingerprint(r: Response) -> (StatusCode, BTreeMap<String, Vec<u8>>, Vec<u8>) {
-    let status = r.status();
-    let headers = r
-        .headers()
-        .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "date" | "x-request-id"))
-        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-        .collect();
-    (status, headers, r.bytes().await.unwrap().to_vec())
-}
-
-async fn form(app: &TestApp, path: &str, fields: &[(&str, &str)]) -> Response {
-    app.client
-        .post(app.url(path))
-        .form(fields)
-        .send()
-        .await
-        .unwrap()
-}
+use crate::helpers::{STRONG, STRONGER, TestApp, fingerprint, spawn_app};
 
 /// One request of every public endpoint that takes an address, for `email`.
 async fn probes(app: &TestApp, email: &str) -> Vec<(&'static str, Response)> {
@@ -55,7 +32,7 @@ async fn probes(app: &TestApp, email: &str) -> Vec<(&'static str, Response)> {
         ),
         (
             "POST /forgot-password",
-            form(app, "/forgot-password", &[("email", email)]).await,
+            app.form("/forgot-password", &[("email", email)]).await,
         ),
     ]
 }
@@ -302,16 +279,16 @@ async fn hostile_values_in_every_field_get_a_clean_4xx_and_change_nothing() {
             requests += 1;
         }
         // The pages.
-        let r = form(&app, "/forgot-password", &[("email", v)]).await;
+        let r = app.form("/forgot-password", &[("email", v)]).await;
         assert_clean_4xx(&format!("page forgot {v:.40?}"), r, false).await;
-        let r = form(
-            &app,
-            "/reset-password",
-            &[("token", v), ("password", v), ("password_confirm", v)],
-        )
-        .await;
+        let r = app
+            .form(
+                "/reset-password",
+                &[("token", v), ("password", v), ("password_confirm", v)],
+            )
+            .await;
         assert_clean_4xx(&format!("page reset {v:.40?}"), r, false).await;
-        let r = form(&app, "/verify-email", &[("token", v)]).await;
+        let r = app.form("/verify-email", &[("token", v)]).await;
         assert_clean_4xx(&format!("page verify {v:.40?}"), r, false).await;
         requests += 5;
     }

@@ -1,25 +1,11 @@
 //! Forgot password: no enumeration, exact budgets, one confirmed job per request.
 
-use std::collections::BTreeMap;
-
 use futures_util::future::join_all;
-use reqwest::{Response, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 use shared::message::Job;
 
-use crate::helpers::{STRONG, assert_error, spawn_app, spawn_with};
-
-/// Status, headers (minus the per-request ones) and body bytes.
-async fn fingerprint(r: Response) -> (StatusCode, BTreeMap<String, Vec<u8>>, Vec<u8>) {
-    let status = r.status();
-    let headers = r
-        .headers()
-        .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "date" | "x-request-id"))
-        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-        .collect();
-    (status, headers, r.bytes().await.unwrap().to_vec())
-}
+use crate::helpers::{STRONG, assert_error, fingerprint, spawn_app, spawn_with};
 
 #[tokio::test]
 async fn known_unknown_and_over_budget_addresses_get_byte_identical_answers() {

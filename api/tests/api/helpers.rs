@@ -22,6 +22,25 @@ pub const SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
 pub const STRONG: &str = "correct horse battery staple 42";
 pub const STRONGER: &str = "plaid zebra umbrella tangerine 97";
 
+/// Status, headers (minus the per-request date and request id) and body bytes: what must be
+/// identical between answers that may not be told apart.
+pub async fn fingerprint(
+    r: Response,
+) -> (
+    StatusCode,
+    std::collections::BTreeMap<String, Vec<u8>>,
+    Vec<u8>,
+) {
+    let status = r.status();
+    let headers = r
+        .headers()
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "date" | "x-request-id"))
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -134,6 +153,16 @@ impl TestApp {
         self.client
             .post(self.url(path))
             .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Posts an HTML form.
+    pub async fn form(&self, path: &str, fields: &[(&str, &str)]) -> Response {
+        self.client
+            .post(self.url(path))
+            .form(fields)
             .send()
             .await
             .unwrap()

@@ -3,16 +3,7 @@
 use reqwest::{Response, StatusCode};
 use shared::{message::Job, token::Purpose};
 
-use crate::helpers::{STRONG, STRONGER, TestApp, spawn_app, spawn_with};
-
-async fn form(app: &TestApp, path: &str, fields: &[(&str, &str)]) -> Response {
-    app.client
-        .post(app.url(path))
-        .form(fields)
-        .send()
-        .await
-        .unwrap()
-}
+use crate::helpers::{STRONG, STRONGER, spawn_app, spawn_with};
 
 fn assert_page_headers(r: &Response) {
     let h = r.headers();
@@ -41,10 +32,13 @@ async fn the_forgot_page_answers_every_address_alike_and_shows_the_ip_limit() {
         "labelled field"
     );
 
-    let known = form(&app, "/forgot-password", &[("email", "known@example.org")]).await;
+    let known = app
+        .form("/forgot-password", &[("email", "known@example.org")])
+        .await;
     assert_eq!(known.status(), StatusCode::OK);
     let known = known.text().await.unwrap();
-    let unknown = form(&app, "/forgot-password", &[("email", "nobody@example.org")])
+    let unknown = app
+        .form("/forgot-password", &[("email", "nobody@example.org")])
         .await
         .text()
         .await
@@ -52,12 +46,16 @@ async fn the_forgot_page_answers_every_address_alike_and_shows_the_ip_limit() {
     assert_eq!(known, unknown, "the same page for every address");
     assert_eq!(app.jobs(2).await.len(), 2);
 
-    let limited = form(&app, "/forgot-password", &[("email", "x@example.org")]).await;
+    let limited = app
+        .form("/forgot-password", &[("email", "x@example.org")])
+        .await;
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(limited.headers().get("retry-after").is_some());
     assert!(limited.text().await.unwrap().contains("Too many requests"));
 
-    let bad = form(&app, "/forgot-password", &[("email", "not an address")]).await;
+    let bad = app
+        .form("/forgot-password", &[("email", "not an address")])
+        .await;
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.text().await.unwrap().contains("valid email"));
 }
@@ -96,41 +94,41 @@ async fn opening_a_reset_link_any_number_of_times_changes_nothing() {
     assert_eq!(app.password_version(user).await, 1);
 
     // Mismatch and weak passwords leave the link usable.
-    let r = form(
-        &app,
-        "/reset-password",
-        &[
-            ("token", &token),
-            ("password", STRONGER),
-            ("password_confirm", "other"),
-        ],
-    )
-    .await;
+    let r = app
+        .form(
+            "/reset-password",
+            &[
+                ("token", &token),
+                ("password", STRONGER),
+                ("password_confirm", "other"),
+            ],
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.text().await.unwrap().contains("not the same"));
-    let r = form(
-        &app,
-        "/reset-password",
-        &[
-            ("token", &token),
-            ("password", "password1"),
-            ("password_confirm", "password1"),
-        ],
-    )
-    .await;
+    let r = app
+        .form(
+            "/reset-password",
+            &[
+                ("token", &token),
+                ("password", "password1"),
+                ("password_confirm", "password1"),
+            ],
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.text().await.unwrap().contains("too easy to guess"));
 
-    let r = form(
-        &app,
-        "/reset-password",
-        &[
-            ("token", &token),
-            ("password", STRONGER),
-            ("password_confirm", STRONGER),
-        ],
-    )
-    .await;
+    let r = app
+        .form(
+            "/reset-password",
+            &[
+                ("token", &token),
+                ("password", STRONGER),
+                ("password_confirm", STRONGER),
+            ],
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()["location"], "/reset-password/done");
     let done = app.get("/reset-password/done").await.text().await.unwrap();
@@ -220,9 +218,9 @@ async fn a_verification_link_needs_a_click_not_just_a_visit() {
             .await
             .unwrap();
     assert!(!verified, "opening the link verified nothing");
-    let r = form(&app, "/verify-email", &[("token", &token)]).await;
+    let r = app.form("/verify-email", &[("token", &token)]).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.unwrap().contains("confirmed"));
-    let again = form(&app, "/verify-email", &[("token", &token)]).await;
+    let again = app.form("/verify-email", &[("token", &token)]).await;
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
 }
