@@ -87,8 +87,17 @@ pub async fn sign_up(
 
     // Commit, then publish: the worker looks the new user up, so the row must be visible
     // before the job can be consumed. Without the broker's confirm the row is removed again.
+    let address_hash =
+        shared::keys::pseudonym(state.config.pseudonym_secret(), "email", address.key());
+    let audit = AuditEvent {
+        action: "sign_up",
+        ip: Some(ip),
+        address_hash: Some(&address_hash),
+        request_id: trace.request_id.as_deref(),
+        ..AuditEvent::default()
+    };
     let created =
-        store::users::insert_if_absent(&state.db, address.address(), address.key(), &hash).await?;
+        store::users::sign_up(&state.db, address.address(), address.key(), &hash, audit).await?;
     let (job, ttl) = match created {
         Some(user_id) => (
             Job::EmailVerification {

@@ -21,7 +21,7 @@ pub struct Credentials {
 }
 
 /// Inserts a new user unless the address is taken; `None` means it was taken.
-pub async fn insert_if_absent(
+async fn insert_if_absent(
     db: impl PgExecutor<'_>,
     email: &str,
     email_key: &str,
@@ -38,6 +38,32 @@ pub async fn insert_if_absent(
     .bind(password_hash)
     .fetch_optional(db)
     .await
+}
+
+/// Sign-up's write: the account if the address is free, and in the same transaction one
+/// audit row either way. Both paths therefore insert and commit (one WAL flush each), so the
+/// database work no longer differs by whether the address was taken.
+pub async fn sign_up(
+    db: &PgPool,
+    email: &str,
+    email_key: &str,
+    password_hash: &str,
+    audit: shared::audit::AuditEvent<'_>,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let created = insert_if_absent(&mut *tx, email, email_key, password_hash).await?;
+    let event = shared::audit::AuditEvent {
+        outcome: if created.is_some() {
+            "created"
+        } else {
+            "exists"
+        },
+        user_id: created,
+        ..audit
+    };
+    shared::audit::record(&mut *tx, &event).await?;
+    tx.commit().await?;
+    Ok(created)
 }
 
 /// Loads a user by id.

@@ -39,6 +39,15 @@ async fn sign_up_answers_the_same_for_new_and_taken_addresses_but_queues_differe
         .await
         .unwrap();
     assert_eq!(count, 1, "one account per address, whatever its case");
+    // Both paths write one audit row (the same database work, whatever the address).
+    assert_eq!(app.audit_outcomes("sign_up").await, ["created", "exists"]);
+    let hashes: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT address_hash FROM audit_events WHERE action = 'sign_up' ORDER BY id",
+    )
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap();
+    assert!(hashes[0].is_some() && hashes[0] == hashes[1], "{hashes:?}");
     // Jobs are persistent and carry their id and kind as AMQP properties.
     let props = &jobs[0].properties;
     assert_eq!(props.delivery_mode(), &Some(2));
