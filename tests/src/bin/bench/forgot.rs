@@ -22,7 +22,7 @@ pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // still checked and counted on every request).
     env.set("RATE_LIMIT_IP_PER_HOUR", "1000000");
     // The production log level: one JSON access-log line per request is part of the cost.
-    env.set("RUST_LOG", "info");
+    env.set("RUST_LOG", &util::log_filter());
     let result = measure(&env, rows).await;
     util::drop_database(&env).await;
     result
@@ -52,14 +52,35 @@ async fn measure(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let mut raw_total = LoadResult::default();
     let mut api_total = LoadResult::default();
     let peak = util::RssPeak::start(&api);
+    // Where the CPU goes: api, Redis, RabbitMQ and this process (publisher or load generator).
+    let meter = util::CpuMeter::new(vec![
+        api.child.id().unwrap_or(0),
+        util::pid_of("redis-server").unwrap_or(0),
+        util::pid_of("beam.smp").unwrap_or(0),
+        std::process::id(),
+    ]);
+    let mut raw_cpu = [0.0; 4];
+    let mut api_cpu = [0.0; 4];
+    let add = |sum: &mut [f64; 4], before: &[f64], after: &[f64]| {
+        for (i, s) in sum.iter_mut().enumerate() {
+            *s += after[i] - before[i];
+        }
+    };
     for round in 0..rounds {
+        eprintln!("[bench]   raw publishes, round {}", round + 1);
+        let before = meter.sample();
         raw_total.merge(raw.run(CONCURRENCY, phase).await?);
+        add(&mut raw_cpu, &before, &meter.sample());
         raw.purge().await?;
+        eprintln!("[bench]   forgot-password saturation, round {}", round + 1);
+        let before = meter.sample();
         api_total.merge(saturate(addr, &format!("s{round}-{tag}"), phase).await?);
+        add(&mut api_cpu, &before, &meter.sample());
         raw.purge_queue(&jobs_queue).await?;
     }
 
     let half_rate = api_total.rate() / 2.0;
+    eprintln!("[bench]   forgot-password half load");
     let half = load::open_loop(
         addr,
         FORGOT,
@@ -104,6 +125,25 @@ async fn measure(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
                 ms(raw_total.p(0.99))
             )),
     );
+    let per = |cpu: f64, n: u64| format!("{:.0}", cpu * 1e6 / n.max(1) as f64);
+    rows.push(
+        Row::new(
+            "1 forgot",
+            "CPU per request at saturation: api / Redis / RabbitMQ / load generator",
+        )
+        .measured(format!(
+            "{} / {} / {} / {} µs",
+            per(api_cpu[0], api_total.ok),
+            per(api_cpu[1], api_total.ok),
+            per(api_cpu[2], api_total.ok),
+            per(api_cpu[3], api_total.ok)
+        ))
+        .limit(format!(
+            "raw: RabbitMQ {} / publisher {} µs per message",
+            per(raw_cpu[2], raw_total.ok),
+            per(raw_cpu[3], raw_total.ok)
+        )),
+    );
     rows.push(
         Row::new(
             "1 forgot",
@@ -122,6 +162,7 @@ async fn measure(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         .target(Target::Below(1.0), "p99 < 10 ms"),
     );
 
+    eprintln!("[bench]   timing equality");
     timing_equality(addr, &tag, pairs, rows).await?;
 
     rows.push(rss_row("api idle", idle_rss).target(Target::Below(1.0), "< 30 MiB"));

@@ -20,7 +20,7 @@ pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // once, which hides a client's Nagle stall).
     let sink = SmtpSink::start_with_args(&["--no-quickack"]).await?;
     let mut env = StackEnv::new().await?;
-    env.set("RUST_LOG", "info");
+    env.set("RUST_LOG", &util::log_filter());
     env.set("WORKER_CONCURRENCY", &CONCURRENCY.to_string());
     let result = measure(&env, &sink, rows).await;
     util::drop_database(&env).await;

@@ -27,7 +27,7 @@ pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         .await?;
     let mut env = StackEnv::new().await?;
     env.set("WORKER_CONCURRENCY", &CONCURRENCY.to_string());
-    env.set("RUST_LOG", "info");
+    env.set("RUST_LOG", &util::log_filter());
     let result = workers(&env, &sink, rows).await;
     util::drop_database(&env).await;
     let _ = std::fs::remove_dir_all(&sink.dir);

@@ -244,3 +244,64 @@ pub fn commit() -> String {
 pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
+
+/// `RUST_LOG` of the services under test: the production default (`info`, one JSON line per
+/// request or job), unless `BENCH_RUST_LOG` says otherwise.
+pub fn log_filter() -> String {
+    std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into())
+}
+
+/// CPU seconds (user + system) a set of processes used, from `/proc/<pid>/stat`.
+#[derive(Clone)]
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    ticks_per_sec: f64,
+}
+
+impl CpuMeter {
+    /// Meters these processes; `0` pids (exited) count as nothing.
+    pub fn new(pids: Vec<u32>) -> Self {
+        let ticks = command_output("getconf", &["CLK_TCK"])
+            .parse()
+            .unwrap_or(100.0);
+        Self {
+            pids,
+            ticks_per_sec: ticks,
+        }
+    }
+
+    /// CPU seconds used so far by each process, in the order given.
+    pub fn sample(&self) -> Vec<f64> {
+        self.pids
+            .iter()
+            .map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // Fields after the command name (which may contain spaces) start at `) `.
+                let fields: Vec<&str> = stat
+                    .rsplit_once(") ")
+                    .map(|(_, rest)| rest.split_whitespace().collect())
+                    .unwrap_or_default();
+                let ticks = |i: usize| {
+                    fields
+                        .get(i)
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                // utime and stime are fields 14 and 15 of stat(5), 11 and 12 after the name.
+                (ticks(11) + ticks(12)) / self.ticks_per_sec
+            })
+            .collect()
+    }
+}
+
+/// Pid of the first process whose command name is `name` (e.g. `redis-server`).
+pub fn pid_of(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == name).then_some(pid)
+        })
+}
