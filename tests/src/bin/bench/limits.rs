@@ -52,18 +52,53 @@ impl RawPublisher {
 
     /// `tasks` tasks publish back to back, each waiting for its confirm, for `duration`.
     pub async fn run(&self, tasks: usize, duration: Duration) -> anyhow::Result<LoadResult> {
+        self.publish_loop(tasks, duration, None).await
+    }
+
+    /// Open loop: `rate` publishes per second spread over `tasks` tasks for `duration` (the
+    /// same schedule as [`crate::load::open_loop`]).
+    pub async fn run_at(
+        &self,
+        tasks: usize,
+        rate: f64,
+        duration: Duration,
+    ) -> anyhow::Result<LoadResult> {
+        self.publish_loop(tasks, duration, Some(rate)).await
+    }
+
+    async fn publish_loop(
+        &self,
+        tasks: usize,
+        duration: Duration,
+        rate: Option<f64>,
+    ) -> anyhow::Result<LoadResult> {
         let errors = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
+        let late = Arc::new(AtomicU64::new(0));
+        let started = Instant::now() + Duration::from_millis(20);
         let deadline = started + duration;
+        let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
         let mut handles = Vec::with_capacity(tasks);
         for t in 0..tasks {
             let channel = self.channel.clone();
             let exchange = self.topology.mail_exchange();
-            let errors = errors.clone();
+            let (errors, late) = (errors.clone(), late.clone());
             handles.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut n = 0u64;
-                while Instant::now() < deadline {
+                loop {
+                    if let Some(interval) = interval {
+                        let planned =
+                            started + interval.mul_f64((n * tasks as u64 + t as u64) as f64);
+                        if planned >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(planned.into()).await;
+                        if Instant::now().duration_since(planned) > Duration::from_millis(5) {
+                            late.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else if Instant::now() >= deadline {
+                        break;
+                    }
                     n += 1;
                     let (body, properties) = job(&format!("u{t}-{n}@example.org"));
                     let sent = Instant::now();
@@ -104,7 +139,7 @@ impl RawPublisher {
             errors: errors.load(Ordering::Relaxed),
             elapsed,
             latencies,
-            late: 0,
+            late: late.load(Ordering::Relaxed),
         })
     }
 

@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let markdown = report::markdown(&info, &rows);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts/bench");
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join("latest.md");
+    let file = dir.canonicalize()?.join("latest.md");
     std::fs::write(&file, &markdown)?;
     println!("markdown: {}", file.display());
     if let Some(path) = update {

@@ -48,6 +48,7 @@ async fn measure(env: &StackEnv, sink: &SmtpSink, rows: &mut Vec<Row>) -> anyhow
     let (mut worker, _) = env.start_worker(&sink.url()).await?;
 
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    eprintln!("[bench]   raw argon2id");
     let raw_rate =
         limits::argon2_rate(MEMORY_KIB, ITERATIONS, PARALLELISM, threads, util::secs(5)).await?;
 
@@ -59,9 +60,11 @@ async fn measure(env: &StackEnv, sink: &SmtpSink, rows: &mut Vec<Row>) -> anyhow
     // The worker is done; it would only compete with the api for the cores from here on.
     worker.terminate(Duration::from_secs(15)).await?;
 
+    eprintln!("[bench]   forgot-password latency, hashing idle");
     let forgot_secs = util::secs(4);
     let baseline = forgot_load(addr, &format!("base-{tag}"), forgot_secs).await?;
 
+    eprintln!("[bench]   resets");
     let bodies = Arc::new(tokens);
     let next = Arc::new(AtomicUsize::new(0));
     let resets = {
