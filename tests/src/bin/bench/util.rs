@@ -138,10 +138,17 @@ pub async fn wait_accepted(sink: &SmtpSink, n: u64, timeout: Duration) -> anyhow
     }
 }
 
-/// Messages per second between the first and the last message the sink stored among the
-/// emails numbered `from..to` (acceptance order), by their `X-Sink-Received-At` stamps.
-/// Excludes start-up: only the span in which messages were flowing counts.
+/// Messages per second between the first and the last message the sink stored among
+/// `emails`, by their `X-Sink-Received-At` stamps. Excludes start-up: only the span in which
+/// messages were flowing counts.
 pub fn sink_rate(emails: &[e2e::stack::StoredEmail]) -> anyhow::Result<f64> {
+    let span = sink_span(emails)?;
+    anyhow::ensure!(span > 0.0, "all emails stamped in the same microsecond");
+    Ok((emails.len() - 1) as f64 / span)
+}
+
+/// Seconds from the first to the last `X-Sink-Received-At` stamp of `emails`.
+pub fn sink_span(emails: &[e2e::stack::StoredEmail]) -> anyhow::Result<f64> {
     anyhow::ensure!(emails.len() >= 2, "fewer than two emails to time");
     let stamp = |e: &e2e::stack::StoredEmail| -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
         let text = String::from_utf8_lossy(&e.raw[..e.raw.len().min(512)]).into_owned();
@@ -156,12 +163,10 @@ pub fn sink_rate(emails: &[e2e::stack::StoredEmail]) -> anyhow::Result<f64> {
         .map(stamp)
         .collect::<anyhow::Result<Vec<_>>>()?;
     stamps.sort_unstable();
-    let span = (stamps[stamps.len() - 1] - stamps[0])
+    Ok((stamps[stamps.len() - 1] - stamps[0])
         .to_std()
         .unwrap_or_default()
-        .as_secs_f64();
-    anyhow::ensure!(span > 0.0, "all emails stamped in the same microsecond");
-    Ok((stamps.len() - 1) as f64 / span)
+        .as_secs_f64())
 }
 
 /// Output of a command, or an empty string.
