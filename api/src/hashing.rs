@@ -1,17 +1,12 @@
-//! Argon2id hashing on `HASH_CONCURRENCY` dedicated threads.
+//! Argon2id hashing on a bounded slice of the blocking pool.
 //!
 //! Hashing is deliberately expensive CPU work. Running it on the async workers would stall
 //! every other request, and running unboundedly many at once would let a burst of logins eat
-//! all cores and memory; a semaphore admits `HASH_CONCURRENCY` hashes at a time. The hashes
-//! run on that many long-lived threads rather than on Tokio's blocking pool: each hash
-//! allocates `ARGON2_MEMORY_KIB` (19 MiB by default), and the allocator keeps freed blocks in
-//! a per-thread arena, so hashes spread over the blocking pool's many threads left ~200 MiB
-//! resident under a reset load where two fixed threads keep it near two blocks.
+//! all cores and memory; a semaphore admits `HASH_CONCURRENCY` hashes at a time.
 
 use std::sync::{
-    Arc, Mutex, PoisonError,
+    Arc,
     atomic::{AtomicU64, Ordering},
-    mpsc,
 };
 
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
@@ -27,7 +22,6 @@ const HASH_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5
 pub struct Hasher {
     params: Params,
     permits: Arc<Semaphore>,
-    threads: Arc<HashThreads>,
     /// A real hash of a random password, verified against when the account does not exist, so
     /// "unknown address" costs the same time as "wrong password".
     dummy_hash: Arc<String>,
@@ -44,7 +38,6 @@ impl Hasher {
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            threads: Arc::new(HashThreads::start(concurrency.max(1))?),
             dummy_hash: Arc::new(dummy),
             verifications: Arc::new(AtomicU64::new(0)),
         })
@@ -93,61 +86,12 @@ impl Hasher {
             .await
             .map_err(|_| ApiError::unavailable(anyhow::anyhow!("password hashing is saturated")))?
             .map_err(|e| ApiError::Internal(e.into()))?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.threads.run(Box::new(move || {
-            let _ = tx.send(work());
-        }))?;
-        let result = rx
-            .await
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("a hashing thread died")))?;
-        drop(permit);
-        result
-    }
-}
-
-type Work = Box<dyn FnOnce() + Send>;
-
-/// A fixed set of threads taking work from one queue; they end when the last `Hasher` clone
-/// is dropped (the queue closes).
-struct HashThreads {
-    queue: Mutex<mpsc::Sender<Work>>,
-}
-
-impl HashThreads {
-    fn start(n: usize) -> anyhow::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Work>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..n {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("argon2-{i}"))
-                .spawn(move || {
-                    loop {
-                        // The lock is held only while waiting for the next job.
-                        let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                        match next {
-                            // A panicking job loses its answer (the caller sees an
-                            // error), not the thread.
-                            Ok(work) => {
-                                let _ =
-                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                })?;
-        }
-        Ok(Self {
-            queue: Mutex::new(tx),
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
         })
-    }
-
-    fn run(&self, work: Work) -> Result<(), ApiError> {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(work)
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("the hashing threads are gone")))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
     }
 }
 
