@@ -8,18 +8,7 @@ cd "$(dirname "$0")/../.."
 
 bash deploy/local/services.sh
 
-# The SMTP sink (aiosmtpd, tests/smtp/) lives in the same virtualenv as the test command's.
-VENV="${XDG_CACHE_HOME:-$HOME/.cache}/pwrecovery/smtp-venv"
-if ! "$VENV/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
-  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
-  fi
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/smtp/requirements.txt
-fi
-export SMTP_SINK_PYTHON="$VENV/bin/python"
+source deploy/local/venv.sh
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432}"
 
 echo "[bench] building release binaries"

@@ -19,22 +19,7 @@ for node in $(epmd -names 2>/dev/null | awk '$2 ~ /^pwrtest-/ {print $2}'); do
 done
 rm -rf "${TMPDIR:-/tmp}"/pwr-rabbit-*
 
-# The end-to-end tests deliver to a real SMTP server (aiosmtpd, tests/smtp/), parse the
-# deployment files (PyYAML) and fuzz the HTTP API from its OpenAPI document (schemathesis):
-# keep those in a virtualenv outside the clone so system Python stays untouched and reruns
-# are instant.
-VENV="${XDG_CACHE_HOME:-$HOME/.cache}/pwrecovery/smtp-venv"
-if ! "$VENV/bin/python" -c 'import aiosmtpd, yaml, schemathesis' >/dev/null 2>&1; then
-  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
-  fi
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
-fi
-export SMTP_SINK_PYTHON="$VENV/bin/python"
-export SCHEMATHESIS="$VENV/bin/schemathesis"
+source deploy/local/venv.sh
 
 # The browser test drives Debian's headless Chromium through chromedriver (test tools that
 # download their own browser do not work on a closed network).

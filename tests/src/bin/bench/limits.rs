@@ -128,19 +128,13 @@ impl RawPublisher {
                 latencies
             }));
         }
-        let mut latencies = Vec::new();
-        for h in handles {
-            latencies.extend(h.await?);
-        }
-        let elapsed = started.elapsed();
-        latencies.sort_unstable();
-        Ok(LoadResult {
-            ok: latencies.len() as u64,
-            errors: errors.load(Ordering::Relaxed),
-            elapsed,
-            latencies,
-            late: late.load(Ordering::Relaxed),
-        })
+        LoadResult::gather(
+            handles,
+            started,
+            errors.load(Ordering::Relaxed),
+            late.load(Ordering::Relaxed),
+        )
+        .await
     }
 
     /// Empties the work queue (so every phase starts from the same queue length).

@@ -117,6 +117,30 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    /// Joins the load tasks (each returning its latencies) into one result.
+    pub async fn gather(
+        tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+        started: Instant,
+        errors: u64,
+        late: u64,
+    ) -> anyhow::Result<Self> {
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await?);
+        }
+        let elapsed = started.elapsed();
+        latencies.sort_unstable();
+        Ok(Self {
+            ok: latencies.len() as u64,
+            errors,
+            elapsed,
+            latencies,
+            late,
+        })
+    }
+}
+
+impl LoadResult {
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -194,19 +218,7 @@ pub async fn closed_loop(
             latencies
         }));
     }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await?);
-    }
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    Ok(LoadResult {
-        ok: latencies.len() as u64,
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-        late: 0,
-    })
+    LoadResult::gather(tasks, started, errors.load(Ordering::Relaxed), 0).await
 }
 
 /// Open loop: `rate` requests per second for `duration`, spread over `conns` connections
@@ -266,17 +278,11 @@ pub async fn open_loop(
             latencies
         }));
     }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await?);
-    }
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    Ok(LoadResult {
-        ok: latencies.len() as u64,
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-        late: late.load(Ordering::Relaxed),
-    })
+    LoadResult::gather(
+        tasks,
+        started,
+        errors.load(Ordering::Relaxed),
+        late.load(Ordering::Relaxed),
+    )
+    .await
 }
