@@ -15,10 +15,22 @@ use shared::config::{CommonConfig, EnvReader};
 pub struct Config {
     pub common: CommonConfig,
     pub bind: SocketAddr,
+    /// Where `/metrics` is served: never on the public `bind`.
+    pub metrics_bind: SocketAddr,
     pub rate_limit_email_per_hour: u32,
     pub rate_limit_ip_per_hour: u32,
     pub login_limit_per_hour: u32,
+    /// Sign-in attempts per client IP over all addresses (password spraying).
+    pub login_ip_limit_per_hour: u32,
+    /// Sign-in attempts per address over all IPs (credential stuffing from many addresses).
+    pub login_email_limit_per_hour: u32,
     pub signup_limit_per_hour: u32,
+    /// Requests per client IP to the endpoints that take a link (reset, verify, their pages).
+    pub token_limit_per_hour: u32,
+    /// Length of every sliding rate-limit window (the `*_PER_HOUR` budgets apply per window).
+    pub rate_limit_window: Duration,
+    /// Hashes one client IP may have queued or running at once.
+    pub hash_per_client: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub cookie_secure: bool,
     pub session_ttl: Duration,
@@ -72,10 +84,19 @@ impl Config {
             "127.0.0.1:8080",
             "a socket address such as 0.0.0.0:8080",
         );
+        let metrics_bind = r.parsed(
+            "API_METRICS_BIND",
+            "127.0.0.1:9464",
+            "a socket address such as 127.0.0.1:9464 (keep it off the public interface)",
+        );
         let email_limit = r.number("RATE_LIMIT_EMAIL_PER_HOUR", 3, 1, 1000);
         let ip_limit = r.number("RATE_LIMIT_IP_PER_HOUR", 10, 1, 1_000_000);
         let login_limit = r.number("RATE_LIMIT_LOGIN_PER_HOUR", 20, 1, 1_000_000);
+        let login_ip_limit = r.number("RATE_LIMIT_LOGIN_IP_PER_HOUR", 100, 1, 1_000_000);
+        let login_email_limit = r.number("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", 50, 1, 1_000_000);
         let signup_limit = r.number("RATE_LIMIT_SIGNUP_PER_HOUR", 20, 1, 1_000_000);
+        let token_limit = r.number("RATE_LIMIT_TOKEN_PER_HOUR", 30, 1, 1_000_000);
+        let window = r.number("RATE_LIMIT_WINDOW_SECS", 3600, 1, 86_400);
         let trusted_proxies = r.trusted_proxies();
         let cookie_secure = r.boolean("COOKIE_SECURE", true);
         let session_ttl = r.number("SESSION_TTL_SECS", 7 * 86_400, 60, 90 * 86_400);
@@ -95,16 +116,23 @@ impl Config {
         }
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let hash_concurrency = r.number("HASH_CONCURRENCY", cores as u64, 1, 1024) as usize;
+        let hash_per_client = r.number("HASH_PER_CLIENT", 1, 1, 1024) as usize;
         let publish_timeout = r.number("PUBLISH_TIMEOUT_MS", 5000, 100, 60_000);
 
         r.finish().map_err(ConfigError)?;
         Ok(Self {
             common,
             bind: bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            metrics_bind: metrics_bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
             rate_limit_email_per_hour: email_limit as u32,
             rate_limit_ip_per_hour: ip_limit as u32,
             login_limit_per_hour: login_limit as u32,
+            login_ip_limit_per_hour: login_ip_limit as u32,
+            login_email_limit_per_hour: login_email_limit as u32,
             signup_limit_per_hour: signup_limit as u32,
+            token_limit_per_hour: token_limit as u32,
+            rate_limit_window: Duration::from_secs(window),
+            hash_per_client,
             trusted_proxies,
             cookie_secure,
             session_ttl: Duration::from_secs(session_ttl),
@@ -125,7 +153,7 @@ mod tests {
         Config::from_lookup(shared::config::pairs_lookup(pairs))
     }
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const SECRET: &str = "a3a106852adf349f20bae220b71274866bcb55b00e1d993542179e43f0d7fd2e";
 
     #[test]
     fn a_minimal_environment_gets_production_defaults() {
@@ -159,7 +187,7 @@ mod tests {
         for needle in [
             "DATABASE_URL: not set",
             "PUBLIC_BASE_URL: expected an http(s) origin",
-            "TOKEN_SECRETS: secret #1 is 5 bytes",
+            "TOKEN_SECRETS: secret #1 is not written as hex or base64",
             "openssl rand -hex 32",
             "TOKEN_DIGEST: expected sha256 or sha1",
             "RATE_LIMIT_IP_PER_HOUR: expected a whole number",
@@ -175,7 +203,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let file = dir.join("secrets");
-        std::fs::write(&file, format!("{SECRET},{SECRET}x\n")).expect("write");
+        std::fs::write(
+            &file,
+            format!("{SECRET},5/l0fkwZSDQEZ2XNsYZx7UhC2odIHj6v6YOBJnRDrTY=\n"),
+        )
+        .expect("write");
         let c = from(&[
             ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
             ("PUBLIC_BASE_URL", "http://127.0.0.1:8080"),

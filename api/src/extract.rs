@@ -202,8 +202,9 @@ impl FromRequestParts<AppState> for AuthUser {
             .await?
             .ok_or(ApiError::Unauthorized)?;
         // A session dies with the password it was created under, even if its revocation in
-        // Redis was missed.
-        if user.password_version != pv {
+        // Redis was missed; and no session of an unverified account counts (sign-in requires
+        // a verified address, so only sessions from before that rule can be affected).
+        if user.password_version != pv || !user.email_verified {
             return Err(ApiError::Unauthorized);
         }
         Ok(AuthUser { user, session })

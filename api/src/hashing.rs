@@ -1,74 +1,152 @@
-//! Argon2id hashing on a bounded slice of the blocking pool.
+//! Argon2id hashing on `HASH_CONCURRENCY` dedicated threads, each reusing one block of memory,
+//! with a fair share of the hashing slots per client.
 //!
 //! Hashing is deliberately expensive CPU work. Running it on the async workers would stall
 //! every other request, and running unboundedly many at once would let a burst of logins eat
 //! all cores and memory; a semaphore admits `HASH_CONCURRENCY` hashes at a time.
+//!
+//! Each hash needs `ARGON2_MEMORY_KIB` of working memory (19 MiB by default). Allocating it
+//! per hash, as `PasswordHasher::hash_password` does, let glibc keep the freed blocks in one
+//! arena per thread that had hashed: a flood of sign-ups, sign-ins and resets took the api
+//! from 21 MiB to 657 MiB resident. Here each hashing thread owns one buffer, allocated on its
+//! first job and reused for every hash after, so hashing holds at most
+//! `HASH_CONCURRENCY × ARGON2_MEMORY_KIB` whatever the traffic. The PHC strings are built and
+//! checked by hand, byte for byte what `hash_password` wrote before, so stored hashes verify.
+//!
+//! The shared queue alone is first come, first served: one client sending a hundred sign-ins
+//! at once would put everyone else behind its hundred hashes. So each client (an IPv4 address,
+//! or an IPv6 /64, as for the rate limits) may have only `per_client` hashes queued or running;
+//! its further requests wait behind its own, and everyone waits at most `HASH_QUEUE_TIMEOUT`.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::Duration,
 };
 
-use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
-use tokio::sync::Semaphore;
+use anyhow::Context as _;
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
+use base64::{Engine as _, engine::general_purpose::STANDARD_NO_PAD};
+use subtle::ConstantTimeEq as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::{config::Argon2Params, error::ApiError};
+use crate::{config::Argon2Params, error::ApiError, rate_limit::ip_subject};
 
-/// Longest a request waits for a free hashing slot.
-const HASH_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest a request waits for a free hashing slot (its client's turn included).
+const HASH_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Salt and output lengths of `PasswordHasher::hash_password` (the PHC recommendation and
+/// argon2's default), kept so new hashes look exactly like the ones already stored.
+const SALT_LEN: usize = 16;
+const OUTPUT_LEN: usize = 32;
+
+/// The most memory a stored hash may ask for at verification. A hash written under a larger
+/// `ARGON2_MEMORY_KIB` than today's gets a temporary buffer for that one call (see
+/// [`Memory::compute`]); beyond this it is refused, so a bad row cannot make each sign-in
+/// attempt allocate gigabytes.
+const MAX_STORED_MEMORY_KIB: u32 = 256 * 1024;
+/// The most passes a stored hash may ask for (the ceiling of `ARGON2_ITERATIONS`), for the
+/// same reason: one row must not pin a hashing thread for minutes.
+const MAX_STORED_ITERATIONS: u32 = 100;
+
+/// Hashes queued or running per client unless [`Hasher::with_per_client`] says otherwise.
+const DEFAULT_PER_CLIENT: usize = 1;
 
 /// Hashes and verifies passwords.
 #[derive(Clone)]
 pub struct Hasher {
     params: Params,
-    permits: Arc<Semaphore>,
-    /// A real hash of a random password, verified against when the account does not exist, so
-    /// "unknown address" costs the same time as "wrong password".
-    dummy_hash: Arc<String>,
+    /// The hashing threads' queue; they end when the last clone of the hasher is dropped.
+    jobs: mpsc::Sender<Job>,
+    slots: Arc<Semaphore>,
+    clients: Arc<Clients>,
+    queue_timeout: Duration,
+    /// A real hash of a random password with the configured parameters, verified against when
+    /// the account does not exist, so "unknown address" costs the same as "wrong password".
+    dummy_hash: Arc<str>,
     verifications: Arc<AtomicU64>,
 }
 
 impl Hasher {
-    /// Builds the hasher and its dummy hash (one hash at start).
+    /// Starts `concurrency` hashing threads and makes the dummy hash (one hash at start).
     pub fn new(p: Argon2Params, concurrency: usize) -> anyhow::Result<Self> {
         let params = Params::new(p.memory_kib, p.iterations, p.parallelism, None)
             .map_err(|e| anyhow::anyhow!("invalid argon2 parameters: {e}"))?;
+        let concurrency = concurrency.max(1);
         let random = uuid::Uuid::new_v4().to_string();
-        let dummy = hash_blocking(&params, random.as_bytes())?;
+        // Hashed on this thread with a buffer that is freed at once, not on a hashing thread:
+        // the idle api then holds no hashing memory until the first request needs it.
+        let dummy = hash_with(&mut Memory::new(&params), &params, random.as_bytes())?;
         Ok(Self {
+            jobs: start_threads(concurrency, &params)?,
             params,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            dummy_hash: Arc::new(dummy),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            clients: Arc::new(Clients::new(DEFAULT_PER_CLIENT)),
+            queue_timeout: HASH_QUEUE_TIMEOUT,
+            dummy_hash: dummy.into(),
             verifications: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// Hashes `password` into a PHC string.
+    /// Lets each client have `n` hashes queued or running at once (default 1).
+    #[must_use]
+    pub fn with_per_client(mut self, n: usize) -> Self {
+        self.clients = Arc::new(Clients::new(n.max(1)));
+        self
+    }
+
+    /// Hashes `password` into a PHC string, without a per-client share (for callers that have
+    /// no client address; request handlers should use [`Hasher::hash_for`]).
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        let params = self.params.clone();
-        self.on_pool(move || {
-            hash_blocking(&params, password.as_bytes()).map_err(ApiError::Internal)
-        })
-        .await
+        self.hash_as(None, password).await
+    }
+
+    /// Hashes `password` into a PHC string, in `client`'s turn.
+    pub async fn hash_for(&self, client: IpAddr, password: String) -> Result<String, ApiError> {
+        self.hash_as(Some(client), password).await
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when there is no
-    /// account, so both cases do the same work. Always `false` without an account.
+    /// account, without a per-client share (see [`Hasher::verify_for`]).
     pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, ApiError> {
-        let exists = stored.is_some();
-        let hash = stored.unwrap_or_else(|| self.dummy_hash.as_str().to_owned());
-        self.verifications.fetch_add(1, Ordering::Relaxed);
-        let ok = self
-            .on_pool(move || {
-                let parsed = PasswordHash::new(&hash).map_err(|e| {
-                    ApiError::Internal(anyhow::anyhow!("stored hash unreadable: {e}"))
-                })?;
-                Ok(Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok())
-            })
-            .await?;
-        Ok(exists && ok)
+        self.verify_as(None, password, stored).await
+    }
+
+    /// Verifies `password` against `stored` in `client`'s turn, or against the dummy hash when
+    /// there is no account, so both cases do the same work. Always `false` without an account.
+    pub async fn verify_for(
+        &self,
+        client: IpAddr,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, ApiError> {
+        self.verify_as(Some(client), password, stored).await
+    }
+
+    /// Whether `stored` was made with other parameters than the configured ones (algorithm,
+    /// version, memory, passes, lanes or output length), so a successful sign-in should store
+    /// a new hash of the password. An unreadable hash needs one too.
+    pub fn needs_rehash(&self, stored: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(stored) else {
+            return true;
+        };
+        let Ok(stored_params) = Params::try_from(&parsed) else {
+            return true;
+        };
+        parsed.algorithm.as_str() != Algorithm::Argon2id.as_str()
+            || parsed.version != Some(Version::V0x13.into())
+            || stored_params.m_cost() != self.params.m_cost()
+            || stored_params.t_cost() != self.params.t_cost()
+            || stored_params.p_cost() != self.params.p_cost()
+            || stored_params.output_len() != Some(OUTPUT_LEN)
+            || !stored_params.keyid().is_empty()
+            || !stored_params.data().is_empty()
     }
 
     /// How many verifications ran since start (the dummy ones included).
@@ -76,47 +154,305 @@ impl Hasher {
         self.verifications.load(Ordering::Relaxed)
     }
 
-    async fn on_pool<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        // A burst beyond what the cores can hash waits at most this long, then gets a 503:
-        // a bounded queue instead of requests piling up for minutes.
-        let permit = tokio::time::timeout(HASH_QUEUE_TIMEOUT, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| ApiError::unavailable(anyhow::anyhow!("password hashing is saturated")))?
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work()
+    async fn hash_as(&self, client: Option<IpAddr>, password: String) -> Result<String, ApiError> {
+        let params = self.params.clone();
+        self.run(client, move |memory| {
+            hash_with(memory, &params, password.as_bytes())
         })
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+    }
+
+    async fn verify_as(
+        &self,
+        client: Option<IpAddr>,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, ApiError> {
+        let exists = stored.is_some();
+        let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        let ok = self
+            .run(client, move |memory| {
+                verify_with(memory, password.as_bytes(), &hash)
+            })
+            .await?;
+        Ok(exists && ok)
+    }
+
+    /// Waits for `client`'s turn and a free slot, then runs `work` on a hashing thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        client: Option<IpAddr>,
+        work: impl FnOnce(&mut Memory) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let admission = self.admit(client).await?;
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |memory| {
+            // The request was dropped while it waited (the client hung up): nobody would
+            // read the answer, so the slot goes to the next request at once.
+            if reply.is_closed() {
+                return;
+            }
+            let result = work(memory);
+            // The slot is held until the work is done, not until the caller is told: a
+            // cancelled caller cannot get more than `concurrency` hashes running.
+            drop(admission);
+            let _ = reply.send(result);
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("the hashing threads are gone")))?;
+        answer
+            .await
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("a hashing job panicked")))?
+            .map_err(ApiError::Internal)
+    }
+
+    /// Takes the client's turn, then a hashing slot, within the queue timeout.
+    async fn admit(&self, client: Option<IpAddr>) -> Result<Admission, ApiError> {
+        let closed = |e: tokio::sync::AcquireError| ApiError::Internal(e.into());
+        let wait = async {
+            let client = match client {
+                Some(ip) => {
+                    let ticket = self.clients.enter(ip_subject(ip));
+                    let turn = ticket.turns.clone().acquire_owned().await.map_err(closed)?;
+                    Some((turn, ticket))
+                }
+                None => None,
+            };
+            let slot = self.slots.clone().acquire_owned().await.map_err(closed)?;
+            Ok(Admission {
+                _slot: slot,
+                _client: client,
+            })
+        };
+        // A burst beyond what the cores can hash waits at most this long, then gets a 503:
+        // a bounded queue instead of requests piling up for minutes.
+        tokio::time::timeout(self.queue_timeout, wait)
+            .await
+            .map_err(|_| ApiError::unavailable(anyhow::anyhow!("password hashing is saturated")))?
     }
 }
 
-fn hash_blocking(params: &Params, password: &[u8]) -> anyhow::Result<String> {
+/// A hashing slot and the client's turn, held until the hashing thread is done.
+///
+/// Fields drop in order: the slot goes back first, so a request of another client already
+/// waiting for a slot gets it before this client's next request can even ask for one.
+struct Admission {
+    _slot: OwnedSemaphorePermit,
+    _client: Option<(OwnedSemaphorePermit, ClientTicket)>,
+}
+
+/// The clients with hashes queued or running, each with its own turns.
+struct Clients {
+    per_client: usize,
+    /// Only clients with something in flight are here (a ticket removes its client when it
+    /// was the last), so the map is no larger than the number of waiting requests.
+    map: Mutex<HashMap<String, ClientEntry>>,
+}
+
+struct ClientEntry {
+    turns: Arc<Semaphore>,
+    tickets: usize,
+}
+
+impl Clients {
+    fn new(per_client: usize) -> Self {
+        Self {
+            per_client,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn enter(self: &Arc<Self>, subject: String) -> ClientTicket {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = map.entry(subject.clone()).or_insert_with(|| ClientEntry {
+            turns: Arc::new(Semaphore::new(self.per_client)),
+            tickets: 0,
+        });
+        entry.tickets += 1;
+        ClientTicket {
+            clients: self.clone(),
+            turns: entry.turns.clone(),
+            subject,
+        }
+    }
+
+    #[cfg(test)]
+    fn in_flight(&self, subject: &str) -> usize {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(subject).map_or(0, |e| e.tickets)
+    }
+}
+
+/// One request of a client, from its arrival until its hash is done (or it gave up).
+struct ClientTicket {
+    clients: Arc<Clients>,
+    turns: Arc<Semaphore>,
+    subject: String,
+}
+
+impl Drop for ClientTicket {
+    fn drop(&mut self) {
+        let mut map = self
+            .clients
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = map.get_mut(&self.subject) {
+            entry.tickets = entry.tickets.saturating_sub(1);
+            if entry.tickets == 0 {
+                map.remove(&self.subject);
+            }
+        }
+    }
+}
+
+/// Work for a hashing thread, given that thread's memory.
+type Job = Box<dyn FnOnce(&mut Memory) + Send>;
+
+/// Starts `n` threads taking jobs from one queue, each with its own [`Memory`].
+fn start_threads(n: usize, params: &Params) -> anyhow::Result<mpsc::Sender<Job>> {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let queue = Arc::new(Mutex::new(queue));
+    for i in 0..n {
+        let queue = queue.clone();
+        let mut memory = Memory::new(params);
+        std::thread::Builder::new()
+            .name(format!("argon2-{i}"))
+            .spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next job.
+                    let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok(job) = next else {
+                        return; // every Hasher is gone
+                    };
+                    // A panicking job loses its answer (the caller gets an error), not the
+                    // thread and its memory.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut memory)));
+                }
+            })
+            .context("starting a hashing thread")?;
+    }
+    Ok(jobs)
+}
+
+/// One hashing thread's argon2 working memory: a buffer for the configured parameters,
+/// allocated on first use and then reused by every hash of that thread.
+struct Memory {
+    configured_blocks: usize,
+    blocks: Vec<Block>,
+}
+
+impl Memory {
+    fn new(params: &Params) -> Self {
+        Self {
+            configured_blocks: params.block_count(),
+            blocks: Vec::new(),
+        }
+    }
+
+    /// Runs `argon` over the thread's buffer. A stored hash that needs more memory than the
+    /// configured parameters (written before `ARGON2_MEMORY_KIB` was lowered) gets a
+    /// temporary buffer for this call instead of a larger permanent one: such hashes are
+    /// replaced at their next sign-in (`needs_rehash`), and growing the buffer would keep the
+    /// old, larger cost resident in every thread for good.
+    fn compute(
+        &mut self,
+        argon: &Argon2<'_>,
+        password: &[u8],
+        salt: &[u8],
+        out: &mut [u8],
+    ) -> anyhow::Result<()> {
+        let needed = argon.params().block_count();
+        let result = if needed <= self.configured_blocks {
+            if self.blocks.is_empty() {
+                self.blocks = vec![Block::new(); self.configured_blocks];
+            }
+            // Reuse is safe: argon2 writes every block in its first pass before reading it.
+            argon.hash_password_into_with_memory(password, salt, out, &mut self.blocks[..needed])
+        } else {
+            let mut temporary = vec![Block::new(); needed];
+            argon.hash_password_into_with_memory(password, salt, out, &mut temporary)
+        };
+        result.map_err(|e| anyhow::anyhow!("argon2 failed: {e}"))
+    }
+}
+
+/// Hashes `password` with a fresh salt into the PHC string `PasswordHasher::hash_password`
+/// makes: `$argon2id$v=19$m=…,t=…,p=…$<salt>$<hash>`, unpadded standard base64.
+fn hash_with(memory: &mut Memory, params: &Params, password: &[u8]) -> anyhow::Result<String> {
+    let salt: [u8; SALT_LEN] = argon2::password_hash::try_generate_salt()
+        .map_err(|e| anyhow::anyhow!("no randomness for a salt: {e}"))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-    argon
-        .hash_password(password)
-        .map(|h| h.to_string())
-        .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))
+    let mut out = [0u8; OUTPUT_LEN];
+    memory.compute(&argon, password, &salt, &mut out)?;
+    Ok(format!(
+        "${}$v={}$m={},t={},p={}${}${}",
+        Algorithm::Argon2id.as_str(),
+        u32::from(Version::V0x13),
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+        STANDARD_NO_PAD.encode(salt),
+        STANDARD_NO_PAD.encode(out),
+    ))
+}
+
+/// Recomputes `stored` (any argon2 variant, version and parameters, within the caps) for
+/// `password` and compares the outputs in constant time.
+fn verify_with(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::Result<bool> {
+    let unreadable = |e: &dyn std::fmt::Display| anyhow::anyhow!("stored hash unreadable: {e}");
+    let parsed = PasswordHash::new(stored).map_err(|e| unreadable(&e))?;
+    let algorithm = Algorithm::try_from(parsed.algorithm.as_str()).map_err(|e| unreadable(&e))?;
+    let version = match parsed.version {
+        Some(v) => Version::try_from(v).map_err(|e| unreadable(&e))?,
+        // What `PasswordVerifier` assumed for a PHC string without `v=`.
+        None => Version::default(),
+    };
+    let params = Params::try_from(&parsed).map_err(|e| unreadable(&e))?;
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        anyhow::bail!("stored hash has no salt or no output");
+    };
+    anyhow::ensure!(
+        params.m_cost() <= MAX_STORED_MEMORY_KIB && params.t_cost() <= MAX_STORED_ITERATIONS,
+        "stored hash asks for m={} t={}, over the verification caps",
+        params.m_cost(),
+        params.t_cost()
+    );
+    let argon = Argon2::new(algorithm, version, params);
+    let mut buffer = [0u8; argon2::password_hash::phc::Output::MAX_LENGTH];
+    let out = &mut buffer[..expected.len()];
+    memory.compute(&argon, password, salt, out)?;
+    // Constant time, so the response time says nothing about how much of the output matched.
+    Ok(out.ct_eq(expected.as_bytes()).into())
 }
 
 #[cfg(test)]
 mod tests {
+    use argon2::{PasswordHasher as _, PasswordVerifier as _};
+
     use super::*;
 
+    fn params(memory_kib: u32, iterations: u32) -> Argon2Params {
+        Argon2Params {
+            memory_kib,
+            iterations,
+            parallelism: 1,
+        }
+    }
+
     fn cheap() -> Hasher {
-        Hasher::new(
-            Argon2Params {
-                memory_kib: 64,
-                iterations: 1,
-                parallelism: 1,
-            },
-            2,
-        )
-        .expect("hasher")
+        Hasher::new(params(64, 1), 2).expect("hasher")
+    }
+
+    fn old_hasher(p: Argon2Params) -> Argon2<'static> {
+        let params = Params::new(p.memory_kib, p.iterations, p.parallelism, None).expect("params");
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
     }
 
     #[tokio::test]
@@ -142,5 +478,209 @@ mod tests {
         let before = h.verifications();
         assert!(!h.verify("anything".into(), None).await.expect("verify"));
         assert_eq!(h.verifications(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn hashes_of_the_old_password_hasher_verify_on_the_reused_buffers() {
+        let config = params(256, 2);
+        // One thread, so every verification below runs in the same, reused buffer.
+        let h = Hasher::new(config, 1).expect("hasher");
+        for i in 0..4 {
+            let password = format!("password number {i}");
+            let old = old_hasher(config)
+                .hash_password(password.as_bytes())
+                .expect("old hash")
+                .to_string();
+            assert!(!h.needs_rehash(&old), "{old}");
+            assert!(
+                h.verify(password.clone(), Some(old.clone()))
+                    .await
+                    .expect("verify")
+            );
+            assert!(
+                !h.verify(format!("{password}!"), Some(old))
+                    .await
+                    .expect("verify")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn hashes_made_on_the_reused_buffers_verify_with_the_old_password_verifier() {
+        let config = params(256, 2);
+        let h = Hasher::new(config, 1).expect("hasher");
+        for i in 0..4 {
+            let password = format!("password number {i}");
+            let new = h.hash(password.clone()).await.expect("hash");
+            let parsed = PasswordHash::new(&new).expect("a PHC string");
+            assert!(
+                old_hasher(config)
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            );
+            assert!(
+                old_hasher(config)
+                    .verify_password(b"another password", &parsed)
+                    .is_err()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_hash_is_laid_out_exactly_like_an_old_one() {
+        let config = params(64, 1);
+        let h = Hasher::new(config, 1).expect("hasher");
+        let new = h.hash("same layout".into()).await.expect("hash");
+        let old = old_hasher(config)
+            .hash_password(b"same layout")
+            .expect("old hash")
+            .to_string();
+        let shape = |s: &str| -> Vec<usize> { s.split('$').map(str::len).collect() };
+        assert_eq!(shape(&new), shape(&old));
+        assert_eq!(new.rsplitn(3, '$').nth(2), old.rsplitn(3, '$').nth(2));
+        // Re-serialising through the PHC parser gives the very same string.
+        assert_eq!(PasswordHash::new(&new).expect("parse").to_string(), new);
+    }
+
+    #[tokio::test]
+    async fn a_stored_hash_larger_than_the_buffer_verifies_and_asks_for_a_rehash() {
+        let h = Hasher::new(params(64, 1), 1).expect("hasher");
+        let larger = old_hasher(params(512, 1))
+            .hash_password(b"from a costlier era")
+            .expect("old hash")
+            .to_string();
+        assert!(h.needs_rehash(&larger));
+        assert!(
+            h.verify("from a costlier era".into(), Some(larger.clone()))
+                .await
+                .expect("verify")
+        );
+        assert!(!h.verify("nope".into(), Some(larger)).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn a_stored_hash_over_the_memory_cap_is_refused_without_allocating_it() {
+        let h = cheap();
+        let salt = STANDARD_NO_PAD.encode([7u8; SALT_LEN]);
+        let output = STANDARD_NO_PAD.encode([9u8; OUTPUT_LEN]);
+        let huge = format!(
+            "$argon2id$v=19$m={},t=1,p=1${salt}${output}",
+            MAX_STORED_MEMORY_KIB + 1
+        );
+        let err = h
+            .verify("anything".into(), Some(huge))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), "internal");
+    }
+
+    #[test]
+    fn needs_rehash_is_false_only_for_the_configured_parameters() {
+        let h = Hasher::new(params(128, 2), 1).expect("hasher");
+        let with = |algorithm: Algorithm, version: Version, m: u32, t: u32, p: u32| {
+            let params = Params::new(m, t, p, None).expect("params");
+            Argon2::new(algorithm, version, params)
+                .hash_password(b"pw")
+                .expect("hash")
+                .to_string()
+        };
+        let (id, v13) = (Algorithm::Argon2id, Version::V0x13);
+        assert!(!h.needs_rehash(&with(id, v13, 128, 2, 1)));
+        assert!(h.needs_rehash(&with(id, v13, 64, 2, 1)), "less memory");
+        assert!(h.needs_rehash(&with(id, v13, 256, 2, 1)), "more memory");
+        assert!(h.needs_rehash(&with(id, v13, 128, 1, 1)), "fewer passes");
+        assert!(h.needs_rehash(&with(id, v13, 128, 2, 2)), "more lanes");
+        assert!(h.needs_rehash(&with(Algorithm::Argon2i, v13, 128, 2, 1)));
+        assert!(h.needs_rehash(&with(id, Version::V0x10, 128, 2, 1)));
+        assert!(h.needs_rehash("not a PHC string"));
+    }
+
+    #[test]
+    fn the_dummy_hash_is_made_with_exactly_the_configured_parameters() {
+        let h = Hasher::new(params(192, 3), 1).expect("hasher");
+        assert!(!h.needs_rehash(&h.dummy_hash));
+        assert!(h.dummy_hash.starts_with("$argon2id$v=19$m=192,t=3,p=1$"));
+        // The production defaults too: an unknown address costs what a current hash costs.
+        let defaults = Argon2Params::default();
+        let h = Hasher::new(defaults, 1).expect("hasher");
+        assert!(!h.needs_rehash(&h.dummy_hash));
+        assert!(h.dummy_hash.starts_with(&format!(
+            "$argon2id$v=19$m={},t={},p={}$",
+            defaults.memory_kib, defaults.iterations, defaults.parallelism
+        )));
+    }
+
+    #[tokio::test]
+    async fn a_flooding_client_waits_behind_its_own_backlog_not_in_front_of_others() {
+        // One slot, one turn per client: A's twenty hashes form A's own line. Each hash takes
+        // a few milliseconds, far longer than submitting all twenty.
+        let h = Hasher::new(params(8192, 1), 1)
+            .expect("hasher")
+            .with_per_client(1);
+        let (a, b) = (ip("192.0.2.1"), ip("2001:db8:1:2::7"));
+        let finished = Arc::new(Mutex::new(Vec::new()));
+        let submit = |client: IpAddr, name: &'static str| {
+            let (h, finished) = (h.clone(), finished.clone());
+            tokio::spawn(async move {
+                let result = h.hash_for(client, format!("{name} password")).await;
+                finished.lock().expect("lock").push(name);
+                result
+            })
+        };
+        let floods: Vec<_> = (0..20).map(|_| submit(a, "A")).collect();
+        // Every one of A's hashes is either waiting, running or done (counted when done).
+        let submitted =
+            || h.clients.in_flight(&ip_subject(a)) + finished.lock().expect("lock").len();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while submitted() < 20 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("all of A's hashes were submitted");
+        let late = submit(b, "B");
+        late.await.expect("join").expect("B's hash");
+        for flood in floods {
+            flood.await.expect("join").expect("A's hash");
+        }
+        let order = finished.lock().expect("lock").clone();
+        let b_at = order.iter().position(|n| *n == "B").expect("B finished");
+        assert!(
+            order.len() - 1 - b_at >= 15,
+            "B finished after {b_at} of A's hashes: {order:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_with_nothing_in_flight_is_forgotten() {
+        let h = cheap().with_per_client(2);
+        let clients = [ip("192.0.2.1"), ip("192.0.2.2"), ip("2001:db8::1")];
+        let hashes = clients.map(|c| h.hash_for(c, "forget me".into()));
+        for hash in futures_util::future::join_all(hashes).await {
+            hash.expect("hash");
+        }
+        let map = h.clients.map.lock().expect("lock");
+        assert!(map.is_empty(), "{} clients remembered", map.len());
+    }
+
+    #[tokio::test]
+    async fn a_request_that_waits_past_the_queue_timeout_gets_unavailable() {
+        let mut h = Hasher::new(params(64, 1), 1).expect("hasher");
+        h.queue_timeout = Duration::from_millis(50);
+        // Hold the only slot until the second request has given up.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let h = h.clone();
+            tokio::spawn(async move { h.run(None, move |_| Ok(gate.recv().is_ok())).await })
+        };
+        while h.slots.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let err = h.hash("queued".into()).await.expect_err("timed out");
+        assert_eq!(err.code(), "unavailable");
+        release.send(()).expect("release");
+        assert!(holder.await.expect("join").expect("holder"));
+        // The slot is free again: the next request is served.
+        h.hash("after".into()).await.expect("hash");
     }
 }

@@ -2,6 +2,7 @@
 //! Redis rate limits, one-time tokens, argon2id hashing, PostgreSQL storage and confirmed
 //! publishing of every email to RabbitMQ.
 
+pub mod audit;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -1,9 +1,13 @@
-//! Redis rate limits: per address and per client IP for forgot-password, per (IP, address)
-//! pair for sign-in.
+//! Redis rate limits: per address and per client IP for forgot-password; per (IP, address)
+//! pair, per IP and per address for sign-in; per IP for sign-up and for the endpoints that
+//! take a link.
 //!
 //! Keys hold HMAC pseudonyms, never the address or IP itself. Each limit is a single-key
-//! script (valid on Redis Cluster); the two forgot-password limits are sent as one pipeline,
-//! so checking both costs one round trip.
+//! script (valid on Redis Cluster) that reads the time from Redis; the limits of one request
+//! are sent as one pipeline, so checking them costs one round trip. A request refused by any
+//! of its limits counts against none of them: the entries the others logged are taken back
+//! (a second round trip, on the refusal path only). So an attacker who is over their own IP
+//! budget cannot spend a victim's per-address budget with requests that were never served.
 
 use std::{
     net::IpAddr,
@@ -11,7 +15,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::{DateTime, Utc};
 use redis::{Script, aio::MultiplexedConnection};
 use shared::keys::pseudonym;
 
@@ -19,7 +22,6 @@ use shared::redis_pool::{RedisError, RedisPool};
 
 use crate::error::ApiError;
 
-const WINDOW: Duration = Duration::from_secs(3600);
 /// Deadline for one check's round trip: a slow Redis turns into a prompt 503.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -29,6 +31,16 @@ pub struct Verdict {
     pub allowed: bool,
     /// Seconds until the next request would be allowed (0 when allowed).
     pub retry_after_secs: u64,
+    /// Which budget refused (a stable label for metrics and audit rows); empty when allowed.
+    pub refused_by: &'static str,
+}
+
+impl Verdict {
+    const ALLOWED: Verdict = Verdict {
+        allowed: true,
+        retry_after_secs: 0,
+        refused_by: "",
+    };
 }
 
 /// The verdicts for a forgot-password request.
@@ -36,6 +48,42 @@ pub struct Verdict {
 pub struct ForgotVerdict {
     pub ip: Verdict,
     pub email: Verdict,
+}
+
+/// The budgets, each with its stable label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub forgot_email: u32,
+    pub forgot_ip: u32,
+    pub login_pair: u32,
+    pub login_ip: u32,
+    pub login_email: u32,
+    pub signup_ip: u32,
+    pub token_ip: u32,
+    pub window: Duration,
+}
+
+impl Limits {
+    /// The budgets of an api configuration.
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self {
+            forgot_email: c.rate_limit_email_per_hour,
+            forgot_ip: c.rate_limit_ip_per_hour,
+            login_pair: c.login_limit_per_hour,
+            login_ip: c.login_ip_limit_per_hour,
+            login_email: c.login_email_limit_per_hour,
+            signup_ip: c.signup_limit_per_hour,
+            token_ip: c.token_limit_per_hour,
+            window: c.rate_limit_window,
+        }
+    }
+}
+
+/// One budget to count a request against.
+struct Check {
+    key: String,
+    limit: u32,
+    label: &'static str,
 }
 
 /// The limiter. Cheap to clone (the handlers' state is cloned for every request).
@@ -54,32 +102,19 @@ struct Inner {
     shared: Mutex<Option<MultiplexedConnection>>,
     script: Script,
     secret: Vec<u8>,
-    email_per_hour: u32,
-    ip_per_hour: u32,
-    login_per_hour: u32,
-    signup_per_hour: u32,
+    limits: Limits,
 }
 
 impl RateLimiter {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        redis: RedisPool,
-        secret: &[u8],
-        email_per_hour: u32,
-        ip_per_hour: u32,
-        login_per_hour: u32,
-        signup_per_hour: u32,
-    ) -> Self {
+    /// A limiter over `redis`; `secret` keys the pseudonyms in the key names.
+    pub fn new(redis: RedisPool, secret: &[u8], limits: Limits) -> Self {
         Self {
             inner: Arc::new(Inner {
                 redis,
                 shared: Mutex::new(None),
                 script: Script::new(include_str!("rate_limit.lua")),
                 secret: secret.to_vec(),
-                email_per_hour,
-                ip_per_hour,
-                login_per_hour,
-                signup_per_hour,
+                limits,
             }),
         }
     }
@@ -89,80 +124,134 @@ impl RateLimiter {
         pseudonym(&self.inner.secret, "email", email_key)
     }
 
-    /// Counts a forgot-password request against the per-IP and per-address budgets.
+    fn ip_check(&self, action: &str, ip: IpAddr, limit: u32, label: &'static str) -> Check {
+        let subject = pseudonym(&self.inner.secret, "ip", &ip_subject(ip));
+        Check {
+            key: self.inner.redis.keys().rate_ip(action, &subject),
+            limit,
+            label,
+        }
+    }
+
+    /// Counts a forgot-password request against the per-IP and per-address budgets. A request
+    /// the IP budget refuses does not spend the address's budget.
     pub async fn check_forgot(
         &self,
         ip: IpAddr,
         email_key: &str,
-        now: DateTime<Utc>,
     ) -> Result<ForgotVerdict, ApiError> {
-        let inner = &self.inner;
-        let keys = inner.redis.keys();
-        let ip_key = keys.rate_ip("forgot", &pseudonym(&inner.secret, "ip", &ip_subject(ip)));
-        let email_key = keys.rate_email(&self.address_pseudonym(email_key));
-        let calls = [
-            (ip_key, inner.ip_per_hour),
-            (email_key, inner.email_per_hour),
+        let limits = &self.inner.limits;
+        let checks = [
+            self.ip_check("forgot", ip, limits.forgot_ip, "forgot_ip"),
+            Check {
+                key: self
+                    .inner
+                    .redis
+                    .keys()
+                    .rate_email(&self.address_pseudonym(email_key)),
+                limit: limits.forgot_email,
+                label: "forgot_email",
+            },
         ];
-        let results = self.run(&calls, now).await?;
-        Ok(ForgotVerdict {
-            ip: results[0],
-            email: results[1],
-        })
+        let counted = self.count(&checks).await?;
+        let (ip, email) = (counted[0].0, counted[1].0);
+        if !ip.allowed && email.allowed {
+            self.refund(&checks[1..], &counted[1..]).await;
+        }
+        Ok(ForgotVerdict { ip, email })
     }
 
-    /// Counts a sign-in attempt for this (IP, address) pair. Keyed on the pair so a guesser
-    /// is slowed down without letting anyone lock a user out from elsewhere; unknown addresses
-    /// are limited exactly like known ones.
-    pub async fn check_login(
-        &self,
-        ip: IpAddr,
-        email_key: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Verdict, ApiError> {
-        let subject = pseudonym(
-            &self.inner.secret,
+    /// Counts a sign-in attempt against three budgets: the (IP, address) pair (slows one
+    /// guesser on one account), the IP over all addresses (password spraying) and the address
+    /// over all IPs (credential stuffing from a botnet). Unknown addresses are counted exactly
+    /// like known ones, so a refusal says nothing about whether an account exists. A request
+    /// refused by one budget counts against none.
+    pub async fn check_login(&self, ip: IpAddr, email_key: &str) -> Result<Verdict, ApiError> {
+        let inner = &self.inner;
+        let limits = &inner.limits;
+        let address = self.address_pseudonym(email_key);
+        let pair = pseudonym(
+            &inner.secret,
             "login",
             &format!("{}\0{email_key}", ip_subject(ip)),
         );
-        let key = self.inner.redis.keys().rate_ip("login", &subject);
-        let results = self.run(&[(key, self.inner.login_per_hour)], now).await?;
-        Ok(results[0])
+        let keys = inner.redis.keys();
+        let checks = [
+            Check {
+                key: keys.rate_ip("login", &pair),
+                limit: limits.login_pair,
+                label: "login_pair",
+            },
+            self.ip_check("login-ip", ip, limits.login_ip, "login_ip"),
+            Check {
+                key: keys.rate_ip("login-email", &address),
+                limit: limits.login_email,
+                label: "login_email",
+            },
+        ];
+        self.all_or_nothing(&checks).await
     }
 
     /// Counts a sign-up from this client IP (each one costs a hash and sends an email).
-    pub async fn check_signup(&self, ip: IpAddr, now: DateTime<Utc>) -> Result<Verdict, ApiError> {
-        let key = self.inner.redis.keys().rate_ip(
-            "signup",
-            &pseudonym(&self.inner.secret, "ip", &ip_subject(ip)),
-        );
-        let results = self.run(&[(key, self.inner.signup_per_hour)], now).await?;
-        Ok(results[0])
+    pub async fn check_signup(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
+        let check = self.ip_check("signup", ip, self.inner.limits.signup_ip, "signup_ip");
+        self.all_or_nothing(&[check]).await
     }
 
-    async fn run(
-        &self,
-        calls: &[(String, u32)],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Verdict>, ApiError> {
-        let now_ms = now.timestamp_millis();
-        let window_ms = WINDOW.as_millis() as i64;
+    /// Counts a request to an endpoint that takes a link (reset, verify and their pages) from
+    /// this client IP: guessing or replaying links, and wrong passwords at verification, are
+    /// bounded per client.
+    pub async fn check_token(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
+        let check = self.ip_check("token", ip, self.inner.limits.token_ip, "token_ip");
+        self.all_or_nothing(&[check]).await
+    }
+
+    /// Counts `checks`; when any refuses, takes back what the others logged and reports the
+    /// refusal that waits longest.
+    async fn all_or_nothing(&self, checks: &[Check]) -> Result<Verdict, ApiError> {
+        let counted = self.count(checks).await?;
+        let refused = counted
+            .iter()
+            .map(|(v, _)| *v)
+            .filter(|v| !v.allowed)
+            .max_by_key(|v| v.retry_after_secs);
+        match refused {
+            None => Ok(Verdict::ALLOWED),
+            Some(verdict) => {
+                self.refund(checks, &counted).await;
+                Ok(verdict)
+            }
+        }
+    }
+
+    /// Runs the limiter script for every check in one pipeline; returns each verdict with the
+    /// member it logged.
+    async fn count(&self, checks: &[Check]) -> Result<Vec<(Verdict, String)>, ApiError> {
+        let window_ms = self.inner.limits.window.as_millis() as i64;
         let script = &self.inner.script;
+        // Unique within the window; 64 random bits from the thread-local generator (a UUID
+        // would cost a getrandom system call per member).
+        let members: Vec<String> = checks
+            .iter()
+            .map(|_| {
+                format!(
+                    "{:016x}{:016x}",
+                    rand::random::<u64>(),
+                    rand::random::<u64>()
+                )
+            })
+            .collect();
         let build = |load: bool| {
             let mut pipe = redis::pipe();
             if load {
                 pipe.load_script(script).ignore();
             }
-            for (key, limit) in calls {
-                // Unique within the window; 64 random bits from the thread-local generator
-                // (a UUID would cost a getrandom system call per member).
-                let member = format!("{now_ms}-{:016x}", rand::random::<u64>());
+            for (check, member) in checks.iter().zip(&members) {
                 pipe.invoke_script(
                     script
-                        .key(key)
-                        .arg(now_ms)
+                        .key(&check.key)
                         .arg(window_ms)
-                        .arg(*limit)
+                        .arg(check.limit)
                         .arg(member),
                 );
             }
@@ -178,15 +267,49 @@ impl RateLimiter {
         };
         Ok(raw
             .into_iter()
-            .map(|(allowed, _count, wait_ms)| Verdict {
-                allowed: allowed == 1,
-                retry_after_secs: if allowed == 1 {
-                    0
+            .zip(checks)
+            .zip(members)
+            .map(|(((allowed, _count, wait_ms), check), member)| {
+                let verdict = if allowed == 1 {
+                    Verdict::ALLOWED
                 } else {
-                    (wait_ms.max(1) as u64).div_ceil(1000)
-                },
+                    Verdict {
+                        allowed: false,
+                        retry_after_secs: (wait_ms.max(1) as u64).div_ceil(1000),
+                        refused_by: check.label,
+                    }
+                };
+                (verdict, member)
             })
             .collect())
+    }
+
+    /// Takes back the entries that `counted` logged for a request that was refused after all.
+    /// Best effort: a failure here leaves one extra entry that expires with its window.
+    async fn refund(&self, checks: &[Check], counted: &[(Verdict, String)]) {
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for (check, (verdict, member)) in checks.iter().zip(counted) {
+            if verdict.allowed {
+                pipe.zrem(&check.key, member).ignore();
+                any = true;
+            }
+        }
+        if !any {
+            return;
+        }
+        let mut connection = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take back rate-limit entries");
+                return;
+            }
+        };
+        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not take back rate-limit entries"),
+            Err(_) => tracing::warn!("taking back rate-limit entries timed out"),
+        }
     }
 }
 

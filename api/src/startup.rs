@@ -54,6 +54,9 @@ pub struct AppState {
 /// A built, bound, not yet running api.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` only, on `API_METRICS_BIND`: operators' data (routes, error rates, queue
+    /// latency) is not for the public port a load balancer exposes.
+    metrics_listener: TcpListener,
     state: AppState,
 }
 
@@ -90,17 +93,15 @@ impl Application {
             Publisher::start(config.amqp_url.clone(), topology, config.publish_timeout).await;
         let token_keys = TokenKeys::new(config.token_secrets.clone(), config.token_digest)
             .map_err(|e| anyhow::anyhow!("TOKEN_SECRETS: {e}"))?;
-        let hasher = Hasher::new(config.argon2, config.hash_concurrency)?;
+        let hasher = Hasher::new(config.argon2, config.hash_concurrency)?
+            .with_per_client(config.hash_per_client);
 
         let state = AppState {
             sessions: Sessions::new(redis.clone(), config.session_ttl),
             limiter: RateLimiter::new(
                 redis.clone(),
                 config.pseudonym_secret(),
-                config.rate_limit_email_per_hour,
-                config.rate_limit_ip_per_hour,
-                config.login_limit_per_hour,
-                config.signup_limit_per_hour,
+                crate::rate_limit::Limits::from_config(&config),
             ),
             tokens: TokenService::new(
                 token_keys,
@@ -122,12 +123,26 @@ impl Application {
         let listener = TcpListener::bind(state.config.bind)
             .await
             .with_context(|| format!("cannot bind API_BIND={}", state.config.bind))?;
-        Ok(Self { listener, state })
+        let metrics_listener = TcpListener::bind(state.config.metrics_bind)
+            .await
+            .with_context(|| {
+                format!("cannot bind API_METRICS_BIND={}", state.config.metrics_bind)
+            })?;
+        Ok(Self {
+            listener,
+            metrics_listener,
+            state,
+        })
     }
 
     /// The bound address (port 0 in the configuration becomes the real port here).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The bound address of `/metrics`.
+    pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
+        self.metrics_listener.local_addr()
     }
 
     /// The shared state (tests reach the pool and Redis through it).
@@ -142,7 +157,18 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
+        let metrics_addr = self.metrics_addr()?;
         tracing::info!(%addr, "api listening");
+        tracing::info!(addr = %metrics_addr, "api metrics listening");
+        let metrics_server = tokio::spawn({
+            let router = metrics_router(self.state.clone());
+            let listener = self.metrics_listener;
+            async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            }
+        });
         let state = self.state.clone();
         let grace = state.config.shutdown_timeout;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -164,6 +190,7 @@ impl Application {
             result = server => result.context("server error")?,
             () = drained => tracing::warn!("drain timeout reached; closing remaining connections"),
         }
+        metrics_server.abort();
         state.publisher.close().await;
         state.db.close().await;
         tracing::info!("api stopped");
@@ -189,14 +216,44 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(document.as_ref().clone()) }
             }),
         )
-        .merge(routes::pages::router())
+        .merge(routes::pages::router(state.clone()))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::from_fn(set_aside_client_request_id))
         .with_state(state)
+}
+
+/// The router of `API_METRICS_BIND`: `/metrics` and nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(routes::health::metrics))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+}
+
+/// A caller's own `x-request-id`, kept for the log line only.
+#[derive(Debug, Clone)]
+pub struct ClientRequestId(pub String);
+
+/// Request ids are ours: the one stored in audit rows, sent to the worker and answered in
+/// `x-request-id` is always generated here. A caller-chosen id could collide on purpose with
+/// another request's, or smuggle text into audit rows; it is moved aside (printable ASCII, at
+/// most 128 bytes) and logged as `client_request_id` so a client's support request can still
+/// be matched.
+async fn set_aside_client_request_id(mut request: Request, next: Next) -> Response {
+    if let Some(value) = request.headers_mut().remove("x-request-id")
+        && let Ok(text) = value.to_str()
+        && text.len() <= 128
+        && !text.is_empty()
+    {
+        let id = ClientRequestId(text.to_owned());
+        request.extensions_mut().insert(id);
+    }
+    next.run(request).await
 }
 
 /// Every documented route with its OpenAPI description.
@@ -254,6 +311,10 @@ async fn track(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let client_request_id = request
+        .extensions()
+        .get::<ClientRequestId>()
+        .map_or_else(String::new, |c| c.0.clone());
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
@@ -264,6 +325,7 @@ async fn track(request: Request, next: Next) -> Response {
         .record(elapsed.as_secs_f64());
     tracing::info!(
         request_id,
+        client_request_id,
         %method,
         route,
         status,

@@ -50,6 +50,21 @@ impl Rejected {
         Self::new(ApiError::TokenInvalid, Some(user), "unknown_user")
     }
 
+    /// The link was good but the password given with it is not the account's (verification):
+    /// the link stays usable.
+    pub fn wrong_password(user: Uuid) -> Self {
+        Self::new(ApiError::InvalidCredentials, Some(user), "wrong_password")
+    }
+
+    /// The client is over its per-IP budget for link endpoints (nothing was checked).
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self {
+            error: ApiError::RateLimitedIp { retry_after_secs },
+            user: None,
+            reason: "rate_limited",
+        }
+    }
+
     /// The token lost the burn race or was used before.
     pub fn used(user: Uuid) -> Self {
         Self::new(ApiError::TokenUsed, Some(user), "used")
@@ -259,4 +274,22 @@ pub async fn check_link(
         .check_password_version(&checked, user.password_version)
         .await?;
     Ok((checked, user))
+}
+
+/// Counts a request to an endpoint that takes a link against the client's per-IP budget
+/// (`RATE_LIMIT_TOKEN_PER_HOUR`); over it, a generic `429 rate_limited_ip`. Called before the
+/// link is looked at, so the answer says nothing about the link.
+pub async fn within_token_budget(
+    state: &crate::startup::AppState,
+    ip: std::net::IpAddr,
+    request_id: Option<&str>,
+) -> Result<(), ApiError> {
+    let verdict = state.limiter.check_token(ip).await?;
+    if verdict.allowed {
+        return Ok(());
+    }
+    crate::audit::rate_limited(state, verdict.refused_by, ip, None, request_id).await;
+    Err(ApiError::RateLimitedIp {
+        retry_after_secs: verdict.retry_after_secs,
+    })
 }

@@ -28,6 +28,11 @@ pub struct Config {
     pub notify_unknown_recipients: bool,
     /// Per-command SMTP timeout.
     pub smtp_timeout: Duration,
+    /// Emails one recipient may get per window, all kinds together (see
+    /// [`crate::recipient_budget`]).
+    pub mail_per_recipient: u32,
+    /// The window of that budget: an hour, shorter only in tests.
+    pub mail_per_recipient_window: Duration,
 }
 
 impl std::ops::Deref for Config {
@@ -91,6 +96,11 @@ impl Config {
         let concurrency = r.number("WORKER_CONCURRENCY", 16, 1, 1024) as usize;
         let notify_unknown_recipients = r.boolean("NOTIFY_UNKNOWN_RECIPIENTS", false);
         let smtp_timeout = r.number("SMTP_TIMEOUT_SECS", 30, 1, 600);
+        // No "off" value: a recipient budget is what keeps the service from being used to
+        // flood a mailbox; an operator who needs more raises it.
+        let mail_per_recipient = r.number("MAIL_PER_RECIPIENT_PER_HOUR", 10, 1, 100_000) as u32;
+        let mail_per_recipient_window =
+            r.number("MAIL_PER_RECIPIENT_WINDOW_SECS", 3600, 1, 7 * 86_400);
         r.finish().map_err(ConfigError)?;
         Ok(Self {
             common,
@@ -100,6 +110,8 @@ impl Config {
             concurrency,
             notify_unknown_recipients,
             smtp_timeout: Duration::from_secs(smtp_timeout),
+            mail_per_recipient,
+            mail_per_recipient_window: Duration::from_secs(mail_per_recipient_window),
         })
     }
 }
@@ -115,7 +127,10 @@ mod tests {
     const BASE: [(&str, &str); 3] = [
         ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
         ("PUBLIC_BASE_URL", "https://account.example.com"),
-        ("TOKEN_SECRETS", "0123456789abcdef0123456789abcdef"),
+        (
+            "TOKEN_SECRETS",
+            "a3a106852adf349f20bae220b71274866bcb55b00e1d993542179e43f0d7fd2e",
+        ),
     ];
 
     #[test]
@@ -147,6 +162,37 @@ mod tests {
             "MAIL_FROM: expected a mailbox",
             "MAIL_RETRY_SCHEDULE_SECS",
             "WORKER_CONCURRENCY",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in {text}");
+        }
+    }
+
+    #[test]
+    fn the_recipient_budget_defaults_to_ten_emails_an_hour() {
+        let c = from(&BASE).expect("valid");
+        assert_eq!(c.mail_per_recipient, 10);
+        assert_eq!(c.mail_per_recipient_window, Duration::from_secs(3600));
+        let mut pairs = BASE.to_vec();
+        pairs.extend([
+            ("MAIL_PER_RECIPIENT_PER_HOUR", "3"),
+            ("MAIL_PER_RECIPIENT_WINDOW_SECS", "5"),
+        ]);
+        let c = from(&pairs).expect("valid");
+        assert_eq!(c.mail_per_recipient, 3);
+        assert_eq!(c.mail_per_recipient_window, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_recipient_budget_of_zero_or_nonsense_is_explained() {
+        let mut pairs = BASE.to_vec();
+        pairs.extend([
+            ("MAIL_PER_RECIPIENT_PER_HOUR", "0"),
+            ("MAIL_PER_RECIPIENT_WINDOW_SECS", "an hour"),
+        ]);
+        let text = from(&pairs).expect_err("invalid").to_string();
+        for needle in [
+            "MAIL_PER_RECIPIENT_PER_HOUR: expected a whole number from 1",
+            "MAIL_PER_RECIPIENT_WINDOW_SECS: expected a whole number from 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in {text}");
         }

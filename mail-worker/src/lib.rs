@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod http;
 pub mod mailer;
 pub mod process;
+pub mod recipient_budget;
 pub mod render;
 pub mod retry;
 pub mod smtp;

@@ -1,5 +1,6 @@
-//! Deciding what a job means and doing it: look the recipient up, mint the link, render,
-//! send. Returns an [`Outcome`]; the consumer turns it into ack, retry or dead letter.
+//! Deciding what a job means and doing it: look the recipient up, count the email against
+//! the recipient's budget, mint the link, render, send. Returns an [`Outcome`]; the consumer
+//! turns it into ack, retry or dead letter.
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
@@ -19,12 +20,16 @@ use uuid::Uuid;
 use crate::{
     config::Config,
     mailer::{Mailer, Outgoing, SendError},
+    recipient_budget::{self, RecipientBudget},
     render::{EmailContent, Renderer},
     store::{self, Recipient},
 };
 
 /// How long a delivered job's id is remembered (longer than any redelivery or retry path).
 const SENT_MARKER_TTL_SECS: u64 = 7 * 86_400;
+
+/// Outcome (metrics label, audit outcome) of an email its recipient's budget refused.
+pub const RECIPIENT_BUDGET: &str = "recipient_budget";
 
 /// What became of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,13 +70,15 @@ pub struct Processor {
     pub mailer: Mailer,
     pub from: Mailbox,
     pub clock: Arc<dyn Clock>,
+    /// How many emails one recipient may get per window, all kinds together.
+    pub budget: RecipientBudget,
 }
 
 /// What a job asks for, after the lookups.
 enum Plan {
     Send {
         to: String,
-        content: EmailContent,
+        draft: Draft,
         user: Option<Uuid>,
     },
     Drop {
@@ -80,13 +87,45 @@ enum Plan {
     },
 }
 
+/// The email a job will send, before a link in it is minted.
+///
+/// Links are minted only once the recipient's budget has let the email through: minting
+/// bumps the account's token generation, which kills the links it already holds, and a
+/// refused email must not leave its owner with none.
+enum Draft {
+    /// Nothing left to mint.
+    Ready(EmailContent),
+    /// A reset link for this account.
+    PasswordReset {
+        recipient: Recipient,
+        requested_from_ip: Option<String>,
+    },
+    /// A verification link for this account.
+    EmailVerification { recipient: Recipient },
+}
+
+impl Draft {
+    /// Whether the email counts against the recipient's budget (`MAIL_PER_RECIPIENT_PER_HOUR`).
+    ///
+    /// Counted: what a stranger can make us send to any address at will (verification emails
+    /// and account-exists notices through sign-up, no-account notices through forgot-password).
+    /// Not counted: reset emails, which have their own per-address budget counted by the api
+    /// (`RATE_LIMIT_EMAIL_PER_HOUR`), and the password-changed notice, which only a completed
+    /// reset triggers. Otherwise a stranger signing up someone's address a few times an hour
+    /// could crowd out that person's own reset email, or hide the notice of a reset.
+    fn counts_against_recipient_budget(&self) -> bool {
+        !matches!(
+            self,
+            Draft::PasswordReset { .. } | Draft::Ready(EmailContent::PasswordChanged { .. })
+        )
+    }
+}
+
 /// A failure of a dependency while planning: always worth a retry.
 #[derive(Debug, thiserror::Error)]
 enum Unavailable {
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
-    #[error("{0}")]
-    Redis(#[from] RedisError),
 }
 
 impl Processor {
@@ -120,12 +159,24 @@ impl Processor {
             Ok(plan) => plan,
             Err(e) => return Outcome::Wait(e.to_string()),
         };
-        let (to, content, user) = match plan {
+        let (to, draft, user) = match plan {
             Plan::Drop { reason, user } => {
                 self.audit(job, reason, user).await;
                 return Outcome::Dropped(reason);
             }
-            Plan::Send { to, content, user } => (to, content, user),
+            Plan::Send { to, draft, user } => (to, draft, user),
+        };
+        // Mail goes to the normalised address (ASCII domain), also for accounts stored before
+        // domains were normalised to that form.
+        let to = email::normalize(&to).map_or(to, |a| a.address().to_owned());
+        if draft.counts_against_recipient_budget()
+            && let Some(refused) = self.spend_budget(job, &to, user).await
+        {
+            return refused;
+        }
+        let content = match self.complete(draft).await {
+            Ok(content) => content,
+            Err(e) => return Outcome::Wait(e.to_string()),
         };
         let rendered = match self.renderer.render(&content, &job.locale) {
             Ok(r) => r,
@@ -179,23 +230,19 @@ impl Processor {
                     });
                 };
                 match store::by_email_key(&self.db, address.key()).await? {
-                    Some(user) => {
-                        let token = self.mint(Purpose::PasswordReset, &user).await?;
-                        Plan::Send {
-                            to: user.email.clone(),
-                            content: EmailContent::PasswordReset {
-                                link: format!("{base}/reset-password?token={token}"),
-                                expires_in_minutes: self.config.reset_token_max_age.as_secs() / 60,
-                                requested_from_ip: checked_ip(ip.as_deref()),
-                            },
-                            user: Some(user.id),
-                        }
-                    }
+                    Some(user) => Plan::Send {
+                        to: user.email.clone(),
+                        user: Some(user.id),
+                        draft: Draft::PasswordReset {
+                            recipient: user,
+                            requested_from_ip: checked_ip(ip.as_deref()),
+                        },
+                    },
                     None if self.config.notify_unknown_recipients => Plan::Send {
                         to: address.address().to_owned(),
-                        content: EmailContent::NoAccount {
+                        draft: Draft::Ready(EmailContent::NoAccount {
                             sign_up_url: format!("{base}/"),
-                        },
+                        }),
                         user: None,
                     },
                     None => Plan::Drop {
@@ -206,21 +253,11 @@ impl Processor {
             }
             Job::EmailVerification { user_id, .. } => match store::by_id(&self.db, *user_id).await?
             {
-                Some(user) if !user.email_verified => {
-                    let token = self.mint(Purpose::EmailVerify, &user).await?;
-                    Plan::Send {
-                        to: user.email.clone(),
-                        content: EmailContent::EmailVerification {
-                            link: format!("{base}/verify-email?token={token}"),
-                            expires_in_hours: self
-                                .config
-                                .verify_token_max_age
-                                .as_secs()
-                                .div_ceil(3600),
-                        },
-                        user: Some(user.id),
-                    }
-                }
+                Some(user) if !user.email_verified => Plan::Send {
+                    to: user.email.clone(),
+                    user: Some(user.id),
+                    draft: Draft::EmailVerification { recipient: user },
+                },
                 Some(user) => Plan::Drop {
                     reason: "dropped_already_verified",
                     user: Some(user.id),
@@ -232,10 +269,10 @@ impl Processor {
             },
             Job::AccountExistsNotice { email } => Plan::Send {
                 to: email.clone(),
-                content: EmailContent::AccountExists {
+                draft: Draft::Ready(EmailContent::AccountExists {
                     sign_in_url: format!("{base}/"),
                     forgot_password_url: format!("{base}/forgot-password"),
-                },
+                }),
                 user: None,
             },
             Job::PasswordChanged {
@@ -249,11 +286,11 @@ impl Processor {
                 // one, whose version went back, does).
                 Some(user) if user.password_version >= *password_version => Plan::Send {
                     to: user.email.clone(),
-                    content: EmailContent::PasswordChanged {
+                    draft: Draft::Ready(EmailContent::PasswordChanged {
                         changed_at: job.created_at,
                         from_ip: checked_ip(ip.as_deref()),
                         forgot_password_url: format!("{base}/forgot-password"),
-                    },
+                    }),
                     user: Some(user.id),
                 },
                 Some(user) => Plan::Drop {
@@ -265,6 +302,51 @@ impl Processor {
                     user: Some(*user_id),
                 },
             },
+        })
+    }
+
+    /// Counts the email to `to` against the recipient's budget. `None` when it may go out;
+    /// otherwise what becomes of the job: dropped when the budget is spent, waiting when
+    /// Redis cannot tell (never sent unchecked).
+    async fn spend_budget(&self, job: &Envelope, to: &str, user: Option<Uuid>) -> Option<Outcome> {
+        let recipient = recipient_budget::recipient_pseudonym(self.config.pseudonym_secret(), to);
+        match self.budget.check(&self.redis, &recipient, job.id).await {
+            Ok(verdict) if verdict.allows_sending() => None,
+            Ok(_) => {
+                metrics::counter!("mail_recipient_budget_hits_total", "kind" => job.job.kind())
+                    .increment(1);
+                tracing::warn!(job_id = %job.id, kind = job.job.kind(), recipient,
+                    "the recipient's email budget is spent; not sending");
+                self.audit(job, RECIPIENT_BUDGET, user).await;
+                Some(Outcome::Dropped(RECIPIENT_BUDGET))
+            }
+            Err(e) => Some(Outcome::Wait(format!("recipient budget: {e}"))),
+        }
+    }
+
+    /// Mints the link a draft needs, if any, and returns the email's content.
+    async fn complete(&self, draft: Draft) -> Result<EmailContent, RedisError> {
+        let base = &self.config.public_base_url;
+        Ok(match draft {
+            Draft::Ready(content) => content,
+            Draft::PasswordReset {
+                recipient,
+                requested_from_ip,
+            } => {
+                let token = self.mint(Purpose::PasswordReset, &recipient).await?;
+                EmailContent::PasswordReset {
+                    link: format!("{base}/reset-password?token={token}"),
+                    expires_in_minutes: self.config.reset_token_max_age.as_secs() / 60,
+                    requested_from_ip,
+                }
+            }
+            Draft::EmailVerification { recipient } => {
+                let token = self.mint(Purpose::EmailVerify, &recipient).await?;
+                EmailContent::EmailVerification {
+                    link: format!("{base}/verify-email?token={token}"),
+                    expires_in_hours: self.config.verify_token_max_age.as_secs().div_ceil(3600),
+                }
+            }
         })
     }
 
@@ -349,4 +431,43 @@ impl Processor {
 fn checked_ip(ip: Option<&str>) -> Option<String> {
     ip.and_then(|ip| ip.parse::<IpAddr>().ok())
         .map(|ip| ip.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_mail_a_stranger_can_trigger_at_will_counts_against_the_recipient_budget() {
+        let url = || "https://account.example.test/x".to_owned();
+        let counted = [
+            Draft::Ready(EmailContent::AccountExists {
+                sign_in_url: url(),
+                forgot_password_url: url(),
+            }),
+            Draft::Ready(EmailContent::NoAccount { sign_up_url: url() }),
+        ];
+        assert!(counted.iter().all(Draft::counts_against_recipient_budget));
+        let changed = Draft::Ready(EmailContent::PasswordChanged {
+            changed_at: chrono::Utc::now(),
+            from_ip: None,
+            forgot_password_url: url(),
+        });
+        assert!(!changed.counts_against_recipient_budget());
+        let recipient = || Recipient {
+            id: Uuid::nil(),
+            email: "ann@example.org".into(),
+            password_version: 1,
+            email_verified: false,
+        };
+        let reset = Draft::PasswordReset {
+            recipient: recipient(),
+            requested_from_ip: None,
+        };
+        assert!(!reset.counts_against_recipient_budget());
+        let verification = Draft::EmailVerification {
+            recipient: recipient(),
+        };
+        assert!(verification.counts_against_recipient_budget());
+    }
 }

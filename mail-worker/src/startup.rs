@@ -20,6 +20,7 @@ use crate::{
     http::{self, HttpState},
     mailer::Mailer,
     process::Processor,
+    recipient_budget::RecipientBudget,
     render::Renderer,
 };
 
@@ -78,6 +79,10 @@ impl Worker {
             mailer,
             from,
             clock,
+            budget: RecipientBudget::new(
+                config.mail_per_recipient,
+                config.mail_per_recipient_window,
+            ),
         });
         Ok(Self {
             config,

@@ -8,7 +8,70 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
 use crate::token::MIN_SECRET_LEN;
+
+/// The value `.env.example` ships with; refused by name so a copied example never runs.
+pub const PLACEHOLDER_SECRET: &str = "replace-me-with-the-output-of-openssl-rand-hex-32";
+
+/// Label of the pseudonym key (see [`CommonConfig::pseudonym_secret`]).
+pub const PSEUDONYM_KEY_LABEL: &str = "pwrecovery/pseudonym-key/v1";
+
+/// Derives a purpose-bound key from a secret: HMAC-SHA256 keyed with the secret over a label
+/// (HKDF-Expand with one block and no context is the same construction).
+pub fn derive_key(secret: &[u8], label: &str) -> Vec<u8> {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    mac.update(label.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Checks that a secret is at least [`MIN_SECRET_LEN`] random bytes written as hex or base64
+/// (standard or URL-safe, padded or not), and not the placeholder. Returns what is wrong,
+/// phrased to follow "secret #N".
+///
+/// A passphrase or a word with digits is refused even when it is long: what makes tokens
+/// unforgeable is the key's entropy, and text typed by a person has far less per byte than it
+/// has bytes. Decoded secrets of fewer than 16 distinct byte values are refused too (a long
+/// run of one character is valid hex but no secret).
+pub fn check_secret(secret: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(secret).map_err(|_| "is not text".to_owned())?;
+    if text == PLACEHOLDER_SECRET {
+        return Err("is the placeholder of .env.example; put a real secret there".into());
+    }
+    let decoded = decode_secret(text).ok_or_else(|| {
+        format!(
+            "is not written as hex or base64 ({} characters of text); a secret must be at least \
+             {MIN_SECRET_LEN} random bytes",
+            text.chars().count()
+        )
+    })?;
+    if decoded.len() < MIN_SECRET_LEN {
+        return Err(format!(
+            "is {} bytes once decoded; each needs at least {MIN_SECRET_LEN} random bytes",
+            decoded.len()
+        ));
+    }
+    let mut seen = [false; 256];
+    decoded.iter().for_each(|b| seen[usize::from(*b)] = true);
+    if seen.iter().filter(|s| **s).count() < 16 {
+        return Err("does not look random (too few distinct bytes once decoded)".into());
+    }
+    Ok(())
+}
+
+fn decode_secret(text: &str) -> Option<Vec<u8>> {
+    if text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return hex::decode(text).ok();
+    }
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
+}
 
 /// Every configuration problem, one per line.
 #[derive(Debug, thiserror::Error)]
@@ -162,11 +225,12 @@ impl<'a> EnvReader<'a> {
         trimmed
     }
 
-    /// `TOKEN_SECRETS`: comma-separated secrets of at least [`MIN_SECRET_LEN`] bytes.
+    /// `TOKEN_SECRETS`: comma-separated secrets, each at least [`MIN_SECRET_LEN`] random bytes
+    /// written as hex or base64 (see [`check_secret`]).
     pub fn token_secrets(&mut self) -> Vec<Vec<u8>> {
         let v = self.required(
             "TOKEN_SECRETS",
-            "comma-separated secrets of at least 32 bytes; generate one with `openssl rand -hex 32`",
+            "comma-separated secrets of at least 32 random bytes; generate one with `openssl rand -hex 32`",
         );
         let secrets: Vec<Vec<u8>> = v
             .split(',')
@@ -178,12 +242,10 @@ impl<'a> EnvReader<'a> {
             self.errors.push("TOKEN_SECRETS: no secret given".into());
         }
         for (i, s) in secrets.iter().enumerate() {
-            if s.len() < MIN_SECRET_LEN {
+            if let Err(problem) = check_secret(s) {
                 self.errors.push(format!(
-                    "TOKEN_SECRETS: secret #{} is {} bytes; each needs at least {MIN_SECRET_LEN} \
-                     (generate one with `openssl rand -hex 32`)",
+                    "TOKEN_SECRETS: secret #{} {problem} (generate one with `openssl rand -hex 32`)",
                     i + 1,
-                    s.len()
                 ));
             }
         }
@@ -219,6 +281,9 @@ pub struct CommonConfig {
     /// Origin links are built from (never from the request's `Host`), without trailing slash.
     pub public_base_url: String,
     pub token_secrets: Vec<Vec<u8>>,
+    /// Key of the address and IP pseudonyms, derived from the first secret under its own
+    /// label (see [`derive_key`]): the signing secret itself never keys a pseudonym.
+    pseudonym_key: Vec<u8>,
     pub token_digest: crate::token::Digest,
     pub reset_token_max_age: std::time::Duration,
     pub verify_token_max_age: std::time::Duration,
@@ -272,6 +337,10 @@ impl CommonConfig {
             redis_url,
             amqp_url,
             public_base_url,
+            pseudonym_key: token_secrets
+                .first()
+                .map(|s| derive_key(s, PSEUDONYM_KEY_LABEL))
+                .unwrap_or_default(),
             token_secrets,
             token_digest,
             reset_token_max_age: Duration::from_secs(reset_max),
@@ -285,9 +354,12 @@ impl CommonConfig {
         }
     }
 
-    /// The secret used for pseudonyms of addresses and IPs (the signing secret).
+    /// The key of the pseudonyms of addresses and IPs (Redis keys, audit rows, logs). Derived
+    /// from the first secret, never the secret itself: the signing secret serves tokens only
+    /// (through itsdangerous's own salted derivation), so a pseudonym never doubles as a MAC
+    /// over token material, and both keep their meaning when the other one's use changes.
     pub fn pseudonym_secret(&self) -> &[u8] {
-        self.token_secrets.first().map_or(&[], Vec::as_slice)
+        &self.pseudonym_key
     }
 
     /// The broker topology these settings describe.
@@ -300,5 +372,69 @@ impl CommonConfig {
             Some(ms) => topology.expiring(ms),
             None => topology,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_hex_and_base64_secrets_are_accepted() {
+        let bytes: Vec<u8> = (0u8..32)
+            .map(|i| i.wrapping_mul(37).wrapping_add(11))
+            .collect();
+        let engine = base64::engine::general_purpose::STANDARD;
+        for text in [
+            hex::encode(&bytes),
+            hex::encode(&bytes).to_uppercase(),
+            engine.encode(&bytes),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes),
+        ] {
+            assert_eq!(check_secret(text.as_bytes()), Ok(()), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_placeholder_passphrases_short_and_repetitive_secrets_are_refused() {
+        let problem = |s: &str| check_secret(s.as_bytes()).expect_err(s);
+        assert!(problem(PLACEHOLDER_SECRET).contains("placeholder"));
+        assert!(
+            problem("test-secret-0123456789-abcdefghijklmnopqrstuvwxyz").contains("hex or base64")
+        );
+        assert!(problem("correct horse battery staple and more words").contains("hex or base64"));
+        // 16 random bytes: valid hex, too short.
+        assert!(problem("0123456789abcdef0123456789abcdef").contains("16 bytes"));
+        assert!(problem(&"00".repeat(32)).contains("random"));
+    }
+
+    #[test]
+    fn the_pseudonym_key_is_derived_and_never_the_signing_secret() {
+        let secret = hex::encode([7u8, 1, 2, 3].repeat(8));
+        let secret = format!("{secret}a1b2c3d4e5f60718293a4b5c6d7e8f90");
+        let config = |value: &str| {
+            let lookup = pairs_lookup(&[
+                ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
+                ("PUBLIC_BASE_URL", "https://account.example.com"),
+                ("TOKEN_SECRETS", value),
+            ]);
+            let mut r = EnvReader::new(&lookup);
+            let c = CommonConfig::read(&mut r);
+            r.finish().expect("valid");
+            c
+        };
+        let c = config(&secret);
+        assert_ne!(c.pseudonym_secret(), secret.as_bytes());
+        assert_eq!(
+            c.pseudonym_secret(),
+            derive_key(secret.as_bytes(), PSEUDONYM_KEY_LABEL)
+        );
+        assert_eq!(c.pseudonym_secret().len(), 32);
+        // The pseudonym of an address under the derived key differs from one under the raw
+        // secret, so the key really is a different one.
+        assert_ne!(
+            crate::keys::pseudonym(c.pseudonym_secret(), "email", "a@b.co"),
+            crate::keys::pseudonym(secret.as_bytes(), "email", "a@b.co")
+        );
     }
 }

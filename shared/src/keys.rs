@@ -66,6 +66,14 @@ impl Keys {
     pub fn job_sent(&self, job_id: Uuid) -> String {
         format!("{}mail:sent:{{{job_id}}}", self.prefix)
     }
+
+    /// Sliding-window log of the emails sent to one (hashed) recipient, whatever their kind
+    /// (the worker's per-recipient budget; members are job ids). Used by a single-key script,
+    /// so the key is tagged on itself; the `r:` inside the tag keeps it out of the slot of the
+    /// same address's forgot-password budget, so one targeted address spreads over two nodes.
+    pub fn mail_recipient(&self, address_hash: &str) -> String {
+        format!("{}mail:rcpt:{{r:{address_hash}}}", self.prefix)
+    }
 }
 
 /// Issues the next token generation for one user and purpose.
@@ -127,6 +135,16 @@ mod tests {
         assert!(keys.rate_email("h").starts_with("ns:"));
         assert!(keys.burn("f").starts_with("ns:"));
         assert!(keys.job_sent(Uuid::nil()).starts_with("ns:"));
+    }
+
+    #[test]
+    fn the_recipient_budget_key_is_namespaced_and_tagged_on_its_own() {
+        let keys = Keys::new("ns:");
+        let key = keys.mail_recipient("abc");
+        assert!(key.starts_with("ns:"), "{key}");
+        assert_eq!(slot_tag(&key), "r:abc");
+        assert_ne!(slot_tag(&key), slot_tag(&keys.rate_email("abc")));
+        assert_ne!(key, keys.mail_recipient("abd"));
     }
 
     #[test]

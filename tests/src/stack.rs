@@ -284,15 +284,19 @@ impl StackEnv {
             ("PUBLIC_BASE_URL", &public_base_url),
             (
                 "TOKEN_SECRETS",
-                "e2e-secret-0123456789-abcdefghijklmnopqrstuvwxyz",
+                "fe9530b2244f4068700349aa57ae2471cac9976fe0ae307268f014b08035663b",
             ),
             ("API_BIND", "127.0.0.1:0"),
+            ("API_METRICS_BIND", "127.0.0.1:0"),
             ("WORKER_HTTP_BIND", "127.0.0.1:0"),
             ("ARGON2_MEMORY_KIB", "64"),
             ("ARGON2_ITERATIONS", "1"),
             ("RATE_LIMIT_IP_PER_HOUR", "100000"),
             ("RATE_LIMIT_LOGIN_PER_HOUR", "100000"),
             ("RATE_LIMIT_SIGNUP_PER_HOUR", "100000"),
+            ("RATE_LIMIT_LOGIN_IP_PER_HOUR", "100000"),
+            ("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", "100000"),
+            ("RATE_LIMIT_TOKEN_PER_HOUR", "100000"),
             ("MAIL_RETRY_SCHEDULE_SECS", "1,1,1"),
             ("MAIL_FROM", "Example Security <security@example.test>"),
             ("PRODUCT_NAME", "Example Accounts"),
@@ -358,6 +362,15 @@ impl StackEnv {
             .await
             .ok_or_else(|| anyhow::anyhow!("api did not start: {:?}", process.output()))?;
         Ok((process, format!("http://{addr}")))
+    }
+
+    /// The base URL of a started api's metrics listener (`API_METRICS_BIND`).
+    pub async fn api_metrics_base(api: &ServiceProcess) -> anyhow::Result<String> {
+        let addr = api
+            .wait_for_log_field("api metrics listening", "addr", Duration::from_secs(10))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("api logged no metrics address: {:?}", api.output()))?;
+        Ok(format!("http://{addr}"))
     }
 
     /// Starts a worker delivering to `smtp_url`; returns it with its HTTP base URL once it

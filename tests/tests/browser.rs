@@ -117,11 +117,15 @@ impl Browser {
 
     /// Waits until the page shows `needle`.
     async fn wait_for_text(&self, needle: &str) {
-        poll_until(WAIT, || async {
+        let shown = poll_until(WAIT, || async {
             self.text().await.contains(needle).then_some(())
         })
-        .await
-        .unwrap_or_else(|| panic!("the page never showed {needle:?}"));
+        .await;
+        if shown.is_none() {
+            let page = self.text().await;
+            let url = self.client.current_url().await.map(|u| u.to_string());
+            panic!("the page never showed {needle:?}; {url:?} shows:\n{page}");
+        }
     }
 
     /// The page's visible text; empty while a navigation is still loading.
@@ -137,9 +141,13 @@ impl Browser {
 async fn a_person_resets_a_forgotten_password_in_a_phone_sized_browser() {
     let sink = SmtpSink::start().await.unwrap();
     let mut env = StackEnv::new().await.unwrap();
+    // Links in the emails must lead to this api, and its forms accept posts from its own
+    // origin only: the api's public origin is the address the browser uses.
+    let port = free_port().await;
+    env.set("API_BIND", &format!("127.0.0.1:{port}"));
+    env.set("PUBLIC_BASE_URL", &format!("http://127.0.0.1:{port}"));
     let (_api, base) = env.start_api().await.unwrap();
-    // Links in the emails must lead to this api.
-    env.set("PUBLIC_BASE_URL", &base);
+    assert_eq!(base, format!("http://127.0.0.1:{port}"));
     let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
     let http = reqwest::Client::new();
     let old = "correct horse battery staple 42";
@@ -151,10 +159,30 @@ async fn a_person_resets_a_forgotten_password_in_a_phone_sized_browser() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    sink.wait_for(1, WAIT).await;
+    let verification = sink.wait_for(1, WAIT).await.remove(0);
+    let verify_link = verification
+        .link(&format!("{base}/verify-email?token="))
+        .unwrap_or_else(|| panic!("no verification link in {}", verification.text()));
 
     let browser = Browser::start(360, 780).await;
     let c = &browser.client;
+
+    // 0. Confirm the address: the page asks for the sign-up password and offers the way out
+    //    for someone who never signed up; a wrong password is explained and changes nothing.
+    c.goto(&verify_link).await.unwrap();
+    browser.wait_for_text("password of the account").await;
+    assert!(browser.text().await.contains("Did not sign up"));
+    browser.screenshot("0-verify-email").await;
+    browser.fill("#password", "not what I chose at all 5").await;
+    browser.submit().await;
+    browser
+        .wait_for_text("not the password of this account")
+        .await;
+    browser.screenshot("0-verify-wrong-password").await;
+    browser.fill("#password", old).await;
+    browser.submit().await;
+    browser.wait_for_text("Email address confirmed").await;
+    browser.screenshot("0-verify-done").await;
 
     // 1. Ask for a reset on the page.
     c.goto(&format!("{base}/forgot-password")).await.unwrap();

@@ -67,7 +67,10 @@ fn the_compose_file_runs_the_whole_stack_with_a_scalable_worker() {
             .args(["compose", "-f"])
             .arg(&compose)
             .args(["config", "-q"])
-            .env("TOKEN_SECRETS", "0123456789abcdef0123456789abcdef")
+            .env(
+                "TOKEN_SECRETS",
+                "a3a106852adf349f20bae220b71274866bcb55b00e1d993542179e43f0d7fd2e",
+            )
             .output()
             .unwrap();
         assert!(

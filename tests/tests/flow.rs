@@ -53,9 +53,20 @@ async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
         verification.html().contains(&link),
         "the HTML part carries the same link"
     );
-    let r = post("/v1/email/verify", json!({ "token": token_of(&link) }))
-        .await
-        .unwrap();
+    // Not verified yet: the password alone does not sign in.
+    let r = post(
+        "/v1/sessions",
+        json!({ "email": "ann.lee@example.org", "password": old_password }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = post(
+        "/v1/email/verify",
+        json!({ "token": token_of(&link), "password": old_password }),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
     // Log in on two devices.
@@ -191,7 +202,7 @@ async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
         session_a["session"].as_str().unwrap(),
         "Ann.Lee@example.org",
         "ann.lee@example.org",
-        "e2e-secret-0123456789",
+        "fe9530b2244f4068700349aa",
     ] {
         assert!(!logs.contains(secret), "{secret:?} appears in the logs");
     }
@@ -206,8 +217,18 @@ async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
         ],
     )
     .await;
+    // The api's metrics are on their own listener, not on the public port.
+    assert_eq!(
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let api_metrics = StackEnv::api_metrics_base(&api).await.unwrap();
     assert_metrics(
-        &base,
+        &api_metrics,
         &[
             "http_requests_total",
             "publish_duration_seconds_bucket",

@@ -1,4 +1,4 @@
-//! `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! `GET /healthz`, `GET /readyz`, and `GET /metrics` (on the metrics listener only).
 
 use axum::{
     Json,
@@ -15,7 +15,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .routes(routes!(metrics))
 }
 
 /// Liveness: the process answers. Deliberately checks no dependency, so an outage of one does
@@ -43,9 +42,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+/// Prometheus text exposition, served only on `API_METRICS_BIND` (see
+/// [`crate::startup::metrics_router`]), never on the public port.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(

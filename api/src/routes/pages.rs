@@ -1,7 +1,9 @@
 //! The HTML pages a person reaches from an email: forgot password, reset password (from the
 //! link), verify email. Scanner-safe: GET and HEAD only look; only a submitted form consumes.
 //!
-//! Security headers on every page: no referrer (the URL may carry a token), no caching, a
+//! Security headers on every page: no referrer to other sites (the URL may carry a token; our
+//! own forms still get a real `Origin`, which a `no-referrer` policy would turn into `null`),
+//! no caching, a
 //! strict CSP (no inline script; the one script is a same-origin file), no framing, no MIME
 //! sniffing. Everything works without JavaScript except removing the token from the address
 //! bar.
@@ -54,7 +56,7 @@ impl Pages {
     }
 }
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/forgot-password", get(forgot_form).post(forgot_submit))
         .route("/reset-password", get(reset_form).post(reset_submit))
@@ -62,7 +64,54 @@ pub fn router() -> Router<AppState> {
         .route("/verify-email", get(verify_form).post(verify_submit))
         .route("/assets/app.css", get(stylesheet))
         .route("/assets/clean-url.js", get(script))
+        .layer(middleware::from_fn_with_state(
+            state,
+            refuse_cross_site_posts,
+        ))
         .layer(middleware::from_fn(page_headers))
+}
+
+/// Refuses a form POST that a browser says came from another site: `Sec-Fetch-Site` other
+/// than `same-origin` or `none` (typed or bookmarked); or, from a browser that does not send
+/// `Sec-Fetch-Site`, an `Origin` other than `PUBLIC_BASE_URL`'s (`null` included: sandboxed
+/// frames and data: pages send it). Without this, any page could make a visitor's browser
+/// submit our forms (a forgot-password flood in the visitor's name, a reset with a link the
+/// attacker holds). Requests with neither header (non-browser clients, very old browsers)
+/// pass: they carry no ambient credentials a foreign site could borrow.
+async fn refuse_cross_site_posts(
+    State(state): State<AppState>,
+    Locale(locale): Locale,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() == axum::http::Method::POST
+        && is_cross_site(request.headers(), &state.config.public_base_url)
+    {
+        metrics::counter!("cross_site_posts_refused_total").increment(1);
+        return message(
+            &state,
+            locale,
+            StatusCode::FORBIDDEN,
+            &t(locale, "cross_site_title"),
+            &t(locale, "cross_site"),
+            "error",
+            None,
+        );
+    }
+    next.run(request).await
+}
+
+/// See [`refuse_cross_site_posts`]. `public_origin` has no trailing slash.
+pub fn is_cross_site(headers: &axum::http::HeaderMap, public_origin: &str) -> bool {
+    // The browser's own verdict, when it gives one, is the most reliable: it also covers
+    // redirects through other sites, which `Origin` reports as `null`.
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.to_str().unwrap_or(""), "same-origin" | "none");
+    }
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("null"));
+    origin.is_some_and(|origin| !origin.eq_ignore_ascii_case(public_origin))
 }
 
 /// Content-Security-Policy of every page.
@@ -72,7 +121,7 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; 
 async fn page_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     headers.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
@@ -164,6 +213,26 @@ fn unavailable(state: &AppState, locale: &str) -> Response {
     r
 }
 
+/// The per-IP budget is spent: a 429 page with `Retry-After`.
+fn rate_limited(state: &AppState, locale: &str, retry_after_secs: u64) -> Response {
+    let minutes = retry_after_secs.div_ceil(60).max(1).to_string();
+    let text = t(locale, "rate_message").replace("{minutes}", &minutes);
+    let mut r = message(
+        state,
+        locale,
+        StatusCode::TOO_MANY_REQUESTS,
+        &t(locale, "rate_title"),
+        &text,
+        "error",
+        None,
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after_secs.max(1)),
+    );
+    r
+}
+
 fn bad_form(state: &AppState, locale: &str) -> Response {
     message(
         state,
@@ -228,22 +297,7 @@ async fn forgot_submit(
             &t(locale, "invalid_email"),
         ),
         Err(ApiError::RateLimitedIp { retry_after_secs }) => {
-            let minutes = retry_after_secs.div_ceil(60).max(1).to_string();
-            let text = t(locale, "rate_message").replace("{minutes}", &minutes);
-            let mut r = message(
-                &state,
-                locale,
-                StatusCode::TOO_MANY_REQUESTS,
-                &t(locale, "rate_title"),
-                &text,
-                "error",
-                None,
-            );
-            r.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs.max(1)),
-            );
-            r
+            rate_limited(&state, locale, retry_after_secs)
         }
         Err(ApiError::Unavailable(e)) => {
             tracing::warn!(error = %format!("{e:#}"), "dependency unavailable");
@@ -264,11 +318,12 @@ struct TokenQuery {
 /// scanner that opens the link (GET or HEAD, any number of times) changes nothing.
 async fn reset_form(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Locale(locale): Locale,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
-    match password::inspect_reset_token(&state, &token).await {
+    match password::inspect_reset_token(&state, ip, &token).await {
         Ok(()) => reset_page(&state, locale, StatusCode::OK, &token, ""),
         Err(e) => link_problem(&state, locale, &e),
     }
@@ -291,6 +346,9 @@ fn link_problem(state: &AppState, locale: &str, error: &ApiError) -> Response {
         ApiError::TokenExpired => "link_expired",
         ApiError::TokenUsed => "link_used",
         ApiError::Unavailable(_) => return unavailable(state, locale),
+        ApiError::RateLimitedIp { retry_after_secs } => {
+            return rate_limited(state, locale, *retry_after_secs);
+        }
         _ => "link_invalid",
     };
     message(
@@ -374,20 +432,38 @@ async fn reset_done(State(state): State<AppState>, Locale(locale): Locale) -> Re
 
 // ---- verify email --------------------------------------------------------------------------
 
-/// Asks for a click before verifying: opening the link (a scanner) must not consume it.
+/// Asks for the password before verifying: opening the link (a scanner) must not consume it,
+/// and the link alone does not prove who chose the password (see `users::verify`).
 async fn verify_form(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Locale(locale): Locale,
+    RequestTrace(trace): RequestTrace,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let request_id = trace.request_id.as_deref();
+    if let Err(e) = crate::tokens::within_token_budget(&state, ip, request_id).await {
+        return link_problem(&state, locale, &e);
+    }
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
-    let ctx = context! { ..base(&state, locale), ..context! { token } };
-    page(&state, StatusCode::OK, "verify.html", ctx)
+    verify_page(&state, locale, StatusCode::OK, &token, "")
+}
+
+fn verify_page(
+    state: &AppState,
+    locale: &str,
+    status: StatusCode,
+    token: &str,
+    error: &str,
+) -> Response {
+    let ctx = context! { ..base(state, locale), ..context! { token, error } };
+    page(state, status, "verify.html", ctx)
 }
 
 #[derive(Debug, Deserialize)]
-struct TokenForm {
+struct VerifyForm {
     token: String,
+    password: String,
 }
 
 async fn verify_submit(
@@ -395,12 +471,12 @@ async fn verify_submit(
     ClientIp(ip): ClientIp,
     Locale(locale): Locale,
     RequestTrace(trace): RequestTrace,
-    form: Result<Form<TokenForm>, FormRejection>,
+    form: Result<Form<VerifyForm>, FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
         return bad_form(&state, locale);
     };
-    match users::verify(&state, ip, &trace, &form.token).await {
+    match users::verify(&state, ip, &trace, &form.token, form.password).await {
         Ok(()) => message(
             &state,
             locale,
@@ -409,6 +485,20 @@ async fn verify_submit(
             &t(locale, "verified_message"),
             "notice",
             None,
+        ),
+        Err(ApiError::InvalidCredentials) => verify_page(
+            &state,
+            locale,
+            StatusCode::UNAUTHORIZED,
+            &form.token,
+            &t(locale, "verify_wrong_password"),
+        ),
+        Err(ApiError::PasswordTooLong) => verify_page(
+            &state,
+            locale,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &form.token,
+            &t(locale, "too_long"),
         ),
         Err(e) => link_problem(&state, locale, &e),
     }
@@ -503,10 +593,36 @@ fn strings(locale: &str) -> BTreeMap<&'static str, &'static str> {
         ),
         (
             "verify_intro",
-            "Confirm that this email address belongs to you.",
-            "请确认此电子邮箱地址属于您。",
+            "Confirm that this email address belongs to you by entering the password of the account.",
+            "请输入账户密码，以确认此电子邮箱地址属于您。",
+        ),
+        (
+            "verify_password_label",
+            "The password you chose when you signed up",
+            "您注册时设置的密码",
         ),
         ("verify_submit", "Confirm", "确认"),
+        (
+            "verify_not_me",
+            "Did not sign up, or do not know this password? Someone may have used your address. Choose a new password instead: that confirms the address, makes the account yours and signs everyone else out.",
+            "没有注册过，或不知道这个密码？可能有人使用了您的地址。请改为设置新密码：这会确认该地址、让账户归您所有，并使其他人全部退出登录。",
+        ),
+        (
+            "verify_not_me_action",
+            "Choose a new password",
+            "设置新密码",
+        ),
+        (
+            "verify_wrong_password",
+            "That is not the password of this account. The link still works: try again, or choose a new password below.",
+            "该密码与此账户不符。链接仍然有效：请重试，或在下方设置新密码。",
+        ),
+        ("cross_site_title", "Request refused", "请求被拒绝"),
+        (
+            "cross_site",
+            "This form was sent from another website. Open this site directly and try again.",
+            "此表单是从其他网站提交的。请直接打开本网站后重试。",
+        ),
         (
             "verified_title",
             "Email address confirmed",

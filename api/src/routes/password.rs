@@ -86,9 +86,12 @@ pub async fn forgot(
 ) -> Result<(), ApiError> {
     let address = email::normalize(email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
     let now = state.clock.now();
-    let verdict = state.limiter.check_forgot(ip, address.key(), now).await?;
+    let verdict = state.limiter.check_forgot(ip, address.key()).await?;
     if !verdict.ip.allowed {
-        metrics::counter!("rate_limit_hits_total", "kind" => "forgot_ip").increment(1);
+        let address_hash = state.limiter.address_pseudonym(address.key());
+        let request_id = trace.request_id.as_deref();
+        let label = verdict.ip.refused_by;
+        crate::audit::rate_limited(state, label, ip, Some(&address_hash), request_id).await;
         return Err(ApiError::RateLimitedIp {
             retry_after_secs: verdict.ip.retry_after_secs,
         });
@@ -127,7 +130,8 @@ pub struct ResetRequest {
 /// Order matters: every check that can fail without side effects runs before the burn, so a
 /// refused password leaves the link usable; the burn is the single point where concurrent
 /// submissions are decided; the password change and its audit row commit together, and are
-/// undone (with the link given back) when the broker does not confirm the notice.
+/// undone (the old password under a newer version; the link stays spent) when the broker does
+/// not confirm the notice.
 #[utoipa::path(post, path = "/v1/password/reset", tag = "password", request_body = ResetRequest,
     responses(
         (status = 204, description = "Password changed; every session of the user is revoked"),
@@ -169,6 +173,7 @@ pub async fn perform_reset(
         rejected.error
     };
 
+    tokens::within_token_budget(state, ip, rid).await?;
     if let Err(e) = password_policy::check_length(&new_password) {
         audit("password_too_long", None).await;
         return Err(e);
@@ -190,9 +195,9 @@ pub async fn perform_reset(
 
     // Commit first, then publish: the worker reads what the notice announces, so the change
     // must be visible before the job can be consumed. If the broker does not confirm, the
-    // change is undone (compensated) and the link given back, so nothing stays half-done.
+    // change is undone (compensated), so nothing stays half-done.
     let committed = async {
-        let hash = state.hasher.hash(new_password).await?;
+        let hash = state.hasher.hash_for(ip, new_password).await?;
         let mut tx = state.db.begin().await?;
         let Some(change) =
             store::users::replace_password(&mut *tx, user_id, user.password_version, &hash).await?
@@ -259,10 +264,10 @@ pub async fn perform_reset(
     .await;
     if let Err(e) = published {
         match store::users::restore_password(&state.db, user_id, &change).await {
-            Ok(()) => {
-                audit("rolled_back", Some(user_id)).await;
-                state.tokens.unburn(&token).await;
-            }
+            // The old password is back under a new version, and the link stays burned: a
+            // link or session issued while the new password stood dies, and nothing issued
+            // under an earlier version comes back. The person asks for a new link.
+            Ok(()) => audit("rolled_back", Some(user_id)).await,
             // The new password stays (it was committed) and the link stays burned; the notice
             // is what is missing. Logged loudly for operators.
             Err(restore) => {
@@ -281,8 +286,14 @@ pub async fn perform_reset(
 }
 
 /// Checks a reset link without consuming it (the GET of the reset page; mail scanners open
-/// links, so this must change nothing). Returns the error the submission would get.
-pub async fn inspect_reset_token(state: &AppState, token: &str) -> Result<(), ApiError> {
+/// links, so this must change nothing but the client's per-IP budget). Returns the error the
+/// submission would get.
+pub async fn inspect_reset_token(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    token: &str,
+) -> Result<(), ApiError> {
+    tokens::within_token_budget(state, ip, None).await?;
     tokens::check_link(state, Purpose::PasswordReset, token)
         .await
         .map(drop)

@@ -12,9 +12,12 @@ use shared::email;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use shared::audit::AuditEvent;
+
 use crate::{
+    audit,
     error::{ApiError, ErrorBody},
-    extract::{AppJson, AuthUser, ClientIp},
+    extract::{AppJson, AuthUser, ClientIp, RequestTrace},
     password_policy,
     sessions::COOKIE_NAME,
     startup::AppState,
@@ -41,47 +44,87 @@ pub struct SessionCreated {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Signs in. An unknown address and a wrong password get the same 401 after the same work
-/// (one argon2 verification, against a dummy hash when there is no account).
+/// Signs in. An unknown address, a wrong password and an account whose address is not
+/// verified yet get the same 401 after the same work: one argon2 verification (against a
+/// dummy hash when there is no account) and one audit row.
+///
+/// Unverified accounts cannot sign in because anyone can sign up anyone's address: if the
+/// sign-up alone opened a session, `POST /v1/users {X, P}` + `POST /v1/sessions {X, P}`
+/// would tell whether X was free (201) or taken (401), and whoever registered a victim's
+/// address first could use the account before the victim ever saw it.
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = LoginRequest,
     responses(
         (status = 201, description = "Signed in; also sets the `session` cookie (HttpOnly, SameSite=Lax, Secure)", body = SessionCreated),
         (status = 400, description = "`malformed_json`", body = ErrorBody),
-        (status = 401, description = "`invalid_credentials` (same for unknown addresses)", body = ErrorBody),
+        (status = 401, description = "`invalid_credentials` (same for unknown addresses and unverified accounts)", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`invalid_email`, `password_too_long`, `invalid_body`", body = ErrorBody),
-        (status = 429, description = "`rate_limited_login`, with `Retry-After`", body = ErrorBody),
+        (status = 429, description = "`rate_limited_login` (this address, or this address from this IP) or `rate_limited_ip` (this IP over all addresses), with `Retry-After`", body = ErrorBody),
         (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
 pub async fn log_in(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    RequestTrace(trace): RequestTrace,
     AppJson(body): AppJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let address =
         email::normalize(&body.email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
     password_policy::check_length(&body.password)?;
     let now = state.clock.now();
-    let verdict = state.limiter.check_login(ip, address.key(), now).await?;
+    let address_hash = state.limiter.address_pseudonym(address.key());
+    let request_id = trace.request_id.as_deref();
+    let verdict = state.limiter.check_login(ip, address.key()).await?;
     if !verdict.allowed {
-        metrics::counter!("rate_limit_hits_total", "kind" => "login").increment(1);
-        return Err(ApiError::RateLimitedLogin {
-            retry_after_secs: verdict.retry_after_secs,
+        audit::rate_limited(
+            &state,
+            verdict.refused_by,
+            ip,
+            Some(&address_hash),
+            request_id,
+        )
+        .await;
+        let retry_after_secs = verdict.retry_after_secs;
+        return Err(if verdict.refused_by == "login_ip" {
+            ApiError::RateLimitedIp { retry_after_secs }
+        } else {
+            ApiError::RateLimitedLogin { retry_after_secs }
         });
     }
     let credentials = store::users::credentials(&state.db, address.key()).await?;
-    let (stored, user) = match credentials {
-        Some(c) => (Some(c.password_hash), Some((c.id, c.password_version))),
-        None => (None, None),
+    let stored = credentials.as_ref().map(|c| c.password_hash.clone());
+    let valid = state
+        .hasher
+        .verify_for(ip, body.password.clone(), stored)
+        .await?;
+    let signed_in = credentials.filter(|c| valid && c.email_verified);
+    let outcome = match (&signed_in, valid) {
+        (Some(_), _) => "success",
+        (None, true) => "unverified",
+        (None, false) => "invalid_credentials",
     };
-    let valid = state.hasher.verify(body.password, stored).await?;
-    let Some((user_id, password_version)) = user.filter(|_| valid) else {
+    audit::record(
+        &state,
+        &AuditEvent {
+            action: "sign_in",
+            outcome,
+            user_id: signed_in.as_ref().map(|c| c.id),
+            ip: Some(ip),
+            address_hash: Some(&address_hash),
+            request_id,
+        },
+    )
+    .await;
+    let Some(user) = signed_in else {
         return Err(ApiError::InvalidCredentials);
     };
+    if state.hasher.needs_rehash(&user.password_hash) {
+        rehash(&state, ip, &user, body.password).await;
+    }
     let (token, expires_at) = state
         .sessions
-        .create(user_id, password_version, now)
+        .create(user.id, user.password_version, now)
         .await?;
     let cookie = session_cookie(
         &token.expose(),
@@ -100,6 +143,30 @@ pub async fn log_in(
     Ok(response)
 }
 
+/// Stores a hash with the current argon2 parameters for a password that just verified against
+/// a hash made with older ones. Unknown addresses are verified against a dummy hash with the
+/// current parameters, so as long as old-parameter hashes remain, a sign-in for an old account
+/// would cost less than one for an unknown address; rehashing at each successful sign-in
+/// closes that gap account by account. The password version does not move (sessions and links
+/// stay valid: the password is the same). Best effort: a failure is logged, the sign-in stands.
+async fn rehash(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    user: &store::users::Credentials,
+    password: String,
+) {
+    let result = async {
+        let hash = state.hasher.hash_for(ip, password).await?;
+        store::users::replace_hash(&state.db, user.id, &user.password_hash, &hash).await?;
+        Ok::<(), ApiError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => metrics::counter!("password_rehashes_total").increment(1),
+        Err(e) => tracing::warn!(error = %e, "could not rehash a password with old parameters"),
+    }
+}
+
 /// Ends the current session and clears the cookie.
 #[utoipa::path(delete, path = "/v1/sessions/current", tag = "sessions", security(("session" = [])),
     responses(
@@ -107,8 +174,25 @@ pub async fn log_in(
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
-pub async fn log_out(State(state): State<AppState>, auth: AuthUser) -> Result<Response, ApiError> {
+pub async fn log_out(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    RequestTrace(trace): RequestTrace,
+    auth: AuthUser,
+) -> Result<Response, ApiError> {
     state.sessions.revoke(&auth.session).await?;
+    audit::record(
+        &state,
+        &AuditEvent {
+            action: "sign_out",
+            outcome: "success",
+            user_id: Some(auth.user.id),
+            ip: Some(ip),
+            address_hash: None,
+            request_id: trace.request_id.as_deref(),
+        },
+    )
+    .await;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,

@@ -76,14 +76,15 @@ pub async fn sign_up(
     password_policy::check_new_password(&body.password, address.address())?;
     let now = state.clock.now();
     // Every sign-up costs a hash and sends an email to an address of the caller's choosing.
-    let verdict = state.limiter.check_signup(ip, now).await?;
+    let verdict = state.limiter.check_signup(ip).await?;
     if !verdict.allowed {
-        metrics::counter!("rate_limit_hits_total", "kind" => "signup_ip").increment(1);
+        let request_id = trace.request_id.as_deref();
+        crate::audit::rate_limited(&state, verdict.refused_by, ip, None, request_id).await;
         return Err(ApiError::RateLimitedIp {
             retry_after_secs: verdict.retry_after_secs,
         });
     }
-    let hash = state.hasher.hash(body.password).await?;
+    let hash = state.hasher.hash_for(ip, body.password).await?;
 
     // Commit, then publish: the worker looks the new user up, so the row must be visible
     // before the job can be consumed. Without the broker's confirm the row is removed again.
@@ -135,16 +136,27 @@ pub struct VerifyRequest {
     /// The token from the verification link.
     #[schema(max_length = 4096)]
     pub token: String,
+    /// The password chosen at sign-up.
+    #[schema(max_length = 1024)]
+    pub password: String,
 }
 
-/// Confirms an address through its verification link.
+/// Confirms an address through its verification link and the account's password.
+///
+/// The link proves the mailbox; the password proves that the person who holds the mailbox is
+/// the one who chose it. Without the second, anyone could sign up a victim's address with a
+/// password of their own and wait for the victim to confirm it for them. The mailbox owner
+/// who did not sign up recovers the account with forgot-password instead (a reset verifies
+/// the address, replaces the password and ends every session).
 #[utoipa::path(post, path = "/v1/email/verify", tag = "users", request_body = VerifyRequest,
     responses(
-        (status = 204, description = "Address verified"),
+        (status = 204, description = "Address verified; sessions from before verification are ended"),
         (status = 400, description = "`token_invalid`, `token_expired`, `token_used`, `malformed_json`", body = ErrorBody),
+        (status = 401, description = "`invalid_credentials`: not the account's password (the link stays usable)", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_body`", body = ErrorBody),
+        (status = 422, description = "`invalid_body`, `password_too_long`", body = ErrorBody),
+        (status = 429, description = "`rate_limited_ip`, with `Retry-After` (link endpoints per client IP)", body = ErrorBody),
         (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
 pub async fn verify_email(
@@ -153,7 +165,7 @@ pub async fn verify_email(
     RequestTrace(trace): RequestTrace,
     AppJson(body): AppJson<VerifyRequest>,
 ) -> Result<StatusCode, ApiError> {
-    verify(&state, ip, &trace, &body.token).await?;
+    verify(&state, ip, &trace, &body.token, body.password).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -163,15 +175,42 @@ pub async fn verify(
     ip: std::net::IpAddr,
     trace: &shared::message::Trace,
     token: &str,
+    password: String,
 ) -> Result<(), ApiError> {
+    let request_id = trace.request_id.as_deref();
+    tokens::within_token_budget(state, ip, request_id).await?;
+    password_policy::check_length(&password)?;
     let outcome = async {
         let (token, user) = tokens::check_link(state, Purpose::EmailVerify, token).await?;
+        let stored = store::users::credentials_by_id(&state.db, user.id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| Rejected::unknown_user(user.id))?;
+        let matches = state
+            .hasher
+            .verify_for(ip, password, Some(stored.password_hash))
+            .await?;
+        if !matches {
+            return Err(Rejected::wrong_password(user.id));
+        }
         if !state.tokens.burn(Purpose::EmailVerify, &token).await? {
             return Err(Rejected::used(user.id));
         }
-        if let Err(e) = store::users::mark_verified(&state.db, user.id).await {
-            state.tokens.unburn(&token).await;
-            return Err(ApiError::from(e).into());
+        let newly_verified = match store::users::mark_verified(&state.db, user.id).await {
+            Ok(changed) => changed,
+            Err(e) => {
+                state.tokens.unburn(&token).await;
+                return Err(ApiError::from(e).into());
+            }
+        };
+        if newly_verified {
+            // Sessions opened while the address was unverified (possible before sign-in
+            // required verification) end here: whoever opened them proved nothing about the
+            // mailbox. Should this fail, `AuthUser` refuses them anyway while unverified, and
+            // the verifying person chose the password, so no stranger's session survives.
+            if let Err(e) = state.sessions.revoke_all(user.id).await {
+                tracing::warn!(error = %e, "could not end the sessions of a newly verified account");
+            }
         }
         Ok::<Uuid, Rejected>(user.id)
     }
@@ -187,11 +226,9 @@ pub async fn verify(
             user_id: user,
             ip: Some(ip),
             address_hash: None,
-            request_id: trace.request_id.as_deref(),
+            request_id,
         };
-        if let Err(e) = shared::audit::record(&state.db, &event).await {
-            tracing::error!(error = %e, "could not write audit row");
-        }
+        crate::audit::record(state, &event).await;
     }
     result
 }

@@ -18,6 +18,7 @@ pub struct Credentials {
     pub id: Uuid,
     pub password_hash: String,
     pub password_version: i32,
+    pub email_verified: bool,
 }
 
 /// Inserts a new user unless the address is taken; `None` means it was taken.
@@ -79,17 +80,50 @@ pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
 
 /// Loads sign-in credentials by address key.
 pub async fn credentials(db: &PgPool, email_key: &str) -> Result<Option<Credentials>, sqlx::Error> {
-    sqlx::query_as("SELECT id, password_hash, password_version FROM users WHERE email_key = $1")
-        .bind(email_key)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "SELECT id, password_hash, password_version, email_verified_at IS NOT NULL AS email_verified
+         FROM users WHERE email_key = $1",
+    )
+    .bind(email_key)
+    .fetch_optional(db)
+    .await
+}
+
+/// Credentials of the user a link names (verification checks the password too).
+pub async fn credentials_by_id(db: &PgPool, id: Uuid) -> Result<Option<Credentials>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, password_hash, password_version, email_verified_at IS NOT NULL AS email_verified
+         FROM users WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Replaces the stored hash of an unchanged password (new argon2 parameters) if the stored
+/// hash is still `old_hash`; the password version does not move.
+pub async fn replace_hash(
+    db: &PgPool,
+    id: Uuid,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE users SET password_hash = $3, updated_at = now()
+         WHERE id = $1 AND password_hash = $2",
+    )
+    .bind(id)
+    .bind(old_hash)
+    .bind(new_hash)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// A committed password change, with what is needed to undo it.
 #[derive(Debug, Clone)]
 pub struct PasswordChange {
     pub old_hash: String,
-    pub old_version: i32,
     pub was_verified: bool,
     pub new_version: i32,
 }
@@ -121,14 +155,15 @@ pub async fn replace_password(
     Ok(
         row.map(|(old_hash, was_verified, new_version)| PasswordChange {
             old_hash,
-            old_version: expected_version,
             was_verified,
             new_version,
         }),
     )
 }
 
-/// Undoes `change` if nothing changed the password since.
+/// Undoes `change` if nothing changed the password since: the old hash comes back under the
+/// *next* version, never the old one. Links and sessions issued while the new password stood
+/// carry the new version and die; those of the old version stay dead as they were.
 pub async fn restore_password(
     db: &PgPool,
     id: Uuid,
@@ -137,15 +172,14 @@ pub async fn restore_password(
     sqlx::query(
         "UPDATE users
          SET password_hash = $3,
-             password_version = $4,
-             email_verified_at = CASE WHEN $5 THEN email_verified_at ELSE NULL END,
+             password_version = password_version + 1,
+             email_verified_at = CASE WHEN $4 THEN email_verified_at ELSE NULL END,
              updated_at = now()
          WHERE id = $1 AND password_version = $2",
     )
     .bind(id)
     .bind(change.new_version)
     .bind(&change.old_hash)
-    .bind(change.old_version)
     .bind(change.was_verified)
     .execute(db)
     .await?;
@@ -162,14 +196,14 @@ pub async fn delete_unconfirmed(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error
     Ok(())
 }
 
-/// Marks the address verified (idempotent).
-pub async fn mark_verified(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE users SET email_verified_at = COALESCE(email_verified_at, now()), updated_at = now()
-         WHERE id = $1",
+/// Marks the address verified; `true` when it was not verified before (idempotent).
+pub async fn mark_verified(db: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE users SET email_verified_at = now(), updated_at = now()
+         WHERE id = $1 AND email_verified_at IS NULL",
     )
     .bind(id)
     .execute(db)
     .await?;
-    Ok(())
+    Ok(changed.rows_affected() == 1)
 }

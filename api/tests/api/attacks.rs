@@ -272,7 +272,7 @@ async fn hostile_values_in_every_field_get_a_clean_4xx_and_change_nothing() {
                 "/v1/password/reset",
                 json!({ "token": v, "new_password": STRONGER }),
             ),
-            ("/v1/email/verify", json!({ "token": v })),
+            ("/v1/email/verify", json!({ "token": v, "password": v })),
         ] {
             let r = app.post(path, body).await;
             assert_clean_4xx(&format!("{path} {v:.40?}"), r, true).await;
@@ -288,7 +288,9 @@ async fn hostile_values_in_every_field_get_a_clean_4xx_and_change_nothing() {
             )
             .await;
         assert_clean_4xx(&format!("page reset {v:.40?}"), r, false).await;
-        let r = app.form("/verify-email", &[("token", v)]).await;
+        let r = app
+            .form("/verify-email", &[("token", v), ("password", v)])
+            .await;
         assert_clean_4xx(&format!("page verify {v:.40?}"), r, false).await;
         requests += 5;
     }
@@ -325,7 +327,12 @@ async fn hostile_values_in_every_field_get_a_clean_4xx_and_change_nothing() {
             )
             .await;
         assert_clean_4xx(&format!("reset token {t:.40?}"), r, true).await;
-        let r = app.post("/v1/email/verify", json!({ "token": t })).await;
+        let r = app
+            .post(
+                "/v1/email/verify",
+                json!({ "token": t, "password": STRONG }),
+            )
+            .await;
         // The verification link itself is the one valid token here: skip it for verify.
         if t != &verify {
             assert_clean_4xx(&format!("verify token {t:.40?}"), r, true).await;

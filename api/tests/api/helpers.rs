@@ -18,7 +18,7 @@ use shared::{
 };
 use uuid::Uuid;
 
-pub const SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
+pub const SECRET: &str = "e43de5f2b9f2474f240ac337136fac09635126cdd45ca0c7e39a19b70ab1edb1";
 pub const STRONG: &str = "correct horse battery staple 42";
 pub const STRONGER: &str = "plaid zebra umbrella tangerine 97";
 
@@ -43,6 +43,8 @@ pub async fn fingerprint(
 
 pub struct TestApp {
     pub base: String,
+    /// Base URL of the metrics listener (`API_METRICS_BIND`).
+    pub metrics_base: String,
     pub client: reqwest::Client,
     pub state: AppState,
     pub clock: ManualClock,
@@ -78,6 +80,10 @@ pub async fn test_config(overrides: &[(&str, &str)]) -> Config {
         ("RATE_LIMIT_IP_PER_HOUR", "100000"),
         ("RATE_LIMIT_LOGIN_PER_HOUR", "100000"),
         ("RATE_LIMIT_SIGNUP_PER_HOUR", "100000"),
+        ("RATE_LIMIT_LOGIN_IP_PER_HOUR", "100000"),
+        ("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", "100000"),
+        ("RATE_LIMIT_TOKEN_PER_HOUR", "100000"),
+        ("API_METRICS_BIND", "127.0.0.1:0"),
         // Cheap hashing keeps the suite fast; production cost is the default.
         ("ARGON2_MEMORY_KIB", "64"),
         ("ARGON2_ITERATIONS", "1"),
@@ -117,6 +123,7 @@ pub async fn spawn_config(config: Config) -> TestApp {
         .await
         .expect("build app");
     let base = format!("http://{}", app.local_addr().unwrap());
+    let metrics_base = format!("http://{}", app.metrics_addr().unwrap());
     let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -132,6 +139,7 @@ pub async fn spawn_config(config: Config) -> TestApp {
         .unwrap();
     TestApp {
         base,
+        metrics_base,
         client,
         state,
         clock,
@@ -199,8 +207,33 @@ impl TestApp {
             .collect()
     }
 
-    /// Signs up and returns the new user's id (from the verification job).
+    /// Signs up, confirms the address with a verification link and the password (as the
+    /// person would), and returns the new user's id. Only verified accounts can sign in.
     pub async fn create_user(&self, email: &str, password: &str) -> Uuid {
+        let user = self.sign_up(email, password).await;
+        self.verify(user, password).await;
+        user
+    }
+
+    /// Confirms `user`'s address with a fresh verification link and `password`.
+    pub async fn verify(&self, user: Uuid, password: &str) {
+        let token = self.mint(Purpose::EmailVerify, user).await;
+        let r = self
+            .post(
+                "/v1/email/verify",
+                json!({ "token": token, "password": password }),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::NO_CONTENT,
+            "{}",
+            r.text().await.unwrap()
+        );
+    }
+
+    /// Signs up without verifying and returns the new user's id (from the verification job).
+    pub async fn sign_up(&self, email: &str, password: &str) -> Uuid {
         let r = self
             .post("/v1/users", json!({ "email": email, "password": password }))
             .await;
@@ -324,4 +357,13 @@ pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> Value 
         "{body}"
     );
     body
+}
+
+/// Status and body of a sign-in.
+pub async fn sign_in_answer(app: &TestApp, email: &str, password: &str) -> Response {
+    app.post(
+        "/v1/sessions",
+        json!({ "email": email, "password": password }),
+    )
+    .await
 }

@@ -10,5 +10,6 @@ mod helpers;
 mod outage;
 mod pages;
 mod reset;
+mod security;
 mod sessions;
 mod users;

@@ -46,9 +46,9 @@ async fn without_redis_requests_fail_closed_with_503_and_recover_when_it_returns
             json!({ "token": "a.b.c", "new_password": STRONG }),
         )
         .await;
-    // An unreadable token is refused before Redis is needed; a well-formed one cannot be
-    // checked without its burn marker and gets 503.
-    assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
+    // Link endpoints count every request against the client's budget first: without Redis
+    // that cannot be done, so even an unreadable token gets 503 (fail closed).
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
     let r = app.get("/readyz").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = r.json().await.unwrap();
@@ -146,7 +146,7 @@ async fn the_api_starts_while_rabbitmq_is_down_and_answers_503() {
 }
 
 #[tokio::test]
-async fn a_reset_whose_notice_cannot_be_published_is_undone_and_the_link_stays_usable() {
+async fn a_reset_whose_notice_cannot_be_published_is_undone_under_a_newer_password_version() {
     let proxy = FaultProxy::start(&host_port(&e2e::amqp_url()))
         .await
         .unwrap();
@@ -164,7 +164,14 @@ async fn a_reset_whose_notice_cannot_be_published_is_undone_and_the_link_stays_u
         )
         .await;
     assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
-    assert_eq!(app.password_version(user).await, 1, "the change was undone");
+    // Undone forward: the old password is back under version 3 (1 → 2 by the change, 3 by
+    // the undo), so nothing issued under version 1 or 2 comes back to life.
+    assert_eq!(app.password_version(user).await, 3, "the change was undone");
+    assert!(
+        app.audit_outcomes("password_reset")
+            .await
+            .contains(&"rolled_back".to_owned())
+    );
     let old = app
         .post(
             "/v1/sessions",
@@ -178,19 +185,26 @@ async fn a_reset_whose_notice_cannot_be_published_is_undone_and_the_link_stays_u
     );
 
     proxy.restore();
-    let done = poll_until(Duration::from_secs(20), || async {
-        let r = app
-            .post(
-                "/v1/password/reset",
-                json!({ "token": token, "new_password": new_password }),
-            )
-            .await;
-        (r.status() == StatusCode::NO_CONTENT).then_some(())
+    let back = poll_until(Duration::from_secs(20), || async {
+        (app.forgot("ann@example.org").await.status() == StatusCode::ACCEPTED).then_some(())
     })
     .await;
-    assert!(
-        done.is_some(),
-        "the same link works once the broker is back"
-    );
-    assert_eq!(app.password_version(user).await, 2);
+    assert!(back.is_some(), "api did not reconnect to RabbitMQ");
+    // The spent link stays dead; a new one works.
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": token, "new_password": new_password }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let fresh = app.mint(shared::token::Purpose::PasswordReset, user).await;
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": fresh, "new_password": new_password }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.password_version(user).await, 4);
 }

@@ -7,7 +7,7 @@ use crate::helpers::{STRONG, STRONGER, spawn_app, spawn_with};
 
 fn assert_page_headers(r: &Response) {
     let h = r.headers();
-    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["referrer-policy"], "same-origin");
     assert_eq!(h["cache-control"], "no-store");
     assert_eq!(h["x-content-type-options"], "nosniff");
     let csp = h["content-security-policy"].to_str().unwrap();
@@ -201,7 +201,7 @@ async fn pages_speak_simplified_chinese_when_asked() {
 #[tokio::test]
 async fn a_verification_link_needs_a_click_not_just_a_visit() {
     let app = spawn_app().await;
-    let user = app.create_user("ann@example.org", STRONG).await;
+    let user = app.sign_up("ann@example.org", STRONG).await;
     let token = app.mint(Purpose::EmailVerify, user).await;
     for _ in 0..5 {
         assert_eq!(
@@ -218,9 +218,33 @@ async fn a_verification_link_needs_a_click_not_just_a_visit() {
             .await
             .unwrap();
     assert!(!verified, "opening the link verified nothing");
-    let r = app.form("/verify-email", &[("token", &token)]).await;
+    // The page asks for the password and offers the way out for someone who never signed up.
+    let page = app
+        .get(&format!("/verify-email?token={token}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(r#"name="password""#), "{page}");
+    assert!(page.contains(r#"href="/forgot-password""#), "{page}");
+    // A wrong password: 401, the form again with an explanation, the link still usable.
+    let wrong = app
+        .form(
+            "/verify-email",
+            &[("token", &token), ("password", "not the password at all 1")],
+        )
+        .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let html = wrong.text().await.unwrap();
+    assert!(html.contains("not the password of this account"), "{html}");
+    assert!(html.contains(r#"name="token""#), "{html}");
+    let r = app
+        .form("/verify-email", &[("token", &token), ("password", STRONG)])
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.unwrap().contains("confirmed"));
-    let again = app.form("/verify-email", &[("token", &token)]).await;
+    let again = app
+        .form("/verify-email", &[("token", &token), ("password", STRONG)])
+        .await;
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
 }

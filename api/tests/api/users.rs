@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shared::{message::Job, token::Purpose};
 
-use crate::helpers::{STRONG, assert_error, spawn_app};
+use crate::helpers::{STRONG, assert_error, sign_in_answer, spawn_app};
 
 #[tokio::test]
 async fn sign_up_answers_the_same_for_new_and_taken_addresses_but_queues_different_mail() {
@@ -103,23 +103,30 @@ async fn sign_up_refuses_invalid_addresses_and_weak_passwords_without_writing_an
 #[tokio::test]
 async fn a_verification_link_verifies_once() {
     let app = spawn_app().await;
-    let user = app.create_user("ann@example.org", STRONG).await;
-    let session = app.login("ann@example.org", STRONG).await;
-    let me: Value = app.me(&session).await.json().await.unwrap();
-    assert_eq!(me["email_verified"], false);
-    assert_eq!(me["email"], "ann@example.org");
-    assert_eq!(me["id"], user.to_string());
+    let user = app.sign_up("ann@example.org", STRONG).await;
+    // Not verified yet: no sign-in.
+    let r = sign_in_answer(&app, "ann@example.org", STRONG).await;
+    assert_error(r, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
 
     let token = app.mint(Purpose::EmailVerify, user).await;
     let r = app
-        .post("/v1/email/verify", json!({ "token": token }))
+        .post(
+            "/v1/email/verify",
+            json!({ "token": token, "password": STRONG }),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let session = app.login("ann@example.org", STRONG).await;
     let me: Value = app.me(&session).await.json().await.unwrap();
     assert_eq!(me["email_verified"], true);
+    assert_eq!(me["email"], "ann@example.org");
+    assert_eq!(me["id"], user.to_string());
 
     let again = app
-        .post("/v1/email/verify", json!({ "token": token }))
+        .post(
+            "/v1/email/verify",
+            json!({ "token": token, "password": STRONG }),
+        )
         .await;
     assert_error(again, StatusCode::BAD_REQUEST, "token_used").await;
     assert_eq!(
@@ -131,12 +138,15 @@ async fn a_verification_link_verifies_once() {
 #[tokio::test]
 async fn verification_refuses_reset_tokens_superseded_expired_and_tampered_links() {
     let app = spawn_app().await;
-    let user = app.create_user("bob@example.org", STRONG).await;
+    let user = app.sign_up("bob@example.org", STRONG).await;
 
     // A reset link is not a verification link (different salt).
     let reset = app.mint(Purpose::PasswordReset, user).await;
     let r = app
-        .post("/v1/email/verify", json!({ "token": reset }))
+        .post(
+            "/v1/email/verify",
+            json!({ "token": reset, "password": STRONG }),
+        )
         .await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
 
@@ -144,7 +154,10 @@ async fn verification_refuses_reset_tokens_superseded_expired_and_tampered_links
     let older = app.mint(Purpose::EmailVerify, user).await;
     let newer = app.mint(Purpose::EmailVerify, user).await;
     let r = app
-        .post("/v1/email/verify", json!({ "token": older }))
+        .post(
+            "/v1/email/verify",
+            json!({ "token": older, "password": STRONG }),
+        )
         .await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
 
@@ -155,7 +168,7 @@ async fn verification_refuses_reset_tokens_superseded_expired_and_tampered_links
     let r = app
         .post(
             "/v1/email/verify",
-            json!({ "token": String::from_utf8(tampered).unwrap() }),
+            json!({ "token": String::from_utf8(tampered).unwrap(), "password": STRONG }),
         )
         .await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
@@ -163,7 +176,10 @@ async fn verification_refuses_reset_tokens_superseded_expired_and_tampered_links
     // Expired: the default verification lifetime is an hour.
     app.clock.advance(chrono::Duration::seconds(3600 + 1));
     let r = app
-        .post("/v1/email/verify", json!({ "token": newer }))
+        .post(
+            "/v1/email/verify",
+            json!({ "token": newer, "password": STRONG }),
+        )
         .await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_expired").await;
 

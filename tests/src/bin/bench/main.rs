@@ -6,18 +6,20 @@
 //! ```sh
 //! ./deploy/local/bench.sh            # services, release build, then `bench all`
 //! ./target/release/bench all [--update BENCHMARKS.md]
-//! ./target/release/bench forgot|worker|scale|reset
+//! ./target/release/bench forgot|worker|scale|reset|memory
 //! ```
 //! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
 //! (`--update FILE` also replaces the table between the `bench:begin`/`bench:end` markers of
 //! FILE). Settings (environment): `BENCH_SECS` (length of each measured phase),
 //! `BENCH_ROUNDS` (raw/api alternations, 2), `BENCH_TIMING_PAIRS` (2000), `BENCH_JOBS`
-//! (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8).
+//! (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8), `BENCH_SETTLE_SECS` (10, the wait
+//! before the api's resident size is read after the hashing flood).
 
 mod forgot;
 mod limits;
 mod load;
 mod mail;
+mod memory;
 mod report;
 mod reset;
 mod scale;
@@ -27,7 +29,7 @@ use std::time::Instant;
 
 use report::Row;
 
-const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset";
+const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -42,8 +44,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let sections: &[&str] = match section {
-        "all" => &["forgot", "worker", "scale", "reset"],
-        "forgot" | "worker" | "scale" | "reset" => std::slice::from_ref(&section),
+        "all" => &["forgot", "worker", "scale", "reset", "memory"],
+        "forgot" | "worker" | "scale" | "reset" | "memory" => std::slice::from_ref(&section),
         _ => anyhow::bail!(USAGE),
     };
 
@@ -57,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
             "forgot" => forgot::run(&mut rows).await,
             "worker" => mail::run(&mut rows).await,
             "scale" => scale::run(&mut rows).await,
+            "memory" => memory::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
         if let Err(e) = result {
@@ -109,6 +112,7 @@ fn section_label(name: &str) -> &'static str {
         "forgot" => "1 forgot",
         "worker" => "3 mail",
         "scale" => "4 scale-out",
+        "memory" => "6 memory",
         _ => "5 reset",
     }
 }

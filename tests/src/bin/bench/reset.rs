@@ -20,9 +20,9 @@ use crate::{
 };
 
 /// The api's production argon2id cost (its defaults, as in `.env.example`).
-const MEMORY_KIB: u32 = 19_456;
-const ITERATIONS: u32 = 2;
-const PARALLELISM: u32 = 1;
+pub const MEMORY_KIB: u32 = 19_456;
+pub const ITERATIONS: u32 = 2;
+pub const PARALLELISM: u32 = 1;
 /// Reset clients at once (the api lets `HASH_CONCURRENCY` = cores hash; the rest queue).
 const RESET_CONNECTIONS: usize = 16;
 /// The forgot-password load measured beside the resets.
@@ -35,6 +35,10 @@ pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     env.set("ARGON2_ITERATIONS", &ITERATIONS.to_string());
     env.set("ARGON2_PARALLELISM", &PARALLELISM.to_string());
     env.set("RATE_LIMIT_IP_PER_HOUR", "1000000");
+    env.set("RATE_LIMIT_TOKEN_PER_HOUR", "1000000");
+    // Every reset comes from this one client IP; the limit here is the cores, not the fair
+    // share one client gets of them.
+    env.set("HASH_PER_CLIENT", &RESET_CONNECTIONS.to_string());
     env.set("RUST_LOG", &util::log_filter());
     let result = measure(&env, &sink, rows).await;
     util::drop_database(&env).await;
@@ -56,7 +60,7 @@ async fn measure(env: &StackEnv, sink: &SmtpSink, rows: &mut Vec<Row>) -> anyhow
     let n = ((raw_rate * env_num("BENCH_RESET_SECS", 8) as f64) as usize).clamp(32, 2000);
     let tag = e2e::unique_id();
     forgot::register_with(&env.database_url, "reset-", &tag, n).await?;
-    let tokens = reset_links(addr, sink, &env.public_base_url, &tag, n).await?;
+    let tokens = reset_links(addr, sink, &env.public_base_url, "reset-", &tag, n).await?;
     // The worker is done; it would only compete with the api for the cores from here on.
     worker.terminate(Duration::from_secs(15)).await?;
 
@@ -156,32 +160,34 @@ async fn forgot_load(
     .await
 }
 
-/// Asks for a reset link for each of the `n` accounts and collects the reset bodies
-/// (`{token, new_password}`) from the emails the worker delivered.
-async fn reset_links(
+/// Asks for a reset link for each of the `n` accounts `<prefix><i:05>-<tag>@example.org` (as
+/// `forgot::register_with` made them) and collects the reset bodies (`{token, new_password}`)
+/// from the emails the worker delivered.
+pub async fn reset_links(
     addr: std::net::SocketAddr,
     sink: &SmtpSink,
     base_url: &str,
+    prefix: &str,
     tag: &str,
     n: usize,
 ) -> anyhow::Result<Vec<Vec<u8>>> {
     let before = util::accepted(sink).await?;
     let mut conn = Conn::connect(addr).await?;
     for i in 0..n {
-        let body = format!(r#"{{"email":"reset-{i:05}-{tag}@example.org"}}"#);
+        let body = format!(r#"{{"email":"{prefix}{i:05}-{tag}@example.org"}}"#);
         let status = conn
             .post_json("/v1/password/forgot", body.as_bytes())
             .await?;
         anyhow::ensure!(status == 202, "forgot-password answered {status}");
     }
     util::wait_accepted(sink, before + n as u64, Duration::from_secs(120)).await?;
-    let prefix = format!("{base_url}/reset-password?token=");
+    let link_prefix = format!("{base_url}/reset-password?token=");
     sink.emails()
         .iter()
         .filter(|e| e.rcpt_to().contains(tag))
         .map(|e| {
-            let link = e.link(&prefix).context("a reset email without a link")?;
-            let token = &link[prefix.len()..];
+            let link = e.link(&link_prefix).context("a reset email without a link")?;
+            let token = &link[link_prefix.len()..];
             Ok(serde_json::to_vec(&serde_json::json!({
                 "token": token,
                 // A password of a length people pick (zxcvbn's cost grows with length).
