@@ -20,6 +20,7 @@ async fn run() -> anyhow::Result<()> {
         Some("migrate") => {
             let db = api::startup::connect_db(&config.database_url).await?;
             api::startup::MIGRATOR.run(&db).await?;
+            api::store::maintenance::run_pending(&db).await?;
             tracing::info!("migrations applied");
             Ok(())
         }

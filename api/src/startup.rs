@@ -77,6 +77,9 @@ impl Application {
             .run(&db)
             .await
             .context("running database migrations")?;
+        crate::store::maintenance::run_pending(&db)
+            .await
+            .context("running one-off data tasks")?;
 
         let keys = Keys::new(config.redis_key_prefix.clone());
         let redis = RedisPool::new(&config.redis_url, keys)

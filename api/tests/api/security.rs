@@ -739,3 +739,64 @@ async fn one_client_flooding_sign_ins_does_not_starve_another_of_hashing() {
         20 - before
     );
 }
+
+#[tokio::test]
+async fn accounts_stored_with_a_unicode_domain_are_rekeyed_to_the_ascii_form() {
+    let app = spawn_app().await;
+    // Two accounts as they were stored before domains were normalised to ASCII; the second
+    // mailbox also has an account under the ASCII spelling already.
+    let ann = app.create_user("ann@xn--bcher-kva.de", STRONG).await;
+    let bob = app.create_user("bob@xn--bcher-kva.de", STRONG).await;
+    sqlx::query(
+        "UPDATE users SET email = 'ann@bücher.de', email_key = 'ann@bücher.de' WHERE id = $1",
+    )
+    .bind(ann)
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO users (id, email, email_key, password_hash)
+         SELECT gen_random_uuid(), 'Bob@bücher.de', 'bob@bücher.de', password_hash
+         FROM users WHERE id = $1",
+    )
+    .bind(bob)
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    let r = sign_in_answer(&app, "ann@bücher.de", STRONG).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "not found under the new key"
+    );
+
+    let rekeyed = api::store::maintenance::rekey_unicode_domains(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        rekeyed, 1,
+        "ann re-keyed; bob's duplicate left for an operator"
+    );
+    let keys: Vec<String> = sqlx::query_scalar("SELECT email_key FROM users ORDER BY email_key")
+        .fetch_all(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        [
+            "ann@xn--bcher-kva.de",
+            "bob@bücher.de",
+            "bob@xn--bcher-kva.de"
+        ]
+    );
+    app.login("ann@bücher.de", STRONG).await;
+    app.login("ANN@XN--BCHER-KVA.DE", STRONG).await;
+    // Run at start once per database: recorded, so a restart does not scan again.
+    let done: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM maintenance_tasks WHERE name = 'idna-domain-keys'",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(done, 1);
+}
