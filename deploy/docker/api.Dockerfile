@@ -48,12 +48,14 @@ LABEL org.opencontainers.image.title="pwrecovery-api" \
       org.opencontainers.image.description="Password-recovery HTTP api (sign-up, sign-in, forgot/reset password)" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0"
 
+# /metrics listens on its own port (scraped per pod/container, never routed publicly).
 ENV API_BIND=0.0.0.0:8080 \
+    API_METRICS_BIND=0.0.0.0:9464 \
     LOG_FORMAT=json \
     RUST_LOG=info
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8080 9464
 # SIGTERM: stop accepting, drain in-flight requests for up to SHUTDOWN_TIMEOUT_SECS, exit 0.
 STOPSIGNAL SIGTERM
 # No HEALTHCHECK here: the listen address is configurable and the orchestrators define their

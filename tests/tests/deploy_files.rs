@@ -115,6 +115,25 @@ fn the_kubernetes_manifests_parse_and_cover_probes_autoscaling_and_disruption() 
             deployment["metadata"]["name"]
         );
     }
+    // The api's metrics are scraped per pod on their own port, which no Service exposes.
+    let api = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "pwrecovery-api")
+        .unwrap();
+    let annotations = &api["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], "9464");
+    let config = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    assert_eq!(config["data"]["API_METRICS_BIND"], "0.0.0.0:9464");
+    for service in docs.iter().filter(|d| d["kind"] == "Service") {
+        for port in service["spec"]["ports"].as_array().unwrap() {
+            assert_ne!(port["targetPort"], 9464, "{}", service["metadata"]["name"]);
+            assert_ne!(
+                port["targetPort"], "metrics",
+                "{}",
+                service["metadata"]["name"]
+            );
+        }
+    }
     let scaled = docs.iter().find(|d| d["kind"] == "ScaledObject").unwrap();
     let trigger = &scaled["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "rabbitmq");
