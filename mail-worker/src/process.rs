@@ -282,17 +282,22 @@ impl Processor {
                 ..
             } => match store::by_id(&self.db, *user_id).await? {
                 // The notice goes to the address on file now, and only if the change it
-                // announces still stands (a later change does not make it untrue; an undone
-                // one, whose version went back, does).
-                Some(user) if user.password_version >= *password_version => Plan::Send {
-                    to: user.email.clone(),
-                    draft: Draft::Ready(EmailContent::PasswordChanged {
-                        changed_at: job.created_at,
-                        from_ip: checked_ip(ip.as_deref()),
-                        forgot_password_url: format!("{base}/forgot-password"),
-                    }),
-                    user: Some(user.id),
-                },
+                // announces happened: a later change does not make it untrue; an undone one
+                // (its version is listed as undone; the undo moved the version forward) does.
+                Some(user)
+                    if user.password_version >= *password_version
+                        && !user.undone_password_versions.contains(password_version) =>
+                {
+                    Plan::Send {
+                        to: user.email.clone(),
+                        draft: Draft::Ready(EmailContent::PasswordChanged {
+                            changed_at: job.created_at,
+                            from_ip: checked_ip(ip.as_deref()),
+                            forgot_password_url: format!("{base}/forgot-password"),
+                        }),
+                        user: Some(user.id),
+                    }
+                }
                 Some(user) => Plan::Drop {
                     reason: "dropped_rolled_back",
                     user: Some(user.id),
@@ -459,6 +464,7 @@ mod tests {
             email: "ann@example.org".into(),
             password_version: 1,
             email_verified: false,
+            undone_password_versions: Vec::new(),
         };
         let reset = Draft::PasswordReset {
             recipient: recipient(),

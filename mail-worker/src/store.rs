@@ -10,10 +10,12 @@ pub struct Recipient {
     pub email: String,
     pub password_version: i32,
     pub email_verified: bool,
+    /// Versions whose change was undone (the api moved past them without keeping them).
+    pub undone_password_versions: Vec<i32>,
 }
 
-const COLUMNS: &str =
-    "id, email, password_version, email_verified_at IS NOT NULL AS email_verified";
+const COLUMNS: &str = "id, email, password_version, email_verified_at IS NOT NULL AS email_verified, \
+     undone_password_versions";
 
 /// Looks an account up by its case-folded address key.
 pub async fn by_email_key(db: &PgPool, email_key: &str) -> Result<Option<Recipient>, sqlx::Error> {

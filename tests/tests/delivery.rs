@@ -385,3 +385,63 @@ async fn smtp_credentials_are_used_but_never_logged() {
     let logs = worker.output().join("\n");
     assert!(!logs.contains("s3cr3t-Pa55word"), "{logs}");
 }
+
+#[tokio::test]
+async fn a_notice_of_a_password_change_that_was_undone_is_not_sent() {
+    let sink = SmtpSink::start().await.unwrap();
+    let env = StackEnv::new().await.unwrap();
+    // The api's migrations give the worker its schema.
+    let (_api, _) = env.start_api().await.unwrap();
+    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let db = sqlx::PgPool::connect(&env.database_url).await.unwrap();
+    // Both accounts are at version 3. For `undone`, version 2 was a reset undone after its
+    // notice could not be confirmed (the undo moved the version on to 3); for `later`,
+    // version 2 stood and a later change made it 3.
+    let mut notices = Vec::new();
+    for (email, undone) in [
+        ("undone@example.org", vec![2]),
+        ("later@example.org", vec![]),
+    ] {
+        let id = uuid::Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO users (id, email, email_key, password_hash, password_version,
+                                email_verified_at, undone_password_versions)
+             VALUES ($1, $2, $2, 'x', 3, now(), $3)",
+        )
+        .bind(id)
+        .bind(email)
+        .bind(undone)
+        .execute(&db)
+        .await
+        .unwrap();
+        notices.push(
+            shared::message::Envelope::new(
+                shared::message::Job::PasswordChanged {
+                    user_id: id,
+                    email: email.to_owned(),
+                    ip: None,
+                    password_version: 2,
+                },
+                chrono::Utc::now(),
+                chrono::Duration::hours(1),
+                "en",
+                shared::message::Trace::default(),
+            )
+            .encode(),
+        );
+    }
+    publish_raw_jobs(&env.topology(), &notices).await.unwrap();
+    let emails = sink.wait_for(1, WAIT).await;
+    assert_eq!(emails[0].rcpt_to(), "later@example.org");
+    let dropped = e2e::poll_until(WAIT, || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT outcome FROM audit_events WHERE outcome = 'dropped_rolled_back'",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(dropped.is_some(), "the undone change's notice was dropped");
+    assert_eq!(sink.emails().len(), 1, "no notice of the undone change");
+}

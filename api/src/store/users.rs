@@ -173,6 +173,7 @@ pub async fn restore_password(
         "UPDATE users
          SET password_hash = $3,
              password_version = password_version + 1,
+             undone_password_versions = array_append(undone_password_versions, $2),
              email_verified_at = CASE WHEN $4 THEN email_verified_at ELSE NULL END,
              updated_at = now()
          WHERE id = $1 AND password_version = $2",

@@ -167,6 +167,14 @@ async fn a_reset_whose_notice_cannot_be_published_is_undone_under_a_newer_passwo
     // Undone forward: the old password is back under version 3 (1 → 2 by the change, 3 by
     // the undo), so nothing issued under version 1 or 2 comes back to life.
     assert_eq!(app.password_version(user).await, 3, "the change was undone");
+    // Its version is listed as undone, so a notice of it the broker did keep is dropped.
+    let undone: Vec<i32> =
+        sqlx::query_scalar("SELECT undone_password_versions FROM users WHERE id = $1")
+            .bind(user)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(undone, [2]);
     assert!(
         app.audit_outcomes("password_reset")
             .await
