@@ -15,10 +15,18 @@ pub async fn record(state: &AppState, event: &AuditEvent<'_>) {
     }
 }
 
+/// How long one audit row stands for every refusal of the same (budget, IP, address).
+const REFUSAL_AUDIT_PERIOD_SECS: u64 = 60;
+
 /// Records a request refused by a rate limit: which budget (`label`), from which IP, and for
 /// which address pseudonym when the request named one. A campaign against one account
-/// (credential stuffing from many IPs) thus leaves a row per refusal under that account's
-/// pseudonym, whether or not the account exists.
+/// (credential stuffing from many IPs) thus leaves rows under that account's pseudonym,
+/// whether or not the account exists.
+///
+/// At most one row per (budget, IP, address) per minute: the refused path is the one a flood
+/// takes, and a database insert per refused request would turn every flood into a write load
+/// on PostgreSQL (and its connection pool) that no budget bounds. The metric still counts
+/// every refusal. A marker in Redis (`SET NX EX`) decides; without Redis the row is skipped.
 pub async fn rate_limited(
     state: &AppState,
     label: &'static str,
@@ -27,6 +35,30 @@ pub async fn rate_limited(
     request_id: Option<&str>,
 ) {
     metrics::counter!("rate_limit_hits_total", "kind" => label).increment(1);
+    let subject = format!("{label}\0{ip}\0{}", address_hash.unwrap_or(""));
+    let fingerprint = shared::keys::pseudonym(state.config.pseudonym_secret(), "audit", &subject);
+    let key = state.redis.keys().audit_mark(&fingerprint);
+    let first: Result<Option<String>, _> = state
+        .redis
+        .run(|mut c| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(REFUSAL_AUDIT_PERIOD_SECS)
+                .query_async(&mut c)
+                .await
+        })
+        .await;
+    match first {
+        Ok(Some(_)) => {}
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "rate-limit refusal not audited: Redis unavailable");
+            return;
+        }
+    }
     record(
         state,
         &AuditEvent {

@@ -8,9 +8,10 @@
 //! Each hash needs `ARGON2_MEMORY_KIB` of working memory (19 MiB by default). Allocating it
 //! per hash, as `PasswordHasher::hash_password` does, let glibc keep the freed blocks in one
 //! arena per thread that had hashed: a flood of sign-ups, sign-ins and resets took the api
-//! from 21 MiB to 657 MiB resident. Here each hashing thread owns one buffer, allocated on its
-//! first job and reused for every hash after, so hashing holds at most
-//! `HASH_CONCURRENCY × ARGON2_MEMORY_KIB` whatever the traffic. The PHC strings are built and
+//! from 21 MiB to 657 MiB resident. Here each of `HASH_CONCURRENCY` threads owns one buffer,
+//! allocated when it gets work and reused for every hash after, so hashing holds at most
+//! `HASH_CONCURRENCY × ARGON2_MEMORY_KIB` whatever the traffic; a thread that has had nothing
+//! to do for `MEMORY_IDLE_RELEASE` gives its buffer back. The PHC strings are built and
 //! checked by hand, byte for byte what `hash_password` wrote before, so stored hashes verify.
 //!
 //! The shared queue alone is first come, first served: one client sending a hundred sign-ins
@@ -58,12 +59,24 @@ const MAX_STORED_ITERATIONS: u32 = 100;
 /// Hashes queued or running per client unless [`Hasher::with_per_client`] says otherwise.
 const DEFAULT_PER_CLIENT: usize = 1;
 
+/// A hashing thread idle this long frees its buffer: memory is held through a burst, not for
+/// the rest of the process's life after one.
+const MEMORY_IDLE_RELEASE: Duration = Duration::from_secs(5);
+
+/// Capacity every argon2 buffer is reserved with, at least: above glibc's 32 MiB ceiling for
+/// its dynamic mmap threshold. An allocation that size is always a mapping of its own, so
+/// freeing it returns the memory to the system at once and does not raise the threshold
+/// (freeing a 19 MiB mapping would, and every later buffer would then come from an arena
+/// that keeps it: the original leak). Only the blocks argon2 writes become resident; the rest
+/// of the reservation is address space.
+const RESERVED_BLOCKS: usize = 32 * 1024 + 1;
+
 /// Hashes and verifies passwords.
 #[derive(Clone)]
 pub struct Hasher {
     params: Params,
-    /// The hashing threads' queue; they end when the last clone of the hasher is dropped.
-    jobs: mpsc::Sender<Job>,
+    /// The hashing threads; they end when the last clone of the hasher is dropped.
+    threads: Arc<Threads>,
     slots: Arc<Semaphore>,
     clients: Arc<Clients>,
     queue_timeout: Duration,
@@ -76,6 +89,10 @@ pub struct Hasher {
 impl Hasher {
     /// Starts `concurrency` hashing threads and makes the dummy hash (one hash at start).
     pub fn new(p: Argon2Params, concurrency: usize) -> anyhow::Result<Self> {
+        Self::build(p, concurrency, MEMORY_IDLE_RELEASE)
+    }
+
+    fn build(p: Argon2Params, concurrency: usize, idle_release: Duration) -> anyhow::Result<Self> {
         let params = Params::new(p.memory_kib, p.iterations, p.parallelism, None)
             .map_err(|e| anyhow::anyhow!("invalid argon2 parameters: {e}"))?;
         let concurrency = concurrency.max(1);
@@ -84,7 +101,7 @@ impl Hasher {
         // the idle api then holds no hashing memory until the first request needs it.
         let dummy = hash_with(&mut Memory::new(&params), &params, random.as_bytes())?;
         Ok(Self {
-            jobs: start_threads(concurrency, &params)?,
+            threads: Arc::new(Threads::start(concurrency, &params, idle_release)?),
             params,
             slots: Arc::new(Semaphore::new(concurrency)),
             clients: Arc::new(Clients::new(DEFAULT_PER_CLIENT)),
@@ -101,21 +118,13 @@ impl Hasher {
         self
     }
 
-    /// Hashes `password` into a PHC string, without a per-client share (for callers that have
-    /// no client address; request handlers should use [`Hasher::hash_for`]).
-    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        self.hash_as(None, password).await
-    }
-
     /// Hashes `password` into a PHC string, in `client`'s turn.
     pub async fn hash_for(&self, client: IpAddr, password: String) -> Result<String, ApiError> {
-        self.hash_as(Some(client), password).await
-    }
-
-    /// Verifies `password` against `stored`, or against the dummy hash when there is no
-    /// account, without a per-client share (see [`Hasher::verify_for`]).
-    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, ApiError> {
-        self.verify_as(None, password, stored).await
+        let params = self.params.clone();
+        self.run(client, move |memory| {
+            hash_with(memory, &params, password.as_bytes())
+        })
+        .await
     }
 
     /// Verifies `password` against `stored` in `client`'s turn, or against the dummy hash when
@@ -126,7 +135,15 @@ impl Hasher {
         password: String,
         stored: Option<String>,
     ) -> Result<bool, ApiError> {
-        self.verify_as(Some(client), password, stored).await
+        let exists = stored.is_some();
+        let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        let ok = self
+            .run(client, move |memory| {
+                verify_with(memory, password.as_bytes(), &hash)
+            })
+            .await?;
+        Ok(exists && ok)
     }
 
     /// Whether `stored` was made with other parameters than the configured ones (algorithm,
@@ -154,54 +171,36 @@ impl Hasher {
         self.verifications.load(Ordering::Relaxed)
     }
 
-    async fn hash_as(&self, client: Option<IpAddr>, password: String) -> Result<String, ApiError> {
-        let params = self.params.clone();
-        self.run(client, move |memory| {
-            hash_with(memory, &params, password.as_bytes())
-        })
-        .await
-    }
-
-    async fn verify_as(
-        &self,
-        client: Option<IpAddr>,
-        password: String,
-        stored: Option<String>,
-    ) -> Result<bool, ApiError> {
-        let exists = stored.is_some();
-        let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
-        self.verifications.fetch_add(1, Ordering::Relaxed);
-        let ok = self
-            .run(client, move |memory| {
-                verify_with(memory, password.as_bytes(), &hash)
-            })
-            .await?;
-        Ok(exists && ok)
+    /// How many times since start a hashing thread freed its buffer after
+    /// `MEMORY_IDLE_RELEASE` without work.
+    pub fn memory_releases(&self) -> u64 {
+        self.threads.releases.load(Ordering::Relaxed)
     }
 
     /// Waits for `client`'s turn and a free slot, then runs `work` on a hashing thread.
     async fn run<T: Send + 'static>(
         &self,
-        client: Option<IpAddr>,
+        client: IpAddr,
         work: impl FnOnce(&mut Memory) -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
         let admission = self.admit(client).await?;
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |memory| {
+        let work: Work = Box::new(move |memory| {
             // The request was dropped while it waited (the client hung up): nobody would
             // read the answer, so the slot goes to the next request at once.
             if reply.is_closed() {
-                return;
+                return Box::new(|| ());
             }
             let result = work(memory);
-            // The slot is held until the work is done, not until the caller is told: a
-            // cancelled caller cannot get more than `concurrency` hashes running.
-            drop(admission);
-            let _ = reply.send(result);
+            Box::new(move || {
+                let _ = reply.send(result);
+            })
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("the hashing threads are gone")))?;
+        // No await between the admission and the hand-over: the slot and the thread go
+        // together. The thread frees the slot when the work is done, whether or not the
+        // caller still waits (cancelled callers cannot get more than `concurrency` hashes
+        // running), and before it answers (a caller told "done" no longer holds a slot).
+        self.threads.dispatch(Job { work, admission })?;
         answer
             .await
             .map_err(|_| ApiError::Internal(anyhow::anyhow!("a hashing job panicked")))?
@@ -209,21 +208,16 @@ impl Hasher {
     }
 
     /// Takes the client's turn, then a hashing slot, within the queue timeout.
-    async fn admit(&self, client: Option<IpAddr>) -> Result<Admission, ApiError> {
+    async fn admit(&self, client: IpAddr) -> Result<Admission, ApiError> {
         let closed = |e: tokio::sync::AcquireError| ApiError::Internal(e.into());
         let wait = async {
-            let client = match client {
-                Some(ip) => {
-                    let ticket = self.clients.enter(ip_subject(ip));
-                    let turn = ticket.turns.clone().acquire_owned().await.map_err(closed)?;
-                    Some((turn, ticket))
-                }
-                None => None,
-            };
+            let ticket = self.clients.enter(ip_subject(client));
+            let turn = ticket.turns.clone().acquire_owned().await.map_err(closed)?;
             let slot = self.slots.clone().acquire_owned().await.map_err(closed)?;
             Ok(Admission {
                 _slot: slot,
-                _client: client,
+                _turn: turn,
+                _ticket: ticket,
             })
         };
         // A burst beyond what the cores can hash waits at most this long, then gets a 503:
@@ -240,7 +234,8 @@ impl Hasher {
 /// waiting for a slot gets it before this client's next request can even ask for one.
 struct Admission {
     _slot: OwnedSemaphorePermit,
-    _client: Option<(OwnedSemaphorePermit, ClientTicket)>,
+    _turn: OwnedSemaphorePermit,
+    _ticket: ClientTicket,
 }
 
 /// The clients with hashes queued or running, each with its own turns.
@@ -308,37 +303,121 @@ impl Drop for ClientTicket {
     }
 }
 
-/// Work for a hashing thread, given that thread's memory.
-type Job = Box<dyn FnOnce(&mut Memory) + Send>;
+/// Work for a hashing thread, given that thread's memory. It returns the delivery of its
+/// answer, which the thread makes once it has freed the slot.
+type Work = Box<dyn FnOnce(&mut Memory) -> Answer + Send>;
+type Answer = Box<dyn FnOnce() + Send>;
 
-/// Starts `n` threads taking jobs from one queue, each with its own [`Memory`].
-fn start_threads(n: usize, params: &Params) -> anyhow::Result<mpsc::Sender<Job>> {
-    let (jobs, queue) = mpsc::channel::<Job>();
-    let queue = Arc::new(Mutex::new(queue));
-    for i in 0..n {
-        let queue = queue.clone();
-        let mut memory = Memory::new(params);
-        std::thread::Builder::new()
-            .name(format!("argon2-{i}"))
-            .spawn(move || {
-                loop {
-                    // The lock is held only while waiting for the next job.
-                    let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                    let Ok(job) = next else {
-                        return; // every Hasher is gone
-                    };
-                    // A panicking job loses its answer (the caller gets an error), not the
-                    // thread and its memory.
-                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut memory)));
-                }
-            })
-            .context("starting a hashing thread")?;
+/// Work and the slot it was admitted with; the thread frees the slot when the work is done.
+struct Job {
+    work: Work,
+    admission: Admission,
+}
+
+/// `concurrency` threads, each with its own queue and [`Memory`], and the list of those with
+/// nothing to do. One queue per thread (rather than one shared) lets each idle thread time out
+/// on its own and free its memory.
+struct Threads {
+    queues: Vec<mpsc::Sender<Job>>,
+    /// How many times a thread freed its buffer for being idle.
+    releases: Arc<AtomicU64>,
+    /// Idle threads, the most recently busy last. That one is taken first, so under light
+    /// load one thread does the work with its buffer in place and the others release theirs.
+    idle: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Threads {
+    fn start(n: usize, params: &Params, idle_release: Duration) -> anyhow::Result<Self> {
+        let idle = Arc::new(Mutex::new((0..n).collect::<Vec<_>>()));
+        let releases = Arc::new(AtomicU64::new(0));
+        let mut queues = Vec::with_capacity(n);
+        for index in 0..n {
+            let (queue, jobs) = mpsc::channel::<Job>();
+            queues.push(queue);
+            let thread = HashingThread {
+                index,
+                jobs,
+                idle: idle.clone(),
+                releases: releases.clone(),
+                memory: Memory::new(params),
+                idle_release,
+            };
+            std::thread::Builder::new()
+                .name(format!("argon2-{index}"))
+                .spawn(move || thread.serve())
+                .context("starting a hashing thread")?;
+        }
+        Ok(Self {
+            queues,
+            releases,
+            idle,
+        })
     }
-    Ok(jobs)
+
+    fn dispatch(&self, job: Job) -> Result<(), ApiError> {
+        let gone = || ApiError::Internal(anyhow::anyhow!("the hashing threads are gone"));
+        // The slot semaphore admits no more jobs than there are threads, and a thread is back
+        // on the list before its slot is freed: an admitted job always finds one here.
+        let thread = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .ok_or_else(gone)?;
+        self.queues[thread].send(job).map_err(|_| gone())
+    }
+}
+
+/// One hashing thread: its queue, its memory, and its place on the idle list.
+struct HashingThread {
+    index: usize,
+    jobs: mpsc::Receiver<Job>,
+    idle: Arc<Mutex<Vec<usize>>>,
+    releases: Arc<AtomicU64>,
+    memory: Memory,
+    idle_release: Duration,
+}
+
+impl HashingThread {
+    /// Runs jobs until every `Hasher` is gone; frees the buffer after `idle_release` without.
+    fn serve(mut self) {
+        loop {
+            let next = if self.memory.is_held() {
+                self.jobs.recv_timeout(self.idle_release)
+            } else {
+                self.jobs
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            };
+            match next {
+                Ok(job) => self.run(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.memory.release();
+                    self.releases.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn run(&mut self, Job { work, admission }: Job) {
+        // A panicking job loses its answer (the caller gets an error), not the thread.
+        let answer = std::panic::catch_unwind(AssertUnwindSafe(|| work(&mut self.memory))).ok();
+        // Back on the idle list before the slot is freed, so the next admitted job always
+        // finds a thread; the slot freed before the answer goes out.
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self.index);
+        drop(admission);
+        if let Some(answer) = answer {
+            answer();
+        }
+    }
 }
 
 /// One hashing thread's argon2 working memory: a buffer for the configured parameters,
-/// allocated on first use and then reused by every hash of that thread.
+/// allocated when work comes and reused by every hash of that thread until it is released.
 struct Memory {
     configured_blocks: usize,
     blocks: Vec<Block>,
@@ -352,11 +431,19 @@ impl Memory {
         }
     }
 
+    fn is_held(&self) -> bool {
+        self.blocks.capacity() > 0
+    }
+
+    fn release(&mut self) {
+        self.blocks = Vec::new();
+    }
+
     /// Runs `argon` over the thread's buffer. A stored hash that needs more memory than the
     /// configured parameters (written before `ARGON2_MEMORY_KIB` was lowered) gets a
     /// temporary buffer for this call instead of a larger permanent one: such hashes are
     /// replaced at their next sign-in (`needs_rehash`), and growing the buffer would keep the
-    /// old, larger cost resident in every thread for good.
+    /// old, larger cost resident in every thread.
     fn compute(
         &mut self,
         argon: &Argon2<'_>,
@@ -366,17 +453,23 @@ impl Memory {
     ) -> anyhow::Result<()> {
         let needed = argon.params().block_count();
         let result = if needed <= self.configured_blocks {
-            if self.blocks.is_empty() {
-                self.blocks = vec![Block::new(); self.configured_blocks];
+            if !self.is_held() {
+                self.blocks = allocate(self.configured_blocks);
             }
             // Reuse is safe: argon2 writes every block in its first pass before reading it.
             argon.hash_password_into_with_memory(password, salt, out, &mut self.blocks[..needed])
         } else {
-            let mut temporary = vec![Block::new(); needed];
-            argon.hash_password_into_with_memory(password, salt, out, &mut temporary)
+            argon.hash_password_into_with_memory(password, salt, out, allocate(needed))
         };
         result.map_err(|e| anyhow::anyhow!("argon2 failed: {e}"))
     }
+}
+
+/// `n` blocks in an allocation of at least [`RESERVED_BLOCKS`].
+fn allocate(n: usize) -> Vec<Block> {
+    let mut blocks = Vec::with_capacity(n.max(RESERVED_BLOCKS));
+    blocks.resize(n, Block::new());
+    blocks
 }
 
 /// Hashes `password` with a fresh salt into the PHC string `PasswordHasher::hash_password`
@@ -451,6 +544,9 @@ mod tests {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
     }
 
+    /// The client of the tests that are not about clients.
+    const ME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
     }
@@ -458,15 +554,15 @@ mod tests {
     #[tokio::test]
     async fn a_hash_verifies_its_password_and_nothing_else() {
         let h = cheap();
-        let stored = h.hash("correct horse".into()).await.expect("hash");
+        let stored = h.hash_for(ME, "correct horse".into()).await.expect("hash");
         assert!(stored.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
         assert!(
-            h.verify("correct horse".into(), Some(stored.clone()))
+            h.verify_for(ME, "correct horse".into(), Some(stored.clone()))
                 .await
                 .expect("verify")
         );
         assert!(
-            !h.verify("wrong horse".into(), Some(stored))
+            !h.verify_for(ME, "wrong horse".into(), Some(stored))
                 .await
                 .expect("verify")
         );
@@ -476,7 +572,11 @@ mod tests {
     async fn a_missing_account_still_costs_one_verification() {
         let h = cheap();
         let before = h.verifications();
-        assert!(!h.verify("anything".into(), None).await.expect("verify"));
+        assert!(
+            !h.verify_for(ME, "anything".into(), None)
+                .await
+                .expect("verify")
+        );
         assert_eq!(h.verifications(), before + 1);
     }
 
@@ -493,12 +593,12 @@ mod tests {
                 .to_string();
             assert!(!h.needs_rehash(&old), "{old}");
             assert!(
-                h.verify(password.clone(), Some(old.clone()))
+                h.verify_for(ME, password.clone(), Some(old.clone()))
                     .await
                     .expect("verify")
             );
             assert!(
-                !h.verify(format!("{password}!"), Some(old))
+                !h.verify_for(ME, format!("{password}!"), Some(old))
                     .await
                     .expect("verify")
             );
@@ -511,7 +611,7 @@ mod tests {
         let h = Hasher::new(config, 1).expect("hasher");
         for i in 0..4 {
             let password = format!("password number {i}");
-            let new = h.hash(password.clone()).await.expect("hash");
+            let new = h.hash_for(ME, password.clone()).await.expect("hash");
             let parsed = PasswordHash::new(&new).expect("a PHC string");
             assert!(
                 old_hasher(config)
@@ -530,7 +630,7 @@ mod tests {
     async fn a_new_hash_is_laid_out_exactly_like_an_old_one() {
         let config = params(64, 1);
         let h = Hasher::new(config, 1).expect("hasher");
-        let new = h.hash("same layout".into()).await.expect("hash");
+        let new = h.hash_for(ME, "same layout".into()).await.expect("hash");
         let old = old_hasher(config)
             .hash_password(b"same layout")
             .expect("old hash")
@@ -551,11 +651,15 @@ mod tests {
             .to_string();
         assert!(h.needs_rehash(&larger));
         assert!(
-            h.verify("from a costlier era".into(), Some(larger.clone()))
+            h.verify_for(ME, "from a costlier era".into(), Some(larger.clone()))
                 .await
                 .expect("verify")
         );
-        assert!(!h.verify("nope".into(), Some(larger)).await.expect("verify"));
+        assert!(
+            !h.verify_for(ME, "nope".into(), Some(larger))
+                .await
+                .expect("verify")
+        );
     }
 
     #[tokio::test]
@@ -568,7 +672,7 @@ mod tests {
             MAX_STORED_MEMORY_KIB + 1
         );
         let err = h
-            .verify("anything".into(), Some(huge))
+            .verify_for(ME, "anything".into(), Some(huge))
             .await
             .expect_err("refused");
         assert_eq!(err.code(), "internal");
@@ -664,6 +768,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_hashing_thread_gives_its_memory_back_and_takes_it_again_for_new_work() {
+        let h = Hasher::build(params(1024, 1), 1, Duration::from_millis(50)).expect("hasher");
+        let released = |n: u64| {
+            let h = h.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), async {
+                    while h.memory_releases() < n {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await
+                .expect("the buffer was released")
+            }
+        };
+        let first = h.hash_for(ME, "first".into()).await.expect("hash");
+        released(1).await;
+        // A second release can only follow a second allocation.
+        let second = h
+            .hash_for(ME, "second".into())
+            .await
+            .expect("hash after a release");
+        released(2).await;
+        assert!(
+            h.verify_for(ME, "first".into(), Some(first))
+                .await
+                .expect("verify")
+        );
+        assert!(
+            h.verify_for(ME, "second".into(), Some(second))
+                .await
+                .expect("verify")
+        );
+    }
+
+    #[test]
+    fn a_buffer_is_reserved_past_the_allocator_mmap_ceiling_but_only_what_is_used_is_written() {
+        let blocks = allocate(19 * 1024);
+        assert_eq!(blocks.len(), 19 * 1024);
+        assert!(blocks.capacity() * Block::SIZE > 32 * 1024 * 1024);
+    }
+
+    #[tokio::test]
     async fn a_request_that_waits_past_the_queue_timeout_gets_unavailable() {
         let mut h = Hasher::new(params(64, 1), 1).expect("hasher");
         h.queue_timeout = Duration::from_millis(50);
@@ -671,16 +817,19 @@ mod tests {
         let (release, gate) = std::sync::mpsc::channel::<()>();
         let holder = {
             let h = h.clone();
-            tokio::spawn(async move { h.run(None, move |_| Ok(gate.recv().is_ok())).await })
+            tokio::spawn(async move { h.run(ME, move |_| Ok(gate.recv().is_ok())).await })
         };
         while h.slots.available_permits() > 0 {
             tokio::task::yield_now().await;
         }
-        let err = h.hash("queued".into()).await.expect_err("timed out");
+        let err = h
+            .hash_for(ip("192.0.2.99"), "queued".into())
+            .await
+            .expect_err("timed out");
         assert_eq!(err.code(), "unavailable");
         release.send(()).expect("release");
         assert!(holder.await.expect("join").expect("holder"));
         // The slot is free again: the next request is served.
-        h.hash("after".into()).await.expect("hash");
+        h.hash_for(ME, "after".into()).await.expect("hash");
     }
 }

@@ -79,6 +79,12 @@ impl Limits {
     }
 }
 
+/// The entries a sign-in attempt logged (key, member), so a success can take them back.
+#[derive(Debug, Default)]
+pub struct Attempt {
+    entries: Vec<(String, String)>,
+}
+
 /// One budget to count a request against.
 struct Check {
     key: String,
@@ -161,12 +167,22 @@ impl RateLimiter {
         Ok(ForgotVerdict { ip, email })
     }
 
-    /// Counts a sign-in attempt against three budgets: the (IP, address) pair (slows one
-    /// guesser on one account), the IP over all addresses (password spraying) and the address
-    /// over all IPs (credential stuffing from a botnet). Unknown addresses are counted exactly
-    /// like known ones, so a refusal says nothing about whether an account exists. A request
-    /// refused by one budget counts against none.
-    pub async fn check_login(&self, ip: IpAddr, email_key: &str) -> Result<Verdict, ApiError> {
+    /// Counts a sign-in attempt (or a password check at verification) against three budgets:
+    /// the (IP, address) pair (slows one guesser on one account), the IP over all addresses
+    /// (password spraying) and the address over all IPs (credential stuffing from a botnet).
+    /// Unknown addresses are counted exactly like known ones, so a refusal says nothing about
+    /// whether an account exists. A request refused by one budget counts against none, and a
+    /// successful sign-in is taken back with [`Self::forgive`]: the budgets count failures,
+    /// so the owner's own sign-ins neither use up the address's budget nor show up in it.
+    ///
+    /// A refusal by the per-address budget answers with the whole window as `Retry-After`
+    /// rather than the time until its oldest entry expires: that time would tell when someone
+    /// else (the owner, usually) last failed to sign in to the address.
+    pub async fn check_login(
+        &self,
+        ip: IpAddr,
+        email_key: &str,
+    ) -> Result<(Verdict, Attempt), ApiError> {
         let inner = &self.inner;
         let limits = &inner.limits;
         let address = self.address_pseudonym(email_key);
@@ -176,7 +192,7 @@ impl RateLimiter {
             &format!("{}\0{email_key}", ip_subject(ip)),
         );
         let keys = inner.redis.keys();
-        let checks = [
+        let checks = vec![
             Check {
                 key: keys.rate_ip("login", &pair),
                 limit: limits.login_pair,
@@ -189,7 +205,24 @@ impl RateLimiter {
                 label: "login_email",
             },
         ];
-        self.all_or_nothing(&checks).await
+        let (mut verdict, members) = self.all_or_nothing_counted(&checks).await?;
+        if verdict.refused_by == "login_email" {
+            verdict.retry_after_secs = limits.window.as_secs().max(1);
+        }
+        let attempt = Attempt {
+            entries: checks.into_iter().map(|c| c.key).zip(members).collect(),
+        };
+        Ok((verdict, attempt))
+    }
+
+    /// Takes back the entries of a sign-in attempt that succeeded. Best effort.
+    pub async fn forgive(&self, attempt: Attempt) {
+        let mut pipe = redis::pipe();
+        for (key, member) in &attempt.entries {
+            pipe.zrem(key, member).ignore();
+        }
+        self.send_best_effort(pipe, "forgive a successful sign-in")
+            .await;
     }
 
     /// Counts a sign-up from this client IP (each one costs a hash and sends an email).
@@ -209,6 +242,15 @@ impl RateLimiter {
     /// Counts `checks`; when any refuses, takes back what the others logged and reports the
     /// refusal that waits longest.
     async fn all_or_nothing(&self, checks: &[Check]) -> Result<Verdict, ApiError> {
+        Ok(self.all_or_nothing_counted(checks).await?.0)
+    }
+
+    /// [`Self::all_or_nothing`], also returning the member logged under each check's key
+    /// (empty strings when the request was refused and nothing stays logged).
+    async fn all_or_nothing_counted(
+        &self,
+        checks: &[Check],
+    ) -> Result<(Verdict, Vec<String>), ApiError> {
         let counted = self.count(checks).await?;
         let refused = counted
             .iter()
@@ -216,10 +258,13 @@ impl RateLimiter {
             .filter(|v| !v.allowed)
             .max_by_key(|v| v.retry_after_secs);
         match refused {
-            None => Ok(Verdict::ALLOWED),
+            None => Ok((
+                Verdict::ALLOWED,
+                counted.into_iter().map(|(_, member)| member).collect(),
+            )),
             Some(verdict) => {
                 self.refund(checks, &counted).await;
-                Ok(verdict)
+                Ok((verdict, vec![String::new(); checks.len()]))
             }
         }
     }
@@ -295,20 +340,25 @@ impl RateLimiter {
                 any = true;
             }
         }
-        if !any {
-            return;
+        if any {
+            self.send_best_effort(pipe, "take back rate-limit entries")
+                .await;
         }
+    }
+
+    /// Sends `pipe` on the shared connection, logging (not returning) a failure.
+    async fn send_best_effort(&self, pipe: redis::Pipeline, what: &str) {
         let mut connection = match self.connection().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "could not take back rate-limit entries");
+                tracing::warn!(error = %e, "could not {what}");
                 return;
             }
         };
         match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not take back rate-limit entries"),
-            Err(_) => tracing::warn!("taking back rate-limit entries timed out"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not {what}"),
+            Err(_) => tracing::warn!("timed out: {what}"),
         }
     }
 }

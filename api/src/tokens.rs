@@ -65,6 +65,15 @@ impl Rejected {
         }
     }
 
+    /// The password check at verification is over a sign-in budget.
+    pub fn rate_limited_login(user: Uuid, retry_after_secs: u64) -> Self {
+        Self {
+            error: ApiError::RateLimitedLogin { retry_after_secs },
+            user: Some(user),
+            reason: "rate_limited",
+        }
+    }
+
     /// The token lost the burn race or was used before.
     pub fn used(user: Uuid) -> Self {
         Self::new(ApiError::TokenUsed, Some(user), "used")

@@ -62,6 +62,12 @@ impl Keys {
         format!("{}sess:{{u:{user}}}", self.prefix)
     }
 
+    /// Marker that a rate-limit refusal of one (budget, IP, address) was audited recently, so
+    /// a flood of refusals writes one audit row per minute, not one per request.
+    pub fn audit_mark(&self, fingerprint: &str) -> String {
+        format!("{}audit:rl:{{{fingerprint}}}", self.prefix)
+    }
+
     /// Marker that a mail job was delivered (idempotency across redeliveries).
     pub fn job_sent(&self, job_id: Uuid) -> String {
         format!("{}mail:sent:{{{job_id}}}", self.prefix)

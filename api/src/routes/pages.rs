@@ -1,8 +1,9 @@
 //! The HTML pages a person reaches from an email: forgot password, reset password (from the
 //! link), verify email. Scanner-safe: GET and HEAD only look; only a submitted form consumes.
 //!
-//! Security headers on every page: no referrer to other sites (the URL may carry a token; our
-//! own forms still get a real `Origin`, which a `no-referrer` policy would turn into `null`),
+//! Security headers on every page: `Referrer-Policy: strict-origin` (the URL may carry a token:
+//! a `Referer` never carries more than our origin, to anyone, so no proxy log records a token;
+//! and our own forms still get a real `Origin`, which `no-referrer` would turn into `null`),
 //! no caching, a
 //! strict CSP (no inline script; the one script is a same-origin file), no framing, no MIME
 //! sniffing. Everything works without JavaScript except removing the token from the address
@@ -121,7 +122,7 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; 
 async fn page_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    headers.insert("referrer-policy", HeaderValue::from_static("strict-origin"));
     headers.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
@@ -346,7 +347,8 @@ fn link_problem(state: &AppState, locale: &str, error: &ApiError) -> Response {
         ApiError::TokenExpired => "link_expired",
         ApiError::TokenUsed => "link_used",
         ApiError::Unavailable(_) => return unavailable(state, locale),
-        ApiError::RateLimitedIp { retry_after_secs } => {
+        ApiError::RateLimitedIp { retry_after_secs }
+        | ApiError::RateLimitedLogin { retry_after_secs } => {
             return rate_limited(state, locale, *retry_after_secs);
         }
         _ => "link_invalid",

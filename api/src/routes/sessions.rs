@@ -75,7 +75,7 @@ pub async fn log_in(
     let now = state.clock.now();
     let address_hash = state.limiter.address_pseudonym(address.key());
     let request_id = trace.request_id.as_deref();
-    let verdict = state.limiter.check_login(ip, address.key()).await?;
+    let (verdict, attempt) = state.limiter.check_login(ip, address.key()).await?;
     if !verdict.allowed {
         audit::rate_limited(
             &state,
@@ -98,7 +98,7 @@ pub async fn log_in(
         .hasher
         .verify_for(ip, body.password.clone(), stored)
         .await?;
-    let signed_in = credentials.filter(|c| valid && c.email_verified);
+    let signed_in = credentials.clone().filter(|c| valid && c.email_verified);
     let outcome = match (&signed_in, valid) {
         (Some(_), _) => "success",
         (None, true) => "unverified",
@@ -116,12 +116,21 @@ pub async fn log_in(
         },
     )
     .await;
+    // A right password gets a hash with the current parameters even while the address is
+    // unverified: an old-parameter hash costs less to verify than the dummy hash of unknown
+    // addresses, so leaving it would keep the account distinguishable by timing.
+    if valid
+        && let Some(c) = credentials
+            .as_ref()
+            .filter(|c| state.hasher.needs_rehash(&c.password_hash))
+    {
+        rehash(&state, ip, c, body.password.clone()).await;
+    }
     let Some(user) = signed_in else {
         return Err(ApiError::InvalidCredentials);
     };
-    if state.hasher.needs_rehash(&user.password_hash) {
-        rehash(&state, ip, &user, body.password).await;
-    }
+    // Budgets count failures only.
+    state.limiter.forgive(attempt).await;
     let (token, expires_at) = state
         .sessions
         .create(user.id, user.password_version, now)

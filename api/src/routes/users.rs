@@ -156,7 +156,7 @@ pub struct VerifyRequest {
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`invalid_body`, `password_too_long`", body = ErrorBody),
-        (status = 429, description = "`rate_limited_ip`, with `Retry-After` (link endpoints per client IP)", body = ErrorBody),
+        (status = 429, description = "`rate_limited_ip` (link endpoints per client IP) or `rate_limited_login` (password checks for this account), with `Retry-After`", body = ErrorBody),
         (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
 pub async fn verify_email(
@@ -186,13 +186,26 @@ pub async fn verify(
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| Rejected::unknown_user(user.id))?;
+        // A password check like a sign-in's, so it draws on the same budgets: a leaked link
+        // is no way around the per-address limit on guessing the account's password.
+        let email_key = email::normalize(&user.email)
+            .map_or_else(|_| user.email.to_lowercase(), |a| a.key().to_owned());
+        let (verdict, attempt) = state.limiter.check_login(ip, &email_key).await?;
+        if !verdict.allowed {
+            let pseudonym = state.limiter.address_pseudonym(&email_key);
+            let (label, retry_after_secs) = (verdict.refused_by, verdict.retry_after_secs);
+            crate::audit::rate_limited(state, label, ip, Some(&pseudonym), request_id).await;
+            return Err(Rejected::rate_limited_login(user.id, retry_after_secs));
+        }
+        let hash = stored.password_hash;
         let matches = state
             .hasher
-            .verify_for(ip, password, Some(stored.password_hash))
+            .verify_for(ip, password.clone(), Some(hash.clone()))
             .await?;
         if !matches {
             return Err(Rejected::wrong_password(user.id));
         }
+        state.limiter.forgive(attempt).await;
         if !state.tokens.burn(Purpose::EmailVerify, &token).await? {
             return Err(Rejected::used(user.id));
         }
@@ -206,11 +219,21 @@ pub async fn verify(
         if newly_verified {
             // Sessions opened while the address was unverified (possible before sign-in
             // required verification) end here: whoever opened them proved nothing about the
-            // mailbox. Should this fail, `AuthUser` refuses them anyway while unverified, and
-            // the verifying person chose the password, so no stranger's session survives.
+            // mailbox. If they cannot be ended now, the verification is undone and the link
+            // given back, so the person simply retries: no such session may outlive it.
             if let Err(e) = state.sessions.revoke_all(user.id).await {
-                tracing::warn!(error = %e, "could not end the sessions of a newly verified account");
+                if let Err(undo) = store::users::mark_unverified(&state.db, user.id).await {
+                    tracing::error!(error = %undo, "could not undo a verification whose sessions could not be ended");
+                }
+                state.tokens.unburn(&token).await;
+                return Err(e.into());
             }
+        }
+        if state.hasher.needs_rehash(&hash)
+            && let Ok(new_hash) = state.hasher.hash_for(ip, password).await
+            && let Err(e) = store::users::replace_hash(&state.db, user.id, &hash, &new_hash).await
+        {
+            tracing::warn!(error = %e, "could not rehash a password with old parameters");
         }
         Ok::<Uuid, Rejected>(user.id)
     }

@@ -1,6 +1,7 @@
-//! One-off data tasks run after the migrations, each recorded in `maintenance_tasks` so it
-//! runs once per database (several replicas starting together may both run it: every task is
-//! idempotent).
+//! Data tasks that need the application's own code, run after the migrations on every start
+//! (and by `api migrate`). Each is idempotent and cheap when there is nothing to do, and runs
+//! on every start rather than once: replicas of an older version may still write old-form
+//! rows during a rolling deploy. `maintenance_tasks` records when each last ran.
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -12,20 +13,16 @@ use uuid::Uuid;
 /// take the new key: the second is left as it is and logged for an operator to merge.
 const IDNA_KEYS: &str = "idna-domain-keys";
 
-/// Runs every task not yet recorded.
+/// Runs every task and records when it ran.
 pub async fn run_pending(db: &PgPool) -> Result<(), sqlx::Error> {
-    let done: Option<String> =
-        sqlx::query_scalar("SELECT name FROM maintenance_tasks WHERE name = $1")
-            .bind(IDNA_KEYS)
-            .fetch_optional(db)
-            .await?;
-    if done.is_none() {
-        rekey_unicode_domains(db).await?;
-        sqlx::query("INSERT INTO maintenance_tasks (name) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(IDNA_KEYS)
-            .execute(db)
-            .await?;
-    }
+    rekey_unicode_domains(db).await?;
+    sqlx::query(
+        "INSERT INTO maintenance_tasks (name) VALUES ($1)
+         ON CONFLICT (name) DO UPDATE SET done_at = now()",
+    )
+    .bind(IDNA_KEYS)
+    .execute(db)
+    .await?;
     Ok(())
 }
 

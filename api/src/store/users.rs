@@ -208,3 +208,12 @@ pub async fn mark_verified(db: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     .await?;
     Ok(changed.rows_affected() == 1)
 }
+
+/// Undoes [`mark_verified`] (a verification whose follow-up could not be completed).
+pub async fn mark_unverified(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET email_verified_at = NULL, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}

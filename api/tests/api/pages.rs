@@ -7,7 +7,7 @@ use crate::helpers::{STRONG, STRONGER, spawn_app, spawn_with};
 
 fn assert_page_headers(r: &Response) {
     let h = r.headers();
-    assert_eq!(h["referrer-policy"], "same-origin");
+    assert_eq!(h["referrer-policy"], "strict-origin");
     assert_eq!(h["cache-control"], "no-store");
     assert_eq!(h["x-content-type-options"], "nosniff");
     let csp = h["content-security-policy"].to_str().unwrap();

@@ -332,6 +332,9 @@ async fn a_sign_in_refused_by_one_budget_spends_no_other() {
         let r = post_from(&app, "203.0.113.9", "/v1/sessions", body.clone()).await;
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     }
+    // A flood of refusals is one audit row (per budget, IP and address, per minute), not one
+    // database write per request.
+    assert_eq!(app.audit_outcomes("rate_limited").await, ["login_ip"]);
     // The owner, elsewhere, still has the address's second attempt.
     let r = post_from(
         &app,
@@ -645,7 +648,8 @@ async fn sign_in_sign_out_and_refusals_are_audited_per_account() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    for _ in 0..2 {
+    // Failures count (the success did not): the fourth failure is refused.
+    for _ in 0..3 {
         sign_in_answer(&app, "ann@example.org", STRONGER).await;
     }
     let r = sign_in_answer(&app, "ann@example.org", STRONGER).await;
@@ -666,6 +670,7 @@ async fn sign_in_sign_out_and_refusals_are_audited_per_account() {
             ("sign_out", "success"),
             ("sign_in", "invalid_credentials"),
             ("sign_in", "invalid_credentials"),
+            ("sign_in", "invalid_credentials"),
             ("rate_limited", "login_pair"),
         ]
     );
@@ -673,7 +678,7 @@ async fn sign_in_sign_out_and_refusals_are_audited_per_account() {
     assert_eq!(rows[1].2, Some(user));
     assert!(rows.iter().all(|r| r.3.as_deref() == Some("127.0.0.1")));
     let pseudonym = rows[0].4.clone().expect("address pseudonym");
-    for i in [2, 3, 4] {
+    for i in [2, 3, 4, 5] {
         assert_eq!(rows[i].4.as_ref(), Some(&pseudonym), "row {i}");
     }
 }
@@ -791,7 +796,8 @@ async fn accounts_stored_with_a_unicode_domain_are_rekeyed_to_the_ascii_form() {
     );
     app.login("ann@bücher.de", STRONG).await;
     app.login("ANN@XN--BCHER-KVA.DE", STRONG).await;
-    // Run at start once per database: recorded, so a restart does not scan again.
+    // Run at every start (old replicas may still write old-form rows during a deploy), and
+    // recorded.
     let done: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM maintenance_tasks WHERE name = 'idna-domain-keys'",
     )
@@ -799,4 +805,54 @@ async fn accounts_stored_with_a_unicode_domain_are_rekeyed_to_the_ascii_form() {
     .await
     .unwrap();
     assert_eq!(done, 1);
+}
+
+#[tokio::test]
+async fn sign_in_budgets_count_failures_and_hide_when_others_failed() {
+    let app = spawn_with(&[("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", "2")]).await;
+    app.create_user("owner@example.org", STRONG).await;
+    // The owner's own sign-ins use up nothing.
+    for _ in 0..5 {
+        app.login("owner@example.org", STRONG).await;
+    }
+    for _ in 0..2 {
+        let r = sign_in_answer(&app, "owner@example.org", STRONGER).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = sign_in_answer(&app, "owner@example.org", STRONG).await;
+    // The whole window, not the time until the oldest failure expires (which would date
+    // someone else's attempts).
+    assert_eq!(retry_after(&r), 3600);
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited_login").await;
+}
+
+#[tokio::test]
+async fn password_checks_at_verification_draw_on_the_sign_in_budget_of_the_address() {
+    let app = spawn_with(&[("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", "2")]).await;
+    let user = app.sign_up("leaked@example.org", STRONG).await;
+    let link = app.mint(Purpose::EmailVerify, user).await;
+    for guess in ["first guess password 1", "second guess password 2"] {
+        let r = app
+            .post(
+                "/v1/email/verify",
+                json!({ "token": link, "password": guess }),
+            )
+            .await;
+        assert_error(r, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    }
+    // Whoever holds the link cannot go on guessing, whatever they try next.
+    let r = app
+        .post(
+            "/v1/email/verify",
+            json!({ "token": link, "password": STRONG }),
+        )
+        .await;
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited_login").await;
+    let page = app
+        .form("/verify-email", &[("token", &link), ("password", STRONG)])
+        .await;
+    assert_eq!(page.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(!is_verified(&app, user).await);
+    let r = sign_in_answer(&app, "leaked@example.org", STRONG).await;
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited_login").await;
 }
