@@ -6,14 +6,14 @@
 //! ```sh
 //! ./deploy/local/bench.sh            # services, release build, then `bench all`
 //! ./target/release/bench all [--update BENCHMARKS.md]
-//! ./target/release/bench forgot|worker|scale|reset|memory
+//! ./target/release/bench forgot|worker|scale|reset|memory|signin
 //! ```
 //! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
 //! (`--update FILE` also replaces the table between the `bench:begin`/`bench:end` markers of
 //! FILE). Settings (environment): `BENCH_SECS` (length of each measured phase),
 //! `BENCH_ROUNDS` (raw/api alternations, 2), `BENCH_TIMING_PAIRS` (2000), `BENCH_JOBS`
 //! (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8), `BENCH_SETTLE_SECS` (10, the wait
-//! before the api's resident size is read after the hashing flood).
+//! before the api's resident size is read after the hashing flood), `BENCH_SIGNIN_TRIPLES` (300).
 
 mod forgot;
 mod limits;
@@ -23,13 +23,15 @@ mod memory;
 mod report;
 mod reset;
 mod scale;
+mod signin;
 mod util;
 
 use std::time::Instant;
 
 use report::Row;
 
-const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory";
+const USAGE: &str =
+    "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -44,8 +46,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let sections: &[&str] = match section {
-        "all" => &["forgot", "worker", "scale", "reset", "memory"],
-        "forgot" | "worker" | "scale" | "reset" | "memory" => std::slice::from_ref(&section),
+        "all" => &["forgot", "worker", "scale", "reset", "memory", "signin"],
+        "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" => {
+            std::slice::from_ref(&section)
+        }
         _ => anyhow::bail!(USAGE),
     };
 
@@ -60,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
             "worker" => mail::run(&mut rows).await,
             "scale" => scale::run(&mut rows).await,
             "memory" => memory::run(&mut rows).await,
+            "signin" => signin::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
         if let Err(e) = result {
@@ -113,6 +118,7 @@ fn section_label(name: &str) -> &'static str {
         "worker" => "3 mail",
         "scale" => "4 scale-out",
         "memory" => "6 memory",
+        "signin" => "7 sign-in timing",
         _ => "5 reset",
     }
 }
