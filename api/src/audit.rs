@@ -38,22 +38,13 @@ pub async fn rate_limited(
     let subject = format!("{label}\0{ip}\0{}", address_hash.unwrap_or(""));
     let fingerprint = shared::keys::pseudonym(state.config.pseudonym_secret(), "audit", &subject);
     let key = state.redis.keys().audit_mark(&fingerprint);
-    let first: Result<Option<String>, _> = state
+    match state
         .redis
-        .run(|mut c| async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("NX")
-                .arg("EX")
-                .arg(REFUSAL_AUDIT_PERIOD_SECS)
-                .query_async(&mut c)
-                .await
-        })
-        .await;
-    match first {
-        Ok(Some(_)) => {}
-        Ok(None) => return,
+        .set_marker(&key, REFUSAL_AUDIT_PERIOD_SECS)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return,
         Err(e) => {
             tracing::warn!(error = %e, "rate-limit refusal not audited: Redis unavailable");
             return;

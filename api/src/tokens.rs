@@ -210,23 +210,11 @@ impl TokenService {
         let key = self.redis.keys().burn(&token.fingerprint);
         // Keep the marker as long as the token could still verify.
         let ttl = self.max_age(purpose).as_secs() + MAX_CLOCK_SKEW_SECS as u64 + 60;
-        let won: Option<String> = self
-            .redis
-            .run(|mut c| async move {
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(1)
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(ttl)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        if won.is_none() {
+        let won = self.redis.set_marker(&key, ttl).await?;
+        if !won {
             metrics::counter!("burned_token_replays_total").increment(1);
         }
-        Ok(won.is_some())
+        Ok(won)
     }
 
     /// Gives a burned token back after the change it was burned for was rolled back (the

@@ -75,6 +75,24 @@ impl RedisPool {
         .map_err(|_| RedisError::Timeout(OP_TIMEOUT))?
     }
 
+    /// `SET key 1 NX EX ttl_secs`: `true` for the one caller that set the marker, `false` when
+    /// it was already there (burns, once-per-period markers).
+    pub async fn set_marker(&self, key: &str, ttl_secs: u64) -> Result<bool, RedisError> {
+        let set: Option<String> = self
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl_secs)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Readiness probe.
     pub async fn ping(&self) -> bool {
         self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })

@@ -337,8 +337,20 @@ fn reset_page(
     token: &str,
     error: &str,
 ) -> Response {
+    form_page(state, locale, status, "reset.html", token, error)
+}
+
+/// A page whose form carries the link's token in a hidden field, with an optional error.
+fn form_page(
+    state: &AppState,
+    locale: &str,
+    status: StatusCode,
+    template: &str,
+    token: &str,
+    error: &str,
+) -> Response {
     let ctx = context! { ..base(state, locale), ..context! { token, error } };
-    page(state, status, "reset.html", ctx)
+    page(state, status, template, ctx)
 }
 
 /// The page for a link that cannot be used: no form, a way to get a new link.
@@ -458,8 +470,7 @@ fn verify_page(
     token: &str,
     error: &str,
 ) -> Response {
-    let ctx = context! { ..base(state, locale), ..context! { token, error } };
-    page(state, status, "verify.html", ctx)
+    form_page(state, locale, status, "verify.html", token, error)
 }
 
 #[derive(Debug, Deserialize)]

@@ -80,10 +80,9 @@ pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
 
 /// Loads sign-in credentials by address key.
 pub async fn credentials(db: &PgPool, email_key: &str) -> Result<Option<Credentials>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, password_hash, password_version, email_verified_at IS NOT NULL AS email_verified
-         FROM users WHERE email_key = $1",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CREDENTIALS} FROM users WHERE email_key = $1"
+    )))
     .bind(email_key)
     .fetch_optional(db)
     .await
@@ -91,14 +90,17 @@ pub async fn credentials(db: &PgPool, email_key: &str) -> Result<Option<Credenti
 
 /// Credentials of the user a link names (verification checks the password too).
 pub async fn credentials_by_id(db: &PgPool, id: Uuid) -> Result<Option<Credentials>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, password_hash, password_version, email_verified_at IS NOT NULL AS email_verified
-         FROM users WHERE id = $1",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CREDENTIALS} FROM users WHERE id = $1"
+    )))
     .bind(id)
     .fetch_optional(db)
     .await
 }
+
+/// The columns of [`Credentials`].
+const CREDENTIALS: &str =
+    "id, password_hash, password_version, email_verified_at IS NOT NULL AS email_verified";
 
 /// Replaces the stored hash of an unchanged password (new argon2 parameters) if the stored
 /// hash is still `old_hash`; the password version does not move.

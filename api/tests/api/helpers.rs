@@ -215,15 +215,19 @@ impl TestApp {
         user
     }
 
+    /// `POST /v1/email/verify` with `token` and `password`.
+    pub async fn verify_answer(&self, token: &str, password: &str) -> Response {
+        self.post(
+            "/v1/email/verify",
+            json!({ "token": token, "password": password }),
+        )
+        .await
+    }
+
     /// Confirms `user`'s address with a fresh verification link and `password`.
     pub async fn verify(&self, user: Uuid, password: &str) {
         let token = self.mint(Purpose::EmailVerify, user).await;
-        let r = self
-            .post(
-                "/v1/email/verify",
-                json!({ "token": token, "password": password }),
-            )
-            .await;
+        let r = self.verify_answer(&token, password).await;
         assert_eq!(
             r.status(),
             StatusCode::NO_CONTENT,

@@ -141,12 +141,7 @@ async fn a_stranger_who_signs_up_someone_elses_address_never_gets_the_account() 
     let r = app.post("/v1/email/verify", json!({ "token": link })).await;
     assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
     for guess in ["", STRONG, "my usual password 2024", "Password123!"] {
-        let r = app
-            .post(
-                "/v1/email/verify",
-                json!({ "token": link, "password": guess }),
-            )
-            .await;
+        let r = app.verify_answer(&link, guess).await;
         assert_error(r, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
         let page = app
             .form("/verify-email", &[("token", &link), ("password", guess)])
@@ -194,12 +189,7 @@ async fn a_stranger_who_signs_up_someone_elses_address_never_gets_the_account() 
         StatusCode::UNAUTHORIZED
     );
     // The attacker's verification link is dead too (the password it was issued under is gone).
-    let r = app
-        .post(
-            "/v1/email/verify",
-            json!({ "token": link, "password": ATTACKER_PASSWORD }),
-        )
-        .await;
+    let r = app.verify_answer(&link, ATTACKER_PASSWORD).await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
 }
 
@@ -214,19 +204,9 @@ async fn a_wrong_password_leaves_the_verification_link_usable_and_verification_e
         .await
         .unwrap();
     let link = app.mint(Purpose::EmailVerify, user).await;
-    let r = app
-        .post(
-            "/v1/email/verify",
-            json!({ "token": link, "password": STRONGER }),
-        )
-        .await;
+    let r = app.verify_answer(&link, STRONGER).await;
     assert_error(r, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
-    let r = app
-        .post(
-            "/v1/email/verify",
-            json!({ "token": link, "password": STRONG }),
-        )
-        .await;
+    let r = app.verify_answer(&link, STRONG).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert!(is_verified(&app, user).await);
     assert_eq!(
@@ -368,12 +348,7 @@ async fn link_endpoints_have_a_per_ip_budget_and_a_valid_link_works_once_it_refi
     let r = app.post("/v1/password/reset", good.clone()).await;
     assert!(retry_after(&r) > 0);
     assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited_ip").await;
-    let r = app
-        .post(
-            "/v1/email/verify",
-            json!({ "token": link, "password": STRONG }),
-        )
-        .await;
+    let r = app.verify_answer(&link, STRONG).await;
     assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited_ip").await;
     for r in [
         app.get(&format!("/reset-password?token={link}")).await,
@@ -832,21 +807,11 @@ async fn password_checks_at_verification_draw_on_the_sign_in_budget_of_the_addre
     let user = app.sign_up("leaked@example.org", STRONG).await;
     let link = app.mint(Purpose::EmailVerify, user).await;
     for guess in ["first guess password 1", "second guess password 2"] {
-        let r = app
-            .post(
-                "/v1/email/verify",
-                json!({ "token": link, "password": guess }),
-            )
-            .await;
+        let r = app.verify_answer(&link, guess).await;
         assert_error(r, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
     }
     // Whoever holds the link cannot go on guessing, whatever they try next.
-    let r = app
-        .post(
-            "/v1/email/verify",
-            json!({ "token": link, "password": STRONG }),
-        )
-        .await;
+    let r = app.verify_answer(&link, STRONG).await;
     assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited_login").await;
     let page = app
         .form("/verify-email", &[("token", &link), ("password", STRONG)])

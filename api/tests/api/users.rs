@@ -109,12 +109,7 @@ async fn a_verification_link_verifies_once() {
     assert_error(r, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
 
     let token = app.mint(Purpose::EmailVerify, user).await;
-    let r = app
-        .post(
-            "/v1/email/verify",
-            json!({ "token": token, "password": STRONG }),
-        )
-        .await;
+    let r = app.verify_answer(&token, STRONG).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let session = app.login("ann@example.org", STRONG).await;
     let me: Value = app.me(&session).await.json().await.unwrap();
@@ -122,12 +117,7 @@ async fn a_verification_link_verifies_once() {
     assert_eq!(me["email"], "ann@example.org");
     assert_eq!(me["id"], user.to_string());
 
-    let again = app
-        .post(
-            "/v1/email/verify",
-            json!({ "token": token, "password": STRONG }),
-        )
-        .await;
+    let again = app.verify_answer(&token, STRONG).await;
     assert_error(again, StatusCode::BAD_REQUEST, "token_used").await;
     assert_eq!(
         app.audit_outcomes("email_verify").await,
@@ -142,23 +132,13 @@ async fn verification_refuses_reset_tokens_superseded_expired_and_tampered_links
 
     // A reset link is not a verification link (different salt).
     let reset = app.mint(Purpose::PasswordReset, user).await;
-    let r = app
-        .post(
-            "/v1/email/verify",
-            json!({ "token": reset, "password": STRONG }),
-        )
-        .await;
+    let r = app.verify_answer(&reset, STRONG).await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
 
     // A newer link kills the older one.
     let older = app.mint(Purpose::EmailVerify, user).await;
     let newer = app.mint(Purpose::EmailVerify, user).await;
-    let r = app
-        .post(
-            "/v1/email/verify",
-            json!({ "token": older, "password": STRONG }),
-        )
-        .await;
+    let r = app.verify_answer(&older, STRONG).await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
 
     // Tampering with any character breaks the signature.
@@ -166,21 +146,13 @@ async fn verification_refuses_reset_tokens_superseded_expired_and_tampered_links
     let i = tampered.len() / 3;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
     let r = app
-        .post(
-            "/v1/email/verify",
-            json!({ "token": String::from_utf8(tampered).unwrap(), "password": STRONG }),
-        )
+        .verify_answer(&String::from_utf8(tampered).unwrap(), STRONG)
         .await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
 
     // Expired: the default verification lifetime is an hour.
     app.clock.advance(chrono::Duration::seconds(3600 + 1));
-    let r = app
-        .post(
-            "/v1/email/verify",
-            json!({ "token": newer, "password": STRONG }),
-        )
-        .await;
+    let r = app.verify_answer(&newer, STRONG).await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_expired").await;
 
     assert_eq!(
