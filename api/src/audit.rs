@@ -10,7 +10,7 @@ use crate::startup::AppState;
 
 /// Appends `event`, logging (not returning) a failure.
 pub async fn record(state: &AppState, event: &AuditEvent<'_>) {
-    if let Err(e) = shared::audit::record(&state.db, event).await {
+    if let Err(e) = shared::audit::record_on(&state.db, event).await {
         tracing::error!(error = %e, action = event.action, outcome = event.outcome, "could not write audit row");
     }
 }

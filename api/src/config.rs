@@ -39,6 +39,13 @@ pub struct Config {
     pub hash_concurrency: usize,
     /// How long a publish may wait for the broker's confirm before the request gets a 503.
     pub publish_timeout: Duration,
+    /// Where migrations run (`MIGRATE_DATABASE_URL`): a direct connection when `DATABASE_URL`
+    /// goes through a transaction-pooling PgBouncer (migrations take a session-level advisory
+    /// lock). `None`: `DATABASE_URL`.
+    pub migrate_database_url: Option<String>,
+    /// Whether the api migrates at start (`MIGRATE_ON_START`); `false` leaves it to
+    /// `api migrate` (a release job).
+    pub migrate_on_start: bool,
 }
 
 impl std::ops::Deref for Config {
@@ -118,6 +125,10 @@ impl Config {
         let hash_concurrency = r.number("HASH_CONCURRENCY", cores as u64, 1, 1024) as usize;
         let hash_per_client = r.number("HASH_PER_CLIENT", 1, 1, 1024) as usize;
         let publish_timeout = r.number("PUBLISH_TIMEOUT_MS", 5000, 100, 60_000);
+        let migrate_database_url = r
+            .raw("MIGRATE_DATABASE_URL")
+            .filter(|v| !v.trim().is_empty());
+        let migrate_on_start = r.boolean("MIGRATE_ON_START", true);
 
         r.finish().map_err(ConfigError)?;
         Ok(Self {
@@ -139,6 +150,8 @@ impl Config {
             argon2,
             hash_concurrency,
             publish_timeout: Duration::from_millis(publish_timeout),
+            migrate_database_url,
+            migrate_on_start,
         })
     }
 }

@@ -171,9 +171,14 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::Database(ref db)
                 // 08: connection exceptions; 53: out of resources (e.g. too many connections);
                 // 57P: shutdown / cannot connect now; 40: serialization failure or deadlock;
-                // 25006: read-only (a failover in progress). All pass; none is the client's fault.
+                // 25006: read-only (a failover in progress); 42P01: a table is missing (the
+                // schema is not migrated yet: PostgreSQL came back a moment ago, or migrations
+                // are left to a release job that has not run). All pass; none is the client's
+                // fault.
                 if db.code().is_some_and(|c| {
-                    ["08", "53", "57P", "40"].iter().any(|p| c.starts_with(p)) || c == "25006"
+                    ["08", "53", "57P", "40"].iter().any(|p| c.starts_with(p))
+                        || c == "25006"
+                        || c == "42P01"
                 }) =>
             {
                 ApiError::Unavailable(e.into())

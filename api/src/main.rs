@@ -18,9 +18,8 @@ async fn run() -> anyhow::Result<()> {
                 .await
         }
         Some("migrate") => {
-            let db = api::startup::connect_db(&config.database_url).await?;
-            api::startup::MIGRATOR.run(&db).await?;
-            api::store::maintenance::run_pending(&db).await?;
+            let db = api::startup::connect_for_migrations(&config).await?;
+            api::startup::migrate(&db).await?;
             tracing::info!("migrations applied");
             Ok(())
         }

@@ -1,7 +1,15 @@
 //! Building the application: connections, state, router and server. `Application::build` is
 //! both the production start and the test harness (bind port 0, own database per test).
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
 
 use anyhow::Context as _;
 use axum::{
@@ -49,6 +57,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub metrics: PrometheusHandle,
     pub pages: Arc<routes::pages::Pages>,
+    /// The schema is current (migrations ran, or are left to `api migrate`); not ready before.
+    pub schema_ready: Arc<AtomicBool>,
 }
 
 /// A built, bound, not yet running api.
@@ -72,14 +82,23 @@ impl Application {
 
     /// Like [`Self::build`] with an injected clock (tests move time instead of sleeping).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let db = connect_db(&config.database_url).await?;
-        MIGRATOR
-            .run(&db)
-            .await
-            .context("running database migrations")?;
-        crate::store::maintenance::run_pending(&db)
-            .await
-            .context("running one-off data tasks")?;
+        shared::db::configure(&config.database_url);
+        let db = shared::telemetry::lazy_db(&config.database_url, config.database_max_connections)?;
+        let schema_ready = Arc::new(AtomicBool::new(!config.migrate_on_start));
+        if config.migrate_on_start {
+            match connect_for_migrations(&config).await {
+                Ok(direct) => {
+                    migrate(&direct).await?;
+                    direct.close().await;
+                    schema_ready.store(true, Ordering::Release);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"),
+                        "PostgreSQL unreachable at start; migrating once it is back, not ready until then");
+                    tokio::spawn(migrate_when_reachable(config.clone(), schema_ready.clone()));
+                }
+            }
+        }
 
         let keys = Keys::new(config.redis_key_prefix.clone());
         let redis = RedisPool::new(&config.redis_url, keys)
@@ -121,6 +140,7 @@ impl Application {
             ),
             db,
             redis,
+            schema_ready,
             config: Arc::new(config),
         };
         let listener = TcpListener::bind(state.config.bind)
@@ -201,9 +221,51 @@ impl Application {
     }
 }
 
-/// Connects the PostgreSQL pool (see [`shared::telemetry::connect_db`]).
-pub async fn connect_db(url: &str) -> anyhow::Result<PgPool> {
-    shared::telemetry::connect_db(url, 32).await
+/// A small pool for migrations: `MIGRATE_DATABASE_URL` when set (a direct connection, since
+/// migrations hold a session-level advisory lock that a transaction-pooling PgBouncer would
+/// not keep), else `DATABASE_URL`.
+pub async fn connect_for_migrations(config: &Config) -> anyhow::Result<PgPool> {
+    let url = config
+        .migrate_database_url
+        .as_deref()
+        .unwrap_or(&config.database_url);
+    shared::telemetry::connect_db(url, 1).await
+}
+
+/// Applies pending migrations and the data tasks that follow them.
+pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(db)
+        .await
+        .context("running database migrations")?;
+    crate::store::maintenance::run_pending(db)
+        .await
+        .context("running data tasks after the migrations")?;
+    Ok(())
+}
+
+/// Retries the migrations every few seconds until PostgreSQL answers and they succeed; the
+/// api stays unready until then. A migration that fails on a reachable database is logged on
+/// every try (an operator has to act), never silently skipped.
+async fn migrate_when_reachable(config: Config, schema_ready: Arc<AtomicBool>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let result = async {
+            let direct = connect_for_migrations(&config).await?;
+            let result = migrate(&direct).await;
+            direct.close().await;
+            result
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!("migrations applied; the api is ready");
+                schema_ready.store(true, Ordering::Release);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "migrations still pending"),
+        }
+    }
 }
 
 /// The router, shared by `main` and the tests.

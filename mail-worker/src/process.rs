@@ -425,7 +425,7 @@ impl Processor {
             address_hash: address_hash.as_deref(),
             request_id: job.trace.request_id.as_deref(),
         };
-        if let Err(e) = shared::audit::record(&self.db, &event).await {
+        if let Err(e) = shared::audit::record_on(&self.db, &event).await {
             tracing::error!(job_id = %job.id, error = %e, "could not write audit row");
         }
     }

@@ -42,7 +42,8 @@ impl Worker {
 
     /// Like [`Self::build`] with an injected clock.
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let db = shared::telemetry::connect_db(&config.database_url, 16).await?;
+        shared::db::configure(&config.database_url);
+        let db = shared::telemetry::lazy_db(&config.database_url, config.database_max_connections)?;
         let redis = RedisPool::new(
             &config.redis_url,
             Keys::new(config.redis_key_prefix.clone()),

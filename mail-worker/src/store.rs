@@ -19,20 +19,28 @@ const COLUMNS: &str = "id, email, password_version, email_verified_at IS NOT NUL
 
 /// Looks an account up by its case-folded address key.
 pub async fn by_email_key(db: &PgPool, email_key: &str) -> Result<Option<Recipient>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM users WHERE email_key = $1"
-    )))
-    .bind(email_key)
-    .fetch_optional(db)
+    shared::db::pinned(db, async |c| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM users WHERE email_key = $1"
+        )))
+        .persistent(shared::db::named_statements())
+        .bind(email_key)
+        .fetch_optional(&mut *c)
+        .await
+    })
     .await
 }
 
 /// Looks an account up by id.
 pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<Recipient>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM users WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(db)
+    shared::db::pinned(db, async |c| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM users WHERE id = $1"
+        )))
+        .persistent(shared::db::named_statements())
+        .bind(id)
+        .fetch_optional(&mut *c)
+        .await
+    })
     .await
 }

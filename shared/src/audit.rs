@@ -18,12 +18,20 @@ pub struct AuditEvent<'a> {
     pub request_id: Option<&'a str>,
 }
 
+/// Appends an audit row on its own (not inside a transaction of the caller's).
+pub async fn record_on(db: &sqlx::PgPool, e: &AuditEvent<'_>) -> Result<(), sqlx::Error> {
+    let mut session = crate::db::Session::begin(db).await?;
+    record(session.conn(), e).await?;
+    session.finish().await
+}
+
 /// Appends an audit row.
 pub async fn record(db: impl PgExecutor<'_>, e: &AuditEvent<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
+    .persistent(crate::db::named_statements())
     .bind(e.action)
     .bind(e.outcome)
     .bind(e.user_id)

@@ -276,6 +276,8 @@ impl<'a> EnvReader<'a> {
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
     pub database_url: String,
+    /// Connections of this process's PostgreSQL pool (`DATABASE_MAX_CONNECTIONS`).
+    pub database_max_connections: u32,
     pub redis_url: String,
     pub amqp_url: String,
     /// Origin links are built from (never from the request's `Host`), without trailing slash.
@@ -307,6 +309,10 @@ impl CommonConfig {
             "DATABASE_URL",
             "e.g. postgres://postgres@127.0.0.1:5432/pwrecovery",
         );
+        // 2 per process: 20 api + 20 worker replicas hold 80 connections, under PostgreSQL's
+        // default max_connections of 100 with room for migrations and an operator's session.
+        // Every query here is short (no connection is held across a hash or a publish).
+        let database_max_connections = r.number("DATABASE_MAX_CONNECTIONS", 2, 1, 1000) as u32;
         let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
         let amqp_url = r.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
         let public_base_url = r.public_base_url();
@@ -334,6 +340,7 @@ impl CommonConfig {
         }
         Self {
             database_url,
+            database_max_connections,
             redis_url,
             amqp_url,
             public_base_url,

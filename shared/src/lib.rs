@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod clock;
 pub mod config;
+pub mod db;
 pub mod email;
 pub mod html;
 pub mod keys;

@@ -55,12 +55,25 @@ pub fn prometheus() -> PrometheusHandle {
 /// Connects a PostgreSQL pool. Acquiring a connection is bounded, so an unreachable database
 /// turns into prompt errors (503 in the api, retries in the worker) instead of stalls.
 pub async fn connect_db(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(3))
+    pool_options(max_connections)
         .connect(url)
         .await
         .context("cannot connect to PostgreSQL (check DATABASE_URL and that the server runs)")
+}
+
+/// A PostgreSQL pool that opens its connections when they are first needed: a database that
+/// is down at start makes requests fail (503 in the api, waiting jobs in the worker) until it
+/// is back, instead of keeping the service from starting. Only a malformed URL fails here.
+pub fn lazy_db(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    pool_options(max_connections)
+        .connect_lazy(url)
+        .context("DATABASE_URL is not a valid PostgreSQL URL")
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
 }
 
 /// Resolves on SIGTERM (orchestrators) or Ctrl-C.
@@ -102,9 +115,12 @@ pub async fn readiness(
     rabbitmq: bool,
 ) -> (bool, serde_json::Value) {
     let postgres = async {
-        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(db))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::raw_sql("SELECT 1").execute(db),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
     };
     let (postgres, redis) = tokio::join!(postgres, redis.ping());
     let ready = postgres && redis && rabbitmq;

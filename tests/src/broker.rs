@@ -20,12 +20,6 @@ pub struct BrokerNode {
     port: u16,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn rabbitmqctl(node: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("rabbitmqctl")
         .args(["-q", "-n", node])
@@ -47,8 +41,8 @@ impl BrokerNode {
         let node = format!("{NODE_PREFIX}{id}@localhost");
         let dir = std::env::temp_dir().join(format!("pwr-rabbit-{id}"));
         std::fs::create_dir_all(&dir)?;
-        let port = free_port()?;
-        let dist_port = free_port()?;
+        let port = crate::free_port()?;
+        let dist_port = crate::free_port()?;
         std::fs::write(
             dir.join("rabbitmq.conf"),
             format!("listeners.tcp.local = 127.0.0.1:{port}\n"),

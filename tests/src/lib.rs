@@ -3,6 +3,7 @@
 //! against the real PostgreSQL, Redis and RabbitMQ of the machine.
 
 pub mod broker;
+pub mod pgbouncer;
 pub mod stack;
 
 use std::{
@@ -49,6 +50,13 @@ pub const TEST_DB_PREFIX: &str = "pwr_test_";
 /// A short random id for names.
 pub fn unique_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// A loopback port that was free a moment ago (for servers the tests start).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Creates an empty database for one test and returns its URL.

@@ -33,7 +33,18 @@ pub async fn healthz() -> Json<serde_json::Value> {
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let rabbitmq = state.publisher.is_connected().await;
-    let (ready, body) = shared::telemetry::readiness(&state.db, &state.redis, rabbitmq).await;
+    let (mut ready, mut body) =
+        shared::telemetry::readiness(&state.db, &state.redis, rabbitmq).await;
+    // PostgreSQL counts as ready only once the schema is current (migrations that were
+    // pending because the database was down at start have run).
+    if !state
+        .schema_ready
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        ready = false;
+        body["status"] = serde_json::json!("unavailable");
+        body["checks"]["postgres"] = serde_json::json!(false);
+    }
     let status = if ready {
         StatusCode::OK
     } else {

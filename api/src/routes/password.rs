@@ -317,7 +317,7 @@ async fn audit_reset(
         address_hash: None,
         request_id,
     };
-    if let Err(e) = shared::audit::record(&state.db, &event).await {
+    if let Err(e) = shared::audit::record_on(&state.db, &event).await {
         tracing::error!(error = %e, outcome, "could not write audit row");
     }
 }

@@ -20,6 +20,7 @@ pub async fn run_pending(db: &PgPool) -> Result<(), sqlx::Error> {
         "INSERT INTO maintenance_tasks (name) VALUES ($1)
          ON CONFLICT (name) DO UPDATE SET done_at = now()",
     )
+    .persistent(shared::db::named_statements())
     .bind(IDNA_KEYS)
     .execute(db)
     .await?;
@@ -30,6 +31,7 @@ pub async fn run_pending(db: &PgPool) -> Result<(), sqlx::Error> {
 pub async fn rekey_unicode_domains(db: &PgPool) -> Result<u64, sqlx::Error> {
     let rows: Vec<(Uuid, String)> =
         sqlx::query_as("SELECT id, email FROM users WHERE email_key ~ '[^[:ascii:]]'")
+            .persistent(shared::db::named_statements())
             .fetch_all(db)
             .await?;
     let mut rekeyed = 0;
@@ -39,6 +41,7 @@ pub async fn rekey_unicode_domains(db: &PgPool) -> Result<u64, sqlx::Error> {
             continue;
         };
         let result = sqlx::query("UPDATE users SET email = $2, email_key = $3 WHERE id = $1")
+            .persistent(shared::db::named_statements())
             .bind(id)
             .bind(address.address())
             .bind(address.key())

@@ -33,6 +33,7 @@ async fn insert_if_absent(
          ON CONFLICT (email_key) DO NOTHING
          RETURNING id",
     )
+    .persistent(shared::db::named_statements())
     .bind(Uuid::now_v7())
     .bind(email)
     .bind(email_key)
@@ -69,32 +70,44 @@ pub async fn sign_up(
 
 /// Loads a user by id.
 pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, email, password_version, email_verified_at IS NOT NULL AS email_verified
+    shared::db::pinned(db, async |c| {
+        sqlx::query_as(
+            "SELECT id, email, password_version, email_verified_at IS NOT NULL AS email_verified
          FROM users WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(db)
+        )
+        .persistent(shared::db::named_statements())
+        .bind(id)
+        .fetch_optional(&mut *c)
+        .await
+    })
     .await
 }
 
 /// Loads sign-in credentials by address key.
 pub async fn credentials(db: &PgPool, email_key: &str) -> Result<Option<Credentials>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {CREDENTIALS} FROM users WHERE email_key = $1"
-    )))
-    .bind(email_key)
-    .fetch_optional(db)
+    shared::db::pinned(db, async |c| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {CREDENTIALS} FROM users WHERE email_key = $1"
+        )))
+        .persistent(shared::db::named_statements())
+        .bind(email_key)
+        .fetch_optional(&mut *c)
+        .await
+    })
     .await
 }
 
 /// Credentials of the user a link names (verification checks the password too).
 pub async fn credentials_by_id(db: &PgPool, id: Uuid) -> Result<Option<Credentials>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {CREDENTIALS} FROM users WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(db)
+    shared::db::pinned(db, async |c| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {CREDENTIALS} FROM users WHERE id = $1"
+        )))
+        .persistent(shared::db::named_statements())
+        .bind(id)
+        .fetch_optional(&mut *c)
+        .await
+    })
     .await
 }
 
@@ -110,16 +123,20 @@ pub async fn replace_hash(
     old_hash: &str,
     new_hash: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE users SET password_hash = $3, updated_at = now()
+    shared::db::pinned(db, async |c| {
+        sqlx::query(
+            "UPDATE users SET password_hash = $3, updated_at = now()
          WHERE id = $1 AND password_hash = $2",
-    )
-    .bind(id)
-    .bind(old_hash)
-    .bind(new_hash)
-    .execute(db)
-    .await?;
-    Ok(())
+        )
+        .persistent(shared::db::named_statements())
+        .bind(id)
+        .bind(old_hash)
+        .bind(new_hash)
+        .execute(&mut *c)
+        .await?;
+        Ok(())
+    })
+    .await
 }
 
 /// A committed password change, with what is needed to undo it.
@@ -149,6 +166,7 @@ pub async fn replace_password(
          WHERE u.id = $1 AND u.password_version = $2
          RETURNING old.password_hash, old.verified, u.password_version",
     )
+    .persistent(shared::db::named_statements())
     .bind(id)
     .bind(expected_version)
     .bind(password_hash)
@@ -171,51 +189,67 @@ pub async fn restore_password(
     id: Uuid,
     change: &PasswordChange,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE users
+    shared::db::pinned(db, async |c| {
+        sqlx::query(
+            "UPDATE users
          SET password_hash = $3,
              password_version = password_version + 1,
              undone_password_versions = array_append(undone_password_versions, $2),
              email_verified_at = CASE WHEN $4 THEN email_verified_at ELSE NULL END,
              updated_at = now()
          WHERE id = $1 AND password_version = $2",
-    )
-    .bind(id)
-    .bind(change.new_version)
-    .bind(&change.old_hash)
-    .bind(change.was_verified)
-    .execute(db)
-    .await?;
-    Ok(())
+        )
+        .persistent(shared::db::named_statements())
+        .bind(id)
+        .bind(change.new_version)
+        .bind(&change.old_hash)
+        .bind(change.was_verified)
+        .execute(&mut *c)
+        .await?;
+        Ok(())
+    })
+    .await
 }
 
 /// Removes an account whose verification job the broker did not confirm (compensation of
 /// a sign-up).
 pub async fn delete_unconfirmed(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM users WHERE id = $1 AND email_verified_at IS NULL")
-        .bind(id)
-        .execute(db)
-        .await?;
-    Ok(())
+    shared::db::pinned(db, async |c| {
+        sqlx::query("DELETE FROM users WHERE id = $1 AND email_verified_at IS NULL")
+            .persistent(shared::db::named_statements())
+            .bind(id)
+            .execute(&mut *c)
+            .await?;
+        Ok(())
+    })
+    .await
 }
 
 /// Marks the address verified; `true` when it was not verified before (idempotent).
 pub async fn mark_verified(db: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query(
-        "UPDATE users SET email_verified_at = now(), updated_at = now()
+    shared::db::pinned(db, async |c| {
+        let changed = sqlx::query(
+            "UPDATE users SET email_verified_at = now(), updated_at = now()
          WHERE id = $1 AND email_verified_at IS NULL",
-    )
-    .bind(id)
-    .execute(db)
-    .await?;
-    Ok(changed.rows_affected() == 1)
+        )
+        .persistent(shared::db::named_statements())
+        .bind(id)
+        .execute(&mut *c)
+        .await?;
+        Ok(changed.rows_affected() == 1)
+    })
+    .await
 }
 
 /// Undoes [`mark_verified`] (a verification whose follow-up could not be completed).
 pub async fn mark_unverified(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE users SET email_verified_at = NULL, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(db)
-        .await?;
-    Ok(())
+    shared::db::pinned(db, async |c| {
+        sqlx::query("UPDATE users SET email_verified_at = NULL, updated_at = now() WHERE id = $1")
+            .persistent(shared::db::named_statements())
+            .bind(id)
+            .execute(&mut *c)
+            .await?;
+        Ok(())
+    })
+    .await
 }

@@ -216,3 +216,67 @@ async fn a_reset_whose_notice_cannot_be_published_is_undone_under_a_newer_passwo
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(app.password_version(user).await, 4);
 }
+
+#[tokio::test]
+async fn the_api_starts_while_postgresql_is_down_and_migrates_once_it_is_back() {
+    let server = host_port(&e2e::postgres_server_url());
+    let proxy = FaultProxy::start(&server).await.unwrap();
+    proxy.cut();
+    let mut config = crate::helpers::test_config(&[]).await;
+    config.common.database_url = config
+        .common
+        .database_url
+        .replace(&server, &format!("127.0.0.1:{}", proxy.port()));
+    let app = crate::helpers::spawn_config(config).await;
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK, "alive");
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["checks"]["postgres"], false);
+    let r = app
+        .post(
+            "/v1/users",
+            json!({ "email": "early@example.org", "password": STRONG }),
+        )
+        .await;
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+
+    // Back: the pending migrations run by themselves, then the api is ready and works.
+    proxy.restore();
+    let ready = poll_until(Duration::from_secs(30), || async {
+        (app.get("/readyz").await.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "ready once PostgreSQL is back and migrated"
+    );
+    app.create_user("early@example.org", STRONG).await;
+    app.login("early@example.org", STRONG).await;
+}
+
+#[tokio::test]
+async fn with_migrations_left_to_a_release_job_the_api_does_not_touch_the_schema() {
+    // A database nobody migrated: the api starts and serves what needs no table.
+    let app = spawn_with(&[("MIGRATE_ON_START", "false")]).await;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'users'",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "MIGRATE_ON_START=false ran no migration");
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+    // Until the release job has run, what needs a table answers 503, not 500.
+    let r = app
+        .post(
+            "/v1/users",
+            json!({ "email": "soon@example.org", "password": STRONG }),
+        )
+        .await;
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    // `api migrate`'s work, then the api is ready and works.
+    api::startup::migrate(&app.state.db).await.unwrap();
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    app.create_user("soon@example.org", STRONG).await;
+}

@@ -1,0 +1,105 @@
+//! PostgreSQL settings both services apply to every query.
+//!
+//! Behind a PgBouncer in transaction pooling mode, consecutive transactions of one client
+//! connection run on different server connections, so a named prepared statement made in one
+//! is missing (or already taken) in the next. sqlx names every statement it may reuse, even
+//! with its statement cache off, so each query of ours asks for an unnamed statement when
+//! `DATABASE_URL` turns the cache off (`statement-cache-capacity=0`, the documented PgBouncer
+//! setting). A direct connection keeps named, cached statements (one round trip per query).
+//!
+//! An unnamed statement is parsed and described in one exchange and bound and executed in the
+//! next; between the two the pooler may hand the client another server connection, whose
+//! unnamed statement is a different one. [`Session`] therefore pins one server connection for
+//! the statements outside a transaction of ours by running them in one (`BEGIN` ... `COMMIT`,
+//! simple-protocol messages that need no statement), and only then.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sqlx::{PgConnection, PgPool, Postgres, Transaction, pool::PoolConnection};
+
+static NAMED_STATEMENTS: AtomicBool = AtomicBool::new(true);
+
+/// Reads the statement setting from the database URL a process runs with.
+pub fn configure(database_url: &str) {
+    NAMED_STATEMENTS.store(!statement_cache_off(database_url), Ordering::Relaxed);
+}
+
+/// Whether queries may use named (prepared and cached) statements: pass it to every query's
+/// `.persistent(…)`.
+pub fn named_statements() -> bool {
+    NAMED_STATEMENTS.load(Ordering::Relaxed)
+}
+
+/// Whether `url` sets `statement-cache-capacity=0`.
+pub fn statement_cache_off(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|pair| pair.trim() == "statement-cache-capacity=0")
+    })
+}
+
+/// Runs `work` on one connection of `db`, pinned behind a transaction pooler (see [`Session`]).
+pub async fn pinned<T>(
+    db: &PgPool,
+    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
+    let mut session = Session::begin(db).await?;
+    let value = work(session.conn()).await?;
+    session.finish().await?;
+    Ok(value)
+}
+
+/// A connection for a few statements outside a transaction of the caller's: the pooled
+/// connection itself, or (behind a transaction pooler) a transaction that pins one server
+/// connection. End it with [`Session::finish`].
+pub enum Session {
+    Direct(PoolConnection<Postgres>),
+    Pinned(Transaction<'static, Postgres>),
+}
+
+impl Session {
+    /// Takes a connection from `db`.
+    pub async fn begin(db: &PgPool) -> Result<Self, sqlx::Error> {
+        Ok(if named_statements() {
+            Session::Direct(db.acquire().await?)
+        } else {
+            Session::Pinned(db.begin().await?)
+        })
+    }
+
+    /// The connection to run statements on.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Session::Direct(c) => c,
+            Session::Pinned(t) => t,
+        }
+    }
+
+    /// Commits a pinning transaction; returns a direct connection to the pool.
+    pub async fn finish(self) -> Result<(), sqlx::Error> {
+        match self {
+            Session::Direct(_) => Ok(()),
+            Session::Pinned(t) => t.commit().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_zero_statement_cache_turns_named_statements_off() {
+        assert!(statement_cache_off(
+            "postgres://u@h:6432/db?statement-cache-capacity=0"
+        ));
+        assert!(statement_cache_off(
+            "postgres://u@h/db?sslmode=require&statement-cache-capacity=0"
+        ));
+        assert!(!statement_cache_off("postgres://u@h/db"));
+        assert!(!statement_cache_off(
+            "postgres://u@h/db?statement-cache-capacity=100"
+        ));
+    }
+}

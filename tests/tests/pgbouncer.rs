@@ -1,0 +1,133 @@
+//! The real api and worker with `DATABASE_URL` through a PgBouncer in transaction pooling mode
+//! (statement cache off, as documented), migrations over a direct connection
+//! (`MIGRATE_DATABASE_URL`): the whole flow and the link race.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use e2e::{
+    pgbouncer::PgBouncer,
+    stack::{SmtpSink, StackEnv},
+};
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn host_port(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap();
+    let rest = rest.rsplit('@').next().unwrap();
+    rest.split('/').next().unwrap().to_owned()
+}
+
+fn token_of(link: &str) -> String {
+    link.split("token=").nth(1).unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_whole_flow_and_a_link_race_work_through_pgbouncer_in_transaction_mode() {
+    let bouncer = PgBouncer::start(&host_port(&e2e::postgres_server_url()))
+        .await
+        .unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    let direct = env.database_url.clone();
+    let pooled = format!("{}?statement-cache-capacity=0", bouncer.url_for(&direct));
+    env.set("DATABASE_URL", &pooled);
+    env.set("MIGRATE_DATABASE_URL", &direct);
+    let (api, base) = env.start_api().await.unwrap();
+    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
+    let (old, new) = (
+        "correct horse battery staple 42",
+        "plaid zebra umbrella tangerine 97",
+    );
+
+    let r = post(
+        "/v1/users",
+        json!({ "email": "ann@example.org", "password": old }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "{:?}\n{}",
+        api.output(),
+        bouncer.log()
+    );
+    let verification = sink
+        .wait_for_email("ann@example.org", "Confirm", WAIT)
+        .await
+        .unwrap_or_else(|| panic!("no verification email: {:?}", worker.output()));
+    let link = verification
+        .link(&format!("{}/verify-email?token=", env.public_base_url))
+        .unwrap();
+    let r = post(
+        "/v1/email/verify",
+        json!({ "token": token_of(&link), "password": old }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let sign_in = |password: &'static str| {
+        post(
+            "/v1/sessions",
+            json!({ "email": "ann@example.org", "password": password }),
+        )
+    };
+    assert_eq!(sign_in(old).await.unwrap().status(), StatusCode::CREATED);
+
+    let r = post("/v1/password/forgot", json!({ "email": "ann@example.org" }))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let reset_email = sink
+        .wait_for_email("ann@example.org", "Reset", WAIT)
+        .await
+        .unwrap_or_else(|| panic!("no reset email: {:?}", worker.output()));
+    let link = reset_email
+        .link(&format!("{}/reset-password?token=", env.public_base_url))
+        .unwrap();
+    let token = token_of(&link);
+    // Twenty submissions of one link at once, each a transaction through the pooler.
+    let answers = join_all((0..20).map(|_| {
+        post(
+            "/v1/password/reset",
+            json!({ "token": token, "new_password": new }),
+        )
+    }))
+    .await;
+    let statuses: Vec<StatusCode> = answers
+        .iter()
+        .map(|r| r.as_ref().unwrap().status())
+        .collect();
+    let won = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::NO_CONTENT)
+        .count();
+    let used = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::BAD_REQUEST)
+        .count();
+    assert_eq!((won, used), (1, 19), "{statuses:?}");
+    assert_eq!(sign_in(new).await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(
+        sign_in(old).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(
+        sink.wait_for_email("ann@example.org", "password was changed", WAIT)
+            .await
+            .is_some(),
+        "the worker read the change through the pooler too"
+    );
+    let logs = [api.output(), worker.output()].concat().join("\n");
+    assert!(
+        !logs.contains("prepared statement") && !logs.contains("\"level\":\"ERROR\""),
+        "{logs}\n{}",
+        bouncer.log()
+    );
+}
