@@ -4,26 +4,20 @@
 //!
 //! Keys hold HMAC pseudonyms, never the address or IP itself. Each limit is a single-key
 //! script (valid on Redis Cluster) that reads the time from Redis; the limits of one request
-//! are sent as one pipeline, so checking them costs one round trip. A request refused by any
+//! are sent at once on the shared multiplexed connection, so checking them costs one round
+//! trip. A request refused by any
 //! of its limits counts against none of them: the entries the others logged are taken back
 //! (a second round trip, on the refusal path only). So an attacker who is over their own IP
 //! budget cannot spend a victim's per-address budget with requests that were never served.
 
-use std::{
-    net::IpAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use redis::{Script, aio::MultiplexedConnection};
+use redis::Script;
 use shared::keys::pseudonym;
 
-use shared::redis_pool::{RedisError, RedisPool};
+use shared::redis_pool::RedisPool;
 
 use crate::error::ApiError;
-
-/// Deadline for one check's round trip: a slow Redis turns into a prompt 503.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One limit's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,13 +93,8 @@ pub struct RateLimiter {
 }
 
 struct Inner {
+    /// The process's one multiplexed connection (see [`shared::redis_pool`]).
     redis: RedisPool,
-    /// One multiplexed connection shared by every check, taken out of the pool. Checking out
-    /// a pooled connection costs a round trip of its own (the pool pings every connection it
-    /// hands out), and commands of concurrent requests on one multiplexed connection go out
-    /// and come back together, so under load this halves the round trips and batches the
-    /// rest. Dropped on any failure; the next check takes a fresh one from the pool.
-    shared: Mutex<Option<MultiplexedConnection>>,
     script: Script,
     secret: Vec<u8>,
     limits: Limits,
@@ -117,7 +106,6 @@ impl RateLimiter {
         Self {
             inner: Arc::new(Inner {
                 redis,
-                shared: Mutex::new(None),
                 script: Script::new(include_str!("rate_limit.lua")),
                 secret: secret.to_vec(),
                 limits,
@@ -217,11 +205,12 @@ impl RateLimiter {
 
     /// Takes back the entries of a sign-in attempt that succeeded. Best effort.
     pub async fn forgive(&self, attempt: Attempt) {
-        let mut pipe = redis::pipe();
-        for (key, member) in &attempt.entries {
-            pipe.zrem(key, member).ignore();
-        }
-        self.send_best_effort(pipe, "forgive a successful sign-in")
+        let entries: Vec<(&str, &str)> = attempt
+            .entries
+            .iter()
+            .map(|(key, member)| (key.as_str(), member.as_str()))
+            .collect();
+        self.take_back(&entries, "forgive a successful sign-in")
             .await;
     }
 
@@ -269,138 +258,78 @@ impl RateLimiter {
         }
     }
 
-    /// Runs the limiter script for every check in one pipeline; returns each verdict with the
-    /// member it logged.
+    /// Runs the limiter script for every check, all at once: one command per key (each key is
+    /// its own cluster slot, so no pipeline could hold them), sent together on the shared
+    /// multiplexed connection. Returns each verdict with the member it logged.
     async fn count(&self, checks: &[Check]) -> Result<Vec<(Verdict, String)>, ApiError> {
         let window_ms = self.inner.limits.window.as_millis() as i64;
         let script = &self.inner.script;
-        // Unique within the window; 64 random bits from the thread-local generator (a UUID
-        // would cost a getrandom system call per member).
-        let members: Vec<String> = checks
-            .iter()
-            .map(|_| {
-                format!(
-                    "{:016x}{:016x}",
-                    rand::random::<u64>(),
-                    rand::random::<u64>()
-                )
-            })
-            .collect();
-        let build = |load: bool| {
-            let mut pipe = redis::pipe();
-            if load {
-                pipe.load_script(script).ignore();
-            }
-            for (check, member) in checks.iter().zip(&members) {
-                pipe.invoke_script(
+        let calls = checks.iter().map(|check| async move {
+            // Unique within the window; 128 random bits from the thread-local generator (a
+            // UUID would cost a getrandom system call per member).
+            let member = format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            );
+            // EVALSHA, and after a Redis restart (NOSCRIPT) LOAD and EVALSHA again: the failed
+            // call ran nothing, so nothing is counted twice.
+            let member_ref = &member;
+            let (allowed, _count, wait_ms): (i64, i64, i64) = self
+                .inner
+                .redis
+                .run(|mut c| async move {
                     script
                         .key(&check.key)
                         .arg(window_ms)
                         .arg(check.limit)
-                        .arg(member),
-                );
-            }
-            pipe
-        };
-        let raw: Vec<(i64, i64, i64)> = match self.query(&build(false)).await {
-            Ok(r) => r,
-            // After a Redis restart the script cache is empty: load and retry once. The
-            // failed pipeline ran nothing (every call failed with NOSCRIPT), so nothing is
-            // counted twice.
-            Err(e) if e.is_noscript() => self.query(&build(true)).await?,
-            Err(e) => return Err(e.into()),
-        };
-        Ok(raw
-            .into_iter()
-            .zip(checks)
-            .zip(members)
-            .map(|(((allowed, _count, wait_ms), check), member)| {
-                let verdict = if allowed == 1 {
-                    Verdict::ALLOWED
-                } else {
-                    Verdict {
-                        allowed: false,
-                        retry_after_secs: (wait_ms.max(1) as u64).div_ceil(1000),
-                        refused_by: check.label,
-                    }
-                };
-                (verdict, member)
-            })
-            .collect())
+                        .arg(member_ref)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            let verdict = if allowed == 1 {
+                Verdict::ALLOWED
+            } else {
+                Verdict {
+                    allowed: false,
+                    retry_after_secs: (wait_ms.max(1) as u64).div_ceil(1000),
+                    refused_by: check.label,
+                }
+            };
+            Ok::<_, ApiError>((verdict, member))
+        });
+        futures_util::future::try_join_all(calls).await
     }
 
     /// Takes back the entries that `counted` logged for a request that was refused after all.
     /// Best effort: a failure here leaves one extra entry that expires with its window.
     async fn refund(&self, checks: &[Check], counted: &[(Verdict, String)]) {
-        let mut pipe = redis::pipe();
-        let mut any = false;
-        for (check, (verdict, member)) in checks.iter().zip(counted) {
-            if verdict.allowed {
-                pipe.zrem(&check.key, member).ignore();
-                any = true;
-            }
-        }
-        if any {
-            self.send_best_effort(pipe, "take back rate-limit entries")
-                .await;
-        }
+        let entries: Vec<(&str, &str)> = checks
+            .iter()
+            .zip(counted)
+            .filter(|(_, (verdict, _))| verdict.allowed)
+            .map(|(check, (_, member))| (check.key.as_str(), member.as_str()))
+            .collect();
+        self.take_back(&entries, "take back rate-limit entries")
+            .await;
     }
 
-    /// Sends `pipe` on the shared connection, logging (not returning) a failure.
-    async fn send_best_effort(&self, pipe: redis::Pipeline, what: &str) {
-        let mut connection = match self.connection().await {
-            Ok(c) => c,
-            Err(e) => {
+    /// Removes each (key, member), all at once (one command per key, as in [`Self::count`]).
+    async fn take_back(&self, entries: &[(&str, &str)], what: &str) {
+        let removals = entries.iter().map(|&(key, member)| {
+            self.inner.redis.run(move |mut c| async move {
+                redis::cmd("ZREM")
+                    .arg(key)
+                    .arg(member)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+        });
+        for result in futures_util::future::join_all(removals).await {
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "could not {what}");
-                return;
             }
-        };
-        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not {what}"),
-            Err(_) => tracing::warn!("timed out: {what}"),
-        }
-    }
-}
-
-impl RateLimiter {
-    /// Sends `pipe` on the shared connection within [`REDIS_TIMEOUT`].
-    async fn query(&self, pipe: &redis::Pipeline) -> Result<Vec<(i64, i64, i64)>, RedisError> {
-        let mut connection = self.connection().await?;
-        let result =
-            match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async(&mut connection)).await {
-                Ok(Ok(values)) => return Ok(values),
-                Ok(Err(e)) => RedisError::Redis(e),
-                Err(_) => RedisError::Timeout(REDIS_TIMEOUT),
-            };
-        // NOSCRIPT is an answer on a healthy connection; anything else may mean the
-        // connection is gone (Redis restarted, a network cut): start over with a fresh one.
-        if !result.is_noscript() {
-            self.forget_connection();
-        }
-        Err(result)
-    }
-
-    /// The shared connection, taking one from the pool when there is none.
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
-        if let Some(connection) = self.inner.shared.lock().ok().and_then(|c| c.clone()) {
-            return Ok(connection);
-        }
-        // Taken out of the pool for good: it is never pinged or handed out again by the pool.
-        let connection = self
-            .inner
-            .redis
-            .run(|pooled| async move { Ok(deadpool_redis::Connection::take(pooled)) })
-            .await?;
-        if let Ok(mut shared) = self.inner.shared.lock() {
-            *shared = Some(connection.clone());
-        }
-        Ok(connection)
-    }
-
-    fn forget_connection(&self) {
-        if let Ok(mut shared) = self.inner.shared.lock() {
-            *shared = None;
         }
     }
 }

@@ -69,16 +69,26 @@ pub struct Sessions {
     revoke_all: Script,
 }
 
-/// Deletes every session key listed in the user's set, then the set. `KEYS[1]` is the set;
-/// session keys are `<set>:<hash>`, in the same slot thanks to the shared hash tag.
+/// Deletes every session of a user. `KEYS[1]` is the user's set of session hashes, `KEYS[2..]`
+/// the session keys it listed when the caller read it, `ARGV` those hashes in the same order.
+/// Every key is declared (Redis Cluster routes and checks a script by its declared keys; all
+/// share the user's hash tag, so they are one slot). If the set changed since it was read (a
+/// sign-in in between), nothing is deleted and -1 tells the caller to read it again.
 const REVOKE_ALL_LUA: &str = r"
-local members = redis.call('SMEMBERS', KEYS[1])
-for _, m in ipairs(members) do
-  redis.call('DEL', KEYS[1] .. ':' .. m)
+if redis.call('SCARD', KEYS[1]) ~= #ARGV then return -1 end
+for _, m in ipairs(ARGV) do
+  if redis.call('SISMEMBER', KEYS[1], m) == 0 then return -1 end
+end
+for i = 2, #KEYS do
+  redis.call('DEL', KEYS[i])
 end
 redis.call('DEL', KEYS[1])
-return #members
+return #ARGV
 ";
+
+/// Reads of the session set before giving up on a user who keeps signing in meanwhile (the
+/// sessions still die by their password version).
+const REVOKE_ALL_TRIES: usize = 5;
 
 impl Sessions {
     pub fn new(redis: RedisPool, ttl: Duration) -> Self {
@@ -154,13 +164,34 @@ impl Sessions {
 
     /// Ends every session of `user`; returns how many there were.
     pub async fn revoke_all(&self, user: Uuid) -> Result<u64, ApiError> {
-        let set = self.redis.keys().user_sessions(user);
-        let script = self.revoke_all.clone();
-        let n: u64 = self
-            .redis
-            .run(|mut c| async move { script.key(&set).invoke_async(&mut c).await })
-            .await?;
-        Ok(n)
+        let keys = self.redis.keys();
+        let set = keys.user_sessions(user);
+        for _ in 0..REVOKE_ALL_TRIES {
+            let set_key = set.clone();
+            let members: Vec<String> = self
+                .redis
+                .run(|mut c| async move {
+                    redis::cmd("SMEMBERS")
+                        .arg(&set_key)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let mut invocation = self.revoke_all.key(&set);
+            for member in &members {
+                invocation.key(keys.session(user, member)).arg(member);
+            }
+            let deleted: i64 = self
+                .redis
+                .run(|mut c| async move { invocation.invoke_async(&mut c).await })
+                .await?;
+            if deleted >= 0 {
+                return Ok(deleted as u64);
+            }
+        }
+        Err(ApiError::unavailable(anyhow::anyhow!(
+            "the session set kept changing while it was being revoked"
+        )))
     }
 }
 

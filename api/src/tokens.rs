@@ -147,18 +147,27 @@ impl TokenService {
         let keys = self.redis.keys();
         let gen_key = keys.token_generation(claims.uid, purpose);
         let burn_key = keys.burn(&fingerprint);
-        // Two independent single-key reads in one round trip.
-        let (generation, burned): (Option<i64>, bool) = self
-            .redis
-            .run(|mut c| async move {
-                redis::pipe()
-                    .get(&gen_key)
-                    .exists(&burn_key)
-                    .query_async(&mut c)
+        // Two independent reads of keys in different cluster slots: sent at once as two
+        // commands (a pipeline must stay within one slot on Redis Cluster); on the shared
+        // multiplexed connection they still travel together.
+        let (generation, burned) = tokio::join!(
+            self.redis.run(|mut c| async move {
+                redis::cmd("GET")
+                    .arg(&gen_key)
+                    .query_async::<Option<i64>>(&mut c)
                     .await
-            })
-            .await
-            .map_err(ApiError::from)?;
+            }),
+            self.redis.run(|mut c| async move {
+                redis::cmd("EXISTS")
+                    .arg(&burn_key)
+                    .query_async::<bool>(&mut c)
+                    .await
+            }),
+        );
+        let (generation, burned) = (
+            generation.map_err(ApiError::from)?,
+            burned.map_err(ApiError::from)?,
+        );
         if burned {
             metrics::counter!("burned_token_replays_total").increment(1);
             return Err(Rejected::new(ApiError::TokenUsed, Some(claims.uid), "used"));

@@ -1,22 +1,28 @@
-//! The Redis connection pool, with a deadline on every operation.
+//! The one Redis access layer of both services: one multiplexed connection per process,
+//! shared by every call, with a deadline on every operation.
 //!
-//! A slow or dead Redis must turn into a prompt error (a 503 in the api, a retry in the
-//! worker), never into work piling up.
+//! Commands of concurrent requests on one multiplexed connection go out and come back
+//! together, so under load round trips are batched instead of each request checking a
+//! connection out of a pool (which pinged it first: a round trip of its own). The connection
+//! is opened on first use, so a Redis that is down at start makes requests fail with 503 (the
+//! worker's jobs wait) until it is back; a connection that fails for any reason but a server's
+//! answer is dropped, and the next call opens a new one. A slow or dead Redis turns into a
+//! prompt error, never into work piling up.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use crate::keys::Keys;
-use deadpool_redis::{
-    Config as PoolConfig, Connection, Pool, PoolConfig as Sizing, Runtime, Timeouts,
-};
+use redis::{AsyncConnectionConfig, aio::MultiplexedConnection};
 
 /// A failed Redis operation.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
 }
@@ -26,34 +32,41 @@ impl RedisError {
     pub fn is_noscript(&self) -> bool {
         matches!(self, RedisError::Redis(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
     }
+
+    /// Whether the server answered (with an error): the connection itself is fine.
+    fn is_server_answer(&self) -> bool {
+        matches!(self, RedisError::Redis(e) if matches!(e.kind(), redis::ErrorKind::Server(_)))
+    }
 }
 
-/// Deadline for one Redis round trip, connection checkout included.
+/// Deadline for one Redis round trip, connecting included.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A cloneable handle to the pool plus the key namespace.
+/// A cloneable handle to the process's Redis connection plus the key namespace.
 #[derive(Clone)]
 pub struct RedisPool {
-    pool: Pool,
+    inner: Arc<Inner>,
     keys: Keys,
 }
 
+struct Inner {
+    client: redis::Client,
+    shared: Mutex<Option<MultiplexedConnection>>,
+    /// Held while connecting, so a burst after an outage opens one connection, not hundreds.
+    connecting: tokio::sync::Mutex<()>,
+}
+
 impl RedisPool {
-    /// Builds the pool; connections are opened lazily, so a Redis that is down at start makes
-    /// requests fail with 503 until it is back instead of keeping the api from starting.
+    /// Prepares the connection (opened on first use); fails only on a malformed URL.
     pub fn new(url: &str, keys: Keys) -> anyhow::Result<Self> {
-        let mut cfg = PoolConfig::from_url(url);
-        cfg.pool = Some(Sizing {
-            max_size: 64,
-            timeouts: Timeouts {
-                wait: Some(OP_TIMEOUT),
-                create: Some(OP_TIMEOUT),
-                recycle: Some(OP_TIMEOUT),
-            },
-            ..Sizing::default()
-        });
-        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
-        Ok(Self { pool, keys })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client: redis::Client::open(url)?,
+                shared: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+            keys,
+        })
     }
 
     /// The key namespace.
@@ -61,18 +74,62 @@ impl RedisPool {
         &self.keys
     }
 
-    /// Runs `op` on a pooled connection within the deadline.
+    fn current(&self) -> Option<MultiplexedConnection> {
+        self.inner.shared.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// The shared connection, opening it when there is none.
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let _connecting = tokio::time::timeout(OP_TIMEOUT, self.inner.connecting.lock())
+            .await
+            .map_err(|_| RedisError::Timeout(OP_TIMEOUT))?;
+        if let Some(c) = self.current() {
+            return Ok(c); // opened by another task meanwhile
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT));
+        let connection = tokio::time::timeout(
+            OP_TIMEOUT,
+            self.inner
+                .client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| RedisError::Timeout(OP_TIMEOUT))??;
+        if let Ok(mut shared) = self.inner.shared.lock() {
+            *shared = Some(connection.clone());
+        }
+        Ok(connection)
+    }
+
+    fn forget(&self) {
+        if let Ok(mut shared) = self.inner.shared.lock() {
+            *shared = None;
+        }
+    }
+
+    /// Runs `op` on the shared connection within the deadline.
     pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
     where
-        F: FnOnce(Connection) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        tokio::time::timeout(OP_TIMEOUT, async {
-            let conn = self.pool.get().await?;
-            Ok::<T, RedisError>(op(conn).await?)
-        })
-        .await
-        .map_err(|_| RedisError::Timeout(OP_TIMEOUT))?
+        let connection = self.connection().await?;
+        let error = match tokio::time::timeout(OP_TIMEOUT, op(connection)).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => RedisError::Redis(e),
+            Err(_) => RedisError::Timeout(OP_TIMEOUT),
+        };
+        // An error answer (NOSCRIPT, WRONGTYPE) comes over a healthy connection; anything else
+        // may mean it is gone (Redis restarted, a network cut): start over with a fresh one.
+        if !error.is_server_answer() {
+            self.forget();
+        }
+        Err(error)
     }
 
     /// `SET key 1 NX EX ttl_secs`: `true` for the one caller that set the marker, `false` when
