@@ -101,8 +101,8 @@ impl Application {
         }
 
         let keys = Keys::new(config.redis_key_prefix.clone());
-        let redis = RedisPool::new(&config.redis_url, keys)
-            .context("REDIS_URL is not a valid Redis URL")?;
+        let redis = RedisPool::connect_to(&config.redis_target(), keys)
+            .context("REDIS_URL or REDIS_CLUSTER_URLS is not a valid Redis URL")?;
         if !redis.ping().await {
             tracing::warn!("Redis unreachable at start; requests will get 503 until it is back");
         }

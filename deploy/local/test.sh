@@ -18,6 +18,11 @@ for node in $(epmd -names 2>/dev/null | awk '$2 ~ /^pwrtest-/ {print $2}'); do
   rabbitmqctl -q -n "$node@localhost" stop >/dev/null 2>&1 || true
 done
 rm -rf "${TMPDIR:-/tmp}"/pwr-rabbit-*
+# Private Redis Cluster nodes and PgBouncers of an interrupted earlier run (the tests start
+# them on free ports and remove them when they end). The machine's own Redis is no cluster.
+pkill -f 'redis-server 127\.0\.0\.1:[0-9]+ \[cluster\]' 2>/dev/null || true
+pkill -f 'pgbouncer .*pwr-pgbouncer-' 2>/dev/null || true
+rm -rf "${TMPDIR:-/tmp}"/pwr-redis-cluster-* "${TMPDIR:-/tmp}"/pwr-pgbouncer-*
 
 source deploy/local/venv.sh
 

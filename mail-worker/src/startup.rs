@@ -44,11 +44,11 @@ impl Worker {
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         shared::db::configure(&config.database_url);
         let db = shared::telemetry::lazy_db(&config.database_url, config.database_max_connections)?;
-        let redis = RedisPool::new(
-            &config.redis_url,
+        let redis = RedisPool::connect_to(
+            &config.redis_target(),
             Keys::new(config.redis_key_prefix.clone()),
         )
-        .context("REDIS_URL is not a valid Redis URL")?;
+        .context("REDIS_URL or REDIS_CLUSTER_URLS is not a valid Redis URL")?;
         let tokens = TokenKeys::new(config.token_secrets.clone(), config.token_digest)
             .map_err(|e| anyhow::anyhow!("TOKEN_SECRETS: {e}"))?;
         let from: Mailbox = config.mail_from.parse().context("MAIL_FROM")?;

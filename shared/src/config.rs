@@ -279,6 +279,8 @@ pub struct CommonConfig {
     /// Connections of this process's PostgreSQL pool (`DATABASE_MAX_CONNECTIONS`).
     pub database_max_connections: u32,
     pub redis_url: String,
+    /// Seed nodes of a Redis Cluster (`REDIS_CLUSTER_URLS`); when set, `redis_url` is unused.
+    pub redis_cluster_urls: Vec<String>,
     pub amqp_url: String,
     /// Origin links are built from (never from the request's `Host`), without trailing slash.
     pub public_base_url: String,
@@ -314,6 +316,21 @@ impl CommonConfig {
         // Every query here is short (no connection is held across a hash or a publish).
         let database_max_connections = r.number("DATABASE_MAX_CONNECTIONS", 2, 1, 1000) as u32;
         let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
+        let redis_cluster_urls: Vec<String> = r
+            .string("REDIS_CLUSTER_URLS", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for url in &redis_cluster_urls {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                r.error(format!(
+                    "REDIS_CLUSTER_URLS: {url:?} is not a redis:// or rediss:// URL \
+                     (comma-separated seed nodes, e.g. redis://10.0.0.1:6379,redis://10.0.0.2:6379)"
+                ));
+            }
+        }
         let amqp_url = r.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
         let public_base_url = r.public_base_url();
         let token_secrets = r.token_secrets();
@@ -342,6 +359,7 @@ impl CommonConfig {
             database_url,
             database_max_connections,
             redis_url,
+            redis_cluster_urls,
             amqp_url,
             public_base_url,
             pseudonym_key: token_secrets
@@ -367,6 +385,16 @@ impl CommonConfig {
     /// over token material, and both keep their meaning when the other one's use changes.
     pub fn pseudonym_secret(&self) -> &[u8] {
         &self.pseudonym_key
+    }
+
+    /// Where Redis is: the cluster's seed nodes when `REDIS_CLUSTER_URLS` is set, else the
+    /// one node of `REDIS_URL`.
+    pub fn redis_target(&self) -> crate::redis_pool::RedisTarget {
+        if self.redis_cluster_urls.is_empty() {
+            crate::redis_pool::RedisTarget::Node(self.redis_url.clone())
+        } else {
+            crate::redis_pool::RedisTarget::Cluster(self.redis_cluster_urls.clone())
+        }
     }
 
     /// The broker topology these settings describe.

@@ -16,7 +16,62 @@ use std::{
 };
 
 use crate::keys::Keys;
-use redis::{AsyncConnectionConfig, aio::MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value,
+    aio::{ConnectionLike, MultiplexedConnection},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+};
+
+/// Where Redis is: one node (`REDIS_URL`) or a Redis Cluster (`REDIS_CLUSTER_URLS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    Node(String),
+    Cluster(Vec<String>),
+}
+
+/// The process's connection: one multiplexed connection to a node, or the cluster client's
+/// connection (one multiplexed connection per primary; it follows MOVED/ASK and topology
+/// changes by itself). Every key, script and pipeline of ours stays within one hash slot, so
+/// the same calls run on both.
+#[derive(Clone)]
+pub enum RedisConn {
+    Node(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Node(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Client {
+    Node(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
 
 /// A failed Redis operation.
 #[derive(Debug, thiserror::Error)]
@@ -50,18 +105,34 @@ pub struct RedisPool {
 }
 
 struct Inner {
-    client: redis::Client,
-    shared: Mutex<Option<MultiplexedConnection>>,
+    client: Client,
+    shared: Mutex<Option<RedisConn>>,
     /// Held while connecting, so a burst after an outage opens one connection, not hundreds.
     connecting: tokio::sync::Mutex<()>,
 }
 
 impl RedisPool {
-    /// Prepares the connection (opened on first use); fails only on a malformed URL.
+    /// Prepares the connection to one node (opened on first use); fails only on a malformed
+    /// URL.
     pub fn new(url: &str, keys: Keys) -> anyhow::Result<Self> {
+        Self::connect_to(&RedisTarget::Node(url.to_owned()), keys)
+    }
+
+    /// Prepares the connection to `target` (opened on first use); fails only on malformed
+    /// URLs.
+    pub fn connect_to(target: &RedisTarget, keys: Keys) -> anyhow::Result<Self> {
+        let client = match target {
+            RedisTarget::Node(url) => Client::Node(redis::Client::open(url.as_str())?),
+            RedisTarget::Cluster(seeds) => Client::Cluster(Box::new(
+                ClusterClient::builder(seeds.iter().map(String::as_str))
+                    .connection_timeout(OP_TIMEOUT)
+                    .response_timeout(OP_TIMEOUT)
+                    .build()?,
+            )),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                client: redis::Client::open(url)?,
+                client,
                 shared: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
             }),
@@ -74,12 +145,12 @@ impl RedisPool {
         &self.keys
     }
 
-    fn current(&self) -> Option<MultiplexedConnection> {
+    fn current(&self) -> Option<RedisConn> {
         self.inner.shared.lock().ok().and_then(|c| c.clone())
     }
 
     /// The shared connection, opening it when there is none.
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn connection(&self) -> Result<RedisConn, RedisError> {
         if let Some(c) = self.current() {
             return Ok(c);
         }
@@ -89,17 +160,25 @@ impl RedisPool {
         if let Some(c) = self.current() {
             return Ok(c); // opened by another task meanwhile
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT));
-        let connection = tokio::time::timeout(
-            OP_TIMEOUT,
-            self.inner
-                .client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| RedisError::Timeout(OP_TIMEOUT))??;
+        let opened = async {
+            match &self.inner.client {
+                Client::Node(client) => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(OP_TIMEOUT))
+                        .set_response_timeout(Some(OP_TIMEOUT));
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(RedisConn::Node)
+                }
+                Client::Cluster(client) => {
+                    client.get_async_connection().await.map(RedisConn::Cluster)
+                }
+            }
+        };
+        let connection = tokio::time::timeout(OP_TIMEOUT, opened)
+            .await
+            .map_err(|_| RedisError::Timeout(OP_TIMEOUT))??;
         if let Ok(mut shared) = self.inner.shared.lock() {
             *shared = Some(connection.clone());
         }
@@ -115,7 +194,7 @@ impl RedisPool {
     /// Runs `op` on the shared connection within the deadline.
     pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let connection = self.connection().await?;

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod pgbouncer;
+pub mod redis_cluster;
 pub mod stack;
 
 use std::{

@@ -1,0 +1,176 @@
+//! The real api (two processes) and worker on a 3-primary Redis Cluster of real
+//! `redis-server` processes (`REDIS_CLUSTER_URLS`): the whole flow, exact budgets across both
+//! api processes, one winner of twenty submissions of one link, revoke-all on reset, and the
+//! keys really spread over the primaries.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use e2e::{
+    redis_cluster::RedisCluster,
+    stack::{SmtpSink, StackEnv},
+};
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn token_of(link: &str) -> String {
+    link.split("token=").nth(1).unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_whole_flow_and_exact_budgets_on_a_three_primary_redis_cluster() {
+    let cluster = RedisCluster::start(3).await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    env.set("REDIS_CLUSTER_URLS", &cluster.urls());
+    // A REDIS_URL nobody listens on: everything must go through the cluster.
+    env.set("REDIS_URL", "redis://127.0.0.1:1");
+    env.set("RATE_LIMIT_EMAIL_PER_HOUR", "3");
+    let (api_a, base_a) = env.start_api().await.unwrap();
+    let (api_b, base_b) = env.start_api().await.unwrap();
+    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let http = reqwest::Client::new();
+    let post =
+        |base: &str, path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
+    let (old, new) = (
+        "correct horse battery staple 42",
+        "plaid zebra umbrella tangerine 97",
+    );
+
+    let r = post(
+        &base_a,
+        "/v1/users",
+        json!({ "email": "ann@example.org", "password": old }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", api_a.output());
+    let verification = sink
+        .wait_for_email("ann@example.org", "Confirm", WAIT)
+        .await
+        .unwrap_or_else(|| panic!("no verification email: {:?}", worker.output()));
+    let link = verification
+        .link(&format!("{}/verify-email?token=", env.public_base_url))
+        .unwrap();
+    let r = post(
+        &base_b,
+        "/v1/email/verify",
+        json!({ "token": token_of(&link), "password": old }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let sign_in = |base: String, password: &'static str| {
+        let http = http.clone();
+        async move {
+            http.post(format!("{base}/v1/sessions"))
+                .json(&json!({ "email": "ann@example.org", "password": password }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let session: Value = sign_in(base_a.clone(), old).await.json().await.unwrap();
+    let session = session["session"].as_str().unwrap().to_owned();
+    let me = |base: String| {
+        let http = http.clone();
+        let session = session.clone();
+        async move {
+            http.get(format!("{base}/v1/me"))
+                .bearer_auth(session)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(me(base_b.clone()).await, StatusCode::OK);
+
+    // Twelve forgot-password requests at once, split over both api processes: exactly the
+    // address's budget of three goes out.
+    let forgot = join_all((0..12).map(|i| {
+        let base = if i % 2 == 0 { &base_a } else { &base_b };
+        post(
+            base,
+            "/v1/password/forgot",
+            json!({ "email": "ann@example.org" }),
+        )
+    }))
+    .await;
+    assert!(
+        forgot
+            .iter()
+            .all(|r| r.as_ref().unwrap().status() == StatusCode::ACCEPTED)
+    );
+    let resets = e2e::poll_until(WAIT, || async {
+        let n = sink
+            .emails()
+            .iter()
+            .filter(|e| e.subject().contains("Reset"))
+            .count();
+        (n >= 3).then_some(n)
+    })
+    .await
+    .expect("reset emails");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reset_emails: Vec<_> = sink
+        .emails()
+        .into_iter()
+        .filter(|e| e.subject().contains("Reset"))
+        .collect();
+    assert_eq!(
+        (resets, reset_emails.len()),
+        (3, 3),
+        "the budget across both processes"
+    );
+
+    // The newest link; twenty submissions at once over both processes: one winner.
+    let link = reset_emails
+        .last()
+        .unwrap()
+        .link(&format!("{}/reset-password?token=", env.public_base_url))
+        .unwrap();
+    let token = token_of(&link);
+    let answers = join_all((0..20).map(|i| {
+        let base = if i % 2 == 0 { &base_a } else { &base_b };
+        post(
+            base,
+            "/v1/password/reset",
+            json!({ "token": token, "new_password": new }),
+        )
+    }))
+    .await;
+    let won = answers
+        .iter()
+        .filter(|r| r.as_ref().unwrap().status() == StatusCode::NO_CONTENT)
+        .count();
+    assert_eq!(won, 1);
+    // Every session was revoked; the new password works on both processes.
+    assert_eq!(me(base_a.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        sign_in(base_b.clone(), new).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        sign_in(base_a.clone(), old).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(
+        sink.wait_for_email("ann@example.org", "password was changed", WAIT)
+            .await
+            .is_some()
+    );
+    // The keys live on every primary, not on one.
+    let per_node = cluster.keys_per_node().await.unwrap();
+    assert!(
+        per_node.iter().all(|n| *n > 0),
+        "keys per primary: {per_node:?}"
+    );
+    let logs = [api_a.output(), api_b.output(), worker.output()]
+        .concat()
+        .join("\n");
+    assert!(!logs.contains("\"level\":\"ERROR\""), "{logs}");
+}
