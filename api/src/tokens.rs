@@ -215,11 +215,41 @@ impl TokenService {
     }
 
     /// Consumes the token: `true` for exactly one caller, `false` if it was already used.
+    ///
+    /// The marker holds a value unique to this attempt, so a `SET NX` that a cluster client
+    /// retried after a lost answer (the first try had set it) is still recognised as ours:
+    /// "already there" alone would make the winner lose too, and burn the link for nobody.
     pub async fn burn(&self, purpose: Purpose, token: &CheckedToken) -> Result<bool, ApiError> {
         let key = self.redis.keys().burn(&token.fingerprint);
         // Keep the marker as long as the token could still verify.
         let ttl = self.max_age(purpose).as_secs() + MAX_CLOCK_SKEW_SECS as u64 + 60;
-        let won = self.redis.set_marker(&key, ttl).await?;
+        let attempt = uuid::Uuid::new_v4().to_string();
+        let (key_ref, attempt_ref) = (&key, &attempt);
+        let set: Option<String> = self
+            .redis
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(key_ref)
+                    .arg(attempt_ref)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let won = match set {
+            Some(_) => true,
+            None => {
+                let holder: Option<String> =
+                    self.redis
+                        .run(|mut c| async move {
+                            redis::cmd("GET").arg(key_ref).query_async(&mut c).await
+                        })
+                        .await?;
+                holder.as_deref() == Some(attempt.as_str())
+            }
+        };
         if !won {
             metrics::counter!("burned_token_replays_total").increment(1);
         }

@@ -96,6 +96,10 @@ impl RedisError {
 
 /// Deadline for one Redis round trip, connecting included.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline for connecting to one cluster node.
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Retries of a cluster request (after MOVED/ASK, or a lost node) within [`OP_TIMEOUT`].
+const CLUSTER_RETRIES: u32 = 3;
 
 /// A cloneable handle to the process's Redis connection plus the key namespace.
 #[derive(Clone)]
@@ -125,8 +129,14 @@ impl RedisPool {
             RedisTarget::Node(url) => Client::Node(redis::Client::open(url.as_str())?),
             RedisTarget::Cluster(seeds) => Client::Cluster(Box::new(
                 ClusterClient::builder(seeds.iter().map(String::as_str))
-                    .connection_timeout(OP_TIMEOUT)
-                    .response_timeout(OP_TIMEOUT)
+                    // Short: a dead node must not hold up connecting to the live ones.
+                    .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
+                    .response_timeout(CLUSTER_CONNECT_TIMEOUT * 2)
+                    // Several quick tries (a redirection, a slot map refreshed after a failover)
+                    // fit in one call's deadline; the client's default first wait is 1.28 s.
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(50)
+                    .max_retry_wait(400)
                     .build()?,
             )),
         };
@@ -205,7 +215,9 @@ impl RedisPool {
         };
         // An error answer (NOSCRIPT, WRONGTYPE) comes over a healthy connection; anything else
         // may mean it is gone (Redis restarted, a network cut): start over with a fresh one.
-        if !error.is_server_answer() {
+        // A cluster connection is never dropped: it reconnects to each node and refreshes its
+        // slot map by itself (a new one would start by waiting on the very node that died).
+        if !error.is_server_answer() && matches!(self.inner.client, Client::Node(_)) {
             self.forget();
         }
         Err(error)

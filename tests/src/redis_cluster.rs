@@ -47,6 +47,12 @@ async fn redis_cli(args: &[String]) -> anyhow::Result<String> {
 impl RedisCluster {
     /// Starts `primaries` nodes and joins them into one cluster covering every slot.
     pub async fn start(primaries: usize) -> anyhow::Result<Self> {
+        Self::start_with_replicas(primaries, 0).await
+    }
+
+    /// Starts `primaries × (1 + replicas)` nodes: the first `primaries` ports become the
+    /// primaries, each with `replicas` replicas that take over when it dies.
+    pub async fn start_with_replicas(primaries: usize, replicas: usize) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("pwr-redis-cluster-{}", crate::unique_id()));
         std::fs::create_dir_all(&dir)?;
         let mut cluster = Self {
@@ -54,7 +60,7 @@ impl RedisCluster {
             ports: Vec::new(),
             dir,
         };
-        for _ in 0..primaries {
+        for _ in 0..primaries * (1 + replicas) {
             let port = cluster_port()?;
             let node_dir = cluster.dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir)?;
@@ -64,6 +70,9 @@ impl RedisCluster {
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-node-timeout", "2000"])
                 .args(["--save", "", "--appendonly", "no"])
+                // Replicas sync at once (the default waits 5 s), so a primary can fail over
+                // from the start: a replica that never synced does not take over.
+                .args(["--repl-diskless-sync-delay", "0"])
                 .arg("--dir")
                 .arg(&node_dir)
                 .stdout(Stdio::null())
@@ -83,7 +92,8 @@ impl RedisCluster {
         }
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
         create.extend(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")));
-        create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(str::to_owned));
+        create.extend(["--cluster-replicas".to_owned(), replicas.to_string()]);
+        create.push("--cluster-yes".to_owned());
         redis_cli(&create).await?;
         for port in &cluster.ports {
             let ok = crate::poll_until(Duration::from_secs(20), || async {
@@ -101,7 +111,58 @@ impl RedisCluster {
             .await;
             anyhow::ensure!(ok.is_some(), "the cluster did not become ready on {port}");
         }
+        for port in &cluster.ports[primaries..] {
+            let synced = crate::poll_until(Duration::from_secs(20), || async {
+                let args = [
+                    "-p".to_owned(),
+                    port.to_string(),
+                    "info".to_owned(),
+                    "replication".to_owned(),
+                ];
+                redis_cli(&args)
+                    .await
+                    .ok()
+                    .filter(|o| o.contains("master_link_status:up"))
+            })
+            .await;
+            anyhow::ensure!(synced.is_some(), "the replica on {port} did not sync");
+        }
         Ok(cluster)
+    }
+
+    /// Kills node `index` (SIGKILL, as a crashed host) and returns its port.
+    pub async fn kill(&mut self, index: usize) -> anyhow::Result<u16> {
+        self.nodes[index].kill().await?;
+        Ok(self.ports[index])
+    }
+
+    /// Whether node `index` is a primary (it answers `role` with `master`).
+    pub async fn is_primary(&self, index: usize) -> anyhow::Result<bool> {
+        let args = [
+            "-p".to_owned(),
+            self.ports[index].to_string(),
+            "role".to_owned(),
+        ];
+        Ok(redis_cli(&args).await?.starts_with("master"))
+    }
+
+    /// Waits until node `index` reports the cluster healthy (every slot served).
+    pub async fn wait_healthy(&self, index: usize, timeout: Duration) -> bool {
+        let port = self.ports[index];
+        crate::poll_until(timeout, || async {
+            let args = [
+                "-p".to_owned(),
+                port.to_string(),
+                "cluster".to_owned(),
+                "info".to_owned(),
+            ];
+            redis_cli(&args)
+                .await
+                .ok()
+                .filter(|o| o.contains("cluster_state:ok"))
+        })
+        .await
+        .is_some()
     }
 
     /// `REDIS_CLUSTER_URLS` for the cluster (every node as a seed).
@@ -111,6 +172,17 @@ impl RedisCluster {
             .map(|p| format!("redis://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// `CLUSTER NODES` as node `index` sees it (for failure messages).
+    pub async fn nodes_view(&self, index: usize) -> String {
+        let args = [
+            "-p".to_owned(),
+            self.ports[index].to_string(),
+            "cluster".to_owned(),
+            "nodes".to_owned(),
+        ];
+        redis_cli(&args).await.unwrap_or_else(|e| e.to_string())
     }
 
     /// How many keys each node holds.
