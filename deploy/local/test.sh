@@ -21,8 +21,10 @@ rm -rf "${TMPDIR:-/tmp}"/pwr-rabbit-*
 # Private Redis Cluster nodes and PgBouncers of an interrupted earlier run (the tests start
 # them on free ports and remove them when they end). The machine's own Redis is no cluster.
 pkill -f 'redis-server 127\.0\.0\.1:[0-9]+ \[cluster\]' 2>/dev/null || true
+pkill -f 'redis-server 127\.0\.0\.1:[0-9]+ \[sentinel\]' 2>/dev/null || true
 pkill -f 'pgbouncer .*pwr-pgbouncer-' 2>/dev/null || true
-rm -rf "${TMPDIR:-/tmp}"/pwr-redis-cluster-* "${TMPDIR:-/tmp}"/pwr-pgbouncer-*
+rm -rf "${TMPDIR:-/tmp}"/pwr-redis-cluster-* "${TMPDIR:-/tmp}"/pwr-redis-sentinel-* \
+  "${TMPDIR:-/tmp}"/pwr-pgbouncer-*
 
 source deploy/local/venv.sh
 

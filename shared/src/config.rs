@@ -281,6 +281,9 @@ pub struct CommonConfig {
     pub redis_url: String,
     /// Seed nodes of a Redis Cluster (`REDIS_CLUSTER_URLS`); when set, `redis_url` is unused.
     pub redis_cluster_urls: Vec<String>,
+    /// Sentinels (`REDIS_SENTINEL_URLS`) and the name of the primary they watch
+    /// (`REDIS_SENTINEL_MASTER`); when set, `redis_url` is unused.
+    pub redis_sentinel: Option<(Vec<String>, String)>,
     pub amqp_url: String,
     /// Origin links are built from (never from the request's `Host`), without trailing slash.
     pub public_base_url: String,
@@ -323,11 +326,33 @@ impl CommonConfig {
             .filter(|u| !u.is_empty())
             .map(str::to_owned)
             .collect();
-        for url in &redis_cluster_urls {
+        let sentinels: Vec<String> = r
+            .string("REDIS_SENTINEL_URLS", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let sentinel_master = r.string("REDIS_SENTINEL_MASTER", "");
+        let redis_sentinel = match (sentinels.is_empty(), sentinel_master.trim().is_empty()) {
+            (true, true) => None,
+            (false, false) => Some((sentinels.clone(), sentinel_master.trim().to_owned())),
+            _ => {
+                r.error(
+                    "REDIS_SENTINEL_URLS and REDIS_SENTINEL_MASTER go together (the sentinels, \
+                     and the name of the primary they watch, e.g. mymaster)",
+                );
+                None
+            }
+        };
+        if redis_sentinel.is_some() && !redis_cluster_urls.is_empty() {
+            r.error("REDIS_CLUSTER_URLS and REDIS_SENTINEL_URLS exclude each other: set one");
+        }
+        for url in redis_cluster_urls.iter().chain(&sentinels) {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 r.error(format!(
-                    "REDIS_CLUSTER_URLS: {url:?} is not a redis:// or rediss:// URL \
-                     (comma-separated seed nodes, e.g. redis://10.0.0.1:6379,redis://10.0.0.2:6379)"
+                    "REDIS_CLUSTER_URLS / REDIS_SENTINEL_URLS: {url:?} is not a redis:// or \
+                     rediss:// URL (comma-separated nodes, e.g. redis://10.0.0.1:6379,redis://10.0.0.2:6379)"
                 ));
             }
         }
@@ -360,6 +385,7 @@ impl CommonConfig {
             database_max_connections,
             redis_url,
             redis_cluster_urls,
+            redis_sentinel,
             amqp_url,
             public_base_url,
             pseudonym_key: token_secrets
@@ -387,13 +413,19 @@ impl CommonConfig {
         &self.pseudonym_key
     }
 
-    /// Where Redis is: the cluster's seed nodes when `REDIS_CLUSTER_URLS` is set, else the
-    /// one node of `REDIS_URL`.
+    /// Where Redis is: Sentinel's primary, the cluster's seed nodes, or the one node of
+    /// `REDIS_URL`.
     pub fn redis_target(&self) -> crate::redis_pool::RedisTarget {
-        if self.redis_cluster_urls.is_empty() {
-            crate::redis_pool::RedisTarget::Node(self.redis_url.clone())
+        use crate::redis_pool::RedisTarget;
+        if let Some((sentinels, master)) = &self.redis_sentinel {
+            RedisTarget::Sentinel {
+                sentinels: sentinels.clone(),
+                master: master.clone(),
+            }
+        } else if self.redis_cluster_urls.is_empty() {
+            RedisTarget::Node(self.redis_url.clone())
         } else {
-            crate::redis_pool::RedisTarget::Cluster(self.redis_cluster_urls.clone())
+            RedisTarget::Cluster(self.redis_cluster_urls.clone())
         }
     }
 

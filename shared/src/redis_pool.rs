@@ -21,13 +21,19 @@ use redis::{
     aio::{ConnectionLike, MultiplexedConnection},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
+    sentinel::{SentinelClient, SentinelServerType},
 };
 
-/// Where Redis is: one node (`REDIS_URL`) or a Redis Cluster (`REDIS_CLUSTER_URLS`).
+/// Where Redis is: one node (`REDIS_URL`), a Redis Cluster (`REDIS_CLUSTER_URLS`), or the
+/// primary that Sentinel names (`REDIS_SENTINEL_URLS` + `REDIS_SENTINEL_MASTER`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     Node(String),
     Cluster(Vec<String>),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
 }
 
 /// The process's connection: one multiplexed connection to a node, or the cluster client's
@@ -71,6 +77,9 @@ impl ConnectionLike for RedisConn {
 enum Client {
     Node(redis::Client),
     Cluster(Box<ClusterClient>),
+    /// Asked for the current primary at every (re)connection, so a failover that Sentinel
+    /// promoted is followed on the next call after the old connection failed.
+    Sentinel(Box<tokio::sync::Mutex<SentinelClient>>),
 }
 
 /// A failed Redis operation.
@@ -88,9 +97,12 @@ impl RedisError {
         matches!(self, RedisError::Redis(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
     }
 
-    /// Whether the server answered (with an error): the connection itself is fine.
+    /// Whether the server answered (with an error) and the connection is still the right one.
+    /// `READONLY` is an answer too, but from a primary that was demoted to a replica (a
+    /// failover): the connection must go, and the next one asks Sentinel for the new primary.
     fn is_server_answer(&self) -> bool {
-        matches!(self, RedisError::Redis(e) if matches!(e.kind(), redis::ErrorKind::Server(_)))
+        matches!(self, RedisError::Redis(e) if matches!(e.kind(), redis::ErrorKind::Server(kind)
+            if kind != redis::ServerErrorKind::ReadOnly))
     }
 }
 
@@ -111,6 +123,8 @@ pub struct RedisPool {
 struct Inner {
     client: Client,
     shared: Mutex<Option<RedisConn>>,
+    /// The primary the shared connection goes to (Sentinel mode), to notice a failover.
+    connected_to: Mutex<Option<String>>,
     /// Held while connecting, so a burst after an outage opens one connection, not hundreds.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -139,15 +153,28 @@ impl RedisPool {
                     .max_retry_wait(400)
                     .build()?,
             )),
+            RedisTarget::Sentinel { sentinels, master } => {
+                Client::Sentinel(Box::new(tokio::sync::Mutex::new(SentinelClient::build(
+                    sentinels.iter().map(String::as_str).collect(),
+                    master.clone(),
+                    None,
+                    SentinelServerType::Master,
+                )?)))
+            }
         };
-        Ok(Self {
+        let pool = Self {
             inner: Arc::new(Inner {
                 client,
                 shared: Mutex::new(None),
+                connected_to: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
             }),
             keys,
-        })
+        };
+        if matches!(pool.inner.client, Client::Sentinel(_)) {
+            tokio::spawn(watch_primary(Arc::downgrade(&pool.inner)));
+        }
+        Ok(pool)
     }
 
     /// The key namespace.
@@ -184,6 +211,20 @@ impl RedisPool {
                 Client::Cluster(client) => {
                     client.get_async_connection().await.map(RedisConn::Cluster)
                 }
+                Client::Sentinel(client) => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(OP_TIMEOUT))
+                        .set_response_timeout(Some(OP_TIMEOUT));
+                    let primary = client.lock().await.async_get_client().await?;
+                    let addr = primary.get_connection_info().addr().to_string();
+                    let connection = primary
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?;
+                    if let Ok(mut connected_to) = self.inner.connected_to.lock() {
+                        *connected_to = Some(addr);
+                    }
+                    Ok(RedisConn::Node(connection))
+                }
             }
         };
         let connection = tokio::time::timeout(OP_TIMEOUT, opened)
@@ -196,9 +237,7 @@ impl RedisPool {
     }
 
     fn forget(&self) {
-        if let Ok(mut shared) = self.inner.shared.lock() {
-            *shared = None;
-        }
+        forget(&self.inner);
     }
 
     /// Runs `op` on the shared connection within the deadline.
@@ -217,7 +256,7 @@ impl RedisPool {
         // may mean it is gone (Redis restarted, a network cut): start over with a fresh one.
         // A cluster connection is never dropped: it reconnects to each node and refreshes its
         // slot map by itself (a new one would start by waiting on the very node that died).
-        if !error.is_server_answer() && matches!(self.inner.client, Client::Node(_)) {
+        if !error.is_server_answer() && !matches!(self.inner.client, Client::Cluster(_)) {
             self.forget();
         }
         Err(error)
@@ -246,5 +285,49 @@ impl RedisPool {
         self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await
             .is_ok()
+    }
+}
+
+fn forget(inner: &Inner) {
+    if let Ok(mut shared) = inner.shared.lock() {
+        *shared = None;
+    }
+}
+
+/// Sentinel mode: asks the Sentinels every second which node is the primary, and drops the
+/// shared connection as soon as it is another one than the connection goes to. Without this,
+/// a failover that left the old primary up (a forced one, or a partition) would keep the
+/// service writing to a node whose writes are lost when it becomes a replica.
+async fn watch_primary(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return; // the process's Redis handle is gone
+        };
+        let Client::Sentinel(client) = &inner.client else {
+            return;
+        };
+        let asked = tokio::time::timeout(OP_TIMEOUT, async {
+            client.lock().await.async_get_client().await
+        })
+        .await;
+        let Ok(Ok(primary)) = asked else {
+            continue; // the Sentinels cannot tell now; the connection's own errors still count
+        };
+        let now = primary.get_connection_info().addr().to_string();
+        let moved = inner
+            .connected_to
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .is_some_and(|then| then != now);
+        if moved {
+            tracing::warn!(primary = %now, "Sentinel names another primary; reconnecting");
+            forget(&inner);
+            if let Ok(mut connected_to) = inner.connected_to.lock() {
+                *connected_to = None;
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod pgbouncer;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod stack;
 
 use std::{
