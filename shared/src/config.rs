@@ -190,6 +190,16 @@ impl<'a> EnvReader<'a> {
         }
     }
 
+    /// A comma-separated list (blank entries dropped; empty when unset).
+    pub fn list(&mut self, name: &str) -> Vec<String> {
+        self.string(name, "")
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `true`/`false` (also `1`/`0`, `yes`/`no`), or `default` when unset.
     pub fn boolean(&mut self, name: &str, default: bool) -> bool {
         match self.raw(name).map(|v| v.trim().to_ascii_lowercase()) {
@@ -319,20 +329,8 @@ impl CommonConfig {
         // Every query here is short (no connection is held across a hash or a publish).
         let database_max_connections = r.number("DATABASE_MAX_CONNECTIONS", 2, 1, 1000) as u32;
         let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
-        let redis_cluster_urls: Vec<String> = r
-            .string("REDIS_CLUSTER_URLS", "")
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let sentinels: Vec<String> = r
-            .string("REDIS_SENTINEL_URLS", "")
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let redis_cluster_urls = r.list("REDIS_CLUSTER_URLS");
+        let sentinels = r.list("REDIS_SENTINEL_URLS");
         let sentinel_master = r.string("REDIS_SENTINEL_MASTER", "");
         let redis_sentinel = match (sentinels.is_empty(), sentinel_master.trim().is_empty()) {
             (true, true) => None,

@@ -95,21 +95,12 @@ impl RedisCluster {
         create.extend(["--cluster-replicas".to_owned(), replicas.to_string()]);
         create.push("--cluster-yes".to_owned());
         redis_cli(&create).await?;
-        for port in &cluster.ports {
-            let ok = crate::poll_until(Duration::from_secs(20), || async {
-                let args = [
-                    "-p".to_owned(),
-                    port.to_string(),
-                    "cluster".to_owned(),
-                    "info".to_owned(),
-                ];
-                redis_cli(&args)
-                    .await
-                    .ok()
-                    .filter(|o| o.contains("cluster_state:ok"))
-            })
-            .await;
-            anyhow::ensure!(ok.is_some(), "the cluster did not become ready on {port}");
+        for index in 0..cluster.ports.len() {
+            anyhow::ensure!(
+                cluster.wait_healthy(index, Duration::from_secs(20)).await,
+                "the cluster did not become ready on {}",
+                cluster.ports[index]
+            );
         }
         for port in &cluster.ports[primaries..] {
             let synced = crate::poll_until(Duration::from_secs(20), || async {

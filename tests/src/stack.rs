@@ -26,6 +26,11 @@ pub fn tally(emails: &[StoredEmail]) -> HashMap<String, usize> {
     counts
 }
 
+/// The token of an emailed link (`…?token=<token>`).
+pub fn token_of(link: &str) -> String {
+    link.split("token=").nth(1).unwrap_or_default().to_owned()
+}
+
 /// The Prometheus text a service exports at `{base}/metrics`.
 pub async fn metrics_text(base: &str) -> String {
     reqwest::get(format!("{base}/metrics"))

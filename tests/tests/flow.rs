@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use e2e::stack::{SmtpSink, StackEnv};
+use e2e::stack::{SmtpSink, StackEnv, token_of};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -17,10 +17,6 @@ async fn assert_metrics(base: &str, names: &[&str]) {
     for name in names {
         assert!(text.contains(name), "{base}/metrics lacks {name}:\n{text}");
     }
-}
-
-fn token_of(link: &str) -> String {
-    link.split("token=").nth(1).unwrap().to_owned()
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use e2e::{
     pgbouncer::PgBouncer,
-    stack::{SmtpSink, StackEnv},
+    stack::{SmtpSink, StackEnv, token_of},
 };
 use futures_util::future::join_all;
 use reqwest::StatusCode;
@@ -19,10 +19,6 @@ fn host_port(url: &str) -> String {
     let rest = url.split("://").nth(1).unwrap();
     let rest = rest.rsplit('@').next().unwrap();
     rest.split('/').next().unwrap().to_owned()
-}
-
-fn token_of(link: &str) -> String {
-    link.split("token=").nth(1).unwrap().to_owned()
 }
 
 #[tokio::test]

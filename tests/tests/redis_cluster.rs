@@ -8,17 +8,13 @@ use std::time::Duration;
 
 use e2e::{
     redis_cluster::RedisCluster,
-    stack::{SmtpSink, StackEnv},
+    stack::{SmtpSink, StackEnv, token_of},
 };
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn token_of(link: &str) -> String {
-    link.split("token=").nth(1).unwrap().to_owned()
-}
 
 #[tokio::test]
 async fn the_whole_flow_and_exact_budgets_on_a_three_primary_redis_cluster() {

@@ -7,16 +7,12 @@ use std::time::Duration;
 
 use e2e::{
     redis_sentinel::{MASTER, RedisSentinels},
-    stack::{SmtpSink, StackEnv},
+    stack::{SmtpSink, StackEnv, token_of},
 };
 use reqwest::StatusCode;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn token_of(link: &str) -> String {
-    link.split("token=").nth(1).unwrap().to_owned()
-}
 
 #[tokio::test]
 async fn a_failover_promoted_by_sentinel_is_followed_without_a_restart() {
