@@ -19,28 +19,24 @@ const COLUMNS: &str = "id, email, password_version, email_verified_at IS NOT NUL
 
 /// Looks an account up by its case-folded address key.
 pub async fn by_email_key(db: &PgPool, email_key: &str) -> Result<Option<Recipient>, sqlx::Error> {
-    shared::db::pinned(db, async |c| {
+    shared::db::fetch_optional(
+        db,
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM users WHERE email_key = $1"
         )))
-        .persistent(shared::db::named_statements())
-        .bind(email_key)
-        .fetch_optional(&mut *c)
-        .await
-    })
+        .bind(email_key),
+    )
     .await
 }
 
 /// Looks an account up by id.
 pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<Recipient>, sqlx::Error> {
-    shared::db::pinned(db, async |c| {
+    shared::db::fetch_optional(
+        db,
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM users WHERE id = $1"
         )))
-        .persistent(shared::db::named_statements())
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await
-    })
+        .bind(id),
+    )
     .await
 }

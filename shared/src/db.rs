@@ -15,7 +15,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::{PgConnection, PgPool, Postgres, Transaction, pool::PoolConnection};
+use sqlx::{
+    FromRow, PgConnection, PgPool, Postgres, Transaction,
+    pool::PoolConnection,
+    postgres::{PgArguments, PgQueryResult, PgRow},
+    query::{Query, QueryAs},
+};
 
 static NAMED_STATEMENTS: AtomicBool = AtomicBool::new(true);
 
@@ -48,6 +53,28 @@ pub async fn pinned<T>(
     let value = work(session.conn()).await?;
     session.finish().await?;
     Ok(value)
+}
+
+/// Executes one statement on its own (not in a transaction of the caller's), with the
+/// process's statement naming and, behind a transaction pooler, pinned (see [`Session`]).
+pub async fn execute(
+    db: &PgPool,
+    query: Query<'_, Postgres, PgArguments>,
+) -> Result<PgQueryResult, sqlx::Error> {
+    let query = query.persistent(named_statements());
+    pinned(db, async |c| query.execute(c).await).await
+}
+
+/// Fetches at most one row with one statement on its own, as [`execute`] runs it.
+pub async fn fetch_optional<O>(
+    db: &PgPool,
+    query: QueryAs<'_, Postgres, O, PgArguments>,
+) -> Result<Option<O>, sqlx::Error>
+where
+    O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
+{
+    let query = query.persistent(named_statements());
+    pinned(db, async |c| query.fetch_optional(c).await).await
 }
 
 /// A connection for a few statements outside a transaction of the caller's: the pooled

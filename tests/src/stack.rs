@@ -378,6 +378,41 @@ impl StackEnv {
         Ok(format!("http://{addr}"))
     }
 
+    /// Signs `email` up through the api at `sign_up_base`, reads the verification link the
+    /// worker delivered to `sink`, and confirms the address with it and `password` through the
+    /// api at `verify_base` (the same process or another one).
+    pub async fn sign_up_and_verify(
+        &self,
+        sign_up_base: &str,
+        verify_base: &str,
+        sink: &SmtpSink,
+        email: &str,
+        password: &str,
+    ) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let body = serde_json::json!({ "email": email, "password": password });
+        let r = http
+            .post(format!("{sign_up_base}/v1/users"))
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 202, "sign-up answered {}", r.status());
+        let verification = sink
+            .wait_for_email(email, "Confirm", Duration::from_secs(60))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no verification email for {email}"))?;
+        let link = verification
+            .link(&format!("{}/verify-email?token=", self.public_base_url))
+            .ok_or_else(|| anyhow::anyhow!("no link in:\n{}", verification.text()))?;
+        let r = http
+            .post(format!("{verify_base}/v1/email/verify"))
+            .json(&serde_json::json!({ "token": token_of(&link), "password": password }))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 204, "verification answered {}", r.status());
+        Ok(())
+    }
+
     /// Starts a worker delivering to `smtp_url`; returns it with its HTTP base URL once it
     /// consumes.
     pub async fn start_worker(&self, smtp_url: &str) -> anyhow::Result<(ServiceProcess, String)> {

@@ -41,33 +41,9 @@ async fn the_whole_flow_and_a_link_race_work_through_pgbouncer_in_transaction_mo
         "plaid zebra umbrella tangerine 97",
     );
 
-    let r = post(
-        "/v1/users",
-        json!({ "email": "ann@example.org", "password": old }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::ACCEPTED,
-        "{:?}\n{}",
-        api.output(),
-        bouncer.log()
-    );
-    let verification = sink
-        .wait_for_email("ann@example.org", "Confirm", WAIT)
+    env.sign_up_and_verify(&base, &base, &sink, "ann@example.org", old)
         .await
-        .unwrap_or_else(|| panic!("no verification email: {:?}", worker.output()));
-    let link = verification
-        .link(&format!("{}/verify-email?token=", env.public_base_url))
-        .unwrap();
-    let r = post(
-        "/v1/email/verify",
-        json!({ "token": token_of(&link), "password": old }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        .unwrap_or_else(|e| panic!("{e:#}; api: {:?}\n{}", api.output(), bouncer.log()));
     let sign_in = |password: &'static str| {
         post(
             "/v1/sessions",

@@ -36,29 +36,15 @@ async fn the_whole_flow_and_exact_budgets_on_a_three_primary_redis_cluster() {
         "plaid zebra umbrella tangerine 97",
     );
 
-    let r = post(
-        &base_a,
-        "/v1/users",
-        json!({ "email": "ann@example.org", "password": old }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", api_a.output());
-    let verification = sink
-        .wait_for_email("ann@example.org", "Confirm", WAIT)
+    env.sign_up_and_verify(&base_a, &base_b, &sink, "ann@example.org", old)
         .await
-        .unwrap_or_else(|| panic!("no verification email: {:?}", worker.output()));
-    let link = verification
-        .link(&format!("{}/verify-email?token=", env.public_base_url))
-        .unwrap();
-    let r = post(
-        &base_b,
-        "/v1/email/verify",
-        json!({ "token": token_of(&link), "password": old }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:#}; api: {:?}; worker: {:?}",
+                api_a.output(),
+                worker.output()
+            )
+        });
     let sign_in = |base: String, password: &'static str| {
         let http = http.clone();
         async move {
@@ -266,27 +252,13 @@ async fn a_primary_killed_under_traffic_fails_over_and_the_service_recovers_alon
     );
     assert!(cluster.wait_healthy(1, Duration::from_secs(10)).await);
     // A whole sign-up and sign-in after the failover works.
-    let r = http
-        .post(format!("{base}/v1/users"))
-        .json(
-            &json!({ "email": "after@example.org", "password": "correct horse battery staple 42" }),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let verification = sink
-        .wait_for_email("after@example.org", "Confirm", WAIT)
-        .await
-        .expect("verification email after the failover");
-    let link = verification
-        .link(&format!("{}/verify-email?token=", env.public_base_url))
-        .unwrap();
-    let r = http
-        .post(format!("{base}/v1/email/verify"))
-        .json(&json!({ "token": token_of(&link), "password": "correct horse battery staple 42" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    env.sign_up_and_verify(
+        &base,
+        &base,
+        &sink,
+        "after@example.org",
+        "correct horse battery staple 42",
+    )
+    .await
+    .unwrap();
 }

@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use e2e::{
     redis_sentinel::{MASTER, RedisSentinels},
-    stack::{SmtpSink, StackEnv, token_of},
+    stack::{SmtpSink, StackEnv},
 };
 use reqwest::StatusCode;
 use serde_json::json;
-
-const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn a_failover_promoted_by_sentinel_is_followed_without_a_restart() {
@@ -70,27 +68,9 @@ async fn a_failover_promoted_by_sentinel_is_followed_without_a_restart() {
     );
 
     // The whole flow runs on the new primary.
-    let r = http
-        .post(format!("{base}/v1/users"))
-        .json(&json!({ "email": "ann@example.org", "password": password }))
-        .send()
+    env.sign_up_and_verify(&base, &base, &sink, "ann@example.org", password)
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let verification = sink
-        .wait_for_email("ann@example.org", "Confirm", WAIT)
-        .await
-        .expect("verification email after the failover");
-    let link = verification
-        .link(&format!("{}/verify-email?token=", env.public_base_url))
-        .unwrap();
-    let r = http
-        .post(format!("{base}/v1/email/verify"))
-        .json(&json!({ "token": token_of(&link), "password": password }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = http
         .post(format!("{base}/v1/sessions"))
         .json(&json!({ "email": "ann@example.org", "password": password }))

@@ -98,18 +98,19 @@ pub async fn log_in(
         .hasher
         .verify_for(ip, body.password.clone(), stored)
         .await?;
-    let signed_in = credentials.clone().filter(|c| valid && c.email_verified);
-    let outcome = match (&signed_in, valid) {
-        (Some(_), _) => "success",
-        (None, true) => "unverified",
-        (None, false) => "invalid_credentials",
+    // `valid` holds only for an existing account (the dummy hash never verifies).
+    let verified = valid && credentials.as_ref().is_some_and(|c| c.email_verified);
+    let outcome = match (valid, verified) {
+        (true, true) => "success",
+        (true, false) => "unverified",
+        (false, _) => "invalid_credentials",
     };
     audit::record(
         &state,
         &AuditEvent {
             action: "sign_in",
             outcome,
-            user_id: signed_in.as_ref().map(|c| c.id),
+            user_id: credentials.as_ref().filter(|_| verified).map(|c| c.id),
             ip: Some(ip),
             address_hash: Some(&address_hash),
             request_id,
@@ -126,7 +127,7 @@ pub async fn log_in(
     {
         rehash(&state, ip, c, body.password.clone()).await;
     }
-    let Some(user) = signed_in else {
+    let Some(user) = credentials.filter(|_| verified) else {
         return Err(ApiError::InvalidCredentials);
     };
     // Budgets count failures only.

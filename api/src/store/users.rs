@@ -70,44 +70,38 @@ pub async fn sign_up(
 
 /// Loads a user by id.
 pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-    shared::db::pinned(db, async |c| {
+    shared::db::fetch_optional(
+        db,
         sqlx::query_as(
             "SELECT id, email, password_version, email_verified_at IS NOT NULL AS email_verified
          FROM users WHERE id = $1",
         )
-        .persistent(shared::db::named_statements())
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await
-    })
+        .bind(id),
+    )
     .await
 }
 
 /// Loads sign-in credentials by address key.
 pub async fn credentials(db: &PgPool, email_key: &str) -> Result<Option<Credentials>, sqlx::Error> {
-    shared::db::pinned(db, async |c| {
+    shared::db::fetch_optional(
+        db,
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {CREDENTIALS} FROM users WHERE email_key = $1"
         )))
-        .persistent(shared::db::named_statements())
-        .bind(email_key)
-        .fetch_optional(&mut *c)
-        .await
-    })
+        .bind(email_key),
+    )
     .await
 }
 
 /// Credentials of the user a link names (verification checks the password too).
 pub async fn credentials_by_id(db: &PgPool, id: Uuid) -> Result<Option<Credentials>, sqlx::Error> {
-    shared::db::pinned(db, async |c| {
+    shared::db::fetch_optional(
+        db,
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {CREDENTIALS} FROM users WHERE id = $1"
         )))
-        .persistent(shared::db::named_statements())
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await
-    })
+        .bind(id),
+    )
     .await
 }
 
@@ -123,20 +117,18 @@ pub async fn replace_hash(
     old_hash: &str,
     new_hash: &str,
 ) -> Result<(), sqlx::Error> {
-    shared::db::pinned(db, async |c| {
+    shared::db::execute(
+        db,
         sqlx::query(
             "UPDATE users SET password_hash = $3, updated_at = now()
          WHERE id = $1 AND password_hash = $2",
         )
-        .persistent(shared::db::named_statements())
         .bind(id)
         .bind(old_hash)
-        .bind(new_hash)
-        .execute(&mut *c)
-        .await?;
-        Ok(())
-    })
-    .await
+        .bind(new_hash),
+    )
+    .await?;
+    Ok(())
 }
 
 /// A committed password change, with what is needed to undo it.
@@ -189,7 +181,8 @@ pub async fn restore_password(
     id: Uuid,
     change: &PasswordChange,
 ) -> Result<(), sqlx::Error> {
-    shared::db::pinned(db, async |c| {
+    shared::db::execute(
+        db,
         sqlx::query(
             "UPDATE users
          SET password_hash = $3,
@@ -199,57 +192,47 @@ pub async fn restore_password(
              updated_at = now()
          WHERE id = $1 AND password_version = $2",
         )
-        .persistent(shared::db::named_statements())
         .bind(id)
         .bind(change.new_version)
         .bind(&change.old_hash)
-        .bind(change.was_verified)
-        .execute(&mut *c)
-        .await?;
-        Ok(())
-    })
-    .await
+        .bind(change.was_verified),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Removes an account whose verification job the broker did not confirm (compensation of
 /// a sign-up).
 pub async fn delete_unconfirmed(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    shared::db::pinned(db, async |c| {
-        sqlx::query("DELETE FROM users WHERE id = $1 AND email_verified_at IS NULL")
-            .persistent(shared::db::named_statements())
-            .bind(id)
-            .execute(&mut *c)
-            .await?;
-        Ok(())
-    })
-    .await
+    shared::db::execute(
+        db,
+        sqlx::query("DELETE FROM users WHERE id = $1 AND email_verified_at IS NULL").bind(id),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Marks the address verified; `true` when it was not verified before (idempotent).
 pub async fn mark_verified(db: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    shared::db::pinned(db, async |c| {
-        let changed = sqlx::query(
+    let changed = shared::db::execute(
+        db,
+        sqlx::query(
             "UPDATE users SET email_verified_at = now(), updated_at = now()
          WHERE id = $1 AND email_verified_at IS NULL",
         )
-        .persistent(shared::db::named_statements())
-        .bind(id)
-        .execute(&mut *c)
-        .await?;
-        Ok(changed.rows_affected() == 1)
-    })
-    .await
+        .bind(id),
+    )
+    .await?;
+    Ok(changed.rows_affected() == 1)
 }
 
 /// Undoes [`mark_verified`] (a verification whose follow-up could not be completed).
 pub async fn mark_unverified(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    shared::db::pinned(db, async |c| {
+    shared::db::execute(
+        db,
         sqlx::query("UPDATE users SET email_verified_at = NULL, updated_at = now() WHERE id = $1")
-            .persistent(shared::db::named_statements())
-            .bind(id)
-            .execute(&mut *c)
-            .await?;
-        Ok(())
-    })
-    .await
+            .bind(id),
+    )
+    .await?;
+    Ok(())
 }
