@@ -5,6 +5,7 @@ use api::{config::Config, startup::Application};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     shared::telemetry::init("info");
+    shared::tls::install_crypto_provider();
     shared::telemetry::exit_code("api", run().await)
 }
 

@@ -10,11 +10,11 @@ use std::{
 };
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
-use shared::{message::Envelope, topology::Topology};
+use shared::{amqp::Broker, message::Envelope, topology::Topology};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::error::ApiError;
@@ -30,7 +30,7 @@ struct Link {
 }
 
 struct Inner {
-    url: String,
+    broker: Broker,
     topology: Topology,
     confirm_timeout: Duration,
     link: RwLock<Option<Link>>,
@@ -48,10 +48,10 @@ pub struct Publisher {
 impl Publisher {
     /// Creates the publisher and tries to connect once. A broker that is down at start is not
     /// fatal: requests get 503 and the keeper task connects when the broker is back.
-    pub async fn start(url: String, topology: Topology, confirm_timeout: Duration) -> Self {
+    pub async fn start(broker: Broker, topology: Topology, confirm_timeout: Duration) -> Self {
         let publisher = Self {
             inner: Arc::new(Inner {
-                url,
+                broker,
                 topology,
                 confirm_timeout,
                 link: RwLock::new(None),
@@ -252,8 +252,7 @@ impl Publisher {
     }
 
     async fn connect(&self) -> lapin::Result<Link> {
-        let properties = ConnectionProperties::default().with_connection_name("api".into());
-        let connection = Connection::connect(&self.inner.url, properties).await?;
+        let connection = self.inner.broker.connect("api").await?;
         let channel = connection.create_channel().await?;
         self.inner.topology.declare(&channel).await?;
         channel

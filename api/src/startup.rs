@@ -83,7 +83,11 @@ impl Application {
     /// Like [`Self::build`] with an injected clock (tests move time instead of sleeping).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         shared::db::configure(&config.database_url);
-        let db = shared::telemetry::lazy_db(&config.database_url, config.database_max_connections)?;
+        let db = shared::telemetry::lazy_db(
+            &config.database_url,
+            config.database_max_connections,
+            &config.tls,
+        )?;
         let schema_ready = Arc::new(AtomicBool::new(!config.migrate_on_start));
         if config.migrate_on_start {
             match connect_for_migrations(&config).await {
@@ -101,7 +105,7 @@ impl Application {
         }
 
         let keys = Keys::new(config.redis_key_prefix.clone());
-        let redis = RedisPool::connect_to(&config.redis_target(), keys)
+        let redis = RedisPool::connect_to(&config.redis_target(), keys, &config.tls)
             .context("REDIS_URL or REDIS_CLUSTER_URLS is not a valid Redis URL")?;
         if !redis.ping().await {
             tracing::warn!("Redis unreachable at start; requests will get 503 until it is back");
@@ -111,8 +115,7 @@ impl Application {
         if let Some(ms) = config.broker_queue_expires_ms {
             topology = topology.expiring(ms);
         }
-        let publisher =
-            Publisher::start(config.amqp_url.clone(), topology, config.publish_timeout).await;
+        let publisher = Publisher::start(config.broker(), topology, config.publish_timeout).await;
         let token_keys = TokenKeys::new(config.token_secrets.clone(), config.token_digest)
             .map_err(|e| anyhow::anyhow!("TOKEN_SECRETS: {e}"))?;
         let hasher = Hasher::new(config.argon2, config.hash_concurrency)?
@@ -229,7 +232,7 @@ pub async fn connect_for_migrations(config: &Config) -> anyhow::Result<PgPool> {
         .migrate_database_url
         .as_deref()
         .unwrap_or(&config.database_url);
-    shared::telemetry::connect_db(url, 1).await
+    shared::telemetry::connect_db(url, 1, &config.tls).await
 }
 
 /// Applies pending migrations and the data tasks that follow them.

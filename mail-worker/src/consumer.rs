@@ -14,7 +14,7 @@ use std::{
 
 use futures_util::StreamExt as _;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -23,6 +23,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 use shared::{
+    amqp::Broker,
     message::Envelope,
     topology::{DEAD_ROUTING_KEY, Topology},
 };
@@ -39,7 +40,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The consuming loop of one worker process.
 pub struct Consumer {
-    pub amqp_url: String,
+    pub broker: Broker,
     pub topology: Topology,
     pub processor: Arc<Processor>,
     pub concurrency: usize,
@@ -85,11 +86,7 @@ impl Consumer {
         stop: &mut watch::Receiver<bool>,
         in_flight: &Arc<Semaphore>,
     ) -> anyhow::Result<()> {
-        let connection = Connection::connect(
-            &self.amqp_url,
-            ConnectionProperties::default().with_connection_name("mail-worker".into()),
-        )
-        .await?;
+        let connection = self.broker.connect("mail-worker").await?;
         let channel = connection.create_channel().await?;
         self.topology.declare(&channel).await?;
         // Prefetch bounds the unacked jobs this process holds; a crash returns at most these.

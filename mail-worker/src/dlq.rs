@@ -2,7 +2,7 @@
 //! letters and send chosen ones back to the work queue.
 
 use lapin::{
-    BasicProperties, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Confirmation,
     options::{
         BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
         QueueDeclareOptions,
@@ -11,6 +11,7 @@ use lapin::{
 };
 use serde::Serialize;
 use shared::{
+    amqp::Broker,
     message::Envelope,
     topology::{JOBS_ROUTING_KEY, Topology},
 };
@@ -36,8 +37,8 @@ pub enum Selection {
 }
 
 /// Lists the dead letters without removing them.
-pub async fn list(amqp_url: &str, topology: &Topology) -> anyhow::Result<Vec<DeadLetter>> {
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+pub async fn list(broker: &Broker, topology: &Topology) -> anyhow::Result<Vec<DeadLetter>> {
+    let connection = broker.connect("mail-worker dlq").await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
     let mut out = Vec::new();
@@ -62,11 +63,11 @@ pub async fn list(amqp_url: &str, topology: &Topology) -> anyhow::Result<Vec<Dea
 /// how many were replayed. Each is acked from `mail.dead` only after the broker confirmed its
 /// copy in the work queue, so a crash in between duplicates, never loses.
 pub async fn replay(
-    amqp_url: &str,
+    broker: &Broker,
     topology: &Topology,
     selection: &Selection,
 ) -> anyhow::Result<usize> {
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+    let connection = broker.connect("mail-worker dlq").await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
     let publisher = connection.create_channel().await?;

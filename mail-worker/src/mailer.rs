@@ -49,8 +49,14 @@ pub struct Outgoing<'a> {
 impl Mailer {
     /// Builds the transport. SMTP connections are opened lazily and pooled (up to
     /// `pool_size`), so an unreachable server shows up as transient send failures. Must be
-    /// called inside a Tokio runtime.
-    pub fn new(transport: &Transport, timeout: Duration, pool_size: usize) -> anyhow::Result<Self> {
+    /// called inside a Tokio runtime. TLS (STARTTLS or implicit) trusts the webpki roots plus
+    /// `trust`'s private CAs.
+    pub fn new(
+        transport: &Transport,
+        timeout: Duration,
+        pool_size: usize,
+        trust: &shared::tls::Trust,
+    ) -> anyhow::Result<Self> {
         Ok(match transport {
             Transport::Smtp { url } => {
                 let endpoint = Endpoint::parse(url)
@@ -59,7 +65,7 @@ impl Mailer {
                     size: pool_size,
                     timeout,
                     idle_timeout: SMTP_IDLE_TIMEOUT,
-                    extra_roots: Vec::new(),
+                    extra_roots: trust.extra().to_vec(),
                 };
                 Mailer::Smtp(
                     SmtpPool::new(endpoint, options)
@@ -161,7 +167,13 @@ mod tests {
     }
 
     fn smtp(url: String) -> Mailer {
-        Mailer::new(&Transport::Smtp { url }, Duration::from_secs(10), 2).unwrap()
+        Mailer::new(
+            &Transport::Smtp { url },
+            Duration::from_secs(10),
+            2,
+            &shared::tls::Trust::default(),
+        )
+        .unwrap()
     }
 
     fn content() -> Rendered {
@@ -251,6 +263,7 @@ mod tests {
                 &Transport::Smtp { url: url.into() },
                 Duration::from_secs(1),
                 1,
+                &shared::tls::Trust::default(),
             ) else {
                 panic!("{url} was accepted");
             };

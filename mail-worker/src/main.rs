@@ -6,6 +6,7 @@ use mail_worker::{config::Config, dlq, startup::Worker};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     shared::telemetry::init("info");
+    shared::tls::install_crypto_provider();
     shared::telemetry::exit_code("mail-worker", run().await)
 }
 
@@ -25,7 +26,7 @@ async fn run() -> anyhow::Result<()> {
                 .await
         }
         ["dlq", "list"] => {
-            let letters = dlq::list(&config.amqp_url, &topology()).await?;
+            let letters = dlq::list(&config.broker(), &topology()).await?;
             for letter in &letters {
                 println!("{}", serde_json::to_string(letter)?);
             }
@@ -37,13 +38,13 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         ["dlq", "replay", "--all"] => {
-            let n = dlq::replay(&config.amqp_url, &topology(), &dlq::Selection::All).await?;
+            let n = dlq::replay(&config.broker(), &topology(), &dlq::Selection::All).await?;
             eprintln!("replayed {n} dead letter(s)");
             Ok(())
         }
         ["dlq", "replay", "--id", id] => {
             let n = dlq::replay(
-                &config.amqp_url,
+                &config.broker(),
                 &topology(),
                 &dlq::Selection::Id((*id).to_owned()),
             )

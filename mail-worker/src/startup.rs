@@ -43,10 +43,15 @@ impl Worker {
     /// Like [`Self::build`] with an injected clock.
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         shared::db::configure(&config.database_url);
-        let db = shared::telemetry::lazy_db(&config.database_url, config.database_max_connections)?;
+        let db = shared::telemetry::lazy_db(
+            &config.database_url,
+            config.database_max_connections,
+            &config.tls,
+        )?;
         let redis = RedisPool::connect_to(
             &config.redis_target(),
             Keys::new(config.redis_key_prefix.clone()),
+            &config.tls,
         )
         .context("REDIS_URL or REDIS_CLUSTER_URLS is not a valid Redis URL")?;
         let tokens = TokenKeys::new(config.token_secrets.clone(), config.token_digest)
@@ -55,7 +60,12 @@ impl Worker {
         let product = config.product_name.clone();
         let renderer =
             Renderer::new(&product).map_err(|e| anyhow::anyhow!("email templates: {e}"))?;
-        let mailer = Mailer::new(&config.transport, config.smtp_timeout, config.concurrency)?;
+        let mailer = Mailer::new(
+            &config.transport,
+            config.smtp_timeout,
+            config.concurrency,
+            &config.tls,
+        )?;
         let mut topology =
             Topology::new(config.broker_namespace.clone(), &config.retry_schedule_secs);
         if let Some(ms) = config.broker_queue_expires_ms {
@@ -118,7 +128,7 @@ impl Worker {
         tracing::info!(%addr, queue = %self.topology.jobs_queue(), emails_to = destination, "mail-worker listening");
         let (stop_tx, stop_rx) = watch::channel(false);
         let consumer = Consumer {
-            amqp_url: self.config.amqp_url.clone(),
+            broker: self.config.broker(),
             topology: self.topology.clone(),
             processor: self.processor.clone(),
             concurrency: self.config.concurrency,

@@ -295,6 +295,8 @@ pub struct CommonConfig {
     /// (`REDIS_SENTINEL_MASTER`); when set, `redis_url` is unused.
     pub redis_sentinel: Option<(Vec<String>, String)>,
     pub amqp_url: String,
+    /// What every TLS client trusts: the webpki roots plus the CAs of `TLS_CA_FILE`.
+    pub tls: crate::tls::Trust,
     /// Origin links are built from (never from the request's `Host`), without trailing slash.
     pub public_base_url: String,
     pub token_secrets: Vec<Vec<u8>>,
@@ -355,6 +357,18 @@ impl CommonConfig {
             }
         }
         let amqp_url = r.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let tls = match r.raw("TLS_CA_FILE").filter(|v| !v.trim().is_empty()) {
+            None => crate::tls::Trust::default(),
+            Some(path) => {
+                crate::tls::Trust::from_pem_file(Path::new(path.trim())).unwrap_or_else(|e| {
+                    r.error(format!(
+                        "TLS_CA_FILE: {e} (a PEM file of the private CA certificates every TLS \
+                         client trusts besides the public roots)"
+                    ));
+                    crate::tls::Trust::default()
+                })
+            }
+        };
         let public_base_url = r.public_base_url();
         let token_secrets = r.token_secrets();
         let token_digest = r
@@ -385,6 +399,7 @@ impl CommonConfig {
             redis_cluster_urls,
             redis_sentinel,
             amqp_url,
+            tls,
             public_base_url,
             pseudonym_key: token_secrets
                 .first()
@@ -425,6 +440,11 @@ impl CommonConfig {
         } else {
             RedisTarget::Cluster(self.redis_cluster_urls.clone())
         }
+    }
+
+    /// The RabbitMQ broker of `AMQP_URL`.
+    pub fn broker(&self) -> crate::amqp::Broker {
+        crate::amqp::Broker::new(self.amqp_url.clone(), self.tls.clone())
     }
 
     /// The broker topology these settings describe.

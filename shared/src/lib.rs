@@ -1,6 +1,7 @@
 //! Pieces both services agree on: tokens, job messages, broker topology, Redis key names,
 //! address normalisation and logging setup.
 
+pub mod amqp;
 pub mod audit;
 pub mod clock;
 pub mod config;
@@ -11,5 +12,6 @@ pub mod keys;
 pub mod message;
 pub mod redis_pool;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod topology;

@@ -17,11 +17,11 @@ use std::{
 
 use crate::keys::Keys;
 use redis::{
-    AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value,
+    AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value,
     aio::{ConnectionLike, MultiplexedConnection},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
-    sentinel::{SentinelClient, SentinelServerType},
+    sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
 };
 
 /// Where Redis is: one node (`REDIS_URL`), a Redis Cluster (`REDIS_CLUSTER_URLS`), or the
@@ -130,19 +130,31 @@ struct Inner {
 }
 
 impl RedisPool {
-    /// Prepares the connection to one node (opened on first use); fails only on a malformed
-    /// URL.
+    /// Prepares the connection to one node (opened on first use), trusting the webpki roots
+    /// for `rediss://`; fails only on a malformed URL.
     pub fn new(url: &str, keys: Keys) -> anyhow::Result<Self> {
-        Self::connect_to(&RedisTarget::Node(url.to_owned()), keys)
+        Self::connect_to(
+            &RedisTarget::Node(url.to_owned()),
+            keys,
+            &crate::tls::Trust::default(),
+        )
     }
 
-    /// Prepares the connection to `target` (opened on first use); fails only on malformed
-    /// URLs.
-    pub fn connect_to(target: &RedisTarget, keys: Keys) -> anyhow::Result<Self> {
+    /// Prepares the connection to `target` (opened on first use); `rediss://` URLs are
+    /// checked against `trust`. Fails only on malformed URLs.
+    pub fn connect_to(
+        target: &RedisTarget,
+        keys: Keys,
+        trust: &crate::tls::Trust,
+    ) -> anyhow::Result<Self> {
+        let certificates = trust.redis_certificates();
         let client = match target {
-            RedisTarget::Node(url) => Client::Node(redis::Client::open(url.as_str())?),
-            RedisTarget::Cluster(seeds) => Client::Cluster(Box::new(
-                ClusterClient::builder(seeds.iter().map(String::as_str))
+            RedisTarget::Node(url) => Client::Node(match certificates {
+                Some(certs) if is_tls(url) => redis::Client::build_with_tls(url.as_str(), certs)?,
+                _ => redis::Client::open(url.as_str())?,
+            }),
+            RedisTarget::Cluster(seeds) => {
+                let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
                     // Short: a dead node must not hold up connecting to the live ones.
                     .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
                     .response_timeout(CLUSTER_CONNECT_TIMEOUT * 2)
@@ -150,17 +162,15 @@ impl RedisPool {
                     // fit in one call's deadline; the client's default first wait is 1.28 s.
                     .retries(CLUSTER_RETRIES)
                     .min_retry_wait(50)
-                    .max_retry_wait(400)
-                    .build()?,
-            )),
-            RedisTarget::Sentinel { sentinels, master } => {
-                Client::Sentinel(Box::new(tokio::sync::Mutex::new(SentinelClient::build(
-                    sentinels.iter().map(String::as_str).collect(),
-                    master.clone(),
-                    None,
-                    SentinelServerType::Master,
-                )?)))
+                    .max_retry_wait(400);
+                if let Some(certs) = certificates.filter(|_| seeds.iter().any(|s| is_tls(s))) {
+                    builder = builder.certs(certs);
+                }
+                Client::Cluster(Box::new(builder.build()?))
             }
+            RedisTarget::Sentinel { sentinels, master } => Client::Sentinel(Box::new(
+                tokio::sync::Mutex::new(sentinel_client(sentinels, master, certificates)?),
+            )),
         };
         let pool = Self {
             inner: Arc::new(Inner {
@@ -292,6 +302,51 @@ fn forget(inner: &Inner) {
     if let Ok(mut shared) = inner.shared.lock() {
         *shared = None;
     }
+}
+
+fn is_tls(url: &str) -> bool {
+    url.starts_with("rediss://")
+}
+
+/// The Sentinel client: the sentinels' user and password (from their URLs) also open the
+/// primary, and `rediss://` sentinels mean TLS to the primary too, both checked against the
+/// same roots.
+fn sentinel_client(
+    sentinels: &[String],
+    master: &str,
+    certificates: Option<redis::TlsCertificates>,
+) -> redis::RedisResult<SentinelClient> {
+    let infos = sentinels
+        .iter()
+        .map(|url| url.as_str().into_connection_info())
+        .collect::<redis::RedisResult<Vec<_>>>()?;
+    let tls = sentinels.iter().any(|url| is_tls(url));
+    let mut builder = SentinelClientBuilder::new(
+        infos.iter().map(|info| info.addr().clone()),
+        master,
+        SentinelServerType::Master,
+    )?;
+    if let Some(settings) = infos.first().map(|info| info.redis_settings()) {
+        if let Some(user) = settings.username() {
+            builder = builder
+                .set_client_to_sentinel_username(user)
+                .set_client_to_redis_username(user);
+        }
+        if let Some(password) = settings.password() {
+            builder = builder
+                .set_client_to_sentinel_password(password)
+                .set_client_to_redis_password(password);
+        }
+    }
+    if tls {
+        builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        if let Some(certs) = certificates {
+            builder = builder
+                .set_client_to_sentinel_certificates(certs.clone())
+                .set_client_to_redis_certificates(certs);
+        }
+    }
+    builder.build()
 }
 
 /// Sentinel mode: asks the Sentinels every second which node is the primary, and drops the

@@ -5,7 +5,10 @@ use std::{sync::OnceLock, time::Duration};
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `LOG_FORMAT=pretty` gives human-readable lines for local
@@ -54,9 +57,13 @@ pub fn prometheus() -> PrometheusHandle {
 
 /// Connects a PostgreSQL pool. Acquiring a connection is bounded, so an unreachable database
 /// turns into prompt errors (503 in the api, retries in the worker) instead of stalls.
-pub async fn connect_db(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+pub async fn connect_db(
+    url: &str,
+    max_connections: u32,
+    trust: &crate::tls::Trust,
+) -> anyhow::Result<PgPool> {
     pool_options(max_connections)
-        .connect(url)
+        .connect_with(pg_options(url, trust)?)
         .await
         .context("cannot connect to PostgreSQL (check DATABASE_URL and that the server runs)")
 }
@@ -64,10 +71,31 @@ pub async fn connect_db(url: &str, max_connections: u32) -> anyhow::Result<PgPoo
 /// A PostgreSQL pool that opens its connections when they are first needed: a database that
 /// is down at start makes requests fail (503 in the api, waiting jobs in the worker) until it
 /// is back, instead of keeping the service from starting. Only a malformed URL fails here.
-pub fn lazy_db(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    pool_options(max_connections)
-        .connect_lazy(url)
-        .context("DATABASE_URL is not a valid PostgreSQL URL")
+pub fn lazy_db(
+    url: &str,
+    max_connections: u32,
+    trust: &crate::tls::Trust,
+) -> anyhow::Result<PgPool> {
+    Ok(pool_options(max_connections).connect_lazy_with(pg_options(url, trust)?))
+}
+
+/// The connection settings of `url`; TLS as its `sslmode` says (`require`: encrypted;
+/// `verify-ca` / `verify-full`: the server's certificate checked against the webpki roots
+/// plus `TLS_CA_FILE`, unless the URL names its own `sslrootcert`).
+pub fn pg_options(url: &str, trust: &crate::tls::Trust) -> anyhow::Result<PgConnectOptions> {
+    let options: PgConnectOptions = url
+        .parse()
+        .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let names_root = url.split_once('?').is_some_and(|(_, query)| {
+        query.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            name == "sslrootcert" || name == "ssl-root-cert"
+        })
+    });
+    Ok(match trust.extra_pem() {
+        Some(pem) if !names_root => options.ssl_root_cert_from_pem(pem.into_bytes()),
+        _ => options,
+    })
 }
 
 fn pool_options(max_connections: u32) -> PgPoolOptions {
