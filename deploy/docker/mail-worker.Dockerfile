@@ -32,13 +32,15 @@ RUN --mount=type=cache,id=pwrecovery-cargo-registry,target=/usr/local/cargo/regi
 
 # ---- runtime -------------------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE} AS runtime
-# ca-certificates: system trust store for TLS; zlib1g: the binary links the system libz
-# (already in slim, listed so the dependency is explicit). Versions are not pinned: Debian
-# drops superseded versions from the archive, so pins break rebuilds; pin the base image by
-# digest instead for reproducible releases.
+# zlib1g: the binary links the system libz (already in slim, listed so the dependency is
+# explicit). No ca-certificates: every TLS client of the binary trusts the Mozilla roots
+# compiled into it plus the PEM file named by TLS_CA_FILE (mount a private CA there), never
+# the system store. Versions are not pinned: Debian drops superseded versions from the
+# archive, so pins break rebuilds; pin the base image by digest instead for reproducible
+# releases.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && apt-get install -y --no-install-recommends zlib1g \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \

@@ -23,8 +23,11 @@ rm -rf "${TMPDIR:-/tmp}"/pwr-rabbit-*
 pkill -f 'redis-server 127\.0\.0\.1:[0-9]+ \[cluster\]' 2>/dev/null || true
 pkill -f 'redis-server 127\.0\.0\.1:[0-9]+ \[sentinel\]' 2>/dev/null || true
 pkill -f 'pgbouncer .*pwr-pgbouncer-' 2>/dev/null || true
+# The TLS tests' private PostgreSQL instances (tests/src/tls.rs).
+pkill -QUIT -f 'postgres -D .*/pwr-pg-tls-' 2>/dev/null || true
 rm -rf "${TMPDIR:-/tmp}"/pwr-redis-cluster-* "${TMPDIR:-/tmp}"/pwr-redis-sentinel-* \
-  "${TMPDIR:-/tmp}"/pwr-pgbouncer-*
+  "${TMPDIR:-/tmp}"/pwr-pgbouncer-* "${TMPDIR:-/tmp}"/pwr-pg-tls-* \
+  "${TMPDIR:-/tmp}"/pwr-redis-tls-* "${TMPDIR:-/tmp}"/pwr-ca-*
 
 source deploy/local/venv.sh
 

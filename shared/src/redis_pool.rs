@@ -75,7 +75,7 @@ impl ConnectionLike for RedisConn {
 }
 
 enum Client {
-    Node(redis::Client),
+    Node(Box<redis::Client>),
     Cluster(Box<ClusterClient>),
     /// Asked for the current primary at every (re)connection, so a failover that Sentinel
     /// promoted is followed on the next call after the old connection failed.
@@ -149,10 +149,10 @@ impl RedisPool {
     ) -> anyhow::Result<Self> {
         let certificates = trust.redis_certificates();
         let client = match target {
-            RedisTarget::Node(url) => Client::Node(match certificates {
+            RedisTarget::Node(url) => Client::Node(Box::new(match certificates {
                 Some(certs) if is_tls(url) => redis::Client::build_with_tls(url.as_str(), certs)?,
                 _ => redis::Client::open(url.as_str())?,
-            }),
+            })),
             RedisTarget::Cluster(seeds) => {
                 let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
                     // Short: a dead node must not hold up connecting to the live ones.

@@ -128,7 +128,7 @@ mod tests {
     fn a_file_without_certificates_is_refused() {
         assert!(
             Trust::from_pem(b"")
-                .unwrap_err()
+                .expect_err("empty")
                 .contains("no PEM certificate")
         );
         assert!(

@@ -34,6 +34,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -575,6 +576,10 @@ async def main_async(args) -> int:
     directory = os.path.abspath(args.dir)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sink-write")
     sink = Sink(directory, executor)
+    tls_context = None
+    if args.starttls_cert:
+        tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls_context.load_cert_chain(args.starttls_cert, args.starttls_key)
 
     def factory():
         return SinkSMTP(
@@ -589,6 +594,8 @@ async def main_async(args) -> int:
             # AUTH PLAIN/LOGIN offered without TLS; any credentials succeed.
             auth_require_tls=False,
             auth_callback=lambda mechanism, login, password: True,
+            tls_context=tls_context,
+            require_starttls=tls_context is not None,
             loop=loop,
         )
 
@@ -642,6 +649,8 @@ def main() -> int:
     p.add_argument("--idle-timeout", type=float, default=300.0, help="idle connection timeout, seconds")
     p.add_argument("--no-quickack", action="store_true",
                    help="do not set TCP_QUICKACK (reproduces the ~40 ms delayed-ACK stall of some clients)")
+    p.add_argument("--starttls-cert", help="PEM certificate chain: offer STARTTLS and require it before MAIL")
+    p.add_argument("--starttls-key", help="PEM private key of --starttls-cert")
     p.add_argument("--exit-on-stdin-eof", action="store_true",
                    help="exit when stdin is closed (tie the sink's life to the parent's pipe)")
     p.add_argument("-v", "--verbose", action="count", default=0,

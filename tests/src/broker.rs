@@ -18,9 +18,15 @@ pub struct BrokerNode {
     node: String,
     dir: PathBuf,
     port: u16,
+    /// The TLS listener's port, when the node has one.
+    tls_port: Option<u16>,
 }
 
 fn rabbitmqctl(node: &str, args: &[&str]) -> anyhow::Result<()> {
+    rabbitmqctl_output(node, args).map(drop)
+}
+
+fn rabbitmqctl_output(node: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("rabbitmqctl")
         .args(["-q", "-n", node])
         .args(args)
@@ -31,22 +37,49 @@ fn rabbitmqctl(node: &str, args: &[&str]) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl BrokerNode {
     /// Starts a node and waits until it accepts AMQP connections (~7 s).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`Self::start`], with a second listener speaking AMQP over TLS with `ca`'s server
+    /// certificate (see [`Self::amqps_url`]).
+    pub async fn start_with_tls(ca: &crate::tls::TestCa) -> anyhow::Result<Self> {
+        Self::start_with(Some(ca)).await
+    }
+
+    async fn start_with(tls: Option<&crate::tls::TestCa>) -> anyhow::Result<Self> {
         let id = crate::unique_id();
         let node = format!("{NODE_PREFIX}{id}@localhost");
         let dir = std::env::temp_dir().join(format!("pwr-rabbit-{id}"));
         std::fs::create_dir_all(&dir)?;
         let port = crate::free_port()?;
         let dist_port = crate::free_port()?;
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
-        )?;
+        let mut config = format!("listeners.tcp.local = 127.0.0.1:{port}\n");
+        let tls_port = match tls {
+            Some(ca) => {
+                let tls_port = crate::free_port()?;
+                let (ca_file, cert, key) = ca.copy_into(&dir)?;
+                config.push_str(&format!(
+                    "listeners.ssl.local = 127.0.0.1:{tls_port}\n\
+                     ssl_options.cacertfile = {}\n\
+                     ssl_options.certfile = {}\n\
+                     ssl_options.keyfile = {}\n\
+                     ssl_options.verify = verify_none\n\
+                     ssl_options.fail_if_no_peer_cert = false\n",
+                    ca_file.display(),
+                    cert.display(),
+                    key.display()
+                ));
+                Some(tls_port)
+            }
+            None => None,
+        };
+        std::fs::write(dir.join("rabbitmq.conf"), config)?;
         // As root, the server script drops to the `rabbitmq` user, which must own the data.
         if nix_is_root() {
             let status = Command::new("chown")
@@ -55,7 +88,12 @@ impl BrokerNode {
                 .status()?;
             anyhow::ensure!(status.success(), "chown of {}", dir.display());
         }
-        let this = Self { node, dir, port };
+        let this = Self {
+            node,
+            dir,
+            port,
+            tls_port,
+        };
         let status = Command::new("rabbitmq-server")
             .arg("-detached")
             .env("RABBITMQ_NODENAME", &this.node)
@@ -82,6 +120,27 @@ impl BrokerNode {
     /// `amqp://` URL of the node.
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `amqps://` URL of the node's TLS listener (`localhost`, the certificate's name).
+    pub fn amqps_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("amqps://guest:guest@localhost:{port}/%2f"))
+    }
+
+    /// Whether each client connection of the node uses TLS.
+    pub async fn connections_tls(&self) -> anyhow::Result<Vec<bool>> {
+        let node = self.node.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            rabbitmqctl_output(&node, &["list_connections", "--no-table-headers", "ssl"])
+        })
+        .await??;
+        Ok(out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| l == "true")
+            .collect())
     }
 
     /// Stops the broker application: every connection is closed, nothing is accepted, the

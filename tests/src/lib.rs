@@ -7,6 +7,7 @@ pub mod pgbouncer;
 pub mod redis_cluster;
 pub mod redis_sentinel;
 pub mod stack;
+pub mod tls;
 
 use std::{
     future::Future,

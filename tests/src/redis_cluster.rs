@@ -1,5 +1,6 @@
 //! A private Redis Cluster of real `redis-server` processes on loopback ports, formed with
-//! `redis-cli --cluster create`, removed on drop.
+//! `redis-cli --cluster create`, removed on drop; plain TCP, or TLS only (clients, the
+//! cluster bus and replication) with a test CA's certificate.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -10,6 +11,8 @@ pub struct RedisCluster {
     nodes: Vec<Child>,
     ports: Vec<u16>,
     dir: PathBuf,
+    /// `redis-cli` options that reach the nodes (`--tls --cacert …` for a TLS cluster).
+    cli_tls: Vec<String>,
 }
 
 impl Drop for RedisCluster {
@@ -35,7 +38,16 @@ fn cluster_port() -> anyhow::Result<u16> {
 }
 
 async fn redis_cli(args: &[String]) -> anyhow::Result<String> {
-    let out = Command::new("redis-cli").args(args).output().await?;
+    // Bounded: `--cluster create` waits forever for nodes that cannot meet.
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new("redis-cli")
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("redis-cli {args:?} did not finish within 60 s"))??;
     anyhow::ensure!(
         out.status.success(),
         "redis-cli {args:?}: {}",
@@ -53,19 +65,51 @@ impl RedisCluster {
     /// Starts `primaries × (1 + replicas)` nodes: the first `primaries` ports become the
     /// primaries, each with `replicas` replicas that take over when it dies.
     pub async fn start_with_replicas(primaries: usize, replicas: usize) -> anyhow::Result<Self> {
+        Self::launch(primaries, replicas, None).await
+    }
+
+    /// Starts `primaries` nodes speaking only TLS with `ca`'s server certificate (clients,
+    /// the cluster bus and replication); see [`Self::tls_urls`].
+    pub async fn start_tls(primaries: usize, ca: &crate::tls::TestCa) -> anyhow::Result<Self> {
+        Self::launch(primaries, 0, Some(ca)).await
+    }
+
+    async fn launch(
+        primaries: usize,
+        replicas: usize,
+        tls: Option<&crate::tls::TestCa>,
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("pwr-redis-cluster-{}", crate::unique_id()));
         std::fs::create_dir_all(&dir)?;
+        let tls_files = tls.map(|ca| ca.copy_into(&dir)).transpose()?;
         let mut cluster = Self {
             nodes: Vec::new(),
             ports: Vec::new(),
             dir,
+            cli_tls: tls_files
+                .as_ref()
+                .map(|(ca, _, _)| crate::tls::redis_cli_tls(ca))
+                .unwrap_or_default(),
         };
         for _ in 0..primaries * (1 + replicas) {
             let port = cluster_port()?;
             let node_dir = cluster.dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir)?;
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string()])
+            let mut command = Command::new("redis-server");
+            match &tls_files {
+                None => command.args(["--port", &port.to_string()]),
+                Some((ca, cert, key)) => command
+                    .args(["--port", "0", "--tls-port", &port.to_string()])
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                    .args(["--tls-auth-clients", "no"])
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca),
+            };
+            let child = command
                 .args(["--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-node-timeout", "2000"])
@@ -84,13 +128,17 @@ impl RedisCluster {
         }
         for port in &cluster.ports {
             let up = crate::poll_until(Duration::from_secs(10), || async {
-                let args = ["-p".to_owned(), port.to_string(), "ping".to_owned()];
-                redis_cli(&args).await.ok().filter(|o| o.contains("PONG"))
+                cluster
+                    .cli(*port, &["ping"])
+                    .await
+                    .ok()
+                    .filter(|o| o.contains("PONG"))
             })
             .await;
             anyhow::ensure!(up.is_some(), "redis node on {port} did not start");
         }
-        let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
+        let mut create = cluster.cli_tls.clone();
+        create.extend(["--cluster".to_owned(), "create".to_owned()]);
         create.extend(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")));
         create.extend(["--cluster-replicas".to_owned(), replicas.to_string()]);
         create.push("--cluster-yes".to_owned());
@@ -104,13 +152,8 @@ impl RedisCluster {
         }
         for port in &cluster.ports[primaries..] {
             let synced = crate::poll_until(Duration::from_secs(20), || async {
-                let args = [
-                    "-p".to_owned(),
-                    port.to_string(),
-                    "info".to_owned(),
-                    "replication".to_owned(),
-                ];
-                redis_cli(&args)
+                cluster
+                    .cli(*port, &["info", "replication"])
                     .await
                     .ok()
                     .filter(|o| o.contains("master_link_status:up"))
@@ -129,25 +172,17 @@ impl RedisCluster {
 
     /// Whether node `index` is a primary (it answers `role` with `master`).
     pub async fn is_primary(&self, index: usize) -> anyhow::Result<bool> {
-        let args = [
-            "-p".to_owned(),
-            self.ports[index].to_string(),
-            "role".to_owned(),
-        ];
-        Ok(redis_cli(&args).await?.starts_with("master"))
+        Ok(self
+            .cli(self.ports[index], &["role"])
+            .await?
+            .starts_with("master"))
     }
 
     /// Waits until node `index` reports the cluster healthy (every slot served).
     pub async fn wait_healthy(&self, index: usize, timeout: Duration) -> bool {
         let port = self.ports[index];
         crate::poll_until(timeout, || async {
-            let args = [
-                "-p".to_owned(),
-                port.to_string(),
-                "cluster".to_owned(),
-                "info".to_owned(),
-            ];
-            redis_cli(&args)
+            self.cli(port, &["cluster", "info"])
                 .await
                 .ok()
                 .filter(|o| o.contains("cluster_state:ok"))
@@ -165,23 +200,35 @@ impl RedisCluster {
             .join(",")
     }
 
+    /// `REDIS_CLUSTER_URLS` of a TLS cluster (`rediss://`, every node as a seed).
+    pub fn tls_urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("rediss://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `redis-cli` against the node on `port`.
+    async fn cli(&self, port: u16, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = self.cli_tls.clone();
+        all.extend(["-p".to_owned(), port.to_string()]);
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        redis_cli(&all).await
+    }
+
     /// `CLUSTER NODES` as node `index` sees it (for failure messages).
     pub async fn nodes_view(&self, index: usize) -> String {
-        let args = [
-            "-p".to_owned(),
-            self.ports[index].to_string(),
-            "cluster".to_owned(),
-            "nodes".to_owned(),
-        ];
-        redis_cli(&args).await.unwrap_or_else(|e| e.to_string())
+        self.cli(self.ports[index], &["cluster", "nodes"])
+            .await
+            .unwrap_or_else(|e| e.to_string())
     }
 
     /// How many keys each node holds.
     pub async fn keys_per_node(&self) -> anyhow::Result<Vec<u64>> {
         let mut counts = Vec::new();
         for port in &self.ports {
-            let args = ["-p".to_owned(), port.to_string(), "dbsize".to_owned()];
-            counts.push(redis_cli(&args).await?.trim().parse()?);
+            counts.push(self.cli(*port, &["dbsize"]).await?.trim().parse()?);
         }
         Ok(counts)
     }

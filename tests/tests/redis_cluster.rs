@@ -1,7 +1,8 @@
 //! The real api (two processes) and worker on a 3-primary Redis Cluster of real
 //! `redis-server` processes (`REDIS_CLUSTER_URLS`): the whole flow, exact budgets across both
 //! api processes, one winner of twenty submissions of one link, revoke-all on reset, and the
-//! keys really spread over the primaries.
+//! keys really spread over the primaries; the same on a cluster that speaks only TLS
+//! (`rediss://`, clients, bus and replication, the test CA trusted through `TLS_CA_FILE`).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use e2e::{
     redis_cluster::RedisCluster,
     stack::{SmtpSink, StackEnv, token_of},
+    tls::TestCa,
 };
 use futures_util::future::join_all;
 use reqwest::StatusCode;
@@ -19,9 +21,23 @@ const WAIT: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn the_whole_flow_and_exact_budgets_on_a_three_primary_redis_cluster() {
     let cluster = RedisCluster::start(3).await.unwrap();
-    let sink = SmtpSink::start().await.unwrap();
     let mut env = StackEnv::new().await.unwrap();
     env.set("REDIS_CLUSTER_URLS", &cluster.urls());
+    whole_flow_and_exact_budgets(&cluster, env).await;
+}
+
+#[tokio::test]
+async fn the_whole_flow_and_exact_budgets_on_a_tls_only_redis_cluster() {
+    let ca = TestCa::new().unwrap();
+    let cluster = RedisCluster::start_tls(3, &ca).await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    env.set("REDIS_CLUSTER_URLS", &cluster.tls_urls());
+    env.set("TLS_CA_FILE", &ca.ca_file().display().to_string());
+    whole_flow_and_exact_budgets(&cluster, env).await;
+}
+
+async fn whole_flow_and_exact_budgets(cluster: &RedisCluster, mut env: StackEnv) {
+    let sink = SmtpSink::start().await.unwrap();
     // A REDIS_URL nobody listens on: everything must go through the cluster.
     env.set("REDIS_URL", "redis://127.0.0.1:1");
     env.set("RATE_LIMIT_EMAIL_PER_HOUR", "3");

@@ -1,6 +1,7 @@
 //! The real api and worker on a Redis primary watched by three Sentinels
 //! (`REDIS_SENTINEL_URLS`, `REDIS_SENTINEL_MASTER`): a failover forced through Sentinel is
-//! followed without a restart.
+//! followed without a restart, with plain TCP and with every server TLS-only (`rediss://`,
+//! the test CA trusted through `TLS_CA_FILE`).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use e2e::{
     redis_sentinel::{MASTER, RedisSentinels},
     stack::{SmtpSink, StackEnv},
+    tls::TestCa,
 };
 use reqwest::StatusCode;
 use serde_json::json;
@@ -15,10 +17,24 @@ use serde_json::json;
 #[tokio::test]
 async fn a_failover_promoted_by_sentinel_is_followed_without_a_restart() {
     let set = RedisSentinels::start().await.unwrap();
-    let (first_primary, replica) = set.ports();
-    let sink = SmtpSink::start().await.unwrap();
     let mut env = StackEnv::new().await.unwrap();
     env.set("REDIS_SENTINEL_URLS", &set.urls());
+    failover_is_followed(&set, env).await;
+}
+
+#[tokio::test]
+async fn a_failover_is_followed_over_tls_to_the_sentinels_and_the_primaries() {
+    let ca = TestCa::new().unwrap();
+    let set = RedisSentinels::start_tls(&ca).await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    env.set("REDIS_SENTINEL_URLS", &set.tls_urls());
+    env.set("TLS_CA_FILE", &ca.ca_file().display().to_string());
+    failover_is_followed(&set, env).await;
+}
+
+async fn failover_is_followed(set: &RedisSentinels, mut env: StackEnv) {
+    let (first_primary, replica) = set.ports();
+    let sink = SmtpSink::start().await.unwrap();
     env.set("REDIS_SENTINEL_MASTER", MASTER);
     env.set("REDIS_URL", "redis://127.0.0.1:1");
     let (api, base) = env.start_api().await.unwrap();

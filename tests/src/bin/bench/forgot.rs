@@ -196,7 +196,8 @@ fn forgot_bodies(prefix: String) -> load::BodyFn {
     })
 }
 
-async fn saturate(
+/// Forgot-password requests for fresh addresses on 64 connections for `duration`.
+pub async fn saturate(
     addr: std::net::SocketAddr,
     prefix: &str,
     duration: Duration,

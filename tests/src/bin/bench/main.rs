@@ -6,7 +6,7 @@
 //! ```sh
 //! ./deploy/local/bench.sh            # services, release build, then `bench all`
 //! ./target/release/bench all [--update BENCHMARKS.md]
-//! ./target/release/bench forgot|worker|scale|reset|memory|signin
+//! ./target/release/bench forgot|worker|scale|reset|memory|signin|stores
 //! ```
 //! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
 //! (`--update FILE` also replaces the table between the `bench:begin`/`bench:end` markers of
@@ -24,6 +24,7 @@ mod report;
 mod reset;
 mod scale;
 mod signin;
+mod stores;
 mod util;
 
 use std::time::Instant;
@@ -31,7 +32,7 @@ use std::time::Instant;
 use report::Row;
 
 const USAGE: &str =
-    "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin";
+    "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -46,8 +47,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let sections: &[&str] = match section {
-        "all" => &["forgot", "worker", "scale", "reset", "memory", "signin"],
-        "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" => {
+        "all" => &[
+            "forgot", "worker", "scale", "reset", "memory", "signin", "stores",
+        ],
+        "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" => {
             std::slice::from_ref(&section)
         }
         _ => anyhow::bail!(USAGE),
@@ -65,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             "scale" => scale::run(&mut rows).await,
             "memory" => memory::run(&mut rows).await,
             "signin" => signin::run(&mut rows).await,
+            "stores" => stores::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
         if let Err(e) = result {
@@ -119,6 +123,7 @@ fn section_label(name: &str) -> &'static str {
         "scale" => "4 scale-out",
         "memory" => "6 memory",
         "signin" => "7 sign-in timing",
+        "stores" => "8 redis topologies",
         _ => "5 reset",
     }
 }
