@@ -413,6 +413,30 @@ impl StackEnv {
         Ok(())
     }
 
+    /// Asks the api at `base` for a reset link for `email` and returns the token of the link
+    /// the worker delivered to `sink`.
+    pub async fn reset_token(
+        &self,
+        base: &str,
+        sink: &SmtpSink,
+        email: &str,
+    ) -> anyhow::Result<String> {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/password/forgot"))
+            .json(&serde_json::json!({ "email": email }))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 202, "forgot-password answered {}", r.status());
+        let email = sink
+            .wait_for_email(email, "Reset", Duration::from_secs(60))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no reset email for {email}"))?;
+        let link = email
+            .link(&format!("{}/reset-password?token=", self.public_base_url))
+            .ok_or_else(|| anyhow::anyhow!("no link in:\n{}", email.text()))?;
+        Ok(token_of(&link))
+    }
+
     /// Starts a worker delivering to `smtp_url`; returns it with its HTTP base URL once it
     /// consumes.
     pub async fn start_worker(&self, smtp_url: &str) -> anyhow::Result<(ServiceProcess, String)> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use e2e::{
     pgbouncer::PgBouncer,
-    stack::{SmtpSink, StackEnv, token_of},
+    stack::{SmtpSink, StackEnv},
 };
 use futures_util::future::join_all;
 use reqwest::StatusCode;
@@ -52,18 +52,10 @@ async fn the_whole_flow_and_a_link_race_work_through_pgbouncer_in_transaction_mo
     };
     assert_eq!(sign_in(old).await.unwrap().status(), StatusCode::CREATED);
 
-    let r = post("/v1/password/forgot", json!({ "email": "ann@example.org" }))
+    let token = env
+        .reset_token(&base, &sink, "ann@example.org")
         .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let reset_email = sink
-        .wait_for_email("ann@example.org", "Reset", WAIT)
-        .await
-        .unwrap_or_else(|| panic!("no reset email: {:?}", worker.output()));
-    let link = reset_email
-        .link(&format!("{}/reset-password?token=", env.public_base_url))
-        .unwrap();
-    let token = token_of(&link);
+        .unwrap_or_else(|e| panic!("{e:#}; worker: {:?}", worker.output()));
     // Twenty submissions of one link at once, each a transaction through the pooler.
     let answers = join_all((0..20).map(|_| {
         post(
