@@ -253,8 +253,8 @@ impl Publisher {
 
     async fn connect(&self) -> lapin::Result<Link> {
         let connection = self.inner.broker.connect("api").await?;
+        self.inner.topology.declare(&connection).await?;
         let channel = connection.create_channel().await?;
-        self.inner.topology.declare(&channel).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;

@@ -96,6 +96,22 @@ impl Config {
         let concurrency = r.number("WORKER_CONCURRENCY", 16, 1, 1024) as usize;
         let notify_unknown_recipients = r.boolean("NOTIFY_UNKNOWN_RECIPIENTS", false);
         let smtp_timeout = r.number("SMTP_TIMEOUT_SECS", 30, 1, 600);
+        // The drain after SIGTERM must outlast one SMTP step of a send in flight, or the send
+        // is cut off and repeated by another worker. Unset: one step plus ten seconds.
+        let mut common = common;
+        let drain_set = r
+            .raw("SHUTDOWN_TIMEOUT_SECS")
+            .is_some_and(|v| !v.trim().is_empty());
+        if !drain_set {
+            common.shutdown_timeout = Duration::from_secs(smtp_timeout + 10);
+        } else if common.shutdown_timeout.as_secs() <= smtp_timeout {
+            r.error(format!(
+                "SHUTDOWN_TIMEOUT_SECS ({}) must be longer than SMTP_TIMEOUT_SECS ({smtp_timeout}): \
+                 a send in flight at SIGTERM may need one more SMTP step to finish (leave it \
+                 unset for SMTP_TIMEOUT_SECS + 10)",
+                common.shutdown_timeout.as_secs()
+            ));
+        }
         // No "off" value: a recipient budget is what keeps the service from being used to
         // flood a mailbox; an operator who needs more raises it.
         let mail_per_recipient = r.number("MAIL_PER_RECIPIENT_PER_HOUR", 10, 1, 100_000) as u32;
@@ -165,6 +181,37 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in {text}");
         }
+    }
+
+    #[test]
+    fn the_drain_outlasts_one_smtp_step() {
+        assert_eq!(
+            from(&BASE).expect("valid").shutdown_timeout,
+            Duration::from_secs(40)
+        );
+        let with = |drain: &str, smtp: &str| {
+            let mut pairs = BASE.to_vec();
+            pairs.extend([
+                ("SHUTDOWN_TIMEOUT_SECS", drain),
+                ("SMTP_TIMEOUT_SECS", smtp),
+            ]);
+            from(&pairs)
+        };
+        assert_eq!(
+            with("", "5").expect("valid").shutdown_timeout,
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            with("31", "30").expect("valid").shutdown_timeout,
+            Duration::from_secs(31)
+        );
+        let Err(ConfigError(problems)) = with("30", "30") else {
+            panic!("a drain as long as one SMTP step was accepted");
+        };
+        assert!(
+            problems[0].starts_with("SHUTDOWN_TIMEOUT_SECS (30) must be longer"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -87,8 +87,8 @@ impl Consumer {
         in_flight: &Arc<Semaphore>,
     ) -> anyhow::Result<()> {
         let connection = self.broker.connect("mail-worker").await?;
+        self.topology.declare(&connection).await?;
         let channel = connection.create_channel().await?;
-        self.topology.declare(&channel).await?;
         // Prefetch bounds the unacked jobs this process holds; a crash returns at most these.
         let prefetch = u16::try_from(self.concurrency).unwrap_or(u16::MAX);
         channel

@@ -39,8 +39,8 @@ pub enum Selection {
 /// Lists the dead letters without removing them.
 pub async fn list(broker: &Broker, topology: &Topology) -> anyhow::Result<Vec<DeadLetter>> {
     let connection = broker.connect("mail-worker dlq").await?;
+    topology.declare(&connection).await?;
     let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
     let mut out = Vec::new();
     // Fetch without acking: closing the channel returns every message to the queue.
     while let Some(message) = channel
@@ -68,8 +68,8 @@ pub async fn replay(
     selection: &Selection,
 ) -> anyhow::Result<usize> {
     let connection = broker.connect("mail-worker dlq").await?;
+    topology.declare(&connection).await?;
     let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
     let publisher = connection.create_channel().await?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())

@@ -175,8 +175,9 @@ impl<'a> EnvReader<'a> {
     }
 
     /// A whole number within `min..=max`, or `default` when unset.
+    /// `name` as a whole number in `min..=max`; unset or empty gives `default`.
     pub fn number(&mut self, name: &str, default: u64, min: u64, max: u64) -> u64 {
-        let Some(v) = self.raw(name) else {
+        let Some(v) = self.raw(name).filter(|v| !v.trim().is_empty()) else {
             return default;
         };
         match v.trim().parse::<u64>() {

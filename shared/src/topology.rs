@@ -2,17 +2,26 @@
 //!
 //! ```text
 //!  api ──publish "jobs"──> [mail] (direct) ──> mail.jobs (quorum) ──> mail-worker
-//!                            │   ^                   │ reject / delivery limit
-//!                            │   └── TTL expiry ── mail.retry.<secs> <── worker re-publishes "retry.<secs>"
+//!                            │   ^                   │ delivery limit
+//!                            │   └── TTL expiry ── mail.delay.<secs> (quorum) <── worker re-publishes "delay.<secs>"
 //!                            └──"dead"──> mail.dead (quorum) <─────────────┘
 //!  api ──"user.password_reset"──> [events] (topic) ──> other services' queues
 //! ```
 //!
+//! Every queue is a quorum queue, so a confirmed job survives the loss of any one node of a
+//! three-node cluster, also while it waits for a retry. The broker's own dead-lettering (a
+//! delay queue's TTL, the work queue's delivery limit) is `at-least-once`: a message leaves
+//! its queue only after the target queue confirmed it, so a node lost in between drops no
+//! retry (this needs `x-overflow: reject-publish`). Message TTL on quorum queues needs
+//! RabbitMQ 3.10 or later; the same declarations work on 4.x (where classic queues are never
+//! replicated, which is why the delay queues are not classic).
+//!
 //! Declarations are idempotent: declaring with the same arguments again is a no-op, so every
-//! replica declares at start and no deploy step is needed.
+//! replica declares at start and no deploy step is needed. A queue that an older version
+//! declared with other arguments is used as it is, with a warning (see [`Topology::declare`]).
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
@@ -76,13 +85,15 @@ impl Topology {
     /// The delay queue for a retry after `delay_secs`. Named by its delay rather than by the
     /// attempt number, so changing `MAIL_RETRY_SCHEDULE_SECS` declares new queues instead of
     /// clashing with existing ones whose TTL differs (a redeclare with other arguments fails).
+    /// (`mail.retry.<secs>` were the classic delay queues of earlier versions: nothing routes
+    /// to them any more, and what they hold still returns to the work queue when it expires.)
     pub fn retry_queue(&self, delay_secs: u64) -> String {
-        format!("{}mail.retry.{delay_secs}", self.prefix)
+        format!("{}mail.delay.{delay_secs}", self.prefix)
     }
 
     /// Routing key that reaches [`Self::retry_queue`] for `delay_secs`.
     pub fn retry_routing_key(delay_secs: u64) -> String {
-        format!("retry.{delay_secs}")
+        format!("delay.{delay_secs}")
     }
 
     /// The topic exchange for domain events other services subscribe to.
@@ -95,8 +106,15 @@ impl Topology {
         &self.retry_schedule_secs
     }
 
-    /// Declares exchanges, queues and bindings. Safe to call from every replica at every start.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    /// Declares exchanges, queues and bindings on a channel of its own. Safe to call from
+    /// every replica at every start.
+    ///
+    /// A queue that exists with other arguments (declared by an earlier version, e.g. without
+    /// at-least-once dead-lettering) makes the broker refuse the declaration; it is then used
+    /// as it is and a warning says how to bring it up to date (a policy, or recreating it when
+    /// empty), instead of keeping the service from starting.
+    pub async fn declare(&self, connection: &Connection) -> lapin::Result<()> {
+        let mut channel = connection.create_channel().await?;
         let auto_delete = self.expires_ms.is_some();
         let exchange_options = ExchangeDeclareOptions {
             // Exchanges and queues must survive a broker restart, or queued mail is lost.
@@ -120,89 +138,118 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        for (name, args, routing_key) in self.queues() {
+            match declare_queue(&channel, &name, args).await {
+                Ok(()) => {}
+                Err(e) if is_precondition_failed(&e) => {
+                    // The refusal closed the channel; check on a new one that the queue is
+                    // there, and use it.
+                    channel = connection.create_channel().await?;
+                    channel
+                        .queue_declare(
+                            name.as_str().into(),
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await?;
+                    tracing::warn!(queue = %name, error = %e,
+                        "queue exists with other arguments (an earlier version's); using it as it is. \
+                         Apply a policy with dead-letter-strategy=at-least-once and overflow=reject-publish \
+                         to it, or delete it while it is empty so it is declared anew");
+                }
+                Err(e) => return Err(e),
+            }
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    self.mail_exchange().into(),
+                    routing_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
 
-        // The work queue: quorum, so a job survives the loss of a broker node once confirmed.
-        let mut jobs_args = self.base_args();
-        jobs_args.insert("x-queue-type".into(), string("quorum"));
-        // A message the workers keep failing to ack (it crashes them) is dead-lettered after
-        // DELIVERY_LIMIT redeliveries; a worker's own reject-without-requeue also lands there.
-        jobs_args.insert(
+    /// Every queue with its arguments and the routing key that reaches it.
+    fn queues(&self) -> Vec<(String, FieldTable, String)> {
+        // The work queue: a message the workers keep failing to ack (it crashes them) is
+        // dead-lettered after DELIVERY_LIMIT redeliveries.
+        let mut jobs = self.quorum_args();
+        jobs.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
-        jobs_args.insert(
-            "x-dead-letter-exchange".into(),
-            string(&self.mail_exchange()),
-        );
-        jobs_args.insert("x-dead-letter-routing-key".into(), string(DEAD_ROUTING_KEY));
-        self.queue(channel, &self.jobs_queue(), jobs_args, JOBS_ROUTING_KEY)
-            .await?;
-
-        let mut dead_args = self.base_args();
-        dead_args.insert("x-queue-type".into(), string("quorum"));
-        self.queue(channel, &self.dead_queue(), dead_args, DEAD_ROUTING_KEY)
-            .await?;
-
+        self.dead_letter_to(&mut jobs, DEAD_ROUTING_KEY);
+        let mut queues = vec![
+            (self.jobs_queue(), jobs, JOBS_ROUTING_KEY.to_owned()),
+            (
+                self.dead_queue(),
+                self.quorum_args(),
+                DEAD_ROUTING_KEY.to_owned(),
+            ),
+        ];
         for &delay in &self.retry_schedule_secs {
             // Delay queues have no consumer: a message waits for its TTL, then the broker
-            // dead-letters it back to the work queue. No worker sleeps on a retry. Classic
-            // queues, because per-queue TTL with dead-lettering is long established there.
-            let mut args = self.base_args();
+            // dead-letters it back to the work queue. No worker sleeps on a retry.
+            let mut args = self.quorum_args();
             args.insert(
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(delay_ms(delay)),
             );
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                string(&self.mail_exchange()),
-            );
-            args.insert("x-dead-letter-routing-key".into(), string(JOBS_ROUTING_KEY));
-            self.queue(
-                channel,
-                &self.retry_queue(delay),
+            self.dead_letter_to(&mut args, JOBS_ROUTING_KEY);
+            queues.push((
+                self.retry_queue(delay),
                 args,
-                &Self::retry_routing_key(delay),
-            )
-            .await?;
+                Self::retry_routing_key(delay),
+            ));
         }
-        Ok(())
+        queues
     }
 
-    fn base_args(&self) -> FieldTable {
+    fn quorum_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string("quorum"));
         if let Some(ms) = self.expires_ms {
             args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
         }
         args
     }
 
-    async fn queue(
-        &self,
-        channel: &Channel,
-        name: &str,
-        args: FieldTable,
-        routing_key: &str,
-    ) -> lapin::Result<()> {
-        channel
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            )
-            .await?;
-        channel
-            .queue_bind(
-                name.into(),
-                self.mail_exchange().into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
+    /// Dead-letters to the mail exchange with `routing_key`, at least once.
+    fn dead_letter_to(&self, args: &mut FieldTable, routing_key: &str) {
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&self.mail_exchange()),
+        );
+        args.insert("x-dead-letter-routing-key".into(), string(routing_key));
+        args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+        args.insert("x-overflow".into(), string("reject-publish"));
     }
+}
+
+async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .map(drop)
+}
+
+/// The broker refused a declaration because the object exists with other properties.
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 fn string(s: &str) -> AMQPValue {
@@ -239,7 +286,8 @@ mod tests {
         let t = Topology::new("t-1.", &[30, 5, 30]);
         assert_eq!(t.jobs_queue(), "t-1.mail.jobs");
         assert_eq!(t.dead_queue(), "t-1.mail.dead");
-        assert_eq!(t.retry_queue(5), "t-1.mail.retry.5");
+        assert_eq!(t.retry_queue(5), "t-1.mail.delay.5");
+        assert_eq!(Topology::retry_routing_key(5), "delay.5");
         assert_eq!(t.retry_delays(), &[5, 30]);
         assert_eq!(Topology::new("", &[1]).mail_exchange(), "mail");
     }

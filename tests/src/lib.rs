@@ -404,8 +404,8 @@ pub async fn publish_raw_jobs(
 ) -> anyhow::Result<()> {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    topology.declare(&connection).await?;
     let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

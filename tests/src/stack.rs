@@ -306,7 +306,6 @@ impl StackEnv {
             ("MAIL_FROM", "Example Security <security@example.test>"),
             ("PRODUCT_NAME", "Example Accounts"),
             ("COOKIE_SECURE", "true"),
-            ("SHUTDOWN_TIMEOUT_SECS", "10"),
             ("REDIS_KEY_PREFIX", &format!("{namespace}:")),
             ("BROKER_NAMESPACE", &format!("{namespace}.")),
             ("BROKER_QUEUE_EXPIRES_MS", "120000"),

@@ -36,10 +36,10 @@ impl RawPublisher {
     pub async fn start() -> anyhow::Result<Self> {
         let connection =
             Connection::connect(&e2e::amqp_url(), ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
         let topology =
             Topology::new(format!("bench-raw-{}.", e2e::unique_id()), &[1]).expiring(120_000);
-        topology.declare(&channel).await?;
+        topology.declare(&connection).await?;
+        let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;

@@ -1,0 +1,105 @@
+//! The broker topology on the machine's RabbitMQ: every queue is a quorum queue and the
+//! broker's own dead-lettering is at-least-once; a work queue that an earlier version declared
+//! with other arguments does not keep the services from starting.
+#![allow(clippy::unwrap_used)]
+
+use lapin::{
+    Connection, ConnectionProperties,
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable},
+};
+use shared::topology::Topology;
+
+fn topology() -> Topology {
+    Topology::new(format!("topo-{}.", e2e::unique_id()), &[1, 5]).expiring(60_000)
+}
+
+/// `rabbitmqctl list_queues name type arguments` lines of the queues named `prefix…`.
+fn queues(prefix: &str) -> Vec<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_queues",
+            "--no-table-headers",
+            "name",
+            "type",
+            "arguments",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_queue_is_a_quorum_queue_and_dead_letters_at_least_once() {
+    let topology = topology();
+    let connection = Connection::connect(&e2e::amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    topology.declare(&connection).await.unwrap();
+    // Twice: a redeclaration with the same arguments is a no-op.
+    topology.declare(&connection).await.unwrap();
+    let prefix = topology.jobs_queue().replace("mail.jobs", "");
+    let lines = queues(&prefix);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for line in &lines {
+        assert!(line.contains("\tquorum\t"), "{line}");
+    }
+    for name in [
+        topology.jobs_queue(),
+        topology.retry_queue(1),
+        topology.retry_queue(5),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name}\t")))
+            .unwrap();
+        assert!(line.contains("at-least-once"), "{line}");
+        assert!(line.contains("reject-publish"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn a_work_queue_declared_with_older_arguments_is_used_as_it_is() {
+    let topology = topology();
+    let connection = Connection::connect(&e2e::amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    // The work queue as an earlier version declared it: quorum, without the at-least-once
+    // dead-lettering.
+    let channel = connection.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(60_000));
+    channel
+        .queue_declare(
+            topology.jobs_queue().as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    topology.declare(&connection).await.unwrap();
+    let prefix = topology.jobs_queue().replace("mail.jobs", "");
+    let lines = queues(&prefix);
+    assert_eq!(
+        lines.len(),
+        4,
+        "the other queues are declared too: {lines:?}"
+    );
+    let jobs = lines
+        .iter()
+        .find(|l| l.starts_with(&format!("{}\t", topology.jobs_queue())))
+        .unwrap();
+    assert!(!jobs.contains("at-least-once"), "kept as it was: {jobs}");
+}
