@@ -239,7 +239,7 @@ impl Publisher {
             Ok(Err(e)) => {
                 *last_failure = Some(Instant::now());
                 Err(ApiError::unavailable(
-                    anyhow::Error::new(e).context("cannot connect to RabbitMQ"),
+                    e.context("cannot connect to RabbitMQ"),
                 ))
             }
             Err(_) => {
@@ -251,7 +251,7 @@ impl Publisher {
         }
     }
 
-    async fn connect(&self) -> lapin::Result<Link> {
+    async fn connect(&self) -> anyhow::Result<Link> {
         let connection = self.inner.broker.connect("api").await?;
         self.inner.topology.declare(&connection).await?;
         let channel = connection.create_channel().await?;

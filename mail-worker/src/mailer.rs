@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lettre::{
     AsyncFileTransport, AsyncTransport, Message, Tokio1Executor,
-    message::{Mailbox, MultiPart, header},
+    message::{Mailbox, MultiPart, SinglePart, header},
 };
 use uuid::Uuid;
 
@@ -42,6 +42,8 @@ pub enum Mailer {
 /// One email, ready to go.
 pub struct Outgoing<'a> {
     pub job_id: Uuid,
+    /// When the email was asked for (the job's creation): its `Date`.
+    pub composed_at: std::time::SystemTime,
     pub to: &'a str,
     pub content: &'a Rendered,
 }
@@ -80,9 +82,11 @@ impl Mailer {
         })
     }
 
-    /// Sends one multipart/alternative email. The `Message-ID` is derived from the job id, so
-    /// a redelivered job that slips past the idempotency check still produces the same id
-    /// and receiving systems can de-duplicate it.
+    /// Sends one multipart/alternative email. Everything in it follows from the job: the
+    /// `Message-ID` and the MIME boundary from its id, the `Date` from its creation, the link
+    /// from what was minted for it, so a repeat (after a lost SMTP reply, or a redelivery that
+    /// slipped past the idempotency check) is byte-identical and receiving systems can drop it
+    /// by `Message-ID`.
     pub async fn send(&self, from: &Mailbox, email: Outgoing<'_>) -> Result<(), SendError> {
         let to: Mailbox = email
             .to
@@ -95,11 +99,13 @@ impl Mailer {
             .subject(email.content.subject.clone())
             .message_id(Some(format!("<{}@{domain}>", email.job_id)))
             .header(header::MIME_VERSION_1_0)
-            .date_now()
-            .multipart(MultiPart::alternative_plain_html(
-                email.content.text.clone(),
-                email.content.html.clone(),
-            ))
+            .date(email.composed_at)
+            .multipart(
+                MultiPart::alternative()
+                    .boundary(format!("=_{}", email.job_id.simple()))
+                    .singlepart(SinglePart::plain(email.content.text.clone()))
+                    .singlepart(SinglePart::html(email.content.html.clone())),
+            )
             .map_err(|e| SendError::Permanent(format!("cannot build the message: {e}")))?;
         match self {
             Mailer::Smtp(pool) => pool
@@ -189,6 +195,7 @@ mod tests {
         let content = content();
         let email = Outgoing {
             job_id: Uuid::new_v4(),
+            composed_at: std::time::SystemTime::now(),
             to,
             content: &content,
         };

@@ -174,8 +174,14 @@ impl Processor {
         {
             return refused;
         }
-        let content = match self.complete(draft).await {
-            Ok(content) => content,
+        let content = match self.complete(draft, job.id).await {
+            Ok(Some(content)) => content,
+            Ok(None) => {
+                // A newer email (or a password change) made this job's link dead: sending it
+                // would only hand the user a link that fails.
+                self.audit(job, "dropped_superseded", user).await;
+                return Outcome::Dropped("dropped_superseded");
+            }
             Err(e) => return Outcome::Wait(e.to_string()),
         };
         let rendered = match self.renderer.render(&content, &job.locale) {
@@ -189,6 +195,7 @@ impl Processor {
                 &self.from,
                 Outgoing {
                     job_id: job.id,
+                    composed_at: job.created_at.into(),
                     to: &to,
                     content: &rendered,
                 },
@@ -329,58 +336,83 @@ impl Processor {
         }
     }
 
-    /// Mints the link a draft needs, if any, and returns the email's content.
-    async fn complete(&self, draft: Draft) -> Result<EmailContent, RedisError> {
+    /// Mints the link a draft needs, if any, and returns the email's content; `None` when the
+    /// job's link is dead already (a newer email or a password change superseded it).
+    async fn complete(&self, draft: Draft, job: Uuid) -> Result<Option<EmailContent>, RedisError> {
         let base = &self.config.public_base_url;
         Ok(match draft {
-            Draft::Ready(content) => content,
+            Draft::Ready(content) => Some(content),
             Draft::PasswordReset {
                 recipient,
                 requested_from_ip,
-            } => {
-                let token = self.mint(Purpose::PasswordReset, &recipient).await?;
-                EmailContent::PasswordReset {
+            } => self
+                .mint(Purpose::PasswordReset, &recipient, job)
+                .await?
+                .map(|token| EmailContent::PasswordReset {
                     link: format!("{base}/reset-password?token={token}"),
                     expires_in_minutes: self.config.reset_token_max_age.as_secs() / 60,
                     requested_from_ip,
-                }
-            }
-            Draft::EmailVerification { recipient } => {
-                let token = self.mint(Purpose::EmailVerify, &recipient).await?;
-                EmailContent::EmailVerification {
+                }),
+            Draft::EmailVerification { recipient } => self
+                .mint(Purpose::EmailVerify, &recipient, job)
+                .await?
+                .map(|token| EmailContent::EmailVerification {
                     link: format!("{base}/verify-email?token={token}"),
                     expires_in_hours: self.config.verify_token_max_age.as_secs().div_ceil(3600),
-                }
-            }
+                }),
         })
     }
 
-    /// Issues a link: bump the user's generation for this purpose (older links die), sign.
-    async fn mint(&self, purpose: Purpose, user: &Recipient) -> Result<String, RedisError> {
-        let key = self.keys().token_generation(user.id, purpose);
+    /// The link of `job`: issued at the job's first attempt (the user's generation for this
+    /// purpose bumped, so older links die) and recorded, so every later attempt and
+    /// redelivery signs the very same token. A repeat after a lost SMTP reply is then
+    /// byte-identical, and the copy the provider may already have delivered keeps working.
+    /// `None` when the recorded link is dead by now: a newer email bumped the generation, or
+    /// the password changed.
+    async fn mint(
+        &self,
+        purpose: Purpose,
+        user: &Recipient,
+        job: Uuid,
+    ) -> Result<Option<String>, RedisError> {
+        let generation_key = self.keys().token_generation(user.id, purpose);
+        let link_key = self.keys().job_link(user.id, job);
         let max_age = match purpose {
             Purpose::PasswordReset => self.config.reset_token_max_age,
             Purpose::EmailVerify => self.config.verify_token_max_age,
         };
-        // Keep the generation a little longer than any link of it can live.
+        // Keep the generation and the job's record a little longer than any link can live.
         let ttl_ms = (max_age.as_secs() + 3600) * 1000;
         let now_ms = self.clock.now().timestamp_millis();
-        let script = redis::Script::new(shared::keys::NEXT_GENERATION_LUA);
-        let generation: i64 = self
+        let script = redis::Script::new(shared::keys::MINT_ONCE_LUA);
+        let (minted, current): (String, String) = self
             .redis
             .run(|mut c| async move {
                 script
-                    .key(&key)
+                    .key(&generation_key)
+                    .key(&link_key)
                     .arg(now_ms)
+                    .arg(ttl_ms)
+                    .arg(user.password_version)
                     .arg(ttl_ms)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        let claims = Claims::new(user.id, user.password_version, generation);
-        Ok(self
-            .tokens
-            .sign(purpose, &claims, self.clock.now().timestamp()))
+        let mut fields = minted.split(':').map(str::parse::<i64>);
+        let (Some(Ok(generation)), Some(Ok(signed_at)), Some(Ok(password_version))) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            tracing::warn!(job_id = %job, "unreadable link record; no link sent");
+            return Ok(None);
+        };
+        if current.parse::<i64>().ok() != Some(generation)
+            || password_version != i64::from(user.password_version)
+        {
+            return Ok(None);
+        }
+        let claims = Claims::for_job(user.id, user.password_version, generation, job);
+        Ok(Some(self.tokens.sign(purpose, &claims, signed_at)))
     }
 
     async fn mark_sent(&self, job: Uuid) {

@@ -1,37 +1,141 @@
 //! Where RabbitMQ is and how to open a connection to it: the one way both services (and the
-//! worker's `dlq` commands) connect. `amqps://` URLs are checked against the webpki roots
+//! worker's `dlq` commands) connect. `AMQP_URL` may list the nodes of a cluster; each process
+//! starts at a random one, and every new connection (after a lost one) tries the nodes in
+//! turn from the one after the last it used, so the replicas spread over the nodes and a dead
+//! node is left for the next live one. `amqps://` URLs are checked against the webpki roots
 //! plus `TLS_CA_FILE`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use lapin::{Connection, ConnectionProperties, tcp::OwnedTLSConfig};
 
-/// The broker of `AMQP_URL` and what its TLS certificate is checked against.
+/// How long one node may take to accept a connection before the next one is tried.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The broker nodes of `AMQP_URL` and what their TLS certificates are checked against.
 #[derive(Debug, Clone)]
 pub struct Broker {
-    url: String,
+    urls: Arc<Vec<String>>,
     trust: crate::tls::Trust,
+    /// The node the next connection tries first.
+    next: Arc<AtomicUsize>,
+}
+
+/// No node of `AMQP_URL` accepted a connection.
+#[derive(Debug, thiserror::Error)]
+#[error("no RabbitMQ node accepted a connection ({tried} tried); last error: {last}")]
+pub struct ConnectError {
+    tried: usize,
+    last: String,
 }
 
 impl Broker {
-    pub fn new(url: impl Into<String>, trust: crate::tls::Trust) -> Self {
+    /// The nodes `urls` (one or more nodes of one cluster; at least one).
+    pub fn new(urls: Vec<String>, trust: crate::tls::Trust) -> Self {
+        let start = if urls.len() > 1 {
+            rand::random_range(0..urls.len())
+        } else {
+            0
+        };
         Self {
-            url: url.into(),
+            urls: Arc::new(urls),
             trust,
+            next: Arc::new(AtomicUsize::new(start)),
         }
     }
 
-    /// Opens a connection named `name` (shown in the management UI).
-    pub async fn connect(&self, name: &str) -> lapin::Result<Connection> {
-        let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let tls = OwnedTLSConfig {
-            identity: None,
-            cert_chain: self.trust.extra_pem(),
+    /// The node address (`host:port`, no credentials) a connection to the `index`th URL goes
+    /// to, for logs.
+    fn node(&self, index: usize) -> String {
+        let url = &self.urls[index];
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        rest.split(['/', '?']).next().unwrap_or_default().to_owned()
+    }
+
+    /// Opens a connection named `name` (shown in the management UI) to the first node, in
+    /// turn from the next one, that accepts it.
+    pub async fn connect(&self, name: &str) -> Result<Connection, ConnectError> {
+        let count = self.urls.len().max(1);
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let mut last = String::from("no AMQP_URL");
+        for offset in 0..self.urls.len() {
+            let index = (first + offset) % count;
+            let properties = ConnectionProperties::default().with_connection_name(name.into());
+            let tls = OwnedTLSConfig {
+                identity: None,
+                cert_chain: self.trust.extra_pem(),
+            };
+            let attempt = async {
+                Connection::connect_with_config(
+                    &self.urls[index],
+                    properties,
+                    tls,
+                    lapin::runtime::default_runtime()?,
+                )
+                .await
+            };
+            match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await {
+                Ok(Ok(connection)) => {
+                    // A later reconnection starts after this node.
+                    self.next.store(index + 1, Ordering::Relaxed);
+                    if self.urls.len() > 1 {
+                        tracing::info!(node = %self.node(index), "connected to RabbitMQ");
+                    }
+                    return Ok(connection);
+                }
+                Ok(Err(e)) => last = format!("{}: {e}", self.node(index)),
+                Err(_) => {
+                    last = format!(
+                        "{}: no connection within {NODE_CONNECT_TIMEOUT:?}",
+                        self.node(index)
+                    )
+                }
+            }
+        }
+        Err(ConnectError {
+            tried: self.urls.len(),
+            last,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_name_the_node_without_credentials() {
+        let broker = Broker::new(
+            vec![
+                "amqps://user:secret@rabbit-1.internal:5671/%2f?heartbeat=10".into(),
+                "amqp://rabbit-2:5672".into(),
+            ],
+            crate::tls::Trust::default(),
+        );
+        assert_eq!(broker.node(0), "rabbit-1.internal:5671");
+        assert_eq!(broker.node(1), "rabbit-2:5672");
+    }
+
+    #[tokio::test]
+    async fn every_node_is_tried_and_the_error_names_the_last() {
+        // Two loopback ports nobody listens on.
+        let dead = |_| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
         };
-        Connection::connect_with_config(
-            &self.url,
-            properties,
-            tls,
-            lapin::runtime::default_runtime()?,
-        )
-        .await
+        let urls: Vec<String> = (0..2).map(dead).collect();
+        let broker = Broker::new(urls, crate::tls::Trust::default());
+        let error = broker.connect("test").await.expect_err("nothing listens");
+        assert_eq!(error.tried, 2);
+        assert!(error.to_string().contains("127.0.0.1:"), "{error}");
+        assert!(!error.to_string().contains("guest"), "{error}");
     }
 }

@@ -295,7 +295,8 @@ pub struct CommonConfig {
     /// Sentinels (`REDIS_SENTINEL_URLS`) and the name of the primary they watch
     /// (`REDIS_SENTINEL_MASTER`); when set, `redis_url` is unused.
     pub redis_sentinel: Option<(Vec<String>, String)>,
-    pub amqp_url: String,
+    /// The RabbitMQ nodes of `AMQP_URL` (comma-separated: the nodes of one cluster).
+    pub amqp_urls: Vec<String>,
     /// What every TLS client trusts: the webpki roots plus the CAs of `TLS_CA_FILE`.
     pub tls: crate::tls::Trust,
     /// Origin links are built from (never from the request's `Host`), without trailing slash.
@@ -357,7 +358,19 @@ impl CommonConfig {
                 ));
             }
         }
-        let amqp_url = r.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let mut amqp_urls = r.list("AMQP_URL");
+        if amqp_urls.is_empty() {
+            amqp_urls.push("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        }
+        for url in &amqp_urls {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                let scheme: String = url.chars().take_while(|c| *c != ':').take(8).collect();
+                r.error(format!(
+                    "AMQP_URL: expected amqp:// or amqps:// URLs (comma-separated nodes of one \
+                     cluster), got one starting with {scheme:?}"
+                ));
+            }
+        }
         let tls = match r.raw("TLS_CA_FILE").filter(|v| !v.trim().is_empty()) {
             None => crate::tls::Trust::default(),
             Some(path) => {
@@ -399,7 +412,7 @@ impl CommonConfig {
             redis_url,
             redis_cluster_urls,
             redis_sentinel,
-            amqp_url,
+            amqp_urls,
             tls,
             public_base_url,
             pseudonym_key: token_secrets
@@ -445,7 +458,7 @@ impl CommonConfig {
 
     /// The RabbitMQ broker of `AMQP_URL`.
     pub fn broker(&self) -> crate::amqp::Broker {
-        crate::amqp::Broker::new(self.amqp_url.clone(), self.tls.clone())
+        crate::amqp::Broker::new(self.amqp_urls.clone(), self.tls.clone())
     }
 
     /// The broker topology these settings describe.

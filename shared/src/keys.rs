@@ -52,6 +52,13 @@ impl Keys {
         format!("{}tok:{{u:{user}}}:gen:{}", self.prefix, purpose.salt())
     }
 
+    /// The link a mail job minted for a user (its generation, signing time and password
+    /// version), so every attempt and redelivery of the job sends the same link. In the
+    /// user's slot: minted by one script with [`Self::token_generation`].
+    pub fn job_link(&self, user: Uuid, job_id: Uuid) -> String {
+        format!("{}tok:{{u:{user}}}:job:{job_id}", self.prefix)
+    }
+
     /// One session (hash of the session secret), holding the user's password version.
     pub fn session(&self, user: Uuid, secret_hash: &str) -> String {
         format!("{}sess:{{u:{user}}}:{secret_hash}", self.prefix)
@@ -96,6 +103,26 @@ redis.call('SET', KEYS[1], g, 'PX', ARGV[2])
 return g
 ";
 
+/// Mints a job's link once: `KEYS[1]` the user's generation for the purpose, `KEYS[2]` the
+/// job's link ([`Keys::job_link`]); `ARGV` now (ms), the generation's TTL (ms), the password
+/// version, the link record's TTL (ms). A job seen before gets its recorded
+/// `"<generation>:<signed at, s>:<password version>"` back; a new one bumps the generation as
+/// [`NEXT_GENERATION_LUA`] does and records it. Also returns the user's current generation,
+/// so the caller sees when a newer email has made this job's link dead.
+pub const MINT_ONCE_LUA: &str = r"
+local minted = redis.call('GET', KEYS[2])
+if minted then
+  return {minted, redis.call('GET', KEYS[1]) or '0'}
+end
+local now = tonumber(ARGV[1])
+local g = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+if now > g then g = now end
+redis.call('SET', KEYS[1], g, 'PX', ARGV[2])
+minted = string.format('%d:%d:%s', g, math.floor(now / 1000), ARGV[3])
+redis.call('SET', KEYS[2], minted, 'PX', ARGV[4])
+return {minted, tostring(g)}
+";
+
 /// Pseudonymises an address key or an IP for Redis keys, logs and audit rows.
 ///
 /// An HMAC (not a bare hash) so that the pseudonyms cannot be reversed by hashing a list of
@@ -133,6 +160,7 @@ mod tests {
             slot_tag(&keys.token_generation(user, Purpose::EmailVerify)),
             tag
         );
+        assert_eq!(slot_tag(&keys.job_link(user, Uuid::new_v4())), tag);
     }
 
     #[test]

@@ -184,6 +184,17 @@ impl Claims {
             n: new_nonce(),
         }
     }
+
+    /// The claims of the link mail job `job` carries: the nonce is the job id, so every
+    /// attempt of the job signs the same token (and no two jobs share one).
+    pub fn for_job(uid: uuid::Uuid, pv: i32, generation: i64, job: uuid::Uuid) -> Self {
+        Self {
+            uid,
+            pv,
+            r#gen: generation,
+            n: URL_SAFE_NO_PAD.encode(job.as_bytes()),
+        }
+    }
 }
 
 /// A verified token's payload and the time it was signed.

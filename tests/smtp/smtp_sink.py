@@ -70,6 +70,7 @@ MODE_KEYS = {
     "connect_fail_times",
     "reset_on_connect_times",
     "drop_after_data",
+    "store_then_drop",
     "per_recipient",
 }
 
@@ -141,9 +142,9 @@ def normalize_mode(raw) -> dict:
             mode[key] = check_str(value, key)
         elif key in ("fail_times", "rcpt_fail_times", "connect_fail_times", "reset_on_connect_times"):
             mode[key] = check_count(value, key)
-        elif key == "drop_after_data":
+        elif key in ("drop_after_data", "store_then_drop"):
             if not isinstance(value, bool):
-                raise ValueError(f"drop_after_data: expected true/false, got {value!r}")
+                raise ValueError(f"{key}: expected true/false, got {value!r}")
             if value:
                 mode[key] = True
         elif key == "per_recipient":
@@ -252,13 +253,17 @@ class Sink:
         return rule
 
     def data_fault(self) -> str | None:
-        """'drop', a reply line, or None."""
+        """'drop', 'store_drop', a reply line, or None."""
         drop = self.mode.get("drop_after_data", False)
+        store_drop = self.mode.get("store_then_drop", False)
         code = self.mode.get("data_code")
-        if not drop and code is None:
+        if not drop and not store_drop and code is None:
             return None
         if not self._take("data"):
             return None
+        if store_drop and not drop:
+            self.counters["dropped"] += 1
+            return "store_drop"
         if drop:
             self.counters["dropped"] += 1
             return "drop"
@@ -332,7 +337,7 @@ class Handler:
             # connection_lost() cancels this task; never answer.
             await asyncio.sleep(3600)
             return "451 4.3.0 not reached"
-        if fault is not None:
+        if fault is not None and fault != "store_drop":
             if fault.startswith("421"):
                 server.close_after_push = True
             return fault
@@ -360,6 +365,11 @@ class Handler:
             log.error("could not store %s: %s", name, e)
             sink.counters["store_errors"] += 1
             return "451 4.3.0 Sink could not store the message"
+        if fault == "store_drop":
+            # Stored (the provider has the message), but the reply is lost.
+            server.drop_connection()
+            await asyncio.sleep(3600)
+            return "451 4.3.0 not reached"
         sink.counters["accepted"] += 1
         log.debug("stored %s from %s to %s", name, mail_from, envelope.rcpt_tos)
         return f"250 OK queued as {name}"

@@ -18,6 +18,7 @@ pub struct BrokerNode {
     node: String,
     dir: PathBuf,
     port: u16,
+    dist_port: u16,
     /// The TLS listener's port, when the node has one.
     tls_port: Option<u16>,
 }
@@ -92,29 +93,92 @@ impl BrokerNode {
             node,
             dir,
             port,
+            dist_port,
             tls_port,
         };
+        this.launch().await?;
+        Ok(this)
+    }
+
+    /// Starts the node's server process (fresh, or again with its data after [`Self::kill`])
+    /// and waits until it accepts AMQP connections.
+    async fn launch(&self) -> anyhow::Result<()> {
         let status = Command::new("rabbitmq-server")
             .arg("-detached")
-            .env("RABBITMQ_NODENAME", &this.node)
-            .env("RABBITMQ_NODE_PORT", port.to_string())
-            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
-            .env("RABBITMQ_CONFIG_FILE", this.dir.join("rabbitmq.conf"))
-            .env("RABBITMQ_MNESIA_BASE", this.dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", this.dir.join("log"))
-            .env("RABBITMQ_PID_FILE", this.dir.join("pid"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", this.dir.join("plugins"))
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env("RABBITMQ_PID_FILE", self.dir.join("pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.dir.join("plugins"))
             .status()?;
         anyhow::ensure!(status.success(), "rabbitmq-server -detached failed");
-        let pid_file = this.dir.join("pid");
+        let pid_file = self.dir.join("pid");
         let pid_file = pid_file.to_string_lossy().into_owned();
-        let node = this.node.clone();
+        let node = self.node.clone();
         tokio::task::spawn_blocking(move || {
             rabbitmqctl(&node, &["wait", "--timeout", "90", &pid_file])
         })
         .await??;
-        this.wait_accepting().await?;
-        Ok(this)
+        self.wait_accepting().await
+    }
+
+    /// The Erlang node name (`pwrtest-…@localhost`).
+    pub fn name(&self) -> &str {
+        &self.node
+    }
+
+    /// The AMQP port of the node.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the node's server process with SIGKILL (a crashed host): connections break
+    /// without a close, and its data stays for [`Self::restart`].
+    pub async fn kill(&self) -> anyhow::Result<()> {
+        let pid = std::fs::read_to_string(self.dir.join("pid"))?;
+        let status = Command::new("kill").args(["-9", pid.trim()]).status()?;
+        anyhow::ensure!(status.success(), "kill -9 {pid}");
+        let port = self.port;
+        let closed = crate::poll_until(Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+                .then_some(())
+        })
+        .await;
+        anyhow::ensure!(closed.is_some(), "node {} still listens", self.node);
+        Ok(())
+    }
+
+    /// Starts a killed node again (it rejoins its cluster with its data).
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        self.launch().await
+    }
+
+    /// Makes this (fresh) node a member of `other`'s cluster.
+    pub async fn join(&self, other: &BrokerNode) -> anyhow::Result<()> {
+        let (node, seed) = (self.node.clone(), other.node.clone());
+        tokio::task::spawn_blocking(move || {
+            rabbitmqctl(&node, &["stop_app"])?;
+            rabbitmqctl(&node, &["join_cluster", &seed])?;
+            rabbitmqctl(&node, &["start_app"])
+        })
+        .await??;
+        self.wait_accepting().await
+    }
+
+    /// `rabbitmqctl <args>` against this node, its output.
+    pub async fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let node = self.node.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            rabbitmqctl_output(&node, &args)
+        })
+        .await?
     }
 
     /// `amqp://` URL of the node.
@@ -176,6 +240,91 @@ impl BrokerNode {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
+    }
+}
+
+/// Private nodes joined into one cluster (~30 s for three), each stopped and removed on drop.
+pub struct BrokerCluster {
+    pub nodes: Vec<BrokerNode>,
+}
+
+impl BrokerCluster {
+    /// Starts `n` nodes and joins the others to the first.
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        let started = futures_util::future::join_all((0..n).map(|_| BrokerNode::start())).await;
+        let nodes = started.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        for node in &nodes[1..] {
+            node.join(&nodes[0]).await?;
+        }
+        Ok(Self { nodes })
+    }
+
+    /// `AMQP_URL` listing every node.
+    pub fn amqp_urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(BrokerNode::amqp_url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `rabbitmqctl <args>` against the first node that answers.
+    async fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut last = anyhow::anyhow!("no nodes");
+        for node in &self.nodes {
+            match node.ctl(args).await {
+                Ok(out) => return Ok(out),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The indices of the nodes holding a client connection named `name`.
+    pub async fn nodes_of_connection(&self, name: &str) -> anyhow::Result<Vec<usize>> {
+        let out = self
+            .ctl(&[
+                "list_connections",
+                "--no-table-headers",
+                "port",
+                "client_properties",
+            ])
+            .await?;
+        let mut found = Vec::new();
+        for line in out.lines() {
+            let Some((port, properties)) = line.split_once('\t') else {
+                continue;
+            };
+            let named = properties.contains("connection_name")
+                && properties.contains(&format!("\"{name}\""));
+            let index = self
+                .nodes
+                .iter()
+                .position(|n| n.port().to_string() == port.trim());
+            if let (true, Some(index)) = (named, index) {
+                found.push(index);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The index of the node leading quorum queue `queue`.
+    pub async fn leader_of(&self, queue: &str) -> anyhow::Result<usize> {
+        let out = self
+            .ctl(&["list_queues", "--no-table-headers", "name", "leader"])
+            .await?;
+        let leader = out
+            .lines()
+            .find_map(|l| {
+                l.split_once('\t')
+                    .filter(|(n, _)| *n == queue)
+                    .map(|(_, leader)| leader.trim().to_owned())
+            })
+            .ok_or_else(|| anyhow::anyhow!("no queue {queue}: {out}"))?;
+        self.nodes
+            .iter()
+            .position(|n| n.name() == leader)
+            .ok_or_else(|| anyhow::anyhow!("leader {leader} is none of ours"))
     }
 }
 

@@ -103,6 +103,22 @@ impl StoredEmail {
             .unwrap_or_default()
     }
 
+    /// The message as the sender wrote it: the raw bytes without the sink's own `X-Sink-*`
+    /// header lines (which record when and how it arrived).
+    pub fn as_sent(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.raw.len());
+        let mut rest = self.raw.as_slice();
+        while rest.starts_with(b"X-Sink-") {
+            let end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map_or(rest.len(), |i| i + 2);
+            rest = &rest[end..];
+        }
+        out.extend_from_slice(rest);
+        out
+    }
+
     /// The first link in the text part that starts with `prefix`.
     pub fn link(&self, prefix: &str) -> Option<String> {
         let text = self.text();

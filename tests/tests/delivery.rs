@@ -445,3 +445,59 @@ async fn a_notice_of_a_password_change_that_was_undone_is_not_sent() {
     assert!(dropped.is_some(), "the undone change's notice was dropped");
     assert_eq!(sink.emails().len(), 1, "no notice of the undone change");
 }
+
+#[tokio::test]
+async fn a_repeat_after_a_lost_smtp_reply_is_byte_identical_and_its_link_works() {
+    let sink = SmtpSink::start().await.unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let (api, base) = env.start_api().await.unwrap();
+    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let password = "correct horse battery staple 42";
+    env.sign_up_and_verify(&base, &base, &sink, "ann@example.org", password)
+        .await
+        .unwrap();
+    // The provider stores the next message but its reply never arrives: for the worker a
+    // transient failure, so the job is retried; the user gets both copies.
+    sink.set_mode(json!({ "store_then_drop": true, "fail_times": 1 }))
+        .await
+        .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/password/forgot"))
+        .json(&json!({ "email": "ann@example.org" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let copies = e2e::poll_until(WAIT, || async {
+        let resets: Vec<_> = sink
+            .emails()
+            .into_iter()
+            .filter(|e| e.subject().contains("Reset"))
+            .collect();
+        (resets.len() >= 2).then_some(resets)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no second copy; worker: {:?}", worker.output()));
+    assert_eq!(copies.len(), 2);
+    assert_eq!(copies[0].message_id(), copies[1].message_id());
+    assert!(
+        copies[0].as_sent() == copies[1].as_sent(),
+        "the repeat differs:\n{}\n---\n{}",
+        String::from_utf8_lossy(&copies[0].as_sent()),
+        String::from_utf8_lossy(&copies[1].as_sent())
+    );
+    // The copy delivered first (whose reply was lost) carries a link that works.
+    let link = copies[0]
+        .link(&format!("{}/reset-password?token=", env.public_base_url))
+        .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/password/reset"))
+        .json(&json!({
+            "token": e2e::stack::token_of(&link),
+            "new_password": "plaid zebra umbrella tangerine 97",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{:?}", api.output());
+}
