@@ -185,8 +185,16 @@ impl Publisher {
             ApiError::unavailable(anyhow::anyhow!(
                 "broker did not confirm the publish in time"
             ))
-        })?
-        .map_err(|e| ApiError::unavailable(anyhow::Error::new(e).context("publish failed")))?;
+        });
+        if matches!(confirm, Err(_) | Ok(Ok(Confirmation::Nack(_)))) {
+            // A channel whose publishes are refused or unanswered is not trusted again: after a
+            // cluster node died, a channel that met a quorum queue during its leader election
+            // can keep being refused although the queue has a new leader. The next publish
+            // opens a new connection (to the next node).
+            self.discard(&channel).await;
+        }
+        let confirm = confirm?
+            .map_err(|e| ApiError::unavailable(anyhow::Error::new(e).context("publish failed")))?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(ApiError::unavailable(anyhow::anyhow!(
@@ -199,6 +207,22 @@ impl Publisher {
             Confirmation::NotRequested => Err(ApiError::Internal(anyhow::anyhow!(
                 "publisher confirms are not enabled on the channel"
             ))),
+        }
+    }
+
+    /// Drops the link of `channel` if it is still the current one (its connection is closed
+    /// in the background).
+    async fn discard(&self, channel: &Channel) {
+        let mut link = self.inner.link.write().await;
+        if link
+            .as_ref()
+            .is_some_and(|l| l.channel.id() == channel.id())
+        {
+            if let Some(old) = link.take() {
+                tokio::spawn(async move {
+                    let _ = old.connection.close(200, "publishes refused".into()).await;
+                });
+            }
         }
     }
 

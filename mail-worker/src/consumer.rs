@@ -94,10 +94,14 @@ impl Consumer {
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
-        let publisher = connection.create_channel().await?;
-        publisher
+        let channel_for_publishing = connection.create_channel().await?;
+        channel_for_publishing
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        let publisher = Republisher {
+            channel: channel_for_publishing,
+            broken: Arc::new(tokio::sync::Notify::new()),
+        };
         let tag = format!("mail-worker-{}", uuid::Uuid::new_v4().simple());
         let mut deliveries = channel
             .basic_consume(
@@ -114,6 +118,16 @@ impl Consumer {
         let result = loop {
             tokio::select! {
                 _ = depth_tick.tick() => report_depth(&channel, &self.topology).await,
+                () = publisher.broken.notified() => {
+                    // An unconfirmed re-publish: this connection is not trusted any more (see
+                    // `Republisher`); the next session connects anew, to the next node.
+                    break Err(anyhow::anyhow!("a re-publish was not confirmed; reconnecting"));
+                }
+                () = publisher.broken.notified() => {
+                    // An unconfirmed re-publish: this connection is not trusted any more (see
+                    // `Republisher`); the next session connects anew, to the next node.
+                    break Err(anyhow::anyhow!("a re-publish was not confirmed; reconnecting"));
+                }
                 _ = stop.changed() => {
                     // Stop taking new jobs; unacked prefetched ones go back to the queue.
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
@@ -177,7 +191,7 @@ async fn report_depth(channel: &Channel, topology: &Topology) {
 /// Processes one delivery and settles it.
 async fn handle(
     processor: &Processor,
-    publisher: &Channel,
+    publisher: &Republisher,
     topology: &Topology,
     delivery: Delivery,
 ) {
@@ -281,7 +295,7 @@ async fn handle(
 
 /// Parks `next` in the delay queue of `delay` seconds (jittered), then settles the delivery.
 async fn later(
-    publisher: &Channel,
+    publisher: &Republisher,
     topology: &Topology,
     delivery: &Delivery,
     next: &Envelope,
@@ -308,7 +322,7 @@ async fn later(
 /// `headers`, then settles the delivery.
 async fn dead_letter(
     processor: &Processor,
-    publisher: &Channel,
+    publisher: &Republisher,
     topology: &Topology,
     delivery: &Delivery,
     mut headers: FieldTable,
@@ -336,9 +350,19 @@ async fn dead_letter(
     settle_published(delivery, ok, undecodable).await;
 }
 
+/// The channel retries and dead letters are re-published on, with confirms. A publish that
+/// is refused or not confirmed ends the session: after a cluster node died, a channel that
+/// met a quorum queue during its leader election can keep being refused although the queue
+/// has a new leader, and retrying on it would spin jobs towards the delivery limit.
+#[derive(Clone)]
+struct Republisher {
+    channel: Channel,
+    broken: Arc<tokio::sync::Notify>,
+}
+
 /// Publishes to the mail exchange and waits for the confirm. `true` when the broker has it.
 async fn publish(
-    channel: &Channel,
+    publisher: &Republisher,
     topology: &Topology,
     routing_key: &str,
     body: &[u8],
@@ -350,7 +374,8 @@ async fn publish(
         .with_headers(headers)
         .with_delivery_mode(2);
     let result = tokio::time::timeout(CONFIRM_TIMEOUT, async {
-        channel
+        publisher
+            .channel
             .basic_publish(
                 topology.mail_exchange().into(),
                 routing_key.into(),
@@ -369,6 +394,7 @@ async fn publish(
         Ok(Ok(Confirmation::Ack(None))) => true,
         other => {
             tracing::error!(routing_key, result = ?other.map(|r| r.map(|c| c.is_ack())), "re-publish not confirmed");
+            publisher.broken.notify_one();
             false
         }
     }

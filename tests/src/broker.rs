@@ -153,6 +153,19 @@ impl BrokerNode {
         Ok(())
     }
 
+    /// The last lines of the node's log (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("log")) {
+            for entry in entries.flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let all: Vec<&str> = text.lines().collect();
+                out.push_str(&all[all.len().saturating_sub(lines)..].join("\n"));
+            }
+        }
+        out
+    }
+
     /// Starts a killed node again (it rejoins its cluster with its data).
     pub async fn restart(&self) -> anyhow::Result<()> {
         self.launch().await
@@ -269,7 +282,7 @@ impl BrokerCluster {
     }
 
     /// `rabbitmqctl <args>` against the first node that answers.
-    async fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub async fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut last = anyhow::anyhow!("no nodes");
         for node in &self.nodes {
             match node.ctl(args).await {

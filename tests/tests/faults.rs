@@ -379,3 +379,215 @@ async fn a_worker_killed_three_times_during_a_thousand_jobs_delivers_all_of_them
     // worker recorded it: at most the sends in flight (16) at each of the three kills.
     assert!(dups <= 3 * 16, "{dups} duplicates");
 }
+
+/// Forgot-password requests for `<prefix><i>@example.org`, `i` in `range`, spread `every`
+/// apart from `started`; each with its status (0: no answer) and when it came.
+fn forgot_load(
+    client: &reqwest::Client,
+    base: &str,
+    prefix: &'static str,
+    range: std::ops::Range<usize>,
+    every: Duration,
+    started: Instant,
+) -> Vec<tokio::task::JoinHandle<(String, u16, Duration)>> {
+    range
+        .enumerate()
+        .map(|(k, i)| {
+            let client = client.clone();
+            let url = format!("{base}/v1/password/forgot");
+            tokio::spawn(async move {
+                tokio::time::sleep_until((started + every * k as u32).into()).await;
+                let email = format!("{prefix}{i}@example.org");
+                let status = client
+                    .post(&url)
+                    .json(&json!({ "email": email }))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                (email, status, started.elapsed())
+            })
+        })
+        .collect()
+}
+
+/// Every copy sent to one address is the same message (a repeat, never a different email).
+fn repeats_are_identical(sink: &SmtpSink) -> (usize, Vec<String>) {
+    let mut by_recipient: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    for email in sink.emails() {
+        by_recipient
+            .entry(email.rcpt_to())
+            .or_default()
+            .push(email.as_sent());
+    }
+    let repeats = by_recipient.values().map(|c| c.len() - 1).sum();
+    let different = by_recipient
+        .iter()
+        .filter(|(_, copies)| copies.iter().any(|c| *c != copies[0]))
+        .map(|(to, _)| to.clone())
+        .collect();
+    (repeats, different)
+}
+
+#[tokio::test]
+async fn a_cluster_node_killed_under_load_or_holding_waiting_retries_loses_no_accepted_email() {
+    let cluster = e2e::broker::BrokerCluster::start(3).await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    env.set("AMQP_URL", &cluster.amqp_urls());
+    env.set("MAIL_RETRY_SCHEDULE_SECS", "4");
+    let (api, base) = env.start_api().await.unwrap();
+    let (worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
+    const N_LOAD: usize = 400;
+    seed_users(&env, "node", N_LOAD + 1000).await;
+    seed_users(&env, "retry", 20).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // The api connects when it first publishes.
+    let r = client
+        .post(format!("{base}/v1/password/forgot"))
+        .json(&json!({ "email": "node0@example.org" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    // 1. ~6 s of forgot-password requests; the node holding the api's connection is killed
+    // (SIGKILL) after 2 s.
+    let victim = cluster.nodes_of_connection("api").await.unwrap();
+    assert_eq!(victim.len(), 1, "one api connection: {victim:?}");
+    let victim = victim[0];
+    let started = Instant::now();
+    let tasks = forgot_load(
+        &client,
+        &base,
+        "node",
+        1..N_LOAD,
+        Duration::from_millis(15),
+        started,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.nodes[victim].kill().await.unwrap();
+    let killed_at = started.elapsed();
+    let (mut accepted, mut refused) = (HashSet::new(), HashSet::new());
+    let (mut first_refusal, mut last_refusal) = (None, Duration::ZERO);
+    for t in tasks {
+        let (email, status, at) = t.await.unwrap();
+        match status {
+            202 => {
+                accepted.insert(email);
+            }
+            503 => {
+                refused.insert(email);
+                first_refusal.get_or_insert(at);
+                last_refusal = last_refusal.max(at);
+            }
+            other => panic!("{email}: answered {other} (only 202 or 503 are acceptable)"),
+        }
+    }
+    accepted.insert("node0@example.org".to_owned());
+    // Until the api accepts again (if it stopped).
+    let mut next = N_LOAD;
+    let accepting_at = loop {
+        let email = format!("node{next}@example.org");
+        next += 1;
+        let r = client
+            .post(format!("{base}/v1/password/forgot"))
+            .json(&json!({ "email": email }))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 202 {
+            accepted.insert(email);
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            for node in &cluster.nodes {
+                println!("==== {}\n{}", node.name(), node.log_tail(40));
+            }
+            panic!("never accepting again");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("accepting again at {:.1} s", accepting_at.as_secs_f64());
+    assert!(wait_ready(&client, &base).await, "api never ready again");
+    assert!(
+        wait_ready(&client, &worker_http).await,
+        "worker never ready again"
+    );
+    let recovered_at = started.elapsed();
+    let _ = sink.wait_for(accepted.len(), WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // stragglers and repeats
+    let counts = tally(&sink.emails());
+    let missing: Vec<_> = accepted
+        .iter()
+        .filter(|e| !counts.contains_key(*e))
+        .collect();
+    let (repeats, different) = repeats_are_identical(&sink);
+    println!(
+        "node {victim} (holding the api's connection) killed at {:.1} s: {} × 202, {} × 503 \
+         (answered from {:.1} s to {:.1} s), both services ready at {:.1} s; {} emails, \
+         {} repeats",
+        killed_at.as_secs_f64(),
+        accepted.len(),
+        refused.len(),
+        first_refusal.unwrap_or_default().as_secs_f64(),
+        last_refusal.as_secs_f64(),
+        recovered_at.as_secs_f64(),
+        sink.emails().len(),
+        repeats
+    );
+    assert!(
+        missing.is_empty(),
+        "accepted but never delivered: {missing:?}"
+    );
+    assert!(different.is_empty(), "repeats that differ: {different:?}");
+    let live = cluster.nodes[(victim + 1) % 3].amqp_url();
+    assert_eq!(dead_letter_count(&env, Some(&live)).await, 0);
+
+    // 2. The killed node comes back; then the node leading the delay queue dies while every
+    // job of a batch waits there for its retry.
+    cluster.nodes[victim].restart().await.unwrap();
+    sink.set_mode(json!({ "data_code": 451, "fail_times": 20 }))
+        .await
+        .unwrap();
+    let before = sink.emails().len();
+    let tasks = forgot_load(
+        &client,
+        &base,
+        "retry",
+        0..20,
+        Duration::ZERO,
+        Instant::now(),
+    );
+    for t in tasks {
+        assert_eq!(t.await.unwrap().1, 202);
+    }
+    let delay_queue = env.topology().retry_queue(4);
+    let waiting = e2e::poll_until(Duration::from_secs(20), || async {
+        let state = sink.state().await.ok()?;
+        (state["rejected_data"].as_u64()? >= 20).then_some(())
+    })
+    .await;
+    assert!(waiting.is_some(), "{:?}", worker.output());
+    let leader = cluster.leader_of(&delay_queue).await.unwrap();
+    cluster.nodes[leader].kill().await.unwrap();
+    let delivered = sink.wait_for(before + 20, WAIT).await.len() - before;
+    println!(
+        "delay queue leader (node {leader}) killed with 20 retries waiting: {delivered} delivered"
+    );
+    assert!(
+        delivered >= 20,
+        "{delivered} of 20 delivered; api: {:?}",
+        api.output().iter().rev().take(5).collect::<Vec<_>>()
+    );
+    let counts = tally(&sink.emails());
+    for i in 0..20 {
+        assert!(
+            counts.contains_key(&format!("retry{i}@example.org")),
+            "retry{i}"
+        );
+    }
+}
