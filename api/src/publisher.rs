@@ -217,12 +217,11 @@ impl Publisher {
         if link
             .as_ref()
             .is_some_and(|l| l.channel.id() == channel.id())
+            && let Some(old) = link.take()
         {
-            if let Some(old) = link.take() {
-                tokio::spawn(async move {
-                    let _ = old.connection.close(200, "publishes refused".into()).await;
-                });
-            }
+            tokio::spawn(async move {
+                let _ = old.connection.close(200, "publishes refused".into()).await;
+            });
         }
     }
 
