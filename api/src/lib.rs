@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod hashing;
+pub mod outbox;
 pub mod password_policy;
 pub mod publisher;
 pub mod rate_limit;

@@ -131,21 +131,22 @@ impl Publisher {
         result
     }
 
-    /// Publishes a domain event to the `events` topic exchange. Not `mandatory`: an event
-    /// nobody subscribed to yet is not an error.
-    pub async fn publish_event(
+    /// Publishes a domain event (JSON `body`, id `message_id`: the same on a repeat) to the
+    /// `events` topic exchange. Not `mandatory`: an event nobody subscribed to yet is not an
+    /// error.
+    pub async fn publish_event_bytes(
         &self,
         routing_key: &str,
-        body: &serde_json::Value,
+        message_id: uuid::Uuid,
+        body: &[u8],
     ) -> Result<(), ApiError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.into()))?;
         let properties = BasicProperties::default()
-            .with_message_id(uuid::Uuid::now_v7().to_string().into())
+            .with_message_id(message_id.to_string().into())
             .with_type(routing_key.into());
         self.publish(
             self.inner.topology.events_exchange(),
             routing_key,
-            &bytes,
+            body,
             properties,
             false,
         )

@@ -54,6 +54,8 @@ pub struct AppState {
     pub tokens: TokenService,
     pub hasher: Hasher,
     pub publisher: Publisher,
+    /// This replica's outbox relay (woken after a commit that added rows).
+    pub outbox: crate::outbox::Outbox,
     pub clock: Arc<dyn Clock>,
     pub metrics: PrometheusHandle,
     pub pages: Arc<routes::pages::Pages>,
@@ -136,6 +138,7 @@ impl Application {
             ),
             hasher,
             publisher,
+            outbox: crate::outbox::Outbox::default(),
             clock,
             metrics: shared::telemetry::prometheus(),
             pages: Arc::new(
@@ -196,6 +199,16 @@ impl Application {
             }
         });
         let state = self.state.clone();
+        // The outbox relay runs until the server has drained, so what the last requests
+        // committed still goes out (or waits in the table for another replica).
+        let (relay_stop, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+        let relay = tokio::spawn(state.outbox.clone().relay(
+            state.db.clone(),
+            state.publisher.clone(),
+            async move {
+                let _ = relay_stopped.await;
+            },
+        ));
         let grace = state.config.shutdown_timeout;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -217,6 +230,8 @@ impl Application {
             () = drained => tracing::warn!("drain timeout reached; closing remaining connections"),
         }
         metrics_server.abort();
+        let _ = relay_stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), relay).await;
         state.publisher.close().await;
         state.db.close().await;
         tracing::info!("api stopped");

@@ -591,3 +591,116 @@ async fn a_cluster_node_killed_under_load_or_holding_waiting_retries_loses_no_ac
         );
     }
 }
+
+#[tokio::test]
+async fn an_api_killed_between_the_commit_and_the_publish_of_a_reset_loses_neither_notice_nor_event()
+ {
+    use lapin::{
+        options::{QueueBindOptions, QueueDeclareOptions},
+        types::{AMQPValue, FieldTable},
+    };
+    let sink = SmtpSink::start().await.unwrap();
+    let broker = e2e::amqp_url();
+    let host_port = broker
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let proxy = FaultProxy::start(&host_port).await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    // The api reaches the broker through the proxy; the worker directly.
+    env.set(
+        "AMQP_URL",
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port()),
+    );
+    let (api, base) = env.start_api().await.unwrap();
+    let (worker, _) = env
+        .start_worker_with(&[
+            ("MAIL_TRANSPORT", "smtp"),
+            ("SMTP_URL", &sink.url()),
+            ("AMQP_URL", &broker),
+        ])
+        .await
+        .unwrap();
+    let password = "correct horse battery staple 42";
+    env.sign_up_and_verify(&base, &base, &sink, "ann@example.org", password)
+        .await
+        .unwrap();
+    let token = env
+        .reset_token(&base, &sink, "ann@example.org")
+        .await
+        .unwrap();
+    // Another service's queue for the event.
+    let reader = QueueReader::connect().await.unwrap();
+    let probe = format!("{}events-probe", env.namespace);
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
+    reader
+        .channel()
+        .queue_declare(probe.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    reader
+        .channel()
+        .queue_bind(
+            probe.as_str().into(),
+            env.topology().events_exchange().into(),
+            shared::topology::PASSWORD_RESET_EVENT.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // The broker out of the api's reach: the reset commits and answers, the relay cannot
+    // publish; then the api dies (SIGKILL) with the notice and the event unpublished.
+    proxy.cut();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/password/reset"))
+        .json(&json!({ "token": token, "new_password": "plaid zebra umbrella tangerine 97" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{:?}", api.output());
+    let mut api = api;
+    api.child.kill().await.unwrap();
+    let waiting = outbox_rows(&env).await;
+    assert_eq!(waiting, 2, "the event and the notice wait in the outbox");
+
+    // Back: a new api process relays what the dead one committed.
+    proxy.restore();
+    let (_api, _) = env.start_api().await.unwrap();
+    let notice = sink
+        .wait_for_email("ann@example.org", "password was changed", WAIT)
+        .await;
+    assert!(notice.is_some(), "no notice; worker: {:?}", worker.output());
+    tokio::time::sleep(Duration::from_secs(2)).await; // repeats, if any
+    let notices = sink
+        .emails()
+        .iter()
+        .filter(|e| e.subject().contains("password was changed"))
+        .count();
+    let events = reader.drain(&probe).await.unwrap();
+    println!(
+        "api killed after the commit: {notices} notice(s), {} event(s), {} outbox rows left",
+        events.len(),
+        outbox_rows(&env).await
+    );
+    assert_eq!(notices, 1, "the notice arrives exactly once");
+    assert_eq!(events.len(), 1, "the event arrives exactly once");
+    let event: serde_json::Value = serde_json::from_slice(&events[0].body).unwrap();
+    assert_eq!(event["password_version"], 2);
+    assert_eq!(outbox_rows(&env).await, 0);
+}
+
+async fn outbox_rows(env: &StackEnv) -> i64 {
+    use sqlx::Connection as _;
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}

@@ -21,7 +21,7 @@ use shared::audit::AuditEvent;
 use crate::{
     error::{ApiError, ErrorBody},
     extract::{AppJson, ClientIp, Locale, RequestTrace},
-    password_policy,
+    outbox, password_policy,
     startup::AppState,
     store,
     tokens::{self, Rejected},
@@ -129,9 +129,8 @@ pub struct ResetRequest {
 ///
 /// Order matters: every check that can fail without side effects runs before the burn, so a
 /// refused password leaves the link usable; the burn is the single point where concurrent
-/// submissions are decided; the password change and its audit row commit together, and are
-/// undone (the old password under a newer version; the link stays spent) when the broker does
-/// not confirm the notice.
+/// submissions are decided; the password change, its audit row, the event and the notice
+/// commit together (the outbox relays the last two with confirms).
 #[utoipa::path(post, path = "/v1/password/reset", tag = "password", request_body = ResetRequest,
     responses(
         (status = 204, description = "Password changed; every session of the user is revoked"),
@@ -193,13 +192,14 @@ pub async fn perform_reset(
         return Err(ApiError::TokenUsed);
     }
 
-    // Commit first, then publish: the worker reads what the notice announces, so the change
-    // must be visible before the job can be consumed. If the broker does not confirm, the
-    // change is undone (compensated), so nothing stays half-done.
+    // The change, its audit row, the `user.password_reset` event and the notice commit
+    // together (the outbox): other services learn of the reset and the user gets the notice
+    // even if this process dies right after the commit. The relay publishes the event first
+    // (rows of one user go out in order).
     let committed = async {
         let hash = state.hasher.hash_for(ip, new_password).await?;
         let mut tx = state.db.begin().await?;
-        let Some(change) =
+        let Some(new_version) =
             store::users::replace_password(&mut *tx, user_id, user.password_version, &hash).await?
         else {
             // The password changed between the check and the update (another link, another
@@ -218,12 +218,37 @@ pub async fn perform_reset(
             },
         )
         .await?;
+        let event = json!({
+            "user_id": user_id,
+            "password_version": new_version,
+            "occurred_at": now,
+        });
+        outbox::add_event(
+            &mut tx,
+            user_id,
+            shared::topology::PASSWORD_RESET_EVENT,
+            &event,
+        )
+        .await?;
+        let notice = Envelope::new(
+            Job::PasswordChanged {
+                user_id,
+                email: user.email.clone(),
+                ip: Some(ip.to_string()),
+                password_version: new_version,
+            },
+            now,
+            chrono::Duration::days(1),
+            locale,
+            trace.clone(),
+        );
+        outbox::add_job(&mut tx, Some(user_id), &notice).await?;
         tx.commit().await?;
-        Ok::<_, ApiError>(Some(change))
+        Ok::<_, ApiError>(Some(new_version))
     }
     .await;
-    let change = match committed {
-        Ok(Some(change)) => change,
+    match committed {
+        Ok(Some(_)) => state.outbox.wake(),
         Ok(None) => {
             audit("password_changed", Some(user_id)).await;
             return Err(ApiError::TokenInvalid);
@@ -232,49 +257,6 @@ pub async fn perform_reset(
             state.tokens.unburn(&token).await;
             return Err(e);
         }
-    };
-
-    let notice = Envelope::new(
-        Job::PasswordChanged {
-            user_id,
-            email: user.email.clone(),
-            ip: Some(ip.to_string()),
-            password_version: change.new_version,
-        },
-        now,
-        chrono::Duration::days(1),
-        locale,
-        trace.clone(),
-    );
-    let event = json!({
-        "user_id": user_id,
-        "password_version": change.new_version,
-        "occurred_at": now,
-    });
-    // The event first: if the notice then fails and the change is undone, other services
-    // merely ended some sessions early; the other order could mail a false "your password
-    // was changed".
-    let published = async {
-        state
-            .publisher
-            .publish_event(shared::topology::PASSWORD_RESET_EVENT, &event)
-            .await?;
-        state.publisher.publish_job(&notice).await
-    }
-    .await;
-    if let Err(e) = published {
-        match store::users::restore_password(&state.db, user_id, &change).await {
-            // The old password is back under a new version, and the link stays burned: a
-            // link or session issued while the new password stood dies, and nothing issued
-            // under an earlier version comes back. The person asks for a new link.
-            Ok(()) => audit("rolled_back", Some(user_id)).await,
-            // The new password stays (it was committed) and the link stays burned; the notice
-            // is what is missing. Logged loudly for operators.
-            Err(restore) => {
-                tracing::error!(error = %restore, "could not undo a password change after a failed publish")
-            }
-        }
-        return Err(e);
     }
 
     // Sessions also die by their password version; deleting them is the fast path.

@@ -86,8 +86,8 @@ pub async fn sign_up(
     }
     let hash = state.hasher.hash_for(ip, body.password).await?;
 
-    // Commit, then publish: the worker looks the new user up, so the row must be visible
-    // before the job can be consumed. Without the broker's confirm the row is removed again.
+    // The account (if the address is free), its audit row and the email job commit together;
+    // the outbox relays the job once committed, so the worker always finds the new user.
     let address_hash =
         shared::keys::pseudonym(state.config.pseudonym_secret(), "email", address.key());
     let audit = AuditEvent {
@@ -97,33 +97,35 @@ pub async fn sign_up(
         request_id: trace.request_id.as_deref(),
         ..AuditEvent::default()
     };
-    let created =
-        store::users::sign_up(&state.db, address.address(), address.key(), &hash, audit).await?;
-    let (job, ttl) = match created {
-        Some(user_id) => (
-            Job::EmailVerification {
-                user_id,
-                email: address.address().to_owned(),
-            },
-            state.config.verify_token_max_age,
-        ),
-        None => (
-            Job::AccountExistsNotice {
-                email: address.address().to_owned(),
-            },
-            std::time::Duration::from_secs(86_400),
-        ),
+    let email_job = |created: Option<uuid::Uuid>| {
+        let (job, ttl) = match created {
+            Some(user_id) => (
+                Job::EmailVerification {
+                    user_id,
+                    email: address.address().to_owned(),
+                },
+                state.config.verify_token_max_age,
+            ),
+            None => (
+                Job::AccountExistsNotice {
+                    email: address.address().to_owned(),
+                },
+                std::time::Duration::from_secs(86_400),
+            ),
+        };
+        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
+        Envelope::new(job, now, ttl, locale, trace.clone())
     };
-    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
-    let envelope = Envelope::new(job, now, ttl, locale, trace);
-    if let Err(e) = state.publisher.publish_job(&envelope).await {
-        if let Some(user_id) = created
-            && let Err(undo) = store::users::delete_unconfirmed(&state.db, user_id).await
-        {
-            tracing::error!(error = %undo, "could not remove an account whose verification job failed");
-        }
-        return Err(e);
-    }
+    store::users::sign_up(
+        &state.db,
+        address.address(),
+        address.key(),
+        &hash,
+        audit,
+        email_job,
+    )
+    .await?;
+    state.outbox.wake();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "message": SIGN_UP_ACCEPTED_MESSAGE })),

@@ -43,17 +43,21 @@ async fn insert_if_absent(
 }
 
 /// Sign-up's write: the account if the address is free, and in the same transaction one
-/// audit row either way. Both paths therefore insert and commit (one WAL flush each), so the
-/// database work no longer differs by whether the address was taken.
+/// audit row and the job `email_job` makes of the outcome (the new account's id, or `None`
+/// when the address was taken), into the outbox. Both paths therefore insert the same rows
+/// and commit (one WAL flush each), so the database work does not differ by whether the
+/// address was taken.
 pub async fn sign_up(
     db: &PgPool,
     email: &str,
     email_key: &str,
     password_hash: &str,
     audit: shared::audit::AuditEvent<'_>,
+    email_job: impl FnOnce(Option<Uuid>) -> shared::message::Envelope,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     let mut tx = db.begin().await?;
     let created = insert_if_absent(&mut *tx, email, email_key, password_hash).await?;
+    crate::outbox::add_job(&mut tx, created, &email_job(created)).await?;
     let event = shared::audit::AuditEvent {
         outcome: if created.is_some() {
             "created"
@@ -131,85 +135,30 @@ pub async fn replace_hash(
     Ok(())
 }
 
-/// A committed password change, with what is needed to undo it.
-#[derive(Debug, Clone)]
-pub struct PasswordChange {
-    pub old_hash: String,
-    pub was_verified: bool,
-    pub new_version: i32,
-}
-
 /// Replaces the password if the version is still `expected_version`; bumps the version and
-/// marks the address verified (the reset link proved it). `None` when the version moved.
+/// marks the address verified (the reset link proved it). Returns the new version; `None`
+/// when the version moved.
 pub async fn replace_password(
     db: impl PgExecutor<'_>,
     id: Uuid,
     expected_version: i32,
     password_hash: &str,
-) -> Result<Option<PasswordChange>, sqlx::Error> {
-    let row: Option<(String, bool, i32)> = sqlx::query_as(
-        "UPDATE users u
+) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE users
          SET password_hash = $3,
-             password_version = u.password_version + 1,
-             email_verified_at = COALESCE(u.email_verified_at, now()),
+             password_version = password_version + 1,
+             email_verified_at = COALESCE(email_verified_at, now()),
              updated_at = now()
-         FROM (SELECT password_hash, email_verified_at IS NOT NULL AS verified
-               FROM users WHERE id = $1 AND password_version = $2 FOR UPDATE) old
-         WHERE u.id = $1 AND u.password_version = $2
-         RETURNING old.password_hash, old.verified, u.password_version",
+         WHERE id = $1 AND password_version = $2
+         RETURNING password_version",
     )
     .persistent(shared::db::named_statements())
     .bind(id)
     .bind(expected_version)
     .bind(password_hash)
     .fetch_optional(db)
-    .await?;
-    Ok(
-        row.map(|(old_hash, was_verified, new_version)| PasswordChange {
-            old_hash,
-            was_verified,
-            new_version,
-        }),
-    )
-}
-
-/// Undoes `change` if nothing changed the password since: the old hash comes back under the
-/// *next* version, never the old one. Links and sessions issued while the new password stood
-/// carry the new version and die; those of the old version stay dead as they were.
-pub async fn restore_password(
-    db: &PgPool,
-    id: Uuid,
-    change: &PasswordChange,
-) -> Result<(), sqlx::Error> {
-    shared::db::execute(
-        db,
-        sqlx::query(
-            "UPDATE users
-         SET password_hash = $3,
-             password_version = password_version + 1,
-             undone_password_versions = array_append(undone_password_versions, $2),
-             email_verified_at = CASE WHEN $4 THEN email_verified_at ELSE NULL END,
-             updated_at = now()
-         WHERE id = $1 AND password_version = $2",
-        )
-        .bind(id)
-        .bind(change.new_version)
-        .bind(&change.old_hash)
-        .bind(change.was_verified),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Removes an account whose verification job the broker did not confirm (compensation of
-/// a sign-up).
-pub async fn delete_unconfirmed(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    shared::db::execute(
-        db,
-        sqlx::query("DELETE FROM users WHERE id = $1 AND email_verified_at IS NULL").bind(id),
-    )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Marks the address verified; `true` when it was not verified before (idempotent).

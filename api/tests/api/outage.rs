@@ -68,7 +68,7 @@ async fn without_redis_requests_fail_closed_with_503_and_recover_when_it_returns
 }
 
 #[tokio::test]
-async fn without_rabbitmq_nothing_is_accepted_or_half_written_and_publishing_resumes() {
+async fn without_rabbitmq_forgot_is_refused_sign_up_waits_in_the_outbox_and_both_resume() {
     let proxy = FaultProxy::start(&host_port(&e2e::amqp_url()))
         .await
         .unwrap();
@@ -89,15 +89,9 @@ async fn without_rabbitmq_nothing_is_accepted_or_half_written_and_publishing_res
             json!({ "email": "new@example.org", "password": STRONG }),
         )
         .await;
-    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
-    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
-    assert_eq!(
-        users, 0,
-        "a sign-up whose job was not confirmed leaves no account"
-    );
+    // A sign-up needs no broker to be accepted: the account and its verification job commit
+    // together, and the outbox relays the job once the broker is back.
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(
         app.get("/readyz").await.status(),
         StatusCode::SERVICE_UNAVAILABLE
@@ -109,8 +103,14 @@ async fn without_rabbitmq_nothing_is_accepted_or_half_written_and_publishing_res
     })
     .await;
     assert!(back.is_some(), "api did not reconnect to RabbitMQ");
-    let jobs = app.jobs(1).await;
-    assert_eq!(jobs.len(), 1, "exactly the accepted request produced a job");
+    let jobs = app.jobs(2).await;
+    let mut kinds: Vec<&str> = jobs.iter().map(|j| j.envelope().job.kind()).collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        ["email_verification", "password_reset_requested"],
+        "exactly the accepted requests produced jobs"
+    );
     let ready = poll_until(Duration::from_secs(5), || async {
         (app.get("/readyz").await.status() == StatusCode::OK).then_some(())
     })
@@ -146,7 +146,7 @@ async fn the_api_starts_while_rabbitmq_is_down_and_answers_503() {
 }
 
 #[tokio::test]
-async fn a_reset_whose_notice_cannot_be_published_is_undone_under_a_newer_password_version() {
+async fn a_reset_while_rabbitmq_is_unreachable_commits_and_its_notice_goes_out_once_it_is_back() {
     let proxy = FaultProxy::start(&host_port(&e2e::amqp_url()))
         .await
         .unwrap();
@@ -163,58 +163,38 @@ async fn a_reset_whose_notice_cannot_be_published_is_undone_under_a_newer_passwo
             json!({ "token": token, "new_password": new_password }),
         )
         .await;
-    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
-    // Undone forward: the old password is back under version 3 (1 → 2 by the change, 3 by
-    // the undo), so nothing issued under version 1 or 2 comes back to life.
-    assert_eq!(app.password_version(user).await, 3, "the change was undone");
-    // Its version is listed as undone, so a notice of it the broker did keep is dropped.
-    let undone: Vec<i32> =
-        sqlx::query_scalar("SELECT undone_password_versions FROM users WHERE id = $1")
-            .bind(user)
-            .fetch_one(&app.state.db)
-            .await
-            .unwrap();
-    assert_eq!(undone, [2]);
-    assert!(
-        app.audit_outcomes("password_reset")
-            .await
-            .contains(&"rolled_back".to_owned())
-    );
-    let old = app
+    // The change, the event and the notice committed together; only the relay waits.
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.password_version(user).await, 2);
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 2, "the event and the notice wait in the outbox");
+    let signed_in = app
         .post(
             "/v1/sessions",
-            json!({ "email": "ann@example.org", "password": STRONG }),
+            json!({ "email": "ann@example.org", "password": new_password }),
         )
         .await;
-    assert_eq!(
-        old.status(),
-        StatusCode::CREATED,
-        "the old password still works"
-    );
+    assert_eq!(signed_in.status(), StatusCode::CREATED);
 
     proxy.restore();
-    let back = poll_until(Duration::from_secs(20), || async {
-        (app.forgot("ann@example.org").await.status() == StatusCode::ACCEPTED).then_some(())
+    let jobs = app.jobs(1).await;
+    assert_eq!(jobs[0].envelope().job.kind(), "password_changed");
+    let emptied = poll_until(Duration::from_secs(10), || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&app.state.db)
+            .await
+            .ok()?;
+        (left == 0).then_some(())
     })
     .await;
-    assert!(back.is_some(), "api did not reconnect to RabbitMQ");
-    // The spent link stays dead; a new one works.
-    let r = app
-        .post(
-            "/v1/password/reset",
-            json!({ "token": token, "new_password": new_password }),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let fresh = app.mint(shared::token::Purpose::PasswordReset, user).await;
-    let r = app
-        .post(
-            "/v1/password/reset",
-            json!({ "token": fresh, "new_password": new_password }),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(app.password_version(user).await, 4);
+    assert!(
+        emptied.is_some(),
+        "the relay deleted what the broker confirmed"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,220 @@
+//! The transactional outbox: the jobs and events that follow a database change are inserted
+//! into `outbox` in the change's transaction ([`add_job`], [`add_event`]), and a relay in
+//! every api replica publishes them with confirms and deletes what the broker confirmed. The
+//! request answers once its transaction commits; a crash (a SIGKILL, an OOM kill, a lost
+//! node) between the commit and the publish loses nothing, since the row waits for the next
+//! relay pass, here or in another replica.
+//!
+//! A relay claims a batch for [`CLAIM`] (so a relay that dies mid-batch is replaced after
+//! that) instead of holding a database connection across publishes. Rows of one user go out
+//! in order: a batch takes only each user's oldest row, so a user's later row waits until the
+//! earlier one is confirmed and deleted. A claimed row whose confirm was lost in a crash is
+//! published again: delivery is at least once, and the worker's idempotency and stable
+//! message ids make the repeat harmless.
+
+use std::{sync::Arc, time::Duration};
+
+use shared::message::Envelope;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::publisher::Publisher;
+
+/// How long a relay owns the rows it claimed.
+const CLAIM: Duration = Duration::from_secs(30);
+/// Rows per relay pass.
+const BATCH: i64 = 64;
+/// How often a relay looks for rows without being woken (rows of a relay that died, rows
+/// whose publish failed).
+const POLL: Duration = Duration::from_secs(1);
+
+/// Adds a mail job for `user` (its ordering key; `None`: no order with anything else).
+pub async fn add_job(
+    conn: &mut PgConnection,
+    user: Option<Uuid>,
+    envelope: &Envelope,
+) -> Result<(), sqlx::Error> {
+    add(
+        conn,
+        user,
+        "job",
+        shared::topology::JOBS_ROUTING_KEY,
+        envelope.id,
+        &envelope.encode(),
+    )
+    .await
+}
+
+/// Adds a domain event for `user` to the `events` exchange under `routing_key`.
+pub async fn add_event(
+    conn: &mut PgConnection,
+    user: Uuid,
+    routing_key: &str,
+    body: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    add(
+        conn,
+        Some(user),
+        "event",
+        routing_key,
+        Uuid::now_v7(),
+        &bytes,
+    )
+    .await
+}
+
+async fn add(
+    conn: &mut PgConnection,
+    user: Option<Uuid>,
+    kind: &str,
+    routing_key: &str,
+    message_id: Uuid,
+    body: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (user_id, kind, routing_key, message_id, body)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(user)
+    .bind(kind)
+    .bind(routing_key)
+    .bind(message_id)
+    .bind(body)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// A handle to this replica's relay: [`Outbox::wake`] after a commit that added rows.
+#[derive(Clone, Default)]
+pub struct Outbox {
+    wake: Arc<Notify>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    kind: String,
+    routing_key: String,
+    message_id: Uuid,
+    body: Vec<u8>,
+}
+
+impl Outbox {
+    /// Makes the relay look now (rows just committed go out without waiting for the poll).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs the relay until `stop` resolves.
+    pub async fn relay(
+        self,
+        db: PgPool,
+        publisher: Publisher,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            // Pass after pass while there is work (a user's next row waits for the pass
+            // after its previous one).
+            loop {
+                match pass(&db, &publisher).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "outbox relay pass failed");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}
+
+/// Claims a batch, publishes it and deletes what the broker confirmed; the number of rows
+/// confirmed.
+async fn pass(db: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
+    let claimed: Vec<Row> = shared::db::pinned(db, async |conn| {
+        sqlx::query_as(
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $1)
+             WHERE id IN (
+                 SELECT o.id FROM outbox o
+                 WHERE (o.claimed_until IS NULL OR o.claimed_until < now())
+                   AND NOT EXISTS (SELECT 1 FROM outbox e
+                                   WHERE e.user_id = o.user_id AND e.id < o.id)
+                 ORDER BY o.id
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, kind, routing_key, message_id, body",
+        )
+        .persistent(shared::db::named_statements())
+        .bind(CLAIM.as_secs_f64())
+        .bind(BATCH)
+        .fetch_all(conn)
+        .await
+    })
+    .await?;
+    if claimed.is_empty() {
+        return Ok(0);
+    }
+    let published = futures_util::future::join_all(claimed.iter().map(|row| async move {
+        let result = match row.kind.as_str() {
+            "job" => match Envelope::decode(&row.body) {
+                Ok(envelope) => publisher.publish_job(&envelope).await,
+                Err(e) => {
+                    tracing::error!(id = row.id, error = %e, "undecodable outbox job; dropped");
+                    Ok(())
+                }
+            },
+            _ => {
+                publisher
+                    .publish_event_bytes(&row.routing_key, row.message_id, &row.body)
+                    .await
+            }
+        };
+        result.map(|()| row.id)
+    }))
+    .await;
+    let done: Vec<i64> = published
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .copied()
+        .collect();
+    if let Some(Err(e)) = published.iter().find(|r| r.is_err()) {
+        tracing::warn!(error = %e, failed = published.len() - done.len(),
+            "outbox rows not confirmed; retried on a later pass");
+    }
+    if !done.is_empty() {
+        shared::db::execute(
+            db,
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&done),
+        )
+        .await?;
+    }
+    // Rows whose publish failed go back to the pool at once, so the next pass retries them.
+    let failed: Vec<i64> = claimed
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| !done.contains(id))
+        .collect();
+    if !failed.is_empty() {
+        shared::db::execute(
+            db,
+            sqlx::query("UPDATE outbox SET claimed_until = NULL WHERE id = ANY($1)").bind(&failed),
+        )
+        .await?;
+        // Nothing got through: let the broker (or the publisher's backoff) breathe.
+        if done.is_empty() {
+            return Ok(0);
+        }
+    }
+    Ok(done.len())
+}
