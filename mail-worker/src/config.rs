@@ -28,6 +28,8 @@ pub struct Config {
     pub notify_unknown_recipients: bool,
     /// Per-command SMTP timeout.
     pub smtp_timeout: Duration,
+    /// Dead letters older than this many days are deleted (they hold addresses and IPs).
+    pub dead_letter_retention_days: u64,
     /// Emails one recipient may get per window, all kinds together (see
     /// [`crate::recipient_budget`]).
     pub mail_per_recipient: u32,
@@ -117,6 +119,7 @@ impl Config {
         let mail_per_recipient = r.number("MAIL_PER_RECIPIENT_PER_HOUR", 10, 1, 100_000) as u32;
         let mail_per_recipient_window =
             r.number("MAIL_PER_RECIPIENT_WINDOW_SECS", 3600, 1, 7 * 86_400);
+        let dead_letter_retention_days = r.number("DEAD_LETTER_RETENTION_DAYS", 30, 1, 3650);
         r.finish().map_err(ConfigError)?;
         Ok(Self {
             common,
@@ -126,6 +129,7 @@ impl Config {
             concurrency,
             notify_unknown_recipients,
             smtp_timeout: Duration::from_secs(smtp_timeout),
+            dead_letter_retention_days,
             mail_per_recipient,
             mail_per_recipient_window: Duration::from_secs(mail_per_recipient_window),
         })

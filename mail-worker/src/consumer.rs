@@ -45,6 +45,8 @@ pub struct Consumer {
     pub processor: Arc<Processor>,
     pub concurrency: usize,
     pub shutdown_timeout: Duration,
+    /// Dead letters older than this many days are deleted (`DEAD_LETTER_RETENTION_DAYS`).
+    pub dead_letter_retention_days: u64,
     /// True while a consumer is attached to the queue (readiness).
     pub connected: Arc<AtomicBool>,
 }
@@ -111,17 +113,35 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
+        // Dead letters move into PostgreSQL (see `dlq`), where looking at them changes nothing.
+        let dead_channel = connection.create_channel().await?;
+        dead_channel
+            .basic_qos(16, BasicQosOptions::default())
+            .await?;
+        let dead_tag = format!("{tag}-dead");
+        let mut dead_letters = dead_channel
+            .basic_consume(
+                self.topology.dead_queue().into(),
+                dead_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut expiry_tick = tokio::time::interval(Duration::from_secs(3600));
         self.connected.store(true, Ordering::SeqCst);
         tracing::info!(queue = %self.topology.jobs_queue(), prefetch, "consuming");
         let mut tasks = tokio::task::JoinSet::new();
         let mut depth_tick = tokio::time::interval(Duration::from_secs(10));
         let result = loop {
             tokio::select! {
-                _ = depth_tick.tick() => report_depth(&channel, &self.topology).await,
-                () = publisher.broken.notified() => {
-                    // An unconfirmed re-publish: this connection is not trusted any more (see
-                    // `Republisher`); the next session connects anew, to the next node.
-                    break Err(anyhow::anyhow!("a re-publish was not confirmed; reconnecting"));
+                _ = depth_tick.tick() => {
+                    report_depth(&channel, &self.topology).await;
+                    let db = self.processor.db.clone();
+                    tasks.spawn(async move {
+                        if let Ok(n) = crate::dlq::count(&db).await {
+                            metrics::gauge!("mail_dead_letters").set(n as f64);
+                        }
+                    });
                 }
                 () = publisher.broken.notified() => {
                     // An unconfirmed re-publish: this connection is not trusted any more (see
@@ -131,8 +151,27 @@ impl Consumer {
                 _ = stop.changed() => {
                     // Stop taking new jobs; unacked prefetched ones go back to the queue.
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    let _ = dead_channel.basic_cancel(dead_tag.as_str().into(), BasicCancelOptions::default()).await;
                     break Ok(());
                 }
+                _ = expiry_tick.tick() => {
+                    let (db, days) = (self.processor.db.clone(), self.dead_letter_retention_days);
+                    tasks.spawn(async move {
+                        match crate::dlq::expire(&db, days).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(deleted = n, days, "expired dead letters deleted"),
+                            Err(e) => tracing::warn!(error = %e, "could not delete expired dead letters"),
+                        }
+                    });
+                }
+                next = dead_letters.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let db = self.processor.db.clone();
+                        tasks.spawn(async move { archive(&db, delivery).await });
+                    }
+                    Some(Err(e)) => break Err(anyhow::Error::new(e).context("dead-letter consumer failed")),
+                    None => break Err(anyhow::anyhow!("the broker cancelled the dead-letter consumer")),
+                },
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let permit = in_flight.clone().acquire_owned().await?;
@@ -157,6 +196,24 @@ impl Consumer {
         .await;
         let _ = connection.close(200, "bye".into()).await;
         result
+    }
+}
+
+/// Moves one delivery of `mail.dead` into the `dead_letters` table; with PostgreSQL down it
+/// goes back to the queue (after a pause) and waits there.
+async fn archive(db: &sqlx::PgPool, delivery: Delivery) {
+    match crate::dlq::archive(db, &delivery).await {
+        Ok(()) => ack(&delivery).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not store a dead letter; it stays in the queue");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
     }
 }
 

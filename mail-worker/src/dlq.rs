@@ -1,12 +1,15 @@
-//! `mail-worker dlq list` and `mail-worker dlq replay [--id ID | --all]`: inspect the dead
-//! letters and send chosen ones back to the work queue.
+//! Dead letters: the worker moves every message of `mail.dead` into the `dead_letters` table
+//! ([`archive`]), so `mail-worker dlq list` is a query that streams rows (bounded memory;
+//! nothing is redelivered, reordered or counted against a delivery limit, however often it
+//! runs) and `mail-worker dlq replay [--id ID | --all]` publishes rows back to the work queue
+//! with confirms, deleting each only once the broker confirmed it. Rows older than
+//! `DEAD_LETTER_RETENTION_DAYS` are deleted ([`expire`]): they hold addresses and IPs.
 
+use futures_util::TryStreamExt as _;
 use lapin::{
     BasicProperties, Confirmation,
-    options::{
-        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueueDeclareOptions,
-    },
+    message::Delivery,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
 use serde::Serialize;
@@ -15,6 +18,7 @@ use shared::{
     message::Envelope,
     topology::{JOBS_ROUTING_KEY, Topology},
 };
+use sqlx::PgPool;
 
 use crate::retry;
 
@@ -29,6 +33,114 @@ pub struct DeadLetter {
     pub bytes: usize,
 }
 
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    message_id: Option<String>,
+    kind: Option<String>,
+    reason: Option<String>,
+    attempts: Vec<String>,
+    body: Vec<u8>,
+    message_type: Option<String>,
+    content_type: Option<String>,
+    headers: sqlx::types::Json<FieldTable>,
+    dead_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Row {
+    fn describe(&self) -> DeadLetter {
+        DeadLetter {
+            id: self.message_id.clone(),
+            kind: self.kind.clone(),
+            reason: self.reason.clone(),
+            dead_at: Some(self.dead_at.to_rfc3339()),
+            attempts: self.attempts.clone(),
+            bytes: self.body.len(),
+        }
+    }
+}
+
+/// Stores a delivery of `mail.dead` (idempotent per message id); ack it afterwards.
+pub async fn archive(db: &PgPool, delivery: &Delivery) -> Result<(), sqlx::Error> {
+    let properties = &delivery.properties;
+    let headers = properties.headers().as_ref();
+    let envelope = Envelope::decode(&delivery.data).ok();
+    let message_id = properties
+        .message_id()
+        .as_ref()
+        .map(ToString::to_string)
+        .or_else(|| envelope.as_ref().map(|e| e.id.to_string()));
+    let reason = retry::string_header(headers, retry::DEAD_REASON_HEADER).or_else(|| {
+        // Dead-lettered by the broker itself (the delivery limit), not by a worker.
+        headers
+            .and_then(|h| h.inner().get("x-first-death-reason"))
+            .map(|v| format!("broker: {v:?}"))
+    });
+    let dead_at = retry::string_header(headers, retry::DEAD_AT_HEADER)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
+    shared::db::execute(
+        db,
+        sqlx::query(
+            "INSERT INTO dead_letters (message_id, kind, reason, attempts, body, message_type,
+                                       content_type, headers, dead_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(message_id)
+        .bind(envelope.as_ref().map(|e| e.job.kind()))
+        .bind(reason)
+        .bind(retry::history(headers))
+        .bind(delivery.data.as_slice())
+        .bind(properties.kind().as_ref().map(ToString::to_string))
+        .bind(properties.content_type().as_ref().map(ToString::to_string))
+        .bind(sqlx::types::Json(headers.cloned().unwrap_or_default()))
+        .bind(dead_at),
+    )
+    .await
+    .map(drop)
+}
+
+/// How many dead letters are stored.
+pub async fn count(db: &PgPool) -> Result<i64, sqlx::Error> {
+    let (n,): (i64,) =
+        shared::db::fetch_optional(db, sqlx::query_as("SELECT count(*) FROM dead_letters"))
+            .await?
+            .unwrap_or((0,));
+    Ok(n)
+}
+
+/// Deletes dead letters older than `days`; how many.
+pub async fn expire(db: &PgPool, days: u64) -> Result<u64, sqlx::Error> {
+    let days = i32::try_from(days).unwrap_or(i32::MAX);
+    Ok(shared::db::execute(
+        db,
+        sqlx::query("DELETE FROM dead_letters WHERE dead_at < now() - make_interval(days => $1)")
+            .bind(days),
+    )
+    .await?
+    .rows_affected())
+}
+
+const COLUMNS: &str = "id, message_id, kind, reason, attempts, body, message_type, content_type, \
+                       headers, dead_at";
+
+/// Writes every dead letter, oldest first, to `out` as one JSON line each (streamed, so memory
+/// stays bounded however many there are); returns how many.
+pub async fn list(db: &PgPool, out: &mut impl std::io::Write) -> anyhow::Result<usize> {
+    let mut conn = db.acquire().await?;
+    let query = format!("SELECT {COLUMNS} FROM dead_letters ORDER BY id");
+    let mut rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(query))
+        .persistent(shared::db::named_statements())
+        .fetch(&mut *conn);
+    let mut n = 0;
+    while let Some(row) = rows.try_next().await? {
+        writeln!(out, "{}", serde_json::to_string(&row.describe())?)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Which dead letters to replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -36,146 +148,122 @@ pub enum Selection {
     Id(String),
 }
 
-/// Lists the dead letters without removing them.
-pub async fn list(broker: &Broker, topology: &Topology) -> anyhow::Result<Vec<DeadLetter>> {
-    let connection = broker.connect("mail-worker dlq").await?;
-    topology.declare(&connection).await?;
-    let channel = connection.create_channel().await?;
-    let mut out = Vec::new();
-    // Fetch without acking: closing the channel returns every message to the queue.
-    while let Some(message) = channel
-        .basic_get(
-            topology.dead_queue().into(),
-            BasicGetOptions { no_ack: false },
-        )
-        .await?
-    {
-        out.push(describe(
-            &message.delivery.data,
-            &message.delivery.properties,
-        ));
-    }
-    connection.close(200, "listed".into()).await?;
-    Ok(out)
-}
-
-/// Moves the selected dead letters back to `mail.jobs` with a fresh attempt count. Returns
-/// how many were replayed. Each is acked from `mail.dead` only after the broker confirmed its
-/// copy in the work queue, so a crash in between duplicates, never loses.
+/// Publishes the selected dead letters back to `mail.jobs` with a fresh attempt count and
+/// deletes each row once the broker confirmed its copy (a crash in between duplicates, never
+/// loses; the worker's idempotency absorbs the duplicate). Only what is dead when it starts:
+/// a replayed job that fails again is archived anew and waits for the next replay. Returns how
+/// many were replayed.
 pub async fn replay(
+    db: &PgPool,
     broker: &Broker,
     topology: &Topology,
     selection: &Selection,
 ) -> anyhow::Result<usize> {
     let connection = broker.connect("mail-worker dlq").await?;
     topology.declare(&connection).await?;
-    let channel = connection.create_channel().await?;
     let publisher = connection.create_channel().await?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    // Look at most at what is dead now: a replayed job that fails again lands back in this
-    // queue within milliseconds and must not be picked up (and replayed) again in this run.
-    let present = channel
-        .queue_declare(
-            topology.dead_queue().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .message_count();
-    let mut replayed = 0;
-    for _ in 0..present {
-        let Some(message) = channel
-            .basic_get(
-                topology.dead_queue().into(),
-                BasicGetOptions { no_ack: false },
-            )
+    let last: Option<i64> =
+        shared::db::fetch_optional(db, sqlx::query_as("SELECT max(id) FROM dead_letters"))
             .await?
-        else {
+            .and_then(|(max,): (Option<i64>,)| max);
+    let Some(last) = last else {
+        connection.close(200, "nothing to replay".into()).await?;
+        return Ok(0);
+    };
+    let mut after = 0_i64;
+    let mut replayed = 0;
+    loop {
+        // A page at a time (bounded memory), by id.
+        let query = format!(
+            "SELECT {COLUMNS} FROM dead_letters WHERE id > $1 AND id <= $2
+             AND ($3::text IS NULL OR message_id = $3) ORDER BY id LIMIT 100"
+        );
+        let id_filter = match selection {
+            Selection::All => None,
+            Selection::Id(id) => Some(id.clone()),
+        };
+        let page: Vec<Row> = shared::db::pinned(db, async |c| {
+            sqlx::query_as(sqlx::AssertSqlSafe(query))
+                .persistent(shared::db::named_statements())
+                .bind(after)
+                .bind(last)
+                .bind(id_filter)
+                .fetch_all(c)
+                .await
+        })
+        .await?;
+        let Some(end) = page.last().map(|r| r.id) else {
             break;
         };
-        let delivery = message.delivery;
-        let info = describe(&delivery.data, &delivery.properties);
-        let chosen = match selection {
-            Selection::All => true,
-            Selection::Id(id) => info.id.as_deref() == Some(id.as_str()),
-        };
-        if !chosen {
-            continue; // left unacked: back in the queue when the channel closes
-        }
-        // A replayed job starts its retry schedule afresh.
-        let body = match Envelope::decode(&delivery.data) {
-            Ok(mut envelope) => {
-                envelope.attempt = 0;
-                envelope.encode()
-            }
-            Err(_) => delivery.data.clone(),
-        };
-        let mut properties = BasicProperties::default().with_delivery_mode(2);
-        if let Some(id) = delivery.properties.message_id() {
-            properties = properties.with_message_id(id.clone());
-        }
-        if let Some(kind) = delivery.properties.kind() {
-            properties = properties.with_type(kind.clone());
-        }
-        if let Some(ct) = delivery.properties.content_type() {
-            properties = properties.with_content_type(ct.clone());
-        }
-        if let Some(headers) = delivery.properties.headers() {
-            // The history stays (it explains earlier failures); the dead-letter marks go.
-            let kept: std::collections::BTreeMap<_, _> = headers
-                .inner()
-                .iter()
-                .filter(|(k, _)| {
-                    !matches!(
-                        k.as_str(),
-                        retry::DEAD_REASON_HEADER | retry::DEAD_AT_HEADER
-                    )
-                })
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            properties = properties.with_headers(kept.into());
-        }
-        let confirm = publisher
-            .basic_publish(
-                topology.mail_exchange().into(),
-                JOBS_ROUTING_KEY.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &body,
-                properties,
+        after = end;
+        for row in page {
+            publish(&publisher, topology, &row).await?;
+            shared::db::execute(
+                db,
+                sqlx::query("DELETE FROM dead_letters WHERE id = $1").bind(row.id),
             )
-            .await?
             .await?;
-        if !matches!(confirm, Confirmation::Ack(None)) {
-            anyhow::bail!("the broker did not accept the replayed job {:?}", info.id);
+            replayed += 1;
         }
-        delivery.ack(BasicAckOptions::default()).await?;
-        replayed += 1;
     }
     connection.close(200, "replayed".into()).await?;
     Ok(replayed)
 }
 
-fn describe(data: &[u8], properties: &BasicProperties) -> DeadLetter {
-    let envelope = Envelope::decode(data).ok();
-    let headers = properties.headers().as_ref();
-    DeadLetter {
-        id: properties
-            .message_id()
-            .as_ref()
-            .map(ToString::to_string)
-            .or_else(|| envelope.as_ref().map(|e| e.id.to_string())),
-        kind: envelope.as_ref().map(|e| e.job.kind().to_owned()),
-        reason: retry::string_header(headers, retry::DEAD_REASON_HEADER),
-        dead_at: retry::string_header(headers, retry::DEAD_AT_HEADER),
-        attempts: retry::history(headers),
-        bytes: data.len(),
+async fn publish(publisher: &lapin::Channel, topology: &Topology, row: &Row) -> anyhow::Result<()> {
+    // A replayed job starts its retry schedule afresh.
+    let body = match Envelope::decode(&row.body) {
+        Ok(mut envelope) => {
+            envelope.attempt = 0;
+            envelope.encode()
+        }
+        Err(_) => row.body.clone(),
+    };
+    let mut properties = BasicProperties::default().with_delivery_mode(2);
+    if let Some(id) = &row.message_id {
+        properties = properties.with_message_id(id.as_str().into());
     }
+    if let Some(kind) = &row.message_type {
+        properties = properties.with_type(kind.as_str().into());
+    }
+    if let Some(ct) = &row.content_type {
+        properties = properties.with_content_type(ct.as_str().into());
+    }
+    // The history stays (it explains earlier failures); the dead-letter marks go.
+    let kept: std::collections::BTreeMap<_, _> = row
+        .headers
+        .inner()
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                retry::DEAD_REASON_HEADER | retry::DEAD_AT_HEADER
+            )
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    properties = properties.with_headers(kept.into());
+    let confirm = publisher
+        .basic_publish(
+            topology.mail_exchange().into(),
+            JOBS_ROUTING_KEY.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &body,
+            properties,
+        )
+        .await?
+        .await?;
+    if !matches!(confirm, Confirmation::Ack(None)) {
+        anyhow::bail!(
+            "the broker did not accept the replayed job {:?}",
+            row.message_id
+        );
+    }
+    Ok(())
 }

@@ -26,24 +26,21 @@ async fn run() -> anyhow::Result<()> {
                 .await
         }
         ["dlq", "list"] => {
-            let letters = dlq::list(&config.broker(), &topology()).await?;
-            for letter in &letters {
-                println!("{}", serde_json::to_string(letter)?);
-            }
-            eprintln!(
-                "{} dead letter(s) in {}",
-                letters.len(),
-                topology().dead_queue()
-            );
+            let db = dead_letter_db(&config).await?;
+            let n = dlq::list(&db, &mut std::io::stdout().lock()).await?;
+            eprintln!("{n} dead letter(s)");
             Ok(())
         }
         ["dlq", "replay", "--all"] => {
-            let n = dlq::replay(&config.broker(), &topology(), &dlq::Selection::All).await?;
+            let db = dead_letter_db(&config).await?;
+            let n = dlq::replay(&db, &config.broker(), &topology(), &dlq::Selection::All).await?;
             eprintln!("replayed {n} dead letter(s)");
             Ok(())
         }
         ["dlq", "replay", "--id", id] => {
+            let db = dead_letter_db(&config).await?;
             let n = dlq::replay(
+                &db,
                 &config.broker(),
                 &topology(),
                 &dlq::Selection::Id((*id).to_owned()),
@@ -57,4 +54,10 @@ async fn run() -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("{USAGE}"),
     }
+}
+
+/// The database the dead letters are kept in (one connection).
+async fn dead_letter_db(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    shared::db::configure(&config.database_url);
+    shared::telemetry::connect_db(&config.database_url, 1, &config.tls).await
 }

@@ -133,6 +133,7 @@ impl Worker {
             processor: self.processor.clone(),
             concurrency: self.config.concurrency,
             shutdown_timeout: self.config.shutdown_timeout,
+            dead_letter_retention_days: self.config.dead_letter_retention_days,
             connected: self.http.consuming.clone(),
         };
         let consuming = tokio::spawn(consumer.run(stop_rx));

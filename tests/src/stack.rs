@@ -368,20 +368,26 @@ impl StackEnv {
 
     /// Runs `api migrate` and starts the api; returns it with its base URL.
     pub async fn start_api(&self) -> anyhow::Result<(ServiceProcess, String)> {
-        let api = workspace_binary("api");
-        let mut migrate = ServiceProcess::spawn(&api, &["migrate"], &self.vars)?;
+        self.migrate().await?;
+        let process = ServiceProcess::spawn(&workspace_binary("api"), &[], &self.vars)?;
+        let addr = process
+            .wait_for_log_field("api listening", "addr", Duration::from_secs(60))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("api did not start: {:?}", process.output()))?;
+        Ok((process, format!("http://{addr}")))
+    }
+
+    /// Runs `api migrate` (the schema both services use; idempotent).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut migrate =
+            ServiceProcess::spawn(&workspace_binary("api"), &["migrate"], &self.vars)?;
         let status = migrate.wait_exit(Duration::from_secs(60)).await?;
         anyhow::ensure!(
             status.success(),
             "api migrate failed: {:?}",
             migrate.output()
         );
-        let process = ServiceProcess::spawn(&api, &[], &self.vars)?;
-        let addr = process
-            .wait_for_log_field("api listening", "addr", Duration::from_secs(60))
-            .await
-            .ok_or_else(|| anyhow::anyhow!("api did not start: {:?}", process.output()))?;
-        Ok((process, format!("http://{addr}")))
+        Ok(())
     }
 
     /// The base URL of a started api's metrics listener (`API_METRICS_BIND`).
@@ -468,6 +474,7 @@ impl StackEnv {
         &self,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<(ServiceProcess, String)> {
+        self.migrate().await?;
         let mut vars = self.vars.clone();
         vars.retain(|(k, _)| !extra.iter().any(|(name, _)| name == k));
         vars.extend(

@@ -501,3 +501,50 @@ async fn a_repeat_after_a_lost_smtp_reply_is_byte_identical_and_its_link_works()
         .unwrap();
     assert_eq!(r.status(), 204, "{:?}", api.output());
 }
+
+#[tokio::test]
+async fn dead_letters_survive_being_listed_fifty_times_and_replay_delivers_every_one() {
+    let sink = SmtpSink::start().await.unwrap();
+    sink.set_mode(json!({ "data_code": 550, "data_message": "5.1.1 mailbox unavailable" }))
+        .await
+        .unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    const N: usize = 12;
+    publish_raw_jobs(&env.topology(), &notice_jobs("dead", N))
+        .await
+        .unwrap();
+    let first = e2e::poll_until(WAIT, || async {
+        let l = dead_letters(&env).await;
+        (l.len() == N).then_some(l)
+    })
+    .await
+    .expect("every job dead-lettered");
+    let ids = |letters: &[Value]| -> Vec<String> {
+        letters
+            .iter()
+            .map(|l| l["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Looking changes nothing: the same letters, in the same order, every time.
+    for _ in 0..50 {
+        assert_eq!(ids(&dead_letters(&env).await), ids(&first));
+    }
+    sink.set_mode(json!({})).await.unwrap();
+    let (ok, out) = env
+        .worker_command(&["dlq", "replay", "--all"])
+        .await
+        .unwrap();
+    assert!(ok, "{out:?}");
+    let emails = sink.wait_for(N, WAIT).await;
+    assert_eq!(emails.len(), N);
+    let mut delivered: Vec<String> = emails
+        .iter()
+        .map(|e| e.message_id().split('@').next().unwrap().to_owned())
+        .collect();
+    delivered.sort();
+    let mut expected = ids(&first);
+    expected.sort();
+    assert_eq!(delivered, expected, "each dead letter delivered once");
+    assert!(dead_letters(&env).await.is_empty());
+}

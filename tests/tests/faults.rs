@@ -42,17 +42,27 @@ async fn seed_users(env: &StackEnv, prefix: &str, n: usize) {
     db.close().await.unwrap();
 }
 
-/// Messages in this stack's dead-letter queue (read and removed).
+/// Dead letters of this stack: still in `mail.dead` (read and removed) or moved to the table.
 async fn dead_letter_count(env: &StackEnv, amqp: Option<&str>) -> usize {
+    use sqlx::Connection as _;
     let reader = match amqp {
         Some(url) => QueueReader::connect_to(url).await.unwrap(),
         None => QueueReader::connect().await.unwrap(),
     };
-    reader
+    // Those the worker has not moved into the table yet, and those it has.
+    let queued = reader
         .drain(&env.topology().dead_queue())
         .await
         .unwrap()
-        .len()
+        .len();
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    queued + usize::try_from(stored).unwrap()
 }
 
 async fn wait_ready(client: &reqwest::Client, base: &str) -> bool {
