@@ -380,14 +380,19 @@ async fn a_worker_killed_three_times_during_a_thousand_jobs_delivers_all_of_them
         counts
     };
     let dups = duplicates(&counts);
+    let (_, different) = repeats_are_identical(&sink);
     println!(
-        "SIGKILL x3 during {N} jobs (emails at each kill: {killed_at:?}): {} delivered, {dups} duplicate(s)",
-        counts.len()
+        "SIGKILL x3 during {N} jobs (emails at each kill: {killed_at:?}): {} delivered, {dups} \
+         duplicate(s), {} of them different from the first copy",
+        counts.len(),
+        different.len()
     );
     assert_eq!(counts.len(), N, "every job delivered");
     // A repeat is possible only for a send the server accepted in the instant before the
-    // worker recorded it: at most the sends in flight (16) at each of the three kills.
+    // worker recorded it: at most the sends in flight (16) at each of the three kills; and it
+    // is the same message, byte for byte.
     assert!(dups <= 3 * 16, "{dups} duplicates");
+    assert!(different.is_empty(), "repeats that differ: {different:?}");
 }
 
 /// Forgot-password requests for `<prefix><i>@example.org`, `i` in `range`, spread `every`
