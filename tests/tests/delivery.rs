@@ -50,22 +50,30 @@ async fn a_temporary_failure_is_retried_on_schedule_and_delivered_exactly_once()
     assert!(dead_letters(&env).await.is_empty());
 }
 
-#[tokio::test]
-async fn a_permanent_failure_goes_straight_to_the_dead_letters_and_replay_delivers_it() {
+/// A worker whose every send gets a 550, `n` notice jobs published to it, and their dead
+/// letters once all of them are there.
+async fn bounced(prefix: &str, n: usize) -> (SmtpSink, StackEnv, e2e::ServiceProcess, Vec<Value>) {
     let sink = SmtpSink::start().await.unwrap();
     sink.set_mode(json!({ "data_code": 550, "data_message": "5.1.1 mailbox unavailable" }))
         .await
         .unwrap();
     let env = StackEnv::new().await.unwrap();
-    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
-    let jobs = notice_jobs("bounce", 2);
-    publish_raw_jobs(&env.topology(), &jobs).await.unwrap();
+    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    publish_raw_jobs(&env.topology(), &notice_jobs(prefix, n))
+        .await
+        .unwrap();
     let letters = e2e::poll_until(WAIT, || async {
         let l = dead_letters(&env).await;
-        (l.len() == 2).then_some(l)
+        (l.len() == n).then_some(l)
     })
     .await
-    .expect("both jobs dead-lettered");
+    .expect("every job dead-lettered");
+    (sink, env, worker, letters)
+}
+
+#[tokio::test]
+async fn a_permanent_failure_goes_straight_to_the_dead_letters_and_replay_delivers_it() {
+    let (sink, env, _worker, letters) = bounced("bounce", 2).await;
     for letter in &letters {
         let reason = letter["reason"].as_str().unwrap();
         assert!(reason.contains("550"), "{reason}");
@@ -504,22 +512,8 @@ async fn a_repeat_after_a_lost_smtp_reply_is_byte_identical_and_its_link_works()
 
 #[tokio::test]
 async fn dead_letters_survive_being_listed_fifty_times_and_replay_delivers_every_one() {
-    let sink = SmtpSink::start().await.unwrap();
-    sink.set_mode(json!({ "data_code": 550, "data_message": "5.1.1 mailbox unavailable" }))
-        .await
-        .unwrap();
-    let env = StackEnv::new().await.unwrap();
-    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
     const N: usize = 12;
-    publish_raw_jobs(&env.topology(), &notice_jobs("dead", N))
-        .await
-        .unwrap();
-    let first = e2e::poll_until(WAIT, || async {
-        let l = dead_letters(&env).await;
-        (l.len() == N).then_some(l)
-    })
-    .await
-    .expect("every job dead-lettered");
+    let (sink, env, _worker, first) = bounced("dead", N).await;
     let ids = |letters: &[Value]| -> Vec<String> {
         letters
             .iter()

@@ -92,23 +92,14 @@ async fn a_broker_restart_under_load_loses_no_accepted_request_and_doubles_none(
         .unwrap();
     let started = Instant::now();
     // 500 requests spread over ~7 s; the broker goes down after ~1.5 s for a few seconds.
-    let mut tasks = Vec::new();
-    for i in 0..N {
-        let client = client.clone();
-        let url = format!("{base}/v1/password/forgot");
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until((started + Duration::from_millis(14 * i as u64)).into()).await;
-            let email = format!("load{i}@example.org");
-            let status = client
-                .post(&url)
-                .json(&json!({ "email": email }))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0);
-            (email, status)
-        }));
-    }
+    let tasks = forgot_load(
+        &client,
+        &base,
+        "load",
+        0..N,
+        Duration::from_millis(14),
+        started,
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     node.stop_app().await.unwrap();
     let down_at = started.elapsed();
@@ -116,20 +107,11 @@ async fn a_broker_restart_under_load_loses_no_accepted_request_and_doubles_none(
     node.start_app().await.unwrap();
     let up_at = started.elapsed();
 
-    let mut accepted = HashSet::new();
-    let mut refused = HashSet::new();
-    for t in tasks {
-        let (email, status) = t.await.unwrap();
-        match status {
-            202 => {
-                accepted.insert(email);
-            }
-            503 => {
-                refused.insert(email);
-            }
-            other => panic!("{email}: answered {other} (only 202 or 503 are acceptable)"),
-        }
-    }
+    let Answers {
+        mut accepted,
+        refused,
+        ..
+    } = answers(tasks).await;
     assert!(!refused.is_empty(), "the outage did not hit any request");
     assert!(accepted.len() > N / 4, "only {} accepted", accepted.len());
 
@@ -426,6 +408,40 @@ fn forgot_load(
         .collect()
 }
 
+/// What a load was answered.
+struct Answers {
+    accepted: HashSet<String>,
+    refused: HashSet<String>,
+    /// When the first and the last 503 came (since the load started).
+    first_refusal: Option<Duration>,
+    last_refusal: Duration,
+}
+
+/// Collects the answers of [`forgot_load`]; anything but 202 or 503 fails the test.
+async fn answers(tasks: Vec<tokio::task::JoinHandle<(String, u16, Duration)>>) -> Answers {
+    let mut out = Answers {
+        accepted: HashSet::new(),
+        refused: HashSet::new(),
+        first_refusal: None,
+        last_refusal: Duration::ZERO,
+    };
+    for t in tasks {
+        let (email, status, at) = t.await.unwrap();
+        match status {
+            202 => {
+                out.accepted.insert(email);
+            }
+            503 => {
+                out.refused.insert(email);
+                out.first_refusal = Some(out.first_refusal.map_or(at, |f| f.min(at)));
+                out.last_refusal = out.last_refusal.max(at);
+            }
+            other => panic!("{email}: answered {other} (only 202 or 503 are acceptable)"),
+        }
+    }
+    out
+}
+
 /// Every copy sent to one address is the same message (a repeat, never a different email).
 fn repeats_are_identical(sink: &SmtpSink) -> (usize, Vec<String>) {
     let mut by_recipient: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
@@ -486,22 +502,12 @@ async fn a_cluster_node_killed_under_load_or_holding_waiting_retries_loses_no_ac
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.nodes[victim].kill().await.unwrap();
     let killed_at = started.elapsed();
-    let (mut accepted, mut refused) = (HashSet::new(), HashSet::new());
-    let (mut first_refusal, mut last_refusal) = (None, Duration::ZERO);
-    for t in tasks {
-        let (email, status, at) = t.await.unwrap();
-        match status {
-            202 => {
-                accepted.insert(email);
-            }
-            503 => {
-                refused.insert(email);
-                first_refusal.get_or_insert(at);
-                last_refusal = last_refusal.max(at);
-            }
-            other => panic!("{email}: answered {other} (only 202 or 503 are acceptable)"),
-        }
-    }
+    let Answers {
+        mut accepted,
+        refused,
+        first_refusal,
+        last_refusal,
+    } = answers(tasks).await;
     accepted.insert("node0@example.org".to_owned());
     // Until the api accepts again (if it stopped).
     let mut next = N_LOAD;
