@@ -10,8 +10,10 @@ CREATE TABLE outbox (
     message_id    uuid NOT NULL,
     body          bytea NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
-    -- A relay is publishing the row until then; afterwards another one may take it over.
-    claimed_until timestamptz
+    -- A relay (`claimed_by`, one id per pass) is publishing the row until then; afterwards
+    -- another one may take it over. Also the earliest next try after a failed publish.
+    claimed_until timestamptz,
+    claimed_by    uuid
 );
 
 CREATE INDEX outbox_user_order ON outbox (user_id, id);

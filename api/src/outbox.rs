@@ -5,12 +5,14 @@
 //! node) between the commit and the publish loses nothing, since the row waits for the next
 //! relay pass, here or in another replica.
 //!
-//! A relay claims a batch for [`CLAIM`] (so a relay that dies mid-batch is replaced after
-//! that) instead of holding a database connection across publishes. Rows of one user go out
-//! in order: a batch takes only each user's oldest row, so a user's later row waits until the
-//! earlier one is confirmed and deleted. A claimed row whose confirm was lost in a crash is
-//! published again: delivery is at least once, and the worker's idempotency and stable
-//! message ids make the repeat harmless.
+//! A relay claims a batch under an id of its own for a lease longer than any publish can take
+//! (so a relay that dies mid-batch is replaced after that), instead of holding a database
+//! connection across publishes; it deletes or releases only rows it still holds. Rows of one
+//! user go out in order: a batch takes only each user's oldest row, so a user's later row
+//! waits until the earlier one is confirmed and deleted. A row whose publish failed waits
+//! [`RETRY_AFTER`] before the next try. A claimed row whose confirm was lost in a crash is
+//! published again: delivery is at least once, and stable message ids (the job id, the
+//! event's id) let the worker and subscribers drop the repeat.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,8 +23,11 @@ use uuid::Uuid;
 
 use crate::publisher::Publisher;
 
-/// How long a relay owns the rows it claimed.
-const CLAIM: Duration = Duration::from_secs(30);
+/// The shortest lease on claimed rows; longer when a publish may take longer (see
+/// [`Outbox::relay`]).
+const MIN_CLAIM: Duration = Duration::from_secs(30);
+/// The pause before a row whose publish failed is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Rows per relay pass.
 const BATCH: i64 = 64;
 /// How often a relay looks for rows without being woken (rows of a relay that died, rows
@@ -109,19 +114,28 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Runs the relay until `stop` resolves.
+    /// Runs the relay until `stop` resolves (a pass in progress is abandoned; its rows go
+    /// out when their lease ends). `publish_limit` is the longest one publish may take
+    /// (connecting and the confirm); the lease on claimed rows is at least twice that.
     pub async fn relay(
         self,
         db: PgPool,
         publisher: Publisher,
+        publish_limit: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) {
+        let lease = (publish_limit * 2).max(MIN_CLAIM);
         tokio::pin!(stop);
         loop {
             // Pass after pass while there is work (a user's next row waits for the pass
             // after its previous one).
             loop {
-                match pass(&db, &publisher).await {
+                let outcome = tokio::select! {
+                    biased;
+                    () = &mut stop => return,
+                    outcome = pass(&db, &publisher, lease) => outcome,
+                };
+                match outcome {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(e) => {
@@ -141,10 +155,11 @@ impl Outbox {
 
 /// Claims a batch, publishes it and deletes what the broker confirmed; the number of rows
 /// confirmed.
-async fn pass(db: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
+async fn pass(db: &PgPool, publisher: &Publisher, lease: Duration) -> anyhow::Result<usize> {
+    let me = Uuid::new_v4();
     let claimed: Vec<Row> = shared::db::pinned(db, async |conn| {
         sqlx::query_as(
-            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $1)
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $1), claimed_by = $3
              WHERE id IN (
                  SELECT o.id FROM outbox o
                  WHERE (o.claimed_until IS NULL OR o.claimed_until < now())
@@ -156,8 +171,9 @@ async fn pass(db: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
              RETURNING id, kind, routing_key, message_id, body",
         )
         .persistent(shared::db::named_statements())
-        .bind(CLAIM.as_secs_f64())
+        .bind(lease.as_secs_f64())
         .bind(BATCH)
+        .bind(me)
         .fetch_all(conn)
         .await
     })
@@ -195,11 +211,14 @@ async fn pass(db: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
     if !done.is_empty() {
         shared::db::execute(
             db,
-            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&done),
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1) AND claimed_by = $2")
+                .bind(&done)
+                .bind(me),
         )
         .await?;
     }
-    // Rows whose publish failed go back to the pool at once, so the next pass retries them.
+    // Rows whose publish failed go back to the pool after a pause (no spinning on a row the
+    // broker keeps refusing).
     let failed: Vec<i64> = claimed
         .iter()
         .map(|r| r.id)
@@ -208,7 +227,14 @@ async fn pass(db: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
     if !failed.is_empty() {
         shared::db::execute(
             db,
-            sqlx::query("UPDATE outbox SET claimed_until = NULL WHERE id = ANY($1)").bind(&failed),
+            sqlx::query(
+                "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2),
+                                   claimed_by = NULL
+                 WHERE id = ANY($1) AND claimed_by = $3",
+            )
+            .bind(&failed)
+            .bind(RETRY_AFTER.as_secs_f64())
+            .bind(me),
         )
         .await?;
         // Nothing got through: let the broker (or the publisher's backoff) breathe.

@@ -1,8 +1,10 @@
 //! Publishing to RabbitMQ with publisher confirms, reconnecting by itself.
 //!
-//! A request only gets its 2xx after the broker confirmed the message (it is then on disk
-//! in a quorum queue). An unroutable message (`mandatory`), a nack, a lost connection or a
-//! confirm slower than `PUBLISH_TIMEOUT_MS` is an error, which the handler turns into a 503.
+//! A forgot-password request only gets its 2xx after the broker confirmed its job (it is then
+//! on disk in a quorum queue); sign-up and reset answer on their commit, and the outbox relay
+//! publishes through here. An unroutable message (`mandatory`), a nack, a lost connection or a
+//! confirm slower than `PUBLISH_TIMEOUT_MS` is an error: a 503 for a request, a later retry
+//! for the relay.
 
 use std::{
     sync::Arc,
@@ -19,8 +21,6 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::error::ApiError;
 
-/// Deadline for connecting and declaring the topology.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Minimum pause between two failed reconnection attempts, so an outage is not a storm.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -211,6 +211,11 @@ impl Publisher {
         }
     }
 
+    /// The longest one publish may take: connecting (every node in turn) and the confirm.
+    pub fn publish_limit(&self) -> Duration {
+        self.inner.broker.connect_limit() + self.inner.confirm_timeout
+    }
+
     /// Drops the link of `channel` if it is still the current one (its connection is closed
     /// in the background).
     async fn discard(&self, channel: &Channel) {
@@ -249,7 +254,8 @@ impl Publisher {
                 "RabbitMQ unreachable"
             )));
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+        let limit = self.inner.broker.connect_limit();
+        match tokio::time::timeout(limit, self.connect()).await {
             Ok(Ok(link)) => {
                 let channel = link.channel.clone();
                 let old = self.inner.link.write().await.replace(link);

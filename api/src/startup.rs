@@ -205,6 +205,7 @@ impl Application {
         let relay = tokio::spawn(state.outbox.clone().relay(
             state.db.clone(),
             state.publisher.clone(),
+            state.publisher.publish_limit(),
             async move {
                 let _ = relay_stopped.await;
             },
@@ -225,13 +226,23 @@ impl Application {
             let _ = stopping_rx.await;
             tokio::time::sleep(grace).await;
         };
-        tokio::select! {
-            result = server => result.context("server error")?,
-            () = drained => tracing::warn!("drain timeout reached; closing remaining connections"),
-        }
+        let served = tokio::select! {
+            result = server => result.context("server error"),
+            () = drained => {
+                tracing::warn!("drain timeout reached; closing remaining connections");
+                Ok(())
+            }
+        };
         metrics_server.abort();
         let _ = relay_stop.send(());
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), relay).await;
+        let relay_handle = relay.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), relay)
+            .await
+            .is_err()
+        {
+            relay_handle.abort();
+        }
+        served?;
         state.publisher.close().await;
         state.db.close().await;
         tracing::info!("api stopped");

@@ -199,20 +199,22 @@ impl Consumer {
     }
 }
 
-/// Moves one delivery of `mail.dead` into the `dead_letters` table; with PostgreSQL down it
-/// goes back to the queue (after a pause) and waits there.
+/// Moves one delivery of `mail.dead` into the `dead_letters` table. With PostgreSQL down it
+/// stays unacked (held here, retried with backoff) rather than going back to the queue: a
+/// return would count as a delivery, and a quorum queue with a delivery limit (RabbitMQ 4.x
+/// has one by default) drops a message returned too often. If the connection ends first, the
+/// broker keeps the message.
 async fn archive(db: &sqlx::PgPool, delivery: Delivery) {
-    match crate::dlq::archive(db, &delivery).await {
-        Ok(()) => ack(&delivery).await,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not store a dead letter; it stays in the queue");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match crate::dlq::archive(db, &delivery).await {
+            Ok(()) => return ack(&delivery).await,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64,
+                    "could not store a dead letter; it stays in the queue until stored");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
         }
     }
 }

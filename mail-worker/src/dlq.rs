@@ -60,7 +60,10 @@ impl Row {
     }
 }
 
-/// Stores a delivery of `mail.dead` (idempotent per message id); ack it afterwards.
+/// Stores a delivery of `mail.dead`; ack it afterwards. One row per message id: the same
+/// dead letter stored twice (a redelivery) changes nothing, and a job that died again after
+/// a replay replaces its row (with its new death time, so the replay, which deletes only the
+/// row it published, leaves it).
 pub async fn archive(db: &PgPool, delivery: &Delivery) -> Result<(), sqlx::Error> {
     let properties = &delivery.properties;
     let headers = properties.headers().as_ref();
@@ -85,7 +88,11 @@ pub async fn archive(db: &PgPool, delivery: &Delivery) -> Result<(), sqlx::Error
             "INSERT INTO dead_letters (message_id, kind, reason, attempts, body, message_type,
                                        content_type, headers, dead_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (message_id) DO NOTHING",
+             ON CONFLICT (message_id) DO UPDATE SET
+                 kind = EXCLUDED.kind, reason = EXCLUDED.reason, attempts = EXCLUDED.attempts,
+                 body = EXCLUDED.body, message_type = EXCLUDED.message_type,
+                 content_type = EXCLUDED.content_type, headers = EXCLUDED.headers,
+                 dead_at = EXCLUDED.dead_at",
         )
         .bind(message_id)
         .bind(envelope.as_ref().map(|e| e.job.kind()))
@@ -201,9 +208,12 @@ pub async fn replay(
         after = end;
         for row in page {
             publish(&publisher, topology, &row).await?;
+            // Only the row as published: if the job already died again, its row is newer.
             shared::db::execute(
                 db,
-                sqlx::query("DELETE FROM dead_letters WHERE id = $1").bind(row.id),
+                sqlx::query("DELETE FROM dead_letters WHERE id = $1 AND dead_at = $2")
+                    .bind(row.id)
+                    .bind(row.dead_at),
             )
             .await?;
             replayed += 1;
@@ -232,7 +242,8 @@ async fn publish(publisher: &lapin::Channel, topology: &Topology, row: &Row) -> 
     if let Some(ct) = &row.content_type {
         properties = properties.with_content_type(ct.as_str().into());
     }
-    // The history stays (it explains earlier failures); the dead-letter marks go.
+    // The history stays (it explains earlier failures); the dead-letter marks, the outage
+    // waits and the broker's own death records go, so the job starts afresh.
     let kept: std::collections::BTreeMap<_, _> = row
         .headers
         .inner()
@@ -240,8 +251,11 @@ async fn publish(publisher: &lapin::Channel, topology: &Topology, row: &Row) -> 
         .filter(|(k, _)| {
             !matches!(
                 k.as_str(),
-                retry::DEAD_REASON_HEADER | retry::DEAD_AT_HEADER
-            )
+                retry::DEAD_REASON_HEADER | retry::DEAD_AT_HEADER | retry::WAITS_HEADER
+            ) && !k.as_str().starts_with("x-death")
+                && !k.as_str().starts_with("x-first-death")
+                && !k.as_str().starts_with("x-last-death")
+                && k.as_str() != "x-delivery-count"
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();

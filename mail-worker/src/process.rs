@@ -348,17 +348,17 @@ impl Processor {
             } => self
                 .mint(Purpose::PasswordReset, &recipient, job)
                 .await?
-                .map(|token| EmailContent::PasswordReset {
+                .map(|(token, left)| EmailContent::PasswordReset {
                     link: format!("{base}/reset-password?token={token}"),
-                    expires_in_minutes: self.config.reset_token_max_age.as_secs() / 60,
+                    expires_in_minutes: left.div_ceil(60).max(1),
                     requested_from_ip,
                 }),
             Draft::EmailVerification { recipient } => self
                 .mint(Purpose::EmailVerify, &recipient, job)
                 .await?
-                .map(|token| EmailContent::EmailVerification {
+                .map(|(token, left)| EmailContent::EmailVerification {
                     link: format!("{base}/verify-email?token={token}"),
-                    expires_in_hours: self.config.verify_token_max_age.as_secs().div_ceil(3600),
+                    expires_in_hours: left.div_ceil(3600).max(1),
                 }),
         })
     }
@@ -367,14 +367,15 @@ impl Processor {
     /// purpose bumped, so older links die) and recorded, so every later attempt and
     /// redelivery signs the very same token. A repeat after a lost SMTP reply is then
     /// byte-identical, and the copy the provider may already have delivered keeps working.
-    /// `None` when the recorded link is dead by now: a newer email bumped the generation, or
-    /// the password changed.
+    /// With the token, the seconds the link has left (a retry sends the link of the first
+    /// attempt, so less than the full lifetime). `None` when the recorded link is dead by
+    /// now: a newer email bumped the generation, the password changed, or it expired.
     async fn mint(
         &self,
         purpose: Purpose,
         user: &Recipient,
         job: Uuid,
-    ) -> Result<Option<String>, RedisError> {
+    ) -> Result<Option<(String, u64)>, RedisError> {
         let generation_key = self.keys().token_generation(user.id, purpose);
         let link_key = self.keys().job_link(user.id, job);
         let max_age = match purpose {
@@ -411,8 +412,13 @@ impl Processor {
         {
             return Ok(None);
         }
+        let left = signed_at + i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
+            - self.clock.now().timestamp();
+        let Ok(left @ 1..) = u64::try_from(left) else {
+            return Ok(None);
+        };
         let claims = Claims::for_job(user.id, user.password_version, generation, job);
-        Ok(Some(self.tokens.sign(purpose, &claims, signed_at)))
+        Ok(Some((self.tokens.sign(purpose, &claims, signed_at), left)))
     }
 
     async fn mark_sent(&self, job: Uuid) {

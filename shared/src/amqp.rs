@@ -50,6 +50,13 @@ impl Broker {
         }
     }
 
+    /// The longest [`Self::connect`] may take: every node's connect limit, plus time to
+    /// declare the topology on the one that answers.
+    pub fn connect_limit(&self) -> Duration {
+        NODE_CONNECT_TIMEOUT * u32::try_from(self.urls.len()).unwrap_or(u32::MAX)
+            + Duration::from_secs(3)
+    }
+
     /// The node address (`host:port`, no credentials) a connection to the `index`th URL goes
     /// to, for logs.
     fn node(&self, index: usize) -> String {
