@@ -50,6 +50,34 @@ impl RawPublisher {
         })
     }
 
+    /// A consumer on the raw queue that acks every message at once (prefetch `prefetch`):
+    /// the cheapest possible worker, for the raw pipeline.
+    pub async fn drain_continuously(
+        &self,
+        prefetch: u16,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        use futures_util::StreamExt as _;
+        use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+        let channel = self.connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                self.topology.jobs_queue().into(),
+                "bench-raw-consumer".into(),
+                BasicConsumeOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        Ok(tokio::spawn(async move {
+            let _channel = channel;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+        }))
+    }
+
     /// `tasks` tasks publish back to back, each waiting for its confirm, for `duration`.
     pub async fn run(&self, tasks: usize, duration: Duration) -> anyhow::Result<LoadResult> {
         self.publish_loop(tasks, duration, None).await
@@ -149,6 +177,22 @@ impl RawPublisher {
     }
 
     /// Empties another topology's work queue through this connection.
+    /// Messages ready in `queue`.
+    pub async fn depth(&self, queue: &str) -> anyhow::Result<u32> {
+        Ok(self
+            .channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await?
+            .message_count())
+    }
+
     pub async fn purge_queue(&self, queue: &str) -> anyhow::Result<()> {
         self.channel
             .queue_purge(queue.into(), QueuePurgeOptions::default())

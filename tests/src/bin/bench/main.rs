@@ -6,7 +6,7 @@
 //! ```sh
 //! ./deploy/local/bench.sh            # services, release build, then `bench all`
 //! ./target/release/bench all [--update BENCHMARKS.md]
-//! ./target/release/bench forgot|worker|scale|reset|memory|signin|stores
+//! ./target/release/bench forgot|worker|scale|reset|memory|signin|stores|pipeline
 //! ```
 //! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
 //! (`--update FILE` also replaces the table between the `bench:begin`/`bench:end` markers of
@@ -20,6 +20,7 @@ mod limits;
 mod load;
 mod mail;
 mod memory;
+mod pipeline;
 mod report;
 mod reset;
 mod scale;
@@ -31,8 +32,7 @@ use std::time::Instant;
 
 use report::Row;
 
-const USAGE: &str =
-    "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores";
+const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -48,9 +48,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let sections: &[&str] = match section {
         "all" => &[
-            "forgot", "worker", "scale", "reset", "memory", "signin", "stores",
+            "forgot", "worker", "scale", "reset", "memory", "signin", "stores", "pipeline",
         ],
-        "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" => {
+        "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" | "pipeline" => {
             std::slice::from_ref(&section)
         }
         _ => anyhow::bail!(USAGE),
@@ -69,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
             "memory" => memory::run(&mut rows).await,
             "signin" => signin::run(&mut rows).await,
             "stores" => stores::run(&mut rows).await,
+            "pipeline" => pipeline::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
         if let Err(e) = result {
@@ -124,6 +125,7 @@ fn section_label(name: &str) -> &'static str {
         "memory" => "6 memory",
         "signin" => "7 sign-in timing",
         "stores" => "8 redis topologies",
+        "pipeline" => "9 end to end",
         _ => "5 reset",
     }
 }

@@ -300,6 +300,21 @@ impl CpuMeter {
 }
 
 /// Pid of the first process whose command name is `name` (e.g. `redis-server`).
+/// Every process whose command name is `name` (e.g. all PostgreSQL backends).
+pub fn pids_of(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                    (comm.trim() == name).then_some(pid)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn pid_of(name: &str) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
