@@ -37,7 +37,18 @@ fn cluster_port() -> anyhow::Result<u16> {
     anyhow::bail!("no free port pair for a cluster node")
 }
 
-async fn redis_cli(args: &[String]) -> anyhow::Result<String> {
+/// `redis://` (or, for TLS nodes, `rediss://`) URLs of loopback nodes, comma-separated.
+pub(crate) fn node_urls(ports: &[u16], tls: bool) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    ports
+        .iter()
+        .map(|p| format!("{scheme}://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs `redis-cli` with `args` and returns its output.
+pub(crate) async fn redis_cli(args: &[String]) -> anyhow::Result<String> {
     // Bounded: `--cluster create` waits forever for nodes that cannot meet.
     let out = tokio::time::timeout(
         Duration::from_secs(60),
@@ -69,7 +80,7 @@ impl RedisCluster {
     }
 
     /// Starts `primaries` nodes speaking only TLS with `ca`'s server certificate (clients,
-    /// the cluster bus and replication); see [`Self::tls_urls`].
+    /// the cluster bus and replication); see [`Self::urls`].
     pub async fn start_tls(primaries: usize, ca: &crate::tls::TestCa) -> anyhow::Result<Self> {
         Self::launch(primaries, 0, Some(ca)).await
     }
@@ -191,22 +202,10 @@ impl RedisCluster {
         .is_some()
     }
 
-    /// `REDIS_CLUSTER_URLS` for the cluster (every node as a seed).
+    /// `REDIS_CLUSTER_URLS` for the cluster (every node as a seed; `rediss://` for a TLS
+    /// cluster).
     pub fn urls(&self) -> String {
-        self.ports
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// `REDIS_CLUSTER_URLS` of a TLS cluster (`rediss://`, every node as a seed).
-    pub fn tls_urls(&self) -> String {
-        self.ports
-            .iter()
-            .map(|p| format!("rediss://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        node_urls(&self.ports, !self.cli_tls.is_empty())
     }
 
     /// `redis-cli` against the node on `port`.

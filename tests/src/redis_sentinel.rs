@@ -30,18 +30,10 @@ impl Drop for RedisSentinels {
 }
 
 async fn redis_cli(tls: &[String], port: u16, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("redis-cli")
-        .args(tls)
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "redis-cli -p {port} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut all = tls.to_vec();
+    all.extend(["-p".to_owned(), port.to_string()]);
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    crate::redis_cluster::redis_cli(&all).await
 }
 
 impl RedisSentinels {
@@ -51,7 +43,7 @@ impl RedisSentinels {
     }
 
     /// Like [`Self::start`], every server speaking only TLS with `ca`'s server certificate
-    /// (see [`Self::tls_urls`]).
+    /// (see [`Self::urls`]).
     pub async fn start_tls(ca: &crate::tls::TestCa) -> anyhow::Result<Self> {
         Self::launch(Some(ca)).await
     }
@@ -154,22 +146,9 @@ impl RedisSentinels {
         Ok(set)
     }
 
-    /// `REDIS_SENTINEL_URLS` of the set.
+    /// `REDIS_SENTINEL_URLS` of the set (`rediss://` for a TLS set).
     pub fn urls(&self) -> String {
-        self.sentinels
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// `REDIS_SENTINEL_URLS` of a TLS set (`rediss://`).
-    pub fn tls_urls(&self) -> String {
-        self.sentinels
-            .iter()
-            .map(|p| format!("rediss://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        crate::redis_cluster::node_urls(&self.sentinels, !self.cli_tls.is_empty())
     }
 
     /// The port of the primary the Sentinels name now.

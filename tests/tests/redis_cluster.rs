@@ -31,7 +31,7 @@ async fn the_whole_flow_and_exact_budgets_on_a_tls_only_redis_cluster() {
     let ca = TestCa::new().unwrap();
     let cluster = RedisCluster::start_tls(3, &ca).await.unwrap();
     let mut env = StackEnv::new().await.unwrap();
-    env.set("REDIS_CLUSTER_URLS", &cluster.tls_urls());
+    env.set("REDIS_CLUSTER_URLS", &cluster.urls());
     env.set("TLS_CA_FILE", &ca.ca_file().display().to_string());
     whole_flow_and_exact_budgets(&cluster, env).await;
 }

@@ -27,7 +27,7 @@ async fn a_failover_is_followed_over_tls_to_the_sentinels_and_the_primaries() {
     let ca = TestCa::new().unwrap();
     let set = RedisSentinels::start_tls(&ca).await.unwrap();
     let mut env = StackEnv::new().await.unwrap();
-    env.set("REDIS_SENTINEL_URLS", &set.tls_urls());
+    env.set("REDIS_SENTINEL_URLS", &set.urls());
     env.set("TLS_CA_FILE", &ca.ca_file().display().to_string());
     failover_is_followed(&set, env).await;
 }

@@ -58,7 +58,7 @@ pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         Setup {
             name: "3-primary cluster over TLS",
             redis_url: e2e::redis_url(),
-            cluster_urls: tls_cluster.tls_urls(),
+            cluster_urls: tls_cluster.urls(),
             ca_file,
         },
     ];
