@@ -10,10 +10,8 @@ CREATE TABLE outbox (
     message_id    uuid NOT NULL,
     body          bytea NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
-    -- A relay (`claimed_by`, one id per pass) is publishing the row until then; afterwards
-    -- another one may take it over. Also the earliest next try after a failed publish.
-    claimed_until timestamptz,
-    claimed_by    uuid
+    -- A relay is publishing the row until then; afterwards another one may take it over.
+    claimed_until timestamptz
 );
 
 CREATE INDEX outbox_user_order ON outbox (user_id, id);
