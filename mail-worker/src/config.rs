@@ -23,8 +23,12 @@ pub struct Config {
     pub transport: Transport,
     /// `From` header, e.g. `Account Security <no-reply@example.com>`.
     pub mail_from: String,
-    /// SMTP sends in flight per process (and the AMQP prefetch).
+    /// SMTP sends in flight per process.
     pub concurrency: usize,
+    /// Unacknowledged jobs per process (AMQP prefetch), also the most jobs decided together:
+    /// jobs that send no email (unknown addresses, spent budgets) are looked up, audited and
+    /// acknowledged as a batch, while at most `concurrency` of the others send.
+    pub prefetch: u16,
     pub notify_unknown_recipients: bool,
     /// Per-command SMTP timeout.
     pub smtp_timeout: Duration,
@@ -96,6 +100,18 @@ impl Config {
             ));
         }
         let concurrency = r.number("WORKER_CONCURRENCY", 16, 1, 1024) as usize;
+        let prefetch = r.number(
+            "WORKER_PREFETCH",
+            (concurrency as u64 * 4).max(64),
+            1,
+            u64::from(u16::MAX),
+        ) as u16;
+        if usize::from(prefetch) < concurrency {
+            r.error(format!(
+                "WORKER_PREFETCH ({prefetch}) must be at least WORKER_CONCURRENCY ({concurrency}): \
+                 a worker cannot send more jobs at once than it holds"
+            ));
+        }
         let notify_unknown_recipients = r.boolean("NOTIFY_UNKNOWN_RECIPIENTS", false);
         let smtp_timeout = r.number("SMTP_TIMEOUT_SECS", 30, 1, 600);
         // The drain after SIGTERM must outlast one SMTP step of a send in flight, or the send
@@ -127,6 +143,7 @@ impl Config {
             transport,
             mail_from,
             concurrency,
+            prefetch,
             notify_unknown_recipients,
             smtp_timeout: Duration::from_secs(smtp_timeout),
             dead_letter_retention_days,
@@ -164,7 +181,28 @@ mod tests {
         );
         assert_eq!(c.retry_schedule_secs, vec![5, 30, 120, 600, 3600]);
         assert_eq!(c.concurrency, 16);
+        assert_eq!(c.prefetch, 64);
         assert!(!c.notify_unknown_recipients);
+    }
+
+    #[test]
+    fn the_prefetch_follows_the_concurrency_and_never_goes_below_it() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut all = BASE.to_vec();
+            all.extend_from_slice(pairs);
+            from(&all)
+        };
+        let c = with(&[("WORKER_CONCURRENCY", "100")]).expect("valid");
+        assert_eq!(c.prefetch, 400);
+        let c = with(&[("WORKER_PREFETCH", "16")]).expect("valid");
+        assert_eq!((c.concurrency, c.prefetch), (16, 16));
+        let Err(ConfigError(problems)) = with(&[("WORKER_PREFETCH", "8")]) else {
+            panic!("a prefetch below the concurrency was accepted");
+        };
+        assert!(
+            problems[0].starts_with("WORKER_PREFETCH (8) must be at least"),
+            "{problems:?}"
+        );
     }
 
     #[test]

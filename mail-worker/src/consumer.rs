@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::{
     BasicProperties, Channel, Confirmation,
     message::Delivery,
@@ -31,7 +31,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::Instrument as _;
 
 use crate::{
-    process::{Outcome, Processor},
+    process::{Outcome, Plan, Processor},
     retry,
 };
 
@@ -43,7 +43,10 @@ pub struct Consumer {
     pub broker: Broker,
     pub topology: Topology,
     pub processor: Arc<Processor>,
+    /// SMTP sends in flight at most.
     pub concurrency: usize,
+    /// Unacknowledged jobs at most (AMQP prefetch), also the largest batch decided together.
+    pub prefetch: u16,
     pub shutdown_timeout: Duration,
     /// Dead letters older than this many days are deleted (`DEAD_LETTER_RETENTION_DAYS`).
     pub dead_letter_retention_days: u64,
@@ -92,7 +95,7 @@ impl Consumer {
         self.topology.declare(&connection).await?;
         let channel = connection.create_channel().await?;
         // Prefetch bounds the unacked jobs this process holds; a crash returns at most these.
-        let prefetch = u16::try_from(self.concurrency).unwrap_or(u16::MAX);
+        let prefetch = self.prefetch;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
@@ -174,15 +177,36 @@ impl Consumer {
                 },
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        let permit = in_flight.clone().acquire_owned().await?;
-                        let processor = self.processor.clone();
-                        let publisher = publisher.clone();
-                        let topology = self.topology.clone();
-                        tasks.spawn(async move {
-                            handle(&processor, &publisher, &topology, delivery).await;
-                            drop(permit);
-                        });
+                        // Every job already delivered joins this one's batch (up to the
+                        // prefetch): one lookup and one audit statement for all of them.
+                        let mut deliveries_now = vec![delivery];
+                        let mut ended = None;
+                        while deliveries_now.len() < usize::from(prefetch) {
+                            match deliveries.next().now_or_never() {
+                                Some(Some(Ok(delivery))) => deliveries_now.push(delivery),
+                                Some(Some(Err(e))) => {
+                                    ended = Some(anyhow::Error::new(e).context("consumer failed"));
+                                    break;
+                                }
+                                Some(None) => {
+                                    ended = Some(anyhow::anyhow!("the broker cancelled the consumer"));
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        let batch = Batch {
+                            processor: self.processor.clone(),
+                            publisher: publisher.clone(),
+                            topology: self.topology.clone(),
+                            in_flight: in_flight.clone(),
+                            stop: stop.clone(),
+                        };
+                        tasks.spawn(async move { batch.handle(deliveries_now).await });
                         while tasks.try_join_next().is_some() {}
+                        if let Some(e) = ended {
+                            break Err(e);
+                        }
                     }
                     Some(Err(e)) => break Err(anyhow::Error::new(e).context("consumer failed")),
                     None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
@@ -247,43 +271,154 @@ async fn report_depth(channel: &Channel, topology: &Topology) {
     }
 }
 
-/// Processes one delivery and settles it.
-async fn handle(
+/// What one batch of deliveries needs to be decided and settled.
+struct Batch {
+    processor: Arc<Processor>,
+    publisher: Republisher,
+    topology: Topology,
+    /// One permit per SMTP send in flight.
+    in_flight: Arc<Semaphore>,
+    /// Turns true at shutdown: jobs not yet started are left unacknowledged (the broker
+    /// gives them to another worker when this connection closes).
+    stop: watch::Receiver<bool>,
+}
+
+/// A delivery with its decoded job.
+struct Job {
+    delivery: Delivery,
+    envelope: Envelope,
+}
+
+impl Batch {
+    /// Decides the deliveries together and settles each: the jobs that send nothing are
+    /// audited with one statement and acknowledged; the others send, `concurrency` at most
+    /// at a time, and are settled one by one.
+    async fn handle(&self, deliveries: Vec<Delivery>) {
+        let mut jobs = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match Envelope::decode(&delivery.data) {
+                Ok(envelope) => jobs.push(Job { delivery, envelope }),
+                Err(e) => self.undecodable(delivery, &e.to_string()).await,
+            }
+        }
+        let Some(first) = jobs.first() else {
+            return;
+        };
+        // The work queue is FIFO: the first job of a batch is the oldest one that was waiting.
+        let waited = (self.processor.clock.now() - first.envelope.created_at)
+            .num_milliseconds()
+            .max(0) as f64
+            / 1000.0;
+        metrics::gauge!("mail_oldest_job_age_seconds").set(waited);
+        let envelopes: Vec<&Envelope> = jobs.iter().map(|j| &j.envelope).collect();
+        let plans = self.processor.plan(&envelopes).await;
+        let mut dropped = Vec::new();
+        let mut others = Vec::new();
+        for (job, plan) in jobs.into_iter().zip(plans) {
+            match plan {
+                Ok(Plan::Drop { reason, user }) => dropped.push((job, reason, user)),
+                Ok(plan) => others.push((job, Ok(plan))),
+                Err(wait) => others.push((job, Err(wait))),
+            }
+        }
+        let drop_all = async {
+            let rows = dropped
+                .iter()
+                .map(|(job, reason, user)| self.processor.audit_row(&job.envelope, reason, *user));
+            self.processor.audit_log.record(rows).await;
+            futures_util::future::join_all(dropped.iter().map(|(job, reason, _)| {
+                let envelope = &job.envelope;
+                tracing::info!(job_id = %envelope.id, kind = envelope.job.kind(),
+                    attempt = envelope.attempt,
+                    request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
+                    outcome = reason, "job done");
+                metrics::counter!("jobs_total", "kind" => envelope.job.kind(), "outcome" => *reason)
+                    .increment(1);
+                ack(&job.delivery)
+            }))
+            .await;
+        };
+        let send_all = futures_util::future::join_all(
+            others.into_iter().map(|(job, plan)| self.send(job, plan)),
+        );
+        tokio::join!(drop_all, send_all);
+    }
+
+    /// Carries out one job's plan (or its wait) and settles it.
+    async fn send(&self, job: Job, plan: Result<Plan, String>) {
+        let Job { delivery, envelope } = job;
+        let span = tracing::info_span!("job", job_id = %envelope.id, kind = envelope.job.kind(), attempt = envelope.attempt,
+            request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
+            traceparent = envelope.trace.traceparent.as_deref().unwrap_or(""));
+        // The permit is held until the job is settled, so the drain at shutdown waits for it.
+        let mut stop = self.stop.clone();
+        let _permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            permit = self.in_flight.acquire() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let outcome = match plan {
+            Ok(plan) => {
+                self.processor
+                    .deliver(&envelope, plan)
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(wait) => Outcome::Wait(wait),
+        };
+        settle(
+            &self.processor,
+            &self.publisher,
+            &self.topology,
+            &span,
+            delivery,
+            &envelope,
+            outcome,
+        )
+        .await;
+    }
+
+    /// Never crash, never loop: an undecodable job goes to the dead letters as is.
+    async fn undecodable(&self, delivery: Delivery, error: &str) {
+        tracing::error!(
+            error,
+            bytes = delivery.data.len(),
+            "undecodable job; dead-lettering"
+        );
+        metrics::counter!("jobs_total", "kind" => "undecodable", "outcome" => "dead").increment(1);
+        let reason = format!("undecodable: {error}");
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        dead_letter(
+            &self.processor,
+            &self.publisher,
+            &self.topology,
+            &delivery,
+            headers,
+            &reason,
+            true,
+        )
+        .await;
+    }
+}
+
+/// Settles one delivery after its job's outcome: ack, or re-publish to a delay queue or the
+/// dead letters first.
+async fn settle(
     processor: &Processor,
     publisher: &Republisher,
     topology: &Topology,
+    span: &tracing::Span,
     delivery: Delivery,
+    envelope: &Envelope,
+    outcome: Outcome,
 ) {
-    let envelope = match Envelope::decode(&delivery.data) {
-        Ok(e) => e,
-        Err(e) => {
-            // Never crash, never loop: an undecodable job goes to the dead letters as is.
-            tracing::error!(error = %e, bytes = delivery.data.len(), "undecodable job; dead-lettering");
-            metrics::counter!("jobs_total", "kind" => "undecodable", "outcome" => "dead")
-                .increment(1);
-            let reason = format!("undecodable: {e}");
-            let headers = delivery.properties.headers().clone().unwrap_or_default();
-            dead_letter(
-                processor, publisher, topology, &delivery, headers, &reason, true,
-            )
-            .await;
-            return;
-        }
-    };
-    let span = tracing::info_span!("job", job_id = %envelope.id, kind = envelope.job.kind(), attempt = envelope.attempt,
-        request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
-        traceparent = envelope.trace.traceparent.as_deref().unwrap_or(""));
-    // The work queue is FIFO: the job picked up now is the oldest one that was waiting.
-    let waited = (processor.clock.now() - envelope.created_at)
-        .num_milliseconds()
-        .max(0) as f64
-        / 1000.0;
-    metrics::gauge!("mail_oldest_job_age_seconds").set(waited);
-    let outcome = processor.process(&envelope).instrument(span.clone()).await;
     let kind = envelope.job.kind();
     match &outcome {
         Outcome::Sent | Outcome::Dropped(_) => {
-            tracing::info!(parent: &span, outcome = outcome.label(), "job done");
+            tracing::info!(parent: span, outcome = outcome.label(), "job done");
             metrics::counter!("jobs_total", "kind" => kind, "outcome" => outcome.label())
                 .increment(1);
             ack(&delivery).await;
@@ -298,7 +433,7 @@ async fn handle(
             );
             match retry::delay_for(&processor.config.retry_schedule_secs, attempt) {
                 Some(delay) => {
-                    tracing::warn!(parent: &span, error, delay_secs = delay, "delivery failed; will retry");
+                    tracing::warn!(parent: span, error, delay_secs = delay, "delivery failed; will retry");
                     metrics::counter!("jobs_total", "kind" => kind, "outcome" => "retried")
                         .increment(1);
                     let mut next = envelope.clone();
@@ -310,10 +445,10 @@ async fn handle(
                         "retries exhausted after {} attempts; last error: {error}",
                         attempt
                     );
-                    tracing::error!(parent: &span, reason, "dead-lettering");
+                    tracing::error!(parent: span, reason, "dead-lettering");
                     metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead")
                         .increment(1);
-                    processor.audit(&envelope, "dead", None).await;
+                    processor.audit(envelope, "dead", None).await;
                     dead_letter(
                         processor, publisher, topology, &delivery, headers, &reason, false,
                     )
@@ -324,7 +459,7 @@ async fn handle(
         Outcome::Wait(error) => {
             let wait = retry::waits(delivery.properties.headers().as_ref()).saturating_add(1);
             let delay = retry::wait_delay(&processor.config.retry_schedule_secs, wait);
-            tracing::warn!(parent: &span, error, wait, delay_secs = delay, "a dependency is unavailable; the job waits");
+            tracing::warn!(parent: span, error, wait, delay_secs = delay, "a dependency is unavailable; the job waits");
             metrics::counter!("jobs_total", "kind" => kind, "outcome" => "waiting").increment(1);
             let mut headers = retry::with_history(
                 delivery.properties.headers().as_ref(),
@@ -333,10 +468,10 @@ async fn handle(
                 &format!("waiting: {error}"),
             );
             headers.insert(retry::WAITS_HEADER.into(), AMQPValue::LongUInt(wait));
-            later(publisher, topology, &delivery, &envelope, delay, headers).await;
+            later(publisher, topology, &delivery, envelope, delay, headers).await;
         }
         Outcome::Dead(reason) => {
-            tracing::error!(parent: &span, reason, "permanent failure; dead-lettering");
+            tracing::error!(parent: span, reason, "permanent failure; dead-lettering");
             metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead").increment(1);
             let headers = retry::with_history(
                 delivery.properties.headers().as_ref(),

@@ -1,6 +1,7 @@
 //! The mail-worker service: consumes mail jobs from RabbitMQ, decides what to send, renders
 //! text + HTML emails and delivers them over SMTP with retries, backoff and dead letters.
 
+pub mod audit_log;
 pub mod config;
 pub mod consumer;
 pub mod dlq;

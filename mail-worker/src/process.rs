@@ -6,7 +6,6 @@ use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use lettre::message::Mailbox;
 use shared::{
-    audit::AuditEvent,
     clock::Clock,
     email,
     keys::{Keys, pseudonym},
@@ -18,6 +17,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
+    audit_log::{AuditLog, AuditRow},
     config::Config,
     mailer::{Mailer, Outgoing, SendError},
     recipient_budget::{self, RecipientBudget},
@@ -72,10 +72,12 @@ pub struct Processor {
     pub clock: Arc<dyn Clock>,
     /// How many emails one recipient may get per window, all kinds together.
     pub budget: RecipientBudget,
+    /// Where the audit rows of decisions go (written in groups).
+    pub audit_log: AuditLog,
 }
 
 /// What a job asks for, after the lookups.
-enum Plan {
+pub enum Plan {
     Send {
         to: String,
         draft: Draft,
@@ -92,7 +94,7 @@ enum Plan {
 /// Links are minted only once the recipient's budget has let the email through: minting
 /// bumps the account's token generation, which kills the links it already holds, and a
 /// refused email must not leave its owner with none.
-enum Draft {
+pub enum Draft {
     /// Nothing left to mint.
     Ready(EmailContent),
     /// A reset link for this account.
@@ -121,11 +123,14 @@ impl Draft {
     }
 }
 
-/// A failure of a dependency while planning: always worth a retry.
-#[derive(Debug, thiserror::Error)]
-enum Unavailable {
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+/// What a job needs looked up before it can be planned.
+enum Lookup {
+    /// Decided without the database.
+    Ready(Plan),
+    /// The account with this address key, if any.
+    ByEmailKey(String),
+    /// The account with this id, if any.
+    ById(Uuid),
 }
 
 impl Processor {
@@ -133,8 +138,59 @@ impl Processor {
         self.redis.keys()
     }
 
-    /// Handles one job end to end (without acking; that is the consumer's business).
-    pub async fn process(&self, job: &Envelope) -> Outcome {
+    /// Plans a batch of jobs with one database statement for all their lookups. A job whose
+    /// lookup failed gets `Err` with the reason: it waits (see [`Outcome::Wait`]).
+    pub async fn plan(&self, jobs: &[&Envelope]) -> Vec<Result<Plan, String>> {
+        let lookups: Vec<Lookup> = jobs.iter().map(|job| self.lookup(job)).collect();
+        let email_keys: Vec<&str> = lookups
+            .iter()
+            .filter_map(|l| match l {
+                Lookup::ByEmailKey(key) => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        let ids: Vec<Uuid> = lookups
+            .iter()
+            .filter_map(|l| match l {
+                Lookup::ById(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let found = store::lookup(&self.db, &email_keys, &ids)
+            .await
+            .map_err(|e| format!("database: {e}"));
+        lookups
+            .into_iter()
+            .zip(jobs)
+            .map(|(lookup, job)| {
+                let found = |matches: &dyn Fn(&Recipient) -> bool| {
+                    found
+                        .as_ref()
+                        .map(|users| users.iter().find(|u| matches(u)))
+                        .map_err(Clone::clone)
+                };
+                match lookup {
+                    Lookup::Ready(plan) => Ok(plan),
+                    Lookup::ByEmailKey(key) => {
+                        found(&|u| u.email_key == key).map(|user| self.decide(job, user))
+                    }
+                    Lookup::ById(id) => found(&|u| u.id == id).map(|user| self.decide(job, user)),
+                }
+            })
+            .collect()
+    }
+
+    /// Carries out a plan: a dropped job is audited; an email is counted against its
+    /// recipient's budget, its link minted, rendered and sent (without acking; that is the
+    /// consumer's business).
+    pub async fn deliver(&self, job: &Envelope, plan: Plan) -> Outcome {
+        let (to, draft, user) = match plan {
+            Plan::Drop { reason, user } => {
+                self.audit(job, reason, user).await;
+                return Outcome::Dropped(reason);
+            }
+            Plan::Send { to, draft, user } => (to, draft, user),
+        };
         let sent_key = self.keys().job_sent(job.id);
         match self
             .redis
@@ -150,22 +206,6 @@ impl Processor {
             Ok(false) => {}
             Err(e) => return Outcome::Wait(format!("idempotency check: {e}")),
         }
-        if job.is_stale(self.clock.now()) {
-            // Its link would be dead or its news old; sending it would only confuse.
-            self.audit(job, "stale", None).await;
-            return Outcome::Dropped("stale");
-        }
-        let plan = match self.plan(job).await {
-            Ok(plan) => plan,
-            Err(e) => return Outcome::Wait(e.to_string()),
-        };
-        let (to, draft, user) = match plan {
-            Plan::Drop { reason, user } => {
-                self.audit(job, reason, user).await;
-                return Outcome::Dropped(reason);
-            }
-            Plan::Send { to, draft, user } => (to, draft, user),
-        };
         // Mail goes to the normalised address (ASCII domain), also for accounts stored before
         // domains were normalised to that form.
         let to = email::normalize(&to).map_or(to, |a| a.address().to_owned());
@@ -216,105 +256,134 @@ impl Processor {
         }
     }
 
-    async fn plan(&self, job: &Envelope) -> Result<Plan, Unavailable> {
+    /// What `job` needs looked up, or its plan when it needs nothing.
+    fn lookup(&self, job: &Envelope) -> Lookup {
+        if job.is_stale(self.clock.now()) {
+            // Its link would be dead or its news old; sending it would only confuse.
+            return Lookup::Ready(Plan::Drop {
+                reason: "stale",
+                user: None,
+            });
+        }
         let base = &self.config.public_base_url;
-        Ok(match &job.job {
+        match &job.job {
             Job::PasswordResetRequested {
                 email,
                 within_budget,
-                ip,
+                ..
             } => {
                 if !within_budget {
-                    return Ok(Plan::Drop {
+                    return Lookup::Ready(Plan::Drop {
                         reason: "dropped_over_budget",
                         user: None,
                     });
                 }
-                let Ok(address) = email::normalize(email) else {
-                    return Ok(Plan::Drop {
+                match email::normalize(email) {
+                    Ok(address) => Lookup::ByEmailKey(address.key().to_owned()),
+                    Err(_) => Lookup::Ready(Plan::Drop {
                         reason: "dropped_invalid_address",
                         user: None,
-                    });
-                };
-                match store::by_email_key(&self.db, address.key()).await? {
-                    Some(user) => Plan::Send {
-                        to: user.email.clone(),
-                        user: Some(user.id),
-                        draft: Draft::PasswordReset {
-                            recipient: user,
-                            requested_from_ip: checked_ip(ip.as_deref()),
-                        },
-                    },
-                    None if self.config.notify_unknown_recipients => Plan::Send {
-                        to: address.address().to_owned(),
-                        draft: Draft::Ready(EmailContent::NoAccount {
-                            sign_up_url: format!("{base}/"),
-                        }),
-                        user: None,
-                    },
-                    None => Plan::Drop {
-                        reason: "dropped_unknown",
-                        user: None,
-                    },
+                    }),
                 }
             }
-            Job::EmailVerification { user_id, .. } => match store::by_id(&self.db, *user_id).await?
-            {
-                Some(user) if !user.email_verified => Plan::Send {
-                    to: user.email.clone(),
-                    user: Some(user.id),
-                    draft: Draft::EmailVerification { recipient: user },
-                },
-                Some(user) => Plan::Drop {
-                    reason: "dropped_already_verified",
-                    user: Some(user.id),
-                },
-                None => Plan::Drop {
-                    reason: "dropped_unknown",
-                    user: Some(*user_id),
-                },
-            },
-            Job::AccountExistsNotice { email } => Plan::Send {
+            Job::EmailVerification { user_id, .. } | Job::PasswordChanged { user_id, .. } => {
+                Lookup::ById(*user_id)
+            }
+            Job::AccountExistsNotice { email } => Lookup::Ready(Plan::Send {
                 to: email.clone(),
                 draft: Draft::Ready(EmailContent::AccountExists {
                     sign_in_url: format!("{base}/"),
                     forgot_password_url: format!("{base}/forgot-password"),
                 }),
                 user: None,
+            }),
+        }
+    }
+
+    /// The plan of a job that needed an account looked up, given what was found.
+    fn decide(&self, job: &Envelope, found: Option<&Recipient>) -> Plan {
+        let base = &self.config.public_base_url;
+        match (&job.job, found) {
+            (Job::PasswordResetRequested { ip, .. }, Some(user)) => Plan::Send {
+                to: user.email.clone(),
+                user: Some(user.id),
+                draft: Draft::PasswordReset {
+                    recipient: user.clone(),
+                    requested_from_ip: checked_ip(ip.as_deref()),
+                },
             },
-            Job::PasswordChanged {
-                user_id,
-                password_version,
-                ip,
-                ..
-            } => match store::by_id(&self.db, *user_id).await? {
-                // The notice goes to the address on file now, and only if the change it
-                // announces happened: a later change does not make it untrue; an undone one
-                // (its version is listed as undone; the undo moved the version forward) does.
-                Some(user)
-                    if user.password_version >= *password_version
-                        && !user.undone_password_versions.contains(password_version) =>
-                {
-                    Plan::Send {
-                        to: user.email.clone(),
-                        draft: Draft::Ready(EmailContent::PasswordChanged {
-                            changed_at: job.created_at,
-                            from_ip: checked_ip(ip.as_deref()),
-                            forgot_password_url: format!("{base}/forgot-password"),
+            (Job::PasswordResetRequested { email, .. }, None)
+                if self.config.notify_unknown_recipients =>
+            {
+                match email::normalize(email) {
+                    Ok(address) => Plan::Send {
+                        to: address.address().to_owned(),
+                        draft: Draft::Ready(EmailContent::NoAccount {
+                            sign_up_url: format!("{base}/"),
                         }),
-                        user: Some(user.id),
-                    }
+                        user: None,
+                    },
+                    Err(_) => Plan::Drop {
+                        reason: "dropped_invalid_address",
+                        user: None,
+                    },
                 }
-                Some(user) => Plan::Drop {
-                    reason: "dropped_rolled_back",
-                    user: Some(user.id),
-                },
-                None => Plan::Drop {
-                    reason: "dropped_unknown",
-                    user: Some(*user_id),
+            }
+            (Job::EmailVerification { .. }, Some(user)) if !user.email_verified => Plan::Send {
+                to: user.email.clone(),
+                user: Some(user.id),
+                draft: Draft::EmailVerification {
+                    recipient: user.clone(),
                 },
             },
-        })
+            (Job::EmailVerification { .. }, Some(user)) => Plan::Drop {
+                reason: "dropped_already_verified",
+                user: Some(user.id),
+            },
+            // The notice goes to the address on file now, and only if the change it announces
+            // happened: a later change does not make it untrue; an undone one (its version is
+            // listed as undone; the undo moved the version forward) does.
+            (
+                Job::PasswordChanged {
+                    password_version,
+                    ip,
+                    ..
+                },
+                Some(user),
+            ) if user.password_version >= *password_version
+                && !user.undone_password_versions.contains(password_version) =>
+            {
+                Plan::Send {
+                    to: user.email.clone(),
+                    draft: Draft::Ready(EmailContent::PasswordChanged {
+                        changed_at: job.created_at,
+                        from_ip: checked_ip(ip.as_deref()),
+                        forgot_password_url: format!("{base}/forgot-password"),
+                    }),
+                    user: Some(user.id),
+                }
+            }
+            (Job::PasswordChanged { .. }, Some(user)) => Plan::Drop {
+                reason: "dropped_rolled_back",
+                user: Some(user.id),
+            },
+            (
+                Job::EmailVerification { user_id, .. } | Job::PasswordChanged { user_id, .. },
+                None,
+            ) => Plan::Drop {
+                reason: "dropped_unknown",
+                user: Some(*user_id),
+            },
+            (Job::PasswordResetRequested { .. }, None) => Plan::Drop {
+                reason: "dropped_unknown",
+                user: None,
+            },
+            // Never looked up (decided in `lookup`).
+            (Job::AccountExistsNotice { .. }, _) => Plan::Drop {
+                reason: "dropped_unknown",
+                user: None,
+            },
+        }
     }
 
     /// Counts the email to `to` against the recipient's budget. `None` when it may go out;
@@ -444,27 +513,30 @@ impl Processor {
 
     /// Writes the audit row of a final decision. Audit failures are logged, not retried: the
     /// email's fate must not depend on the audit table.
-    pub async fn audit(&self, job: &Envelope, outcome: &str, user: Option<Uuid>) {
+    pub async fn audit(&self, job: &Envelope, outcome: &'static str, user: Option<Uuid>) {
+        self.audit_log
+            .record([self.audit_row(job, outcome, user)])
+            .await;
+    }
+
+    /// The audit row of a final decision about `job`.
+    pub fn audit_row(&self, job: &Envelope, outcome: &'static str, user: Option<Uuid>) -> AuditRow {
         let (address, ip) = match &job.job {
-            Job::PasswordResetRequested { email, ip, .. } => (Some(email.as_str()), ip.as_deref()),
+            Job::PasswordResetRequested { email, ip, .. } => (email.as_str(), ip.as_deref()),
             Job::EmailVerification { email, .. } | Job::AccountExistsNotice { email } => {
-                (Some(email.as_str()), None)
+                (email.as_str(), None)
             }
-            Job::PasswordChanged { email, ip, .. } => (Some(email.as_str()), ip.as_deref()),
+            Job::PasswordChanged { email, ip, .. } => (email.as_str(), ip.as_deref()),
         };
-        let address_hash = address
-            .and_then(|a| email::normalize(a).ok())
-            .map(|a| pseudonym(self.config.pseudonym_secret(), "email", a.key()));
-        let event = AuditEvent {
+        AuditRow {
             action: job.job.kind(),
             outcome,
             user_id: user,
             ip: ip.and_then(|ip| ip.parse::<IpAddr>().ok()),
-            address_hash: address_hash.as_deref(),
-            request_id: job.trace.request_id.as_deref(),
-        };
-        if let Err(e) = shared::audit::record_on(&self.db, &event).await {
-            tracing::error!(job_id = %job.id, error = %e, "could not write audit row");
+            address_hash: email::normalize(address)
+                .ok()
+                .map(|a| pseudonym(self.config.pseudonym_secret(), "email", a.key())),
+            request_id: job.trace.request_id.clone(),
         }
     }
 }
@@ -499,6 +571,7 @@ mod tests {
         assert!(!changed.counts_against_recipient_budget());
         let recipient = || Recipient {
             id: Uuid::nil(),
+            email_key: "ann@example.org".into(),
             email: "ann@example.org".into(),
             password_version: 1,
             email_verified: false,

@@ -83,6 +83,7 @@ impl Worker {
         };
         let processor = Arc::new(Processor {
             config: config.clone(),
+            audit_log: crate::audit_log::AuditLog::start(db.clone()),
             db,
             redis,
             tokens,
@@ -132,6 +133,7 @@ impl Worker {
             topology: self.topology.clone(),
             processor: self.processor.clone(),
             concurrency: self.config.concurrency,
+            prefetch: self.config.prefetch,
             shutdown_timeout: self.config.shutdown_timeout,
             dead_letter_retention_days: self.config.dead_letter_retention_days,
             connected: self.http.consuming.clone(),

@@ -7,6 +7,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Recipient {
     pub id: Uuid,
+    /// The case-folded address key the account is found by.
+    pub email_key: String,
     pub email: String,
     pub password_version: i32,
     pub email_verified: bool,
@@ -14,29 +16,23 @@ pub struct Recipient {
     pub undone_password_versions: Vec<i32>,
 }
 
-const COLUMNS: &str = "id, email, password_version, email_verified_at IS NOT NULL AS email_verified, \
-     undone_password_versions";
-
-/// Looks an account up by its case-folded address key.
-pub async fn by_email_key(db: &PgPool, email_key: &str) -> Result<Option<Recipient>, sqlx::Error> {
-    shared::db::fetch_optional(
-        db,
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM users WHERE email_key = $1"
-        )))
-        .bind(email_key),
+/// Every account whose address key is in `email_keys` or whose id is in `ids`, with one
+/// statement (a batch of jobs is looked up at once).
+pub async fn lookup(
+    db: &PgPool,
+    email_keys: &[&str],
+    ids: &[Uuid],
+) -> Result<Vec<Recipient>, sqlx::Error> {
+    if email_keys.is_empty() && ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let query = sqlx::query_as(
+        "SELECT id, email_key, email, password_version, \
+                email_verified_at IS NOT NULL AS email_verified, undone_password_versions \
+         FROM users WHERE email_key = ANY($1) OR id = ANY($2)",
     )
-    .await
-}
-
-/// Looks an account up by id.
-pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<Recipient>, sqlx::Error> {
-    shared::db::fetch_optional(
-        db,
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM users WHERE id = $1"
-        )))
-        .bind(id),
-    )
-    .await
+    .bind(email_keys)
+    .bind(ids)
+    .persistent(shared::db::named_statements());
+    shared::db::pinned(db, async |c| query.fetch_all(c).await).await
 }

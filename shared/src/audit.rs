@@ -25,6 +25,35 @@ pub async fn record_on(db: &sqlx::PgPool, e: &AuditEvent<'_>) -> Result<(), sqlx
     session.finish().await
 }
 
+/// Appends many audit rows with one statement (one round trip and, outside a transaction,
+/// one commit for all of them).
+pub async fn record_many(db: &sqlx::PgPool, events: &[AuditEvent<'_>]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let actions: Vec<&str> = events.iter().map(|e| e.action).collect();
+    let outcomes: Vec<&str> = events.iter().map(|e| e.outcome).collect();
+    let users: Vec<Option<Uuid>> = events.iter().map(|e| e.user_id).collect();
+    let ips: Vec<Option<IpNet>> = events.iter().map(|e| e.ip.map(IpNet::from)).collect();
+    let hashes: Vec<Option<&str>> = events.iter().map(|e| e.address_hash).collect();
+    let request_ids: Vec<Option<&str>> = events.iter().map(|e| e.request_id).collect();
+    crate::db::execute(
+        db,
+        sqlx::query(
+            "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::inet[], $5::text[], $6::text[])",
+        )
+        .bind(actions)
+        .bind(outcomes)
+        .bind(users)
+        .bind(ips)
+        .bind(hashes)
+        .bind(request_ids),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Appends an audit row.
 pub async fn record(db: impl PgExecutor<'_>, e: &AuditEvent<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(

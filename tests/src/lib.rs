@@ -254,10 +254,25 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// Where service processes started from now on write their output, instead of into the
+/// memory of this process (see [`log_services_to`]).
+static LOG_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sends the output of every service process started from now on to a file in `dir`, read
+/// back only when asked for: a benchmark then does not pay for collecting the services' log
+/// lines (an access-log line per request) in its own process.
+pub fn log_services_to(dir: std::path::PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&dir)?;
+    let _ = LOG_DIR.set(dir);
+    Ok(())
+}
+
 /// A running service process whose JSON log lines are collected.
 pub struct ServiceProcess {
     pub child: tokio::process::Child,
-    pub lines: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// The file the output goes to, when it is not collected (see [`log_services_to`]).
+    log_file: Option<std::path::PathBuf>,
     readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -274,11 +289,23 @@ impl ServiceProcess {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().cloned())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn()?;
         let lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(dir) = LOG_DIR.get() {
+            let name = binary.file_name().unwrap_or_default().to_string_lossy();
+            let path = dir.join(format!("{name}-{}.log", unique_id()));
+            let file = std::fs::File::create(&path)?;
+            cmd.stdout(file.try_clone()?).stderr(file);
+            return Ok(Self {
+                child: cmd.spawn()?,
+                lines,
+                log_file: Some(path),
+                readers: Vec::new(),
+            });
+        }
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn()?;
         let mut readers = Vec::new();
         let out = child.stdout.take().expect("piped stdout");
         let err = child.stderr.take().expect("piped stderr");
@@ -299,12 +326,18 @@ impl ServiceProcess {
         Ok(Self {
             child,
             lines,
+            log_file: None,
             readers,
         })
     }
 
     /// Everything the process printed so far.
     pub fn output(&self) -> Vec<String> {
+        if let Some(path) = &self.log_file {
+            return std::fs::read_to_string(path)
+                .map(|text| text.lines().map(str::to_owned).collect())
+                .unwrap_or_default();
+        }
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
     }
 

@@ -56,6 +56,10 @@ async fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!(USAGE),
     };
 
+    // The services' log lines (one per request) go to files, not through this process.
+    let logs = std::path::PathBuf::from("artifacts/bench/logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    e2e::log_services_to(logs)?;
     let started = Instant::now();
     let load_before = util::load_average();
     let mut rows: Vec<Row> = Vec::new();
