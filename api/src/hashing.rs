@@ -379,6 +379,25 @@ impl Threads {
     }
 }
 
+/// The nice value of the hashing threads. A hash is 20 ms of CPU, every other request well
+/// under a millisecond: while hashing keeps the cores busy, the scheduler gives the runtime's
+/// threads (and the processes beside the api) the cores first, so a flood of sign-ins or
+/// resets does not hold up forgot-password answers. Hashing still gets every cycle nothing
+/// else wants, and at least about a tenth of a core each while something else runs.
+const HASHING_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`HASHING_NICE`] (on Linux a thread
+/// has its own nice value). Only lowering is asked for, which needs no privilege; where it
+/// fails the thread keeps the normal priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASHING_NICE)
+    {
+        tracing::warn!(error = %e, "could not lower the hashing threads' priority");
+    }
+}
+
 /// One hashing thread: its queue, its memory, and its place on the idle list.
 struct HashingThread {
     index: usize,
@@ -392,6 +411,7 @@ struct HashingThread {
 impl HashingThread {
     /// Runs jobs until every `Hasher` is gone; frees the buffer after `idle_release` without.
     fn serve(mut self) {
+        lower_priority();
         loop {
             let next = if self.memory.is_held() {
                 self.jobs.recv_timeout(self.idle_release)
@@ -560,6 +580,45 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
+    }
+
+    /// The nice value of every thread of this process named `name`, from `/proc`.
+    #[cfg(target_os = "linux")]
+    fn nice_of_threads(name: &str) -> Vec<i64> {
+        let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+        tasks
+            .filter_map(|task| {
+                let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+                // `pid (comm) state ...`: the name is in parentheses, nice is field 19.
+                let (head, rest) = stat.rsplit_once(") ")?;
+                let comm = head.split_once(" (")?.1;
+                (comm == name).then(|| rest.split(' ').nth(16)?.parse().ok())?
+            })
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_runs_at_a_lower_priority_than_the_runtime() {
+        let h = Hasher::new(params(64, 1), 1).expect("hasher");
+        h.hash_for(ME, "correct horse".into()).await.expect("hash");
+        // Other tests' hashers may run threads of the same name; each is lowered too.
+        let nice = nice_of_threads("argon2-0");
+        assert!(!nice.is_empty(), "no hashing thread found");
+        assert!(
+            nice.iter().all(|&n| n == i64::from(HASHING_NICE)),
+            "{nice:?}"
+        );
+        let runtime = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        let nice: i64 = runtime
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(16)?.parse().ok())
+            .expect("nice field");
+        assert!(
+            nice < i64::from(HASHING_NICE),
+            "the runtime thread runs at {nice}"
+        );
+        drop(h);
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ pub mod outbox;
 pub mod password_policy;
 pub mod publisher;
 pub mod rate_limit;
+pub mod request_metrics;
 pub mod routes;
 pub mod sessions;
 pub mod startup;

@@ -43,9 +43,21 @@ use crate::{
 /// Largest request body accepted (JSON bodies here are well under 2 KiB).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// Everything a handler needs; cheap to clone.
+/// Everything a handler needs, behind one `Arc`: a request clones one pointer, not every
+/// handle. Its fields are reached through `Deref` (`state.db`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The handles and settings of one api process (see [`AppState`]).
+pub struct Services {
     pub config: Arc<Config>,
     pub db: PgPool,
     pub redis: RedisPool,
@@ -123,7 +135,7 @@ impl Application {
         let hasher = Hasher::new(config.argon2, config.hash_concurrency)?
             .with_per_client(config.hash_per_client);
 
-        let state = AppState {
+        let state = AppState(Arc::new(Services {
             sessions: Sessions::new(redis.clone(), config.session_ttl),
             limiter: RateLimiter::new(
                 redis.clone(),
@@ -148,7 +160,7 @@ impl Application {
             redis,
             schema_ready,
             config: Arc::new(config),
-        };
+        }));
         let listener = TcpListener::bind(state.config.bind)
             .await
             .with_context(|| format!("cannot bind API_BIND={}", state.config.bind))?;
@@ -392,31 +404,24 @@ impl utoipa::Modify for SessionAuth {
 
 /// One log line and the request metrics per request. Logs the route pattern, never the URI:
 /// query strings may carry tokens.
-async fn track(request: Request, next: Next) -> Response {
+async fn track(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let request_id = request
-        .headers()
-        .get("x-request-id")
+    // Shared handles, not copies: the pattern and the header value are reference-counted.
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let request_id = request.headers().get("x-request-id").cloned();
+    let request_id = request_id
+        .as_ref()
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let client_request_id = request
-        .extensions()
-        .get::<ClientRequestId>()
-        .map_or_else(String::new, |c| c.0.clone());
+        .unwrap_or("");
+    let client_request_id = request.extensions_mut().remove::<ClientRequestId>();
+    let client_request_id = client_request_id.as_ref().map_or("", |c| c.0.as_str());
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     let code = response.extensions().get::<ErrorCode>().map_or("", |c| c.0);
-    metrics::counter!("http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "method" => method.to_string(), "route" => route.clone())
-        .record(elapsed.as_secs_f64());
+    crate::request_metrics::record(route, &method, status, elapsed.as_secs_f64());
     tracing::info!(
         request_id,
         client_request_id,

@@ -130,6 +130,13 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
+        let settling = Arc::new(Settling {
+            processor: self.processor.clone(),
+            publisher: publisher.clone(),
+            topology: self.topology.clone(),
+            in_flight: in_flight.clone(),
+            stop: stop.clone(),
+        });
         let mut expiry_tick = tokio::time::interval(Duration::from_secs(3600));
         self.connected.store(true, Ordering::SeqCst);
         tracing::info!(queue = %self.topology.jobs_queue(), prefetch, "consuming");
@@ -195,14 +202,8 @@ impl Consumer {
                                 None => break,
                             }
                         }
-                        let batch = Batch {
-                            processor: self.processor.clone(),
-                            publisher: publisher.clone(),
-                            topology: self.topology.clone(),
-                            in_flight: in_flight.clone(),
-                            stop: stop.clone(),
-                        };
-                        tasks.spawn(async move { batch.handle(deliveries_now).await });
+                        let settling = settling.clone();
+                        tasks.spawn(async move { settling.handle(deliveries_now).await });
                         while tasks.try_join_next().is_some() {}
                         if let Some(e) = ended {
                             break Err(e);
@@ -232,7 +233,12 @@ async fn archive(db: &sqlx::PgPool, delivery: Delivery) {
     let mut pause = Duration::from_millis(500);
     loop {
         match crate::dlq::archive(db, &delivery).await {
-            Ok(()) => return ack(&delivery).await,
+            Ok(()) => {
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(error = %e, "ack failed; the dead letter will be stored again");
+                }
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64,
                     "could not store a dead letter; it stays in the queue until stored");
@@ -271,8 +277,8 @@ async fn report_depth(channel: &Channel, topology: &Topology) {
     }
 }
 
-/// What one batch of deliveries needs to be decided and settled.
-struct Batch {
+/// What deciding and settling the jobs of one broker session needs (shared by its batches).
+struct Settling {
     processor: Arc<Processor>,
     publisher: Republisher,
     topology: Topology,
@@ -289,10 +295,10 @@ struct Job {
     envelope: Envelope,
 }
 
-impl Batch {
+impl Settling {
     /// Decides the deliveries together and settles each: the jobs that send nothing are
-    /// audited with one statement and acknowledged; the others send, `concurrency` at most
-    /// at a time, and are settled one by one.
+    /// audited with one statement and acknowledged at once; the others send, `concurrency`
+    /// at most at a time, and are settled one by one.
     async fn handle(&self, deliveries: Vec<Delivery>) {
         let mut jobs = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
@@ -322,11 +328,14 @@ impl Batch {
             }
         }
         let drop_all = async {
+            if dropped.is_empty() {
+                return;
+            }
             let rows = dropped
                 .iter()
                 .map(|(job, reason, user)| self.processor.audit_row(&job.envelope, reason, *user));
             self.processor.audit_log.record(rows).await;
-            futures_util::future::join_all(dropped.iter().map(|(job, reason, _)| {
+            for (job, reason, _) in &dropped {
                 let envelope = &job.envelope;
                 tracing::info!(job_id = %envelope.id, kind = envelope.job.kind(),
                     attempt = envelope.attempt,
@@ -334,9 +343,11 @@ impl Batch {
                     outcome = reason, "job done");
                 metrics::counter!("jobs_total", "kind" => envelope.job.kind(), "outcome" => *reason)
                     .increment(1);
-                ack(&job.delivery)
-            }))
-            .await;
+            }
+            // Acked each on its own, all at once (a `multiple` ack, tried, cost the broker more:
+            // it can only be sent once every earlier delivery is settled).
+            futures_util::future::join_all(dropped.iter().map(|(job, ..)| ack(&job.delivery)))
+                .await;
         };
         let send_all = futures_util::future::join_all(
             others.into_iter().map(|(job, plan)| self.send(job, plan)),
@@ -369,16 +380,7 @@ impl Batch {
             }
             Err(wait) => Outcome::Wait(wait),
         };
-        settle(
-            &self.processor,
-            &self.publisher,
-            &self.topology,
-            &span,
-            delivery,
-            &envelope,
-            outcome,
-        )
-        .await;
+        self.settle(&span, &delivery, &envelope, outcome).await;
     }
 
     /// Never crash, never loop: an undecodable job goes to the dead letters as is.
@@ -391,157 +393,189 @@ impl Batch {
         metrics::counter!("jobs_total", "kind" => "undecodable", "outcome" => "dead").increment(1);
         let reason = format!("undecodable: {error}");
         let headers = delivery.properties.headers().clone().unwrap_or_default();
-        dead_letter(
-            &self.processor,
-            &self.publisher,
-            &self.topology,
-            &delivery,
-            headers,
-            &reason,
-            true,
-        )
-        .await;
+        self.dead_letter(&delivery, headers, &reason, true).await;
     }
-}
 
-/// Settles one delivery after its job's outcome: ack, or re-publish to a delay queue or the
-/// dead letters first.
-async fn settle(
-    processor: &Processor,
-    publisher: &Republisher,
-    topology: &Topology,
-    span: &tracing::Span,
-    delivery: Delivery,
-    envelope: &Envelope,
-    outcome: Outcome,
-) {
-    let kind = envelope.job.kind();
-    match &outcome {
-        Outcome::Sent | Outcome::Dropped(_) => {
-            tracing::info!(parent: span, outcome = outcome.label(), "job done");
-            metrics::counter!("jobs_total", "kind" => kind, "outcome" => outcome.label())
-                .increment(1);
-            ack(&delivery).await;
-        }
-        Outcome::Retry(error) => {
-            let attempt = envelope.attempt + 1;
-            let headers = retry::with_history(
-                delivery.properties.headers().as_ref(),
-                attempt,
-                processor.clock.now(),
-                error,
-            );
-            match retry::delay_for(&processor.config.retry_schedule_secs, attempt) {
-                Some(delay) => {
-                    tracing::warn!(parent: span, error, delay_secs = delay, "delivery failed; will retry");
-                    metrics::counter!("jobs_total", "kind" => kind, "outcome" => "retried")
-                        .increment(1);
-                    let mut next = envelope.clone();
-                    next.attempt = attempt;
-                    later(publisher, topology, &delivery, &next, delay, headers).await;
-                }
-                None => {
-                    let reason = format!(
-                        "retries exhausted after {} attempts; last error: {error}",
-                        attempt
-                    );
-                    tracing::error!(parent: span, reason, "dead-lettering");
-                    metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead")
-                        .increment(1);
-                    processor.audit(envelope, "dead", None).await;
-                    dead_letter(
-                        processor, publisher, topology, &delivery, headers, &reason, false,
-                    )
-                    .await;
+    /// Settles one delivery after its job's outcome: ack, or re-publish to a delay queue or
+    /// the dead letters first.
+    async fn settle(
+        &self,
+        span: &tracing::Span,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        outcome: Outcome,
+    ) {
+        let processor = &self.processor;
+        let kind = envelope.job.kind();
+        match &outcome {
+            Outcome::Sent | Outcome::Dropped(_) => {
+                tracing::info!(parent: span, outcome = outcome.label(), "job done");
+                metrics::counter!("jobs_total", "kind" => kind, "outcome" => outcome.label())
+                    .increment(1);
+                ack(delivery).await;
+            }
+            Outcome::Retry(error) => {
+                let attempt = envelope.attempt + 1;
+                let headers = retry::with_history(
+                    delivery.properties.headers().as_ref(),
+                    attempt,
+                    processor.clock.now(),
+                    error,
+                );
+                match retry::delay_for(&processor.config.retry_schedule_secs, attempt) {
+                    Some(delay) => {
+                        tracing::warn!(parent: span, error, delay_secs = delay, "delivery failed; will retry");
+                        metrics::counter!("jobs_total", "kind" => kind, "outcome" => "retried")
+                            .increment(1);
+                        let mut next = envelope.clone();
+                        next.attempt = attempt;
+                        self.later(delivery, &next, delay, headers).await;
+                    }
+                    None => {
+                        let reason = format!(
+                            "retries exhausted after {attempt} attempts; last error: {error}"
+                        );
+                        tracing::error!(parent: span, reason, "dead-lettering");
+                        metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead")
+                            .increment(1);
+                        processor.audit(envelope, "dead", None).await;
+                        self.dead_letter(delivery, headers, &reason, false).await;
+                    }
                 }
             }
-        }
-        Outcome::Wait(error) => {
-            let wait = retry::waits(delivery.properties.headers().as_ref()).saturating_add(1);
-            let delay = retry::wait_delay(&processor.config.retry_schedule_secs, wait);
-            tracing::warn!(parent: span, error, wait, delay_secs = delay, "a dependency is unavailable; the job waits");
-            metrics::counter!("jobs_total", "kind" => kind, "outcome" => "waiting").increment(1);
-            let mut headers = retry::with_history(
-                delivery.properties.headers().as_ref(),
-                envelope.attempt,
-                processor.clock.now(),
-                &format!("waiting: {error}"),
-            );
-            headers.insert(retry::WAITS_HEADER.into(), AMQPValue::LongUInt(wait));
-            later(publisher, topology, &delivery, envelope, delay, headers).await;
-        }
-        Outcome::Dead(reason) => {
-            tracing::error!(parent: span, reason, "permanent failure; dead-lettering");
-            metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead").increment(1);
-            let headers = retry::with_history(
-                delivery.properties.headers().as_ref(),
-                envelope.attempt + 1,
-                processor.clock.now(),
-                reason,
-            );
-            dead_letter(
-                processor, publisher, topology, &delivery, headers, reason, false,
-            )
-            .await;
+            Outcome::Wait(error) => {
+                let wait = retry::waits(delivery.properties.headers().as_ref()).saturating_add(1);
+                let delay = retry::wait_delay(&processor.config.retry_schedule_secs, wait);
+                tracing::warn!(parent: span, error, wait, delay_secs = delay, "a dependency is unavailable; the job waits");
+                metrics::counter!("jobs_total", "kind" => kind, "outcome" => "waiting")
+                    .increment(1);
+                let mut headers = retry::with_history(
+                    delivery.properties.headers().as_ref(),
+                    envelope.attempt,
+                    processor.clock.now(),
+                    &format!("waiting: {error}"),
+                );
+                headers.insert(retry::WAITS_HEADER.into(), AMQPValue::LongUInt(wait));
+                self.later(delivery, envelope, delay, headers).await;
+            }
+            Outcome::Dead(reason) => {
+                tracing::error!(parent: span, reason, "permanent failure; dead-lettering");
+                metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead").increment(1);
+                let headers = retry::with_history(
+                    delivery.properties.headers().as_ref(),
+                    envelope.attempt + 1,
+                    processor.clock.now(),
+                    reason,
+                );
+                self.dead_letter(delivery, headers, reason, false).await;
+            }
         }
     }
-}
 
-/// Parks `next` in the delay queue of `delay` seconds (jittered), then settles the delivery.
-async fn later(
-    publisher: &Republisher,
-    topology: &Topology,
-    delivery: &Delivery,
-    next: &Envelope,
-    delay: u64,
-    headers: FieldTable,
-) {
-    let properties = delivery
-        .properties
-        .clone()
-        .with_expiration(retry::jittered_expiration_ms(delay).to_string().into());
-    let ok = publish(
-        publisher,
-        topology,
-        &Topology::retry_routing_key(delay),
-        &next.encode(),
-        &properties,
-        headers,
-    )
-    .await;
-    settle_published(delivery, ok, false).await;
-}
+    /// Parks `next` in the delay queue of `delay` seconds (jittered), then settles the
+    /// delivery.
+    async fn later(&self, delivery: &Delivery, next: &Envelope, delay: u64, headers: FieldTable) {
+        let properties = delivery
+            .properties
+            .clone()
+            .with_expiration(retry::jittered_expiration_ms(delay).to_string().into());
+        let ok = self
+            .publish(
+                &Topology::retry_routing_key(delay),
+                &next.encode(),
+                &properties,
+                headers,
+            )
+            .await;
+        self.settle_published(delivery, ok, false).await;
+    }
 
-/// Moves the delivery's original body to `mail.dead` with the reason and time added to
-/// `headers`, then settles the delivery.
-async fn dead_letter(
-    processor: &Processor,
-    publisher: &Republisher,
-    topology: &Topology,
-    delivery: &Delivery,
-    mut headers: FieldTable,
-    reason: &str,
-    undecodable: bool,
-) {
-    let reason: String = reason.chars().take(1000).collect();
-    headers.insert(
-        retry::DEAD_REASON_HEADER.into(),
-        AMQPValue::LongString(LongString::from(reason)),
-    );
-    headers.insert(
-        retry::DEAD_AT_HEADER.into(),
-        AMQPValue::LongString(LongString::from(processor.clock.now().to_rfc3339())),
-    );
-    let ok = publish(
-        publisher,
-        topology,
-        DEAD_ROUTING_KEY,
-        &delivery.data,
-        &delivery.properties,
-        headers,
-    )
-    .await;
-    settle_published(delivery, ok, undecodable).await;
+    /// Moves the delivery's original body to `mail.dead` with the reason and time added to
+    /// `headers`, then settles the delivery.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        mut headers: FieldTable,
+        reason: &str,
+        undecodable: bool,
+    ) {
+        let reason: String = reason.chars().take(1000).collect();
+        headers.insert(
+            retry::DEAD_REASON_HEADER.into(),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        headers.insert(
+            retry::DEAD_AT_HEADER.into(),
+            AMQPValue::LongString(LongString::from(self.processor.clock.now().to_rfc3339())),
+        );
+        let ok = self
+            .publish(
+                DEAD_ROUTING_KEY,
+                &delivery.data,
+                &delivery.properties,
+                headers,
+            )
+            .await;
+        self.settle_published(delivery, ok, undecodable).await;
+    }
+
+    /// Publishes to the mail exchange and waits for the confirm. `true` when the broker has
+    /// it.
+    async fn publish(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: &BasicProperties,
+        headers: FieldTable,
+    ) -> bool {
+        let properties = properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        let result = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+            self.publisher
+                .channel
+                .basic_publish(
+                    self.topology.mail_exchange().into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        })
+        .await;
+        match result {
+            Ok(Ok(Confirmation::Ack(None))) => true,
+            other => {
+                tracing::error!(routing_key, result = ?other.map(|r| r.map(|c| c.is_ack())), "re-publish not confirmed");
+                self.publisher.broken.notify_one();
+                false
+            }
+        }
+    }
+
+    /// Acks once the re-publish is confirmed. Otherwise the job goes back to the queue (it
+    /// will be tried again); an undecodable one is rejected instead, so the queue's
+    /// dead-letter exchange takes it and it cannot loop.
+    async fn settle_published(&self, delivery: &Delivery, published: bool, undecodable: bool) {
+        if published {
+            ack(delivery).await;
+        } else if undecodable {
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        } else {
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
+    }
 }
 
 /// The channel retries and dead letters are re-published on, with confirms. A publish that
@@ -552,64 +586,6 @@ async fn dead_letter(
 struct Republisher {
     channel: Channel,
     broken: Arc<tokio::sync::Notify>,
-}
-
-/// Publishes to the mail exchange and waits for the confirm. `true` when the broker has it.
-async fn publish(
-    publisher: &Republisher,
-    topology: &Topology,
-    routing_key: &str,
-    body: &[u8],
-    properties: &BasicProperties,
-    headers: FieldTable,
-) -> bool {
-    let properties = properties
-        .clone()
-        .with_headers(headers)
-        .with_delivery_mode(2);
-    let result = tokio::time::timeout(CONFIRM_TIMEOUT, async {
-        publisher
-            .channel
-            .basic_publish(
-                topology.mail_exchange().into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await?
-            .await
-    })
-    .await;
-    match result {
-        Ok(Ok(Confirmation::Ack(None))) => true,
-        other => {
-            tracing::error!(routing_key, result = ?other.map(|r| r.map(|c| c.is_ack())), "re-publish not confirmed");
-            publisher.broken.notify_one();
-            false
-        }
-    }
-}
-
-/// Acks once the re-publish is confirmed. Otherwise the job goes back to the queue (it will
-/// be tried again); an undecodable one is rejected instead, so the queue's dead-letter
-/// exchange takes it and it cannot loop.
-async fn settle_published(delivery: &Delivery, published: bool, undecodable: bool) {
-    if published {
-        ack(delivery).await;
-    } else if undecodable {
-        let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-    } else {
-        let _ = delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await;
-    }
 }
 
 async fn ack(delivery: &Delivery) {
