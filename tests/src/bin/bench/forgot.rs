@@ -12,9 +12,9 @@ use crate::{
     util::{self, env_num, ms},
 };
 
-const FORGOT: &str = "/v1/password/forgot";
+pub const FORGOT: &str = "/v1/password/forgot";
 /// Connections (and raw publishing tasks) at saturation.
-const CONCURRENCY: usize = 64;
+pub const CONCURRENCY: usize = 64;
 
 pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let mut env = StackEnv::new().await?;
@@ -190,7 +190,7 @@ pub fn rss_row(what: &str, mib: f64) -> Row {
 }
 
 /// Bodies with addresses no other request uses (`<prefix>-<conn>-<seq>@example.org`).
-fn forgot_bodies(prefix: String) -> load::BodyFn {
+pub fn forgot_bodies(prefix: String) -> load::BodyFn {
     Arc::new(move |c, seq| {
         Some(format!(r#"{{"email":"{prefix}-{c}-{seq}@example.org"}}"#).into_bytes())
     })

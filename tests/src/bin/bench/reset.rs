@@ -40,6 +40,7 @@ pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // share one client gets of them.
     env.set("HASH_PER_CLIENT", &RESET_CONNECTIONS.to_string());
     env.set("RUST_LOG", &util::log_filter());
+    util::apply_overrides(&mut env);
     let result = measure(&env, &sink, rows).await;
     util::drop_database(&env).await;
     let _ = std::fs::remove_dir_all(&sink.dir);

@@ -252,6 +252,18 @@ pub fn ms(d: Duration) -> String {
 
 /// `RUST_LOG` of the services under test: the production default (`info`, one JSON line per
 /// request or job), unless `BENCH_RUST_LOG` says otherwise.
+/// Applies `BENCH_SERVICE_ENV` (`NAME=value,NAME=value`) to the services a section starts,
+/// after the section's own settings: for trying a setting (e.g. `HASH_CONCURRENCY=1`) on the
+/// same load without a rebuild.
+pub fn apply_overrides(env: &mut StackEnv) {
+    let overrides = std::env::var("BENCH_SERVICE_ENV").unwrap_or_default();
+    for pair in overrides.split(',').filter(|p| !p.trim().is_empty()) {
+        if let Some((name, value)) = pair.split_once('=') {
+            env.set(name.trim(), value.trim());
+        }
+    }
+}
+
 pub fn log_filter() -> String {
     std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into())
 }
