@@ -37,8 +37,16 @@ const LATENCY_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// How often the recorder folds recorded histogram samples into its buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder, installed on first use (tests build several
 /// services in one process; they share it).
+///
+/// The recorder keeps every histogram sample until it is folded into the buckets, which a
+/// scrape does, or the upkeep this starts on a thread of its own every [`UPKEEP_EVERY`].
+/// Without it a process nobody scrapes grows by every request's samples (measured: the api
+/// at 3,000 requests/s went from 69 to 106 MiB in four minutes).
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -46,11 +54,24 @@ pub fn prometheus() -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets(&LATENCY_BUCKETS)
                 .expect("bucket list is not empty");
-            match builder.install_recorder() {
+            let handle = match builder.install_recorder() {
                 Ok(handle) => handle,
                 // Another recorder is installed (an embedding program): keep ours private.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            };
+            let upkeep = handle.clone();
+            let started = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "could not start the metrics upkeep; only scrapes will fold histogram samples");
             }
+            handle
         })
         .clone()
 }
