@@ -1,7 +1,9 @@
-//! The AMQP side: consume `mail.jobs` with manual acks and bounded prefetch, run up to
-//! `WORKER_CONCURRENCY` jobs at once, and settle each delivery only after its effect is done:
-//! the SMTP server accepted the email, or the job was re-published (confirmed) to a delay
-//! queue or to `mail.dead`. Reconnects by itself; stops consuming on shutdown and lets
+//! The AMQP side: consume `mail.jobs` with manual acks and a prefetch of `WORKER_PREFETCH`,
+//! decide the jobs delivered together as one batch (one lookup; the ones that send nothing
+//! audited with one statement and acked at once), send up to `WORKER_CONCURRENCY` of the
+//! others at a time, and settle each delivery only after its effect is done: the SMTP server
+//! accepted the email, the job was dropped and audited, or it was re-published (confirmed) to
+//! a delay queue or to `mail.dead`. Reconnects by itself; stops consuming on shutdown and lets
 //! in-flight sends finish.
 
 use std::{

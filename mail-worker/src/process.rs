@@ -1,6 +1,7 @@
-//! Deciding what a job means and doing it: look the recipient up, count the email against
-//! the recipient's budget, mint the link, render, send. Returns an [`Outcome`]; the consumer
-//! turns it into ack, retry or dead letter.
+//! Deciding what a job means and doing it: look the recipients of a batch up at once
+//! ([`Processor::plan`]), then per email count it against the recipient's budget, mint the
+//! link, render, send ([`Processor::deliver`]). Returns an [`Outcome`]; the consumer turns it
+//! into ack, retry or dead letter.
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
