@@ -363,9 +363,10 @@ impl Settling {
         let span = tracing::info_span!("job", job_id = %envelope.id, kind = envelope.job.kind(), attempt = envelope.attempt,
             request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
             traceparent = envelope.trace.traceparent.as_deref().unwrap_or(""));
-        // The permit is held until the job is settled, so the drain at shutdown waits for it.
+        // A send slot; given back as soon as the SMTP server answered, so recording the
+        // delivery and settling it do not hold a connection's turn.
         let mut stop = self.stop.clone();
-        let _permit = tokio::select! {
+        let permit = tokio::select! {
             biased;
             _ = stop.wait_for(|stopped| *stopped) => return,
             permit = self.in_flight.acquire() => match permit {
@@ -375,10 +376,19 @@ impl Settling {
         };
         let outcome = match plan {
             Ok(plan) => {
-                self.processor
+                let user = match &plan {
+                    Plan::Send { user, .. } | Plan::Drop { user, .. } => *user,
+                };
+                let outcome = self
+                    .processor
                     .deliver(&envelope, plan)
                     .instrument(span.clone())
-                    .await
+                    .await;
+                drop(permit);
+                if outcome == Outcome::Sent {
+                    self.processor.record_sent(&envelope, user).await;
+                }
+                outcome
             }
             Err(wait) => Outcome::Wait(wait),
         };

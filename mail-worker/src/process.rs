@@ -183,7 +183,8 @@ impl Processor {
 
     /// Carries out a plan: a dropped job is audited; an email is counted against its
     /// recipient's budget, its link minted, rendered and sent (without acking; that is the
-    /// consumer's business).
+    /// consumer's business). A sent email is recorded with [`Processor::record_sent`], which
+    /// the caller runs after giving its send slot back.
     pub async fn deliver(&self, job: &Envelope, plan: Plan) -> Outcome {
         let (to, draft, user) = match plan {
             Plan::Drop { reason, user } => {
@@ -244,11 +245,7 @@ impl Processor {
             .await;
         metrics::histogram!("smtp_send_duration_seconds").record(started.elapsed().as_secs_f64());
         match result {
-            Ok(()) => {
-                self.mark_sent(job.id).await;
-                self.audit(job, "sent", user).await;
-                Outcome::Sent
-            }
+            Ok(()) => Outcome::Sent,
             Err(SendError::Transient(e)) => Outcome::Retry(e),
             Err(SendError::Permanent(e)) => {
                 self.audit(job, "dead", user).await;
@@ -489,6 +486,12 @@ impl Processor {
         };
         let claims = Claims::for_job(user.id, user.password_version, generation, job);
         Ok(Some((self.tokens.sign(purpose, &claims, signed_at), left)))
+    }
+
+    /// Records a delivered email: the job's idempotency marker and its audit row.
+    pub async fn record_sent(&self, job: &Envelope, user: Option<Uuid>) {
+        self.mark_sent(job.id).await;
+        self.audit(job, "sent", user).await;
     }
 
     async fn mark_sent(&self, job: Uuid) {
