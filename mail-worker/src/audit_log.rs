@@ -12,6 +12,9 @@ use uuid::Uuid;
 
 /// Most rows written by one statement.
 const MAX_ROWS: usize = 512;
+/// Longest wait for one statement: a connection that hangs (no answer, no error) must not
+/// hold every job that waits for its audit row.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One audit row of the worker, owned so it can wait for the writer.
 #[derive(Debug, Clone)]
@@ -64,7 +67,17 @@ impl AuditLog {
             .into_iter()
             .filter_map(|row| {
                 let (written, wait) = oneshot::channel();
-                self.tx.send(Pending { row, written }).ok().map(|()| wait)
+                match self.tx.send(Pending { row, written }) {
+                    Ok(()) => Some(wait),
+                    Err(lost) => {
+                        tracing::error!(
+                            action = lost.0.row.action,
+                            outcome = lost.0.row.outcome,
+                            "the audit writer is gone; audit row not written"
+                        );
+                        None
+                    }
+                }
             })
             .collect();
         for wait in waits {
@@ -77,12 +90,20 @@ async fn write_loop(db: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) 
     let mut group = Vec::with_capacity(MAX_ROWS);
     while rx.recv_many(&mut group, MAX_ROWS).await > 0 {
         let events: Vec<AuditEvent<'_>> = group.iter().map(|p| p.row.event()).collect();
-        let result = shared::audit::record_many(&db, &events).await;
+        let result =
+            tokio::time::timeout(WRITE_TIMEOUT, shared::audit::record_many(&db, &events)).await;
         drop(events);
-        if let Err(e) = result {
-            tracing::error!(error = %e, rows = group.len(), "could not write audit rows");
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, rows = group.len(), "could not write audit rows");
+            }
+            Err(_) => tracing::error!(
+                rows = group.len(),
+                timeout_secs = WRITE_TIMEOUT.as_secs(),
+                "audit rows not confirmed in time; they may or may not be written"
+            ),
         }
-        metrics::histogram!("audit_rows_per_write").record(group.len() as f64);
         for pending in group.drain(..) {
             let _ = pending.written.send(());
         }

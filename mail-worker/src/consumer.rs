@@ -132,12 +132,13 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
+        let (ending, ending_rx) = watch::channel(false);
         let settling = Arc::new(Settling {
             processor: self.processor.clone(),
             publisher: publisher.clone(),
             topology: self.topology.clone(),
             in_flight: in_flight.clone(),
-            stop: stop.clone(),
+            ending: ending_rx,
         });
         let mut expiry_tick = tokio::time::interval(Duration::from_secs(3600));
         self.connected.store(true, Ordering::SeqCst);
@@ -216,7 +217,9 @@ impl Consumer {
                 },
             }
         };
-        // In-flight jobs need this connection to settle; keep it open until they are done.
+        // Jobs waiting for a send slot do not start any more; in-flight jobs need this
+        // connection to settle, so it stays open until they are done.
+        ending.send_replace(true);
         let _ = tokio::time::timeout(self.shutdown_timeout, async {
             while tasks.join_next().await.is_some() {}
         })
@@ -286,9 +289,10 @@ struct Settling {
     topology: Topology,
     /// One permit per SMTP send in flight.
     in_flight: Arc<Semaphore>,
-    /// Turns true at shutdown: jobs not yet started are left unacknowledged (the broker
-    /// gives them to another worker when this connection closes).
-    stop: watch::Receiver<bool>,
+    /// Turns true when the session ends (shutdown, or a broker failure): jobs not yet
+    /// started are left unacknowledged (the broker gives them to another worker when this
+    /// connection closes).
+    ending: watch::Receiver<bool>,
 }
 
 /// A delivery with its decoded job.
@@ -333,17 +337,33 @@ impl Settling {
             if dropped.is_empty() {
                 return;
             }
+            // A redelivered job may have been sent before its ack was lost: then it is a
+            // repeat (no audit row), not a new decision about an account that changed since.
+            let repeats = futures_util::future::join_all(dropped.iter().map(|(job, ..)| async {
+                job.delivery.redelivered
+                    && self
+                        .processor
+                        .already_sent(job.envelope.id)
+                        .await
+                        .unwrap_or(false)
+            }))
+            .await;
             let rows = dropped
                 .iter()
-                .map(|(job, reason, user)| self.processor.audit_row(&job.envelope, reason, *user));
+                .zip(&repeats)
+                .filter(|(_, repeat)| !**repeat)
+                .map(|((job, reason, user), _)| {
+                    self.processor.audit_row(&job.envelope, reason, *user)
+                });
             self.processor.audit_log.record(rows).await;
-            for (job, reason, _) in &dropped {
+            for ((job, reason, _), repeat) in dropped.iter().zip(&repeats) {
                 let envelope = &job.envelope;
+                let outcome = if *repeat { "duplicate" } else { *reason };
                 tracing::info!(job_id = %envelope.id, kind = envelope.job.kind(),
                     attempt = envelope.attempt,
                     request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
-                    outcome = reason, "job done");
-                metrics::counter!("jobs_total", "kind" => envelope.job.kind(), "outcome" => *reason)
+                    outcome, "job done");
+                metrics::counter!("jobs_total", "kind" => envelope.job.kind(), "outcome" => outcome)
                     .increment(1);
             }
             // Acked each on its own, all at once (a `multiple` ack, tried, cost the broker more:
@@ -363,35 +383,54 @@ impl Settling {
         let span = tracing::info_span!("job", job_id = %envelope.id, kind = envelope.job.kind(), attempt = envelope.attempt,
             request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
             traceparent = envelope.trace.traceparent.as_deref().unwrap_or(""));
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(wait) => {
+                return self
+                    .settle(&span, &delivery, &envelope, Outcome::Wait(wait))
+                    .await;
+            }
+        };
         // A send slot; given back as soon as the SMTP server answered, so recording the
         // delivery and settling it do not hold a connection's turn.
-        let mut stop = self.stop.clone();
-        let permit = tokio::select! {
-            biased;
-            _ = stop.wait_for(|stopped| *stopped) => return,
-            permit = self.in_flight.acquire() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let outcome = match plan {
-            Ok(plan) => {
-                let user = match &plan {
-                    Plan::Send { user, .. } | Plan::Drop { user, .. } => *user,
+        let (permit, plan) = match self.in_flight.try_acquire() {
+            Ok(permit) => (permit, plan),
+            Err(_) => {
+                let mut ending = self.ending.clone();
+                let permit = tokio::select! {
+                    biased;
+                    _ = ending.wait_for(|ending| *ending) => return,
+                    permit = self.in_flight.acquire() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
                 };
-                let outcome = self
-                    .processor
-                    .deliver(&envelope, plan)
-                    .instrument(span.clone())
-                    .await;
-                drop(permit);
-                if outcome == Outcome::Sent {
-                    self.processor.record_sent(&envelope, user).await;
+                // Waiting may have taken several sends' time: decide again on what the
+                // account is now (a newer password, a verified address, a stale job).
+                match self.processor.plan(&[&envelope]).await.pop() {
+                    Some(Ok(plan)) => (permit, plan),
+                    Some(Err(wait)) => {
+                        drop(permit);
+                        return self
+                            .settle(&span, &delivery, &envelope, Outcome::Wait(wait))
+                            .await;
+                    }
+                    None => return,
                 }
-                outcome
             }
-            Err(wait) => Outcome::Wait(wait),
         };
+        let user = match &plan {
+            Plan::Send { user, .. } | Plan::Drop { user, .. } => *user,
+        };
+        let outcome = self
+            .processor
+            .deliver(&envelope, plan)
+            .instrument(span.clone())
+            .await;
+        drop(permit);
+        if outcome == Outcome::Sent {
+            self.processor.record_sent(&envelope, user).await;
+        }
         self.settle(&span, &delivery, &envelope, outcome).await;
     }
 

@@ -193,17 +193,7 @@ impl Processor {
             }
             Plan::Send { to, draft, user } => (to, draft, user),
         };
-        let sent_key = self.keys().job_sent(job.id);
-        match self
-            .redis
-            .run(|mut c| async move {
-                redis::cmd("EXISTS")
-                    .arg(&sent_key)
-                    .query_async::<bool>(&mut c)
-                    .await
-            })
-            .await
-        {
+        match self.already_sent(job.id).await {
             Ok(true) => return Outcome::Dropped("duplicate"),
             Ok(false) => {}
             Err(e) => return Outcome::Wait(format!("idempotency check: {e}")),
@@ -486,6 +476,19 @@ impl Processor {
         };
         let claims = Claims::for_job(user.id, user.password_version, generation, job);
         Ok(Some((self.tokens.sign(purpose, &claims, signed_at), left)))
+    }
+
+    /// Whether the email of `job` was delivered already (its marker is set).
+    pub async fn already_sent(&self, job: Uuid) -> Result<bool, RedisError> {
+        let sent_key = self.keys().job_sent(job);
+        self.redis
+            .run(|mut c| async move {
+                redis::cmd("EXISTS")
+                    .arg(&sent_key)
+                    .query_async::<bool>(&mut c)
+                    .await
+            })
+            .await
     }
 
     /// Records a delivered email: the job's idempotency marker and its audit row.

@@ -542,3 +542,70 @@ async fn dead_letters_survive_being_listed_fifty_times_and_replay_delivers_every
     assert_eq!(delivered, expected, "each dead letter delivered once");
     assert!(dead_letters(&env).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_job_that_waited_for_a_send_slot_is_decided_on_the_account_as_it_is_then() {
+    let sink = SmtpSink::start().await.unwrap();
+    sink.set_mode(json!({ "delay_ms": 1500 })).await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    // One send at a time: the verification job below waits behind two slow notices, decided
+    // (as a send) with the rest of its batch before its turn comes.
+    env.set("WORKER_CONCURRENCY", "1");
+    let (_api, _) = env.start_api().await.unwrap();
+    let db = sqlx::PgPool::connect(&env.database_url).await.unwrap();
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO users (id, email, email_key, password_hash, password_version)
+         VALUES ($1, 'late@example.org', 'late@example.org', 'x', 1)",
+    )
+    .bind(id)
+    .execute(&db)
+    .await
+    .unwrap();
+    let mut jobs = notice_jobs("ahead", 2);
+    jobs.push(
+        shared::message::Envelope::new(
+            shared::message::Job::EmailVerification {
+                user_id: id,
+                email: "late@example.org".to_owned(),
+            },
+            chrono::Utc::now(),
+            chrono::Duration::hours(1),
+            "en",
+            shared::message::Trace::default(),
+        )
+        .encode(),
+    );
+    publish_raw_jobs(&env.topology(), &jobs).await.unwrap();
+    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    // While the first notice is being sent, the address gets verified (by a link of an
+    // earlier email, say): the queued verification email has become pointless.
+    let busy = e2e::poll_until(WAIT, || async {
+        let state = sink.state().await.ok()?;
+        (state["open_connections"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+    assert!(busy.is_some());
+    sqlx::query("UPDATE users SET email_verified_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let dropped = e2e::poll_until(WAIT, || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT outcome FROM audit_events WHERE user_id = $1 AND outcome = 'dropped_already_verified'",
+        )
+        .bind(id)
+        .fetch_optional(&db)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(dropped.is_some(), "the verification job was decided again");
+    let emails = sink.wait_for(2, WAIT).await;
+    assert_eq!(emails.len(), 2);
+    assert!(
+        emails.iter().all(|e| e.rcpt_to() != "late@example.org"),
+        "no verification email for a verified address"
+    );
+}
