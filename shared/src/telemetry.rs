@@ -13,7 +13,9 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `LOG_FORMAT=pretty` gives human-readable lines for local
 /// work; anything else gives one JSON object per line, which is what log pipelines expect.
+/// `.env` is loaded first, so `RUST_LOG` and `LOG_FORMAT` written there apply too.
 pub fn init(default_filter: &str) {
+    let _ = dotenvy::dotenv();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let pretty = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("pretty"));

@@ -69,6 +69,37 @@ async fn bad_configuration_fails_at_start_naming_the_variable_and_the_fix() {
     );
 }
 
+#[test]
+fn log_settings_in_dot_env_apply_from_the_first_line() {
+    // A directory whose `.env` asks for human-readable logs, and a configuration error so
+    // the process logs one line and exits.
+    let dir = std::env::temp_dir().join(format!("pwr-dotenv-{}", e2e::unique_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        "LOG_FORMAT=pretty\nTOKEN_SECRETS=too-short\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(workspace_binary("api"))
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("TOKEN_SECRETS"),
+        "the configuration error: {text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.trim_start().starts_with('{')),
+        "JSON lines although .env asks for pretty ones: {text}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let mut env = StackEnv::new().await.unwrap();
