@@ -1,58 +1,79 @@
 //! `mail-worker` — consumes and delivers mail jobs;
-//! `mail-worker dlq list` / `mail-worker dlq replay [--id ID | --all]` — the dead letters.
+//! `mail-worker dlq list` / `mail-worker dlq replay (--id ID | --all)` — the dead letters.
 
+use clap::Parser as _;
 use mail_worker::{config::Config, dlq, startup::Worker};
+
+/// The mail worker: consumes mail jobs from RabbitMQ and delivers them over SMTP. Configured by
+/// the environment (and `.env`); every variable is listed in `.env.example`.
+#[derive(clap::Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Consume and deliver mail jobs (the default).
+    Serve,
+    /// The dead letters, kept in PostgreSQL.
+    #[command(subcommand)]
+    Dlq(Dlq),
+}
+
+#[derive(clap::Subcommand)]
+enum Dlq {
+    /// Print every dead letter as one JSON line (looking changes nothing).
+    List,
+    /// Put dead letters back on the work queue.
+    Replay {
+        /// The dead letter with this id.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // `--help`, `--version` and a wrong command are answered before any configuration is read.
+    let cli = Cli::parse();
     shared::telemetry::init("info");
     shared::tls::install_crypto_provider();
-    shared::telemetry::exit_code("mail-worker", run().await)
+    shared::telemetry::exit_code("mail-worker", run(cli).await)
 }
 
-const USAGE: &str =
-    "usage: mail-worker [serve] | mail-worker dlq list | mail-worker dlq replay (--id ID | --all)";
-
-async fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    let topology = || config.topology();
-    match args.as_slice() {
-        [] | ["serve"] => {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
             Worker::build(config.clone())
                 .await?
                 .run_until(shared::telemetry::shutdown_signal())
                 .await
         }
-        ["dlq", "list"] => {
+        Command::Dlq(Dlq::List) => {
             let db = dead_letter_db(&config).await?;
             let n = dlq::list(&db, &mut std::io::stdout().lock()).await?;
             eprintln!("{n} dead letter(s)");
             Ok(())
         }
-        ["dlq", "replay", "--all"] => {
+        Command::Dlq(Dlq::Replay { id, .. }) => {
             let db = dead_letter_db(&config).await?;
-            let n = dlq::replay(&db, &config.broker(), &topology(), &dlq::Selection::All).await?;
-            eprintln!("replayed {n} dead letter(s)");
-            Ok(())
-        }
-        ["dlq", "replay", "--id", id] => {
-            let db = dead_letter_db(&config).await?;
-            let n = dlq::replay(
-                &db,
-                &config.broker(),
-                &topology(),
-                &dlq::Selection::Id((*id).to_owned()),
-            )
-            .await?;
-            if n == 0 {
+            let selection = match &id {
+                Some(id) => dlq::Selection::Id(id.clone()),
+                None => dlq::Selection::All,
+            };
+            let n = dlq::replay(&db, &config.broker(), &config.topology(), &selection).await?;
+            if let (0, Some(id)) = (n, &id) {
                 anyhow::bail!("no dead letter with id {id}");
             }
             eprintln!("replayed {n} dead letter(s)");
             Ok(())
         }
-        _ => anyhow::bail!("{USAGE}"),
     }
 }
 

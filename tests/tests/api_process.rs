@@ -70,6 +70,33 @@ async fn bad_configuration_fails_at_start_naming_the_variable_and_the_fix() {
 }
 
 #[test]
+fn help_and_version_need_no_configuration() {
+    for (binary, args, expect) in [
+        ("api", &["--help"][..], "migrate"),
+        ("api", &["--version"][..], env!("CARGO_PKG_VERSION")),
+        ("mail-worker", &["dlq", "--help"][..], "replay"),
+        ("mail-worker", &["--version"][..], env!("CARGO_PKG_VERSION")),
+    ] {
+        let output = std::process::Command::new(workspace_binary(binary))
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{binary} {args:?}: {output:?}");
+        assert!(text.contains(expect), "{binary} {args:?}: {text}");
+    }
+    // A wrong command is refused with the usage, also before any configuration is read.
+    let output = std::process::Command::new(workspace_binary("mail-worker"))
+        .args(["dlq", "replay"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--id"));
+}
+
+#[test]
 fn log_settings_in_dot_env_apply_from_the_first_line() {
     // A directory whose `.env` asks for human-readable logs, and a configuration error so
     // the process logs one line and exits.
