@@ -10,6 +10,7 @@ use shared::{
     clock::Clock,
     email,
     keys::{Keys, pseudonym},
+    links,
     message::{Envelope, Job},
     redis_pool::{RedisError, RedisPool},
     token::{Claims, Purpose, TokenKeys},
@@ -281,7 +282,7 @@ impl Processor {
                 to: email.clone(),
                 draft: Draft::Ready(EmailContent::AccountExists {
                     sign_in_url: format!("{base}/"),
-                    forgot_password_url: format!("{base}/forgot-password"),
+                    forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
                 }),
                 user: None,
             }),
@@ -346,7 +347,7 @@ impl Processor {
                     draft: Draft::Ready(EmailContent::PasswordChanged {
                         changed_at: job.created_at,
                         from_ip: checked_ip(ip.as_deref()),
-                        forgot_password_url: format!("{base}/forgot-password"),
+                        forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
                     }),
                     user: Some(user.id),
                 }
@@ -406,7 +407,7 @@ impl Processor {
                 .mint(Purpose::PasswordReset, &recipient, job)
                 .await?
                 .map(|(token, left)| EmailContent::PasswordReset {
-                    link: format!("{base}/reset-password?token={token}"),
+                    link: links::with_token(base, links::RESET_PASSWORD_PATH, &token),
                     expires_in_minutes: left.div_ceil(60).max(1),
                     requested_from_ip,
                 }),
@@ -414,7 +415,7 @@ impl Processor {
                 .mint(Purpose::EmailVerify, &recipient, job)
                 .await?
                 .map(|(token, left)| EmailContent::EmailVerification {
-                    link: format!("{base}/verify-email?token={token}"),
+                    link: links::with_token(base, links::VERIFY_EMAIL_PATH, &token),
                     expires_in_hours: left.div_ceil(3600).max(1),
                 }),
         })

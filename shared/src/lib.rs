@@ -9,6 +9,7 @@ pub mod db;
 pub mod email;
 pub mod html;
 pub mod keys;
+pub mod links;
 pub mod message;
 pub mod redis_pool;
 pub mod telemetry;

@@ -423,7 +423,11 @@ impl StackEnv {
             .await
             .ok_or_else(|| anyhow::anyhow!("no verification email for {email}"))?;
         let link = verification
-            .link(&format!("{}/verify-email?token=", self.public_base_url))
+            .link(&shared::links::with_token(
+                &self.public_base_url,
+                shared::links::VERIFY_EMAIL_PATH,
+                "",
+            ))
             .ok_or_else(|| anyhow::anyhow!("no link in:\n{}", verification.text()))?;
         let r = http
             .post(format!("{verify_base}/v1/email/verify"))
@@ -453,7 +457,11 @@ impl StackEnv {
             .await
             .ok_or_else(|| anyhow::anyhow!("no reset email for {email}"))?;
         let link = email
-            .link(&format!("{}/reset-password?token=", self.public_base_url))
+            .link(&shared::links::with_token(
+                &self.public_base_url,
+                shared::links::RESET_PASSWORD_PATH,
+                "",
+            ))
             .ok_or_else(|| anyhow::anyhow!("no link in:\n{}", email.text()))?;
         Ok(token_of(&link))
     }

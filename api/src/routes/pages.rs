@@ -21,6 +21,7 @@ use axum::{
 };
 use minijinja::{Environment, context};
 use serde::Deserialize;
+use shared::links;
 
 use crate::{
     error::ApiError,
@@ -59,10 +60,19 @@ impl Pages {
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
-        .route("/forgot-password", get(forgot_form).post(forgot_submit))
-        .route("/reset-password", get(reset_form).post(reset_submit))
+        .route(
+            links::FORGOT_PASSWORD_PATH,
+            get(forgot_form).post(forgot_submit),
+        )
+        .route(
+            links::RESET_PASSWORD_PATH,
+            get(reset_form).post(reset_submit),
+        )
         .route("/reset-password/done", get(reset_done))
-        .route("/verify-email", get(verify_form).post(verify_submit))
+        .route(
+            links::VERIFY_EMAIL_PATH,
+            get(verify_form).post(verify_submit),
+        )
         .route("/assets/app.css", get(stylesheet))
         .route("/assets/clean-url.js", get(script))
         .layer(middleware::from_fn_with_state(
@@ -372,7 +382,7 @@ fn link_problem(state: &AppState, locale: &str, error: &ApiError) -> Response {
         &t(locale, "link_problem_title"),
         &t(locale, key),
         "error",
-        Some(("/forgot-password", &t(locale, "new_link"))),
+        Some((links::FORGOT_PASSWORD_PATH, &t(locale, "new_link"))),
     )
 }
 

@@ -182,7 +182,7 @@ pub async fn reset_links(
         anyhow::ensure!(status == 202, "forgot-password answered {status}");
     }
     util::wait_accepted(sink, before + n as u64, Duration::from_secs(120)).await?;
-    let link_prefix = format!("{base_url}/reset-password?token=");
+    let link_prefix = shared::links::with_token(base_url, shared::links::RESET_PASSWORD_PATH, "");
     sink.emails()
         .iter()
         .filter(|e| e.rcpt_to().contains(tag))
