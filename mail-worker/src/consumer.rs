@@ -339,15 +339,19 @@ impl Settling {
             }
             // A redelivered job may have been sent before its ack was lost: then it is a
             // repeat (no audit row), not a new decision about an account that changed since.
-            let repeats = futures_util::future::join_all(dropped.iter().map(|(job, ..)| async {
-                job.delivery.redelivered
-                    && self
-                        .processor
-                        .already_sent(job.envelope.id)
-                        .await
-                        .unwrap_or(false)
-            }))
-            .await;
+            let repeats = if dropped.iter().any(|(job, ..)| job.delivery.redelivered) {
+                futures_util::future::join_all(dropped.iter().map(|(job, ..)| async {
+                    job.delivery.redelivered
+                        && self
+                            .processor
+                            .already_sent(job.envelope.id)
+                            .await
+                            .unwrap_or(false)
+                }))
+                .await
+            } else {
+                vec![false; dropped.len()]
+            };
             let rows = dropped
                 .iter()
                 .zip(&repeats)
