@@ -13,7 +13,7 @@ export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.
 
 echo "[bench] building release binaries"
 SECONDS=0
-cargo build --release --locked -p api -p mail-worker -p e2e
+cargo build --release --locked -p api -p mail-worker -p bench
 echo "[bench] release build took ${SECONDS}s"
 
 # The measurements share the machine with whatever else runs; say so when it is busy.

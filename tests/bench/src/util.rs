@@ -229,7 +229,7 @@ pub fn load_average() -> String {
 
 /// Short commit id, with `+dirty` when the work tree has changes.
 pub fn commit() -> String {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let id = command_output("git", &["-C", root, "rev-parse", "--short", "HEAD"]);
     let dirty = !command_output(
         "git",

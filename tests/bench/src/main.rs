@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
         info.load_after
     );
     let markdown = report::markdown(&info, &rows);
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts/bench");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../artifacts/bench");
     std::fs::create_dir_all(&dir)?;
     let file = dir.canonicalize()?.join("latest.md");
     std::fs::write(&file, &markdown)?;

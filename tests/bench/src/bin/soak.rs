@@ -2,7 +2,7 @@
 //! against the release api and worker and the local services, reporting errors and memory.
 //!
 //! ```sh
-//! cargo build --release -p api -p mail-worker -p e2e
+//! cargo build --release -p api -p mail-worker -p bench
 //! ./target/release/soak            # 10 minutes; SOAK_SECS, SOAK_RATE to change
 //! ```
 //! The maximum is measured first (5 s of closed-loop load from 64 clients); the soak then
