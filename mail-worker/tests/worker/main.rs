@@ -1,0 +1,5 @@
+//! The worker's decisions and settlement, in-process against the real PostgreSQL, Redis,
+//! RabbitMQ and SMTP test server.
+
+mod helpers;
+mod outcomes;
