@@ -1,5 +1,6 @@
 //! `http_requests_total` and `http_request_duration_seconds`, with their handles registered
-//! once per route, method and status instead of looked up by label on every request.
+//! once per route, method and status instead of looked up by label on every request, and
+//! `http_requests_in_flight` (what a drain after SIGTERM waits for).
 
 use std::{
     collections::HashMap,
@@ -7,7 +8,26 @@ use std::{
 };
 
 use axum::http::Method;
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
+
+/// Requests being answered now, counted from their start to their end (or cancellation).
+pub struct InFlight(());
+
+static IN_FLIGHT: LazyLock<Gauge> = LazyLock::new(|| metrics::gauge!("http_requests_in_flight"));
+
+impl InFlight {
+    /// Counts a request in until the returned guard is dropped.
+    pub fn enter() -> Self {
+        IN_FLIGHT.increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.decrement(1.0);
+    }
+}
 
 /// Handles of one route.
 #[derive(Default)]

@@ -406,6 +406,7 @@ impl utoipa::Modify for SessionAuth {
 /// query strings may carry tokens.
 async fn track(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let _in_flight = crate::request_metrics::InFlight::enter();
     let method = request.method().clone();
     // Shared handles, not copies: the pattern and the header value are reference-counted.
     let route = request.extensions().get::<MatchedPath>().cloned();

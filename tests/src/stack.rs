@@ -41,6 +41,62 @@ pub async fn metrics_text(base: &str) -> String {
         .expect("metrics text")
 }
 
+/// A worker's `jobs_total` by outcome (all kinds together), from its `/metrics`.
+pub async fn job_outcomes(worker_base: &str) -> HashMap<String, u64> {
+    let mut outcomes = HashMap::new();
+    for line in metrics_text(worker_base).await.lines() {
+        let Some(rest) = line.strip_prefix("jobs_total{") else {
+            continue;
+        };
+        let (labels, value) = rest.split_once("} ").unwrap_or_default();
+        let outcome = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("outcome=\""))
+            .map(|o| o.trim_end_matches('"'));
+        if let (Some(outcome), Ok(n)) = (outcome, value.trim().parse::<f64>()) {
+            *outcomes.entry(outcome.to_owned()).or_default() += n as u64;
+        }
+    }
+    outcomes
+}
+
+/// Jobs the workers at `bases` settled for good (any outcome but a retry or a wait, which
+/// put the job back for later).
+pub async fn settled(bases: &[&str]) -> u64 {
+    let mut n = 0;
+    for base in bases {
+        n += job_outcomes(base)
+            .await
+            .iter()
+            .filter(|(outcome, _)| !matches!(outcome.as_str(), "retried" | "waiting"))
+            .map(|(_, n)| n)
+            .sum::<u64>();
+    }
+    n
+}
+
+/// Waits until the workers at `bases` together settled at least `n` jobs for good; returns
+/// how many they settled. Once a job is settled it is acknowledged: nothing more can come of it.
+pub async fn wait_settled(bases: &[&str], n: u64, timeout: Duration) -> u64 {
+    poll_until(timeout, || async {
+        let done = settled(bases).await;
+        (done >= n).then_some(done)
+    })
+    .await
+    .unwrap_or(settled(bases).await)
+}
+
+/// Waits until the worker at `base` counted at least `n` jobs with `outcome`; returns the count.
+pub async fn wait_outcome(base: &str, outcome: &str, n: u64, timeout: Duration) -> u64 {
+    let count = || async { job_outcomes(base).await.get(outcome).copied().unwrap_or(0) };
+    poll_until(timeout, || async {
+        let c = count().await;
+        (c >= n).then_some(c)
+    })
+    .await
+    .unwrap_or(count().await)
+}
+
 /// A running SMTP sink with its control API.
 pub struct SmtpSink {
     child: tokio::process::Child,
@@ -364,6 +420,55 @@ impl StackEnv {
         } else {
             topology
         }
+    }
+
+    /// The value of a variable of this stack.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Jobs ready in the work queue (not counting those a worker holds), asked of the first
+    /// broker of `AMQP_URL` that answers.
+    pub async fn ready_jobs(&self) -> anyhow::Result<u32> {
+        use lapin::options::QueueDeclareOptions;
+        let urls = self
+            .var("AMQP_URL")
+            .unwrap_or_default()
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .collect();
+        let broker = shared::amqp::Broker::new(urls, shared::tls::Trust::default());
+        let connection = broker.connect("e2e-count").await?;
+        let channel = connection.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                self.topology().jobs_queue().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        let _ = connection.close(200, "counted".into()).await;
+        Ok(queue.message_count())
+    }
+
+    /// Waits until the work queue holds nothing ready, then stops `worker` (SIGTERM: in-flight
+    /// sends finish, nothing new starts). From then on the worker sends nothing more: what
+    /// the SMTP server holds is final. Returns the jobs left ready in the queue.
+    pub async fn stop_when_idle(&self, worker: &mut ServiceProcess) -> anyhow::Result<u32> {
+        let idle = poll_until(Duration::from_secs(60), || async {
+            (self.ready_jobs().await.ok()? == 0).then_some(())
+        })
+        .await;
+        anyhow::ensure!(idle.is_some(), "the work queue never emptied");
+        let status = worker.terminate(Duration::from_secs(60)).await?;
+        anyhow::ensure!(status.success(), "the worker exited with {status:?}");
+        self.ready_jobs().await
     }
 
     /// Runs `api migrate` and starts the api; returns it with its base URL.

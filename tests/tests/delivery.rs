@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use e2e::{
     notice_jobs, publish_raw_jobs,
-    stack::{SmtpSink, StackEnv, tally},
+    stack::{SmtpSink, StackEnv, tally, wait_outcome, wait_settled},
 };
 use serde_json::{Value, json};
 
@@ -29,7 +29,7 @@ async fn a_temporary_failure_is_retried_on_schedule_and_delivered_exactly_once()
         .await
         .unwrap();
     let env = StackEnv::new().await.unwrap();
-    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let (_worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
     let started = std::time::Instant::now();
     publish_raw_jobs(&env.topology(), &notice_jobs("retry", 1))
         .await
@@ -45,7 +45,8 @@ async fn a_temporary_failure_is_retried_on_schedule_and_delivered_exactly_once()
     let state = sink.state().await.unwrap();
     assert_eq!(state["rejected_data"], 2);
     assert_eq!(state["accepted"], 1);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Settled (acknowledged) once sent: nothing more can come of it.
+    assert_eq!(wait_settled(&[&worker_http], 1, WAIT).await, 1);
     assert_eq!(sink.emails().len(), 1, "no second copy");
     assert!(dead_letters(&env).await.is_empty());
 }
@@ -120,12 +121,13 @@ async fn jobs_wait_out_an_smtp_outage_and_are_all_delivered() {
     let dir = sink.dir.clone();
     let mut env = StackEnv::new().await.unwrap();
     env.set("MAIL_RETRY_SCHEDULE_SECS", "1,2,3,5,10");
-    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let (_worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
     sink.stop().await;
     publish_raw_jobs(&env.topology(), &notice_jobs("outage", 20))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every job failed at least once against the stopped server.
+    assert!(wait_outcome(&worker_http, "retried", 20, WAIT).await >= 20);
     assert!(sink.emails().is_empty());
     let sink = SmtpSink::start_on(port, Some(dir)).await.unwrap();
     let emails = sink.wait_for(20, WAIT).await;
@@ -175,13 +177,13 @@ async fn two_workers_share_the_queue_and_deliver_every_job_once() {
     let sink = SmtpSink::start().await.unwrap();
     sink.set_mode(json!({ "delay_ms": 20 })).await.unwrap();
     let env = StackEnv::new().await.unwrap();
-    let (a, _) = env.start_worker(&sink.url()).await.unwrap();
-    let (b, _) = env.start_worker(&sink.url()).await.unwrap();
+    let (a, a_http) = env.start_worker(&sink.url()).await.unwrap();
+    let (b, b_http) = env.start_worker(&sink.url()).await.unwrap();
     publish_raw_jobs(&env.topology(), &notice_jobs("shared", 200))
         .await
         .unwrap();
     let emails = sink.wait_for(200, WAIT).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(wait_settled(&[&a_http, &b_http], 200, WAIT).await, 200);
     let counts = tally(&sink.emails());
     assert_eq!(counts.len(), 200);
     assert!(
@@ -222,9 +224,10 @@ async fn a_worker_killed_mid_flight_loses_nothing_when_restarted() {
         before_restart < 200,
         "the kill came too late to test anything"
     );
-    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let (mut restarted, _) = env.start_worker(&sink.url()).await.unwrap();
     let _ = sink.wait_for(200, WAIT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every job has gone out: once stopped, the worker can send no more.
+    env.stop_when_idle(&mut restarted).await.unwrap();
     let counts = tally(&sink.emails());
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     println!(
@@ -272,7 +275,11 @@ async fn the_worker_reconnects_to_rabbitmq_by_itself_and_loses_nothing() {
     publish_raw_jobs(&env.topology(), &notice_jobs("during", 10))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.ready_jobs().await.unwrap(),
+        10,
+        "they wait in the queue"
+    );
     assert_eq!(sink.emails().len(), 5);
 
     proxy.restore();
@@ -305,7 +312,6 @@ async fn sigterm_stops_consuming_finishes_in_flight_sends_and_exits_zero() {
     })
     .await;
     assert!(busy.is_some());
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let status = worker.terminate(Duration::from_secs(15)).await.unwrap();
     assert!(status.success(), "{status:?}: {:?}", worker.output());
     let delivered_by_first = sink.emails().len();
@@ -321,9 +327,9 @@ async fn sigterm_stops_consuming_finishes_in_flight_sends_and_exits_zero() {
     );
 
     sink.set_mode(json!({})).await.unwrap();
-    let (_next, _) = env.start_worker(&sink.url()).await.unwrap();
+    let (_next, next_http) = env.start_worker(&sink.url()).await.unwrap();
     let emails = sink.wait_for(10, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(wait_settled(&[&next_http], 6, WAIT).await, 6);
     let counts = tally(&sink.emails());
     assert_eq!(counts.len(), 10);
     assert_eq!(

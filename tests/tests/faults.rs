@@ -6,13 +6,12 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use e2e::{
     FaultProxy, QueueReader, notice_jobs, publish_raw_jobs,
-    stack::{SmtpSink, StackEnv, metrics_text, tally},
+    stack::{SmtpSink, StackEnv, metrics_text, tally, wait_outcome, wait_settled},
 };
 use serde_json::json;
 
@@ -82,7 +81,7 @@ async fn a_broker_restart_under_load_loses_no_accepted_request_and_doubles_none(
     let mut env = StackEnv::new().await.unwrap();
     env.set("AMQP_URL", &node.amqp_url());
     let (_api, base) = env.start_api().await.unwrap();
-    let (_worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
+    let (mut worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
     const N: usize = 500;
     seed_users(&env, "load", N).await;
 
@@ -133,7 +132,8 @@ async fn a_broker_restart_under_load_loses_no_accepted_request_and_doubles_none(
     // Every accepted request produced its email (the extra one for load0 included).
     let expected = accepted.len();
     let _ = sink.wait_for(expected, WAIT).await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // stragglers and duplicates
+    // Stragglers and duplicates: once the worker is stopped, what the server holds is final.
+    env.stop_when_idle(&mut worker).await.unwrap();
     let counts = tally(&sink.emails());
     let missing: Vec<_> = accepted
         .iter()
@@ -203,8 +203,8 @@ async fn jobs_wait_out_a_postgres_outage_instead_of_dead_lettering() {
             .unwrap();
         assert_eq!(r.status(), 202);
     }
-    // Long enough for every job to fail many times over the two-step schedule.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Every job waited more often than its two retries would have allowed.
+    assert!(wait_outcome(&worker_http, "waiting", 3 * 20, WAIT).await >= 3 * 20);
     assert_eq!(
         sink.emails().len(),
         0,
@@ -222,7 +222,7 @@ async fn jobs_wait_out_a_postgres_outage_instead_of_dead_lettering() {
 
     pg.restore();
     let emails = sink.wait_for(20, WAIT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(wait_settled(&[&worker_http], 20, WAIT).await, 20);
     let counts = tally(&sink.emails());
     assert_eq!(emails.len(), 20);
     assert_eq!(counts.len(), 20, "{counts:?}");
@@ -236,7 +236,7 @@ async fn a_slow_provider_gets_every_email_once() {
     let sink = SmtpSink::start().await.unwrap();
     sink.set_mode(json!({ "delay_ms": 10_000 })).await.unwrap();
     let env = StackEnv::new().await.unwrap();
-    let (_worker, _) = env
+    let (_worker, worker_http) = env
         .start_worker_with(&[
             ("MAIL_TRANSPORT", "smtp"),
             ("SMTP_URL", &sink.url()),
@@ -248,7 +248,7 @@ async fn a_slow_provider_gets_every_email_once() {
         .await
         .unwrap();
     let emails = sink.wait_for(24, WAIT).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(wait_settled(&[&worker_http], 24, WAIT).await, 24);
     let counts = tally(&sink.emails());
     assert_eq!(emails.len(), 24);
     assert_eq!(counts.len(), 24);
@@ -262,7 +262,7 @@ async fn a_provider_slower_than_the_timeout_is_retried_without_duplicates() {
     sink.set_mode(json!({ "delay_ms": 4_000 })).await.unwrap();
     let mut env = StackEnv::new().await.unwrap();
     env.set("MAIL_RETRY_SCHEDULE_SECS", "1,2,2,2,2");
-    let (_worker, _) = env
+    let (_worker, worker_http) = env
         .start_worker_with(&[
             ("MAIL_TRANSPORT", "smtp"),
             ("SMTP_URL", &sink.url()),
@@ -273,13 +273,13 @@ async fn a_provider_slower_than_the_timeout_is_retried_without_duplicates() {
     publish_raw_jobs(&env.topology(), &notice_jobs("timeout", 10))
         .await
         .unwrap();
-    // Every send times out meanwhile; the provider keeps nothing it never acknowledged.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Every send times out; the provider keeps nothing it never acknowledged.
+    assert!(wait_outcome(&worker_http, "retried", 10, WAIT).await >= 10);
     let state = sink.state().await.unwrap();
     assert_eq!(state["accepted"], 0, "{state}");
     sink.set_mode(json!({})).await.unwrap();
     let emails = sink.wait_for(10, WAIT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(wait_settled(&[&worker_http], 10, WAIT).await, 10);
     let counts = tally(&sink.emails());
     assert_eq!(emails.len(), 10);
     assert_eq!(counts.len(), 10);
@@ -308,7 +308,7 @@ async fn connection_resets_and_421_on_connect_are_retried_until_everything_is_de
         .await
         .unwrap();
     let emails = sink.wait_for(60, WAIT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(wait_settled(&[&worker_http], 60, WAIT).await, 60);
     let counts = tally(&sink.emails());
     let state = sink.state().await.unwrap();
     println!("resets and 421s: {state}");
@@ -346,21 +346,14 @@ async fn a_worker_killed_three_times_during_a_thousand_jobs_delivers_all_of_them
         killed_at.iter().all(|&n| n < N),
         "the kills came too late to test anything: {killed_at:?}"
     );
-    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
-    let counts = Arc::new(
-        e2e::poll_until(WAIT * 2, || async {
-            let counts = tally(&sink.emails());
-            (counts.len() >= N).then_some(counts)
-        })
-        .await
-        .unwrap_or_else(|| tally(&sink.emails())),
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let counts = if sink.emails().len() > counts.values().sum::<usize>() {
-        Arc::new(tally(&sink.emails()))
-    } else {
-        counts
-    };
+    let (mut last, _) = env.start_worker(&sink.url()).await.unwrap();
+    e2e::poll_until(WAIT * 2, || async {
+        (tally(&sink.emails()).len() >= N).then_some(())
+    })
+    .await;
+    // Repeats, if any: once the worker is stopped, what the server holds is final.
+    env.stop_when_idle(&mut last).await.unwrap();
+    let counts = tally(&sink.emails());
     let dups = duplicates(&counts);
     let (_, different) = repeats_are_identical(&sink);
     println!(
@@ -468,7 +461,7 @@ async fn a_cluster_node_killed_under_load_or_holding_waiting_retries_loses_no_ac
     env.set("AMQP_URL", &cluster.amqp_urls());
     env.set("MAIL_RETRY_SCHEDULE_SECS", "4");
     let (api, base) = env.start_api().await.unwrap();
-    let (worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
+    let (mut worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
     const N_LOAD: usize = 400;
     seed_users(&env, "node", N_LOAD + 1000).await;
     seed_users(&env, "retry", 20).await;
@@ -540,7 +533,8 @@ async fn a_cluster_node_killed_under_load_or_holding_waiting_retries_loses_no_ac
     );
     let recovered_at = started.elapsed();
     let _ = sink.wait_for(accepted.len(), WAIT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await; // stragglers and repeats
+    // Stragglers and repeats: once the worker is stopped, what the server holds is final.
+    env.stop_when_idle(&mut worker).await.unwrap();
     let counts = tally(&sink.emails());
     let missing: Vec<_> = accepted
         .iter()
@@ -636,7 +630,7 @@ async fn an_api_killed_between_the_commit_and_the_publish_of_a_reset_loses_neith
         &format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port()),
     );
     let (api, base) = env.start_api().await.unwrap();
-    let (worker, _) = env
+    let (mut worker, _) = env
         .start_worker_with(&[
             ("MAIL_TRANSPORT", "smtp"),
             ("SMTP_URL", &sink.url()),
@@ -696,7 +690,14 @@ async fn an_api_killed_between_the_commit_and_the_publish_of_a_reset_loses_neith
         .wait_for_email("ann@example.org", "password was changed", WAIT)
         .await;
     assert!(notice.is_some(), "no notice; worker: {:?}", worker.output());
-    tokio::time::sleep(Duration::from_secs(2)).await; // repeats, if any
+    // Repeats, if any: the relay is done once the outbox is empty, and once the worker is
+    // stopped, what the server holds is final.
+    let relayed = e2e::poll_until(WAIT, || async {
+        (outbox_rows(&env).await == 0).then_some(())
+    })
+    .await;
+    assert!(relayed.is_some(), "the outbox never emptied");
+    env.stop_when_idle(&mut worker).await.unwrap();
     let notices = sink
         .emails()
         .iter()

@@ -43,7 +43,7 @@ async fn whole_flow_and_exact_budgets(cluster: &RedisCluster, mut env: StackEnv)
     env.set("RATE_LIMIT_EMAIL_PER_HOUR", "3");
     let (api_a, base_a) = env.start_api().await.unwrap();
     let (api_b, base_b) = env.start_api().await.unwrap();
-    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let (worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
     let http = reqwest::Client::new();
     let post =
         |base: &str, path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
@@ -89,6 +89,7 @@ async fn whole_flow_and_exact_budgets(cluster: &RedisCluster, mut env: StackEnv)
 
     // Twelve forgot-password requests at once, split over both api processes: exactly the
     // address's budget of three goes out.
+    let settled_before = e2e::stack::settled(&[&worker_http]).await;
     let forgot = join_all((0..12).map(|i| {
         let base = if i % 2 == 0 { &base_a } else { &base_b };
         post(
@@ -113,7 +114,9 @@ async fn whole_flow_and_exact_budgets(cluster: &RedisCluster, mut env: StackEnv)
     })
     .await
     .expect("reset emails");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // All twelve jobs settled (three sent, nine over the budget): no other can come.
+    let settled = e2e::stack::wait_settled(&[&worker_http], settled_before + 12, WAIT).await;
+    assert_eq!(settled, settled_before + 12);
     let reset_emails: Vec<_> = sink
         .emails()
         .into_iter()

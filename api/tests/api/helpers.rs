@@ -10,7 +10,7 @@ use e2e::{QueueReader, Received};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use shared::{
-    clock::ManualClock,
+    clock::{Clock as _, ManualClock},
     keys::Keys,
     message::{Envelope, Job},
     token::{Claims, Purpose, TokenKeys},
@@ -320,7 +320,7 @@ impl TestApp {
         let mut redis = self.redis().await;
         let generation: i64 = redis::Script::new(shared::keys::NEXT_GENERATION_LUA)
             .key(self.keys.token_generation(user, purpose))
-            .arg(chrono::Utc::now().timestamp_millis())
+            .arg(self.clock.now().timestamp_millis())
             .arg(7_200_000)
             .invoke_async(&mut redis)
             .await
