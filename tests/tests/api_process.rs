@@ -12,7 +12,6 @@ async fn the_api_binary_migrates_serves_publishes_and_stops_cleanly_on_sigterm()
     let env = StackEnv::new().await.unwrap();
     // `api migrate` runs first, then the server (see StackEnv::start_api).
     let (mut process, base) = env.start_api().await.unwrap();
-    let metrics = StackEnv::api_metrics_base(&process).await.unwrap();
     let client = reqwest::Client::new();
     let ready = e2e::poll_until(Duration::from_secs(20), || async {
         let r = client.get(format!("{base}/readyz")).send().await.ok()?;
