@@ -433,13 +433,14 @@ impl StackEnv {
     /// Jobs ready in the work queue (not counting those a worker holds), asked of the first
     /// broker of `AMQP_URL` that answers.
     pub async fn ready_jobs(&self) -> anyhow::Result<u32> {
+        self.ready_jobs_on(self.var("AMQP_URL").unwrap_or_default())
+            .await
+    }
+
+    /// Like [`Self::ready_jobs`], asking the brokers of `amqp_urls` (comma-separated).
+    pub async fn ready_jobs_on(&self, amqp_urls: &str) -> anyhow::Result<u32> {
         use lapin::options::QueueDeclareOptions;
-        let urls = self
-            .var("AMQP_URL")
-            .unwrap_or_default()
-            .split(',')
-            .map(|u| u.trim().to_owned())
-            .collect();
+        let urls = amqp_urls.split(',').map(|u| u.trim().to_owned()).collect();
         let broker = shared::amqp::Broker::new(urls, shared::tls::Trust::default());
         let connection = broker.connect("e2e-count").await?;
         let channel = connection.create_channel().await?;

@@ -275,11 +275,9 @@ async fn the_worker_reconnects_to_rabbitmq_by_itself_and_loses_nothing() {
     publish_raw_jobs(&env.topology(), &notice_jobs("during", 10))
         .await
         .unwrap();
-    assert_eq!(
-        env.ready_jobs().await.unwrap(),
-        10,
-        "they wait in the queue"
-    );
+    // They wait in the queue (with any of the first five whose ack the cut lost).
+    let waiting = env.ready_jobs_on(&e2e::amqp_url()).await.unwrap();
+    assert!((10..=15).contains(&waiting), "{waiting} jobs waiting");
     assert_eq!(sink.emails().len(), 5);
 
     proxy.restore();

@@ -562,9 +562,10 @@ async fn a_cluster_node_killed_under_load_or_holding_waiting_retries_loses_no_ac
     let live = cluster.nodes[(victim + 1) % 3].amqp_url();
     assert_eq!(dead_letter_count(&env, Some(&live)).await, 0);
 
-    // 2. The killed node comes back; then the node leading the delay queue dies while every
-    // job of a batch waits there for its retry.
+    // 2. The killed node comes back, a new worker starts; then the node leading the delay
+    // queue dies while every job of a batch waits there for its retry.
     cluster.nodes[victim].restart().await.unwrap();
+    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
     sink.set_mode(json!({ "data_code": 451, "fail_times": 20 }))
         .await
         .unwrap();
