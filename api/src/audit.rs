@@ -4,21 +4,22 @@
 
 use std::net::IpAddr;
 
-use shared::audit::AuditEvent;
+use shared::audit::{Action, AuditEvent, Outcome};
 
 use crate::startup::AppState;
 
 /// Appends `event`, logging (not returning) a failure.
 pub async fn record(state: &AppState, event: &AuditEvent<'_>) {
     if let Err(e) = shared::audit::record_on(&state.db, event).await {
-        tracing::error!(error = %e, action = event.action, outcome = event.outcome, "could not write audit row");
+        tracing::error!(error = %e, action = %event.action, outcome = %event.outcome, "could not write audit row");
     }
 }
 
 /// How long one audit row stands for every refusal of the same (budget, IP, address).
 const REFUSAL_AUDIT_PERIOD_SECS: u64 = 60;
 
-/// Records a request refused by a rate limit: which budget (`label`), from which IP, and for
+/// Records a request refused by a rate limit: which budget (`budget`, the verdict's
+/// `refused_by`), from which IP, and for
 /// which address pseudonym when the request named one. A campaign against one account
 /// (credential stuffing from many IPs) thus leaves rows under that account's pseudonym,
 /// whether or not the account exists.
@@ -29,12 +30,13 @@ const REFUSAL_AUDIT_PERIOD_SECS: u64 = 60;
 /// every refusal. A marker in Redis (`SET NX EX`) decides; without Redis the row is skipped.
 pub async fn rate_limited(
     state: &AppState,
-    label: &'static str,
+    budget: Option<Outcome>,
     ip: IpAddr,
     address_hash: Option<&str>,
     request_id: Option<&str>,
 ) {
-    metrics::counter!("rate_limit_hits_total", "kind" => label).increment(1);
+    let label = budget.unwrap_or(Outcome::RateLimited);
+    metrics::counter!("rate_limit_hits_total", "kind" => label.as_str()).increment(1);
     let subject = format!("{label}\0{ip}\0{}", address_hash.unwrap_or(""));
     let fingerprint = shared::keys::pseudonym(state.config.pseudonym_secret(), "audit", &subject);
     let key = state.redis.keys().audit_mark(&fingerprint);
@@ -53,12 +55,10 @@ pub async fn rate_limited(
     record(
         state,
         &AuditEvent {
-            action: "rate_limited",
-            outcome: label,
             ip: Some(ip),
             address_hash,
             request_id,
-            ..AuditEvent::default()
+            ..AuditEvent::new(Action::RateLimited, label)
         },
     )
     .await;

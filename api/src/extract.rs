@@ -127,12 +127,10 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The language emails for this request are written in, from `Accept-Language`.
+/// The language emails for this request are written in, from `Accept-Language` (see
+/// [`shared::locale::Locale::negotiate`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Locale(pub &'static str);
-
-/// Locales the templates exist for; the first is the fallback.
-pub const LOCALES: [&str; 2] = ["en", "zh-CN"];
 
 impl<S: Send + Sync> FromRequestParts<S> for Locale {
     type Rejection = std::convert::Infallible;
@@ -143,38 +141,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Locale {
             .get(header::ACCEPT_LANGUAGE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        Ok(Locale(negotiate_locale(header)))
+        Ok(Locale(shared::locale::Locale::negotiate(header).as_str()))
     }
-}
-
-/// Picks the supported locale with the highest q-value (ties: the earlier entry).
-pub fn negotiate_locale(accept_language: &str) -> &'static str {
-    let mut best: Option<(f32, &'static str)> = None;
-    for item in accept_language.split(',').take(20) {
-        let mut parts = item.split(';');
-        let tag = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = parts
-            .find_map(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-            })
-            .unwrap_or(1.0);
-        let supported = if tag == "zh" || tag.starts_with("zh-") {
-            Some("zh-CN")
-        } else if tag == "en" || tag.starts_with("en-") {
-            Some("en")
-        } else {
-            None
-        };
-        if let Some(locale) = supported
-            && q > 0.0
-            && best.is_none_or(|(bq, _)| q > bq)
-        {
-            best = Some((q, locale));
-        }
-    }
-    best.map_or(LOCALES[0], |(_, l)| l)
 }
 
 /// The signed-in user, from `Authorization: Bearer …` or the session cookie.
@@ -284,16 +252,6 @@ mod tests {
             client_ip(ip("::ffff:127.0.0.1"), &xff("192.0.2.1"), &trusted),
             ip("192.0.2.1")
         );
-    }
-
-    #[test]
-    fn locale_negotiation_honours_q_values_and_falls_back_to_english() {
-        assert_eq!(negotiate_locale("zh-CN,zh;q=0.9,en;q=0.8"), "zh-CN");
-        assert_eq!(negotiate_locale("en-US,zh;q=0.5"), "en");
-        assert_eq!(negotiate_locale("fr-FR, zh-TW;q=0.3"), "zh-CN");
-        assert_eq!(negotiate_locale("de"), "en");
-        assert_eq!(negotiate_locale(""), "en");
-        assert_eq!(negotiate_locale("zh;q=0, en;q=0.1"), "en");
     }
 
     #[test]

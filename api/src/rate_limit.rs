@@ -17,6 +17,8 @@ use shared::keys::pseudonym;
 
 use shared::redis_pool::RedisPool;
 
+use shared::audit::Outcome;
+
 use crate::error::ApiError;
 
 /// One limit's verdict.
@@ -25,15 +27,15 @@ pub struct Verdict {
     pub allowed: bool,
     /// Seconds until the next request would be allowed (0 when allowed).
     pub retry_after_secs: u64,
-    /// Which budget refused (a stable label for metrics and audit rows); empty when allowed.
-    pub refused_by: &'static str,
+    /// Which budget refused (its label for metrics and audit rows); `None` when allowed.
+    pub refused_by: Option<Outcome>,
 }
 
 impl Verdict {
     const ALLOWED: Verdict = Verdict {
         allowed: true,
         retry_after_secs: 0,
-        refused_by: "",
+        refused_by: None,
     };
 }
 
@@ -83,7 +85,7 @@ pub struct Attempt {
 struct Check {
     key: String,
     limit: u32,
-    label: &'static str,
+    label: Outcome,
 }
 
 /// The limiter. Cheap to clone (the handlers' state is cloned for every request).
@@ -118,7 +120,7 @@ impl RateLimiter {
         pseudonym(&self.inner.secret, "email", email_key)
     }
 
-    fn ip_check(&self, action: &str, ip: IpAddr, limit: u32, label: &'static str) -> Check {
+    fn ip_check(&self, action: &str, ip: IpAddr, limit: u32, label: Outcome) -> Check {
         let subject = pseudonym(&self.inner.secret, "ip", &ip_subject(ip));
         Check {
             key: self.inner.redis.keys().rate_ip(action, &subject),
@@ -136,7 +138,7 @@ impl RateLimiter {
     ) -> Result<ForgotVerdict, ApiError> {
         let limits = &self.inner.limits;
         let checks = [
-            self.ip_check("forgot", ip, limits.forgot_ip, "forgot_ip"),
+            self.ip_check("forgot", ip, limits.forgot_ip, Outcome::ForgotIp),
             Check {
                 key: self
                     .inner
@@ -144,7 +146,7 @@ impl RateLimiter {
                     .keys()
                     .rate_email(&self.address_pseudonym(email_key)),
                 limit: limits.forgot_email,
-                label: "forgot_email",
+                label: Outcome::ForgotEmail,
             },
         ];
         let counted = self.count(&checks).await?;
@@ -184,17 +186,17 @@ impl RateLimiter {
             Check {
                 key: keys.rate_ip("login", &pair),
                 limit: limits.login_pair,
-                label: "login_pair",
+                label: Outcome::LoginPair,
             },
-            self.ip_check("login-ip", ip, limits.login_ip, "login_ip"),
+            self.ip_check("login-ip", ip, limits.login_ip, Outcome::LoginIp),
             Check {
                 key: keys.rate_ip("login-email", &address),
                 limit: limits.login_email,
-                label: "login_email",
+                label: Outcome::LoginEmail,
             },
         ];
         let (mut verdict, members) = self.all_or_nothing_counted(&checks).await?;
-        if verdict.refused_by == "login_email" {
+        if verdict.refused_by == Some(Outcome::LoginEmail) {
             verdict.retry_after_secs = limits.window.as_secs().max(1);
         }
         let attempt = Attempt {
@@ -216,7 +218,7 @@ impl RateLimiter {
 
     /// Counts a sign-up from this client IP (each one costs a hash and sends an email).
     pub async fn check_signup(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
-        let check = self.ip_check("signup", ip, self.inner.limits.signup_ip, "signup_ip");
+        let check = self.ip_check("signup", ip, self.inner.limits.signup_ip, Outcome::SignupIp);
         self.all_or_nothing(&[check]).await
     }
 
@@ -224,7 +226,7 @@ impl RateLimiter {
     /// this client IP: guessing or replaying links, and wrong passwords at verification, are
     /// bounded per client.
     pub async fn check_token(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
-        let check = self.ip_check("token", ip, self.inner.limits.token_ip, "token_ip");
+        let check = self.ip_check("token", ip, self.inner.limits.token_ip, Outcome::TokenIp);
         self.all_or_nothing(&[check]).await
     }
 
@@ -294,7 +296,7 @@ impl RateLimiter {
                 Verdict {
                     allowed: false,
                     retry_after_secs: (wait_ms.max(1) as u64).div_ceil(1000),
-                    refused_by: check.label,
+                    refused_by: Some(check.label),
                 }
             };
             Ok::<_, ApiError>((verdict, member))

@@ -20,9 +20,7 @@ use axum::{
     response::Response,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use shared::{
-    clock::Clock, keys::Keys, redis_pool::RedisPool, token::TokenKeys, topology::Topology,
-};
+use shared::{clock::Clock, keys::Keys, redis_pool::RedisPool, token::TokenKeys};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -124,12 +122,8 @@ impl Application {
         if !redis.ping().await {
             tracing::warn!("Redis unreachable at start; requests will get 503 until it is back");
         }
-        let mut topology =
-            Topology::new(config.broker_namespace.clone(), &config.retry_schedule_secs);
-        if let Some(ms) = config.broker_queue_expires_ms {
-            topology = topology.expiring(ms);
-        }
-        let publisher = Publisher::start(config.broker(), topology, config.publish_timeout).await;
+        let publisher =
+            Publisher::start(config.broker(), config.topology(), config.publish_timeout).await;
         let token_keys = TokenKeys::new(config.token_secrets.clone(), config.token_digest)
             .map_err(|e| anyhow::anyhow!("TOKEN_SECRETS: {e}"))?;
         let hasher = Hasher::new(config.argon2, config.hash_concurrency)?

@@ -13,7 +13,7 @@ use shared::token::{
 };
 use uuid::Uuid;
 
-use shared::redis_pool::RedisPool;
+use shared::{audit::Outcome, redis_pool::RedisPool};
 
 use crate::error::ApiError;
 
@@ -30,12 +30,12 @@ pub struct CheckedToken {
 pub struct Rejected {
     pub error: ApiError,
     pub user: Option<Uuid>,
-    pub reason: &'static str,
+    pub reason: Outcome,
 }
 
 impl Rejected {
-    fn new(error: ApiError, user: Option<Uuid>, reason: &'static str) -> Self {
-        metrics::counter!("tokens_rejected_total", "reason" => reason).increment(1);
+    fn new(error: ApiError, user: Option<Uuid>, reason: Outcome) -> Self {
+        metrics::counter!("tokens_rejected_total", "reason" => reason.as_str()).increment(1);
         Self {
             error,
             user,
@@ -47,13 +47,17 @@ impl Rejected {
 impl Rejected {
     /// The token named a user that does not exist (deleted account).
     pub fn unknown_user(user: Uuid) -> Self {
-        Self::new(ApiError::TokenInvalid, Some(user), "unknown_user")
+        Self::new(ApiError::TokenInvalid, Some(user), Outcome::UnknownUser)
     }
 
     /// The link was good but the password given with it is not the account's (verification):
     /// the link stays usable.
     pub fn wrong_password(user: Uuid) -> Self {
-        Self::new(ApiError::InvalidCredentials, Some(user), "wrong_password")
+        Self::new(
+            ApiError::InvalidCredentials,
+            Some(user),
+            Outcome::WrongPassword,
+        )
     }
 
     /// The client is over its per-IP budget for link endpoints (nothing was checked).
@@ -61,7 +65,7 @@ impl Rejected {
         Self {
             error: ApiError::RateLimitedIp { retry_after_secs },
             user: None,
-            reason: "rate_limited",
+            reason: Outcome::RateLimited,
         }
     }
 
@@ -70,13 +74,13 @@ impl Rejected {
         Self {
             error: ApiError::RateLimitedLogin { retry_after_secs },
             user: Some(user),
-            reason: "rate_limited",
+            reason: Outcome::RateLimited,
         }
     }
 
     /// The token lost the burn race or was used before.
     pub fn used(user: Uuid) -> Self {
-        Self::new(ApiError::TokenUsed, Some(user), "used")
+        Self::new(ApiError::TokenUsed, Some(user), Outcome::Used)
     }
 }
 
@@ -86,7 +90,7 @@ impl From<ApiError> for Rejected {
         Self {
             error,
             user: None,
-            reason: "unavailable",
+            reason: Outcome::Unavailable,
         }
     }
 }
@@ -170,14 +174,18 @@ impl TokenService {
         );
         if burned {
             metrics::counter!("burned_token_replays_total").increment(1);
-            return Err(Rejected::new(ApiError::TokenUsed, Some(claims.uid), "used"));
+            return Err(Rejected::new(
+                ApiError::TokenUsed,
+                Some(claims.uid),
+                Outcome::Used,
+            ));
         }
         // A missing generation (Redis lost its data) matches nothing: fail closed.
         if generation != Some(claims.r#gen) {
             return Err(Rejected::new(
                 ApiError::TokenInvalid,
                 Some(claims.uid),
-                "superseded",
+                Outcome::Superseded,
             ));
         }
         Ok(CheckedToken {
@@ -209,7 +217,7 @@ impl TokenService {
             Rejected::new(
                 ApiError::TokenInvalid,
                 Some(token.claims.uid),
-                "password_changed",
+                Outcome::PasswordChanged,
             )
         })
     }
@@ -275,15 +283,15 @@ impl TokenService {
     fn signature_rejection(e: &TokenError) -> Rejected {
         let reason = match e {
             TokenError::Expired { .. } => {
-                return Rejected::new(ApiError::TokenExpired, None, "expired");
+                return Rejected::new(ApiError::TokenExpired, None, Outcome::Expired);
             }
-            TokenError::Oversized | TokenError::DecompressedTooLarge => "oversized",
-            TokenError::Malformed => "malformed",
-            TokenError::Truncated => "truncated",
-            TokenError::WrongPurpose => "wrong_purpose",
-            TokenError::WrongDigest => "wrong_digest",
-            TokenError::BadSignature => "bad_signature",
-            TokenError::FutureDated => "future_dated",
+            TokenError::Oversized | TokenError::DecompressedTooLarge => Outcome::Oversized,
+            TokenError::Malformed => Outcome::Malformed,
+            TokenError::Truncated => Outcome::Truncated,
+            TokenError::WrongPurpose => Outcome::WrongPurpose,
+            TokenError::WrongDigest => Outcome::WrongDigest,
+            TokenError::BadSignature => Outcome::BadSignature,
+            TokenError::FutureDated => Outcome::FutureDated,
         };
         Rejected::new(ApiError::TokenInvalid, None, reason)
     }

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use shared::audit::AuditEvent;
+use shared::audit::{Action, AuditEvent, Outcome};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -19,8 +19,8 @@ const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// One audit row of the worker, owned so it can wait for the writer.
 #[derive(Debug, Clone)]
 pub struct AuditRow {
-    pub action: &'static str,
-    pub outcome: &'static str,
+    pub action: Action,
+    pub outcome: Outcome,
     pub user_id: Option<Uuid>,
     pub ip: Option<IpAddr>,
     pub address_hash: Option<String>,
@@ -71,8 +71,8 @@ impl AuditLog {
                     Ok(()) => Some(wait),
                     Err(lost) => {
                         tracing::error!(
-                            action = lost.0.row.action,
-                            outcome = lost.0.row.outcome,
+                            action = %lost.0.row.action,
+                            outcome = %lost.0.row.outcome,
                             "the audit writer is gone; audit row not written"
                         );
                         None

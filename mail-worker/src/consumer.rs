@@ -26,8 +26,9 @@ use lapin::{
 };
 use shared::{
     amqp::Broker,
+    audit,
     message::Envelope,
-    topology::{DEAD_ROUTING_KEY, Topology},
+    topology::{DEAD_QUEUE, DEAD_ROUTING_KEY, JOBS_QUEUE, Topology},
 };
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument as _;
@@ -259,8 +260,8 @@ async fn archive(db: &sqlx::PgPool, delivery: Delivery) {
 /// mail that will never go out without an operator).
 async fn report_depth(channel: &Channel, topology: &Topology) {
     for (label, queue) in [
-        ("mail.jobs", topology.jobs_queue()),
-        ("mail.dead", topology.dead_queue()),
+        (JOBS_QUEUE, topology.jobs_queue()),
+        (DEAD_QUEUE, topology.dead_queue()),
     ] {
         let declared = channel
             .queue_declare(
@@ -274,7 +275,7 @@ async fn report_depth(channel: &Channel, topology: &Topology) {
             .await;
         if let Ok(q) = declared {
             metrics::gauge!("mail_queue_depth", "queue" => label).set(f64::from(q.message_count()));
-            if label == "mail.jobs" && q.message_count() == 0 {
+            if label == JOBS_QUEUE && q.message_count() == 0 {
                 // Nothing waiting: no job is old.
                 metrics::gauge!("mail_oldest_job_age_seconds").set(0.0);
             }
@@ -357,12 +358,17 @@ impl Settling {
                 .zip(&repeats)
                 .filter(|(_, repeat)| !**repeat)
                 .map(|((job, reason, user), _)| {
-                    self.processor.audit_row(&job.envelope, reason, *user)
+                    self.processor.audit_row(&job.envelope, *reason, *user)
                 });
             self.processor.audit_log.record(rows).await;
             for ((job, reason, _), repeat) in dropped.iter().zip(&repeats) {
                 let envelope = &job.envelope;
-                let outcome = if *repeat { "duplicate" } else { *reason };
+                let outcome = if *repeat {
+                    audit::Outcome::Duplicate
+                } else {
+                    *reason
+                }
+                .as_str();
                 tracing::info!(job_id = %envelope.id, kind = envelope.job.kind(),
                     attempt = envelope.attempt,
                     request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
@@ -493,7 +499,7 @@ impl Settling {
                         tracing::error!(parent: span, reason, "dead-lettering");
                         metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead")
                             .increment(1);
-                        processor.audit(envelope, "dead", None).await;
+                        processor.audit(envelope, audit::Outcome::Dead, None).await;
                         self.dead_letter(delivery, headers, &reason, false).await;
                     }
                 }

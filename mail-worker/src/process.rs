@@ -7,6 +7,7 @@ use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use lettre::message::Mailbox;
 use shared::{
+    audit,
     clock::Clock,
     email,
     keys::{Keys, pseudonym},
@@ -30,16 +31,13 @@ use crate::{
 /// How long a delivered job's id is remembered (longer than any redelivery or retry path).
 const SENT_MARKER_TTL_SECS: u64 = 7 * 86_400;
 
-/// Outcome (metrics label, audit outcome) of an email its recipient's budget refused.
-pub const RECIPIENT_BUDGET: &str = "recipient_budget";
-
 /// What became of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The SMTP server accepted the email.
     Sent,
-    /// Deliberately not sent (the reason is a stable label).
-    Dropped(&'static str),
+    /// Deliberately not sent, for this reason.
+    Dropped(audit::Outcome),
     /// Failed in a way that may pass: retry later.
     Retry(String),
     /// A dependency of ours (database, Redis) is unavailable: try again later without
@@ -50,14 +48,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Stable label for metrics and audit rows.
+    /// Stable label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            Outcome::Sent => "sent",
-            Outcome::Dropped(reason) => reason,
+            Outcome::Sent => audit::Outcome::Sent.as_str(),
+            Outcome::Dropped(reason) => reason.as_str(),
             Outcome::Retry(_) => "retried",
             Outcome::Wait(_) => "waiting",
-            Outcome::Dead(_) => "dead",
+            Outcome::Dead(_) => audit::Outcome::Dead.as_str(),
         }
     }
 }
@@ -86,7 +84,7 @@ pub enum Plan {
         user: Option<Uuid>,
     },
     Drop {
-        reason: &'static str,
+        reason: audit::Outcome,
         user: Option<Uuid>,
     },
 }
@@ -195,7 +193,7 @@ impl Processor {
             Plan::Send { to, draft, user } => (to, draft, user),
         };
         match self.already_sent(job.id).await {
-            Ok(true) => return Outcome::Dropped("duplicate"),
+            Ok(true) => return Outcome::Dropped(audit::Outcome::Duplicate),
             Ok(false) => {}
             Err(e) => return Outcome::Wait(format!("idempotency check: {e}")),
         }
@@ -212,8 +210,9 @@ impl Processor {
             Ok(None) => {
                 // A newer email (or a password change) made this job's link dead: sending it
                 // would only hand the user a link that fails.
-                self.audit(job, "dropped_superseded", user).await;
-                return Outcome::Dropped("dropped_superseded");
+                self.audit(job, audit::Outcome::DroppedSuperseded, user)
+                    .await;
+                return Outcome::Dropped(audit::Outcome::DroppedSuperseded);
             }
             Err(e) => return Outcome::Wait(e.to_string()),
         };
@@ -239,7 +238,7 @@ impl Processor {
             Ok(()) => Outcome::Sent,
             Err(SendError::Transient(e)) => Outcome::Retry(e),
             Err(SendError::Permanent(e)) => {
-                self.audit(job, "dead", user).await;
+                self.audit(job, audit::Outcome::Dead, user).await;
                 Outcome::Dead(e)
             }
         }
@@ -250,7 +249,7 @@ impl Processor {
         if job.is_stale(self.clock.now()) {
             // Its link would be dead or its news old; sending it would only confuse.
             return Lookup::Ready(Plan::Drop {
-                reason: "stale",
+                reason: audit::Outcome::Stale,
                 user: None,
             });
         }
@@ -263,14 +262,14 @@ impl Processor {
             } => {
                 if !within_budget {
                     return Lookup::Ready(Plan::Drop {
-                        reason: "dropped_over_budget",
+                        reason: audit::Outcome::DroppedOverBudget,
                         user: None,
                     });
                 }
                 match email::normalize(email) {
                     Ok(address) => Lookup::ByEmailKey(address.key().to_owned()),
                     Err(_) => Lookup::Ready(Plan::Drop {
-                        reason: "dropped_invalid_address",
+                        reason: audit::Outcome::DroppedInvalidAddress,
                         user: None,
                     }),
                 }
@@ -313,7 +312,7 @@ impl Processor {
                         user: None,
                     },
                     Err(_) => Plan::Drop {
-                        reason: "dropped_invalid_address",
+                        reason: audit::Outcome::DroppedInvalidAddress,
                         user: None,
                     },
                 }
@@ -326,7 +325,7 @@ impl Processor {
                 },
             },
             (Job::EmailVerification { .. }, Some(user)) => Plan::Drop {
-                reason: "dropped_already_verified",
+                reason: audit::Outcome::DroppedAlreadyVerified,
                 user: Some(user.id),
             },
             // The notice goes to the address on file now, and only if the change it announces
@@ -353,23 +352,23 @@ impl Processor {
                 }
             }
             (Job::PasswordChanged { .. }, Some(user)) => Plan::Drop {
-                reason: "dropped_rolled_back",
+                reason: audit::Outcome::DroppedRolledBack,
                 user: Some(user.id),
             },
             (
                 Job::EmailVerification { user_id, .. } | Job::PasswordChanged { user_id, .. },
                 None,
             ) => Plan::Drop {
-                reason: "dropped_unknown",
+                reason: audit::Outcome::DroppedUnknown,
                 user: Some(*user_id),
             },
             (Job::PasswordResetRequested { .. }, None) => Plan::Drop {
-                reason: "dropped_unknown",
+                reason: audit::Outcome::DroppedUnknown,
                 user: None,
             },
             // Never looked up (decided in `lookup`).
             (Job::AccountExistsNotice { .. }, _) => Plan::Drop {
-                reason: "dropped_unknown",
+                reason: audit::Outcome::DroppedUnknown,
                 user: None,
             },
         }
@@ -387,8 +386,8 @@ impl Processor {
                     .increment(1);
                 tracing::warn!(job_id = %job.id, kind = job.job.kind(), recipient,
                     "the recipient's email budget is spent; not sending");
-                self.audit(job, RECIPIENT_BUDGET, user).await;
-                Some(Outcome::Dropped(RECIPIENT_BUDGET))
+                self.audit(job, audit::Outcome::RecipientBudget, user).await;
+                Some(Outcome::Dropped(audit::Outcome::RecipientBudget))
             }
             Err(e) => Some(Outcome::Wait(format!("recipient budget: {e}"))),
         }
@@ -495,7 +494,7 @@ impl Processor {
     /// Records a delivered email: the job's idempotency marker and its audit row.
     pub async fn record_sent(&self, job: &Envelope, user: Option<Uuid>) {
         self.mark_sent(job.id).await;
-        self.audit(job, "sent", user).await;
+        self.audit(job, audit::Outcome::Sent, user).await;
     }
 
     async fn mark_sent(&self, job: Uuid) {
@@ -521,14 +520,19 @@ impl Processor {
 
     /// Writes the audit row of a final decision. Audit failures are logged, not retried: the
     /// email's fate must not depend on the audit table.
-    pub async fn audit(&self, job: &Envelope, outcome: &'static str, user: Option<Uuid>) {
+    pub async fn audit(&self, job: &Envelope, outcome: audit::Outcome, user: Option<Uuid>) {
         self.audit_log
             .record([self.audit_row(job, outcome, user)])
             .await;
     }
 
     /// The audit row of a final decision about `job`.
-    pub fn audit_row(&self, job: &Envelope, outcome: &'static str, user: Option<Uuid>) -> AuditRow {
+    pub fn audit_row(
+        &self,
+        job: &Envelope,
+        outcome: audit::Outcome,
+        user: Option<Uuid>,
+    ) -> AuditRow {
         let (address, ip) = match &job.job {
             Job::PasswordResetRequested { email, ip, .. } => (email.as_str(), ip.as_deref()),
             Job::EmailVerification { email, .. } | Job::AccountExistsNotice { email } => {
@@ -537,7 +541,7 @@ impl Processor {
             Job::PasswordChanged { email, ip, .. } => (email.as_str(), ip.as_deref()),
         };
         AuditRow {
-            action: job.job.kind(),
+            action: audit::Action::of_job(&job.job),
             outcome,
             user_id: user,
             ip: ip.and_then(|ip| ip.parse::<IpAddr>().ok()),

@@ -10,26 +10,6 @@ use minijinja::value::Serde;
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 
-/// The locales the worker has templates for; the first one is the fallback.
-pub const LOCALES: [&str; 2] = ["en", "zh-CN"];
-
-/// Maps a requested locale (a BCP 47 tag such as `zh-Hans-CN`) to one of [`LOCALES`].
-///
-/// Chinese written in Simplified characters (`zh`, `zh-CN`, `zh-Hans`, `zh-SG`, `zh-Hans-*`,
-/// any case, `_` or `-`) gets `zh-CN`. Everything else gets `en`, including Traditional Chinese
-/// (`zh-TW`, `zh-HK`, `zh-Hant`), whose readers we have no templates for.
-pub fn supported_locale(requested: &str) -> &'static str {
-    let tag = requested.trim().replace('_', "-").to_ascii_lowercase();
-    let mut subtags = tag.split('-');
-    if subtags.next() != Some("zh") {
-        return LOCALES[0];
-    }
-    match subtags.next() {
-        None | Some("hans" | "cn" | "sg") => LOCALES[1],
-        _ => LOCALES[0],
-    }
-}
-
 /// What an email says; the worker fills these from the job and its configuration.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -174,7 +154,7 @@ impl Renderer {
 
     /// Renders `content` in `locale`; a locale without templates falls back to English.
     pub fn render(&self, content: &EmailContent, locale: &str) -> Result<Rendered, RenderError> {
-        let locale = supported_locale(locale);
+        let locale = shared::locale::Locale::from_tag(locale).as_str();
         let kind = content.kind();
         let mut context = Context {
             content,
@@ -308,6 +288,12 @@ fn tidy_text(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tags of every locale the templates exist for.
+    const LOCALES: [&str; 2] = [
+        shared::locale::Locale::ALL[0].as_str(),
+        shared::locale::Locale::ALL[1].as_str(),
+    ];
 
     const PRODUCT: &str = "Example Accounts";
     const RESET_LINK: &str =
@@ -581,27 +567,6 @@ mod tests {
             render(&reset(60, None), "zh-Hans"),
             render(&reset(60, None), "zh-CN")
         );
-    }
-
-    #[test]
-    fn supported_locale_maps_simplified_chinese_to_zh_cn_and_everything_else_to_english() {
-        for tag in [
-            "zh",
-            "zh-CN",
-            "zh-Hans",
-            "zh_CN",
-            "ZH-cn",
-            "zh-Hans-CN",
-            "zh-SG",
-            " zh ",
-        ] {
-            assert_eq!(supported_locale(tag), "zh-CN", "{tag}");
-        }
-        for tag in [
-            "en", "en-US", "fr", "", "zh-TW", "zh-Hant", "zh-HK", "zhx", "cn",
-        ] {
-            assert_eq!(supported_locale(tag), "en", "{tag}");
-        }
     }
 
     #[test]

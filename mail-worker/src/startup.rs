@@ -66,11 +66,7 @@ impl Worker {
             config.concurrency,
             &config.tls,
         )?;
-        let mut topology =
-            Topology::new(config.broker_namespace.clone(), &config.retry_schedule_secs);
-        if let Some(ms) = config.broker_queue_expires_ms {
-            topology = topology.expiring(ms);
-        }
+        let topology = config.topology();
         let listener = TcpListener::bind(config.http_bind)
             .await
             .with_context(|| format!("cannot bind WORKER_HTTP_BIND={}", config.http_bind))?;

@@ -1,5 +1,6 @@
-//! The `audit_events` table, written by the api (reset and verification attempts) and the
-//! worker (forgot-password decisions).
+//! The `audit_events` table, written by the api (sign-ups, sign-ins, link uses, refusals by
+//! a budget) and the worker (its decision about every mail job), and its vocabulary: every
+//! `action` and `outcome` either service writes is a variant of [`Action`] or [`Outcome`].
 
 use std::net::IpAddr;
 
@@ -7,15 +8,286 @@ use ipnet::IpNet;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use crate::message::Job;
+
+/// What an audit row is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// `POST /v1/users` (api): [`Outcome::Created`] or [`Outcome::Exists`].
+    SignUp,
+    /// `POST /v1/sessions` (api).
+    SignIn,
+    /// `DELETE /v1/sessions/current` (api).
+    SignOut,
+    /// A verification link used (api).
+    EmailVerify,
+    /// A reset link used (api).
+    PasswordReset,
+    /// A request refused by a budget; the outcome names the budget (api).
+    RateLimited,
+    /// The worker's decision about a forgot-password job.
+    PasswordResetRequested,
+    /// The worker's decision about a verification email.
+    EmailVerification,
+    /// The worker's decision about an account-exists notice.
+    AccountExistsNotice,
+    /// The worker's decision about a password-changed notice.
+    PasswordChanged,
+}
+
+impl Action {
+    pub const ALL: [Action; 10] = [
+        Action::SignUp,
+        Action::SignIn,
+        Action::SignOut,
+        Action::EmailVerify,
+        Action::PasswordReset,
+        Action::RateLimited,
+        Action::PasswordResetRequested,
+        Action::EmailVerification,
+        Action::AccountExistsNotice,
+        Action::PasswordChanged,
+    ];
+
+    /// The stored text.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::SignUp => "sign_up",
+            Action::SignIn => "sign_in",
+            Action::SignOut => "sign_out",
+            Action::EmailVerify => "email_verify",
+            Action::PasswordReset => "password_reset",
+            Action::RateLimited => "rate_limited",
+            Action::PasswordResetRequested => "password_reset_requested",
+            Action::EmailVerification => "email_verification",
+            Action::AccountExistsNotice => "account_exists_notice",
+            Action::PasswordChanged => "password_changed",
+        }
+    }
+
+    /// The action of the worker's decision about `job` (named like the job's kind).
+    pub const fn of_job(job: &Job) -> Self {
+        match job {
+            Job::PasswordResetRequested { .. } => Action::PasswordResetRequested,
+            Job::EmailVerification { .. } => Action::EmailVerification,
+            Job::AccountExistsNotice { .. } => Action::AccountExistsNotice,
+            Job::PasswordChanged { .. } => Action::PasswordChanged,
+        }
+    }
+}
+
+/// How it ended. Also the `outcome` label of the worker's `jobs_total` and the `reason` of
+/// the api's `tokens_rejected_total` and `rate_limit_hits_total` (`kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Done as asked (sign-in, sign-out, a link used).
+    Success,
+    /// Sign-up of a free address.
+    Created,
+    /// Sign-up of a taken address (the owner gets a notice).
+    Exists,
+    /// Sign-in with the right password of an unverified account.
+    Unverified,
+    /// Sign-in with a wrong password or an unknown address.
+    InvalidCredentials,
+    /// A new password over the length limit.
+    PasswordTooLong,
+    /// A new password the policy refuses.
+    WeakPassword,
+    /// A link used before (or that lost the race to be used).
+    Used,
+    /// A link past its age.
+    Expired,
+    /// A token over the size limits (also after decompression).
+    Oversized,
+    /// A token that does not parse.
+    Malformed,
+    /// A token cut short.
+    Truncated,
+    /// A token signed for the other purpose.
+    WrongPurpose,
+    /// A token signed with another digest than configured.
+    WrongDigest,
+    /// A token whose signature does not verify.
+    BadSignature,
+    /// A token signed in the future.
+    FutureDated,
+    /// A link a newer one replaced (its generation is not the newest).
+    Superseded,
+    /// A link issued before the password last changed.
+    PasswordChanged,
+    /// A link naming an account that no longer exists.
+    UnknownUser,
+    /// A verification link with a password that is not the account's.
+    WrongPassword,
+    /// A link endpoint, or the password check of a verification, over a budget.
+    RateLimited,
+    /// Not the client's doing (a dependency failed); never written to the table.
+    Unavailable,
+    /// Budget: forgot-password requests per IP.
+    ForgotIp,
+    /// Budget: forgot-password requests per address.
+    ForgotEmail,
+    /// Budget: sign-in attempts per (IP, address).
+    LoginPair,
+    /// Budget: sign-in attempts per IP.
+    LoginIp,
+    /// Budget: sign-in attempts per address.
+    LoginEmail,
+    /// Budget: sign-ups per IP.
+    SignupIp,
+    /// Budget: link uses per IP.
+    TokenIp,
+    /// The SMTP server accepted the email.
+    Sent,
+    /// Dead-lettered: a permanent failure or the retries spent.
+    Dead,
+    /// Past its `not_after`: its link would be dead or its news old.
+    Stale,
+    /// The email was delivered before (a redelivery); not written to the table.
+    Duplicate,
+    /// The address's forgot-password budget was spent when the api took the request.
+    DroppedOverBudget,
+    /// The address does not parse.
+    DroppedInvalidAddress,
+    /// No account (and no-account notices are off).
+    DroppedUnknown,
+    /// A verification email for an address verified since.
+    DroppedAlreadyVerified,
+    /// A password-changed notice whose change was undone.
+    DroppedRolledBack,
+    /// A link email whose link a newer email or a password change killed.
+    DroppedSuperseded,
+    /// The recipient's budget of emails (`MAIL_PER_RECIPIENT_PER_HOUR`) is spent.
+    RecipientBudget,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 40] = [
+        Outcome::Success,
+        Outcome::Created,
+        Outcome::Exists,
+        Outcome::Unverified,
+        Outcome::InvalidCredentials,
+        Outcome::PasswordTooLong,
+        Outcome::WeakPassword,
+        Outcome::Used,
+        Outcome::Expired,
+        Outcome::Oversized,
+        Outcome::Malformed,
+        Outcome::Truncated,
+        Outcome::WrongPurpose,
+        Outcome::WrongDigest,
+        Outcome::BadSignature,
+        Outcome::FutureDated,
+        Outcome::Superseded,
+        Outcome::PasswordChanged,
+        Outcome::UnknownUser,
+        Outcome::WrongPassword,
+        Outcome::RateLimited,
+        Outcome::Unavailable,
+        Outcome::ForgotIp,
+        Outcome::ForgotEmail,
+        Outcome::LoginPair,
+        Outcome::LoginIp,
+        Outcome::LoginEmail,
+        Outcome::SignupIp,
+        Outcome::TokenIp,
+        Outcome::Sent,
+        Outcome::Dead,
+        Outcome::Stale,
+        Outcome::Duplicate,
+        Outcome::DroppedOverBudget,
+        Outcome::DroppedInvalidAddress,
+        Outcome::DroppedUnknown,
+        Outcome::DroppedAlreadyVerified,
+        Outcome::DroppedRolledBack,
+        Outcome::DroppedSuperseded,
+        Outcome::RecipientBudget,
+    ];
+
+    /// The stored text (and metrics label).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Created => "created",
+            Outcome::Exists => "exists",
+            Outcome::Unverified => "unverified",
+            Outcome::InvalidCredentials => "invalid_credentials",
+            Outcome::PasswordTooLong => "password_too_long",
+            Outcome::WeakPassword => "weak_password",
+            Outcome::Used => "used",
+            Outcome::Expired => "expired",
+            Outcome::Oversized => "oversized",
+            Outcome::Malformed => "malformed",
+            Outcome::Truncated => "truncated",
+            Outcome::WrongPurpose => "wrong_purpose",
+            Outcome::WrongDigest => "wrong_digest",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::FutureDated => "future_dated",
+            Outcome::Superseded => "superseded",
+            Outcome::PasswordChanged => "password_changed",
+            Outcome::UnknownUser => "unknown_user",
+            Outcome::WrongPassword => "wrong_password",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Unavailable => "unavailable",
+            Outcome::ForgotIp => "forgot_ip",
+            Outcome::ForgotEmail => "forgot_email",
+            Outcome::LoginPair => "login_pair",
+            Outcome::LoginIp => "login_ip",
+            Outcome::LoginEmail => "login_email",
+            Outcome::SignupIp => "signup_ip",
+            Outcome::TokenIp => "token_ip",
+            Outcome::Sent => "sent",
+            Outcome::Dead => "dead",
+            Outcome::Stale => "stale",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DroppedOverBudget => "dropped_over_budget",
+            Outcome::DroppedInvalidAddress => "dropped_invalid_address",
+            Outcome::DroppedUnknown => "dropped_unknown",
+            Outcome::DroppedAlreadyVerified => "dropped_already_verified",
+            Outcome::DroppedRolledBack => "dropped_rolled_back",
+            Outcome::DroppedSuperseded => "dropped_superseded",
+            Outcome::RecipientBudget => "recipient_budget",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One audit row.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuditEvent<'a> {
-    pub action: &'a str,
-    pub outcome: &'a str,
+    pub action: Action,
+    pub outcome: Outcome,
     pub user_id: Option<Uuid>,
     pub ip: Option<IpAddr>,
     pub address_hash: Option<&'a str>,
     pub request_id: Option<&'a str>,
+}
+
+impl AuditEvent<'_> {
+    /// A row with only its action and outcome (the rest filled in with `..`).
+    pub const fn new(action: Action, outcome: Outcome) -> Self {
+        Self {
+            action,
+            outcome,
+            user_id: None,
+            ip: None,
+            address_hash: None,
+            request_id: None,
+        }
+    }
 }
 
 /// Appends an audit row on its own (not inside a transaction of the caller's).
@@ -31,8 +303,8 @@ pub async fn record_many(db: &sqlx::PgPool, events: &[AuditEvent<'_>]) -> Result
     if events.is_empty() {
         return Ok(());
     }
-    let actions: Vec<&str> = events.iter().map(|e| e.action).collect();
-    let outcomes: Vec<&str> = events.iter().map(|e| e.outcome).collect();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    let outcomes: Vec<&str> = events.iter().map(|e| e.outcome.as_str()).collect();
     let users: Vec<Option<Uuid>> = events.iter().map(|e| e.user_id).collect();
     let ips: Vec<Option<IpNet>> = events.iter().map(|e| e.ip.map(IpNet::from)).collect();
     let hashes: Vec<Option<&str>> = events.iter().map(|e| e.address_hash).collect();
@@ -61,8 +333,8 @@ pub async fn record(db: impl PgExecutor<'_>, e: &AuditEvent<'_>) -> Result<(), s
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .persistent(crate::db::named_statements())
-    .bind(e.action)
-    .bind(e.outcome)
+    .bind(e.action.as_str())
+    .bind(e.outcome.as_str())
     .bind(e.user_id)
     .bind(e.ip.map(IpNet::from))
     .bind(e.address_hash)
@@ -70,4 +342,53 @@ pub async fn record(db: impl PgExecutor<'_>, e: &AuditEvent<'_>) -> Result<(), s
     .execute(db)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_word_is_distinct_and_lower_snake_case() {
+        let actions: HashSet<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        assert_eq!(actions.len(), Action::ALL.len());
+        let outcomes: HashSet<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(outcomes.len(), Outcome::ALL.len());
+        for word in actions.iter().chain(&outcomes) {
+            assert!(
+                word.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{word}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_action_of_a_job_is_named_like_its_kind() {
+        let id = Uuid::nil();
+        let jobs = [
+            Job::PasswordResetRequested {
+                email: String::new(),
+                ip: None,
+                within_budget: true,
+            },
+            Job::EmailVerification {
+                user_id: id,
+                email: String::new(),
+            },
+            Job::AccountExistsNotice {
+                email: String::new(),
+            },
+            Job::PasswordChanged {
+                user_id: id,
+                email: String::new(),
+                ip: None,
+                password_version: 1,
+            },
+        ];
+        for job in &jobs {
+            assert_eq!(Action::of_job(job).as_str(), job.kind());
+        }
+    }
 }

@@ -10,6 +10,7 @@ pub mod email;
 pub mod html;
 pub mod keys;
 pub mod links;
+pub mod locale;
 pub mod message;
 pub mod redis_pool;
 pub mod telemetry;

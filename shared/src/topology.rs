@@ -26,6 +26,10 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 
+/// The work queue's name (after the namespace prefix); also its `queue` metrics label.
+pub const JOBS_QUEUE: &str = "mail.jobs";
+/// The dead-letter queue's name (after the namespace prefix); also its metrics label.
+pub const DEAD_QUEUE: &str = "mail.dead";
 /// Routing key of new and retried jobs.
 pub const JOBS_ROUTING_KEY: &str = "jobs";
 /// Routing key of dead letters.
@@ -74,12 +78,12 @@ impl Topology {
 
     /// The work queue the workers consume.
     pub fn jobs_queue(&self) -> String {
-        format!("{}mail.jobs", self.prefix)
+        format!("{}{JOBS_QUEUE}", self.prefix)
     }
 
     /// Where jobs that will never be delivered end up, for inspection and replay.
     pub fn dead_queue(&self) -> String {
-        format!("{}mail.dead", self.prefix)
+        format!("{}{DEAD_QUEUE}", self.prefix)
     }
 
     /// The delay queue for a retry after `delay_secs`. Named by its delay rather than by the
@@ -94,6 +98,19 @@ impl Topology {
     /// Routing key that reaches [`Self::retry_queue`] for `delay_secs`.
     pub fn retry_routing_key(delay_secs: u64) -> String {
         format!("delay.{delay_secs}")
+    }
+
+    /// Every queue of this topology: the work queue, the dead letters, the delay queues.
+    pub fn queues(&self) -> Vec<String> {
+        self.queue_declarations()
+            .into_iter()
+            .map(|(name, ..)| name)
+            .collect()
+    }
+
+    /// Every exchange of this topology.
+    pub fn exchanges(&self) -> [String; 2] {
+        [self.mail_exchange(), self.events_exchange()]
     }
 
     /// The topic exchange for domain events other services subscribe to.
@@ -138,7 +155,7 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        for (name, args, routing_key) in self.queues() {
+        for (name, args, routing_key) in self.queue_declarations() {
             match declare_queue(&channel, &name, args).await {
                 Ok(()) => {}
                 Err(e) if is_precondition_failed(&e) => {
@@ -177,7 +194,7 @@ impl Topology {
     }
 
     /// Every queue with its arguments and the routing key that reaches it.
-    fn queues(&self) -> Vec<(String, FieldTable, String)> {
+    fn queue_declarations(&self) -> Vec<(String, FieldTable, String)> {
         // The work queue: a message the workers keep failing to ack (it crashes them) is
         // dead-lettered after DELIVERY_LIMIT redeliveries.
         let mut jobs = self.quorum_args();

@@ -404,19 +404,12 @@ pub fn delete_topology_blocking(topology: &shared::topology::Topology) {
                 let connection =
                     Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
                 let channel = connection.create_channel().await?;
-                let mut queues = vec![topology.jobs_queue(), topology.dead_queue()];
-                queues.extend(
-                    topology
-                        .retry_delays()
-                        .iter()
-                        .map(|d| topology.retry_queue(*d)),
-                );
-                for queue in queues {
+                for queue in topology.queues() {
                     let _ = channel
                         .queue_delete(queue.into(), QueueDeleteOptions::default())
                         .await;
                 }
-                for exchange in [topology.mail_exchange(), topology.events_exchange()] {
+                for exchange in topology.exchanges() {
                     let _ = channel
                         .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
                         .await;

@@ -43,7 +43,9 @@ async fn every_queue_is_a_quorum_queue_and_dead_letters_at_least_once() {
     topology.declare(&connection).await.unwrap();
     // Twice: a redeclaration with the same arguments is a no-op.
     topology.declare(&connection).await.unwrap();
-    let prefix = topology.jobs_queue().replace("mail.jobs", "");
+    let prefix = topology
+        .jobs_queue()
+        .replace(shared::topology::JOBS_QUEUE, "");
     let lines = queues(&prefix);
     assert_eq!(lines.len(), 4, "{lines:?}");
     for line in &lines {
@@ -90,7 +92,9 @@ async fn a_work_queue_declared_with_older_arguments_is_used_as_it_is() {
         .await
         .unwrap();
     topology.declare(&connection).await.unwrap();
-    let prefix = topology.jobs_queue().replace("mail.jobs", "");
+    let prefix = topology
+        .jobs_queue()
+        .replace(shared::topology::JOBS_QUEUE, "");
     let lines = queues(&prefix);
     assert_eq!(
         lines.len(),

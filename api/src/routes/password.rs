@@ -16,7 +16,7 @@ use shared::{
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use shared::audit::AuditEvent;
+use shared::audit::{Action, AuditEvent, Outcome};
 
 use crate::{
     error::{ApiError, ErrorBody},
@@ -163,10 +163,10 @@ pub async fn perform_reset(
     let request_id = trace.request_id.clone();
     let (st, rid) = (state, request_id.as_deref());
     let audit =
-        |outcome: &'static str, user: Option<uuid::Uuid>| audit_reset(st, ip, rid, outcome, user);
+        |outcome: Outcome, user: Option<uuid::Uuid>| audit_reset(st, ip, rid, outcome, user);
     let refuse = |rejected: Rejected| async move {
         // Infrastructure failures are not attempts of the client's; they are not audited.
-        if rejected.reason != "unavailable" {
+        if rejected.reason != Outcome::Unavailable {
             audit_reset(st, ip, rid, rejected.reason, rejected.user).await;
         }
         rejected.error
@@ -174,7 +174,7 @@ pub async fn perform_reset(
 
     tokens::within_token_budget(state, ip, rid).await?;
     if let Err(e) = password_policy::check_length(&new_password) {
-        audit("password_too_long", None).await;
+        audit(Outcome::PasswordTooLong, None).await;
         return Err(e);
     }
     let now = state.clock.now();
@@ -184,11 +184,11 @@ pub async fn perform_reset(
     };
     let user_id = user.id;
     if let Err(e) = password_policy::check_new_password(&new_password, &user.email) {
-        audit("weak_password", Some(user_id)).await;
+        audit(Outcome::WeakPassword, Some(user_id)).await;
         return Err(e);
     }
     if !state.tokens.burn(Purpose::PasswordReset, &token).await? {
-        audit("used", Some(user_id)).await;
+        audit(Outcome::Used, Some(user_id)).await;
         return Err(ApiError::TokenUsed);
     }
 
@@ -209,12 +209,10 @@ pub async fn perform_reset(
         shared::audit::record(
             &mut *tx,
             &AuditEvent {
-                action: "password_reset",
-                outcome: "success",
                 user_id: Some(user_id),
                 ip: Some(ip),
-                address_hash: None,
                 request_id: trace.request_id.as_deref(),
+                ..AuditEvent::new(Action::PasswordReset, Outcome::Success)
             },
         )
         .await?;
@@ -250,7 +248,7 @@ pub async fn perform_reset(
     match committed {
         Ok(Some(_)) => state.outbox.wake(),
         Ok(None) => {
-            audit("password_changed", Some(user_id)).await;
+            audit(Outcome::PasswordChanged, Some(user_id)).await;
             return Err(ApiError::TokenInvalid);
         }
         Err(e) => {
@@ -282,24 +280,20 @@ pub async fn inspect_reset_token(
         .map_err(|r| r.error)
 }
 
-/// Records one reset attempt. A failed audit write must not turn a refusal into a 503; it is
-/// logged instead (successes are recorded inside the password transaction).
+/// Records one reset attempt (best effort; successes are recorded inside the password
+/// transaction).
 async fn audit_reset(
     state: &AppState,
     ip: std::net::IpAddr,
     request_id: Option<&str>,
-    outcome: &'static str,
+    outcome: Outcome,
     user: Option<uuid::Uuid>,
 ) {
     let event = AuditEvent {
-        action: "password_reset",
-        outcome,
         user_id: user,
         ip: Some(ip),
-        address_hash: None,
         request_id,
+        ..AuditEvent::new(Action::PasswordReset, outcome)
     };
-    if let Err(e) = shared::audit::record_on(&state.db, &event).await {
-        tracing::error!(error = %e, outcome, "could not write audit row");
-    }
+    crate::audit::record(state, &event).await;
 }

@@ -12,7 +12,7 @@ use shared::email;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use shared::audit::AuditEvent;
+use shared::audit::{Action, AuditEvent, Outcome};
 
 use crate::{
     audit,
@@ -86,7 +86,7 @@ pub async fn log_in(
         )
         .await;
         let retry_after_secs = verdict.retry_after_secs;
-        return Err(if verdict.refused_by == "login_ip" {
+        return Err(if verdict.refused_by == Some(Outcome::LoginIp) {
             ApiError::RateLimitedIp { retry_after_secs }
         } else {
             ApiError::RateLimitedLogin { retry_after_secs }
@@ -101,14 +101,14 @@ pub async fn log_in(
     // `valid` holds only for an existing account (the dummy hash never verifies).
     let verified = valid && credentials.as_ref().is_some_and(|c| c.email_verified);
     let outcome = match (valid, verified) {
-        (true, true) => "success",
-        (true, false) => "unverified",
-        (false, _) => "invalid_credentials",
+        (true, true) => Outcome::Success,
+        (true, false) => Outcome::Unverified,
+        (false, _) => Outcome::InvalidCredentials,
     };
     audit::record(
         &state,
         &AuditEvent {
-            action: "sign_in",
+            action: Action::SignIn,
             outcome,
             user_id: credentials.as_ref().filter(|_| verified).map(|c| c.id),
             ip: Some(ip),
@@ -194,12 +194,10 @@ pub async fn log_out(
     audit::record(
         &state,
         &AuditEvent {
-            action: "sign_out",
-            outcome: "success",
             user_id: Some(auth.user.id),
             ip: Some(ip),
-            address_hash: None,
             request_id: trace.request_id.as_deref(),
+            ..AuditEvent::new(Action::SignOut, Outcome::Success)
         },
     )
     .await;

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use shared::audit::AuditEvent;
+use shared::audit::{Action, AuditEvent, Outcome};
 
 use crate::{
     error::{ApiError, ErrorBody},
@@ -90,12 +90,12 @@ pub async fn sign_up(
     // the outbox relays the job once committed, so the worker always finds the new user.
     let address_hash =
         shared::keys::pseudonym(state.config.pseudonym_secret(), "email", address.key());
+    // Its outcome (created or exists) is decided by the insert.
     let audit = AuditEvent {
-        action: "sign_up",
         ip: Some(ip),
         address_hash: Some(&address_hash),
         request_id: trace.request_id.as_deref(),
-        ..AuditEvent::default()
+        ..AuditEvent::new(Action::SignUp, Outcome::Created)
     };
     let email_job = |created: Option<uuid::Uuid>| {
         let (job, ttl) = match created {
@@ -241,17 +241,15 @@ pub async fn verify(
     }
     .await;
     let (result, outcome, user) = match outcome {
-        Ok(user) => (Ok(()), "success", Some(user)),
+        Ok(user) => (Ok(()), Outcome::Success, Some(user)),
         Err(r) => (Err(r.error), r.reason, r.user),
     };
     if !matches!(result, Err(ApiError::Unavailable(_))) {
         let event = AuditEvent {
-            action: "email_verify",
-            outcome,
             user_id: user,
             ip: Some(ip),
-            address_hash: None,
             request_id,
+            ..AuditEvent::new(Action::EmailVerify, outcome)
         };
         crate::audit::record(state, &event).await;
     }

@@ -60,9 +60,9 @@ pub async fn sign_up(
     crate::outbox::add_job(&mut tx, created, &email_job(created)).await?;
     let event = shared::audit::AuditEvent {
         outcome: if created.is_some() {
-            "created"
+            shared::audit::Outcome::Created
         } else {
-            "exists"
+            shared::audit::Outcome::Exists
         },
         user_id: created,
         ..audit

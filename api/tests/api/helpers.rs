@@ -116,7 +116,7 @@ pub async fn spawn_config(config: Config) -> TestApp {
         shared::telemetry::init("warn");
     }
     let clock = ManualClock::new(chrono::Utc::now());
-    let topology = Topology::new(config.broker_namespace.clone(), &config.retry_schedule_secs);
+    let topology = config.topology();
     let keys = Keys::new(config.redis_key_prefix.clone());
     let token_keys = TokenKeys::new(config.token_secrets.clone(), config.token_digest).unwrap();
     let app = Application::build_with_clock(config, Arc::new(clock.clone()))

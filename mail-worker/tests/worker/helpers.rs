@@ -12,6 +12,7 @@ use lapin::{
 };
 use mail_worker::{config::Config, startup::Worker};
 use shared::{
+    audit::{Action, Outcome},
     clock::{Clock as _, ManualClock},
     keys::Keys,
     message::{Envelope, Job, Trace},
@@ -228,28 +229,36 @@ impl TestWorker {
     }
 
     /// The audit outcomes written for `job` (found by its request id), once there are `n`.
-    pub async fn audit_outcomes(&self, job: &Envelope, n: usize) -> Vec<String> {
+    pub async fn audit_outcomes(&self, job: &Envelope, n: usize) -> Vec<Outcome> {
         let request_id = job.trace.request_id.clone();
         let read = || async {
             sqlx::query_scalar::<_, String>(
                 "SELECT outcome FROM audit_events WHERE request_id = $1 AND action = $2 ORDER BY id",
             )
             .bind(&request_id)
-            .bind(job.job.kind())
+            .bind(Action::of_job(&job.job).as_str())
             .fetch_all(&self.db)
             .await
             .expect("audit rows")
         };
-        poll_until(PATIENCE, || async {
+        let rows = poll_until(PATIENCE, || async {
             let rows = read().await;
             (rows.len() >= n).then_some(rows)
         })
         .await
-        .unwrap_or(read().await)
+        .unwrap_or(read().await);
+        rows.iter()
+            .map(|text| {
+                *Outcome::ALL
+                    .iter()
+                    .find(|o| o.as_str() == text)
+                    .unwrap_or_else(|| panic!("{text} is no audit outcome"))
+            })
+            .collect()
     }
 
     /// The one audit outcome of `job`, once written.
-    pub async fn outcome(&self, job: &Envelope) -> String {
+    pub async fn outcome(&self, job: &Envelope) -> Outcome {
         let mut rows = self.audit_outcomes(job, 1).await;
         assert_eq!(rows.len(), 1, "one audit row for job {}: {rows:?}", job.id);
         rows.remove(0)

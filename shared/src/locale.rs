@@ -1,0 +1,132 @@
+//! The languages emails and pages are written in, and the one rule that maps what a client
+//! asks for to one of them: the api negotiates `Accept-Language` into the job's `locale`, the
+//! worker maps the job's `locale` to its templates, both with [`Locale::from_tag`].
+
+/// A language the templates exist for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Locale {
+    /// English, also the fallback.
+    En,
+    /// Chinese in Simplified characters.
+    ZhCn,
+}
+
+impl Locale {
+    /// Every locale; the first is the fallback.
+    pub const ALL: [Locale; 2] = [Locale::En, Locale::ZhCn];
+
+    /// What a client that asks for nothing we have gets.
+    pub const FALLBACK: Locale = Locale::En;
+
+    /// The BCP 47 tag (the job's `locale` field and the template directory name).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Locale::En => "en",
+            Locale::ZhCn => "zh-CN",
+        }
+    }
+
+    /// The locale a BCP 47 tag (`en-GB`, `zh-Hans-CN`, `zh_cn`, any case) asks for, if we have
+    /// it. Chinese in Simplified characters (`zh`, `zh-CN`, `zh-Hans`, `zh-SG`, `zh-Hans-*`)
+    /// is `zh-CN`; Traditional Chinese (`zh-TW`, `zh-HK`, `zh-Hant`) is not: its readers are
+    /// better served by the next language they accept, or English, than by a script they may
+    /// not read.
+    pub fn supported(tag: &str) -> Option<Locale> {
+        let tag = tag.trim().replace('_', "-").to_ascii_lowercase();
+        let mut subtags = tag.split('-');
+        match (subtags.next(), subtags.next()) {
+            (Some("en"), _) => Some(Locale::En),
+            (Some("zh"), None | Some("hans" | "cn" | "sg")) => Some(Locale::ZhCn),
+            _ => None,
+        }
+    }
+
+    /// [`Self::supported`], or the fallback.
+    pub fn from_tag(tag: &str) -> Locale {
+        Self::supported(tag).unwrap_or(Self::FALLBACK)
+    }
+
+    /// The supported locale an `Accept-Language` header prefers most (highest q-value; ties:
+    /// the earlier entry), or the fallback. At most 20 entries are read.
+    pub fn negotiate(accept_language: &str) -> Locale {
+        let mut best: Option<(f32, Locale)> = None;
+        for item in accept_language.split(',').take(20) {
+            let mut parts = item.split(';');
+            let tag = parts.next().unwrap_or("");
+            let q = parts
+                .find_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                })
+                .unwrap_or(1.0);
+            if let Some(locale) = Self::supported(tag)
+                && q > 0.0
+                && best.is_none_or(|(bq, _)| q > bq)
+            {
+                best = Some((q, locale));
+            }
+        }
+        best.map_or(Self::FALLBACK, |(_, l)| l)
+    }
+}
+
+impl std::fmt::Display for Locale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simplified_chinese_is_zh_cn_and_traditional_chinese_is_not_supported() {
+        for tag in [
+            "zh",
+            "zh-CN",
+            "zh-Hans",
+            "zh_CN",
+            "ZH-cn",
+            "zh-Hans-CN",
+            "zh-SG",
+            " zh ",
+        ] {
+            assert_eq!(Locale::supported(tag), Some(Locale::ZhCn), "{tag}");
+        }
+        for tag in ["en", "en-US", "EN_gb"] {
+            assert_eq!(Locale::supported(tag), Some(Locale::En), "{tag}");
+        }
+        for tag in ["fr", "", "zh-TW", "zh-Hant", "zh-HK", "zhx", "cn", "../x"] {
+            assert_eq!(Locale::supported(tag), None, "{tag}");
+            assert_eq!(Locale::from_tag(tag), Locale::En, "{tag}");
+        }
+    }
+
+    #[test]
+    fn negotiation_honours_q_values_and_falls_back_to_english() {
+        let cases = [
+            ("zh-CN,zh;q=0.9,en;q=0.8", Locale::ZhCn),
+            ("en-US,zh;q=0.5", Locale::En),
+            ("fr-FR, zh-Hans;q=0.3", Locale::ZhCn),
+            // Traditional Chinese is not Simplified: the next accepted language, or English.
+            ("zh-TW, zh-CN;q=0.5", Locale::ZhCn),
+            ("fr-FR, zh-TW;q=0.3", Locale::En),
+            ("de", Locale::En),
+            ("", Locale::En),
+            ("zh;q=0, en;q=0.1", Locale::En),
+        ];
+        for (header, expected) in cases {
+            assert_eq!(Locale::negotiate(header), expected, "{header}");
+        }
+    }
+
+    #[test]
+    fn what_the_api_negotiates_the_worker_maps_to_the_same_locale() {
+        for header in ["zh-TW", "zh-Hant-HK, zh;q=0.2", "zh-SG", "en-AU", "xx"] {
+            let negotiated = Locale::negotiate(header);
+            assert_eq!(Locale::from_tag(negotiated.as_str()), negotiated);
+        }
+    }
+}
