@@ -12,11 +12,14 @@ use std::{
 };
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
+    BasicProperties, Channel, Connection,
     types::{AMQPValue, FieldTable, LongString},
 };
-use shared::{amqp::Broker, message::Envelope, topology::Topology};
+use shared::{
+    amqp::{Broker, PublishError},
+    message::Envelope,
+    topology::Topology,
+};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::error::ApiError;
@@ -162,52 +165,29 @@ impl Publisher {
         mandatory: bool,
     ) -> Result<(), ApiError> {
         let channel = self.channel().await?;
-        let properties = properties
-            .with_content_type("application/json".into())
-            // Persistent: the message is written to disk before the broker confirms it.
-            .with_delivery_mode(2);
-        let confirm = tokio::time::timeout(self.inner.confirm_timeout, async {
-            channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory,
-                        ..BasicPublishOptions::default()
-                    },
-                    body,
-                    properties,
-                )
-                .await?
-                .await
-        })
-        .await
-        .map_err(|_| {
-            ApiError::unavailable(anyhow::anyhow!(
-                "broker did not confirm the publish in time"
-            ))
-        });
-        if matches!(confirm, Err(_) | Ok(Ok(Confirmation::Nack(_)))) {
-            // A channel whose publishes are refused or unanswered is not trusted again: after a
-            // cluster node died, a channel that met a quorum queue during its leader election
-            // can keep being refused although the queue has a new leader. The next publish
-            // opens a new connection (to the next node).
-            self.discard(&channel).await;
-        }
-        let confirm = confirm?
-            .map_err(|e| ApiError::unavailable(anyhow::Error::new(e).context("publish failed")))?;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) => Err(ApiError::unavailable(anyhow::anyhow!(
-                "broker returned the message as unroutable: {}",
-                returned.reply_text
-            ))),
-            Confirmation::Nack(_) => Err(ApiError::unavailable(anyhow::anyhow!(
-                "broker refused the message (nack)"
-            ))),
-            Confirmation::NotRequested => Err(ApiError::Internal(anyhow::anyhow!(
-                "publisher confirms are not enabled on the channel"
-            ))),
+        let properties = properties.with_content_type("application/json".into());
+        let published = shared::amqp::publish_confirmed(
+            &channel,
+            &exchange,
+            routing_key,
+            body,
+            properties,
+            mandatory,
+            self.inner.confirm_timeout,
+        )
+        .await;
+        match published {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if e.distrusts_channel() {
+                    // The next publish opens a new connection (to the next node).
+                    self.discard(&channel).await;
+                }
+                Err(match e {
+                    PublishError::NotConfirming => ApiError::Internal(e.into()),
+                    e => ApiError::unavailable(e),
+                })
+            }
         }
     }
 
@@ -282,11 +262,10 @@ impl Publisher {
     }
 
     async fn connect(&self) -> anyhow::Result<Link> {
-        let connection = self.inner.broker.connect("api").await?;
-        self.inner.topology.declare(&connection).await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
+        let (connection, channel) = self
+            .inner
+            .broker
+            .connect_confirmed("api", &self.inner.topology)
             .await?;
         Ok(Link {
             connection,

@@ -16,11 +16,11 @@ use std::{
 
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::{
-    BasicProperties, Channel, Confirmation,
+    BasicProperties, Channel,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+        BasicQosOptions, BasicRejectOptions,
     },
     types::{AMQPValue, FieldTable, LongString},
 };
@@ -38,8 +38,8 @@ use crate::{
     retry,
 };
 
-/// How long to wait for the broker to confirm a re-published job.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the broker to confirm a re-published (or replayed) job.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The consuming loop of one worker process.
 pub struct Consumer {
@@ -94,17 +94,15 @@ impl Consumer {
         stop: &mut watch::Receiver<bool>,
         in_flight: &Arc<Semaphore>,
     ) -> anyhow::Result<()> {
-        let connection = self.broker.connect("mail-worker").await?;
-        self.topology.declare(&connection).await?;
+        let (connection, channel_for_publishing) = self
+            .broker
+            .connect_confirmed("mail-worker", &self.topology)
+            .await?;
         let channel = connection.create_channel().await?;
         // Prefetch bounds the unacked jobs this process holds; a crash returns at most these.
         let prefetch = self.prefetch;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let channel_for_publishing = connection.create_channel().await?;
-        channel_for_publishing
-            .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let publisher = Republisher {
             channel: channel_for_publishing,
@@ -589,31 +587,20 @@ impl Settling {
         properties: &BasicProperties,
         headers: FieldTable,
     ) -> bool {
-        let properties = properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2);
-        let result = tokio::time::timeout(CONFIRM_TIMEOUT, async {
-            self.publisher
-                .channel
-                .basic_publish(
-                    self.topology.mail_exchange().into(),
-                    routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    body,
-                    properties,
-                )
-                .await?
-                .await
-        })
+        let result = shared::amqp::publish_confirmed(
+            &self.publisher.channel,
+            &self.topology.mail_exchange(),
+            routing_key,
+            body,
+            properties.clone().with_headers(headers),
+            true,
+            CONFIRM_TIMEOUT,
+        )
         .await;
         match result {
-            Ok(Ok(Confirmation::Ack(None))) => true,
-            other => {
-                tracing::error!(routing_key, result = ?other.map(|r| r.map(|c| c.is_ack())), "re-publish not confirmed");
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(routing_key, error = %e, "re-publish not confirmed");
                 self.publisher.broken.notify_one();
                 false
             }

@@ -5,13 +5,9 @@
 //! with confirms, deleting each only once the broker confirmed it. Rows older than
 //! `DEAD_LETTER_RETENTION_DAYS` are deleted ([`expire`]): they hold addresses and IPs.
 
+use anyhow::Context as _;
 use futures_util::TryStreamExt as _;
-use lapin::{
-    BasicProperties, Confirmation,
-    message::Delivery,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
-    types::FieldTable,
-};
+use lapin::{BasicProperties, message::Delivery, types::FieldTable};
 use serde::Serialize;
 use shared::{
     amqp::Broker,
@@ -166,11 +162,8 @@ pub async fn replay(
     topology: &Topology,
     selection: &Selection,
 ) -> anyhow::Result<usize> {
-    let connection = broker.connect("mail-worker dlq").await?;
-    topology.declare(&connection).await?;
-    let publisher = connection.create_channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
+    let (connection, publisher) = broker
+        .connect_confirmed("mail-worker dlq", topology)
         .await?;
     let last: Option<i64> =
         shared::db::fetch_optional(db, sqlx::query_as("SELECT max(id) FROM dead_letters"))
@@ -232,7 +225,7 @@ async fn publish(publisher: &lapin::Channel, topology: &Topology, row: &Row) -> 
         }
         Err(_) => row.body.clone(),
     };
-    let mut properties = BasicProperties::default().with_delivery_mode(2);
+    let mut properties = BasicProperties::default();
     if let Some(id) = &row.message_id {
         properties = properties.with_message_id(id.as_str().into());
     }
@@ -260,24 +253,15 @@ async fn publish(publisher: &lapin::Channel, topology: &Topology, row: &Row) -> 
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     properties = properties.with_headers(kept.into());
-    let confirm = publisher
-        .basic_publish(
-            topology.mail_exchange().into(),
-            JOBS_ROUTING_KEY.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &body,
-            properties,
-        )
-        .await?
-        .await?;
-    if !matches!(confirm, Confirmation::Ack(None)) {
-        anyhow::bail!(
-            "the broker did not accept the replayed job {:?}",
-            row.message_id
-        );
-    }
-    Ok(())
+    shared::amqp::publish_confirmed(
+        publisher,
+        &topology.mail_exchange(),
+        JOBS_ROUTING_KEY,
+        &body,
+        properties,
+        true,
+        crate::consumer::CONFIRM_TIMEOUT,
+    )
+    .await
+    .with_context(|| format!("replaying the job {:?}", row.message_id))
 }

@@ -1,5 +1,5 @@
-//! Where RabbitMQ is and how to open a connection to it: the one way both services (and the
-//! worker's `dlq` commands) connect. `AMQP_URL` may list the nodes of a cluster; each process
+//! Where RabbitMQ is, how to open a connection to it and how to publish with confirms: the
+//! one way both services (and the worker's `dlq` commands) connect and publish. `AMQP_URL` may list the nodes of a cluster; each process
 //! starts at a random one, and every new connection (after a lost one) tries the nodes in
 //! turn from the one after the last it used, so the replicas spread over the nodes and a dead
 //! node is left for the next live one. `amqps://` URLs are checked against the webpki roots
@@ -13,7 +13,13 @@ use std::{
     time::Duration,
 };
 
-use lapin::{Connection, ConnectionProperties, tcp::OwnedTLSConfig};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    tcp::OwnedTLSConfig,
+};
+
+use crate::topology::Topology;
 
 /// How long one node may take to accept a connection before the next one is tried.
 const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -110,6 +116,90 @@ impl Broker {
             tried: self.urls.len(),
             last,
         })
+    }
+}
+
+impl Broker {
+    /// [`Self::connect`], then declares `topology` and opens a channel with publisher
+    /// confirms: what every publisher of jobs needs before its first publish.
+    pub async fn connect_confirmed(
+        &self,
+        name: &str,
+        topology: &Topology,
+    ) -> anyhow::Result<(Connection, Channel)> {
+        let connection = self.connect(name).await?;
+        topology.declare(&connection).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok((connection, channel))
+    }
+}
+
+/// Why a confirmed publish did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the broker did not confirm the publish within {0:?}")]
+    Timeout(Duration),
+    #[error("publish failed: {0}")]
+    Channel(#[from] lapin::Error),
+    #[error("the broker returned the message as unroutable: {0}")]
+    Returned(String),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("publisher confirms are not enabled on the channel")]
+    NotConfirming,
+}
+
+impl PublishError {
+    /// Whether the channel should not be used again: its publishes are refused or not
+    /// answered. After a cluster node died, a channel that met a quorum queue during its
+    /// leader election can keep being refused although the queue has a new leader; a new
+    /// connection (to the next node) is the way out.
+    pub fn distrusts_channel(&self) -> bool {
+        matches!(self, PublishError::Timeout(_) | PublishError::Nacked)
+    }
+}
+
+/// Publishes `body` as a persistent message to `exchange` with `routing_key` and waits up to
+/// `timeout` for the broker's confirm. With `mandatory`, a message no queue takes comes back
+/// as [`PublishError::Returned`] instead of vanishing.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    mandatory: bool,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    // Persistent: the message is written to disk before the broker confirms it.
+    let properties = properties.with_delivery_mode(2);
+    let confirm = tokio::time::timeout(timeout, async {
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await?
+            .await
+    })
+    .await
+    .map_err(|_| PublishError::Timeout(timeout))??;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => {
+            Err(PublishError::Returned(returned.reply_text.to_string()))
+        }
+        Confirmation::Nack(_) => Err(PublishError::Nacked),
+        Confirmation::NotRequested => Err(PublishError::NotConfirming),
     }
 }
 

@@ -428,13 +428,10 @@ pub async fn publish_raw_jobs(
     topology: &shared::topology::Topology,
     bodies: &[Vec<u8>],
 ) -> anyhow::Result<()> {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-    topology.declare(&connection).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    use lapin::options::BasicPublishOptions;
+    let broker = shared::amqp::Broker::new(vec![amqp_url()], shared::tls::Trust::default());
+    let (connection, channel) = broker.connect_confirmed("e2e", topology).await?;
+    // Published back to back, the confirms awaited together (faster than one at a time).
     let mut confirms = Vec::with_capacity(bodies.len());
     for body in bodies {
         let mut properties = BasicProperties::default().with_delivery_mode(2);

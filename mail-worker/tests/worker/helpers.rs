@@ -5,11 +5,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use e2e::{QueueReader, Received, poll_until, stack::SmtpSink};
-use lapin::{
-    BasicProperties, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::{BasicProperties, Connection, options::QueueDeclareOptions, types::FieldTable};
 use mail_worker::{config::Config, startup::Worker};
 use shared::{
     audit::{Action, Outcome},
@@ -111,14 +107,11 @@ pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestWorker {
     let task = tokio::spawn(worker.run_until(async {
         let _ = stopped.await;
     }));
-    let connection = Connection::connect(&e2e::amqp_url(), ConnectionProperties::default())
+    let (connection, publisher) = config
+        .broker()
+        .connect_confirmed("worker-test", &topology)
         .await
         .expect("broker");
-    let publisher = connection.create_channel().await.expect("channel");
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
     let worker = TestWorker {
         db,
         clock,
@@ -186,29 +179,22 @@ impl TestWorker {
 
     /// Publishes raw bytes as a job (confirmed).
     pub async fn publish_raw(&self, body: &[u8], id: Option<Uuid>) {
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
+        let mut properties =
+            BasicProperties::default().with_content_type("application/json".into());
         if let Some(id) = id {
             properties = properties.with_message_id(id.to_string().into());
         }
-        let confirm = self
-            .publisher
-            .basic_publish(
-                self.topology.mail_exchange().into(),
-                JOBS_ROUTING_KEY.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-        assert!(confirm.is_ack(), "the broker took the job");
+        shared::amqp::publish_confirmed(
+            &self.publisher,
+            &self.topology.mail_exchange(),
+            JOBS_ROUTING_KEY,
+            body,
+            properties,
+            true,
+            PATIENCE,
+        )
+        .await
+        .expect("the broker took the job");
     }
 
     /// A user as the api stores one.

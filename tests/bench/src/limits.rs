@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::Context as _;
 use lapin::{
-    BasicProperties, Confirmation, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions},
+    BasicProperties, Connection,
+    options::QueuePurgeOptions,
     types::{AMQPValue, FieldTable, LongString},
 };
 use shared::{
@@ -34,15 +34,10 @@ pub struct RawPublisher {
 
 impl RawPublisher {
     pub async fn start() -> anyhow::Result<Self> {
-        let connection =
-            Connection::connect(&e2e::amqp_url(), ConnectionProperties::default()).await?;
         let topology =
             Topology::new(format!("bench-raw-{}.", e2e::unique_id()), &[1]).expiring(120_000);
-        topology.declare(&connection).await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let broker = shared::amqp::Broker::new(vec![e2e::amqp_url()], Default::default());
+        let (connection, channel) = broker.connect_confirmed("bench-raw", &topology).await?;
         Ok(Self {
             connection,
             channel,
@@ -130,25 +125,19 @@ impl RawPublisher {
                     n += 1;
                     let (body, properties) = job(&format!("u{t}-{n}@example.org"));
                     let sent = Instant::now();
-                    let confirmed = async {
-                        channel
-                            .basic_publish(
-                                exchange.as_str().into(),
-                                shared::topology::JOBS_ROUTING_KEY.into(),
-                                BasicPublishOptions {
-                                    mandatory: true,
-                                    ..BasicPublishOptions::default()
-                                },
-                                &body,
-                                properties,
-                            )
-                            .await?
-                            .await
-                    }
+                    let confirmed = shared::amqp::publish_confirmed(
+                        &channel,
+                        &exchange,
+                        shared::topology::JOBS_ROUTING_KEY,
+                        &body,
+                        properties,
+                        true,
+                        Duration::from_secs(10),
+                    )
                     .await;
                     match confirmed {
-                        Ok(Confirmation::Ack(None)) => latencies.push(sent.elapsed()),
-                        _ => {
+                        Ok(()) => latencies.push(sent.elapsed()),
+                        Err(_) => {
                             errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
