@@ -48,13 +48,7 @@ pub struct Config {
     pub migrate_on_start: bool,
 }
 
-impl std::ops::Deref for Config {
-    type Target = CommonConfig;
-
-    fn deref(&self) -> &CommonConfig {
-        &self.common
-    }
-}
+shared::service_config!(Config);
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +70,6 @@ impl Default for Argon2Params {
 }
 
 impl Config {
-    /// Reads the process environment, after loading `.env` if there is one.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(shared::config::environment())
-    }
-
     /// Reads settings through `lookup` (the environment in production, a map in tests).
     /// `NAME_FILE` is honoured for every variable, so secrets can come from mounted files.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {

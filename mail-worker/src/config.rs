@@ -41,20 +41,46 @@ pub struct Config {
     pub mail_per_recipient_window: Duration,
 }
 
-impl std::ops::Deref for Config {
-    type Target = CommonConfig;
+shared::service_config!(Config);
 
-    fn deref(&self) -> &CommonConfig {
-        &self.common
-    }
+/// What `mail-worker dlq list` and `dlq replay` read: the database, and for a replay the
+/// broker (`AMQP_URL`, `BROKER_NAMESPACE`, `MAIL_RETRY_SCHEDULE_SECS`,
+/// `BROKER_QUEUE_EXPIRES_MS`), plus `TLS_CA_FILE`. No secret and no SMTP setting: an operator
+/// runs them with only `DATABASE_URL` set (and the broker's variables for a replay).
+#[derive(Debug, Clone)]
+pub struct DeadLetterConfig {
+    pub database_url: String,
+    pub tls: shared::tls::Trust,
+    pub amqp_urls: Vec<String>,
+    pub topology: shared::topology::Topology,
 }
 
-impl Config {
+impl DeadLetterConfig {
     /// Reads the process environment, after loading `.env` if there is one.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(shared::config::environment())
     }
 
+    /// Reads settings through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = EnvReader::new(&lookup);
+        let config = Self {
+            database_url: r.database_url(),
+            tls: r.tls_trust(),
+            amqp_urls: r.amqp_urls(),
+            topology: r.topology(),
+        };
+        r.finish().map_err(ConfigError)?;
+        Ok(config)
+    }
+
+    /// The broker nodes of `AMQP_URL`.
+    pub fn broker(&self) -> shared::amqp::Broker {
+        shared::amqp::Broker::new(self.amqp_urls.clone(), self.tls.clone())
+    }
+}
+
+impl Config {
     /// Reads settings through `lookup` (the environment in production, a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = EnvReader::new(&lookup);

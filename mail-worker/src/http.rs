@@ -5,13 +5,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use axum::{
-    Json, Router,
-    extract::State,
-    http::{StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::get,
-};
+use axum::{Json, Router, extract::State, response::Response, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use shared::redis_pool::RedisPool;
@@ -41,22 +35,9 @@ pub fn router(state: HttpState) -> Router {
 /// deliberately not checked: a provider outage is handled by retries, not by restarts.
 async fn readyz(State(state): State<HttpState>) -> Response {
     let consuming = state.consuming.load(Ordering::SeqCst);
-    let (ready, body) = shared::telemetry::readiness(&state.db, &state.redis, consuming).await;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    shared::telemetry::readiness(&state.db, &state.redis, true, consuming).await
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
+    shared::telemetry::metrics_response(&state.metrics)
 }

@@ -13,4 +13,3 @@ pub mod render;
 pub mod retry;
 pub mod smtp;
 pub mod startup;
-pub mod store;

@@ -1,8 +1,13 @@
 //! `mail-worker` — consumes and delivers mail jobs;
-//! `mail-worker dlq list` / `mail-worker dlq replay (--id ID | --all)` — the dead letters.
+//! `mail-worker dlq list` / `mail-worker dlq replay (--id ID | --all)` — the dead letters
+//! (these read only the database's and the broker's settings).
 
 use clap::Parser as _;
-use mail_worker::{config::Config, dlq, startup::Worker};
+use mail_worker::{
+    config::{Config, DeadLetterConfig},
+    dlq,
+    startup::Worker,
+};
 
 /// The mail worker: consumes mail jobs from RabbitMQ and delivers them over SMTP. Configured by
 /// the environment (and `.env`); every variable is listed in `.env.example`.
@@ -47,27 +52,28 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            Worker::build(config.clone())
+            Worker::build(Config::from_env()?)
                 .await?
                 .run_until(shared::telemetry::shutdown_signal())
                 .await
         }
         Command::Dlq(Dlq::List) => {
+            let config = DeadLetterConfig::from_env()?;
             let db = dead_letter_db(&config).await?;
             let n = dlq::list(&db, &mut std::io::stdout().lock()).await?;
             eprintln!("{n} dead letter(s)");
             Ok(())
         }
         Command::Dlq(Dlq::Replay { id, .. }) => {
+            let config = DeadLetterConfig::from_env()?;
             let db = dead_letter_db(&config).await?;
             let selection = match &id {
                 Some(id) => dlq::Selection::Id(id.clone()),
                 None => dlq::Selection::All,
             };
-            let n = dlq::replay(&db, &config.broker(), &config.topology(), &selection).await?;
+            let n = dlq::replay(&db, &config.broker(), &config.topology, &selection).await?;
             if let (0, Some(id)) = (n, &id) {
                 anyhow::bail!("no dead letter with id {id}");
             }
@@ -78,7 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The database the dead letters are kept in (one connection).
-async fn dead_letter_db(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+async fn dead_letter_db(config: &DeadLetterConfig) -> anyhow::Result<sqlx::PgPool> {
     shared::db::configure(&config.database_url);
     shared::telemetry::connect_db(&config.database_url, 1, &config.tls).await
 }

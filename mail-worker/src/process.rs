@@ -25,8 +25,10 @@ use crate::{
     mailer::{Mailer, Outgoing, SendError},
     recipient_budget::{self, RecipientBudget},
     render::{EmailContent, Renderer},
-    store::{self, Recipient},
 };
+
+/// What the worker needs to know about a recipient.
+pub use shared::account::Account as Recipient;
 
 /// How long a delivered job's id is remembered (longer than any redelivery or retry path).
 const SENT_MARKER_TTL_SECS: u64 = 7 * 86_400;
@@ -156,7 +158,7 @@ impl Processor {
                 _ => None,
             })
             .collect();
-        let found = store::lookup(&self.db, &email_keys, &ids)
+        let found = shared::account::lookup(&self.db, &email_keys, &ids)
             .await
             .map_err(|e| format!("database: {e}"));
         lookups

@@ -73,6 +73,29 @@ fn decode_secret(text: &str) -> Option<Vec<u8>> {
         .find_map(|engine| engine.decode(text).ok())
 }
 
+/// What every service's `Config` (a struct with a `common: CommonConfig` field and a
+/// `from_lookup` constructor) shares: the common settings reachable directly through `Deref`
+/// (`config.database_url`), and `from_env`, which reads the process environment after `.env`.
+#[macro_export]
+macro_rules! service_config {
+    ($config:ty) => {
+        impl ::std::ops::Deref for $config {
+            type Target = $crate::config::CommonConfig;
+
+            fn deref(&self) -> &Self::Target {
+                &self.common
+            }
+        }
+
+        impl $config {
+            /// Reads the process environment, after loading `.env` if there is one.
+            pub fn from_env() -> ::std::result::Result<Self, $crate::config::ConfigError> {
+                Self::from_lookup($crate::config::environment())
+            }
+        }
+    };
+}
+
 /// Every configuration problem, one per line.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .0.join("\n"))]
@@ -120,6 +143,75 @@ impl<'a> EnvReader<'a> {
             Ok(())
         } else {
             Err(self.errors)
+        }
+    }
+
+    /// `DATABASE_URL` (required).
+    pub fn database_url(&mut self) -> String {
+        self.required(
+            "DATABASE_URL",
+            "e.g. postgres://postgres@127.0.0.1:5432/pwrecovery",
+        )
+    }
+
+    /// `AMQP_URL`: the nodes of one RabbitMQ cluster, comma-separated (default: the local
+    /// broker).
+    pub fn amqp_urls(&mut self) -> Vec<String> {
+        let mut amqp_urls = self.list("AMQP_URL");
+        if amqp_urls.is_empty() {
+            amqp_urls.push("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        }
+        for url in &amqp_urls {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                let scheme: String = url.chars().take_while(|c| *c != ':').take(8).collect();
+                self.error(format!(
+                    "AMQP_URL: expected amqp:// or amqps:// URLs (comma-separated nodes of one \
+                     cluster), got one starting with {scheme:?}"
+                ));
+            }
+        }
+        amqp_urls
+    }
+
+    /// `TLS_CA_FILE`: what every TLS client trusts besides the public roots.
+    pub fn tls_trust(&mut self) -> crate::tls::Trust {
+        match self.raw("TLS_CA_FILE").filter(|v| !v.trim().is_empty()) {
+            None => crate::tls::Trust::default(),
+            Some(path) => {
+                crate::tls::Trust::from_pem_file(Path::new(path.trim())).unwrap_or_else(|e| {
+                    self.error(format!(
+                        "TLS_CA_FILE: {e} (a PEM file of the private CA certificates every TLS \
+                         client trusts besides the public roots)"
+                    ));
+                    crate::tls::Trust::default()
+                })
+            }
+        }
+    }
+
+    /// `MAIL_RETRY_SCHEDULE_SECS`: the delays of the retries, in seconds.
+    pub fn retry_schedule(&mut self) -> Vec<u64> {
+        let retry = self.string("MAIL_RETRY_SCHEDULE_SECS", "5,30,120,600,3600");
+        crate::topology::parse_retry_schedule(&retry).unwrap_or_else(|e| {
+            self.error(format!("MAIL_RETRY_SCHEDULE_SECS: {e}"));
+            Vec::new()
+        })
+    }
+
+    /// `BROKER_QUEUE_EXPIRES_MS`: unset or 0 for queues that never expire.
+    pub fn broker_queue_expires_ms(&mut self) -> Option<i64> {
+        let expires = self.number("BROKER_QUEUE_EXPIRES_MS", 0, 0, 30 * 86_400_000);
+        i64::try_from(expires).ok().filter(|&ms| ms > 0)
+    }
+
+    /// The broker topology `BROKER_NAMESPACE`, `MAIL_RETRY_SCHEDULE_SECS` and
+    /// `BROKER_QUEUE_EXPIRES_MS` describe.
+    pub fn topology(&mut self) -> crate::topology::Topology {
+        let namespace = self.string("BROKER_NAMESPACE", "");
+        let topology = crate::topology::Topology::new(namespace, &self.retry_schedule());
+        match self.broker_queue_expires_ms() {
+            Some(ms) => topology.expiring(ms),
+            None => topology,
         }
     }
 
@@ -324,10 +416,7 @@ impl CommonConfig {
     /// Reads the shared variables, recording problems in `r`.
     pub fn read(r: &mut EnvReader<'_>) -> Self {
         use std::time::Duration;
-        let database_url = r.required(
-            "DATABASE_URL",
-            "e.g. postgres://postgres@127.0.0.1:5432/pwrecovery",
-        );
+        let database_url = r.database_url();
         // 2 per process: 20 api + 20 worker replicas hold 80 connections, under PostgreSQL's
         // default max_connections of 100 with room for migrations and an operator's session.
         // Every query here is short (no connection is held across a hash or a publish).
@@ -358,31 +447,8 @@ impl CommonConfig {
                 ));
             }
         }
-        let mut amqp_urls = r.list("AMQP_URL");
-        if amqp_urls.is_empty() {
-            amqp_urls.push("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-        }
-        for url in &amqp_urls {
-            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-                let scheme: String = url.chars().take_while(|c| *c != ':').take(8).collect();
-                r.error(format!(
-                    "AMQP_URL: expected amqp:// or amqps:// URLs (comma-separated nodes of one \
-                     cluster), got one starting with {scheme:?}"
-                ));
-            }
-        }
-        let tls = match r.raw("TLS_CA_FILE").filter(|v| !v.trim().is_empty()) {
-            None => crate::tls::Trust::default(),
-            Some(path) => {
-                crate::tls::Trust::from_pem_file(Path::new(path.trim())).unwrap_or_else(|e| {
-                    r.error(format!(
-                        "TLS_CA_FILE: {e} (a PEM file of the private CA certificates every TLS \
-                         client trusts besides the public roots)"
-                    ));
-                    crate::tls::Trust::default()
-                })
-            }
-        };
+        let amqp_urls = r.amqp_urls();
+        let tls = r.tls_trust();
         let public_base_url = r.public_base_url();
         let token_secrets = r.token_secrets();
         let token_digest = r
@@ -390,16 +456,10 @@ impl CommonConfig {
             .unwrap_or_default();
         let reset_max = r.number("RESET_TOKEN_MAX_AGE_SECS", 3600, 60, 7 * 86_400);
         let verify_max = r.number("VERIFY_TOKEN_MAX_AGE_SECS", 3600, 60, 30 * 86_400);
-        let retry = r.string("MAIL_RETRY_SCHEDULE_SECS", "5,30,120,600,3600");
-        let retry_schedule_secs =
-            crate::topology::parse_retry_schedule(&retry).unwrap_or_else(|e| {
-                r.error(format!("MAIL_RETRY_SCHEDULE_SECS: {e}"));
-                Vec::new()
-            });
+        let retry_schedule_secs = r.retry_schedule();
         let shutdown = r.number("SHUTDOWN_TIMEOUT_SECS", 10, 1, 600);
         let redis_key_prefix = r.string("REDIS_KEY_PREFIX", "");
         let broker_namespace = r.string("BROKER_NAMESPACE", "");
-        let expires = r.number("BROKER_QUEUE_EXPIRES_MS", 0, 0, 30 * 86_400_000);
         let product_name = r.string("PRODUCT_NAME", "Example Accounts");
         if product_name.trim().is_empty() || product_name.chars().any(char::is_control) {
             r.error(
@@ -427,7 +487,7 @@ impl CommonConfig {
             shutdown_timeout: Duration::from_secs(shutdown),
             redis_key_prefix,
             broker_namespace,
-            broker_queue_expires_ms: i64::try_from(expires).ok().filter(|&ms| ms > 0),
+            broker_queue_expires_ms: r.broker_queue_expires_ms(),
             product_name,
         }
     }

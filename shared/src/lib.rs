@@ -1,6 +1,7 @@
 //! Pieces both services agree on: tokens, job messages, broker topology, Redis key names,
 //! address normalisation and logging setup.
 
+pub mod account;
 pub mod amqp;
 pub mod audit;
 pub mod clock;

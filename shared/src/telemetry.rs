@@ -158,20 +158,25 @@ pub fn exit_code(binary: &str, result: anyhow::Result<()>) -> std::process::Exit
     }
 }
 
-/// The readiness verdict of a service: PostgreSQL and Redis are probed here (bounded),
+/// The answer of a service's `/readyz`: `200 {"status": "ready", "checks": {…}}`, or `503`
+/// with `"unavailable"` and the failing check. PostgreSQL and Redis are probed here (bounded);
+/// PostgreSQL counts only with `schema_ready` (the caller's migrations have run), and
 /// `rabbitmq` is the caller's own view of its broker connection.
 pub async fn readiness(
     db: &PgPool,
     redis: &crate::redis_pool::RedisPool,
+    schema_ready: bool,
     rabbitmq: bool,
-) -> (bool, serde_json::Value) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
     let postgres = async {
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::raw_sql("SELECT 1").execute(db),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok())
+        schema_ready
+            && tokio::time::timeout(
+                Duration::from_secs(2),
+                sqlx::raw_sql("SELECT 1").execute(db),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
     };
     let (postgres, redis) = tokio::join!(postgres, redis.ping());
     let ready = postgres && redis && rabbitmq;
@@ -179,5 +184,23 @@ pub async fn readiness(
         "status": if ready { "ready" } else { "unavailable" },
         "checks": { "postgres": postgres, "redis": redis, "rabbitmq": rabbitmq },
     });
-    (ready, body)
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The answer of a service's `/metrics`: the Prometheus text exposition of `handle`.
+pub fn metrics_response(handle: &PrometheusHandle) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
 }

@@ -1,11 +1,6 @@
 //! `GET /healthz`, `GET /readyz`, and `GET /metrics` (on the metrics listener only).
 
-use axum::{
-    Json,
-    extract::State,
-    http::{StatusCode, header},
-    response::{IntoResponse, Response},
-};
+use axum::{Json, extract::State, response::Response};
 use serde_json::json;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -32,36 +27,17 @@ pub async fn healthz() -> Json<serde_json::Value> {
         (status = 503, description = "A dependency is unreachable; `checks` says which", body = serde_json::Value),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let rabbitmq = state.publisher.is_connected().await;
-    let (mut ready, mut body) =
-        shared::telemetry::readiness(&state.db, &state.redis, rabbitmq).await;
     // PostgreSQL counts as ready only once the schema is current (migrations that were
     // pending because the database was down at start have run).
-    if !state
+    let schema_ready = state
         .schema_ready
-        .load(std::sync::atomic::Ordering::Acquire)
-    {
-        ready = false;
-        body["status"] = serde_json::json!("unavailable");
-        body["checks"]["postgres"] = serde_json::json!(false);
-    }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+        .load(std::sync::atomic::Ordering::Acquire);
+    let rabbitmq = state.publisher.is_connected().await;
+    shared::telemetry::readiness(&state.db, &state.redis, schema_ready, rabbitmq).await
 }
 
 /// Prometheus text exposition, served only on `API_METRICS_BIND` (see
 /// [`crate::startup::metrics_router`]), never on the public port.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
+    shared::telemetry::metrics_response(&state.metrics)
 }

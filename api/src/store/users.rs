@@ -3,14 +3,9 @@
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-/// A user as the api needs it (never the hash, except for sign-in).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct User {
-    pub id: Uuid,
-    pub email: String,
-    pub password_version: i32,
-    pub email_verified: bool,
-}
+/// A user as the api reads one for sessions and links (never the hash; see
+/// [`shared::account`]).
+pub use shared::account::{Account as User, by_id};
 
 /// Credentials for sign-in.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -70,19 +65,6 @@ pub async fn sign_up(
     shared::audit::record(&mut *tx, &event).await?;
     tx.commit().await?;
     Ok(created)
-}
-
-/// Loads a user by id.
-pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-    shared::db::fetch_optional(
-        db,
-        sqlx::query_as(
-            "SELECT id, email, password_version, email_verified_at IS NOT NULL AS email_verified
-         FROM users WHERE id = $1",
-        )
-        .bind(id),
-    )
-    .await
 }
 
 /// Loads sign-in credentials by address key.
