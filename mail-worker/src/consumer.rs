@@ -89,48 +89,23 @@ impl Consumer {
         }
     }
 
+    /// One broker session: attach the consumers, decide and settle what arrives until `stop`
+    /// turns true (`Ok`) or the connection fails (`Err`), then let in-flight jobs finish.
     async fn session(
         &self,
         stop: &mut watch::Receiver<bool>,
         in_flight: &Arc<Semaphore>,
     ) -> anyhow::Result<()> {
-        let (connection, channel_for_publishing) = self
-            .broker
-            .connect_confirmed("mail-worker", &self.topology)
-            .await?;
-        let channel = connection.create_channel().await?;
-        // Prefetch bounds the unacked jobs this process holds; a crash returns at most these.
-        let prefetch = self.prefetch;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let publisher = Republisher {
-            channel: channel_for_publishing,
-            broken: Arc::new(tokio::sync::Notify::new()),
-        };
-        let tag = format!("mail-worker-{}", uuid::Uuid::new_v4().simple());
-        let mut deliveries = channel
-            .basic_consume(
-                self.topology.jobs_queue().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        // Dead letters move into PostgreSQL (see `dlq`), where looking at them changes nothing.
-        let dead_channel = connection.create_channel().await?;
-        dead_channel
-            .basic_qos(16, BasicQosOptions::default())
-            .await?;
-        let dead_tag = format!("{tag}-dead");
-        let mut dead_letters = dead_channel
-            .basic_consume(
-                self.topology.dead_queue().into(),
-                dead_tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let Attached {
+            connection,
+            channel,
+            tag,
+            mut deliveries,
+            dead_channel,
+            dead_tag,
+            mut dead_letters,
+            publisher,
+        } = self.attach().await?;
         let (ending, ending_rx) = watch::channel(false);
         let settling = Arc::new(Settling {
             processor: self.processor.clone(),
@@ -141,7 +116,7 @@ impl Consumer {
         });
         let mut expiry_tick = tokio::time::interval(Duration::from_secs(3600));
         self.connected.store(true, Ordering::SeqCst);
-        tracing::info!(queue = %self.topology.jobs_queue(), prefetch, "consuming");
+        tracing::info!(queue = %self.topology.jobs_queue(), prefetch = self.prefetch, "consuming");
         let mut tasks = tokio::task::JoinSet::new();
         let mut depth_tick = tokio::time::interval(Duration::from_secs(10));
         let result = loop {
@@ -167,14 +142,7 @@ impl Consumer {
                     break Ok(());
                 }
                 _ = expiry_tick.tick() => {
-                    let (db, days) = (self.processor.db.clone(), self.dead_letter_retention_days);
-                    tasks.spawn(async move {
-                        match crate::dlq::expire(&db, days).await {
-                            Ok(0) => {}
-                            Ok(n) => tracing::info!(deleted = n, days, "expired dead letters deleted"),
-                            Err(e) => tracing::warn!(error = %e, "could not delete expired dead letters"),
-                        }
-                    });
+                    tasks.spawn(expire_dead_letters(self.processor.db.clone(), self.dead_letter_retention_days));
                 }
                 next = dead_letters.next() => match next {
                     Some(Ok(delivery)) => {
@@ -184,36 +152,19 @@ impl Consumer {
                     Some(Err(e)) => break Err(anyhow::Error::new(e).context("dead-letter consumer failed")),
                     None => break Err(anyhow::anyhow!("the broker cancelled the dead-letter consumer")),
                 },
-                next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => {
-                        // Every job already delivered joins this one's batch (up to the
-                        // prefetch): one lookup and one audit statement for all of them.
-                        let mut deliveries_now = vec![delivery];
-                        let mut ended = None;
-                        while deliveries_now.len() < usize::from(prefetch) {
-                            match deliveries.next().now_or_never() {
-                                Some(Some(Ok(delivery))) => deliveries_now.push(delivery),
-                                Some(Some(Err(e))) => {
-                                    ended = Some(anyhow::Error::new(e).context("consumer failed"));
-                                    break;
-                                }
-                                Some(None) => {
-                                    ended = Some(anyhow::anyhow!("the broker cancelled the consumer"));
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        let settling = settling.clone();
-                        tasks.spawn(async move { settling.handle(deliveries_now).await });
-                        while tasks.try_join_next().is_some() {}
-                        if let Some(e) = ended {
-                            break Err(e);
-                        }
+                next = deliveries.next() => {
+                    let (batch, ended) = match next {
+                        Some(Ok(delivery)) => self.batch(delivery, &mut deliveries),
+                        Some(Err(e)) => break Err(anyhow::Error::new(e).context("consumer failed")),
+                        None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+                    };
+                    let settling = settling.clone();
+                    tasks.spawn(async move { settling.handle(batch).await });
+                    while tasks.try_join_next().is_some() {}
+                    if let Some(e) = ended {
+                        break Err(e);
                     }
-                    Some(Err(e)) => break Err(anyhow::Error::new(e).context("consumer failed")),
-                    None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
-                },
+                }
             }
         };
         // Jobs waiting for a send slot do not start any more; in-flight jobs need this
@@ -225,6 +176,110 @@ impl Consumer {
         .await;
         let _ = connection.close(200, "bye".into()).await;
         result
+    }
+
+    /// Connects, declares the topology and attaches the consumers of the work queue (with a
+    /// prefetch of `WORKER_PREFETCH`) and of the dead letters.
+    async fn attach(&self) -> anyhow::Result<Attached> {
+        let (connection, channel_for_publishing) = self
+            .broker
+            .connect_confirmed("mail-worker", &self.topology)
+            .await?;
+        let channel = connection.create_channel().await?;
+        // Prefetch bounds the unacked jobs this process holds; a crash returns at most these.
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
+        let tag = format!("mail-worker-{}", uuid::Uuid::new_v4().simple());
+        let deliveries = channel
+            .basic_consume(
+                self.topology.jobs_queue().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        // Dead letters move into PostgreSQL (see `dlq`), where looking at them changes nothing.
+        let dead_channel = connection.create_channel().await?;
+        dead_channel
+            .basic_qos(16, BasicQosOptions::default())
+            .await?;
+        let dead_tag = format!("{tag}-dead");
+        let dead_letters = dead_channel
+            .basic_consume(
+                self.topology.dead_queue().into(),
+                dead_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Attached {
+            connection,
+            channel,
+            tag,
+            deliveries,
+            dead_channel,
+            dead_tag,
+            dead_letters,
+            publisher: Republisher {
+                channel: channel_for_publishing,
+                broken: Arc::new(tokio::sync::Notify::new()),
+            },
+        })
+    }
+
+    /// `first` and every job already delivered after it (up to the prefetch): one batch, with
+    /// one lookup and one audit statement for all of them. With the error that ended the
+    /// consumer, if it ended while the batch was taken.
+    fn batch(
+        &self,
+        first: Delivery,
+        deliveries: &mut lapin::Consumer,
+    ) -> (Vec<Delivery>, Option<anyhow::Error>) {
+        let mut batch = vec![first];
+        while batch.len() < usize::from(self.prefetch) {
+            match deliveries.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Err(e))) => {
+                    return (
+                        batch,
+                        Some(anyhow::Error::new(e).context("consumer failed")),
+                    );
+                }
+                Some(None) => {
+                    return (
+                        batch,
+                        Some(anyhow::anyhow!("the broker cancelled the consumer")),
+                    );
+                }
+                None => break,
+            }
+        }
+        (batch, None)
+    }
+}
+
+/// What one broker session consumes and publishes on.
+struct Attached {
+    connection: lapin::Connection,
+    /// The work queue's channel and consumer.
+    channel: Channel,
+    tag: String,
+    deliveries: lapin::Consumer,
+    /// The dead letters' channel and consumer.
+    dead_channel: Channel,
+    dead_tag: String,
+    dead_letters: lapin::Consumer,
+    /// Where retries and dead letters are re-published (with confirms).
+    publisher: Republisher,
+}
+
+/// Deletes the dead letters older than `days` (`DEAD_LETTER_RETENTION_DAYS`).
+async fn expire_dead_letters(db: sqlx::PgPool, days: u64) {
+    match crate::dlq::expire(&db, days).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, days, "expired dead letters deleted"),
+        Err(e) => tracing::warn!(error = %e, "could not delete expired dead letters"),
     }
 }
 
@@ -332,57 +387,59 @@ impl Settling {
                 Err(wait) => others.push((job, Err(wait))),
             }
         }
-        let drop_all = async {
-            if dropped.is_empty() {
-                return;
-            }
-            // A redelivered job may have been sent before its ack was lost: then it is a
-            // repeat (no audit row), not a new decision about an account that changed since.
-            let repeats = if dropped.iter().any(|(job, ..)| job.delivery.redelivered) {
-                futures_util::future::join_all(dropped.iter().map(|(job, ..)| async {
-                    job.delivery.redelivered
-                        && self
-                            .processor
-                            .already_sent(job.envelope.id)
-                            .await
-                            .unwrap_or(false)
-                }))
-                .await
-            } else {
-                vec![false; dropped.len()]
-            };
-            let rows = dropped
-                .iter()
-                .zip(&repeats)
-                .filter(|(_, repeat)| !**repeat)
-                .map(|((job, reason, user), _)| {
-                    self.processor.audit_row(&job.envelope, *reason, *user)
-                });
-            self.processor.audit_log.record(rows).await;
-            for ((job, reason, _), repeat) in dropped.iter().zip(&repeats) {
-                let envelope = &job.envelope;
-                let outcome = if *repeat {
-                    audit::Outcome::Duplicate
-                } else {
-                    *reason
-                }
-                .as_str();
-                tracing::info!(job_id = %envelope.id, kind = envelope.job.kind(),
-                    attempt = envelope.attempt,
-                    request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
-                    outcome, "job done");
-                metrics::counter!("jobs_total", "kind" => envelope.job.kind(), "outcome" => outcome)
-                    .increment(1);
-            }
-            // Acked each on its own, all at once (a `multiple` ack, tried, cost the broker more:
-            // it can only be sent once every earlier delivery is settled).
-            futures_util::future::join_all(dropped.iter().map(|(job, ..)| ack(&job.delivery)))
-                .await;
-        };
         let send_all = futures_util::future::join_all(
             others.into_iter().map(|(job, plan)| self.send(job, plan)),
         );
-        tokio::join!(drop_all, send_all);
+        tokio::join!(self.drop_all(&dropped), send_all);
+    }
+
+    /// Settles the jobs of a batch that send nothing: their audit rows with one statement,
+    /// then each acked (all at once).
+    async fn drop_all(&self, dropped: &[(Job, audit::Outcome, Option<uuid::Uuid>)]) {
+        if dropped.is_empty() {
+            return;
+        }
+        // A redelivered job may have been sent before its ack was lost: then it is a repeat
+        // (no audit row), not a new decision about an account that changed since.
+        let repeats = if dropped.iter().any(|(job, ..)| job.delivery.redelivered) {
+            futures_util::future::join_all(dropped.iter().map(|(job, ..)| async {
+                job.delivery.redelivered
+                    && self
+                        .processor
+                        .already_sent(job.envelope.id)
+                        .await
+                        .unwrap_or(false)
+            }))
+            .await
+        } else {
+            vec![false; dropped.len()]
+        };
+        let rows = dropped
+            .iter()
+            .zip(&repeats)
+            .filter(|(_, repeat)| !**repeat)
+            .map(|((job, reason, user), _)| {
+                self.processor.audit_row(&job.envelope, *reason, *user)
+            });
+        self.processor.audit_log.record(rows).await;
+        for ((job, reason, _), repeat) in dropped.iter().zip(&repeats) {
+            let envelope = &job.envelope;
+            let outcome = if *repeat {
+                audit::Outcome::Duplicate
+            } else {
+                *reason
+            }
+            .as_str();
+            tracing::info!(job_id = %envelope.id, kind = envelope.job.kind(),
+                attempt = envelope.attempt,
+                request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
+                outcome, "job done");
+            metrics::counter!("jobs_total", "kind" => envelope.job.kind(), "outcome" => outcome)
+                .increment(1);
+        }
+        // Acked each on its own, all at once (a `multiple` ack, tried, cost the broker more:
+        // it can only be sent once every earlier delivery is settled).
+        futures_util::future::join_all(dropped.iter().map(|(job, ..)| ack(&job.delivery))).await;
     }
 
     /// Carries out one job's plan (or its wait) and settles it.
@@ -473,35 +530,7 @@ impl Settling {
                     .increment(1);
                 ack(delivery).await;
             }
-            Outcome::Retry(error) => {
-                let attempt = envelope.attempt + 1;
-                let headers = retry::with_history(
-                    delivery.properties.headers().as_ref(),
-                    attempt,
-                    processor.clock.now(),
-                    error,
-                );
-                match retry::delay_for(&processor.config.retry_schedule_secs, attempt) {
-                    Some(delay) => {
-                        tracing::warn!(parent: span, error, delay_secs = delay, "delivery failed; will retry");
-                        metrics::counter!("jobs_total", "kind" => kind, "outcome" => "retried")
-                            .increment(1);
-                        let mut next = envelope.clone();
-                        next.attempt = attempt;
-                        self.later(delivery, &next, delay, headers).await;
-                    }
-                    None => {
-                        let reason = format!(
-                            "retries exhausted after {attempt} attempts; last error: {error}"
-                        );
-                        tracing::error!(parent: span, reason, "dead-lettering");
-                        metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead")
-                            .increment(1);
-                        processor.audit(envelope, audit::Outcome::Dead, None).await;
-                        self.dead_letter(delivery, headers, &reason, false).await;
-                    }
-                }
-            }
+            Outcome::Retry(error) => self.retry(span, delivery, envelope, error).await,
             Outcome::Wait(error) => {
                 let wait = retry::waits(delivery.properties.headers().as_ref()).saturating_add(1);
                 let delay = retry::wait_delay(&processor.config.retry_schedule_secs, wait);
@@ -527,6 +556,44 @@ impl Settling {
                     reason,
                 );
                 self.dead_letter(delivery, headers, reason, false).await;
+            }
+        }
+    }
+
+    /// Parks a job whose delivery failed in a way that may pass in the delay queue of its
+    /// next attempt, or dead-letters it when the schedule is spent.
+    async fn retry(
+        &self,
+        span: &tracing::Span,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        error: &str,
+    ) {
+        let processor = &self.processor;
+        let kind = envelope.job.kind();
+        let attempt = envelope.attempt + 1;
+        let headers = retry::with_history(
+            delivery.properties.headers().as_ref(),
+            attempt,
+            processor.clock.now(),
+            error,
+        );
+        match retry::delay_for(&processor.config.retry_schedule_secs, attempt) {
+            Some(delay) => {
+                tracing::warn!(parent: span, error, delay_secs = delay, "delivery failed; will retry");
+                metrics::counter!("jobs_total", "kind" => kind, "outcome" => "retried")
+                    .increment(1);
+                let mut next = envelope.clone();
+                next.attempt = attempt;
+                self.later(delivery, &next, delay, headers).await;
+            }
+            None => {
+                let reason =
+                    format!("retries exhausted after {attempt} attempts; last error: {error}");
+                tracing::error!(parent: span, reason, "dead-lettering");
+                metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead").increment(1);
+                processor.audit(envelope, audit::Outcome::Dead, None).await;
+                self.dead_letter(delivery, headers, &reason, false).await;
             }
         }
     }
