@@ -192,59 +192,11 @@ pub async fn perform_reset(
         return Err(ApiError::TokenUsed);
     }
 
-    // The change, its audit row, the `user.password_reset` event and the notice commit
-    // together (the outbox): other services learn of the reset and the user gets the notice
-    // even if this process dies right after the commit. The relay publishes the event first
-    // (rows of one user go out in order).
-    let committed = async {
-        let hash = state.hasher.hash_for(ip, new_password).await?;
-        let mut tx = state.db.begin().await?;
-        let Some(new_version) =
-            store::users::replace_password(&mut *tx, user_id, user.password_version, &hash).await?
-        else {
-            // The password changed between the check and the update (another link, another
-            // device): this link belongs to the old password.
-            return Ok(None);
-        };
-        shared::audit::record(
-            &mut *tx,
-            &AuditEvent {
-                user_id: Some(user_id),
-                ip: Some(ip),
-                request_id: trace.request_id.as_deref(),
-                ..AuditEvent::new(Action::PasswordReset, Outcome::Success)
-            },
-        )
-        .await?;
-        let event = json!({
-            "user_id": user_id,
-            "password_version": new_version,
-            "occurred_at": now,
-        });
-        outbox::add_event(
-            &mut tx,
-            user_id,
-            shared::topology::PASSWORD_RESET_EVENT,
-            &event,
-        )
-        .await?;
-        let notice = Envelope::new(
-            Job::PasswordChanged {
-                user_id,
-                email: user.email.clone(),
-                ip: Some(ip.to_string()),
-                password_version: new_version,
-            },
-            now,
-            chrono::Duration::days(1),
-            locale,
-            trace.clone(),
-        );
-        outbox::add_job(&mut tx, Some(user_id), &notice).await?;
-        tx.commit().await?;
-        Ok::<_, ApiError>(Some(new_version))
-    }
-    .await;
+    let hash = state.hasher.hash_for(ip, new_password).await;
+    let committed = match hash {
+        Ok(hash) => commit_reset(state, ip, locale, &trace, &user, &hash, now).await,
+        Err(e) => Err(e),
+    };
     match committed {
         Ok(Some(_)) => state.outbox.wake(),
         Ok(None) => {
@@ -263,6 +215,67 @@ pub async fn perform_reset(
     }
     metrics::counter!("password_resets_total").increment(1);
     Ok(())
+}
+
+/// The change of a reset: the new hash, its audit row, the `user.password_reset` event and
+/// the password-changed notice commit together (the outbox), so other services learn of the
+/// reset and the user gets the notice even if this process dies right after the commit (the
+/// relay publishes the event first: rows of one user go out in order). The new password
+/// version, or `None` when the password changed since the link was checked (another link,
+/// another device): the link belongs to the old password.
+async fn commit_reset(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    locale: &str,
+    trace: &shared::message::Trace,
+    user: &store::users::User,
+    hash: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<i32>, ApiError> {
+    let user_id = user.id;
+    let mut tx = state.db.begin().await?;
+    let Some(new_version) =
+        store::users::replace_password(&mut *tx, user_id, user.password_version, hash).await?
+    else {
+        return Ok(None);
+    };
+    shared::audit::record(
+        &mut *tx,
+        &AuditEvent {
+            user_id: Some(user_id),
+            ip: Some(ip),
+            request_id: trace.request_id.as_deref(),
+            ..AuditEvent::new(Action::PasswordReset, Outcome::Success)
+        },
+    )
+    .await?;
+    let event = json!({
+        "user_id": user_id,
+        "password_version": new_version,
+        "occurred_at": now,
+    });
+    outbox::add_event(
+        &mut tx,
+        user_id,
+        shared::topology::PASSWORD_RESET_EVENT,
+        &event,
+    )
+    .await?;
+    let notice = Envelope::new(
+        Job::PasswordChanged {
+            user_id,
+            email: user.email.clone(),
+            ip: Some(ip.to_string()),
+            password_version: new_version,
+        },
+        now,
+        chrono::Duration::days(1),
+        locale,
+        trace.clone(),
+    );
+    outbox::add_job(&mut tx, Some(user_id), &notice).await?;
+    tx.commit().await?;
+    Ok(Some(new_version))
 }
 
 /// Checks a reset link without consuming it (the GET of the reset page; mail scanners open
