@@ -75,23 +75,8 @@ pub async fn log_in(
     let now = state.clock.now();
     let address_hash = state.limiter.address_pseudonym(address.key());
     let request_id = trace.request_id.as_deref();
-    let (verdict, attempt) = state.limiter.check_login(ip, address.key()).await?;
-    if !verdict.allowed {
-        audit::rate_limited(
-            &state,
-            verdict.refused_by,
-            ip,
-            Some(&address_hash),
-            request_id,
-        )
-        .await;
-        let retry_after_secs = verdict.retry_after_secs;
-        return Err(if verdict.refused_by == Some(Outcome::LoginIp) {
-            ApiError::RateLimitedIp { retry_after_secs }
-        } else {
-            ApiError::RateLimitedLogin { retry_after_secs }
-        });
-    }
+    let attempt =
+        within_login_budgets(&state, ip, address.key(), &address_hash, request_id).await?;
     let credentials = store::users::credentials(&state.db, address.key()).await?;
     let stored = credentials.as_ref().map(|c| c.password_hash.clone());
     let valid = state
@@ -151,6 +136,36 @@ pub async fn log_in(
         .into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
+}
+
+/// Counts a sign-in attempt against its budgets (pair, IP, address); a refusal is audited
+/// and answered `429` (`rate_limited_ip` for the IP's budget, `rate_limited_login`
+/// otherwise). The attempt, to forgive once the sign-in succeeded.
+async fn within_login_budgets(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    email_key: &str,
+    address_hash: &str,
+    request_id: Option<&str>,
+) -> Result<crate::rate_limit::Attempt, ApiError> {
+    let (verdict, attempt) = state.limiter.check_login(ip, email_key).await?;
+    if verdict.allowed {
+        return Ok(attempt);
+    }
+    audit::rate_limited(
+        state,
+        verdict.refused_by,
+        ip,
+        Some(address_hash),
+        request_id,
+    )
+    .await;
+    let retry_after_secs = verdict.retry_after_secs;
+    Err(if verdict.refused_by == Some(Outcome::LoginIp) {
+        ApiError::RateLimitedIp { retry_after_secs }
+    } else {
+        ApiError::RateLimitedLogin { retry_after_secs }
+    })
 }
 
 /// Stores a hash with the current argon2 parameters for a password that just verified against

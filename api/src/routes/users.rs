@@ -182,64 +182,7 @@ pub async fn verify(
     let request_id = trace.request_id.as_deref();
     tokens::within_token_budget(state, ip, request_id).await?;
     password_policy::check_length(&password)?;
-    let outcome = async {
-        let (token, user) = tokens::check_link(state, Purpose::EmailVerify, token).await?;
-        let stored = store::users::credentials_by_id(&state.db, user.id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| Rejected::unknown_user(user.id))?;
-        // A password check like a sign-in's, so it draws on the same budgets: a leaked link
-        // is no way around the per-address limit on guessing the account's password.
-        let email_key = email::normalize(&user.email)
-            .map_or_else(|_| user.email.to_lowercase(), |a| a.key().to_owned());
-        let (verdict, attempt) = state.limiter.check_login(ip, &email_key).await?;
-        if !verdict.allowed {
-            let pseudonym = state.limiter.address_pseudonym(&email_key);
-            let (label, retry_after_secs) = (verdict.refused_by, verdict.retry_after_secs);
-            crate::audit::rate_limited(state, label, ip, Some(&pseudonym), request_id).await;
-            return Err(Rejected::rate_limited_login(user.id, retry_after_secs));
-        }
-        let hash = stored.password_hash;
-        let matches = state
-            .hasher
-            .verify_for(ip, password.clone(), Some(hash.clone()))
-            .await?;
-        if !matches {
-            return Err(Rejected::wrong_password(user.id));
-        }
-        state.limiter.forgive(attempt).await;
-        if !state.tokens.burn(Purpose::EmailVerify, &token).await? {
-            return Err(Rejected::used(user.id));
-        }
-        let newly_verified = match store::users::mark_verified(&state.db, user.id).await {
-            Ok(changed) => changed,
-            Err(e) => {
-                state.tokens.unburn(&token).await;
-                return Err(ApiError::from(e).into());
-            }
-        };
-        if newly_verified {
-            // Sessions opened while the address was unverified (possible before sign-in
-            // required verification) end here: whoever opened them proved nothing about the
-            // mailbox. If they cannot be ended now, the verification is undone and the link
-            // given back, so the person simply retries: no such session may outlive it.
-            if let Err(e) = state.sessions.revoke_all(user.id).await {
-                if let Err(undo) = store::users::mark_unverified(&state.db, user.id).await {
-                    tracing::error!(error = %undo, "could not undo a verification whose sessions could not be ended");
-                }
-                state.tokens.unburn(&token).await;
-                return Err(e.into());
-            }
-        }
-        if state.hasher.needs_rehash(&hash)
-            && let Ok(new_hash) = state.hasher.hash_for(ip, password).await
-            && let Err(e) = store::users::replace_hash(&state.db, user.id, &hash, &new_hash).await
-        {
-            tracing::warn!(error = %e, "could not rehash a password with old parameters");
-        }
-        Ok::<Uuid, Rejected>(user.id)
-    }
-    .await;
+    let outcome = verify_link(state, ip, request_id, token, password).await;
     let (result, outcome, user) = match outcome {
         Ok(user) => (Ok(()), Outcome::Success, Some(user)),
         Err(r) => (Err(r.error), r.reason, r.user),
@@ -254,6 +197,73 @@ pub async fn verify(
         crate::audit::record(state, &event).await;
     }
     result
+}
+
+/// The checks and the change of a verification: the link, then the account's password (on
+/// the sign-in budgets), the burn, the verified mark (and the end of every session opened
+/// before it). The verified account's id, or why not.
+async fn verify_link(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    request_id: Option<&str>,
+    token: &str,
+    password: String,
+) -> Result<Uuid, Rejected> {
+    let (token, user) = tokens::check_link(state, Purpose::EmailVerify, token).await?;
+    let stored = store::users::credentials_by_id(&state.db, user.id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| Rejected::unknown_user(user.id))?;
+    // A password check like a sign-in's, so it draws on the same budgets: a leaked link
+    // is no way around the per-address limit on guessing the account's password.
+    let email_key = email::normalize(&user.email)
+        .map_or_else(|_| user.email.to_lowercase(), |a| a.key().to_owned());
+    let (verdict, attempt) = state.limiter.check_login(ip, &email_key).await?;
+    if !verdict.allowed {
+        let pseudonym = state.limiter.address_pseudonym(&email_key);
+        let (label, retry_after_secs) = (verdict.refused_by, verdict.retry_after_secs);
+        crate::audit::rate_limited(state, label, ip, Some(&pseudonym), request_id).await;
+        return Err(Rejected::rate_limited_login(user.id, retry_after_secs));
+    }
+    let hash = stored.password_hash;
+    let matches = state
+        .hasher
+        .verify_for(ip, password.clone(), Some(hash.clone()))
+        .await?;
+    if !matches {
+        return Err(Rejected::wrong_password(user.id));
+    }
+    state.limiter.forgive(attempt).await;
+    if !state.tokens.burn(Purpose::EmailVerify, &token).await? {
+        return Err(Rejected::used(user.id));
+    }
+    let newly_verified = match store::users::mark_verified(&state.db, user.id).await {
+        Ok(changed) => changed,
+        Err(e) => {
+            state.tokens.unburn(&token).await;
+            return Err(ApiError::from(e).into());
+        }
+    };
+    if newly_verified {
+        // Sessions opened while the address was unverified (possible before sign-in
+        // required verification) end here: whoever opened them proved nothing about the
+        // mailbox. If they cannot be ended now, the verification is undone and the link
+        // given back, so the person simply retries: no such session may outlive it.
+        if let Err(e) = state.sessions.revoke_all(user.id).await {
+            if let Err(undo) = store::users::mark_unverified(&state.db, user.id).await {
+                tracing::error!(error = %undo, "could not undo a verification whose sessions could not be ended");
+            }
+            state.tokens.unburn(&token).await;
+            return Err(e.into());
+        }
+    }
+    if state.hasher.needs_rehash(&hash)
+        && let Ok(new_hash) = state.hasher.hash_for(ip, password).await
+        && let Err(e) = store::users::replace_hash(&state.db, user.id, &hash, &new_hash).await
+    {
+        tracing::warn!(error = %e, "could not rehash a password with old parameters");
+    }
+    Ok(user.id)
 }
 
 /// The signed-in user.
