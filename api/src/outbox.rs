@@ -153,11 +153,10 @@ impl Outbox {
     }
 }
 
-/// Claims a batch, publishes it and deletes what the broker confirmed; the number of rows
-/// confirmed.
-async fn pass(db: &PgPool, publisher: &Publisher, lease: Duration) -> anyhow::Result<usize> {
-    let me = Uuid::new_v4();
-    let claimed: Vec<Row> = shared::db::pinned(db, async |conn| {
+/// Claims up to `BATCH` rows for `me` until `lease` from now: unclaimed (or whose claim
+/// ran out) and each its user's oldest, so a user's rows go out in order.
+async fn claim(db: &PgPool, me: Uuid, lease: Duration) -> Result<Vec<Row>, sqlx::Error> {
+    shared::db::pinned(db, async |conn| {
         sqlx::query_as(
             "UPDATE outbox SET claimed_until = now() + make_interval(secs => $1), claimed_by = $3
              WHERE id IN (
@@ -177,27 +176,41 @@ async fn pass(db: &PgPool, publisher: &Publisher, lease: Duration) -> anyhow::Re
         .fetch_all(conn)
         .await
     })
-    .await?;
+    .await
+}
+
+/// Publishes one row (confirmed). An undecodable job cannot become publishable: it is
+/// logged and counts as done.
+async fn relay(publisher: &Publisher, row: &Row) -> Result<(), crate::error::ApiError> {
+    match row.kind.as_str() {
+        "job" => match Envelope::decode(&row.body) {
+            Ok(envelope) => publisher.publish_job(&envelope).await,
+            Err(e) => {
+                tracing::error!(id = row.id, error = %e, "undecodable outbox job; dropped");
+                Ok(())
+            }
+        },
+        _ => {
+            publisher
+                .publish_event_bytes(&row.routing_key, row.message_id, &row.body)
+                .await
+        }
+    }
+}
+
+/// Claims a batch, publishes it and deletes what the broker confirmed; the number of rows
+/// confirmed.
+async fn pass(db: &PgPool, publisher: &Publisher, lease: Duration) -> anyhow::Result<usize> {
+    let me = Uuid::new_v4();
+    let claimed = claim(db, me, lease).await?;
     if claimed.is_empty() {
         return Ok(0);
     }
-    let published = futures_util::future::join_all(claimed.iter().map(|row| async move {
-        let result = match row.kind.as_str() {
-            "job" => match Envelope::decode(&row.body) {
-                Ok(envelope) => publisher.publish_job(&envelope).await,
-                Err(e) => {
-                    tracing::error!(id = row.id, error = %e, "undecodable outbox job; dropped");
-                    Ok(())
-                }
-            },
-            _ => {
-                publisher
-                    .publish_event_bytes(&row.routing_key, row.message_id, &row.body)
-                    .await
-            }
-        };
-        result.map(|()| row.id)
-    }))
+    let published = futures_util::future::join_all(
+        claimed
+            .iter()
+            .map(|row| async move { relay(publisher, row).await.map(|()| row.id) }),
+    )
     .await;
     let done: Vec<i64> = published
         .iter()
