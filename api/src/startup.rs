@@ -20,7 +20,7 @@ use axum::{
     response::Response,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use shared::{clock::Clock, keys::Keys, redis_pool::RedisPool, token::TokenKeys};
+use shared::{clock::Clock, redis_pool::RedisPool, token::TokenKeys};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -94,12 +94,7 @@ impl Application {
 
     /// Like [`Self::build`] with an injected clock (tests move time instead of sleeping).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        shared::db::configure(&config.database_url);
-        let db = shared::telemetry::lazy_db(
-            &config.database_url,
-            config.database_max_connections,
-            &config.tls,
-        )?;
+        let db = config.database()?;
         let schema_ready = Arc::new(AtomicBool::new(!config.migrate_on_start));
         if config.migrate_on_start {
             match connect_for_migrations(&config).await {
@@ -116,9 +111,7 @@ impl Application {
             }
         }
 
-        let keys = Keys::new(config.redis_key_prefix.clone());
-        let redis = RedisPool::connect_to(&config.redis_target(), keys, &config.tls)
-            .context("REDIS_URL or REDIS_CLUSTER_URLS is not a valid Redis URL")?;
+        let redis = config.redis()?;
         if !redis.ping().await {
             tracing::warn!("Redis unreachable at start; requests will get 503 until it is back");
         }

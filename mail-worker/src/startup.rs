@@ -9,9 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use lettre::message::Mailbox;
-use shared::{
-    clock::Clock, keys::Keys, redis_pool::RedisPool, token::TokenKeys, topology::Topology,
-};
+use shared::{clock::Clock, token::TokenKeys, topology::Topology};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
@@ -42,18 +40,8 @@ impl Worker {
 
     /// Like [`Self::build`] with an injected clock.
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        shared::db::configure(&config.database_url);
-        let db = shared::telemetry::lazy_db(
-            &config.database_url,
-            config.database_max_connections,
-            &config.tls,
-        )?;
-        let redis = RedisPool::connect_to(
-            &config.redis_target(),
-            Keys::new(config.redis_key_prefix.clone()),
-            &config.tls,
-        )
-        .context("REDIS_URL or REDIS_CLUSTER_URLS is not a valid Redis URL")?;
+        let db = config.database()?;
+        let redis = config.redis()?;
         let tokens = TokenKeys::new(config.token_secrets.clone(), config.token_digest)
             .map_err(|e| anyhow::anyhow!("TOKEN_SECRETS: {e}"))?;
         let from: Mailbox = config.mail_from.parse().context("MAIL_FROM")?;

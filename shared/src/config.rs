@@ -521,6 +521,26 @@ impl CommonConfig {
         crate::amqp::Broker::new(self.amqp_urls.clone(), self.tls.clone())
     }
 
+    /// The PostgreSQL pool of this process, connecting on first use (a database that is down
+    /// at start is no reason not to start), with the statement rules `DATABASE_URL` asks for
+    /// (see [`crate::db::configure`]).
+    pub fn database(&self) -> anyhow::Result<sqlx::PgPool> {
+        crate::db::configure(&self.database_url);
+        crate::telemetry::lazy_db(&self.database_url, self.database_max_connections, &self.tls)
+    }
+
+    /// The Redis pool of this process (single node, Cluster or Sentinel), its keys under
+    /// `REDIS_KEY_PREFIX`.
+    pub fn redis(&self) -> anyhow::Result<crate::redis_pool::RedisPool> {
+        use anyhow::Context as _;
+        crate::redis_pool::RedisPool::connect_to(
+            &self.redis_target(),
+            crate::keys::Keys::new(self.redis_key_prefix.clone()),
+            &self.tls,
+        )
+        .context("REDIS_URL, REDIS_CLUSTER_URLS or REDIS_SENTINEL_URLS is not a valid Redis URL")
+    }
+
     /// The broker topology these settings describe.
     pub fn topology(&self) -> crate::topology::Topology {
         let topology = crate::topology::Topology::new(
