@@ -235,11 +235,11 @@ impl Consumer {
         &self,
         first: Delivery,
         deliveries: &mut lapin::Consumer,
-    ) -> (Vec<Delivery>, Option<anyhow::Error>) {
-        let mut batch = vec![first];
+    ) -> (Vec<Held>, Option<anyhow::Error>) {
+        let mut batch = vec![Held::new(first)];
         while batch.len() < usize::from(self.prefetch) {
             match deliveries.next().now_or_never() {
-                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Ok(delivery))) => batch.push(Held::new(delivery)),
                 Some(Some(Err(e))) => {
                     return (
                         batch,
@@ -349,9 +349,39 @@ struct Settling {
     ending: watch::Receiver<bool>,
 }
 
+/// `mail_jobs_held`: the deliveries this process holds (received, not yet settled or given
+/// back), what "the worker is idle" means beside an empty queue.
+static HELD: std::sync::LazyLock<metrics::Gauge> =
+    std::sync::LazyLock::new(|| metrics::gauge!("mail_jobs_held"));
+
+/// A delivery this process holds; counted in `mail_jobs_held` until dropped (after its
+/// settlement, or when its session ends and the broker takes it back).
+struct Held(Delivery);
+
+impl Held {
+    fn new(delivery: Delivery) -> Self {
+        HELD.increment(1.0);
+        Self(delivery)
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Delivery;
+
+    fn deref(&self) -> &Delivery {
+        &self.0
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.decrement(1.0);
+    }
+}
+
 /// A delivery with its decoded job.
 struct Job {
-    delivery: Delivery,
+    delivery: Held,
     envelope: Envelope,
 }
 
@@ -359,7 +389,7 @@ impl Settling {
     /// Decides the deliveries together and settles each: the jobs that send nothing are
     /// audited with one statement and acknowledged at once; the others send, `concurrency`
     /// at most at a time, and are settled one by one.
-    async fn handle(&self, deliveries: Vec<Delivery>) {
+    async fn handle(&self, deliveries: Vec<Held>) {
         let mut jobs = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             match Envelope::decode(&delivery.data) {
@@ -500,13 +530,13 @@ impl Settling {
     }
 
     /// Never crash, never loop: an undecodable job goes to the dead letters as is.
-    async fn undecodable(&self, delivery: Delivery, error: &str) {
+    async fn undecodable(&self, delivery: Held, error: &str) {
         tracing::error!(
             error,
             bytes = delivery.data.len(),
             "undecodable job; dead-lettering"
         );
-        metrics::counter!("jobs_total", "kind" => "undecodable", "outcome" => "dead").increment(1);
+        metrics::counter!("jobs_total", "kind" => "undecodable", "outcome" => audit::Outcome::Dead.as_str()).increment(1);
         let reason = format!("undecodable: {error}");
         let headers = delivery.properties.headers().clone().unwrap_or_default();
         self.dead_letter(&delivery, headers, &reason, true).await;
@@ -548,7 +578,7 @@ impl Settling {
             }
             Outcome::Dead(reason) => {
                 tracing::error!(parent: span, reason, "permanent failure; dead-lettering");
-                metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead").increment(1);
+                metrics::counter!("jobs_total", "kind" => kind, "outcome" => audit::Outcome::Dead.as_str()).increment(1);
                 let headers = retry::with_history(
                     delivery.properties.headers().as_ref(),
                     envelope.attempt + 1,
@@ -591,7 +621,7 @@ impl Settling {
                 let reason =
                     format!("retries exhausted after {attempt} attempts; last error: {error}");
                 tracing::error!(parent: span, reason, "dead-lettering");
-                metrics::counter!("jobs_total", "kind" => kind, "outcome" => "dead").increment(1);
+                metrics::counter!("jobs_total", "kind" => kind, "outcome" => audit::Outcome::Dead.as_str()).increment(1);
                 processor.audit(envelope, audit::Outcome::Dead, None).await;
                 self.dead_letter(delivery, headers, &reason, false).await;
             }

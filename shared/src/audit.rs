@@ -76,8 +76,9 @@ impl Action {
     }
 }
 
-/// How it ended. Also the `outcome` label of the worker's `jobs_total` and the `reason` of
-/// the api's `tokens_rejected_total` and `rate_limit_hits_total` (`kind`).
+/// How it ended. Also the label of the worker's final decisions in `jobs_total` (`outcome`;
+/// the two that are not final, `retried` and `waiting`, are no audit outcome), the `reason`
+/// of the api's `tokens_rejected_total` and the `kind` of its `rate_limit_hits_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// Done as asked (sign-in, sign-out, a link used).

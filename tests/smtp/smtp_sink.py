@@ -191,6 +191,7 @@ class Sink:
             "reset_on_connect": 0,
             "store_errors": 0,
             "connections": 0,
+            "abandoned": 0,
         }
 
     def set_mode(self, mode: dict) -> None:
@@ -330,8 +331,12 @@ class Handler:
         delay = sink.mode.get("delay_ms")
         if delay:
             # If the client gives up meanwhile, connection_lost() cancels us here
-            # and nothing is stored.
-            await asyncio.sleep(delay / 1000.0)
+            # and nothing is stored (counted as "abandoned").
+            try:
+                await asyncio.sleep(delay / 1000.0)
+            except asyncio.CancelledError:
+                sink.counters["abandoned"] += 1
+                raise
         if fault == "drop":
             server.drop_connection()
             # connection_lost() cancels this task; never answer.

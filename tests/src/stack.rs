@@ -41,31 +41,37 @@ pub async fn metrics_text(base: &str) -> String {
         .expect("metrics text")
 }
 
-/// A worker's `jobs_total` by outcome (all kinds together), from its `/metrics`.
-pub async fn job_outcomes(worker_base: &str) -> HashMap<String, u64> {
+/// A worker's `jobs_total` by outcome, of one job kind or (`None`) all kinds together, from
+/// its `/metrics`.
+pub async fn job_outcomes(worker_base: &str, kind: Option<&str>) -> HashMap<String, u64> {
     let mut outcomes = HashMap::new();
     for line in metrics_text(worker_base).await.lines() {
         let Some(rest) = line.strip_prefix("jobs_total{") else {
             continue;
         };
         let (labels, value) = rest.split_once("} ").unwrap_or_default();
-        let outcome = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("outcome=\""))
-            .map(|o| o.trim_end_matches('"'));
-        if let (Some(outcome), Ok(n)) = (outcome, value.trim().parse::<f64>()) {
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"'))
+        };
+        if kind.is_some_and(|k| label("kind") != Some(k)) {
+            continue;
+        }
+        if let (Some(outcome), Ok(n)) = (label("outcome"), value.trim().parse::<f64>()) {
             *outcomes.entry(outcome.to_owned()).or_default() += n as u64;
         }
     }
     outcomes
 }
 
-/// Jobs the workers at `bases` settled for good (any outcome but a retry or a wait, which
-/// put the job back for later).
-pub async fn settled(bases: &[&str]) -> u64 {
+/// Jobs (of `kind`, or all) the workers at `bases` decided for good: every outcome but a
+/// retry or a wait, which put the job back for later. Counted just before the job is acked.
+pub async fn settled(bases: &[&str], kind: Option<&str>) -> u64 {
     let mut n = 0;
     for base in bases {
-        n += job_outcomes(base)
+        n += job_outcomes(base, kind)
             .await
             .iter()
             .filter(|(outcome, _)| !matches!(outcome.as_str(), "retried" | "waiting"))
@@ -75,26 +81,41 @@ pub async fn settled(bases: &[&str]) -> u64 {
     n
 }
 
-/// Waits until the workers at `bases` together settled at least `n` jobs for good; returns
-/// how many they settled. Once a job is settled it is acknowledged: nothing more can come of it.
-pub async fn wait_settled(bases: &[&str], n: u64, timeout: Duration) -> u64 {
+/// Waits until the workers at `bases` together decided at least `n` jobs (of `kind`, or all)
+/// for good; returns how many they decided.
+pub async fn wait_settled(bases: &[&str], kind: Option<&str>, n: u64, timeout: Duration) -> u64 {
     poll_until(timeout, || async {
-        let done = settled(bases).await;
+        let done = settled(bases, kind).await;
         (done >= n).then_some(done)
     })
     .await
-    .unwrap_or(settled(bases).await)
+    .unwrap_or(settled(bases, kind).await)
 }
 
 /// Waits until the worker at `base` counted at least `n` jobs with `outcome`; returns the count.
 pub async fn wait_outcome(base: &str, outcome: &str, n: u64, timeout: Duration) -> u64 {
-    let count = || async { job_outcomes(base).await.get(outcome).copied().unwrap_or(0) };
+    let count = || async {
+        job_outcomes(base, None)
+            .await
+            .get(outcome)
+            .copied()
+            .unwrap_or(0)
+    };
     poll_until(timeout, || async {
         let c = count().await;
         (c >= n).then_some(c)
     })
     .await
     .unwrap_or(count().await)
+}
+
+/// The jobs the worker at `base` holds (`mail_jobs_held`: received, not yet settled).
+pub async fn jobs_held(worker_base: &str) -> Option<f64> {
+    metrics_text(worker_base)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("mail_jobs_held "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A running SMTP sink with its control API.
@@ -431,45 +452,84 @@ impl StackEnv {
     }
 
     /// Jobs ready in the work queue (not counting those a worker holds), asked of the first
-    /// broker of `AMQP_URL` that answers.
-    pub async fn ready_jobs(&self) -> anyhow::Result<u32> {
-        self.ready_jobs_on(self.var("AMQP_URL").unwrap_or_default())
+    /// broker of `amqp_urls` (comma-separated) that answers.
+    pub async fn ready_jobs_on(&self, amqp_urls: &str) -> anyhow::Result<u32> {
+        self.ready_on(amqp_urls, &[self.topology().jobs_queue()])
             .await
     }
 
-    /// Like [`Self::ready_jobs`], asking the brokers of `amqp_urls` (comma-separated).
-    pub async fn ready_jobs_on(&self, amqp_urls: &str) -> anyhow::Result<u32> {
+    /// Messages ready in `queues` together, asked of the first broker of `amqp_urls` that
+    /// answers.
+    async fn ready_on(&self, amqp_urls: &str, queues: &[String]) -> anyhow::Result<u32> {
         use lapin::options::QueueDeclareOptions;
         let urls = amqp_urls.split(',').map(|u| u.trim().to_owned()).collect();
         let broker = shared::amqp::Broker::new(urls, shared::tls::Trust::default());
         let connection = broker.connect("e2e-count").await?;
-        let channel = connection.create_channel().await?;
-        let queue = channel
-            .queue_declare(
-                self.topology().jobs_queue().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await?;
+        let mut ready = 0;
+        for queue in queues {
+            // A channel per queue: a queue that does not exist closes its channel.
+            let channel = connection.create_channel().await?;
+            if let Ok(q) = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+            {
+                ready += q.message_count();
+                let _ = channel.close(200, "counted".into()).await;
+            }
+        }
         let _ = connection.close(200, "counted".into()).await;
-        Ok(queue.message_count())
+        Ok(ready)
     }
 
-    /// Waits until the work queue holds nothing ready, then stops `worker` (SIGTERM: in-flight
-    /// sends finish, nothing new starts). From then on the worker sends nothing more: what
-    /// the SMTP server holds is final. Returns the jobs left ready in the queue.
-    pub async fn stop_when_idle(&self, worker: &mut ServiceProcess) -> anyhow::Result<u32> {
+    /// Waits until nothing is left to do: no job waits in the work queue or a delay queue,
+    /// and the workers at `worker_bases` hold none (`mail_jobs_held`), seen twice in a row
+    /// (a job moving from a delay queue to the work queue is briefly in neither).
+    pub async fn wait_idle(&self, worker_bases: &[&str]) -> anyhow::Result<()> {
+        let idle_now = || async {
+            for base in worker_bases {
+                if jobs_held(base).await.unwrap_or(0.0) != 0.0 {
+                    return false;
+                }
+            }
+            self.ready_anywhere().await.is_ok_and(|n| n == 0)
+        };
         let idle = poll_until(Duration::from_secs(60), || async {
-            (self.ready_jobs().await.ok()? == 0).then_some(())
+            (idle_now().await && idle_now().await).then_some(())
         })
         .await;
-        anyhow::ensure!(idle.is_some(), "the work queue never emptied");
+        anyhow::ensure!(idle.is_some(), "the workers never became idle");
+        Ok(())
+    }
+
+    /// [`Self::wait_idle`] for one worker, then stops it (SIGTERM): from then on nothing more
+    /// is sent, so what the SMTP server holds is final. Fails if a job was left behind.
+    pub async fn stop_when_idle(
+        &self,
+        worker: &mut ServiceProcess,
+        worker_base: &str,
+    ) -> anyhow::Result<()> {
+        self.wait_idle(&[worker_base]).await?;
         let status = worker.terminate(Duration::from_secs(60)).await?;
         anyhow::ensure!(status.success(), "the worker exited with {status:?}");
-        self.ready_jobs().await
+        let left = self.ready_anywhere().await?;
+        anyhow::ensure!(left == 0, "{left} job(s) left after the worker stopped");
+        Ok(())
+    }
+
+    /// Jobs ready in the work queue and the delay queues together.
+    async fn ready_anywhere(&self) -> anyhow::Result<u32> {
+        let topology = self.topology();
+        let mut queues = topology.queues();
+        queues.retain(|q| *q != topology.dead_queue());
+        self.ready_on(self.var("AMQP_URL").unwrap_or_default(), &queues)
+            .await
     }
 
     /// Runs `api migrate` and starts the api; returns it with its base URL.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use e2e::{
     notice_jobs, publish_raw_jobs,
-    stack::{SmtpSink, StackEnv, tally, wait_outcome, wait_settled},
+    stack::{SmtpSink, StackEnv, tally, wait_outcome},
 };
 use serde_json::{Value, json};
 
@@ -29,7 +29,7 @@ async fn a_temporary_failure_is_retried_on_schedule_and_delivered_exactly_once()
         .await
         .unwrap();
     let env = StackEnv::new().await.unwrap();
-    let (_worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
+    let (mut worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
     let started = std::time::Instant::now();
     publish_raw_jobs(&env.topology(), &notice_jobs("retry", 1))
         .await
@@ -45,8 +45,8 @@ async fn a_temporary_failure_is_retried_on_schedule_and_delivered_exactly_once()
     let state = sink.state().await.unwrap();
     assert_eq!(state["rejected_data"], 2);
     assert_eq!(state["accepted"], 1);
-    // Settled (acknowledged) once sent: nothing more can come of it.
-    assert_eq!(wait_settled(&[&worker_http], 1, WAIT).await, 1);
+    // Once the worker is idle and stopped, nothing more can come of the job.
+    env.stop_when_idle(&mut worker, &worker_http).await.unwrap();
     assert_eq!(sink.emails().len(), 1, "no second copy");
     assert!(dead_letters(&env).await.is_empty());
 }
@@ -116,14 +116,19 @@ async fn a_permanent_failure_goes_straight_to_the_dead_letters_and_replay_delive
         .cloned()
         .collect();
     assert_eq!(minimal.len(), only.len());
-    let mut replay = e2e::ServiceProcess::spawn(
-        &e2e::workspace_binary("mail-worker"),
-        &["dlq", "replay", "--all"],
-        &minimal,
-    )
-    .unwrap();
-    let status = replay.wait_exit(WAIT).await.unwrap();
-    assert!(status.success(), "{:?}", replay.output());
+    // Run from an empty directory: no `.env` there or above it fills in anything.
+    let empty = std::env::temp_dir().join(format!("pwr-empty-{}", e2e::unique_id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let replay = tokio::process::Command::new(e2e::workspace_binary("mail-worker"))
+        .args(["dlq", "replay", "--all"])
+        .current_dir(&empty)
+        .env_clear()
+        .envs(minimal)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&empty);
+    assert!(replay.status.success(), "{replay:?}");
     assert_eq!(sink.wait_for(2, WAIT).await.len(), 2);
     assert!(dead_letters(&env).await.is_empty());
     let (ok, _) = env
@@ -202,7 +207,7 @@ async fn two_workers_share_the_queue_and_deliver_every_job_once() {
         .await
         .unwrap();
     let emails = sink.wait_for(200, WAIT).await;
-    assert_eq!(wait_settled(&[&a_http, &b_http], 200, WAIT).await, 200);
+    env.wait_idle(&[&a_http, &b_http]).await.unwrap();
     let counts = tally(&sink.emails());
     assert_eq!(counts.len(), 200);
     assert!(
@@ -243,10 +248,12 @@ async fn a_worker_killed_mid_flight_loses_nothing_when_restarted() {
         before_restart < 200,
         "the kill came too late to test anything"
     );
-    let (mut restarted, _) = env.start_worker(&sink.url()).await.unwrap();
+    let (mut restarted, restarted_http) = env.start_worker(&sink.url()).await.unwrap();
     let _ = sink.wait_for(200, WAIT).await;
     // Every job has gone out: once stopped, the worker can send no more.
-    env.stop_when_idle(&mut restarted).await.unwrap();
+    env.stop_when_idle(&mut restarted, &restarted_http)
+        .await
+        .unwrap();
     let counts = tally(&sink.emails());
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     println!(
@@ -346,7 +353,7 @@ async fn sigterm_stops_consuming_finishes_in_flight_sends_and_exits_zero() {
     sink.set_mode(json!({})).await.unwrap();
     let (_next, next_http) = env.start_worker(&sink.url()).await.unwrap();
     let emails = sink.wait_for(10, WAIT).await;
-    assert_eq!(wait_settled(&[&next_http], 6, WAIT).await, 6);
+    env.wait_idle(&[&next_http]).await.unwrap();
     let counts = tally(&sink.emails());
     assert_eq!(counts.len(), 10);
     assert_eq!(

@@ -11,7 +11,7 @@ use std::{
 
 use e2e::{
     FaultProxy, QueueReader, notice_jobs, publish_raw_jobs,
-    stack::{SmtpSink, StackEnv, metrics_text, tally, wait_outcome, wait_settled},
+    stack::{SmtpSink, StackEnv, metrics_text, tally, wait_outcome},
 };
 use serde_json::json;
 
@@ -133,7 +133,7 @@ async fn a_broker_restart_under_load_loses_no_accepted_request_and_doubles_none(
     let expected = accepted.len();
     let _ = sink.wait_for(expected, WAIT).await;
     // Stragglers and duplicates: once the worker is stopped, what the server holds is final.
-    env.stop_when_idle(&mut worker).await.unwrap();
+    env.stop_when_idle(&mut worker, &worker_http).await.unwrap();
     let counts = tally(&sink.emails());
     let missing: Vec<_> = accepted
         .iter()
@@ -222,7 +222,7 @@ async fn jobs_wait_out_a_postgres_outage_instead_of_dead_lettering() {
 
     pg.restore();
     let emails = sink.wait_for(20, WAIT).await;
-    assert_eq!(wait_settled(&[&worker_http], 20, WAIT).await, 20);
+    env.wait_idle(&[&worker_http]).await.unwrap();
     let counts = tally(&sink.emails());
     assert_eq!(emails.len(), 20);
     assert_eq!(counts.len(), 20, "{counts:?}");
@@ -248,7 +248,7 @@ async fn a_slow_provider_gets_every_email_once() {
         .await
         .unwrap();
     let emails = sink.wait_for(24, WAIT).await;
-    assert_eq!(wait_settled(&[&worker_http], 24, WAIT).await, 24);
+    env.wait_idle(&[&worker_http]).await.unwrap();
     let counts = tally(&sink.emails());
     assert_eq!(emails.len(), 24);
     assert_eq!(counts.len(), 24);
@@ -273,13 +273,20 @@ async fn a_provider_slower_than_the_timeout_is_retried_without_duplicates() {
     publish_raw_jobs(&env.topology(), &notice_jobs("timeout", 10))
         .await
         .unwrap();
-    // Every send times out; the provider keeps nothing it never acknowledged.
+    // Every send times out and the worker hangs up before the answer: the provider keeps
+    // nothing it never acknowledged.
     assert!(wait_outcome(&worker_http, "retried", 10, WAIT).await >= 10);
+    let abandoned = e2e::poll_until(WAIT, || async {
+        let state = sink.state().await.ok()?;
+        (state["abandoned"].as_u64()? >= 10).then_some(())
+    })
+    .await;
+    assert!(abandoned.is_some(), "{}", sink.state().await.unwrap());
     let state = sink.state().await.unwrap();
     assert_eq!(state["accepted"], 0, "{state}");
     sink.set_mode(json!({})).await.unwrap();
     let emails = sink.wait_for(10, WAIT).await;
-    assert_eq!(wait_settled(&[&worker_http], 10, WAIT).await, 10);
+    env.wait_idle(&[&worker_http]).await.unwrap();
     let counts = tally(&sink.emails());
     assert_eq!(emails.len(), 10);
     assert_eq!(counts.len(), 10);
@@ -308,7 +315,7 @@ async fn connection_resets_and_421_on_connect_are_retried_until_everything_is_de
         .await
         .unwrap();
     let emails = sink.wait_for(60, WAIT).await;
-    assert_eq!(wait_settled(&[&worker_http], 60, WAIT).await, 60);
+    env.wait_idle(&[&worker_http]).await.unwrap();
     let counts = tally(&sink.emails());
     let state = sink.state().await.unwrap();
     println!("resets and 421s: {state}");
@@ -346,13 +353,13 @@ async fn a_worker_killed_three_times_during_a_thousand_jobs_delivers_all_of_them
         killed_at.iter().all(|&n| n < N),
         "the kills came too late to test anything: {killed_at:?}"
     );
-    let (mut last, _) = env.start_worker(&sink.url()).await.unwrap();
+    let (mut last, last_http) = env.start_worker(&sink.url()).await.unwrap();
     e2e::poll_until(WAIT * 2, || async {
         (tally(&sink.emails()).len() >= N).then_some(())
     })
     .await;
     // Repeats, if any: once the worker is stopped, what the server holds is final.
-    env.stop_when_idle(&mut last).await.unwrap();
+    env.stop_when_idle(&mut last, &last_http).await.unwrap();
     let counts = tally(&sink.emails());
     let dups = duplicates(&counts);
     let (_, different) = repeats_are_identical(&sink);
@@ -461,7 +468,7 @@ async fn a_cluster_node_killed_under_load_or_holding_waiting_retries_loses_no_ac
     env.set("AMQP_URL", &cluster.amqp_urls());
     env.set("MAIL_RETRY_SCHEDULE_SECS", "4");
     let (api, base) = env.start_api().await.unwrap();
-    let (mut worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
+    let (worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
     const N_LOAD: usize = 400;
     seed_users(&env, "node", N_LOAD + 1000).await;
     seed_users(&env, "retry", 20).await;
@@ -533,8 +540,8 @@ async fn a_cluster_node_killed_under_load_or_holding_waiting_retries_loses_no_ac
     );
     let recovered_at = started.elapsed();
     let _ = sink.wait_for(accepted.len(), WAIT).await;
-    // Stragglers and repeats: once the worker is stopped, what the server holds is final.
-    env.stop_when_idle(&mut worker).await.unwrap();
+    // Stragglers and repeats: once nothing is queued or held, what the server holds is final.
+    env.wait_idle(&[&worker_http]).await.unwrap();
     let counts = tally(&sink.emails());
     let missing: Vec<_> = accepted
         .iter()
@@ -562,10 +569,9 @@ async fn a_cluster_node_killed_under_load_or_holding_waiting_retries_loses_no_ac
     let live = cluster.nodes[(victim + 1) % 3].amqp_url();
     assert_eq!(dead_letter_count(&env, Some(&live)).await, 0);
 
-    // 2. The killed node comes back, a new worker starts; then the node leading the delay
-    // queue dies while every job of a batch waits there for its retry.
+    // 2. The killed node comes back; then the node leading the delay queue dies while every
+    // job of a batch waits there for its retry.
     cluster.nodes[victim].restart().await.unwrap();
-    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
     sink.set_mode(json!({ "data_code": 451, "fail_times": 20 }))
         .await
         .unwrap();
@@ -631,7 +637,7 @@ async fn an_api_killed_between_the_commit_and_the_publish_of_a_reset_loses_neith
         &format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port()),
     );
     let (api, base) = env.start_api().await.unwrap();
-    let (mut worker, _) = env
+    let (mut worker, worker_http) = env
         .start_worker_with(&[
             ("MAIL_TRANSPORT", "smtp"),
             ("SMTP_URL", &sink.url()),
@@ -698,7 +704,7 @@ async fn an_api_killed_between_the_commit_and_the_publish_of_a_reset_loses_neith
     })
     .await;
     assert!(relayed.is_some(), "the outbox never emptied");
-    env.stop_when_idle(&mut worker).await.unwrap();
+    env.stop_when_idle(&mut worker, &worker_http).await.unwrap();
     let notices = sink
         .emails()
         .iter()

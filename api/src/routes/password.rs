@@ -98,7 +98,8 @@ pub async fn forgot(
     }
     if !verdict.email.allowed {
         // Invisible to the client by design; still counted for operators.
-        metrics::counter!("rate_limit_hits_total", "kind" => "forgot_email").increment(1);
+        metrics::counter!("rate_limit_hits_total", "kind" => Outcome::ForgotEmail.as_str())
+            .increment(1);
     }
     let job = Envelope::new(
         Job::PasswordResetRequested {
