@@ -55,6 +55,9 @@ fi
 
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
-# The end-to-end tests run the real binaries, which `cargo test` alone does not build.
-cargo build --workspace --locked --bins
+# The end-to-end tests run the real binaries, which `cargo test` alone does not build. Built
+# with the test targets in one invocation: the dependencies are compiled once, with the
+# features the tests' dev-dependencies add, instead of once for the binaries and again for
+# the tests.
+cargo build --workspace --locked --bins --tests
 cargo test --workspace --locked "$@"

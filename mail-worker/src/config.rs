@@ -43,19 +43,20 @@ pub struct Config {
 
 shared::service_config!(Config);
 
-/// What `mail-worker dlq list` and `dlq replay` read: the database, and for a replay the
-/// broker (`AMQP_URL`, `BROKER_NAMESPACE`, `MAIL_RETRY_SCHEDULE_SECS`,
-/// `BROKER_QUEUE_EXPIRES_MS`), plus `TLS_CA_FILE`. No secret and no SMTP setting: an operator
-/// runs them with only `DATABASE_URL` set (and the broker's variables for a replay).
+/// What the operator commands (`mail-worker dlq list|replay`, `suppression list|remove`)
+/// read: the database, and for a replay the broker (`AMQP_URL`, `BROKER_NAMESPACE`,
+/// `MAIL_RETRY_SCHEDULE_SECS`, `BROKER_QUEUE_EXPIRES_MS`), plus `TLS_CA_FILE`. No secret and
+/// no SMTP setting: an operator runs them with only `DATABASE_URL` set (and the broker's
+/// variables for a replay).
 #[derive(Debug, Clone)]
-pub struct DeadLetterConfig {
+pub struct OperatorConfig {
     pub database_url: String,
     pub tls: shared::tls::Trust,
     pub amqp_urls: Vec<String>,
     pub topology: shared::topology::Topology,
 }
 
-impl DeadLetterConfig {
+impl OperatorConfig {
     /// Reads the process environment, after loading `.env` if there is one.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(shared::config::environment())

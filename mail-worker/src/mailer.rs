@@ -30,6 +30,11 @@ pub enum SendError {
     /// 5xx answers, invalid recipients, unbuildable messages: never going to work.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// A permanent answer saying the recipient's mailbox does not exist (`5.1.x`, 551, 553;
+    /// see [`shared::suppression::is_no_such_mailbox`]): like `Permanent`, and the address
+    /// goes on the suppression list.
+    #[error("permanent, no such mailbox: {0}")]
+    NoSuchMailbox(String),
 }
 
 /// The configured transport.
@@ -138,7 +143,14 @@ fn classify(failure: Failure) -> SendError {
     // timeouts, refused or reset connections, TLS hiccups, a session the provider would not
     // open, such as bad credentials) may succeed later or after an operator's fix.
     match failure {
-        Failure::Smtp(e) if e.is_permanent() => SendError::Permanent(text),
+        Failure::Smtp(e) if e.is_permanent() => {
+            let code = e.status().map_or(0, u16::from);
+            if shared::suppression::is_no_such_mailbox(code, &text) {
+                SendError::NoSuchMailbox(text)
+            } else {
+                SendError::Permanent(text)
+            }
+        }
         _ => SendError::Transient(text),
     }
 }

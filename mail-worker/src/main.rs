@@ -1,10 +1,11 @@
 //! `mail-worker` — consumes and delivers mail jobs;
-//! `mail-worker dlq list` / `mail-worker dlq replay (--id ID | --all)` — the dead letters
+//! `mail-worker dlq list` / `mail-worker dlq replay (--id ID | --all)` — the dead letters;
+//! `mail-worker suppression list` / `suppression remove ADDRESS` — the suppression list
 //! (these read only the database's and the broker's settings).
 
 use clap::Parser as _;
 use mail_worker::{
-    config::{Config, DeadLetterConfig},
+    config::{Config, OperatorConfig},
     dlq,
     startup::Worker,
 };
@@ -25,6 +26,20 @@ enum Command {
     /// The dead letters, kept in PostgreSQL.
     #[command(subcommand)]
     Dlq(Dlq),
+    /// The addresses no mail goes to because their mailbox did not exist.
+    #[command(subcommand)]
+    Suppression(Suppression),
+}
+
+#[derive(clap::Subcommand)]
+enum Suppression {
+    /// Print every suppressed address as one JSON line.
+    List,
+    /// Send mail to ADDRESS again.
+    Remove {
+        /// The address (any spelling of it: it is normalised).
+        address: String,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -60,15 +75,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Dlq(Dlq::List) => {
-            let config = DeadLetterConfig::from_env()?;
-            let db = dead_letter_db(&config).await?;
+            let config = OperatorConfig::from_env()?;
+            let db = operator_db(&config).await?;
             let n = dlq::list(&db, &mut std::io::stdout().lock()).await?;
             eprintln!("{n} dead letter(s)");
             Ok(())
         }
         Command::Dlq(Dlq::Replay { id, .. }) => {
-            let config = DeadLetterConfig::from_env()?;
-            let db = dead_letter_db(&config).await?;
+            let config = OperatorConfig::from_env()?;
+            let db = operator_db(&config).await?;
             let selection = match &id {
                 Some(id) => dlq::Selection::Id(id.clone()),
                 None => dlq::Selection::All,
@@ -80,11 +95,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("replayed {n} dead letter(s)");
             Ok(())
         }
+        Command::Suppression(Suppression::List) => {
+            let db = operator_db(&OperatorConfig::from_env()?).await?;
+            let list = shared::suppression::list(&db).await?;
+            let mut out = std::io::stdout().lock();
+            for entry in &list {
+                serde_json::to_writer(&mut out, entry)?;
+                std::io::Write::write_all(&mut out, b"\n")?;
+            }
+            eprintln!("{} suppressed address(es)", list.len());
+            Ok(())
+        }
+        Command::Suppression(Suppression::Remove { address }) => {
+            let key = shared::email::normalize(&address)
+                .map_err(|e| anyhow::anyhow!("{address:?} is not an email address: {e}"))?
+                .key()
+                .to_owned();
+            let db = operator_db(&OperatorConfig::from_env()?).await?;
+            if !shared::suppression::remove(&db, &key).await? {
+                anyhow::bail!("{key} is not suppressed");
+            }
+            eprintln!("{key} removed from the suppression list");
+            Ok(())
+        }
     }
 }
 
-/// The database the dead letters are kept in (one connection).
-async fn dead_letter_db(config: &DeadLetterConfig) -> anyhow::Result<sqlx::PgPool> {
+/// The database the operator commands work on (one connection).
+async fn operator_db(config: &OperatorConfig) -> anyhow::Result<sqlx::PgPool> {
     shared::db::configure(&config.database_url);
     shared::telemetry::connect_db(&config.database_url, 1, &config.tls).await
 }

@@ -161,7 +161,7 @@ impl Processor {
         let found = shared::account::lookup(&self.db, &email_keys, &ids)
             .await
             .map_err(|e| format!("database: {e}"));
-        lookups
+        let plans = lookups
             .into_iter()
             .zip(jobs)
             .map(|(lookup, job)| {
@@ -177,6 +177,43 @@ impl Processor {
                         found(&|u| u.email_key == key).map(|user| self.decide(job, user))
                     }
                     Lookup::ById(id) => found(&|u| u.id == id).map(|user| self.decide(job, user)),
+                }
+            })
+            .collect();
+        self.drop_suppressed(plans).await
+    }
+
+    /// Turns the plans that would mail a suppressed address into drops (one statement for
+    /// the batch). When the list cannot be read, those plans wait: mail to an address that
+    /// may be suppressed is not sent unchecked.
+    async fn drop_suppressed(&self, plans: Vec<Result<Plan, String>>) -> Vec<Result<Plan, String>> {
+        let key_of = |plan: &Result<Plan, String>| match plan {
+            Ok(Plan::Send { to, .. }) => Some(
+                email::normalize(to).map_or_else(|_| to.to_lowercase(), |a| a.key().to_owned()),
+            ),
+            _ => None,
+        };
+        let keys: Vec<String> = plans.iter().filter_map(key_of).collect();
+        if keys.is_empty() {
+            return plans;
+        }
+        let suppressed = shared::suppression::which(&self.db, &keys).await;
+        plans
+            .into_iter()
+            .map(|plan| {
+                let Some(key) = key_of(&plan) else {
+                    return plan;
+                };
+                match &suppressed {
+                    Ok(list) if list.contains(&key) => Ok(Plan::Drop {
+                        reason: audit::Outcome::DroppedSuppressed,
+                        user: match plan {
+                            Ok(Plan::Send { user, .. }) => user,
+                            _ => None,
+                        },
+                    }),
+                    Ok(_) => plan,
+                    Err(e) => Err(format!("suppression list: {e}")),
                 }
             })
             .collect()
@@ -240,6 +277,11 @@ impl Processor {
             Ok(()) => Outcome::Sent,
             Err(SendError::Transient(e)) => Outcome::Retry(e),
             Err(SendError::Permanent(e)) => {
+                self.audit(job, audit::Outcome::Dead, user).await;
+                Outcome::Dead(e)
+            }
+            Err(SendError::NoSuchMailbox(e)) => {
+                self.suppress(&to, &e).await;
                 self.audit(job, audit::Outcome::Dead, user).await;
                 Outcome::Dead(e)
             }
@@ -478,6 +520,22 @@ impl Processor {
         };
         let claims = Claims::for_job(user.id, user.password_version, generation, job);
         Ok(Some((self.tokens.sign(purpose, &claims, signed_at), left)))
+    }
+
+    /// Puts the address whose mailbox does not exist on the suppression list. A failure is
+    /// logged: the job is dead-lettered either way.
+    async fn suppress(&self, to: &str, answer: &str) {
+        let key = email::normalize(to).map_or_else(|_| to.to_lowercase(), |a| a.key().to_owned());
+        match shared::suppression::add(&self.db, &key, answer).await {
+            Ok(()) => {
+                metrics::counter!("mail_suppressions_total").increment(1);
+                tracing::warn!(recipient = %recipient_budget::recipient_pseudonym(self.config.pseudonym_secret(), to),
+                    "no such mailbox; the address is suppressed");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not suppress an address whose mailbox does not exist")
+            }
+        }
     }
 
     /// Whether the email of `job` was delivered already (its marker is set).

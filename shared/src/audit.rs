@@ -161,10 +161,12 @@ pub enum Outcome {
     DroppedSuperseded,
     /// The recipient's budget of emails (`MAIL_PER_RECIPIENT_PER_HOUR`) is spent.
     RecipientBudget,
+    /// The address is on the suppression list (its mailbox did not exist).
+    DroppedSuppressed,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 40] = [
+    pub const ALL: [Outcome; 41] = [
         Outcome::Success,
         Outcome::Created,
         Outcome::Exists,
@@ -205,6 +207,7 @@ impl Outcome {
         Outcome::DroppedRolledBack,
         Outcome::DroppedSuperseded,
         Outcome::RecipientBudget,
+        Outcome::DroppedSuppressed,
     ];
 
     /// The stored text (and metrics label).
@@ -250,6 +253,7 @@ impl Outcome {
             Outcome::DroppedRolledBack => "dropped_rolled_back",
             Outcome::DroppedSuperseded => "dropped_superseded",
             Outcome::RecipientBudget => "recipient_budget",
+            Outcome::DroppedSuppressed => "dropped_suppressed",
         }
     }
 }

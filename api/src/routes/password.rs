@@ -218,8 +218,9 @@ pub async fn perform_reset(
     Ok(())
 }
 
-/// The change of a reset: the new hash, its audit row, the `user.password_reset` event and
-/// the password-changed notice commit together (the outbox), so other services learn of the
+/// The change of a reset: the new hash, its audit row, the `user.password_reset` event, the
+/// password-changed notice and the address off the suppression list commit together (the
+/// outbox), so other services learn of the
 /// reset and the user gets the notice even if this process dies right after the commit (the
 /// relay publishes the event first: rows of one user go out in order). The new password
 /// version, or `None` when the password changed since the link was checked (another link,
@@ -275,6 +276,8 @@ async fn commit_reset(
         trace.clone(),
     );
     outbox::add_job(&mut tx, Some(user_id), &notice).await?;
+    // Its owner is here: the password-changed notice, and later mail, go out again.
+    shared::suppression::remove(&mut *tx, &user.email_key).await?;
     tx.commit().await?;
     Ok(Some(new_version))
 }

@@ -117,6 +117,10 @@ pub async fn log_in(
     };
     // Budgets count failures only.
     state.limiter.forgive(attempt).await;
+    // Its owner is here: mail to the address goes out again (see `shared::suppression`).
+    if let Err(e) = shared::suppression::remove(&state.db, address.key()).await {
+        tracing::warn!(error = %e, "could not take a signed-in address off the suppression list");
+    }
     let (token, expires_at) = state
         .sessions
         .create(user.id, user.password_version, now)
