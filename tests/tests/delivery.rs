@@ -51,11 +51,12 @@ async fn a_temporary_failure_is_retried_on_schedule_and_delivered_exactly_once()
     assert!(dead_letters(&env).await.is_empty());
 }
 
-/// A worker whose every send gets a 550, `n` notice jobs published to it, and their dead
-/// letters once all of them are there.
+/// A worker whose every send gets a permanent refusal (a policy 550, which suppresses no
+/// address), `n` notice jobs published to it, and their dead letters once all of them are
+/// there.
 async fn bounced(prefix: &str, n: usize) -> (SmtpSink, StackEnv, e2e::ServiceProcess, Vec<Value>) {
     let sink = SmtpSink::start().await.unwrap();
-    sink.set_mode(json!({ "data_code": 550, "data_message": "5.1.1 mailbox unavailable" }))
+    sink.set_mode(json!({ "data_code": 550, "data_message": "5.7.1 message refused" }))
         .await
         .unwrap();
     let env = StackEnv::new().await.unwrap();
