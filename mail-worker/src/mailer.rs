@@ -218,11 +218,12 @@ mod tests {
     async fn only_a_5xx_answer_is_permanent_and_no_answer_quotes_the_address() {
         let server = TestServer::start(Behaviour::default()).await;
         let mailer = smtp(server.url("smtp", ""));
+        // `550 5.1.1 … user unknown`: permanent, and the mailbox does not exist.
         match send_to(&mailer, "reject@example.org").await {
-            Err(SendError::Permanent(text)) => {
+            Err(SendError::NoSuchMailbox(text)) => {
                 assert!(text.contains("550") && !text.contains('@'), "{text}");
             }
-            other => panic!("expected a permanent failure, got {other:?}"),
+            other => panic!("expected a permanent no-such-mailbox failure, got {other:?}"),
         }
         match send_to(&mailer, "later@example.org").await {
             Err(SendError::Transient(text)) => {
