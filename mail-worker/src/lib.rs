@@ -11,5 +11,6 @@ pub mod process;
 pub mod recipient_budget;
 pub mod render;
 pub mod retry;
+pub mod send_test;
 pub mod smtp;
 pub mod startup;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use lettre::{
     AsyncFileTransport, AsyncTransport, Message, Tokio1Executor,
     message::{Mailbox, MultiPart, SinglePart, header},
+    transport::smtp::response::Response,
 };
 use uuid::Uuid;
 
@@ -92,7 +93,13 @@ impl Mailer {
     /// from what was minted for it, so a repeat (after a lost SMTP reply, or a redelivery that
     /// slipped past the idempotency check) is byte-identical and receiving systems can drop it
     /// by `Message-ID`.
-    pub async fn send(&self, from: &Mailbox, email: Outgoing<'_>) -> Result<(), SendError> {
+    ///
+    /// Returns the server's answer to the message (`None` for the file transport).
+    pub async fn send(
+        &self,
+        from: &Mailbox,
+        email: Outgoing<'_>,
+    ) -> Result<Option<Response>, SendError> {
         let to: Mailbox = email
             .to
             .parse()
@@ -116,11 +123,12 @@ impl Mailer {
             Mailer::Smtp(pool) => pool
                 .send(message.envelope(), &message.formatted())
                 .await
+                .map(Some)
                 .map_err(classify),
             Mailer::File(file) => file
                 .send(message)
                 .await
-                .map(drop)
+                .map(|_| None)
                 // A full disk or a missing directory may be fixed by an operator: retry.
                 .map_err(|e| SendError::Transient(format!("cannot write the email file: {e}"))),
         }
@@ -211,7 +219,7 @@ mod tests {
             to,
             content: &content,
         };
-        mailer.send(&from, email).await
+        mailer.send(&from, email).await.map(drop)
     }
 
     #[tokio::test]

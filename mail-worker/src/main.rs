@@ -6,7 +6,7 @@
 use clap::Parser as _;
 use mail_worker::{
     config::{Config, OperatorConfig},
-    dlq,
+    dlq, send_test,
     startup::Worker,
 };
 
@@ -29,6 +29,19 @@ enum Command {
     /// The addresses no mail goes to because their mailbox did not exist.
     #[command(subcommand)]
     Suppression(Suppression),
+    /// Render a real template with sample values and send it through the configured
+    /// transport; print the provider's answer. Its links lead nowhere.
+    SendTest {
+        /// Where to send it.
+        #[arg(long)]
+        to: String,
+        /// Which email.
+        #[arg(long, value_enum, default_value_t = send_test::Kind::PasswordReset)]
+        kind: send_test::Kind,
+        /// In which language (en, zh-CN).
+        #[arg(long, default_value = "en")]
+        locale: String,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -93,6 +106,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("no dead letter with id {id}");
             }
             eprintln!("replayed {n} dead letter(s)");
+            Ok(())
+        }
+        Command::SendTest { to, kind, locale } => {
+            let answer = send_test::send_test(&Config::from_env()?, &to, kind, &locale).await?;
+            println!("{answer}");
             Ok(())
         }
         Command::Suppression(Suppression::List) => {

@@ -274,7 +274,7 @@ impl Processor {
             .await;
         metrics::histogram!("smtp_send_duration_seconds").record(started.elapsed().as_secs_f64());
         match result {
-            Ok(()) => Outcome::Sent,
+            Ok(_) => Outcome::Sent,
             Err(SendError::Transient(e)) => Outcome::Retry(e),
             Err(SendError::Permanent(e)) => {
                 self.audit(job, audit::Outcome::Dead, user).await;

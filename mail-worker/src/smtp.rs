@@ -22,6 +22,7 @@ use lettre::{
     transport::smtp::{
         authentication::DEFAULT_MECHANISMS,
         client::{AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters},
+        response::Response,
     },
 };
 use rustls::{
@@ -134,13 +135,13 @@ impl SmtpPool {
 
     /// Sends one message on a pooled connection. A connection that saw any error is closed,
     /// never reused.
-    pub async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<(), Failure> {
+    pub async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<Response, Failure> {
         let _permit = self.inner.permit().await?;
         let mut connection = self.inner.checkout().await?;
         match timeout(self.inner.timeout, connection.smtp.send(envelope, message)).await {
-            Ok(Ok(_)) => {
+            Ok(Ok(answer)) => {
                 self.inner.checkin(connection);
-                Ok(())
+                Ok(answer)
             }
             Ok(Err(e)) => {
                 retire(connection, self.inner.timeout);
