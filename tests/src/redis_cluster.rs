@@ -24,11 +24,14 @@ impl Drop for RedisCluster {
     }
 }
 
-/// A port whose cluster bus port (port + 10000) is free too; cluster ports stay below 55536.
+/// A port whose cluster bus port (port + 10000) is free too.
 fn cluster_port() -> anyhow::Result<u16> {
     for _ in 0..200 {
-        // A random start in 20000..45000 from a fresh UUID (no random-number crate here).
-        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 25_000) as u16;
+        // A random port in 10000..22000 from a fresh UUID (no random-number crate here), so
+        // it and its bus port (+10000) stay below the kernel's ephemeral range (32768 and up
+        // by default): an outgoing connection of a test running beside this one cannot take
+        // either between this check and the node's start.
+        let port = 10_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
         let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         if free(port) && free(port + 10_000) {
             return Ok(port);
