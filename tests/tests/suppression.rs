@@ -52,6 +52,19 @@ async fn audit_outcomes(env: &StackEnv) -> Vec<String> {
     outcomes
 }
 
+/// Ann's mailbox answers 550 5.1.1; a reset email for her bounces and her address ends up
+/// suppressed.
+async fn bounce_a_reset_email(sink: &SmtpSink, env: &StackEnv, base: &str) {
+    sink.set_mode(json!({"per_recipient": {"ann@example.org": "550 5.1.1 no such user"}}))
+        .await
+        .unwrap();
+    forgot(base).await;
+    assert_eq!(
+        wait_suppressed(env, &["ann@example.org"]).await,
+        ["ann@example.org"]
+    );
+}
+
 #[tokio::test]
 async fn a_bounced_address_is_suppressed_until_its_owner_signs_in_or_an_operator_lifts_it() {
     let sink = SmtpSink::start().await.unwrap();
@@ -66,14 +79,7 @@ async fn a_bounced_address_is_suppressed_until_its_owner_signs_in_or_an_operator
     let delivered = sink.emails().len();
 
     // The mailbox is gone: the reset email bounces with 5.1.1 and the address is suppressed.
-    sink.set_mode(json!({"per_recipient": {"ann@example.org": "550 5.1.1 no such user"}}))
-        .await
-        .unwrap();
-    forgot(&base).await;
-    assert_eq!(
-        wait_suppressed(&env, &["ann@example.org"]).await,
-        ["ann@example.org"]
-    );
+    bounce_a_reset_email(&sink, &env, &base).await;
     // Even with the mailbox back, nothing more goes to it while it is suppressed.
     sink.set_mode(json!({})).await.unwrap();
     forgot(&base).await;
@@ -116,14 +122,7 @@ async fn a_bounced_address_is_suppressed_until_its_owner_signs_in_or_an_operator
     assert!(reset.is_some(), "the reset email goes out again");
 
     // An operator can lift it too (any spelling of the address).
-    sink.set_mode(json!({"per_recipient": {"ann@example.org": "550 5.1.1 no such user"}}))
-        .await
-        .unwrap();
-    forgot(&base).await;
-    assert_eq!(
-        wait_suppressed(&env, &["ann@example.org"]).await,
-        ["ann@example.org"]
-    );
+    bounce_a_reset_email(&sink, &env, &base).await;
     let (ok, lines) = env
         .worker_command(&["suppression", "remove", "ANN@example.org"])
         .await
