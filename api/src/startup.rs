@@ -139,7 +139,11 @@ impl Application {
             publisher,
             outbox: crate::outbox::Outbox::default(),
             clock,
-            metrics: shared::telemetry::prometheus(),
+            metrics: {
+                let handle = shared::telemetry::prometheus();
+                register_failure_counters();
+                handle
+            },
             pages: Arc::new(
                 routes::pages::Pages::new().map_err(|e| anyhow::anyhow!("page templates: {e}"))?,
             ),
@@ -421,4 +425,13 @@ async fn track(mut request: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+/// The counters of failures and attacks exist from the start, at 0: a dashboard shows 0
+/// rather than no data, and a rate over them is defined before their first event.
+fn register_failure_counters() {
+    for kind in shared::message::Job::KINDS {
+        metrics::counter!("publish_failures_total", "kind" => kind).increment(0);
+    }
+    metrics::counter!("burned_token_replays_total").increment(0);
 }

@@ -63,7 +63,12 @@ impl Worker {
             db: db.clone(),
             redis: redis.clone(),
             consuming: Arc::new(AtomicBool::new(false)),
-            metrics: shared::telemetry::prometheus(),
+            metrics: {
+                let handle = shared::telemetry::prometheus();
+                // Exists from the start, at 0 (a dashboard shows 0 rather than no data).
+                metrics::counter!("mail_suppressions_total").increment(0);
+                handle
+            },
         };
         let processor = Arc::new(Processor {
             config: config.clone(),

@@ -395,5 +395,7 @@ mod tests {
         for job in &jobs {
             assert_eq!(Action::of_job(job).as_str(), job.kind());
         }
+        let kinds: Vec<&str> = jobs.iter().map(Job::kind).collect();
+        assert_eq!(kinds, Job::KINDS);
     }
 }

@@ -87,6 +87,14 @@ pub enum Job {
 }
 
 impl Job {
+    /// Every kind's name (see [`Job::kind`]).
+    pub const KINDS: [&'static str; 4] = [
+        "password_reset_requested",
+        "email_verification",
+        "account_exists_notice",
+        "password_changed",
+    ];
+
     /// The stable name of this kind (the `kind` field and the AMQP `type` property).
     pub fn kind(&self) -> &'static str {
         match self {

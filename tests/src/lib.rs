@@ -477,3 +477,23 @@ pub fn notice_jobs(prefix: &str, n: usize) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// Parses every YAML document of `files` with PyYAML (in the test command's virtualenv) and
+/// returns them as JSON values, per file.
+pub fn parse_yaml(files: &[std::path::PathBuf]) -> Vec<Vec<serde_json::Value>> {
+    let python = std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = "import json, sys, yaml\n\
+                  print(json.dumps([list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]))";
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "YAML did not parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("PyYAML printed JSON")
+}

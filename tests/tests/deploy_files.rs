@@ -8,29 +8,10 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-/// Parses every YAML document of `files` with PyYAML and returns them as JSON values.
-fn parse_yaml(files: &[PathBuf]) -> Vec<Vec<serde_json::Value>> {
-    let python = std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = "import json, sys, yaml\n\
-                  print(json.dumps([list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]))";
-    let out = std::process::Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    assert!(
-        out.status.success(),
-        "YAML did not parse: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn the_compose_file_runs_the_whole_stack_with_a_scalable_worker() {
     let compose = deploy_dir().join("compose.yaml");
-    let doc = &parse_yaml(std::slice::from_ref(&compose))[0][0];
+    let doc = &e2e::parse_yaml(std::slice::from_ref(&compose))[0][0];
     let services = doc["services"].as_object().unwrap();
     for name in ["postgres", "redis", "rabbitmq", "api", "mail-worker"] {
         assert!(services.contains_key(name), "compose lacks {name}");
@@ -90,7 +71,7 @@ fn the_kubernetes_manifests_parse_and_cover_probes_autoscaling_and_disruption() 
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    let docs: Vec<serde_json::Value> = parse_yaml(&files).into_iter().flatten().collect();
+    let docs: Vec<serde_json::Value> = e2e::parse_yaml(&files).into_iter().flatten().collect();
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
     for kind in [
         "Deployment",
