@@ -187,34 +187,31 @@ impl Processor {
     /// the batch). When the list cannot be read, those plans wait: mail to an address that
     /// may be suppressed is not sent unchecked.
     async fn drop_suppressed(&self, plans: Vec<Result<Plan, String>>) -> Vec<Result<Plan, String>> {
-        let key_of = |plan: &Result<Plan, String>| match plan {
-            Ok(Plan::Send { to, .. }) => Some(
-                email::normalize(to).map_or_else(|_| to.to_lowercase(), |a| a.key().to_owned()),
-            ),
-            _ => None,
-        };
-        let keys: Vec<String> = plans.iter().filter_map(key_of).collect();
-        if keys.is_empty() {
+        // The address key of every plan that sends, computed once.
+        let keys: Vec<Option<String>> = plans
+            .iter()
+            .map(|plan| match plan {
+                Ok(Plan::Send { to, .. }) => Some(address_key(to)),
+                _ => None,
+            })
+            .collect();
+        let sending: Vec<String> = keys.iter().flatten().cloned().collect();
+        if sending.is_empty() {
             return plans;
         }
-        let suppressed = shared::suppression::which(&self.db, &keys).await;
+        let suppressed = shared::suppression::which(&self.db, &sending).await;
         plans
             .into_iter()
-            .map(|plan| {
-                let Some(key) = key_of(&plan) else {
-                    return plan;
-                };
-                match &suppressed {
-                    Ok(list) if list.contains(&key) => Ok(Plan::Drop {
+            .zip(keys)
+            .map(|(plan, key)| match (plan, key, &suppressed) {
+                (Ok(Plan::Send { user, .. }), Some(key), Ok(list)) if list.contains(&key) => {
+                    Ok(Plan::Drop {
                         reason: audit::Outcome::DroppedSuppressed,
-                        user: match plan {
-                            Ok(Plan::Send { user, .. }) => user,
-                            _ => None,
-                        },
-                    }),
-                    Ok(_) => plan,
-                    Err(e) => Err(format!("suppression list: {e}")),
+                        user,
+                    })
                 }
+                (_, Some(_), Err(e)) => Err(format!("suppression list: {e}")),
+                (plan, ..) => plan,
             })
             .collect()
     }
@@ -525,8 +522,7 @@ impl Processor {
     /// Puts the address whose mailbox does not exist on the suppression list. A failure is
     /// logged: the job is dead-lettered either way.
     async fn suppress(&self, to: &str, answer: &str) {
-        let key = email::normalize(to).map_or_else(|_| to.to_lowercase(), |a| a.key().to_owned());
-        match shared::suppression::add(&self.db, &key, answer).await {
+        match shared::suppression::add(&self.db, &address_key(to), answer).await {
             Ok(()) => {
                 metrics::counter!("mail_suppressions_total").increment(1);
                 tracing::warn!(recipient = %recipient_budget::recipient_pseudonym(self.config.pseudonym_secret(), to),
@@ -611,6 +607,12 @@ impl Processor {
             request_id: job.trace.request_id.clone(),
         }
     }
+}
+
+/// The key an address is suppressed under (see [`shared::email`]); an address that does not
+/// parse is keyed by its lower-cased text.
+fn address_key(to: &str) -> String {
+    email::normalize(to).map_or_else(|_| to.to_lowercase(), |a| a.key().to_owned())
 }
 
 /// An IP from the job, only if it really is one: the text part shows it verbatim, so a

@@ -208,11 +208,8 @@ impl<'a> EnvReader<'a> {
     /// `BROKER_QUEUE_EXPIRES_MS` describe.
     pub fn topology(&mut self) -> crate::topology::Topology {
         let namespace = self.string("BROKER_NAMESPACE", "");
-        let topology = crate::topology::Topology::new(namespace, &self.retry_schedule());
-        match self.broker_queue_expires_ms() {
-            Some(ms) => topology.expiring(ms),
-            None => topology,
-        }
+        let schedule = self.retry_schedule();
+        crate::topology::Topology::configured(&namespace, &schedule, self.broker_queue_expires_ms())
     }
 
     /// The value of `name`, or of the file named by `NAME_FILE`.
@@ -543,14 +540,11 @@ impl CommonConfig {
 
     /// The broker topology these settings describe.
     pub fn topology(&self) -> crate::topology::Topology {
-        let topology = crate::topology::Topology::new(
-            self.broker_namespace.clone(),
+        crate::topology::Topology::configured(
+            &self.broker_namespace,
             &self.retry_schedule_secs,
-        );
-        match self.broker_queue_expires_ms {
-            Some(ms) => topology.expiring(ms),
-            None => topology,
-        }
+            self.broker_queue_expires_ms,
+        )
     }
 }
 

@@ -64,6 +64,20 @@ impl Topology {
         }
     }
 
+    /// The topology of the settings `BROKER_NAMESPACE`, `MAIL_RETRY_SCHEDULE_SECS` and
+    /// `BROKER_QUEUE_EXPIRES_MS` (see [`Self::expiring`]).
+    pub fn configured(
+        namespace: &str,
+        retry_schedule_secs: &[u64],
+        expires_ms: Option<i64>,
+    ) -> Self {
+        let topology = Self::new(namespace, retry_schedule_secs);
+        match expires_ms {
+            Some(ms) => topology.expiring(ms),
+            None => topology,
+        }
+    }
+
     /// Makes every queue disappear after `ms` unused and every exchange once unbound. Only
     /// for tests: a test that dies halfway then leaves nothing behind on the shared broker.
     pub fn expiring(mut self, ms: i64) -> Self {

@@ -421,26 +421,10 @@ impl StackEnv {
         self.vars.push((name.to_owned(), value.to_owned()));
     }
 
-    /// The broker topology of this stack.
+    /// The broker topology of this stack, read from its variables as the services read it.
     pub fn topology(&self) -> shared::topology::Topology {
-        let schedule = self
-            .vars
-            .iter()
-            .find(|(k, _)| k == "MAIL_RETRY_SCHEDULE_SECS")
-            .and_then(|(_, v)| shared::topology::parse_retry_schedule(v).ok())
-            .unwrap_or_else(|| vec![1]);
-        let expires = self
-            .vars
-            .iter()
-            .find(|(k, _)| k == "BROKER_QUEUE_EXPIRES_MS")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let topology = shared::topology::Topology::new(format!("{}.", self.namespace), &schedule);
-        if expires > 0 {
-            topology.expiring(expires)
-        } else {
-            topology
-        }
+        let lookup = |name: &str| self.var(name).map(str::to_owned);
+        shared::config::EnvReader::new(&lookup).topology()
     }
 
     /// The value of a variable of this stack.
