@@ -27,6 +27,9 @@ pub struct Config {
     pub signup_limit_per_hour: u32,
     /// Requests per client IP to the endpoints that take a link (reset, verify, their pages).
     pub token_limit_per_hour: u32,
+    /// Reset codes per client IP (`POST /v1/password/reset/code` and its form): an 8-digit
+    /// code is guessable where a link is not, so it has its own, smaller budget.
+    pub code_limit_per_hour: u32,
     /// Length of every sliding rate-limit window (the `*_PER_HOUR` budgets apply per window).
     pub rate_limit_window: Duration,
     /// Hashes one client IP may have queued or running at once.
@@ -92,6 +95,7 @@ impl Config {
         let login_email_limit = r.number("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", 50, 1, 1_000_000);
         let signup_limit = r.number("RATE_LIMIT_SIGNUP_PER_HOUR", 20, 1, 1_000_000);
         let token_limit = r.number("RATE_LIMIT_TOKEN_PER_HOUR", 30, 1, 1_000_000);
+        let code_limit = r.number("RATE_LIMIT_CODE_PER_HOUR", 10, 1, 1_000_000);
         let window = r.number("RATE_LIMIT_WINDOW_SECS", 3600, 1, 86_400);
         let trusted_proxies = r.trusted_proxies();
         let cookie_secure = r.boolean("COOKIE_SECURE", true);
@@ -131,6 +135,7 @@ impl Config {
             login_email_limit_per_hour: login_email_limit as u32,
             signup_limit_per_hour: signup_limit as u32,
             token_limit_per_hour: token_limit as u32,
+            code_limit_per_hour: code_limit as u32,
             rate_limit_window: Duration::from_secs(window),
             hash_per_client,
             trusted_proxies,

@@ -28,6 +28,9 @@ pub enum ApiError {
     TokenExpired,
     #[error("this link has already been used")]
     TokenUsed,
+    /// The same answer for a wrong code, a dead code and an address without one.
+    #[error("this code is not valid; check it, or request a new email")]
+    CodeInvalid,
     #[error("the email address or password is wrong")]
     InvalidCredentials,
     #[error("authentication required")]
@@ -66,6 +69,7 @@ impl ApiError {
             ApiError::TokenInvalid => "token_invalid",
             ApiError::TokenExpired => "token_expired",
             ApiError::TokenUsed => "token_used",
+            ApiError::CodeInvalid => "code_invalid",
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::Unauthorized => "unauthorized",
             ApiError::RateLimitedIp { .. } => "rate_limited_ip",
@@ -91,6 +95,7 @@ impl ApiError {
             ApiError::TokenInvalid
             | ApiError::TokenExpired
             | ApiError::TokenUsed
+            | ApiError::CodeInvalid
             | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidCredentials | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RateLimitedIp { .. } | ApiError::RateLimitedLogin { .. } => {

@@ -12,6 +12,7 @@ pub mod password_policy;
 pub mod publisher;
 pub mod rate_limit;
 pub mod request_metrics;
+pub mod reset_code;
 pub mod routes;
 pub mod sessions;
 pub mod startup;

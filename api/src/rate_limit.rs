@@ -56,6 +56,7 @@ pub struct Limits {
     pub login_email: u32,
     pub signup_ip: u32,
     pub token_ip: u32,
+    pub code_ip: u32,
     pub window: Duration,
 }
 
@@ -70,6 +71,7 @@ impl Limits {
             login_email: c.login_email_limit_per_hour,
             signup_ip: c.signup_limit_per_hour,
             token_ip: c.token_limit_per_hour,
+            code_ip: c.code_limit_per_hour,
             window: c.rate_limit_window,
         }
     }
@@ -227,6 +229,13 @@ impl RateLimiter {
     /// bounded per client.
     pub async fn check_token(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
         let check = self.ip_check("token", ip, self.inner.limits.token_ip, Outcome::TokenIp);
+        self.all_or_nothing(&[check]).await
+    }
+
+    /// Counts a reset code submitted from this client IP, whatever the address and whether
+    /// the code is right.
+    pub async fn check_code(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
+        let check = self.ip_check("code", ip, self.inner.limits.code_ip, Outcome::CodeIp);
         self.all_or_nothing(&[check]).await
     }
 

@@ -24,6 +24,13 @@ pub struct CheckedToken {
     fingerprint: String,
 }
 
+impl CheckedToken {
+    /// The token's fingerprint (its burn marker's name).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
 /// A refused token: the client's error, the user it named (when the signature was valid) and
 /// a reason for the audit trail and metrics.
 #[derive(Debug)]
@@ -124,7 +131,8 @@ impl TokenService {
         &self.keys
     }
 
-    fn max_age(&self, purpose: Purpose) -> Duration {
+    /// How long a link of `purpose` stays valid.
+    pub fn max_age(&self, purpose: Purpose) -> Duration {
         match purpose {
             Purpose::PasswordReset => self.reset_max_age,
             Purpose::EmailVerify => self.verify_max_age,
@@ -228,7 +236,16 @@ impl TokenService {
     /// retried after a lost answer (the first try had set it) is still recognised as ours:
     /// "already there" alone would make the winner lose too, and burn the link for nobody.
     pub async fn burn(&self, purpose: Purpose, token: &CheckedToken) -> Result<bool, ApiError> {
-        let key = self.redis.keys().burn(&token.fingerprint);
+        self.burn_fingerprint(purpose, &token.fingerprint).await
+    }
+
+    /// [`Self::burn`] by the token's fingerprint (a reset code burns its link this way).
+    pub async fn burn_fingerprint(
+        &self,
+        purpose: Purpose,
+        fingerprint: &str,
+    ) -> Result<bool, ApiError> {
+        let key = self.redis.keys().burn(fingerprint);
         // Keep the marker as long as the token could still verify.
         let ttl = self.max_age(purpose).as_secs() + MAX_CLOCK_SKEW_SECS as u64 + 60;
         let attempt = uuid::Uuid::new_v4().to_string();
@@ -268,7 +285,12 @@ impl TokenService {
     /// broker refused the notice, the database failed), so the person can simply retry.
     /// Safe: the winner's change did not happen, and the next use burns it again.
     pub async fn unburn(&self, token: &CheckedToken) {
-        let key = self.redis.keys().burn(&token.fingerprint);
+        self.unburn_fingerprint(&token.fingerprint).await
+    }
+
+    /// [`Self::unburn`] by the token's fingerprint.
+    pub async fn unburn_fingerprint(&self, fingerprint: &str) {
+        let key = self.redis.keys().burn(fingerprint);
         let result = self
             .redis
             .run(
@@ -278,6 +300,42 @@ impl TokenService {
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not release a token after a rolled-back change");
         }
+    }
+
+    /// Why the link minted under `generation` for `user`, with token fingerprint
+    /// `fingerprint`, is dead (used, or no longer the user's newest), or `None` while it
+    /// lives: the checks [`Self::check`] makes of a link, for a reset code (which stands for a
+    /// link the api never sees).
+    pub async fn link_is_dead(
+        &self,
+        user: Uuid,
+        purpose: Purpose,
+        generation: i64,
+        fingerprint: &str,
+    ) -> Result<Option<Outcome>, ApiError> {
+        let keys = self.redis.keys();
+        let (gen_key, burn_key) = (keys.token_generation(user, purpose), keys.burn(fingerprint));
+        let (current, burned) = tokio::join!(
+            self.redis.run(|mut c| async move {
+                redis::cmd("GET")
+                    .arg(&gen_key)
+                    .query_async::<Option<i64>>(&mut c)
+                    .await
+            }),
+            self.redis.run(|mut c| async move {
+                redis::cmd("EXISTS")
+                    .arg(&burn_key)
+                    .query_async::<bool>(&mut c)
+                    .await
+            }),
+        );
+        Ok(if burned? {
+            Some(Outcome::Used)
+        } else if current? != Some(generation) {
+            Some(Outcome::Superseded)
+        } else {
+            None
+        })
     }
 
     fn signature_rejection(e: &TokenError) -> Rejected {
@@ -318,6 +376,24 @@ pub async fn check_link(
         .check_password_version(&checked, user.password_version)
         .await?;
     Ok((checked, user))
+}
+
+/// Counts a submitted reset code against the client's per-IP budget
+/// (`RATE_LIMIT_CODE_PER_HOUR`) before anything else is looked at; over it, a generic
+/// `429 rate_limited_ip`.
+pub async fn within_code_budget(
+    state: &crate::startup::AppState,
+    ip: std::net::IpAddr,
+    request_id: Option<&str>,
+) -> Result<(), ApiError> {
+    let verdict = state.limiter.check_code(ip).await?;
+    if verdict.allowed {
+        return Ok(());
+    }
+    crate::audit::rate_limited(state, verdict.refused_by, ip, None, request_id).await;
+    Err(ApiError::RateLimitedIp {
+        retry_after_secs: verdict.retry_after_secs,
+    })
 }
 
 /// Counts a request to an endpoint that takes a link against the client's per-IP budget

@@ -14,6 +14,7 @@ use shared::{
     links,
     message::{Envelope, Job},
     redis_pool::{RedisError, RedisPool},
+    reset_code,
     token::{Claims, Purpose, TokenKeys},
 };
 use sqlx::PgPool;
@@ -443,22 +444,41 @@ impl Processor {
             Draft::PasswordReset {
                 recipient,
                 requested_from_ip,
-            } => self
-                .mint(Purpose::PasswordReset, &recipient, job)
-                .await?
-                .map(|(token, left)| EmailContent::PasswordReset {
-                    link: links::with_token(base, links::RESET_PASSWORD_PATH, &token),
-                    expires_in_minutes: left.div_ceil(60).max(1),
+            } => {
+                let Some(link) = self.mint(Purpose::PasswordReset, &recipient, job).await? else {
+                    return Ok(None);
+                };
+                let code = self.issue_code(&recipient, &link).await?;
+                Some(EmailContent::PasswordReset {
+                    link: links::with_token(base, links::RESET_PASSWORD_PATH, &link.token),
+                    code: reset_code::display(&code),
+                    code_url: links::page(base, links::RESET_PASSWORD_PATH),
+                    expires_in_minutes: link.left.div_ceil(60).max(1),
                     requested_from_ip,
-                }),
+                })
+            }
             Draft::EmailVerification { recipient } => self
                 .mint(Purpose::EmailVerify, &recipient, job)
                 .await?
-                .map(|(token, left)| EmailContent::EmailVerification {
-                    link: links::with_token(base, links::VERIFY_EMAIL_PATH, &token),
-                    expires_in_hours: left.div_ceil(3600).max(1),
+                .map(|link| EmailContent::EmailVerification {
+                    link: links::with_token(base, links::VERIFY_EMAIL_PATH, &link.token),
+                    expires_in_hours: link.left.div_ceil(3600).max(1),
                 }),
         })
+    }
+
+    /// Records the one-time code of a reset link (see [`shared::reset_code`]) and returns it.
+    async fn issue_code(&self, user: &Recipient, link: &Minted) -> Result<String, RedisError> {
+        let record = reset_code::Link {
+            user: user.id,
+            email_key: &user.email_key,
+            password_version: user.password_version,
+            generation: link.generation,
+            signed_at: link.signed_at,
+            token: &link.token,
+            left_secs: link.left,
+        };
+        reset_code::issue(&self.redis, self.config.pseudonym_secret(), &record).await
     }
 
     /// The link of `job`: issued at the job's first attempt (the user's generation for this
@@ -473,7 +493,7 @@ impl Processor {
         purpose: Purpose,
         user: &Recipient,
         job: Uuid,
-    ) -> Result<Option<(String, u64)>, RedisError> {
+    ) -> Result<Option<Minted>, RedisError> {
         let generation_key = self.keys().token_generation(user.id, purpose);
         let link_key = self.keys().job_link(user.id, job);
         let max_age = match purpose {
@@ -516,7 +536,12 @@ impl Processor {
             return Ok(None);
         };
         let claims = Claims::for_job(user.id, user.password_version, generation, job);
-        Ok(Some((self.tokens.sign(purpose, &claims, signed_at), left)))
+        Ok(Some(Minted {
+            token: self.tokens.sign(purpose, &claims, signed_at),
+            left,
+            generation,
+            signed_at,
+        }))
     }
 
     /// Puts the address whose mailbox does not exist on the suppression list. A failure is
@@ -611,6 +636,14 @@ impl Processor {
 
 /// The key an address is suppressed under (see [`shared::email`]); an address that does not
 /// parse is keyed by its lower-cased text.
+/// A job's link as minted: the token, the seconds it has left, and what it was minted under.
+struct Minted {
+    token: String,
+    left: u64,
+    generation: i64,
+    signed_at: i64,
+}
+
 fn address_key(to: &str) -> String {
     email::normalize(to).map_or_else(|_| to.to_lowercase(), |a| a.key().to_owned())
 }

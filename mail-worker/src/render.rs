@@ -18,6 +18,11 @@ pub enum EmailContent {
     PasswordReset {
         /// The one-time reset link.
         link: String,
+        /// The one-time code of the same link, as shown ("1234 5678"): for resetting on
+        /// another device. Using either kills the other.
+        code: String,
+        /// The page that takes the code (the reset page without a token).
+        code_url: String,
         /// How long the link stays valid.
         expires_in_minutes: u64,
         /// The client IP the request came from, when known.
@@ -312,6 +317,8 @@ mod tests {
     fn reset(minutes: u64, ip: Option<&str>) -> EmailContent {
         EmailContent::PasswordReset {
             link: RESET_LINK.to_owned(),
+            code: "0123 4567".to_owned(),
+            code_url: "https://accounts.example.com/reset-password".to_owned(),
             expires_in_minutes: minutes,
             requested_from_ip: ip.map(str::to_owned),
         }
@@ -349,8 +356,8 @@ mod tests {
     /// Every URL a content carries.
     fn urls(content: &EmailContent) -> Vec<&str> {
         match content {
-            EmailContent::PasswordReset { link, .. }
-            | EmailContent::EmailVerification { link, .. } => vec![link],
+            EmailContent::PasswordReset { link, code_url, .. } => vec![link, code_url],
+            EmailContent::EmailVerification { link, .. } => vec![link],
             EmailContent::AccountExists {
                 sign_in_url,
                 forgot_password_url,
@@ -484,10 +491,20 @@ mod tests {
         assert!(mail.text.contains(
             "If you did not ask for this, ignore this email; your password has not\nchanged."
         ));
+        assert!(mail.text.contains(
+            "Enter your email address and this code\non the page below:\n\n    0123 4567\n\nhttps://accounts.example.com/reset-password\n"
+        ), "{}", mail.text);
+        assert!(mail.html.contains(">0123 4567</p>"));
+        assert!(mail.text.contains("using either one ends the other"));
         let mail = render(&reset(90, None), "zh-CN");
         assert!(
             mail.text
                 .contains("该链接将在 1 小时 30 分钟后失效，且只能使用一次。")
+        );
+        assert!(
+            mail.text.contains("验证码：\n\n    0123 4567\n"),
+            "{}",
+            mail.text
         );
         assert!(mail.text.contains("您的密码并未更改"));
     }

@@ -34,6 +34,9 @@ fn sample(kind: Kind, base: &str) -> EmailContent {
     match kind {
         Kind::PasswordReset => EmailContent::PasswordReset {
             link: links::with_token(base, links::RESET_PASSWORD_PATH, NOT_A_TOKEN),
+            // A code no link has (links' codes come from their tokens).
+            code: "0000 0000".into(),
+            code_url: links::page(base, links::RESET_PASSWORD_PATH),
             expires_in_minutes: 60,
             requested_from_ip: Some("192.0.2.1".into()),
         },

@@ -23,6 +23,9 @@ pub enum Action {
     EmailVerify,
     /// A reset link used (api).
     PasswordReset,
+    /// A reset code submitted (api): [`Outcome::CodeWrong`] for a wrong, dead or unknown
+    /// code, [`Outcome::Success`] for a reset through a code.
+    PasswordResetCode,
     /// A request refused by a budget; the outcome names the budget (api).
     RateLimited,
     /// The worker's decision about a forgot-password job.
@@ -36,12 +39,13 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::SignUp,
         Action::SignIn,
         Action::SignOut,
         Action::EmailVerify,
         Action::PasswordReset,
+        Action::PasswordResetCode,
         Action::RateLimited,
         Action::PasswordResetRequested,
         Action::EmailVerification,
@@ -57,6 +61,7 @@ impl Action {
             Action::SignOut => "sign_out",
             Action::EmailVerify => "email_verify",
             Action::PasswordReset => "password_reset",
+            Action::PasswordResetCode => "password_reset_code",
             Action::RateLimited => "rate_limited",
             Action::PasswordResetRequested => "password_reset_requested",
             Action::EmailVerification => "email_verification",
@@ -163,10 +168,14 @@ pub enum Outcome {
     RecipientBudget,
     /// The address is on the suppression list (its mailbox did not exist).
     DroppedSuppressed,
+    /// A reset code that matched no live code (wrong, dead, or no code for the address).
+    CodeWrong,
+    /// The per-IP budget of reset codes (`RATE_LIMIT_CODE_PER_HOUR`).
+    CodeIp,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 41] = [
+    pub const ALL: [Outcome; 43] = [
         Outcome::Success,
         Outcome::Created,
         Outcome::Exists,
@@ -208,6 +217,8 @@ impl Outcome {
         Outcome::DroppedSuperseded,
         Outcome::RecipientBudget,
         Outcome::DroppedSuppressed,
+        Outcome::CodeWrong,
+        Outcome::CodeIp,
     ];
 
     /// The stored text (and metrics label).
@@ -254,6 +265,8 @@ impl Outcome {
             Outcome::DroppedSuperseded => "dropped_superseded",
             Outcome::RecipientBudget => "recipient_budget",
             Outcome::DroppedSuppressed => "dropped_suppressed",
+            Outcome::CodeWrong => "code_wrong",
+            Outcome::CodeIp => "code_ip",
         }
     }
 }

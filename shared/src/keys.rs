@@ -87,6 +87,12 @@ impl Keys {
     pub fn mail_recipient(&self, address_hash: &str) -> String {
         format!("{}mail:rcpt:{{r:{address_hash}}}", self.prefix)
     }
+
+    /// The one-time code of an address's newest reset link (see [`crate::reset_code`]), under
+    /// the address's code pseudonym. Used by single-key scripts, so tagged on itself.
+    pub fn reset_code(&self, address: &str) -> String {
+        format!("{}code:{{c:{address}}}", self.prefix)
+    }
 }
 
 /// Issues the next token generation for one user and purpose.

@@ -14,6 +14,7 @@ pub mod links;
 pub mod locale;
 pub mod message;
 pub mod redis_pool;
+pub mod reset_code;
 pub mod suppression;
 pub mod telemetry;
 pub mod tls;

@@ -17,7 +17,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{Html, IntoResponse, Redirect, Response},
-    routing::get,
+    routing::{get, post},
 };
 use minijinja::{Environment, context};
 use serde::Deserialize;
@@ -44,6 +44,10 @@ impl Pages {
             ("forgot.html", include_str!("../../templates/forgot.html")),
             ("message.html", include_str!("../../templates/message.html")),
             ("reset.html", include_str!("../../templates/reset.html")),
+            (
+                "reset_code.html",
+                include_str!("../../templates/reset_code.html"),
+            ),
             ("verify.html", include_str!("../../templates/verify.html")),
         ] {
             env.add_template(name, source)?;
@@ -68,6 +72,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             links::RESET_PASSWORD_PATH,
             get(reset_form).post(reset_submit),
         )
+        .route(RESET_CODE_PATH, post(code_submit))
         .route("/reset-password/done", get(reset_done))
         .route(
             links::VERIFY_EMAIL_PATH,
@@ -325,8 +330,12 @@ struct TokenQuery {
     token: Option<String>,
 }
 
+/// Where the code form posts.
+const RESET_CODE_PATH: &str = "/reset-password/code";
+
 /// Shows the form for a usable link, or says why the link cannot be used. Looks only: a mail
-/// scanner that opens the link (GET or HEAD, any number of times) changes nothing.
+/// scanner that opens the link (GET or HEAD, any number of times) changes nothing. Opened
+/// without a token (the address the reset email gives beside its code), the code form.
 async fn reset_form(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -334,6 +343,9 @@ async fn reset_form(
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
+    if token.is_empty() {
+        return code_page(&state, locale, StatusCode::OK, "", "", "");
+    }
     match password::inspect_reset_token(&state, ip, &token).await {
         Ok(()) => reset_page(&state, locale, StatusCode::OK, &token, ""),
         Err(e) => link_problem(&state, locale, &e),
@@ -438,6 +450,94 @@ async fn reset_submit(
             &t(locale, "too_long"),
         ),
         Err(e) => link_problem(&state, locale, &e),
+    }
+}
+
+/// The code form, with what was typed (never the passwords) and an optional error.
+fn code_page(
+    state: &AppState,
+    locale: &str,
+    status: StatusCode,
+    email: &str,
+    code: &str,
+    error: &str,
+) -> Response {
+    let ctx = context! { ..base(state, locale), ..context! { email, code, error } };
+    page(state, status, "reset_code.html", ctx)
+}
+
+#[derive(Debug, Deserialize)]
+struct CodeForm {
+    email: String,
+    code: String,
+    password: String,
+    password_confirm: String,
+}
+
+/// Resets with a code exactly as `POST /v1/password/reset/code` does; success redirects (303)
+/// to the same page as a reset by link.
+async fn code_submit(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Locale(locale): Locale,
+    RequestTrace(trace): RequestTrace,
+    form: Result<Form<CodeForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return bad_form(&state, locale);
+    };
+    let again = |error: &str, status: StatusCode| {
+        code_page(&state, locale, status, &form.email, &form.code, error)
+    };
+    if form.password != form.password_confirm {
+        return again(&t(locale, "mismatch"), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let result = password::perform_code_reset(
+        &state,
+        ip,
+        locale,
+        trace,
+        &form.email,
+        &form.code,
+        form.password.clone(),
+    )
+    .await;
+    match result {
+        Ok(()) => Redirect::to("/reset-password/done").into_response(),
+        Err(ApiError::CodeInvalid) => {
+            // The typed code is not shown again: it is dead or wrong.
+            code_page(
+                &state,
+                locale,
+                StatusCode::BAD_REQUEST,
+                &form.email,
+                "",
+                &t(locale, "code_invalid"),
+            )
+        }
+        Err(ApiError::WeakPassword(hint)) => {
+            let text = if locale == "en" {
+                format!("{} {hint}", t(locale, "weak"))
+            } else {
+                t(locale, "weak")
+            };
+            again(&text, StatusCode::UNPROCESSABLE_ENTITY)
+        }
+        Err(ApiError::PasswordTooLong) => {
+            again(&t(locale, "too_long"), StatusCode::UNPROCESSABLE_ENTITY)
+        }
+        Err(ApiError::InvalidEmail(_)) => again(
+            &t(locale, "invalid_email"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        Err(ApiError::RateLimitedIp { retry_after_secs }) => {
+            rate_limited(&state, locale, retry_after_secs)
+        }
+        Err(ApiError::Unavailable(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "dependency unavailable");
+            unavailable(&state, locale)
+        }
+        Err(e) => e.into_response(),
     }
 }
 
@@ -570,6 +670,23 @@ fn strings(locale: &str) -> BTreeMap<&'static str, &'static str> {
             "至少 10 个字符。几个互不相关的词语既好记又难猜。",
         ),
         ("reset_submit", "Set new password", "设置新密码"),
+        (
+            "code_title",
+            "Reset your password with a code",
+            "使用验证码重置密码",
+        ),
+        (
+            "code_intro",
+            "Enter the address the reset email went to, the 8-digit code it shows, and a new password.",
+            "请输入接收重置邮件的邮箱地址、邮件中的 8 位验证码以及新密码。",
+        ),
+        ("code_label", "Code from the email", "邮件中的验证码"),
+        (
+            "code_invalid",
+            "This code is not valid. Check the address and the code, or request a new email.",
+            "验证码无效。请检查邮箱地址和验证码，或重新获取邮件。",
+        ),
+        ("code_new_email", "Request a new email", "重新获取邮件"),
         (
             "mismatch",
             "The two passwords are not the same.",

@@ -22,6 +22,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     extract::{AppJson, ClientIp, Locale, RequestTrace},
     outbox, password_policy,
+    reset_code::{self, CodeCheck},
     startup::AppState,
     store,
     tokens::{self, Rejected},
@@ -35,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(request_password_reset))
         .routes(routes!(reset_password))
+        .routes(routes!(reset_password_with_code))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -192,29 +194,185 @@ pub async fn perform_reset(
         audit(Outcome::Used, Some(user_id)).await;
         return Err(ApiError::TokenUsed);
     }
+    let change = Change {
+        ip,
+        locale,
+        trace: &trace,
+        action: Action::PasswordReset,
+        now,
+    };
+    if !finish_reset(state, &change, &user, token.fingerprint(), new_password).await? {
+        audit(Outcome::PasswordChanged, Some(user_id)).await;
+        return Err(ApiError::TokenInvalid);
+    }
+    Ok(())
+}
 
-    let hash = state.hasher.hash_for(ip, new_password).await;
+/// The request a password change comes from.
+struct Change<'a> {
+    ip: std::net::IpAddr,
+    locale: &'a str,
+    trace: &'a shared::message::Trace,
+    /// How the change was authorised (a link or a code), for its audit row.
+    action: Action,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+/// The part of a reset after its link was burned: hash, commit (see [`commit_reset`]),
+/// revoke the sessions. `false` when the password changed since the link was checked; on an
+/// error the link is given back, so the person can simply retry.
+async fn finish_reset(
+    state: &AppState,
+    change: &Change<'_>,
+    user: &store::users::User,
+    fingerprint: &str,
+    new_password: String,
+) -> Result<bool, ApiError> {
+    let hash = state.hasher.hash_for(change.ip, new_password).await;
     let committed = match hash {
-        Ok(hash) => commit_reset(state, ip, locale, &trace, &user, &hash, now).await,
+        Ok(hash) => commit_reset(state, change, user, &hash).await,
         Err(e) => Err(e),
     };
     match committed {
         Ok(Some(_)) => state.outbox.wake(),
-        Ok(None) => {
-            audit(Outcome::PasswordChanged, Some(user_id)).await;
-            return Err(ApiError::TokenInvalid);
-        }
+        Ok(None) => return Ok(false),
         Err(e) => {
-            state.tokens.unburn(&token).await;
+            state.tokens.unburn_fingerprint(fingerprint).await;
             return Err(e);
         }
     }
-
     // Sessions also die by their password version; deleting them is the fast path.
-    if let Err(e) = state.sessions.revoke_all(user_id).await {
+    if let Err(e) = state.sessions.revoke_all(user.id).await {
         tracing::warn!(error = %e, "session revocation failed; sessions die by password version");
     }
     metrics::counter!("password_resets_total").increment(1);
+    Ok(true)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CodeResetRequest {
+    /// The address the reset email went to.
+    #[schema(format = "email", min_length = 3, max_length = 254)]
+    pub email: String,
+    /// The 8-digit code from the reset email; spaces and dashes are ignored.
+    #[schema(max_length = 64, example = "1234 5678")]
+    pub code: String,
+    /// At least 10 characters, at most 1024 bytes, not easy to guess.
+    #[schema(min_length = 10, max_length = 1024)]
+    pub new_password: String,
+}
+
+/// Sets a new password with the one-time code of a reset email (for resetting on another
+/// device than the one the email was read on).
+///
+/// The code belongs to the email's link: using either kills the other, a newer email kills
+/// both, and it expires with the link. Every failure of the code itself is the same
+/// `400 code_invalid`, after the same work: a wrong code, a dead one (used, superseded, five
+/// wrong codes), and an address without an account. The fifth wrong code kills the code (the
+/// link still works). Codes have their own per-IP budget.
+#[utoipa::path(post, path = "/v1/password/reset/code", tag = "password", request_body = CodeResetRequest,
+    responses(
+        (status = 204, description = "Password changed; every session of the user is revoked"),
+        (status = 400, description = "`code_invalid` (wrong, used, superseded, expired, or no code for the address; the same answer for each), `malformed_json`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_email`, `weak_password`, `password_too_long`, `invalid_body`", body = ErrorBody),
+        (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the per-IP code budget)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ))]
+pub async fn reset_password_with_code(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Locale(locale): Locale,
+    RequestTrace(trace): RequestTrace,
+    AppJson(body): AppJson<CodeResetRequest>,
+) -> Result<StatusCode, ApiError> {
+    let CodeResetRequest {
+        email,
+        code,
+        new_password,
+    } = body;
+    perform_code_reset(&state, ip, locale, trace, &email, &code, new_password).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The code reset shared by the JSON endpoint and the HTML form. Nothing about the address
+/// is read from the database before the code matched (see [`crate::reset_code`]).
+pub async fn perform_code_reset(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    locale: &str,
+    trace: shared::message::Trace,
+    email: &str,
+    code: &str,
+    new_password: String,
+) -> Result<(), ApiError> {
+    let request_id = trace.request_id.clone();
+    let (st, rid) = (state, request_id.as_deref());
+    let audit = |outcome: Outcome, user: Option<uuid::Uuid>| {
+        audit_attempt(st, Action::PasswordResetCode, ip, rid, outcome, user)
+    };
+    let refuse = |outcome: Outcome, user: uuid::Uuid| async move {
+        metrics::counter!("tokens_rejected_total", "reason" => outcome.as_str()).increment(1);
+        audit_attempt(st, Action::PasswordResetCode, ip, rid, outcome, Some(user)).await;
+        ApiError::CodeInvalid
+    };
+
+    tokens::within_code_budget(state, ip, rid).await?;
+    if let Err(e) = password_policy::check_length(&new_password) {
+        audit(Outcome::PasswordTooLong, None).await;
+        return Err(e);
+    }
+    let address = email::normalize(email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
+    let checked = match shared::reset_code::normalize(code) {
+        Some(code) => reset_code::check(state, address.key(), &code).await?,
+        None => CodeCheck::Wrong(None),
+    };
+    let link = match checked {
+        CodeCheck::Right(link) => link,
+        CodeCheck::Wrong(user) => {
+            let reason = Outcome::CodeWrong;
+            metrics::counter!("tokens_rejected_total", "reason" => reason.as_str()).increment(1);
+            audit(reason, user).await;
+            return Err(ApiError::CodeInvalid);
+        }
+    };
+    let now = state.clock.now();
+    if link.expired(state, now) {
+        return Err(refuse(Outcome::Expired, link.user).await);
+    }
+    let Some(user) = store::users::by_id(&state.db, link.user).await? else {
+        return Err(refuse(Outcome::UnknownUser, link.user).await);
+    };
+    if user.password_version != link.password_version {
+        return Err(refuse(Outcome::PasswordChanged, user.id).await);
+    }
+    let purpose = Purpose::PasswordReset;
+    let (generation, fingerprint) = (link.generation, &link.fingerprint);
+    if let Some(reason) = (state.tokens)
+        .link_is_dead(user.id, purpose, generation, fingerprint)
+        .await?
+    {
+        return Err(refuse(reason, user.id).await);
+    }
+    if let Err(e) = password_policy::check_new_password(&new_password, &user.email) {
+        audit(Outcome::WeakPassword, Some(user.id)).await;
+        return Err(e);
+    }
+    if !state.tokens.burn_fingerprint(purpose, fingerprint).await? {
+        return Err(refuse(Outcome::Used, user.id).await);
+    }
+    let change = Change {
+        ip,
+        locale,
+        trace: &trace,
+        action: Action::PasswordResetCode,
+        now,
+    };
+    if !finish_reset(state, &change, &user, fingerprint, new_password).await? {
+        return Err(refuse(Outcome::PasswordChanged, user.id).await);
+    }
+    link.kill(state).await;
     Ok(())
 }
 
@@ -227,13 +385,17 @@ pub async fn perform_reset(
 /// another device): the link belongs to the old password.
 async fn commit_reset(
     state: &AppState,
-    ip: std::net::IpAddr,
-    locale: &str,
-    trace: &shared::message::Trace,
+    change: &Change<'_>,
     user: &store::users::User,
     hash: &str,
-    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<i32>, ApiError> {
+    let Change {
+        ip,
+        locale,
+        trace,
+        action,
+        now,
+    } = *change;
     let user_id = user.id;
     let mut tx = state.db.begin().await?;
     let Some(new_version) =
@@ -247,7 +409,7 @@ async fn commit_reset(
             user_id: Some(user_id),
             ip: Some(ip),
             request_id: trace.request_id.as_deref(),
-            ..AuditEvent::new(Action::PasswordReset, Outcome::Success)
+            ..AuditEvent::new(action, Outcome::Success)
         },
     )
     .await?;
@@ -297,10 +459,22 @@ pub async fn inspect_reset_token(
         .map_err(|r| r.error)
 }
 
-/// Records one reset attempt (best effort; successes are recorded inside the password
-/// transaction).
+/// Records one reset attempt by link (best effort; successes are recorded inside the
+/// password transaction).
 async fn audit_reset(
     state: &AppState,
+    ip: std::net::IpAddr,
+    request_id: Option<&str>,
+    outcome: Outcome,
+    user: Option<uuid::Uuid>,
+) {
+    audit_attempt(state, Action::PasswordReset, ip, request_id, outcome, user).await;
+}
+
+/// Records one attempt of `action` (best effort).
+async fn audit_attempt(
+    state: &AppState,
+    action: Action,
     ip: std::net::IpAddr,
     request_id: Option<&str>,
     outcome: Outcome,
@@ -310,7 +484,7 @@ async fn audit_reset(
         user_id: user,
         ip: Some(ip),
         request_id,
-        ..AuditEvent::new(Action::PasswordReset, outcome)
+        ..AuditEvent::new(action, outcome)
     };
     crate::audit::record(state, &event).await;
 }

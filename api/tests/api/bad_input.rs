@@ -204,6 +204,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         "DELETE /v1/sessions/current",
         "POST /v1/password/forgot",
         "POST /v1/password/reset",
+        "POST /v1/password/reset/code",
         "GET /healthz",
         "GET /readyz",
     ];

@@ -329,6 +329,41 @@ impl TestApp {
         self.token_keys.sign(purpose, &claims, timestamp)
     }
 
+    /// Issues a reset link and its one-time code the way the worker does for a reset email;
+    /// returns both.
+    pub async fn issue_code(&self, user: Uuid, email_key: &str) -> (String, String) {
+        let now = self.clock.now_secs();
+        let token = self.mint_at(Purpose::PasswordReset, user, now).await;
+        let claims: Claims = self
+            .token_keys
+            .verify(Purpose::PasswordReset, &token, now, 3600)
+            .unwrap()
+            .value;
+        let link = shared::reset_code::Link {
+            user,
+            email_key,
+            password_version: claims.pv,
+            generation: claims.r#gen,
+            signed_at: now,
+            token: &token,
+            left_secs: 3600,
+        };
+        let state = &self.state;
+        let code = shared::reset_code::issue(&state.redis, state.config.pseudonym_secret(), &link)
+            .await
+            .unwrap();
+        (token, code)
+    }
+
+    /// `POST /v1/password/reset/code`.
+    pub async fn reset_with_code(&self, email: &str, code: &str, new_password: &str) -> Response {
+        self.post(
+            "/v1/password/reset/code",
+            json!({ "email": email, "code": code, "new_password": new_password }),
+        )
+        .await
+    }
+
     pub async fn audit_outcomes(&self, action: &str) -> Vec<String> {
         sqlx::query_scalar("SELECT outcome FROM audit_events WHERE action = $1 ORDER BY id")
             .bind(action)

@@ -10,6 +10,7 @@ mod helpers;
 mod outage;
 mod pages;
 mod reset;
+mod reset_code;
 mod security;
 mod sessions;
 mod users;

@@ -148,7 +148,7 @@ async fn opening_a_reset_link_any_number_of_times_changes_nothing() {
 }
 
 #[tokio::test]
-async fn expired_tampered_and_missing_links_get_their_own_page() {
+async fn expired_and_tampered_links_get_their_own_page_and_no_link_gets_the_code_form() {
     let app = spawn_app().await;
     let user = app.create_user("ann@example.org", STRONG).await;
     let token = app.mint(Purpose::PasswordReset, user).await;
@@ -156,16 +156,24 @@ async fn expired_tampered_and_missing_links_get_their_own_page() {
     let last = tampered.len() - 2;
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    for (path, needle) in [
-        (format!("/reset-password?token={tampered}"), "not valid"),
-        ("/reset-password".to_owned(), "not valid"),
-        ("/reset-password?token=".to_owned(), "not valid"),
-    ] {
-        let r = app.get(&path).await;
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+    let path = format!("/reset-password?token={tampered}");
+    let r = app.get(&path).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("not valid") && !html.contains(r#"type="password""#),
+        "{path}: {html}"
+    );
+    // Without a link: the form that takes the email's code instead.
+    for path in ["/reset-password", "/reset-password?token="] {
+        let r = app.get(path).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
         let html = r.text().await.unwrap();
         assert!(
-            html.contains(needle) && !html.contains(r#"type="password""#),
+            html.contains(r#"action="/reset-password/code""#)
+                && html.contains(r#"name="code""#)
+                && html.contains(r#"autocomplete="one-time-code""#)
+                && !html.contains(r#"name="token""#),
             "{path}: {html}"
         );
     }

@@ -1,0 +1,225 @@
+//! Reset by the email's one-time code: right code, wrong codes, a code after its link, a newer
+//! email, an unknown address, the per-IP budget and the form.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{
+    STRONG, STRONGER, assert_error, fingerprint, sign_in_answer, spawn_app, spawn_with,
+};
+
+const ANN: &str = "ann@example.org";
+
+/// A code of the right shape that is not `code`.
+fn wrong(code: &str) -> String {
+    let last = code.as_bytes()[7];
+    let other = if last == b'9' { b'0' } else { last + 1 };
+    format!("{}{}", &code[..7], other as char)
+}
+
+#[tokio::test]
+async fn the_right_code_resets_the_password_once_and_kills_its_link() {
+    let app = spawn_app().await;
+    let user = app.create_user(ANN, STRONG).await;
+    let session = app.login(ANN, STRONG).await;
+    let (token, code) = app.issue_code(user, ANN).await;
+
+    // Typed the way the email shows it, address in another case.
+    let shown = format!("{} {}", &code[..4], &code[4..]);
+    let r = app
+        .reset_with_code("Ann@Example.org", &shown, STRONGER)
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::NO_CONTENT,
+        "{}",
+        r.text().await.unwrap()
+    );
+
+    assert_eq!(app.me(&session).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        sign_in_answer(&app, ANN, STRONG).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.login(ANN, STRONGER).await;
+    // The code works once, and its link died with it.
+    let again = app.reset_with_code(ANN, &code, STRONG).await;
+    assert_error(again, StatusCode::BAD_REQUEST, "code_invalid").await;
+    let link = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": token, "new_password": STRONG }),
+        )
+        .await;
+    assert_error(link, StatusCode::BAD_REQUEST, "token_used").await;
+    assert_eq!(
+        app.audit_outcomes("password_reset_code").await,
+        ["success", "code_wrong"]
+    );
+}
+
+#[tokio::test]
+async fn five_wrong_codes_kill_the_code_but_not_the_link() {
+    let app = spawn_app().await;
+    let user = app.create_user(ANN, STRONG).await;
+    let (token, code) = app.issue_code(user, ANN).await;
+    for _ in 0..4 {
+        let r = app.reset_with_code(ANN, &wrong(&code), STRONGER).await;
+        assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
+    }
+    // Four wrong codes leave it alive: a weak password with the right code says so, and
+    // does not count as a wrong code.
+    let weak = app.reset_with_code(ANN, &code, "password123").await;
+    assert_error(weak, StatusCode::UNPROCESSABLE_ENTITY, "weak_password").await;
+    let fifth = app.reset_with_code(ANN, &wrong(&code), STRONGER).await;
+    assert_error(fifth, StatusCode::BAD_REQUEST, "code_invalid").await;
+    let right = app.reset_with_code(ANN, &code, STRONGER).await;
+    assert_error(right, StatusCode::BAD_REQUEST, "code_invalid").await;
+    assert_eq!(
+        sign_in_answer(&app, ANN, STRONG).await.status(),
+        StatusCode::CREATED
+    );
+
+    // The link cannot be guessed: it still works.
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": token, "new_password": STRONGER }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let outcomes = app.audit_outcomes("password_reset_code").await;
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "code_wrong").count(),
+        6,
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_used_link_or_a_newer_email_kills_the_code() {
+    let app = spawn_app().await;
+    let user = app.create_user(ANN, STRONG).await;
+
+    // The link is used first: its code is dead.
+    let (token, code) = app.issue_code(user, ANN).await;
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": token, "new_password": STRONGER }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app.reset_with_code(ANN, &code, STRONG).await;
+    assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
+
+    // A newer email: the older code and link are dead, the newer code works.
+    let (old_token, old_code) = app.issue_code(user, ANN).await;
+    let (_, new_code) = app.issue_code(user, ANN).await;
+    assert_ne!(old_code, new_code);
+    let r = app.reset_with_code(ANN, &old_code, STRONG).await;
+    assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": old_token, "new_password": STRONG }),
+        )
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
+    let r = app.reset_with_code(ANN, &new_code, STRONG).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    // A code expires with its link.
+    let (_, code) = app.issue_code(user, ANN).await;
+    app.clock.advance(chrono::Duration::seconds(3601));
+    let r = app.reset_with_code(ANN, &code, STRONGER).await;
+    assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
+}
+
+#[tokio::test]
+async fn an_unknown_address_gets_the_same_answer_as_a_wrong_code() {
+    let app = spawn_app().await;
+    let user = app.create_user(ANN, STRONG).await;
+    let (_, code) = app.issue_code(user, ANN).await;
+
+    let known = fingerprint(app.reset_with_code(ANN, &wrong(&code), STRONGER).await).await;
+    let unknown = fingerprint(
+        app.reset_with_code("nobody@example.org", &code, STRONGER)
+            .await,
+    )
+    .await;
+    let malformed = fingerprint(app.reset_with_code(ANN, "12ab", STRONGER).await).await;
+    assert_eq!(known.0, StatusCode::BAD_REQUEST);
+    assert_eq!(known, unknown);
+    assert_eq!(known, malformed);
+    // Neither looked the address up: the unknown one left an audit row without a user, the
+    // known one with the user its code record names.
+    let users: Vec<Option<uuid::Uuid>> = sqlx::query_scalar(
+        "SELECT user_id FROM audit_events WHERE action = 'password_reset_code' ORDER BY id",
+    )
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(users, [Some(user), None, None]);
+}
+
+#[tokio::test]
+async fn codes_have_a_per_ip_budget() {
+    let app = spawn_with(&[("RATE_LIMIT_CODE_PER_HOUR", "3")]).await;
+    for _ in 0..3 {
+        let r = app.reset_with_code(ANN, "12345678", STRONGER).await;
+        assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
+    }
+    let r = app.reset_with_code(ANN, "12345678", STRONGER).await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited_ip").await;
+    // The link endpoints keep their own budget.
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": "x", "new_password": STRONGER }),
+        )
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
+}
+
+#[tokio::test]
+async fn the_code_form_resets_and_says_when_a_code_is_wrong() {
+    let app = spawn_app().await;
+    let user = app.create_user(ANN, STRONG).await;
+    let (_, code) = app.issue_code(user, ANN).await;
+
+    let form = |code: String, confirm: &'static str| {
+        let app = &app;
+        async move {
+            app.form(
+                "/reset-password/code",
+                &[
+                    ("email", ANN),
+                    ("code", &code),
+                    ("password", STRONGER),
+                    ("password_confirm", confirm),
+                ],
+            )
+            .await
+        }
+    };
+    let r = form(code.clone(), STRONG).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("not the same") && html.contains(&code),
+        "{html}"
+    );
+
+    let r = form(wrong(&code), STRONGER).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("This code is not valid"), "{html}");
+    assert!(html.contains(r#"value="ann@example.org""#), "{html}");
+
+    let r = form(code.clone(), STRONGER).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/reset-password/done");
+    app.login(ANN, STRONGER).await;
+}
