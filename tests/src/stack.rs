@@ -206,6 +206,16 @@ impl StoredEmail {
             .unwrap_or(rest.len());
         Some(rest[..end].to_owned())
     }
+
+    /// The one-time code a reset email shows beside its link (a line of its own, "1234 5678"),
+    /// without the space.
+    pub fn reset_code(&self) -> Option<String> {
+        self.text().lines().map(str::trim).find_map(|line| {
+            let (a, b) = line.split_once(' ')?;
+            let digits = |s: &str| s.len() == 4 && s.bytes().all(|c| c.is_ascii_digit());
+            (digits(a) && digits(b)).then(|| format!("{a}{b}"))
+        })
+    }
 }
 
 impl SmtpSink {
@@ -324,6 +334,19 @@ impl SmtpSink {
             .collect()
     }
 
+    /// Waits for the `n`th email (counting from 1) that shows a reset code, and returns it.
+    pub async fn wait_for_reset_email(&self, n: usize, timeout: Duration) -> Option<StoredEmail> {
+        poll_until(timeout, || async {
+            let mut resets: Vec<StoredEmail> = self
+                .emails()
+                .into_iter()
+                .filter(|e| e.reset_code().is_some())
+                .collect();
+            (resets.len() >= n).then(|| resets.swap_remove(n - 1))
+        })
+        .await
+    }
+
     /// Waits until at least `n` emails are stored.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<StoredEmail> {
         poll_until(timeout, || async {
@@ -395,6 +418,7 @@ impl StackEnv {
             ("RATE_LIMIT_LOGIN_IP_PER_HOUR", "100000"),
             ("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", "100000"),
             ("RATE_LIMIT_TOKEN_PER_HOUR", "100000"),
+            ("RATE_LIMIT_CODE_PER_HOUR", "100000"),
             ("MAIL_RETRY_SCHEDULE_SECS", "1,1,1"),
             ("MAIL_FROM", "Example Security <security@example.test>"),
             ("PRODUCT_NAME", "Example Accounts"),

@@ -247,5 +247,57 @@ async fn a_person_resets_a_forgotten_password_in_a_phone_sized_browser() {
     };
     assert_eq!(login(old).await.unwrap().status(), 401);
     assert_eq!(login(new).await.unwrap().status(), 201);
+
+    // 7. On another device, with the code the next reset email shows beside its link: the
+    //    page without a token takes the address, the code and the new password; a wrong code
+    //    is explained and the address kept.
+    let r = http
+        .post(format!("{base}/v1/password/forgot"))
+        .json(&json!({ "email": "ann@example.org" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let second_reset = sink.wait_for_reset_email(2, WAIT).await.unwrap();
+    let code = second_reset.reset_code().unwrap();
+    c.goto(&format!("{base}/reset-password")).await.unwrap();
+    browser
+        .wait_for_text("Reset your password with a code")
+        .await;
+    browser.screenshot("7-code-form").await;
+    let third = "violet harbour quilt rocket 58";
+    let wrong = if code.starts_with('9') { "1" } else { "9" }.to_owned() + &code[1..];
+    browser.fill("#email", "ann@example.org").await;
+    browser.fill("#code", &wrong).await;
+    browser.fill("#password", third).await;
+    browser.fill("#password_confirm", third).await;
+    browser.submit().await;
+    browser.wait_for_text("This code is not valid").await;
+    browser.screenshot("7-code-wrong").await;
+    let kept = c
+        .find(Locator::Css("#email"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some("ann@example.org"));
+    // Typed the way the email shows it.
+    browser
+        .fill("#code", &format!("{} {}", &code[..4], &code[4..]))
+        .await;
+    browser.fill("#password", third).await;
+    browser.fill("#password_confirm", third).await;
+    browser.submit().await;
+    browser.wait_for_text("Password changed").await;
+    browser.screenshot("7-code-done").await;
+    assert_eq!(login(new).await.unwrap().status(), 401);
+    let login_third = http
+        .post(format!("{base}/v1/sessions"))
+        .json(&json!({ "email": "ann@example.org", "password": third }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login_third.status(), 201);
     browser.client.clone().close().await.unwrap();
 }

@@ -83,6 +83,7 @@ pub async fn test_config(overrides: &[(&str, &str)]) -> Config {
         ("RATE_LIMIT_LOGIN_IP_PER_HOUR", "100000"),
         ("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", "100000"),
         ("RATE_LIMIT_TOKEN_PER_HOUR", "100000"),
+        ("RATE_LIMIT_CODE_PER_HOUR", "100000"),
         ("API_METRICS_BIND", "127.0.0.1:0"),
         // Cheap hashing keeps the suite fast; production cost is the default.
         ("ARGON2_MEMORY_KIB", "64"),
