@@ -6,15 +6,16 @@
 //! ```sh
 //! ./deploy/local/bench.sh            # services, release build, then `bench all`
 //! ./target/release/bench all [--update BENCHMARKS.md]
-//! ./target/release/bench forgot|worker|scale|reset|memory|signin|stores|pipeline
+//! ./target/release/bench forgot|worker|scale|reset|memory|signin|stores|pipeline|code
 //! ```
 //! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
 //! (`--update FILE` also replaces the table between the `bench:begin`/`bench:end` markers of
 //! FILE). Settings (environment): `BENCH_SECS` (length of each measured phase),
 //! `BENCH_ROUNDS` (raw/api alternations, 2), `BENCH_TIMING_PAIRS` (2000), `BENCH_JOBS`
-//! (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8), `BENCH_SETTLE_SECS` (10, the wait
+//! (2000), `BENCH_CODE_PAIRS` (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8), `BENCH_SETTLE_SECS` (10, the wait
 //! before the api's resident size is read after the hashing flood), `BENCH_SIGNIN_TRIPLES` (300).
 
+mod code;
 mod forgot;
 mod limits;
 mod load;
@@ -32,7 +33,7 @@ use std::time::Instant;
 
 use report::Row;
 
-const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline";
+const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -48,11 +49,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let sections: &[&str] = match section {
         "all" => &[
-            "forgot", "worker", "scale", "reset", "memory", "signin", "stores", "pipeline",
+            "forgot", "worker", "scale", "reset", "memory", "signin", "stores", "pipeline", "code",
         ],
-        "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" | "pipeline" => {
-            std::slice::from_ref(&section)
-        }
+        "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" | "pipeline"
+        | "code" => std::slice::from_ref(&section),
         _ => anyhow::bail!(USAGE),
     };
 
@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             "signin" => signin::run(&mut rows).await,
             "stores" => stores::run(&mut rows).await,
             "pipeline" => pipeline::run(&mut rows).await,
+            "code" => code::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
         if let Err(e) = result {
@@ -130,6 +131,7 @@ fn section_label(name: &str) -> &'static str {
         "signin" => "7 sign-in timing",
         "stores" => "8 redis topologies",
         "pipeline" => "9 end to end",
+        "code" => "10 code timing",
         _ => "5 reset",
     }
 }
