@@ -2,11 +2,13 @@
 //! Redis rate limits, one-time tokens, argon2id hashing, PostgreSQL storage and confirmed
 //! publishing of every email to RabbitMQ.
 
+pub mod accounts;
 pub mod audit;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod hashing;
+pub mod lock;
 pub mod outbox;
 pub mod password_policy;
 pub mod publisher;

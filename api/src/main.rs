@@ -1,6 +1,11 @@
-//! `api` — serves the HTTP api; `api migrate` applies pending migrations and exits.
+//! `api` — serves the HTTP api; `api migrate` applies pending migrations and exits; `api
+//! accounts revoke-sessions|lock ADDRESS --reason …` are support staff's tools.
 
-use api::{config::Config, startup::Application};
+use api::{
+    accounts::{Act, Request},
+    config::Config,
+    startup::Application,
+};
 use clap::Parser as _;
 
 /// The password-recovery HTTP api. Configured by the environment (and `.env`); every
@@ -18,6 +23,32 @@ enum Command {
     Serve,
     /// Apply pending database migrations (with `MIGRATE_DATABASE_URL` when set) and exit.
     Migrate,
+    /// Support staff's tools for one account (audited with the reason and the operator).
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum AccountsCommand {
+    /// End every session of the account now.
+    RevokeSessions(AccountArgs),
+    /// Lock the account: sessions revoked, sign-in refused until a reset, a reset email to
+    /// its owner (relayed by a running api).
+    Lock(AccountArgs),
+}
+
+#[derive(clap::Args)]
+struct AccountArgs {
+    /// The account's email address (any spelling).
+    address: String,
+    /// Why (kept in the audit trail).
+    #[arg(long)]
+    reason: String,
+    /// Who acts (kept in the audit trail); defaults to the login name (`USER`, `LOGNAME`).
+    #[arg(long)]
+    operator: Option<String>,
 }
 
 #[tokio::main]
@@ -42,6 +73,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = api::startup::connect_for_migrations(&config).await?;
             api::startup::migrate(&db).await?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Accounts { command } => {
+            let (act, args) = match command {
+                AccountsCommand::RevokeSessions(args) => (Act::RevokeSessions, args),
+                AccountsCommand::Lock(args) => (Act::Lock, args),
+            };
+            let request = Request {
+                act,
+                address: args.address,
+                reason: args.reason,
+                operator: args
+                    .operator
+                    .or_else(|| std::env::var("USER").ok())
+                    .or_else(|| std::env::var("LOGNAME").ok())
+                    .unwrap_or_else(|| "an unnamed operator".into()),
+            };
+            println!("{}", api::accounts::run(&config, &request).await?);
             Ok(())
         }
     }

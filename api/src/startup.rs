@@ -359,6 +359,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::users::router())
         .merge(routes::sessions::router())
         .merge(routes::password::router())
+        .merge(routes::account::router())
         .merge(routes::health::router())
 }
 

@@ -136,6 +136,7 @@ impl TokenService {
         match purpose {
             Purpose::PasswordReset => self.reset_max_age,
             Purpose::EmailVerify => self.verify_max_age,
+            Purpose::AccountLock => Duration::from_secs(shared::token::ACCOUNT_LOCK_MAX_AGE_SECS),
         }
     }
 

@@ -36,6 +36,7 @@ impl AuditRow {
             ip: self.ip,
             address_hash: self.address_hash.as_deref(),
             request_id: self.request_id.as_deref(),
+            detail: None,
         }
     }
 }

@@ -107,6 +107,12 @@ pub enum Draft {
     },
     /// A verification link for this account.
     EmailVerification { recipient: Recipient },
+    /// The password-changed notice, with a "this wasn't me" link for this account.
+    PasswordChanged {
+        recipient: Recipient,
+        changed_at: chrono::DateTime<chrono::Utc>,
+        from_ip: Option<String>,
+    },
 }
 
 impl Draft {
@@ -121,7 +127,7 @@ impl Draft {
     fn counts_against_recipient_budget(&self) -> bool {
         !matches!(
             self,
-            Draft::PasswordReset { .. } | Draft::Ready(EmailContent::PasswordChanged { .. })
+            Draft::PasswordReset { .. } | Draft::PasswordChanged { .. }
         )
     }
 }
@@ -385,11 +391,11 @@ impl Processor {
             {
                 Plan::Send {
                     to: user.email.clone(),
-                    draft: Draft::Ready(EmailContent::PasswordChanged {
+                    draft: Draft::PasswordChanged {
+                        recipient: user.clone(),
                         changed_at: job.created_at,
                         from_ip: checked_ip(ip.as_deref()),
-                        forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
-                    }),
+                    },
                     user: Some(user.id),
                 }
             }
@@ -464,6 +470,21 @@ impl Processor {
                     link: links::with_token(base, links::VERIFY_EMAIL_PATH, &link.token),
                     expires_in_hours: link.left.div_ceil(3600).max(1),
                 }),
+            // The notice is true whatever became of its link: a dead one (a newer notice
+            // minted another) is left out, the notice still goes.
+            Draft::PasswordChanged {
+                recipient,
+                changed_at,
+                from_ip,
+            } => Some(EmailContent::PasswordChanged {
+                changed_at,
+                from_ip,
+                forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
+                lock_url: self
+                    .mint(Purpose::AccountLock, &recipient, job)
+                    .await?
+                    .map(|link| links::with_token(base, links::LOCK_ACCOUNT_PATH, &link.token)),
+            }),
         })
     }
 
@@ -499,6 +520,9 @@ impl Processor {
         let max_age = match purpose {
             Purpose::PasswordReset => self.config.reset_token_max_age,
             Purpose::EmailVerify => self.config.verify_token_max_age,
+            Purpose::AccountLock => {
+                std::time::Duration::from_secs(shared::token::ACCOUNT_LOCK_MAX_AGE_SECS)
+            }
         };
         // Keep the generation and the job's record a little longer than any link can live.
         let ttl_ms = (max_age.as_secs() + 3600) * 1000;
@@ -670,12 +694,6 @@ mod tests {
             Draft::Ready(EmailContent::NoAccount { sign_up_url: url() }),
         ];
         assert!(counted.iter().all(Draft::counts_against_recipient_budget));
-        let changed = Draft::Ready(EmailContent::PasswordChanged {
-            changed_at: chrono::Utc::now(),
-            from_ip: None,
-            forgot_password_url: url(),
-        });
-        assert!(!changed.counts_against_recipient_budget());
         let recipient = || Recipient {
             id: Uuid::nil(),
             email_key: "ann@example.org".into(),
@@ -689,6 +707,12 @@ mod tests {
             requested_from_ip: None,
         };
         assert!(!reset.counts_against_recipient_budget());
+        let changed = Draft::PasswordChanged {
+            recipient: recipient(),
+            changed_at: chrono::Utc::now(),
+            from_ip: None,
+        };
+        assert!(!changed.counts_against_recipient_budget());
         let verification = Draft::EmailVerification {
             recipient: recipient(),
         };

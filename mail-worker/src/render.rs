@@ -55,6 +55,9 @@ pub enum EmailContent {
         from_ip: Option<String>,
         /// Where to ask for a reset link if the change was not the owner's.
         forgot_password_url: String,
+        /// The one-time "this wasn't me" link (locks the account, valid 7 days); `None` when
+        /// a newer notice's link replaced it before this one went out.
+        lock_url: Option<String>,
     },
 }
 
@@ -331,8 +334,12 @@ mod tests {
                 .with_timezone(&Utc),
             from_ip: ip.map(str::to_owned),
             forgot_password_url: "https://accounts.example.com/forgot-password".to_owned(),
+            lock_url: Some(LOCK_LINK.to_owned()),
         }
     }
+
+    const LOCK_LINK: &str =
+        "https://accounts.example.com/lock-account?token=eyJ1aWQiOjJ9.Zx1Tqg.lock-123";
 
     /// One of each kind, with every optional value present.
     fn every_kind() -> Vec<EmailContent> {
@@ -365,8 +372,11 @@ mod tests {
             EmailContent::NoAccount { sign_up_url } => vec![sign_up_url],
             EmailContent::PasswordChanged {
                 forgot_password_url,
+                lock_url,
                 ..
-            } => vec![forgot_password_url],
+            } => std::iter::once(forgot_password_url.as_str())
+                .chain(lock_url.as_deref())
+                .collect(),
         }
     }
 
@@ -551,15 +561,12 @@ mod tests {
         let mail = render(&changed(Some("198.51.100.23")), "en");
         assert!(mail.text.contains("2026-11-26 13:05 UTC"));
         assert!(mail.text.contains("198.51.100.23"));
-        assert!(
-            mail.text
-                .contains("If this wasn't you, reset your password now:")
-        );
+        assert!(mail.text.contains("Or reset your password yourself:"));
         assert!(mail.text.contains("contact Example Accounts\nsupport"));
         assert!(mail.html.contains("<strong>2026-11-26 13:05 UTC</strong>"));
         let mail = render(&changed(None), "zh-CN");
         assert!(mail.text.contains("已于 2026-11-26 13:05 UTC 更改"));
-        assert!(mail.text.contains("请立即重置密码"));
+        assert!(mail.text.contains("请立即锁定账号"));
     }
 
     #[test]
@@ -653,6 +660,56 @@ mod tests {
             mail.html
                 .contains("<title>Your Example Accounts password was changed</title>")
         );
+    }
+
+    #[test]
+    fn the_password_changed_notice_offers_to_lock_the_account_and_says_what_that_does() {
+        let mail = render(&changed(None), "en");
+        assert!(
+            mail.text
+                .contains("If this wasn't you, lock your account now"),
+            "{}",
+            mail.text
+        );
+        assert!(mail.text.contains(&format!("\n{LOCK_LINK}\n")));
+        assert!(
+            mail.text.contains("works once, for 7 days"),
+            "{}",
+            mail.text
+        );
+        assert!(
+            mail.html.contains("This wasn&#x27;t me: lock my account")
+                || mail.html.contains("This wasn't me: lock my account"),
+            "{}",
+            mail.html
+        );
+        let mail = render(&changed(None), "zh-CN");
+        assert!(mail.text.contains(&format!("\n{LOCK_LINK}\n")));
+        assert!(mail.text.contains("锁定"), "{}", mail.text);
+        // Without a live link the notice still goes, pointing to a reset instead.
+        let EmailContent::PasswordChanged {
+            changed_at,
+            from_ip,
+            forgot_password_url,
+            ..
+        } = changed(None)
+        else {
+            unreachable!()
+        };
+        let without = EmailContent::PasswordChanged {
+            changed_at,
+            from_ip,
+            forgot_password_url,
+            lock_url: None,
+        };
+        for locale in LOCALES {
+            let mail = render(&without, locale);
+            assert!(!mail.text.contains("lock-account"), "{}", mail.text);
+            assert!(
+                mail.text
+                    .contains("https://accounts.example.com/forgot-password")
+            );
+        }
     }
 
     #[test]

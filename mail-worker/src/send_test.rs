@@ -55,6 +55,11 @@ fn sample(kind: Kind, base: &str) -> EmailContent {
             changed_at: chrono::Utc::now(),
             from_ip: Some("192.0.2.1".into()),
             forgot_password_url,
+            lock_url: Some(links::with_token(
+                base,
+                links::LOCK_ACCOUNT_PATH,
+                NOT_A_TOKEN,
+            )),
         },
     }
 }

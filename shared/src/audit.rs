@@ -28,6 +28,12 @@ pub enum Action {
     PasswordResetCode,
     /// A request refused by a budget; the outcome names the budget (api).
     RateLimited,
+    /// An account locked: by its owner's "this wasn't me" link (api) or by support staff
+    /// (`api accounts lock`, with the reason in `detail`).
+    AccountLock,
+    /// Every session of an account revoked by support staff (`api accounts revoke-sessions`,
+    /// with the reason in `detail`).
+    SessionsRevoke,
     /// The worker's decision about a forgot-password job.
     PasswordResetRequested,
     /// The worker's decision about a verification email.
@@ -39,7 +45,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 13] = [
         Action::SignUp,
         Action::SignIn,
         Action::SignOut,
@@ -47,6 +53,8 @@ impl Action {
         Action::PasswordReset,
         Action::PasswordResetCode,
         Action::RateLimited,
+        Action::AccountLock,
+        Action::SessionsRevoke,
         Action::PasswordResetRequested,
         Action::EmailVerification,
         Action::AccountExistsNotice,
@@ -63,6 +71,8 @@ impl Action {
             Action::PasswordReset => "password_reset",
             Action::PasswordResetCode => "password_reset_code",
             Action::RateLimited => "rate_limited",
+            Action::AccountLock => "account_lock",
+            Action::SessionsRevoke => "sessions_revoke",
             Action::PasswordResetRequested => "password_reset_requested",
             Action::EmailVerification => "email_verification",
             Action::AccountExistsNotice => "account_exists_notice",
@@ -172,10 +182,12 @@ pub enum Outcome {
     CodeWrong,
     /// The per-IP budget of reset codes (`RATE_LIMIT_CODE_PER_HOUR`).
     CodeIp,
+    /// The right password of a locked account (answered like a wrong one).
+    Locked,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 43] = [
+    pub const ALL: [Outcome; 44] = [
         Outcome::Success,
         Outcome::Created,
         Outcome::Exists,
@@ -219,6 +231,7 @@ impl Outcome {
         Outcome::DroppedSuppressed,
         Outcome::CodeWrong,
         Outcome::CodeIp,
+        Outcome::Locked,
     ];
 
     /// The stored text (and metrics label).
@@ -267,6 +280,7 @@ impl Outcome {
             Outcome::DroppedSuppressed => "dropped_suppressed",
             Outcome::CodeWrong => "code_wrong",
             Outcome::CodeIp => "code_ip",
+            Outcome::Locked => "locked",
         }
     }
 }
@@ -292,6 +306,8 @@ pub struct AuditEvent<'a> {
     pub ip: Option<IpAddr>,
     pub address_hash: Option<&'a str>,
     pub request_id: Option<&'a str>,
+    /// An operator's reason and name (operator commands only).
+    pub detail: Option<&'a str>,
 }
 
 impl AuditEvent<'_> {
@@ -304,6 +320,7 @@ impl AuditEvent<'_> {
             ip: None,
             address_hash: None,
             request_id: None,
+            detail: None,
         }
     }
 }
@@ -327,18 +344,20 @@ pub async fn record_many(db: &sqlx::PgPool, events: &[AuditEvent<'_>]) -> Result
     let ips: Vec<Option<IpNet>> = events.iter().map(|e| e.ip.map(IpNet::from)).collect();
     let hashes: Vec<Option<&str>> = events.iter().map(|e| e.address_hash).collect();
     let request_ids: Vec<Option<&str>> = events.iter().map(|e| e.request_id).collect();
+    let details: Vec<Option<&str>> = events.iter().map(|e| e.detail).collect();
     crate::db::execute(
         db,
         sqlx::query(
-            "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::inet[], $5::text[], $6::text[])",
+            "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id, detail)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::inet[], $5::text[], $6::text[], $7::text[])",
         )
         .bind(actions)
         .bind(outcomes)
         .bind(users)
         .bind(ips)
         .bind(hashes)
-        .bind(request_ids),
+        .bind(request_ids)
+        .bind(details),
     )
     .await?;
     Ok(())
@@ -347,8 +366,8 @@ pub async fn record_many(db: &sqlx::PgPool, events: &[AuditEvent<'_>]) -> Result
 /// Appends an audit row.
 pub async fn record(db: impl PgExecutor<'_>, e: &AuditEvent<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .persistent(crate::db::named_statements())
     .bind(e.action.as_str())
@@ -357,6 +376,7 @@ pub async fn record(db: impl PgExecutor<'_>, e: &AuditEvent<'_>) -> Result<(), s
     .bind(e.ip.map(IpNet::from))
     .bind(e.address_hash)
     .bind(e.request_id)
+    .bind(e.detail)
     .execute(db)
     .await?;
     Ok(())

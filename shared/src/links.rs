@@ -5,6 +5,8 @@
 pub const RESET_PASSWORD_PATH: &str = "/reset-password";
 /// The page that takes a verification link (`?token=`).
 pub const VERIFY_EMAIL_PATH: &str = "/verify-email";
+/// The page that takes a "this wasn't me" link (`?token=`) and locks the account on a button.
+pub const LOCK_ACCOUNT_PATH: &str = "/lock-account";
 /// The page that asks for a new reset link.
 pub const FORGOT_PASSWORD_PATH: &str = "/forgot-password";
 

@@ -123,17 +123,27 @@ pub enum Purpose {
     PasswordReset,
     /// Email-address verification links.
     EmailVerify,
+    /// "This wasn't me" links in the password-changed notice: they lock the account.
+    AccountLock,
 }
+
+/// How long a "this wasn't me" link works (7 days: a notice may be read days later).
+pub const ACCOUNT_LOCK_MAX_AGE_SECS: u64 = 7 * 86_400;
 
 impl Purpose {
     /// Every purpose, in a fixed order.
-    pub const ALL: [Purpose; 2] = [Purpose::PasswordReset, Purpose::EmailVerify];
+    pub const ALL: [Purpose; 3] = [
+        Purpose::PasswordReset,
+        Purpose::EmailVerify,
+        Purpose::AccountLock,
+    ];
 
     /// The itsdangerous salt of this purpose.
     pub const fn salt(self) -> &'static str {
         match self {
             Purpose::PasswordReset => "password-reset",
             Purpose::EmailVerify => "email-verify",
+            Purpose::AccountLock => "account-lock",
         }
     }
 
@@ -146,6 +156,7 @@ impl Purpose {
         match self {
             Purpose::PasswordReset => 0,
             Purpose::EmailVerify => 1,
+            Purpose::AccountLock => 2,
         }
     }
 }
@@ -332,7 +343,7 @@ impl KeyedMac {
 /// All keys derived from one secret, indexed `[digest][purpose]`. Keys for the digest that is
 /// not configured are kept only to diagnose [`TokenError::WrongDigest`].
 #[derive(Clone)]
-struct KeyRing([[KeyedMac; 2]; 2]);
+struct KeyRing([[KeyedMac; 3]; 2]);
 
 impl KeyRing {
     fn new(secret: &[u8]) -> Self {
@@ -1145,6 +1156,7 @@ mod tests {
     fn purposes_have_distinct_salts_that_map_back() {
         assert_eq!(Purpose::PasswordReset.salt(), "password-reset");
         assert_eq!(Purpose::EmailVerify.salt(), "email-verify");
+        assert_eq!(Purpose::AccountLock.salt(), "account-lock");
         for p in Purpose::ALL {
             assert_eq!(Purpose::from_salt(p.salt()), Some(p));
         }

@@ -5,7 +5,7 @@
 //!                            │   ^                   │ delivery limit
 //!                            │   └── TTL expiry ── mail.delay.<secs> (quorum) <── worker re-publishes "delay.<secs>"
 //!                            └──"dead"──> mail.dead (quorum) <─────────────┘
-//!  api ──"user.password_reset"──> [events] (topic) ──> other services' queues
+//!  api ──"user.password_reset", "user.account_locked"──> [events] (topic) ──> other services' queues
 //! ```
 //!
 //! Every queue is a quorum queue, so a confirmed job survives the loss of any one node of a
@@ -36,6 +36,10 @@ pub const JOBS_ROUTING_KEY: &str = "jobs";
 pub const DEAD_ROUTING_KEY: &str = "dead";
 /// Routing key of the event published after a successful password reset.
 pub const PASSWORD_RESET_EVENT: &str = "user.password_reset";
+/// Routing key of the event an account lock publishes (its owner's "this wasn't me" link or
+/// support staff): `{"user_id", "password_version", "occurred_at", "by"}`, `by` being
+/// `"owner"` or `"operator"`.
+pub const ACCOUNT_LOCKED_EVENT: &str = "user.account_locked";
 /// A message redelivered this many times (e.g. it crashed workers) is dead-lettered instead of
 /// looping forever.
 pub const DELIVERY_LIMIT: i64 = 20;

@@ -686,8 +686,16 @@ impl StackEnv {
 
     /// Runs `mail-worker <args>` to completion and returns (success, stdout+stderr lines).
     pub async fn worker_command(&self, args: &[&str]) -> anyhow::Result<(bool, Vec<String>)> {
-        let mut process =
-            ServiceProcess::spawn(&workspace_binary("mail-worker"), args, &self.vars)?;
+        self.command("mail-worker", args).await
+    }
+
+    /// Runs `api <args>` to completion and returns (success, stdout+stderr lines).
+    pub async fn api_command(&self, args: &[&str]) -> anyhow::Result<(bool, Vec<String>)> {
+        self.command("api", args).await
+    }
+
+    async fn command(&self, binary: &str, args: &[&str]) -> anyhow::Result<(bool, Vec<String>)> {
+        let mut process = ServiceProcess::spawn(&workspace_binary(binary), args, &self.vars)?;
         let status = process.wait_exit(Duration::from_secs(60)).await?;
         Ok((status.success(), process.output()))
     }

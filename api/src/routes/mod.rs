@@ -4,6 +4,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+pub mod account;
 pub mod health;
 pub mod pages;
 pub mod password;

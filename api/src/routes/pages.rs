@@ -26,7 +26,7 @@ use shared::links;
 use crate::{
     error::ApiError,
     extract::{ClientIp, Locale, RequestTrace},
-    routes::{password, users},
+    routes::{account, password, users},
     startup::AppState,
 };
 
@@ -49,6 +49,7 @@ impl Pages {
                 include_str!("../../templates/reset_code.html"),
             ),
             ("verify.html", include_str!("../../templates/verify.html")),
+            ("lock.html", include_str!("../../templates/lock.html")),
         ] {
             env.add_template(name, source)?;
         }
@@ -78,6 +79,8 @@ pub fn router(state: AppState) -> Router<AppState> {
             links::VERIFY_EMAIL_PATH,
             get(verify_form).post(verify_submit),
         )
+        .route(links::LOCK_ACCOUNT_PATH, get(lock_form).post(lock_submit))
+        .route("/lock-account/done", get(lock_done))
         .route("/assets/app.css", get(stylesheet))
         .route("/assets/clean-url.js", get(script))
         .layer(middleware::from_fn_with_state(
@@ -554,6 +557,58 @@ async fn reset_done(State(state): State<AppState>, Locale(locale): Locale) -> Re
     )
 }
 
+// ---- lock the account ("this wasn't me") ----------------------------------------------------
+
+/// Asks before locking: opening the link (a scanner, a preview) changes nothing; the button
+/// locks.
+async fn lock_form(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Locale(locale): Locale,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
+    match account::inspect_lock_token(&state, ip, &token).await {
+        Ok(()) => form_page(&state, locale, StatusCode::OK, "lock.html", &token, ""),
+        Err(e) => link_problem(&state, locale, &e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LockForm {
+    token: String,
+}
+
+/// Locks exactly as `POST /v1/account/lock` does; success redirects (303) to a page saying
+/// what happens next.
+async fn lock_submit(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Locale(locale): Locale,
+    RequestTrace(trace): RequestTrace,
+    form: Result<Form<LockForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return bad_form(&state, locale);
+    };
+    match account::perform_lock(&state, ip, locale, trace, &form.token).await {
+        Ok(()) => Redirect::to("/lock-account/done").into_response(),
+        Err(e) => link_problem(&state, locale, &e),
+    }
+}
+
+async fn lock_done(State(state): State<AppState>, Locale(locale): Locale) -> Response {
+    message(
+        &state,
+        locale,
+        StatusCode::OK,
+        &t(locale, "lock_done_title"),
+        &t(locale, "lock_done_message"),
+        "notice",
+        None,
+    )
+}
+
 // ---- verify email --------------------------------------------------------------------------
 
 /// Asks for the password before verifying: opening the link (a scanner) must not consume it,
@@ -756,6 +811,28 @@ fn strings(locale: &str) -> BTreeMap<&'static str, &'static str> {
             "verify_wrong_password",
             "That is not the password of this account. The link still works: try again, or choose a new password below.",
             "该密码与此账户不符。链接仍然有效：请重试，或在下方设置新密码。",
+        ),
+        ("lock_title", "Lock your account?", "锁定您的账号？"),
+        (
+            "lock_intro",
+            "If someone else changed your password, lock the account: everyone is signed out, the new password stops working, and we send you an email to choose another one.",
+            "如果有其他人更改了您的密码，请锁定账号：所有设备将退出登录，新密码随即失效，我们会给您发送一封设置新密码的邮件。",
+        ),
+        ("lock_submit", "Lock my account", "锁定我的账号"),
+        (
+            "lock_if_you",
+            "If you changed the password yourself, close this page: nothing happens until you press the button.",
+            "如果是您本人更改的密码，请关闭此页面：在您点击按钮之前不会有任何变化。",
+        ),
+        (
+            "lock_done_title",
+            "Your account is locked",
+            "您的账号已锁定",
+        ),
+        (
+            "lock_done_message",
+            "Everyone has been signed out and the changed password no longer works. We are sending you an email to choose a new password; it unlocks the account.",
+            "所有设备均已退出登录，被更改的密码已失效。我们正在给您发送一封设置新密码的邮件，设置新密码后账号即解除锁定。",
         ),
         ("cross_site_title", "Request refused", "请求被拒绝"),
         (

@@ -85,10 +85,13 @@ pub async fn log_in(
         .await?;
     // `valid` holds only for an existing account (the dummy hash never verifies).
     let verified = valid && credentials.as_ref().is_some_and(|c| c.email_verified);
-    let outcome = match (valid, verified) {
-        (true, true) => Outcome::Success,
-        (true, false) => Outcome::Unverified,
-        (false, _) => Outcome::InvalidCredentials,
+    // A locked account is refused like a wrong password, after the same work.
+    let locked = verified && credentials.as_ref().is_some_and(|c| c.locked);
+    let outcome = match (valid, verified, locked) {
+        (true, true, true) => Outcome::Locked,
+        (true, true, false) => Outcome::Success,
+        (true, false, _) => Outcome::Unverified,
+        (false, ..) => Outcome::InvalidCredentials,
     };
     audit::record(
         &state,
@@ -99,6 +102,7 @@ pub async fn log_in(
             ip: Some(ip),
             address_hash: Some(&address_hash),
             request_id,
+            detail: None,
         },
     )
     .await;
@@ -112,7 +116,7 @@ pub async fn log_in(
     {
         rehash(&state, ip, c, body.password.clone()).await;
     }
-    let Some(user) = credentials.filter(|_| verified) else {
+    let Some(user) = credentials.filter(|_| verified && !locked) else {
         return Err(ApiError::InvalidCredentials);
     };
     // Budgets count failures only.

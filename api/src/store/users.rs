@@ -14,6 +14,8 @@ pub struct Credentials {
     pub password_hash: String,
     pub password_version: i32,
     pub email_verified: bool,
+    /// Locked by its owner or by support staff: sign-in is refused until a reset.
+    pub locked: bool,
 }
 
 /// Inserts a new user unless the address is taken; `None` means it was taken.
@@ -92,8 +94,8 @@ pub async fn credentials_by_id(db: &PgPool, id: Uuid) -> Result<Option<Credentia
 }
 
 /// The columns of [`Credentials`].
-const CREDENTIALS: &str =
-    "id, password_hash, password_version, email_verified_at IS NOT NULL AS email_verified";
+const CREDENTIALS: &str = "id, password_hash, password_version, \
+    email_verified_at IS NOT NULL AS email_verified, locked_at IS NOT NULL AS locked";
 
 /// Replaces the stored hash of an unchanged password (new argon2 parameters) if the stored
 /// hash is still `old_hash`; the password version does not move.
@@ -117,9 +119,9 @@ pub async fn replace_hash(
     Ok(())
 }
 
-/// Replaces the password if the version is still `expected_version`; bumps the version and
-/// marks the address verified (the reset link proved it). Returns the new version; `None`
-/// when the version moved.
+/// Replaces the password if the version is still `expected_version`; bumps the version,
+/// marks the address verified (the reset link proved it) and unlocks a locked account (a
+/// reset is the way back in). Returns the new version; `None` when the version moved.
 pub async fn replace_password(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -131,6 +133,7 @@ pub async fn replace_password(
          SET password_hash = $3,
              password_version = password_version + 1,
              email_verified_at = COALESCE(email_verified_at, now()),
+             locked_at = NULL,
              updated_at = now()
          WHERE id = $1 AND password_version = $2
          RETURNING password_version",
@@ -139,6 +142,29 @@ pub async fn replace_password(
     .bind(id)
     .bind(expected_version)
     .bind(password_hash)
+    .fetch_optional(db)
+    .await
+}
+
+/// Locks the account if the version is still `expected_version`: bumps the version (every
+/// session and link of the old one dies) and refuses sign-in until a reset. Returns the new
+/// version; `None` when the version moved.
+pub async fn lock(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    expected_version: i32,
+) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE users
+         SET password_version = password_version + 1,
+             locked_at = COALESCE(locked_at, now()),
+             updated_at = now()
+         WHERE id = $1 AND password_version = $2
+         RETURNING password_version",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(id)
+    .bind(expected_version)
     .fetch_optional(db)
     .await
 }

@@ -205,6 +205,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         "POST /v1/password/forgot",
         "POST /v1/password/reset",
         "POST /v1/password/reset/code",
+        "POST /v1/account/lock",
         "GET /healthz",
         "GET /readyz",
     ];

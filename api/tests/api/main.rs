@@ -7,6 +7,7 @@ mod attacks;
 mod bad_input;
 mod forgot;
 mod helpers;
+mod lock;
 mod outage;
 mod pages;
 mod reset;

@@ -1,0 +1,96 @@
+//! Locking an account: by its owner, through the one-time "this wasn't me" link of the
+//! password-changed notice, or by support staff (`api accounts lock`).
+//!
+//! A lock bumps the password version (every session and every link of the old version dies),
+//! refuses sign-in with the ordinary `401` until a reset sets a new password, and sends the
+//! owner a fresh reset email: the way back in goes through the mailbox, which the person who
+//! changed the password without the owner may not control. The version bump, the lock, its
+//! audit row, the `user.account_locked` event and the reset email commit together (the outbox
+//! relays the last two).
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use shared::{
+    audit::{Action, AuditEvent, Outcome},
+    message::{Envelope, Job, Trace},
+};
+
+use crate::{error::ApiError, outbox, sessions::Sessions, store};
+
+/// Who locks, and from where.
+#[derive(Debug, Clone, Copy)]
+pub struct Lock<'a> {
+    /// The client of the owner's link; `None` for an operator.
+    pub ip: Option<IpAddr>,
+    pub trace: &'a Trace,
+    /// The language of the reset email.
+    pub locale: &'a str,
+    /// An operator's reason and name; `None` for the owner's link.
+    pub detail: Option<&'a str>,
+    /// How long the reset email's link lives (`RESET_TOKEN_MAX_AGE_SECS`).
+    pub reset_max_age: std::time::Duration,
+    pub now: DateTime<Utc>,
+}
+
+/// Locks `user` if its password version is still the one read; the new version, or `None`
+/// when it moved (the account changed in between: nothing was done).
+pub async fn commit(
+    db: &sqlx::PgPool,
+    user: &store::users::User,
+    lock: &Lock<'_>,
+) -> Result<Option<i32>, ApiError> {
+    let mut tx = db.begin().await?;
+    let Some(version) = store::users::lock(&mut *tx, user.id, user.password_version).await? else {
+        return Ok(None);
+    };
+    shared::audit::record(
+        &mut *tx,
+        &AuditEvent {
+            user_id: Some(user.id),
+            ip: lock.ip,
+            request_id: lock.trace.request_id.as_deref(),
+            detail: lock.detail,
+            ..AuditEvent::new(Action::AccountLock, Outcome::Success)
+        },
+    )
+    .await?;
+    let event = json!({
+        "user_id": user.id,
+        "password_version": version,
+        "occurred_at": lock.now,
+        "by": if lock.detail.is_some() { "operator" } else { "owner" },
+    });
+    outbox::add_event(
+        &mut tx,
+        user.id,
+        shared::topology::ACCOUNT_LOCKED_EVENT,
+        &event,
+    )
+    .await?;
+    // The way back in. Within budget: the lock is one use of a one-time link (or an
+    // operator's decision), not a request anyone can repeat.
+    let reset_email = Envelope::new(
+        Job::PasswordResetRequested {
+            email: user.email.clone(),
+            ip: lock.ip.map(|ip| ip.to_string()),
+            within_budget: true,
+        },
+        lock.now,
+        chrono::Duration::from_std(lock.reset_max_age).unwrap_or(chrono::Duration::hours(1)),
+        lock.locale,
+        lock.trace.clone(),
+    );
+    outbox::add_job(&mut tx, Some(user.id), &reset_email).await?;
+    tx.commit().await?;
+    Ok(Some(version))
+}
+
+/// Revokes every session of `user` (best effort: sessions also die by the password version a
+/// lock bumps).
+pub async fn revoke_sessions(sessions: &Sessions, user: uuid::Uuid) {
+    if let Err(e) = sessions.revoke_all(user).await {
+        tracing::warn!(error = %e, "session revocation failed; sessions die by password version");
+    }
+}
