@@ -7,6 +7,7 @@
 //! ./deploy/local/bench.sh            # services, release build, then `bench all`
 //! ./target/release/bench all [--update BENCHMARKS.md]
 //! ./target/release/bench forgot|worker|scale|reset|memory|signin|stores|pipeline
+//! ./target/release/bench budget     # send budgets: a burst's spread (not in `all`: ~2 min)
 //! ```
 //! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
 //! (`--update FILE` also replaces the table between the `bench:begin`/`bench:end` markers of
@@ -15,6 +16,7 @@
 //! (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8), `BENCH_SETTLE_SECS` (10, the wait
 //! before the api's resident size is read after the hashing flood), `BENCH_SIGNIN_TRIPLES` (300).
 
+mod budget;
 mod forgot;
 mod limits;
 mod load;
@@ -32,7 +34,7 @@ use std::time::Instant;
 
 use report::Row;
 
-const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline";
+const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | budget";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -50,9 +52,8 @@ async fn main() -> anyhow::Result<()> {
         "all" => &[
             "forgot", "worker", "scale", "reset", "memory", "signin", "stores", "pipeline",
         ],
-        "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" | "pipeline" => {
-            std::slice::from_ref(&section)
-        }
+        "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" | "pipeline"
+        | "budget" => std::slice::from_ref(&section),
         _ => anyhow::bail!(USAGE),
     };
 
@@ -74,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
             "signin" => signin::run(&mut rows).await,
             "stores" => stores::run(&mut rows).await,
             "pipeline" => pipeline::run(&mut rows).await,
+            "budget" => budget::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
         if let Err(e) = result {
@@ -130,6 +132,7 @@ fn section_label(name: &str) -> &'static str {
         "signin" => "7 sign-in timing",
         "stores" => "8 redis topologies",
         "pipeline" => "9 end to end",
+        "budget" => "10 send budgets",
         _ => "5 reset",
     }
 }
