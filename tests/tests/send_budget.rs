@@ -125,7 +125,7 @@ async fn all_delivered_once(
 }
 
 /// The windows of the budgets are shortened by this much (see the module's comment).
-const TOLERANCE: Duration = Duration::from_millis(150);
+const TOLERANCE: Duration = Duration::from_millis(250);
 
 #[tokio::test]
 async fn a_burst_is_spread_at_the_provider_rate_across_two_workers() {
