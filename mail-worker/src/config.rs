@@ -39,6 +39,14 @@ pub struct Config {
     pub mail_per_recipient: u32,
     /// The window of that budget: an hour, shorter only in tests.
     pub mail_per_recipient_window: Duration,
+    /// Emails per second to the SMTP provider, all domains together, shared by every replica
+    /// (see [`crate::send_budget`]); 0: no limit.
+    pub smtp_max_per_second: u32,
+    /// Emails per minute to one recipient domain, shared by every replica; 0: no limit.
+    pub smtp_domain_max_per_minute: u32,
+    /// How long a domain pauses after the provider answered its mail with `421` or a
+    /// `4.7.x` status (doubling while it keeps happening); zero: no pause.
+    pub smtp_throttle_pause: Duration,
 }
 
 shared::service_config!(Config);
@@ -163,6 +171,12 @@ impl Config {
         let mail_per_recipient_window =
             r.number("MAIL_PER_RECIPIENT_WINDOW_SECS", 3600, 1, 7 * 86_400);
         let dead_letter_retention_days = r.number("DEAD_LETTER_RETENTION_DAYS", 30, 1, 3650);
+        // Send budgets: off (0) unless the provider's contract or a domain's tolerance is
+        // known; the worker cannot guess them.
+        let smtp_max_per_second = r.number("SMTP_MAX_PER_SECOND", 0, 0, 100_000) as u32;
+        let smtp_domain_max_per_minute =
+            r.number("SMTP_DOMAIN_MAX_PER_MINUTE", 0, 0, 1_000_000) as u32;
+        let smtp_throttle_pause = r.number("SMTP_THROTTLE_PAUSE_SECS", 60, 0, 3600);
         r.finish().map_err(ConfigError)?;
         Ok(Self {
             common,
@@ -176,6 +190,9 @@ impl Config {
             dead_letter_retention_days,
             mail_per_recipient,
             mail_per_recipient_window: Duration::from_secs(mail_per_recipient_window),
+            smtp_max_per_second,
+            smtp_domain_max_per_minute,
+            smtp_throttle_pause: Duration::from_secs(smtp_throttle_pause),
         })
     }
 }
@@ -309,6 +326,42 @@ mod tests {
         for needle in [
             "MAIL_PER_RECIPIENT_PER_HOUR: expected a whole number from 1",
             "MAIL_PER_RECIPIENT_WINDOW_SECS: expected a whole number from 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in {text}");
+        }
+    }
+
+    #[test]
+    fn send_budgets_are_off_by_default_and_explained_when_wrong() {
+        let c = from(&BASE).expect("valid");
+        assert_eq!(
+            (c.smtp_max_per_second, c.smtp_domain_max_per_minute),
+            (0, 0)
+        );
+        assert_eq!(c.smtp_throttle_pause, Duration::from_secs(60));
+        let mut pairs = BASE.to_vec();
+        pairs.extend([
+            ("SMTP_MAX_PER_SECOND", "50"),
+            ("SMTP_DOMAIN_MAX_PER_MINUTE", "600"),
+            ("SMTP_THROTTLE_PAUSE_SECS", "0"),
+        ]);
+        let c = from(&pairs).expect("valid");
+        assert_eq!(
+            (c.smtp_max_per_second, c.smtp_domain_max_per_minute),
+            (50, 600)
+        );
+        assert!(c.smtp_throttle_pause.is_zero());
+        let mut pairs = BASE.to_vec();
+        pairs.extend([
+            ("SMTP_MAX_PER_SECOND", "-1"),
+            ("SMTP_DOMAIN_MAX_PER_MINUTE", "lots"),
+            ("SMTP_THROTTLE_PAUSE_SECS", "7200"),
+        ]);
+        let text = from(&pairs).expect_err("invalid").to_string();
+        for needle in [
+            "SMTP_MAX_PER_SECOND: expected a whole number from 0",
+            "SMTP_DOMAIN_MAX_PER_MINUTE: expected a whole number from 0",
+            "SMTP_THROTTLE_PAUSE_SECS: expected a whole number from 0",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in {text}");
         }

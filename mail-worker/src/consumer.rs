@@ -561,6 +561,26 @@ impl Settling {
                 ack(delivery).await;
             }
             Outcome::Retry(error) => self.retry(span, delivery, envelope, error).await,
+            Outcome::Budget(budget) => {
+                let waits =
+                    retry::budget_waits(delivery.properties.headers().as_ref()).saturating_add(1);
+                tracing::debug!(parent: span, limit = budget.limit.as_str(), domain_class = budget.domain_class,
+                    wait_ms = budget.wait.as_millis() as u64, waits, "over a send budget; the job waits for its turn");
+                metrics::counter!("jobs_total", "kind" => kind, "outcome" => outcome.label())
+                    .increment(1);
+                metrics::counter!("mail_send_budget_waits_total",
+                    "limit" => budget.limit.as_str(), "domain_class" => budget.domain_class)
+                .increment(1);
+                // The attempt, the history and `x-waits` stay as they are: waiting for a
+                // turn is neither a failure nor an outage (a burst could otherwise add
+                // hundreds of history lines to a job).
+                let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+                headers.insert(
+                    retry::BUDGET_WAITS_HEADER.into(),
+                    AMQPValue::LongUInt(waits),
+                );
+                self.park(delivery, budget.wait, headers).await;
+            }
             Outcome::Wait(error) => {
                 let wait = retry::waits(delivery.properties.headers().as_ref()).saturating_add(1);
                 let delay = retry::wait_delay(&processor.config.retry_schedule_secs, wait);
@@ -639,6 +659,27 @@ impl Settling {
             .publish(
                 &Topology::retry_routing_key(delay),
                 &next.encode(),
+                &properties,
+                headers,
+            )
+            .await;
+        self.settle_published(delivery, ok, false).await;
+    }
+
+    /// Parks the job as it is (same body, same attempt) for `wait` in the shortest delay
+    /// queue that covers it, with the wait as its own TTL, then settles the delivery.
+    async fn park(&self, delivery: &Delivery, wait: Duration, headers: FieldTable) {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let queue_secs = Topology::budget_wait_queue(wait_ms);
+        let expiration = wait_ms.clamp(1, queue_secs.saturating_mul(1000));
+        let properties = delivery
+            .properties
+            .clone()
+            .with_expiration(expiration.to_string().into());
+        let ok = self
+            .publish(
+                &Topology::retry_routing_key(queue_secs),
+                &delivery.data,
                 &properties,
                 headers,
             )

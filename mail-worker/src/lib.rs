@@ -11,6 +11,7 @@ pub mod process;
 pub mod recipient_budget;
 pub mod render;
 pub mod retry;
+pub mod send_budget;
 pub mod send_test;
 pub mod smtp;
 pub mod startup;

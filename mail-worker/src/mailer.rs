@@ -28,6 +28,11 @@ pub enum SendError {
     /// 4xx answers, timeouts, refused or dropped connections: try again later.
     #[error("transient: {0}")]
     Transient(String),
+    /// A transient answer to this message saying the provider throttles us (`421`, or an
+    /// enhanced status `4.7.x`; see [`is_throttling`]): like `Transient`, and the recipient's
+    /// domain slows down (see [`crate::send_budget`]).
+    #[error("throttled: {0}")]
+    Throttled(String),
     /// 5xx answers, invalid recipients, unbuildable messages: never going to work.
     #[error("permanent: {0}")]
     Permanent(String),
@@ -159,8 +164,36 @@ fn classify(failure: Failure) -> SendError {
                 SendError::Permanent(text)
             }
         }
+        // Only an answer to this message's commands: a 421 greeting (a session the provider
+        // would not open) says nothing about the recipient's domain and stays a plain retry.
+        Failure::Smtp(e) if is_throttling(e.status().map_or(0, u16::from), &text) => {
+            SendError::Throttled(text)
+        }
         _ => SendError::Transient(text),
     }
+}
+
+/// Whether an SMTP answer says "you are sending too much, slow down": `421` (the provider
+/// closes the session; Gmail, Outlook and Yahoo answer rate limits with it, with or without
+/// an enhanced status) or any transient answer carrying an enhanced status `4.7.x` (security
+/// and policy: `4.7.0` "try again later", `4.7.28` "unusual rate", Yahoo's `TSS04`
+/// deferrals). Other `4xx` answers (`451 4.3.0` local error, `452 4.2.2` mailbox full) are
+/// ordinary transient failures.
+pub fn is_throttling(code: u16, text: &str) -> bool {
+    if code == 421 {
+        return true;
+    }
+    (400..500).contains(&code)
+        && text
+            .split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | ',' | ';' | '[' | ']'))
+            .any(|word| {
+                let mut parts = word.trim_end_matches(['.', ':']).split('.');
+                matches!(
+                    (parts.next(), parts.next(), parts.next(), parts.next()),
+                    (Some("4"), Some("7"), Some(detail), None)
+                        if !detail.is_empty() && detail.len() <= 3 && detail.bytes().all(|b| b.is_ascii_digit())
+                )
+            })
 }
 
 /// Replaces every word containing `@` with `<address>`.
@@ -182,6 +215,26 @@ pub fn redact_addresses(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::smtp::tests::{Behaviour, TestServer};
+
+    #[test]
+    fn throttling_is_421_or_a_transient_4_7_status() {
+        assert!(is_throttling(
+            421,
+            "4.7.0 Try again later, closing connection."
+        ));
+        assert!(is_throttling(421, "Service not available"));
+        assert!(is_throttling(
+            451,
+            "4.7.1 Temporarily deferred due to unexpected volume"
+        ));
+        assert!(is_throttling(450, "(4.7.28) unusual rate of mail"));
+        assert!(!is_throttling(451, "4.3.0 Local error in processing"));
+        assert!(!is_throttling(452, "4.2.2 mailbox full"));
+        assert!(!is_throttling(451, "see 4.7.0.1 or 14.7.0"));
+        // A permanent policy refusal is not a slow-down.
+        assert!(!is_throttling(550, "5.7.1 rejected"));
+        assert!(!is_throttling(554, "4.7.0 mislabelled"));
+    }
 
     #[test]
     fn smtp_error_text_loses_its_addresses() {

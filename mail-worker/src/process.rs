@@ -26,6 +26,7 @@ use crate::{
     mailer::{Mailer, Outgoing, SendError},
     recipient_budget::{self, RecipientBudget},
     render::{EmailContent, Renderer},
+    send_budget::{self, Decision, SendBudget},
 };
 
 /// What the worker needs to know about a recipient.
@@ -46,8 +47,20 @@ pub enum Outcome {
     /// A dependency of ours (database, Redis) is unavailable: try again later without
     /// spending a delivery attempt, so an outage of our own never dead-letters mail.
     Wait(String),
+    /// Over a send budget, or the recipient's domain is paused after a throttling answer:
+    /// park the job until its turn without spending an attempt (see [`crate::send_budget`]).
+    Budget(BudgetWait),
     /// Will never work: dead-letter with this reason.
     Dead(String),
+}
+
+/// How long a job waits for a send budget, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetWait {
+    pub wait: std::time::Duration,
+    pub limit: send_budget::Limit,
+    /// The recipient domain's class (the `domain_class` metrics label).
+    pub domain_class: &'static str,
 }
 
 impl Outcome {
@@ -58,6 +71,7 @@ impl Outcome {
             Outcome::Dropped(reason) => reason.as_str(),
             Outcome::Retry(_) => "retried",
             Outcome::Wait(_) => "waiting",
+            Outcome::Budget(_) => "budget_wait",
             Outcome::Dead(_) => audit::Outcome::Dead.as_str(),
         }
     }
@@ -75,6 +89,8 @@ pub struct Processor {
     pub clock: Arc<dyn Clock>,
     /// How many emails one recipient may get per window, all kinds together.
     pub budget: RecipientBudget,
+    /// The provider's and the recipient domains' send budgets, and throttling pauses.
+    pub send_budget: SendBudget,
     /// Where the audit rows of decisions go (written in groups).
     pub audit_log: AuditLog,
 }
@@ -248,6 +264,26 @@ impl Processor {
         {
             return refused;
         }
+        // The send budgets last, right before the link is minted: a job that waits for its
+        // turn leaves the account's links as they are.
+        let domain = send_budget::recipient_domain(&to);
+        let domain_class = send_budget::domain_class(&domain);
+        let domain_key = send_budget::domain_pseudonym(self.config.pseudonym_secret(), &domain);
+        match self
+            .send_budget
+            .take(&self.redis, &domain_key, job.id)
+            .await
+        {
+            Ok(Decision::Send) => {}
+            Ok(Decision::Wait { wait, limit }) => {
+                return Outcome::Budget(BudgetWait {
+                    wait,
+                    limit,
+                    domain_class,
+                });
+            }
+            Err(e) => return Outcome::Wait(format!("send budget: {e}")),
+        }
         let content = match self.complete(draft, job.id).await {
             Ok(Some(content)) => content,
             Ok(None) => {
@@ -280,6 +316,7 @@ impl Processor {
         match result {
             Ok(_) => Outcome::Sent,
             Err(SendError::Transient(e)) => Outcome::Retry(e),
+            Err(SendError::Throttled(e)) => self.throttled(&domain_key, domain_class, e).await,
             Err(SendError::Permanent(e)) => {
                 self.audit(job, audit::Outcome::Dead, user).await;
                 Outcome::Dead(e)
@@ -438,6 +475,42 @@ impl Processor {
                 Some(Outcome::Dropped(audit::Outcome::RecipientBudget))
             }
             Err(e) => Some(Outcome::Wait(format!("recipient budget: {e}"))),
+        }
+    }
+
+    /// The provider throttles mail to the job's domain: pause the domain for every replica,
+    /// and let the job wait for the pause's end without spending an attempt (the provider
+    /// refused the pace, not the message). With pauses off, or Redis unreachable, it is an
+    /// ordinary retry.
+    async fn throttled(
+        &self,
+        domain_key: &str,
+        domain_class: &'static str,
+        answer: String,
+    ) -> Outcome {
+        metrics::counter!("mail_smtp_throttled_total", "domain_class" => domain_class).increment(1);
+        if !self.send_budget.pauses_on_throttling() {
+            return Outcome::Retry(answer);
+        }
+        match self.send_budget.throttled(&self.redis, domain_key).await {
+            Ok(wait) => {
+                tracing::warn!(
+                    domain = domain_key,
+                    domain_class,
+                    answer,
+                    wait_ms = wait.as_millis() as u64,
+                    "the provider throttles this domain; its mail pauses"
+                );
+                Outcome::Budget(BudgetWait {
+                    wait,
+                    limit: send_budget::Limit::Throttled,
+                    domain_class,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not pause a throttled domain; retrying the job");
+                Outcome::Retry(answer)
+            }
         }
     }
 

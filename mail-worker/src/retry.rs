@@ -15,9 +15,21 @@ pub const DEAD_AT_HEADER: &str = "x-dead-at";
 /// Header counting how often a job was put back because a dependency was down.
 pub const WAITS_HEADER: &str = "x-waits";
 
+/// Header counting how often a job waited for a send budget (or a throttled domain).
+pub const BUDGET_WAITS_HEADER: &str = "x-budget-waits";
+
+/// How often the job in `headers` has already waited for a send budget.
+pub fn budget_waits(headers: Option<&FieldTable>) -> u32 {
+    count_header(headers, BUDGET_WAITS_HEADER)
+}
+
 /// How often the job in `headers` has already waited for a dependency.
 pub fn waits(headers: Option<&FieldTable>) -> u32 {
-    match headers.and_then(|h| h.inner().get(WAITS_HEADER)) {
+    count_header(headers, WAITS_HEADER)
+}
+
+fn count_header(headers: Option<&FieldTable>, name: &str) -> u32 {
+    match headers.and_then(|h| h.inner().get(name)) {
         Some(AMQPValue::LongUInt(n)) => *n,
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
         _ => 0,

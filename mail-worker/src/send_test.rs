@@ -105,7 +105,9 @@ pub async fn send_test(
         ))),
         (Ok(None), Transport::File { dir }) => Ok(format!("written to {}", dir.display())),
         (Ok(None), Transport::Smtp { .. }) => Ok("sent".into()),
-        (Err(SendError::Transient(e)), _) => anyhow::bail!("not sent, may work later: {e}"),
+        (Err(SendError::Transient(e) | SendError::Throttled(e)), _) => {
+            anyhow::bail!("not sent, may work later: {e}")
+        }
         (Err(SendError::Permanent(e) | SendError::NoSuchMailbox(e)), _) => {
             anyhow::bail!("refused: {e}")
         }

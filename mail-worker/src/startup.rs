@@ -20,6 +20,7 @@ use crate::{
     process::Processor,
     recipient_budget::RecipientBudget,
     render::Renderer,
+    send_budget::SendBudget,
 };
 
 /// A built, not yet running worker.
@@ -67,6 +68,15 @@ impl Worker {
                 let handle = shared::telemetry::prometheus();
                 // Exists from the start, at 0 (a dashboard shows 0 rather than no data).
                 metrics::counter!("mail_suppressions_total").increment(0);
+                for class in crate::send_budget::DOMAIN_CLASSES {
+                    metrics::counter!("mail_smtp_throttled_total", "domain_class" => class)
+                        .increment(0);
+                    for limit in crate::send_budget::Limit::ALL {
+                        metrics::counter!("mail_send_budget_waits_total",
+                            "limit" => limit.as_str(), "domain_class" => class)
+                        .increment(0);
+                    }
+                }
                 handle
             },
         };
@@ -83,6 +93,11 @@ impl Worker {
             budget: RecipientBudget::new(
                 config.mail_per_recipient,
                 config.mail_per_recipient_window,
+            ),
+            send_budget: SendBudget::new(
+                config.smtp_max_per_second,
+                config.smtp_domain_max_per_minute,
+                config.smtp_throttle_pause,
             ),
         });
         Ok(Self {

@@ -93,6 +93,33 @@ impl Keys {
     pub fn reset_code(&self, address: &str) -> String {
         format!("{}code:{{c:{address}}}", self.prefix)
     }
+
+    /// The provider-wide send budget (`SMTP_MAX_PER_SECOND`), shared by every worker replica:
+    /// `[0]` the log of recent sends, `[1]` the line of jobs waiting for a turn (tickets),
+    /// `[2]` an unused throttle slot (the script takes the same three keys for both budgets).
+    /// One hash tag for the three, so one script may use them on Redis Cluster. A single
+    /// slot for the whole provider is what a global rate is; it costs one script call per
+    /// email on one node.
+    pub fn send_provider(&self) -> [String; 3] {
+        self.send_budget_keys("p")
+    }
+
+    /// The send budget of one recipient domain (`SMTP_DOMAIN_MAX_PER_MINUTE`) under the
+    /// domain's pseudonym (a personal domain names a person as surely as an address): the
+    /// log, the line and the throttle state (a pause after the provider's `421` / `4.7.x`),
+    /// tagged together.
+    pub fn send_domain(&self, domain_hash: &str) -> [String; 3] {
+        self.send_budget_keys(&format!("d:{domain_hash}"))
+    }
+
+    fn send_budget_keys(&self, tag: &str) -> [String; 3] {
+        let base = format!("{}mail:send:{{{tag}}}", self.prefix);
+        [
+            format!("{base}:log"),
+            format!("{base}:line"),
+            format!("{base}:throttle"),
+        ]
+    }
 }
 
 /// Issues the next token generation for one user and purpose.
@@ -185,6 +212,23 @@ mod tests {
         assert_eq!(slot_tag(&key), "r:abc");
         assert_ne!(slot_tag(&key), slot_tag(&keys.rate_email("abc")));
         assert_ne!(key, keys.mail_recipient("abd"));
+    }
+
+    #[test]
+    fn each_send_budget_keeps_its_keys_in_one_slot_of_its_own() {
+        let keys = Keys::new("ns:");
+        let provider = keys.send_provider();
+        let domain = keys.send_domain("abc");
+        for set in [&provider, &domain] {
+            assert!(set.iter().all(|k| k.starts_with("ns:")), "{set:?}");
+            assert!(
+                set.iter().all(|k| slot_tag(k) == slot_tag(&set[0])),
+                "{set:?}"
+            );
+        }
+        assert_eq!(slot_tag(&domain[0]), "d:abc");
+        assert_ne!(slot_tag(&provider[0]), slot_tag(&domain[0]));
+        assert_ne!(keys.send_domain("abd")[0], domain[0]);
     }
 
     #[test]

@@ -45,6 +45,13 @@ pub const ACCOUNT_LOCKED_EVENT: &str = "user.account_locked";
 pub const DELIVERY_LIMIT: i64 = 20;
 /// Default retry schedule (seconds), used when `MAIL_RETRY_SCHEDULE_SECS` is not set.
 pub const DEFAULT_RETRY_SCHEDULE_SECS: [u64; 5] = [5, 30, 120, 600, 3600];
+/// Delay queues for jobs that wait for a send budget (`SMTP_MAX_PER_SECOND`,
+/// `SMTP_DOMAIN_MAX_PER_MINUTE`) or for a throttled domain: a wait of any length goes to the
+/// shortest of these that is at least as long, with the wait itself as the message's TTL. A
+/// wait under a second needs a queue of its own (the retry queues start at seconds); the
+/// others are the default retry schedule's, so with it only `mail.delay.1` is new. Waits
+/// longer than the last come back after it and wait again for the rest.
+pub const BUDGET_WAIT_DELAYS_SECS: [u64; 6] = [1, 5, 30, 120, 600, 3600];
 
 /// Names and declaration of the broker objects.
 #[derive(Debug, Clone)]
@@ -56,9 +63,14 @@ pub struct Topology {
 
 impl Topology {
     /// A topology whose names start with `prefix` (empty in production; tests use a random
-    /// one so they can share one broker) with one delay queue per distinct retry delay.
+    /// one so they can share one broker) with one delay queue per distinct delay of the retry
+    /// schedule and of [`BUDGET_WAIT_DELAYS_SECS`]. The api declares the same set, so both
+    /// sides always agree; a queue is named by its delay, so the two lists share queues
+    /// wherever their delays meet, and a version that does not know a queue simply never
+    /// routes to it (a rolling upgrade only adds queues).
     pub fn new(prefix: impl Into<String>, retry_schedule_secs: &[u64]) -> Self {
         let mut delays = retry_schedule_secs.to_vec();
+        delays.extend_from_slice(&BUDGET_WAIT_DELAYS_SECS);
         delays.sort_unstable();
         delays.dedup();
         Self {
@@ -136,9 +148,22 @@ impl Topology {
         format!("{}events", self.prefix)
     }
 
-    /// The distinct retry delays this topology declares queues for.
+    /// The distinct delays this topology declares delay queues for (retries and budget
+    /// waits).
     pub fn retry_delays(&self) -> &[u64] {
         &self.retry_schedule_secs
+    }
+
+    /// The delay queue (its delay in seconds) for a job that waits `wait_ms` for a send
+    /// budget: the shortest of [`BUDGET_WAIT_DELAYS_SECS`] that is at least as long, or the
+    /// longest. The message's own TTL is the wait (capped at the queue's), so it comes back
+    /// when its turn comes, not when the queue's delay ends.
+    pub fn budget_wait_queue(wait_ms: u64) -> u64 {
+        BUDGET_WAIT_DELAYS_SECS
+            .iter()
+            .copied()
+            .find(|&secs| secs.saturating_mul(1000) >= wait_ms)
+            .unwrap_or(BUDGET_WAIT_DELAYS_SECS[BUDGET_WAIT_DELAYS_SECS.len() - 1])
     }
 
     /// Declares exchanges, queues and bindings on a channel of its own. Safe to call from
@@ -323,8 +348,29 @@ mod tests {
         assert_eq!(t.dead_queue(), "t-1.mail.dead");
         assert_eq!(t.retry_queue(5), "t-1.mail.delay.5");
         assert_eq!(Topology::retry_routing_key(5), "delay.5");
-        assert_eq!(t.retry_delays(), &[5, 30]);
+        assert_eq!(t.retry_delays(), &[1, 5, 30, 120, 600, 3600]);
+        let t = Topology::new("", &[7, 45]);
+        assert_eq!(t.retry_delays(), &[1, 5, 7, 30, 45, 120, 600, 3600]);
         assert_eq!(Topology::new("", &[1]).mail_exchange(), "mail");
+    }
+
+    #[test]
+    fn a_budget_wait_goes_to_the_shortest_delay_queue_that_covers_it() {
+        assert_eq!(Topology::budget_wait_queue(0), 1);
+        assert_eq!(Topology::budget_wait_queue(200), 1);
+        assert_eq!(Topology::budget_wait_queue(1000), 1);
+        assert_eq!(Topology::budget_wait_queue(1001), 5);
+        assert_eq!(Topology::budget_wait_queue(59_000), 120);
+        assert_eq!(Topology::budget_wait_queue(3_600_000), 3600);
+        assert_eq!(Topology::budget_wait_queue(u64::MAX), 3600);
+        // Every queue a budget wait can pick is declared, whatever the retry schedule.
+        let t = Topology::new("", &[2]);
+        for wait in [0, 1500, 40_000, 10_000_000] {
+            assert!(
+                t.retry_delays()
+                    .contains(&Topology::budget_wait_queue(wait))
+            );
+        }
     }
 
     #[test]

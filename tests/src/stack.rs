@@ -67,14 +67,16 @@ pub async fn job_outcomes(worker_base: &str, kind: Option<&str>) -> HashMap<Stri
 }
 
 /// Jobs (of `kind`, or all) the workers at `bases` decided for good: every outcome but a
-/// retry or a wait, which put the job back for later. Counted just before the job is acked.
+/// retry or a wait (for a dependency or a send budget), which put the job back for later. Counted just before the job is acked.
 pub async fn settled(bases: &[&str], kind: Option<&str>) -> u64 {
     let mut n = 0;
     for base in bases {
         n += job_outcomes(base, kind)
             .await
             .iter()
-            .filter(|(outcome, _)| !matches!(outcome.as_str(), "retried" | "waiting"))
+            .filter(|(outcome, _)| {
+                !matches!(outcome.as_str(), "retried" | "waiting" | "budget_wait")
+            })
             .map(|(_, n)| n)
             .sum::<u64>();
     }

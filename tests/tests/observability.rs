@@ -44,6 +44,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     const FUNCTIONS: [&str; 3] = ["histogram_quantile", "clamp_min", "clamp_max"];
     let mut names = BTreeSet::new();
     let mut in_string = false;
+    // Inside `by (…)` / `without (…)`: label names, not metrics.
+    let mut in_grouping = false;
+    let mut last_word = String::new();
     let mut word = String::new();
     for c in expr.chars().chain([' ']) {
         if c == '"' {
@@ -53,10 +56,20 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             word.push(c);
             continue;
         }
-        if word.contains('_') && !FUNCTIONS.contains(&word.as_str()) {
-            names.insert(std::mem::take(&mut word));
+        if word.contains('_') && !FUNCTIONS.contains(&word.as_str()) && !in_grouping {
+            names.insert(word.clone());
         }
-        word.clear();
+        if !word.is_empty() {
+            last_word = std::mem::take(&mut word);
+        }
+        if !in_string && c == '(' && matches!(last_word.as_str(), "by" | "without") {
+            in_grouping = true;
+        } else if !in_string && c == ')' {
+            in_grouping = false;
+        }
+        if !in_string && !c.is_whitespace() {
+            last_word.clear();
+        }
     }
     names
 }
@@ -102,6 +115,13 @@ fn metric_names_are_read_from_expressions() {
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
         ["http_requests_total", "jobs_total"]
+    );
+    let names = metric_names(
+        "sum by (limit, domain_class) (rate(mail_send_budget_waits_total[5m])) + sum without (job_kind) (x_total)",
+    );
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["mail_send_budget_waits_total", "x_total"]
     );
 }
 

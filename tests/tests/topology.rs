@@ -47,7 +47,9 @@ async fn every_queue_is_a_quorum_queue_and_dead_letters_at_least_once() {
         .jobs_queue()
         .replace(shared::topology::JOBS_QUEUE, "");
     let lines = queues(&prefix);
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    // The work queue, the dead letters, and the delay queues of the retry schedule (1, 5)
+    // and of the budget waits (1, 5, 30, 120, 600, 3600), each delay once.
+    assert_eq!(lines.len(), 8, "{lines:?}");
     for line in &lines {
         assert!(line.contains("\tquorum\t"), "{line}");
     }
@@ -98,7 +100,7 @@ async fn a_work_queue_declared_with_older_arguments_is_used_as_it_is() {
     let lines = queues(&prefix);
     assert_eq!(
         lines.len(),
-        4,
+        8,
         "the other queues are declared too: {lines:?}"
     );
     let jobs = lines

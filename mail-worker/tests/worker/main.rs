@@ -3,4 +3,5 @@
 
 mod helpers;
 mod outcomes;
+mod send_budget;
 mod suppression;

@@ -40,7 +40,7 @@ SECRETS = [
     "test-secret-one-0123456789abcdefghijklmnopqrstuv",
     "test-secret-two-ZYXWVUTSRQPONMLKJIHGFEDCBA987654",
 ]
-SALTS = ["password-reset", "email-verify"]
+SALTS = ["password-reset", "email-verify", "account-lock"]
 DIGESTS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1}
 
 PAYLOADS = [

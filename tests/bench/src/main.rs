@@ -7,6 +7,7 @@
 //! ./deploy/local/bench.sh            # services, release build, then `bench all`
 //! ./target/release/bench all [--update BENCHMARKS.md]
 //! ./target/release/bench forgot|worker|scale|reset|memory|signin|stores|pipeline|code
+//! ./target/release/bench budget     # send budgets: a burst's spread (not in `all`: ~2 min)
 //! ```
 //! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
 //! (`--update FILE` also replaces the table between the `bench:begin`/`bench:end` markers of
@@ -15,6 +16,7 @@
 //! (2000), `BENCH_CODE_PAIRS` (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8), `BENCH_SETTLE_SECS` (10, the wait
 //! before the api's resident size is read after the hashing flood), `BENCH_SIGNIN_TRIPLES` (300).
 
+mod budget;
 mod code;
 mod forgot;
 mod limits;
@@ -33,7 +35,7 @@ use std::time::Instant;
 
 use report::Row;
 
-const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code";
+const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code | budget";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -52,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
             "forgot", "worker", "scale", "reset", "memory", "signin", "stores", "pipeline", "code",
         ],
         "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" | "pipeline"
-        | "code" => std::slice::from_ref(&section),
+        | "code" | "budget" => std::slice::from_ref(&section),
         _ => anyhow::bail!(USAGE),
     };
 
@@ -75,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
             "stores" => stores::run(&mut rows).await,
             "pipeline" => pipeline::run(&mut rows).await,
             "code" => code::run(&mut rows).await,
+            "budget" => budget::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
         if let Err(e) = result {
@@ -132,6 +135,7 @@ fn section_label(name: &str) -> &'static str {
         "stores" => "8 redis topologies",
         "pipeline" => "9 end to end",
         "code" => "10 code timing",
+        "budget" => "11 send budgets",
         _ => "5 reset",
     }
 }

@@ -1,0 +1,197 @@
+//! The send budgets end to end: two real worker processes share the provider's budget
+//! (`SMTP_MAX_PER_SECOND`) and a domain's budget (`SMTP_DOMAIN_MAX_PER_MINUTE`) through the
+//! real Redis; a burst is spread at the configured rate, every email of it arrives at the real
+//! SMTP server once, nothing is dropped, dead-lettered or retried.
+//!
+//! The rate is checked on the times the SMTP server stored the emails: in any window of the
+//! budget's length, never more than the budget. Those times trail the moments the budget
+//! allowed each send by the SMTP exchange, which varies by some milliseconds (more on a
+//! loaded machine), so a window is taken `TOLERANCE` shorter than the budget's. Nothing here
+//! asserts how fast the burst goes.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use e2e::{
+    publish_raw_jobs,
+    stack::{SmtpSink, StackEnv, StoredEmail, job_outcomes, metrics_text, tally},
+};
+use shared::message::{Envelope, Job, Trace};
+
+/// A notice to `email` (a job that needs no account, as the api publishes it for a sign-up
+/// of a taken address).
+fn notice(email: &str) -> Vec<u8> {
+    Envelope::new(
+        Job::AccountExistsNotice {
+            email: email.to_owned(),
+        },
+        Utc::now(),
+        chrono::Duration::hours(1),
+        "en",
+        Trace::default(),
+    )
+    .encode()
+}
+
+fn received_at(email: &StoredEmail) -> DateTime<Utc> {
+    let at = email.header("X-Sink-Received-At").expect("the sink's time");
+    DateTime::parse_from_rfc3339(&at)
+        .expect("an RFC 3339 time")
+        .with_timezone(&Utc)
+}
+
+/// The most emails among `times` (sorted) that fall in any window of length `window`.
+fn most_in_any_window(times: &[DateTime<Utc>], window: Duration) -> usize {
+    let window = chrono::Duration::from_std(window).unwrap();
+    let mut most = 0;
+    let mut start = 0;
+    for (end, t) in times.iter().enumerate() {
+        while *t - times[start] >= window {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+/// Two workers with `vars` on one stack; the jobs are published only once both consume, so
+/// the broker spreads them over both.
+async fn two_workers(
+    vars: &[(&str, &str)],
+) -> (SmtpSink, StackEnv, Vec<e2e::ServiceProcess>, Vec<String>) {
+    let sink = SmtpSink::start().await.unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let mut all = vec![
+        ("MAIL_TRANSPORT", "smtp"),
+        ("SMTP_TIMEOUT_SECS", "5"),
+        // Each notice goes to an address of its own; this keeps the recipient budget out of it.
+        ("MAIL_PER_RECIPIENT_PER_HOUR", "1000"),
+    ];
+    let url = sink.url();
+    all.push(("SMTP_URL", &url));
+    all.extend_from_slice(vars);
+    let mut workers = Vec::new();
+    let mut bases = Vec::new();
+    for _ in 0..2 {
+        let (worker, base) = env.start_worker_with(&all).await.unwrap();
+        workers.push(worker);
+        bases.push(base);
+    }
+    (sink, env, workers, bases)
+}
+
+/// Waits for `n` emails and the workers to be idle, then checks that nothing was dropped,
+/// retried or dead-lettered, each recipient got exactly one email, and both workers sent.
+/// Returns the emails.
+async fn all_delivered_once(
+    sink: &SmtpSink,
+    env: &StackEnv,
+    bases: &[String],
+    n: usize,
+) -> Vec<StoredEmail> {
+    let emails = sink.wait_for(n, Duration::from_secs(240)).await;
+    assert_eq!(emails.len(), n, "every email of the burst arrives");
+    let base_refs: Vec<&str> = bases.iter().map(String::as_str).collect();
+    env.wait_idle(&base_refs).await.unwrap();
+    assert_eq!(sink.emails().len(), n, "and no email twice");
+    assert!(tally(&sink.emails()).values().all(|&c| c == 1));
+    let mut budget_waits = 0;
+    for base in bases {
+        let outcomes = job_outcomes(base, None).await;
+        assert!(
+            outcomes.get("sent").copied().unwrap_or(0) > 0,
+            "both workers send: {outcomes:?}"
+        );
+        for outcome in outcomes.keys() {
+            assert!(
+                matches!(outcome.as_str(), "sent" | "budget_wait"),
+                "no retry, drop or dead letter: {outcomes:?}"
+            );
+        }
+        budget_waits += outcomes.get("budget_wait").copied().unwrap_or(0);
+    }
+    assert!(budget_waits > 0, "the budget held jobs back");
+    use sqlx::Connection as _;
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .unwrap();
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+    emails
+}
+
+/// The windows of the budgets are shortened by this much (see the module's comment).
+const TOLERANCE: Duration = Duration::from_millis(250);
+
+#[tokio::test]
+async fn a_burst_is_spread_at_the_provider_rate_across_two_workers() {
+    let (sink, env, _workers, bases) = two_workers(&[("SMTP_MAX_PER_SECOND", "5")]).await;
+    let bodies: Vec<Vec<u8>> = (0..40)
+        .map(|i| notice(&format!("user{i}@burst.example")))
+        .collect();
+    publish_raw_jobs(&env.topology(), &bodies).await.unwrap();
+    let emails = all_delivered_once(&sink, &env, &bases, 40).await;
+    let mut times: Vec<_> = emails.iter().map(received_at).collect();
+    times.sort();
+    let most = most_in_any_window(&times, Duration::from_secs(1) - TOLERANCE);
+    println!(
+        "40 emails at 5/s over two workers: first to last {:?} ms, at most {most} in any {:?}",
+        (times[39] - times[0]).num_milliseconds(),
+        Duration::from_secs(1) - TOLERANCE
+    );
+    assert!(most <= 5, "{most} emails within one second: {times:?}");
+}
+
+#[tokio::test]
+async fn a_burst_to_one_domain_is_spread_at_its_budget_and_other_domains_go_on() {
+    let (sink, env, _workers, bases) = two_workers(&[("SMTP_DOMAIN_MAX_PER_MINUTE", "20")]).await;
+    // 24 to one domain: 20 in the first minute, the other 4 after it, 3 s apart; and 5 to
+    // another domain, published after them.
+    let mut bodies: Vec<Vec<u8>> = (0..24)
+        .map(|i| notice(&format!("user{i}@gmail.com")))
+        .collect();
+    bodies.extend((0..5).map(|i| notice(&format!("user{i}@elsewhere.example"))));
+    publish_raw_jobs(&env.topology(), &bodies).await.unwrap();
+    let emails = all_delivered_once(&sink, &env, &bases, 29).await;
+    let domain_times = |domain: &str| {
+        let mut times: Vec<_> = emails
+            .iter()
+            .filter(|e| e.rcpt_to().ends_with(domain))
+            .map(received_at)
+            .collect();
+        times.sort();
+        times
+    };
+    let gmail = domain_times("@gmail.com");
+    let elsewhere = domain_times("@elsewhere.example");
+    assert_eq!((gmail.len(), elsewhere.len()), (24, 5));
+    let most = most_in_any_window(&gmail, Duration::from_secs(60) - TOLERANCE);
+    println!(
+        "24 emails to one domain at 20/min over two workers: first to last {} ms, at most {most} in any minute",
+        (gmail[23] - gmail[0]).num_milliseconds()
+    );
+    assert!(most <= 20, "{most} emails to one domain within a minute");
+    // The other domain's emails did not wait for the held-back ones.
+    assert!(
+        elsewhere[4] < gmail[20],
+        "the other domain waited for this one's budget"
+    );
+    let mut counted = 0.0;
+    for base in &bases {
+        counted += metrics_text(base)
+            .await
+            .lines()
+            .filter(|l| {
+                l.starts_with("mail_send_budget_waits_total{")
+                    && l.contains("limit=\"domain\"")
+                    && l.contains("domain_class=\"gmail\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(counted >= 4.0, "the waits are counted per domain class");
+}
