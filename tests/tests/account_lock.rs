@@ -1,0 +1,258 @@
+//! "This wasn't me" and support staff's tools through the real pipeline: the password-changed
+//! email carries a lock link; locking ends the sessions, refuses sign-in and sends a reset
+//! email, whose reset unlocks; `api accounts revoke-sessions|lock` do the same for an operator,
+//! audited with the reason.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use e2e::stack::{SmtpSink, StackEnv};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+const OLD: &str = "correct horse battery staple 42";
+const NEW: &str = "plaid zebra umbrella tangerine 97";
+const THIRD: &str = "violet harbour quilt rocket 58";
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.to_owned(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A session, or the failed sign-in's status.
+    async fn sign_in(&self, email: &str, password: &str) -> Result<String, StatusCode> {
+        let body = json!({ "email": email, "password": password });
+        match self.post("/v1/sessions", body).await {
+            (StatusCode::CREATED, body) => Ok(body["session"].as_str().unwrap().to_owned()),
+            (status, _) => Err(status),
+        }
+    }
+
+    async fn me(&self, session: &str) -> StatusCode {
+        self.http
+            .get(format!("{}/v1/me", self.base))
+            .bearer_auth(session)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+}
+
+async fn audit_rows(env: &StackEnv, action: &str) -> Vec<(String, Option<String>)> {
+    let db = sqlx::PgPool::connect(&env.database_url).await.unwrap();
+    let rows =
+        sqlx::query_as("SELECT outcome, detail FROM audit_events WHERE action = $1 ORDER BY id")
+            .bind(action)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    db.close().await;
+    rows
+}
+
+#[tokio::test]
+async fn this_wasnt_me_locks_the_account_until_the_reset_email_it_sends_is_used() {
+    let sink = SmtpSink::start().await.unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let public = env.var("PUBLIC_BASE_URL").unwrap().to_owned();
+    let (_api, base) = env.start_api().await.unwrap();
+    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let ann = "ann@example.org";
+    env.sign_up_and_verify(&base, &base, &sink, ann, OLD)
+        .await
+        .unwrap();
+    let client = Client::new(&base);
+
+    // Someone resets Ann's password (with the code of a reset email they can read).
+    let (status, _) = client
+        .post("/v1/password/forgot", json!({ "email": ann }))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let code = sink
+        .wait_for_reset_email(1, WAIT)
+        .await
+        .unwrap()
+        .reset_code()
+        .unwrap();
+    let body = json!({ "email": ann, "code": code, "new_password": NEW });
+    assert_eq!(
+        client.post("/v1/password/reset/code", body).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let intruder = client.sign_in(ann, NEW).await.unwrap();
+
+    // Ann's password-changed email carries the lock link.
+    let notice = sink
+        .wait_for_email(ann, "password was changed", WAIT)
+        .await
+        .expect("the password-changed notice");
+    let link = notice
+        .link(&format!("{public}/lock-account?token="))
+        .unwrap_or_else(|| panic!("no lock link in {}", notice.text()));
+    let token = e2e::stack::token_of(&link);
+    // Opening it changes nothing.
+    let page = client
+        .http
+        .get(format!("{base}/lock-account?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("Lock my account"));
+    assert_eq!(client.me(&intruder).await, StatusCode::OK);
+
+    // The button: every session ends, the new password stops working.
+    let (status, body) = client
+        .post("/v1/account/lock", json!({ "token": token }))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(client.me(&intruder).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        client.sign_in(ann, NEW).await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+
+    // A fresh reset email arrives; its reset unlocks.
+    let reset = sink
+        .wait_for_reset_email(2, WAIT)
+        .await
+        .expect("a fresh reset email");
+    let token = e2e::stack::token_of(
+        &reset
+            .link(&format!("{public}/reset-password?token="))
+            .unwrap(),
+    );
+    let body = json!({ "token": token, "new_password": THIRD });
+    assert_eq!(
+        client.post("/v1/password/reset", body).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        client.sign_in(ann, NEW).await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+    client.sign_in(ann, THIRD).await.unwrap();
+    assert_eq!(
+        audit_rows(&env, "account_lock").await,
+        [("success".to_owned(), None)]
+    );
+}
+
+#[tokio::test]
+async fn support_staff_revoke_sessions_and_lock_an_account_with_a_reason() {
+    let sink = SmtpSink::start().await.unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let public = env.var("PUBLIC_BASE_URL").unwrap().to_owned();
+    let (_api, base) = env.start_api().await.unwrap();
+    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let bob = "bob@example.org";
+    env.sign_up_and_verify(&base, &base, &sink, bob, OLD)
+        .await
+        .unwrap();
+    let client = Client::new(&base);
+    let session = client.sign_in(bob, OLD).await.unwrap();
+
+    // Sessions end; the password stays.
+    let (ok, out) = env
+        .api_command(&[
+            "accounts",
+            "revoke-sessions",
+            "Bob@Example.org",
+            "--reason",
+            "ticket 7: lost phone",
+            "--operator",
+            "sam",
+        ])
+        .await
+        .unwrap();
+    assert!(ok, "{out:?}");
+    assert!(
+        !out.iter().any(|l| l.contains("bob@")),
+        "the address is not printed: {out:?}"
+    );
+    assert_eq!(client.me(&session).await, StatusCode::UNAUTHORIZED);
+    let session = client.sign_in(bob, OLD).await.unwrap();
+    assert_eq!(
+        audit_rows(&env, "sessions_revoke").await,
+        [(
+            "success".to_owned(),
+            Some("reason: ticket 7: lost phone; by: sam".to_owned())
+        )]
+    );
+
+    // A reason is required; an unknown address is an error.
+    let (ok, _) = env.api_command(&["accounts", "lock", bob]).await.unwrap();
+    assert!(!ok, "lock without --reason");
+    let (ok, out) = env
+        .api_command(&["accounts", "lock", "nobody@example.org", "--reason", "x"])
+        .await
+        .unwrap();
+    assert!(
+        !ok && out.iter().any(|l| l.contains("no account")),
+        "{out:?}"
+    );
+
+    // The lock: sessions end, sign-in refused, a reset email (relayed by the running api).
+    let (ok, out) = env
+        .api_command(&[
+            "accounts",
+            "lock",
+            bob,
+            "--reason",
+            "ticket 8: takeover",
+            "--operator",
+            "sam",
+        ])
+        .await
+        .unwrap();
+    assert!(ok, "{out:?}");
+    assert_eq!(client.me(&session).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        client.sign_in(bob, OLD).await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+    let reset = sink
+        .wait_for_reset_email(1, WAIT)
+        .await
+        .expect("the reset email");
+    let token = e2e::stack::token_of(
+        &reset
+            .link(&format!("{public}/reset-password?token="))
+            .unwrap(),
+    );
+    let body = json!({ "token": token, "new_password": NEW });
+    assert_eq!(
+        client.post("/v1/password/reset", body).await.0,
+        StatusCode::NO_CONTENT
+    );
+    client.sign_in(bob, NEW).await.unwrap();
+    assert_eq!(
+        audit_rows(&env, "account_lock").await,
+        [(
+            "success".to_owned(),
+            Some("reason: ticket 8: takeover; by: sam".to_owned())
+        )]
+    );
+}
