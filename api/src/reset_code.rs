@@ -26,9 +26,8 @@ pub struct CodeLink {
 /// What the record says about a submitted code.
 #[derive(Debug)]
 pub enum CodeCheck {
-    /// No live code matches: wrong (counted), dead, or no code for the address. The user when
-    /// the address has a code record (for the audit row only; never for the answer).
-    Wrong(Option<Uuid>),
+    /// No live code matches: wrong (counted), dead, or no code for the address.
+    Wrong,
     /// The code is right; the link it stands for still has to pass the link's checks.
     Right(CodeLink),
 }
@@ -82,11 +81,10 @@ fn parse(answer: Vec<String>, key: String) -> CodeCheck {
                     fingerprint: fp.clone(),
                     key,
                 }),
-                _ => CodeCheck::Wrong(user(answer.get(1))),
+                _ => CodeCheck::Wrong,
             }
         }
-        Some("1") => CodeCheck::Wrong(user(answer.get(1))),
-        _ => CodeCheck::Wrong(None),
+        _ => CodeCheck::Wrong,
     }
 }
 
@@ -139,8 +137,8 @@ mod tests {
         );
         assert_eq!(link.fingerprint, "fp");
         assert!(matches!(
-            parse(strings(&["1", &user]), "k".into()),
-            CodeCheck::Wrong(Some(_))
+            parse(strings(&["1"]), "k".into()),
+            CodeCheck::Wrong
         ));
         for unreadable in [
             strings(&["0"]),
@@ -151,7 +149,7 @@ mod tests {
         ] {
             assert!(matches!(
                 parse(unreadable.clone(), "k".into()),
-                CodeCheck::Wrong(_)
+                CodeCheck::Wrong
             ));
         }
     }

@@ -326,14 +326,22 @@ pub async fn perform_code_reset(
     let address = email::normalize(email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
     let checked = match shared::reset_code::normalize(code) {
         Some(code) => reset_code::check(state, address.key(), &code).await?,
-        None => CodeCheck::Wrong(None),
+        None => CodeCheck::Wrong,
     };
     let link = match checked {
         CodeCheck::Right(link) => link,
-        CodeCheck::Wrong(user) => {
+        CodeCheck::Wrong => {
+            // The same row for every address, known or not: its pseudonym, no user.
             let reason = Outcome::CodeWrong;
             metrics::counter!("tokens_rejected_total", "reason" => reason.as_str()).increment(1);
-            audit(reason, user).await;
+            let address_hash = state.limiter.address_pseudonym(address.key());
+            let event = AuditEvent {
+                ip: Some(ip),
+                request_id: rid,
+                address_hash: Some(&address_hash),
+                ..AuditEvent::new(Action::PasswordResetCode, reason)
+            };
+            crate::audit::record(state, &event).await;
             return Err(ApiError::CodeInvalid);
         }
     };

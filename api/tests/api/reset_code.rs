@@ -152,15 +152,30 @@ async fn an_unknown_address_gets_the_same_answer_as_a_wrong_code() {
     assert_eq!(known.0, StatusCode::BAD_REQUEST);
     assert_eq!(known, unknown);
     assert_eq!(known, malformed);
-    // Neither looked the address up: the unknown one left an audit row without a user, the
-    // known one with the user its code record names.
-    let users: Vec<Option<uuid::Uuid>> = sqlx::query_scalar(
-        "SELECT user_id FROM audit_events WHERE action = 'password_reset_code' ORDER BY id",
+    // The audit rows are alike too: the address's pseudonym, no user.
+    let rows: Vec<(Option<uuid::Uuid>, Option<String>)> = sqlx::query_as(
+        "SELECT user_id, address_hash FROM audit_events
+         WHERE action = 'password_reset_code' ORDER BY id",
     )
     .fetch_all(&app.state.db)
     .await
     .unwrap();
-    assert_eq!(users, [Some(user), None, None]);
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter()
+            .all(|(user, hash)| user.is_none() && hash.is_some()),
+        "{rows:?}"
+    );
+    assert_eq!(rows[0].1, rows[2].1, "one pseudonym per address");
+    assert_ne!(rows[0].1, rows[1].1);
+    // The unknown address's count was written and taken back: only Ann's record exists.
+    let mut redis = app.redis().await;
+    let records: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}code:*", app.keys.prefix()))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
 }
 
 #[tokio::test]
