@@ -571,10 +571,18 @@ impl Settling {
                 metrics::counter!("mail_send_budget_waits_total",
                     "limit" => budget.limit.as_str(), "domain_class" => budget.domain_class)
                 .increment(1);
-                // The attempt, the history and `x-waits` stay as they are: waiting for a
-                // turn is neither a failure nor an outage (a burst could otherwise add
-                // hundreds of history lines to a job).
-                let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+                // The attempt and `x-waits` stay as they are: waiting for a turn is neither a
+                // failure nor an outage. The history gets a line only for the provider's
+                // throttling answer (a burst would otherwise add hundreds of lines to a job).
+                let mut headers = match &budget.answer {
+                    Some(answer) => retry::with_history(
+                        delivery.properties.headers().as_ref(),
+                        envelope.attempt,
+                        processor.clock.now(),
+                        &format!("throttled: {answer}"),
+                    ),
+                    None => delivery.properties.headers().clone().unwrap_or_default(),
+                };
                 headers.insert(
                     retry::BUDGET_WAITS_HEADER.into(),
                     AMQPValue::LongUInt(waits),
@@ -666,19 +674,19 @@ impl Settling {
         self.settle_published(delivery, ok, false).await;
     }
 
-    /// Parks the job as it is (same body, same attempt) for `wait` in the shortest delay
-    /// queue that covers it, with the wait as its own TTL, then settles the delivery.
+    /// Parks the job as it is (same body, same attempt) in the waiting queue of the longest
+    /// step not longer than `wait` (see [`shared::topology::BUDGET_WAIT_STEPS_MS`]), then
+    /// settles the delivery. Its expiry is the queue's own, so the queue stays in order.
     async fn park(&self, delivery: &Delivery, wait: Duration, headers: FieldTable) {
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        let queue_secs = Topology::budget_wait_queue(wait_ms);
-        let expiration = wait_ms.clamp(1, queue_secs.saturating_mul(1000));
+        let step = Topology::budget_wait_step(wait_ms);
         let properties = delivery
             .properties
             .clone()
-            .with_expiration(expiration.to_string().into());
+            .with_expiration(step.to_string().into());
         let ok = self
             .publish(
-                &Topology::retry_routing_key(queue_secs),
+                &Topology::budget_wait_routing_key(step),
                 &delivery.data,
                 &properties,
                 headers,

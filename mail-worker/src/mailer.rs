@@ -173,27 +173,42 @@ fn classify(failure: Failure) -> SendError {
     }
 }
 
-/// Whether an SMTP answer says "you are sending too much, slow down": `421` (the provider
-/// closes the session; Gmail, Outlook and Yahoo answer rate limits with it, with or without
-/// an enhanced status) or any transient answer carrying an enhanced status `4.7.x` (security
-/// and policy: `4.7.0` "try again later", `4.7.28` "unusual rate", Yahoo's `TSS04`
-/// deferrals). Other `4xx` answers (`451 4.3.0` local error, `452 4.2.2` mailbox full) are
-/// ordinary transient failures.
+/// Whether an SMTP answer says "you are sending too much, slow down": a transient answer
+/// carrying an enhanced status `4.7.x` (security and policy: `4.7.0` "try again later",
+/// `4.7.28` "unusual rate", Yahoo's `TSS04` deferrals), or a `421` without an enhanced status
+/// (Gmail, Outlook and Yahoo close the session on a rate limit, not always with one). A `421`
+/// whose enhanced status names another cause (`4.4.2` the server's idle timeout, `4.3.2` it
+/// is shutting down) and other `4xx` answers (`451 4.3.0` local error, `452 4.2.2` mailbox
+/// full) are ordinary transient failures: they say nothing about the domain's pace.
 pub fn is_throttling(code: u16, text: &str) -> bool {
-    if code == 421 {
-        return true;
+    if !(400..500).contains(&code) {
+        return false;
     }
-    (400..500).contains(&code)
-        && text
-            .split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | ',' | ';' | '[' | ']'))
-            .any(|word| {
-                let mut parts = word.trim_end_matches(['.', ':']).split('.');
-                matches!(
-                    (parts.next(), parts.next(), parts.next(), parts.next()),
-                    (Some("4"), Some("7"), Some(detail), None)
-                        if !detail.is_empty() && detail.len() <= 3 && detail.bytes().all(|b| b.is_ascii_digit())
-                )
-            })
+    match enhanced_status(text) {
+        Some((class, subject)) => class == 4 && subject == 7,
+        None => code == 421,
+    }
+}
+
+/// The first enhanced status code (`class.subject.detail`, RFC 3463) in an answer's text.
+fn enhanced_status(text: &str) -> Option<(u8, u16)> {
+    text.split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | ',' | ';' | '[' | ']'))
+        .find_map(|word| {
+            let mut parts = word.trim_end_matches(['.', ':']).split('.');
+            let number = |s: &str, max: usize| {
+                (!s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| s.parse::<u16>().ok())
+                    .flatten()
+            };
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(class @ ("2" | "4" | "5")), Some(subject), Some(detail), None) => {
+                    let subject = number(subject, 3)?;
+                    number(detail, 3)?;
+                    Some((class.parse().ok()?, subject))
+                }
+                _ => None,
+            }
+        })
 }
 
 /// Replaces every word containing `@` with `<address>`.
@@ -231,6 +246,9 @@ mod tests {
         assert!(!is_throttling(451, "4.3.0 Local error in processing"));
         assert!(!is_throttling(452, "4.2.2 mailbox full"));
         assert!(!is_throttling(451, "see 4.7.0.1 or 14.7.0"));
+        // A 421 for another cause than the pace.
+        assert!(!is_throttling(421, "4.4.2 mx.example timeout exceeded"));
+        assert!(!is_throttling(421, "4.3.2 Service shutting down"));
         // A permanent policy refusal is not a slow-down.
         assert!(!is_throttling(550, "5.7.1 rejected"));
         assert!(!is_throttling(554, "4.7.0 mislabelled"));

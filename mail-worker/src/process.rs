@@ -55,12 +55,15 @@ pub enum Outcome {
 }
 
 /// How long a job waits for a send budget, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetWait {
     pub wait: std::time::Duration,
     pub limit: send_budget::Limit,
     /// The recipient domain's class (the `domain_class` metrics label).
     pub domain_class: &'static str,
+    /// The provider's throttling answer that paused the domain, when this job got it: it goes
+    /// into the job's history (no attempt is spent), so a job that dies waiting shows why.
+    pub answer: Option<String>,
 }
 
 impl Outcome {
@@ -271,7 +274,7 @@ impl Processor {
         let domain_key = send_budget::domain_pseudonym(self.config.pseudonym_secret(), &domain);
         match self
             .send_budget
-            .take(&self.redis, &domain_key, job.id)
+            .take(&self.redis, &domain_key, job.id, job.not_after)
             .await
         {
             Ok(Decision::Send) => {}
@@ -280,7 +283,16 @@ impl Processor {
                     wait,
                     limit,
                     domain_class,
+                    answer: None,
                 });
+            }
+            Ok(Decision::TooLate { limit }) => {
+                // Its turn comes after its link (or its news) is dead: it would only be
+                // dropped as stale then, after holding up the jobs that can still go.
+                tracing::warn!(job_id = %job.id, limit = limit.as_str(), domain_class,
+                    "the send budget's next turn is past the job's life; dropped as stale");
+                self.audit(job, audit::Outcome::Stale, user).await;
+                return Outcome::Dropped(audit::Outcome::Stale);
             }
             Err(e) => return Outcome::Wait(format!("send budget: {e}")),
         }
@@ -505,6 +517,7 @@ impl Processor {
                     wait,
                     limit: send_budget::Limit::Throttled,
                     domain_class,
+                    answer: Some(answer),
                 })
             }
             Err(e) => {

@@ -6,9 +6,12 @@
 -- KEYS[3] throttle: hash {until, pause, level} while the provider throttles the domain
 -- ARGV[1] window ms   ARGV[2] limit (0: no limit, only a throttling pause applies)
 -- ARGV[3] job id      ARGV[4] grant id (new for every call)
+-- ARGV[5] the job's deadline (unix ms): a turn after it is of no use to the job
 -- Returns {verdict, ms, pause ms}: 1 = send now (logged under the grant id); 0 = not its turn,
 -- wait ms (it holds its place in the line); 2 = the domain is paused for ms more (of a pause
--- of pause ms).
+-- of pause ms); 3 = its turn would come after its deadline: no place is taken (a line longer
+-- than a job's life would otherwise fill with places whose holders die before their turn,
+-- each pushing the living further back).
 -- Time is Redis's own, so replicas whose clocks disagree share one window. (Redis >= 5
 -- replicates a script by its effects, which is what allows writes after TIME.)
 local t = redis.call('TIME')
@@ -60,6 +63,12 @@ if turn < 0 then
   if last[2] then
     at = math.max(at, tonumber(last[2]) + math.ceil(window / limit))
   end
+end
+if at > tonumber(ARGV[5]) then
+  if turn >= 0 then
+    redis.call('ZREM', KEYS[2], job)
+  end
+  return {3, 0, 0}
 end
 -- (A job whose turn came while the budget was still full keeps the head of the line.)
 redis.call('ZADD', KEYS[2], at, job)

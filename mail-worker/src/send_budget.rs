@@ -59,6 +59,9 @@ pub enum Decision {
     Send,
     /// Not now: come back after `wait` (the job's turn), because of `limit`.
     Wait { wait: Duration, limit: Limit },
+    /// The job's turn would come after its deadline: it cannot be sent in time (it is stale
+    /// by then), and it takes no place from the jobs that can.
+    TooLate { limit: Limit },
 }
 
 /// Why the budgets could not be consulted. The job waits as for any outage of ours; it is
@@ -113,13 +116,16 @@ impl SendBudget {
     }
 
     /// Counts one send of `job` to the domain whose [`domain_pseudonym`] is `domain` against
-    /// the domain's budget and the provider's, or says how long the job waits for its turn.
+    /// the domain's budget and the provider's, or says how long the job waits for its turn;
+    /// `deadline` is the job's `not_after`.
     pub async fn take(
         &self,
         redis: &RedisPool,
         domain: &str,
         job: Uuid,
+        deadline: chrono::DateTime<chrono::Utc>,
     ) -> Result<Decision, BudgetError> {
+        let deadline_ms = deadline.timestamp_millis();
         let domain_keys = redis.keys().send_domain(domain);
         let mut domain_grant = None;
         // The domain first: its pause and its budget need one call; with neither configured
@@ -127,19 +133,12 @@ impl SendBudget {
         if self.domain_per_minute > 0 || self.pauses_on_throttling() {
             let grant = Uuid::new_v4();
             match self
-                .run_take(
-                    redis,
-                    &domain_keys,
-                    Limit::Domain,
-                    self.domain_per_minute,
-                    job,
-                    grant,
-                )
+                .run_take(redis, &domain_keys, Limit::Domain, job, grant, deadline_ms)
                 .await?
             {
                 Decision::Send if self.domain_per_minute > 0 => domain_grant = Some(grant),
                 Decision::Send => {}
-                wait @ Decision::Wait { .. } => return Ok(wait),
+                other => return Ok(other),
             }
         }
         if self.provider_per_second == 0 {
@@ -151,13 +150,18 @@ impl SendBudget {
                 redis,
                 &provider_keys,
                 Limit::Provider,
-                self.provider_per_second,
                 job,
                 Uuid::new_v4(),
+                deadline_ms,
             )
             .await;
-        let give_back = !matches!(decision, Ok(Decision::Send));
-        if let (true, Some(grant)) = (give_back, domain_grant) {
+        let back_ms: i64 = match &decision {
+            Ok(Decision::Send) => return decision,
+            // Its place in the domain's line: when it comes back for the provider's turn.
+            Ok(Decision::Wait { wait, .. }) => i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
+            Ok(Decision::TooLate { .. }) | Err(_) => -1,
+        };
+        if let Some(grant) = domain_grant {
             // The domain allowed a send that does not happen now: give it back, so that a
             // waiting job has consumed no budget.
             let script = &self.refund;
@@ -172,6 +176,7 @@ impl SendBudget {
                         .arg(grant.to_string())
                         .arg(job.to_string())
                         .arg(window_ms)
+                        .arg(back_ms)
                         .invoke_async::<i64>(&mut c)
                         .await
                 })
@@ -185,10 +190,15 @@ impl SendBudget {
         redis: &RedisPool,
         keys: &[String; 3],
         which: Limit,
-        limit: u32,
         job: Uuid,
         grant: Uuid,
+        deadline_ms: i64,
     ) -> Result<Decision, BudgetError> {
+        let limit = if which == Limit::Provider {
+            self.provider_per_second
+        } else {
+            self.domain_per_minute
+        };
         let window = if which == Limit::Provider {
             PROVIDER_WINDOW
         } else {
@@ -206,6 +216,7 @@ impl SendBudget {
                     .arg(limit)
                     .arg(job.to_string())
                     .arg(grant.to_string())
+                    .arg(deadline_ms)
                     .invoke_async(&mut c)
                     .await
             })
@@ -224,6 +235,7 @@ impl SendBudget {
                 ),
                 limit: Limit::Throttled,
             }),
+            3 => Ok(Decision::TooLate { limit: which }),
             other => Err(BudgetError::UnknownVerdict(other)),
         }
     }
@@ -386,7 +398,13 @@ mod tests {
         match d {
             Decision::Send => None,
             Decision::Wait { wait, limit } => Some((wait, limit)),
+            Decision::TooLate { .. } => panic!("no deadline was near"),
         }
+    }
+
+    /// A deadline no test reaches.
+    fn far() -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + chrono::Duration::hours(1)
     }
 
     #[tokio::test]
@@ -396,7 +414,12 @@ mod tests {
         let mut sent = 0;
         let mut waits = Vec::new();
         for _ in 0..10 {
-            match waited(budget.take(&redis, "dom", Uuid::new_v4()).await.unwrap()) {
+            match waited(
+                budget
+                    .take(&redis, "dom", Uuid::new_v4(), far())
+                    .await
+                    .unwrap(),
+            ) {
                 None => sent += 1,
                 Some((wait, limit)) => {
                     assert_eq!(limit, Limit::Domain);
@@ -411,16 +434,21 @@ mod tests {
             waits[0] > Duration::from_secs(58) && waits[0] <= Duration::from_secs(60),
             "{waits:?}"
         );
+        // (Each wait is measured from its own call, so a slow machine shortens the gaps by
+        // the time between the calls.)
         for pair in waits.windows(2) {
             let gap = pair[1].saturating_sub(pair[0]);
             assert!(
-                gap >= Duration::from_millis(9_900) && gap <= Duration::from_millis(10_100),
+                gap >= Duration::from_millis(8_000) && gap <= Duration::from_millis(10_100),
                 "{waits:?}"
             );
         }
         // Another domain has its own budget.
         assert_eq!(
-            budget.take(&redis, "other", Uuid::new_v4()).await.unwrap(),
+            budget
+                .take(&redis, "other", Uuid::new_v4(), far())
+                .await
+                .unwrap(),
             Decision::Send
         );
     }
@@ -432,21 +460,33 @@ mod tests {
         let budget = SendBudget::new(5, 0, Duration::ZERO);
         for _ in 0..5 {
             assert_eq!(
-                budget.take(&redis, "d", Uuid::new_v4()).await.unwrap(),
+                budget
+                    .take(&redis, "d", Uuid::new_v4(), far())
+                    .await
+                    .unwrap(),
                 Decision::Send
             );
         }
         let job = Uuid::new_v4();
-        let (first, limit) = waited(budget.take(&redis, "d", job).await.unwrap()).unwrap();
+        let (first, limit) = waited(budget.take(&redis, "d", job, far()).await.unwrap()).unwrap();
         assert_eq!(limit, Limit::Provider);
         // Asking again before its turn gives the same turn, not a new place at the back.
-        let (again, _) = waited(budget.take(&redis, "d", job).await.unwrap()).unwrap();
+        let (again, _) = waited(budget.take(&redis, "d", job, far()).await.unwrap()).unwrap();
         assert!(again <= first, "{again:?} after {first:?}");
         // A newcomer queues behind it.
-        let (behind, _) = waited(budget.take(&redis, "d", Uuid::new_v4()).await.unwrap()).unwrap();
+        let (behind, _) = waited(
+            budget
+                .take(&redis, "d", Uuid::new_v4(), far())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert!(behind > first, "{behind:?} vs {first:?}");
         tokio::time::sleep(first + Duration::from_millis(30)).await;
-        assert_eq!(budget.take(&redis, "d", job).await.unwrap(), Decision::Send);
+        assert_eq!(
+            budget.take(&redis, "d", job, far()).await.unwrap(),
+            Decision::Send
+        );
     }
 
     #[tokio::test]
@@ -454,12 +494,15 @@ mod tests {
         let redis = pool();
         let budget = SendBudget::new(1, 2, Duration::ZERO);
         assert_eq!(
-            budget.take(&redis, "d", Uuid::new_v4()).await.unwrap(),
+            budget
+                .take(&redis, "d", Uuid::new_v4(), far())
+                .await
+                .unwrap(),
             Decision::Send
         );
         // The domain has room for one more, the provider has none this second.
         let job = Uuid::new_v4();
-        let (_, limit) = waited(budget.take(&redis, "d", job).await.unwrap()).unwrap();
+        let (_, limit) = waited(budget.take(&redis, "d", job, far()).await.unwrap()).unwrap();
         assert_eq!(limit, Limit::Provider);
         let log = redis.keys().send_domain("d")[0].clone();
         let logged: u64 = redis
@@ -469,44 +512,104 @@ mod tests {
         assert_eq!(logged, 1, "the refused job holds no domain send");
         // Once the provider's second has passed, the job goes and the domain is full.
         let sent = e2e::poll_until(Duration::from_secs(5), || async {
-            (budget.take(&redis, "d", job).await.unwrap() == Decision::Send).then_some(())
+            (budget.take(&redis, "d", job, far()).await.unwrap() == Decision::Send).then_some(())
         })
         .await;
         assert!(sent.is_some());
-        let (_, limit) = waited(budget.take(&redis, "d", Uuid::new_v4()).await.unwrap()).unwrap();
+        let (_, limit) = waited(
+            budget
+                .take(&redis, "d", Uuid::new_v4(), far())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(limit, Limit::Domain);
+    }
+
+    #[tokio::test]
+    async fn a_turn_after_the_jobs_deadline_takes_no_place() {
+        let redis = pool();
+        let budget = SendBudget::new(0, 1, Duration::ZERO);
+        let soon = chrono::Utc::now() + chrono::Duration::seconds(5);
+        assert_eq!(
+            budget
+                .take(&redis, "d", Uuid::new_v4(), soon)
+                .await
+                .unwrap(),
+            Decision::Send
+        );
+        // The next turn is a minute away: past a deadline 5 s away.
+        assert_eq!(
+            budget
+                .take(&redis, "d", Uuid::new_v4(), soon)
+                .await
+                .unwrap(),
+            Decision::TooLate {
+                limit: Limit::Domain
+            }
+        );
+        let line = redis.keys().send_domain("d")[1].clone();
+        let places: u64 = redis
+            .run(|mut c| async move { redis::cmd("ZCARD").arg(&line).query_async(&mut c).await })
+            .await
+            .unwrap();
+        assert_eq!(places, 0, "no place taken");
+        // A job that can wait gets the first turn, not one behind the job that could not.
+        let (wait, _) = waited(
+            budget
+                .take(&redis, "d", Uuid::new_v4(), far())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(wait <= Duration::from_secs(60), "{wait:?}");
     }
 
     #[tokio::test]
     async fn a_throttling_answer_pauses_the_domain_and_doubles_when_it_comes_again() {
         let redis = pool();
-        let budget = SendBudget::new(0, 0, Duration::from_millis(300));
+        let budget = SendBudget::new(0, 0, Duration::from_millis(1_000));
         assert_eq!(
-            budget.take(&redis, "slow", Uuid::new_v4()).await.unwrap(),
+            budget
+                .take(&redis, "slow", Uuid::new_v4(), far())
+                .await
+                .unwrap(),
             Decision::Send
         );
         let wait = budget.throttled(&redis, "slow").await.unwrap();
         assert!(
-            wait >= Duration::from_millis(250) && wait < Duration::from_millis(600),
+            wait >= Duration::from_millis(900) && wait < Duration::from_millis(2_000),
             "{wait:?}"
         );
-        let (wait, limit) =
-            waited(budget.take(&redis, "slow", Uuid::new_v4()).await.unwrap()).unwrap();
+        let (wait, limit) = waited(
+            budget
+                .take(&redis, "slow", Uuid::new_v4(), far())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(limit, Limit::Throttled);
-        assert!(wait >= Duration::from_millis(200), "{wait:?}");
+        assert!(wait >= Duration::from_millis(500), "{wait:?}");
         // Other domains are not paused.
         assert_eq!(
-            budget.take(&redis, "fast", Uuid::new_v4()).await.unwrap(),
+            budget
+                .take(&redis, "fast", Uuid::new_v4(), far())
+                .await
+                .unwrap(),
             Decision::Send
         );
         // A second answer during the pause does not lengthen it.
         let again = budget.throttled(&redis, "slow").await.unwrap();
-        assert!(again < Duration::from_millis(600), "{again:?}");
+        assert!(again < Duration::from_millis(2_000), "{again:?}");
         // After the pause the domain sends again; throttled again soon after, it pauses twice
         // as long.
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        // (The state outlives a pause by one more pause: a second of slack.)
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
         assert_eq!(
-            budget.take(&redis, "slow", Uuid::new_v4()).await.unwrap(),
+            budget
+                .take(&redis, "slow", Uuid::new_v4(), far())
+                .await
+                .unwrap(),
             Decision::Send
         );
         let keys = redis.keys().send_domain("slow");
@@ -523,7 +626,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!((pause, level), (600, 2));
+        assert_eq!((pause, level), (2_000, 2));
         assert!(!keys[2].contains("slow@"), "{}", keys[2]);
     }
 
@@ -533,10 +636,18 @@ mod tests {
         let redis = RedisPool::new("redis://127.0.0.1:1", Keys::new("x:")).unwrap();
         let budget = SendBudget::new(0, 0, Duration::ZERO);
         assert_eq!(
-            budget.take(&redis, "d", Uuid::new_v4()).await.unwrap(),
+            budget
+                .take(&redis, "d", Uuid::new_v4(), far())
+                .await
+                .unwrap(),
             Decision::Send
         );
         let budget = SendBudget::new(0, 10, Duration::ZERO);
-        assert!(budget.take(&redis, "d", Uuid::new_v4()).await.is_err());
+        assert!(
+            budget
+                .take(&redis, "d", Uuid::new_v4(), far())
+                .await
+                .is_err()
+        );
     }
 }

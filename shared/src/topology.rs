@@ -3,7 +3,8 @@
 //! ```text
 //!  api ──publish "jobs"──> [mail] (direct) ──> mail.jobs (quorum) ──> mail-worker
 //!                            │   ^                   │ delivery limit
-//!                            │   └── TTL expiry ── mail.delay.<secs> (quorum) <── worker re-publishes "delay.<secs>"
+//!                            │   ├── TTL expiry ── mail.delay.<secs> (quorum) <── worker re-publishes "delay.<secs>" (retries)
+//!                            │   └── TTL expiry ── mail.wait.<ms> (quorum) <──── worker re-publishes "wait.<ms>" (send budgets)
 //!                            └──"dead"──> mail.dead (quorum) <─────────────┘
 //!  api ──"user.password_reset", "user.account_locked"──> [events] (topic) ──> other services' queues
 //! ```
@@ -45,13 +46,19 @@ pub const ACCOUNT_LOCKED_EVENT: &str = "user.account_locked";
 pub const DELIVERY_LIMIT: i64 = 20;
 /// Default retry schedule (seconds), used when `MAIL_RETRY_SCHEDULE_SECS` is not set.
 pub const DEFAULT_RETRY_SCHEDULE_SECS: [u64; 5] = [5, 30, 120, 600, 3600];
-/// Delay queues for jobs that wait for a send budget (`SMTP_MAX_PER_SECOND`,
-/// `SMTP_DOMAIN_MAX_PER_MINUTE`) or for a throttled domain: a wait of any length goes to the
-/// shortest of these that is at least as long, with the wait itself as the message's TTL. A
-/// wait under a second needs a queue of its own (the retry queues start at seconds); the
-/// others are the default retry schedule's, so with it only `mail.delay.1` is new. Waits
-/// longer than the last come back after it and wait again for the rest.
-pub const BUDGET_WAIT_DELAYS_SECS: [u64; 6] = [1, 5, 30, 120, 600, 3600];
+/// The waiting queues of jobs that wait for their turn at a send budget
+/// (`SMTP_MAX_PER_SECOND`, `SMTP_DOMAIN_MAX_PER_MINUTE`) or for a throttled domain, by their
+/// delay in ms: a ladder of doublings, apart from the retry queues.
+///
+/// A queue releases a message only from its head, so every message in a queue must have the
+/// queue's own delay (no per-message TTL), or a short wait would sit behind a longer one and
+/// come back late. A wait goes to the longest step not longer than it ([`Topology::budget_wait_step`]):
+/// the job comes back early, at least halfway to its turn, asks again (keeping its place in
+/// the budget's line) and waits for the rest. Never late by more than the broker's own lag.
+pub const BUDGET_WAIT_STEPS_MS: [u64; 13] = [
+    250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000,
+    1_024_000,
+];
 
 /// Names and declaration of the broker objects.
 #[derive(Debug, Clone)]
@@ -64,13 +71,11 @@ pub struct Topology {
 impl Topology {
     /// A topology whose names start with `prefix` (empty in production; tests use a random
     /// one so they can share one broker) with one delay queue per distinct delay of the retry
-    /// schedule and of [`BUDGET_WAIT_DELAYS_SECS`]. The api declares the same set, so both
-    /// sides always agree; a queue is named by its delay, so the two lists share queues
-    /// wherever their delays meet, and a version that does not know a queue simply never
+    /// schedule and the waiting queues of [`BUDGET_WAIT_STEPS_MS`]. The api declares the same
+    /// set, so both sides always agree; a version that does not know a queue simply never
     /// routes to it (a rolling upgrade only adds queues).
     pub fn new(prefix: impl Into<String>, retry_schedule_secs: &[u64]) -> Self {
         let mut delays = retry_schedule_secs.to_vec();
-        delays.extend_from_slice(&BUDGET_WAIT_DELAYS_SECS);
         delays.sort_unstable();
         delays.dedup();
         Self {
@@ -148,22 +153,31 @@ impl Topology {
         format!("{}events", self.prefix)
     }
 
-    /// The distinct delays this topology declares delay queues for (retries and budget
-    /// waits).
+    /// The distinct delays of the retry schedule this topology declares delay queues for.
     pub fn retry_delays(&self) -> &[u64] {
         &self.retry_schedule_secs
     }
 
-    /// The delay queue (its delay in seconds) for a job that waits `wait_ms` for a send
-    /// budget: the shortest of [`BUDGET_WAIT_DELAYS_SECS`] that is at least as long, or the
-    /// longest. The message's own TTL is the wait (capped at the queue's), so it comes back
-    /// when its turn comes, not when the queue's delay ends.
-    pub fn budget_wait_queue(wait_ms: u64) -> u64 {
-        BUDGET_WAIT_DELAYS_SECS
+    /// The waiting queue of a job that waits for its turn at a send budget, `step_ms` one of
+    /// [`BUDGET_WAIT_STEPS_MS`].
+    pub fn budget_wait_queue(&self, step_ms: u64) -> String {
+        format!("{}mail.wait.{step_ms}", self.prefix)
+    }
+
+    /// Routing key that reaches [`Self::budget_wait_queue`] for `step_ms`.
+    pub fn budget_wait_routing_key(step_ms: u64) -> String {
+        format!("wait.{step_ms}")
+    }
+
+    /// The step (ms) of [`BUDGET_WAIT_STEPS_MS`] for a wait of `wait_ms`: the longest not
+    /// longer than the wait (the shortest for a shorter wait).
+    pub fn budget_wait_step(wait_ms: u64) -> u64 {
+        BUDGET_WAIT_STEPS_MS
             .iter()
             .copied()
-            .find(|&secs| secs.saturating_mul(1000) >= wait_ms)
-            .unwrap_or(BUDGET_WAIT_DELAYS_SECS[BUDGET_WAIT_DELAYS_SECS.len() - 1])
+            .rev()
+            .find(|&step| step <= wait_ms)
+            .unwrap_or(BUDGET_WAIT_STEPS_MS[0])
     }
 
     /// Declares exchanges, queues and bindings on a channel of its own. Safe to call from
@@ -269,6 +283,20 @@ impl Topology {
                 Self::retry_routing_key(delay),
             ));
         }
+        for step in BUDGET_WAIT_STEPS_MS {
+            // Waiting queues work like delay queues, one fixed delay each.
+            let mut args = self.quorum_args();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(step).unwrap_or(i64::MAX)),
+            );
+            self.dead_letter_to(&mut args, JOBS_ROUTING_KEY);
+            queues.push((
+                self.budget_wait_queue(step),
+                args,
+                Self::budget_wait_routing_key(step),
+            ));
+        }
         queues
     }
 
@@ -348,28 +376,33 @@ mod tests {
         assert_eq!(t.dead_queue(), "t-1.mail.dead");
         assert_eq!(t.retry_queue(5), "t-1.mail.delay.5");
         assert_eq!(Topology::retry_routing_key(5), "delay.5");
-        assert_eq!(t.retry_delays(), &[1, 5, 30, 120, 600, 3600]);
-        let t = Topology::new("", &[7, 45]);
-        assert_eq!(t.retry_delays(), &[1, 5, 7, 30, 45, 120, 600, 3600]);
+        assert_eq!(t.retry_delays(), &[5, 30]);
+        assert_eq!(t.budget_wait_queue(500), "t-1.mail.wait.500");
+        assert_eq!(Topology::budget_wait_routing_key(500), "wait.500");
         assert_eq!(Topology::new("", &[1]).mail_exchange(), "mail");
     }
 
     #[test]
-    fn a_budget_wait_goes_to_the_shortest_delay_queue_that_covers_it() {
-        assert_eq!(Topology::budget_wait_queue(0), 1);
-        assert_eq!(Topology::budget_wait_queue(200), 1);
-        assert_eq!(Topology::budget_wait_queue(1000), 1);
-        assert_eq!(Topology::budget_wait_queue(1001), 5);
-        assert_eq!(Topology::budget_wait_queue(59_000), 120);
-        assert_eq!(Topology::budget_wait_queue(3_600_000), 3600);
-        assert_eq!(Topology::budget_wait_queue(u64::MAX), 3600);
-        // Every queue a budget wait can pick is declared, whatever the retry schedule.
-        let t = Topology::new("", &[2]);
-        for wait in [0, 1500, 40_000, 10_000_000] {
+    fn a_budget_wait_goes_to_the_longest_step_not_longer_than_the_wait() {
+        assert_eq!(Topology::budget_wait_step(0), 250);
+        assert_eq!(Topology::budget_wait_step(249), 250);
+        assert_eq!(Topology::budget_wait_step(250), 250);
+        assert_eq!(Topology::budget_wait_step(999), 500);
+        assert_eq!(Topology::budget_wait_step(59_000), 32_000);
+        assert_eq!(Topology::budget_wait_step(u64::MAX), 1_024_000);
+        // Never later than the wait (past the shortest step), and at least halfway there.
+        for wait in (250..3_000_000).step_by(997) {
+            let step = Topology::budget_wait_step(wait);
             assert!(
-                t.retry_delays()
-                    .contains(&Topology::budget_wait_queue(wait))
+                step <= wait && 2 * step > wait || wait >= 1_024_000,
+                "{wait}: {step}"
             );
+        }
+        // Every step has its declared queue.
+        let t = Topology::new("", &[2]);
+        let queues = t.queues();
+        for step in BUDGET_WAIT_STEPS_MS {
+            assert!(queues.contains(&t.budget_wait_queue(step)));
         }
     }
 

@@ -47,9 +47,10 @@ async fn every_queue_is_a_quorum_queue_and_dead_letters_at_least_once() {
         .jobs_queue()
         .replace(shared::topology::JOBS_QUEUE, "");
     let lines = queues(&prefix);
-    // The work queue, the dead letters, and the delay queues of the retry schedule (1, 5)
-    // and of the budget waits (1, 5, 30, 120, 600, 3600), each delay once.
-    assert_eq!(lines.len(), 8, "{lines:?}");
+    // The work queue, the dead letters, the delay queues of the retry schedule (1, 5) and
+    // the waiting queues of the send budgets.
+    let waiting = shared::topology::BUDGET_WAIT_STEPS_MS.len();
+    assert_eq!(lines.len(), 4 + waiting, "{lines:?}");
     for line in &lines {
         assert!(line.contains("\tquorum\t"), "{line}");
     }
@@ -57,6 +58,8 @@ async fn every_queue_is_a_quorum_queue_and_dead_letters_at_least_once() {
         topology.jobs_queue(),
         topology.retry_queue(1),
         topology.retry_queue(5),
+        topology.budget_wait_queue(250),
+        topology.budget_wait_queue(1_024_000),
     ] {
         let line = lines
             .iter()
@@ -100,7 +103,7 @@ async fn a_work_queue_declared_with_older_arguments_is_used_as_it_is() {
     let lines = queues(&prefix);
     assert_eq!(
         lines.len(),
-        8,
+        topology.queues().len(),
         "the other queues are declared too: {lines:?}"
     );
     let jobs = lines

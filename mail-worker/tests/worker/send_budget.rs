@@ -1,6 +1,7 @@
 //! The send budgets as one worker settles them: a job over a budget is parked (same body, same
-//! attempt, no history line) in the delay queue that covers its turn, and a throttling answer
-//! pauses the recipient's domain for every later job while other domains go on.
+//! attempt, no history line) in the waiting queue of the longest step before its turn, and a
+//! throttling answer pauses the recipient's domain for every later job while other domains go
+//! on.
 
 use lapin::types::AMQPValue;
 use serde_json::json;
@@ -28,7 +29,25 @@ fn expiration_ms(parked: &e2e::Received) -> u64 {
         .expiration()
         .as_ref()
         .map(|e| e.as_str().parse().expect("a number of ms"))
-        .expect("a parked job has its wait as TTL")
+        .expect("a parked job carries its queue's delay")
+}
+
+/// Takes `n` parked jobs from the waiting queues, each with the step (ms) of its queue.
+async fn parked(w: &TestWorker, n: usize) -> Vec<(u64, e2e::Received)> {
+    let mut found = Vec::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while found.len() < n && std::time::Instant::now() < deadline {
+        for step in shared::topology::BUDGET_WAIT_STEPS_MS {
+            let queue = w.topology.budget_wait_queue(step);
+            let ready = w.ready_in(&queue).await as usize;
+            if ready > 0 {
+                found.extend(w.take(&queue, ready).await.into_iter().map(|r| (step, r)));
+            }
+        }
+        // The interval between looks at the queues; the deadline decides.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    found
 }
 
 /// The worker's `mail_send_budget_waits_total` for one limit and domain class.
@@ -70,13 +89,14 @@ async fn a_job_over_the_domain_budget_waits_for_its_turn_without_spending_an_att
         w.publish(job).await;
     }
     // Two go out at once; the two others get the next turns: one minute after the first
-    // send, and 60 s / 2 = 30 s after that, so both wait in the 120 s queue.
+    // send, and 60 s / 2 = 30 s after that: 50-60 s and 80-90 s away, parked for the longest
+    // steps before them, 32 s and 64 s.
     let sent = w.sink.wait_for(2, PATIENCE).await;
     assert_eq!(sent.len(), 2);
-    let parked = w.take(&w.topology.retry_queue(120), 2).await;
+    let parked = parked(&w, 2).await;
     assert_eq!(parked.len(), 2, "both waiting jobs are parked");
-    let mut ttls = Vec::new();
-    for p in &parked {
+    let mut steps = Vec::new();
+    for (step, p) in &parked {
         let envelope = p.envelope();
         let original = jobs
             .iter()
@@ -91,12 +111,18 @@ async fn a_job_over_the_domain_budget_waits_for_its_turn_without_spending_an_att
             0,
             "nor an outage"
         );
-        ttls.push(expiration_ms(p));
+        assert_eq!(
+            expiration_ms(p),
+            *step,
+            "no TTL of its own: the queue stays in order"
+        );
+        steps.push(*step);
     }
-    ttls.sort_unstable();
-    assert!(
-        (50_000..=60_000).contains(&ttls[0]) && (80_000..=90_000).contains(&ttls[1]),
-        "the turns are a minute after the first send and 30 s apart: {ttls:?}"
+    steps.sort_unstable();
+    assert_eq!(
+        steps,
+        [32_000, 64_000],
+        "the turns are a minute after the first send and 30 s apart"
     );
     assert!(budget_waits_total("domain", "gmail") >= before + 2);
     assert_eq!(w.ready_in(&w.topology.dead_queue()).await, 0);
@@ -114,13 +140,20 @@ async fn a_throttling_answer_pauses_the_domain_and_others_go_on() {
     let first = w.job(notice("first@slow.example"));
     w.publish(&first).await;
     // The job that got the answer waits for the pause (40 s, plus a spread of up to one
-    // more pause) without spending an attempt.
-    let parked = w.take(&w.topology.retry_queue(120), 1).await;
-    assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].envelope().id, first.id);
-    assert_eq!(parked[0].envelope().attempt, 0);
-    let ttl = expiration_ms(&parked[0]);
-    assert!((35_000..=80_000).contains(&ttl), "{ttl}");
+    // more pause: the 32 s or the 64 s step) without spending an attempt; the answer is in
+    // its history.
+    let got = parked(&w, 1).await;
+    assert_eq!(got.len(), 1);
+    let (step, job) = &got[0];
+    assert_eq!(job.envelope().id, first.id);
+    assert_eq!(job.envelope().attempt, 0);
+    assert!([32_000, 64_000].contains(step), "{step}");
+    let lines = history(job);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("throttled: ") && lines[0].contains("421"),
+        "{lines:?}"
+    );
     let state = w.sink.state().await.expect("state");
     let refused = state["rejected_rcpt"].as_u64().expect("count");
     assert_eq!(refused, 1);
@@ -135,9 +168,11 @@ async fn a_throttling_answer_pauses_the_domain_and_others_go_on() {
         .wait_for_email("ann@fine.example", "", PATIENCE)
         .await;
     assert!(delivered.is_some(), "other domains are not paused");
-    let parked = w.take(&w.topology.retry_queue(120), 1).await;
-    assert_eq!(parked[0].envelope().id, second.id);
-    assert_eq!(parked[0].envelope().attempt, 0);
+    let got = parked(&w, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1.envelope().id, second.id);
+    assert_eq!(got[0].1.envelope().attempt, 0);
+    assert!(history(&got[0].1).is_empty(), "it got no answer of its own");
     let state = w.sink.state().await.expect("state");
     assert_eq!(
         state["rejected_rcpt"].as_u64(),
