@@ -111,8 +111,9 @@ async fn measure(
         per_window[index] += 1;
     }
     let most = most_in_any_window(&times, window);
-    // The budget's worth at once, then one every window / budget.
-    let shortest = (jobs as f64 - budget as f64).max(0.0) * window.as_secs_f64() / budget as f64;
+    // A sliding window lets the k-th email (from 0) go no sooner than k / budget windows
+    // (whole) after the first.
+    let shortest = (jobs.saturating_sub(1) / budget as usize) as f64 * window.as_secs_f64();
     let unit = if window.as_secs() == 60 {
         "minute"
     } else {
