@@ -78,6 +78,14 @@ pub async fn run(config: &Config, request: &Request) -> anyhow::Result<String> {
             Ok(format!("revoked every session of account {}", user.id))
         }
         Act::Lock => {
+            let hasher = crate::hashing::Hasher::new(config.argon2, 1)?;
+            let unusable_hash = hasher
+                .hash_for(
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                    lock::unusable_secret(),
+                )
+                .await
+                .map_err(|e| anyhow::Error::new(e).context("hashing"))?;
             let trace = Trace::default();
             let lock = lock::Lock {
                 ip: None,
@@ -86,6 +94,7 @@ pub async fn run(config: &Config, request: &Request) -> anyhow::Result<String> {
                 detail: Some(&detail),
                 reset_max_age: config.reset_token_max_age,
                 now: chrono::Utc::now(),
+                unusable_hash: &unusable_hash,
             };
             let committed = lock::commit(&db, &user, &lock)
                 .await

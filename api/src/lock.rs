@@ -2,8 +2,9 @@
 //! password-changed notice, or by support staff (`api accounts lock`).
 //!
 //! A lock bumps the password version (every session and every link of the old version dies),
-//! refuses sign-in with the ordinary `401` until a reset sets a new password, and sends the
-//! owner a fresh reset email: the way back in goes through the mailbox, which the person who
+//! replaces the password's hash with that of a secret nobody keeps (so sign-in gets the
+//! ordinary `401` of a wrong password, after the same work, until a reset sets a new password,
+//! whichever version of the api answers), and sends the owner a fresh reset email: the way back in goes through the mailbox, which the person who
 //! changed the password without the owner may not control. The version bump, the lock, its
 //! audit row, the `user.account_locked` event and the reset email commit together (the outbox
 //! relays the last two).
@@ -32,6 +33,17 @@ pub struct Lock<'a> {
     /// How long the reset email's link lives (`RESET_TOKEN_MAX_AGE_SECS`).
     pub reset_max_age: std::time::Duration,
     pub now: DateTime<Utc>,
+    /// The hash that replaces the password's: of a secret nobody keeps (see
+    /// [`unusable_secret`]), hashed with the current parameters, so a sign-in attempt costs
+    /// what a wrong password costs.
+    pub unusable_hash: &'a str,
+}
+
+/// A secret nobody keeps, hashed into the locked account's place of a password.
+pub fn unusable_secret() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
 }
 
 /// Locks `user` if its password version is still the one read; the new version, or `None`
@@ -42,7 +54,9 @@ pub async fn commit(
     lock: &Lock<'_>,
 ) -> Result<Option<i32>, ApiError> {
     let mut tx = db.begin().await?;
-    let Some(version) = store::users::lock(&mut *tx, user.id, user.password_version).await? else {
+    let Some(version) =
+        store::users::lock(&mut *tx, user.id, user.password_version, lock.unusable_hash).await?
+    else {
         return Ok(None);
     };
     shared::audit::record(

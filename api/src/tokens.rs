@@ -157,30 +157,9 @@ impl TokenService {
             Err(e) => return Err(Self::signature_rejection(&e)),
         };
         let fingerprint = token_fingerprint(token);
-        let keys = self.redis.keys();
-        let gen_key = keys.token_generation(claims.uid, purpose);
-        let burn_key = keys.burn(&fingerprint);
-        // Two independent reads of keys in different cluster slots: sent at once as two
-        // commands (a pipeline must stay within one slot on Redis Cluster); on the shared
-        // multiplexed connection they still travel together.
-        let (generation, burned) = tokio::join!(
-            self.redis.run(|mut c| async move {
-                redis::cmd("GET")
-                    .arg(&gen_key)
-                    .query_async::<Option<i64>>(&mut c)
-                    .await
-            }),
-            self.redis.run(|mut c| async move {
-                redis::cmd("EXISTS")
-                    .arg(&burn_key)
-                    .query_async::<bool>(&mut c)
-                    .await
-            }),
-        );
-        let (generation, burned) = (
-            generation.map_err(ApiError::from)?,
-            burned.map_err(ApiError::from)?,
-        );
+        let (generation, burned) = self
+            .generation_and_burn(claims.uid, purpose, &fingerprint)
+            .await?;
         if burned {
             metrics::counter!("burned_token_replays_total").increment(1);
             return Err(Rejected::new(
@@ -314,9 +293,29 @@ impl TokenService {
         generation: i64,
         fingerprint: &str,
     ) -> Result<Option<Outcome>, ApiError> {
+        let (current, burned) = self.generation_and_burn(user, purpose, fingerprint).await?;
+        Ok(if burned {
+            Some(Outcome::Used)
+        } else if current != Some(generation) {
+            Some(Outcome::Superseded)
+        } else {
+            None
+        })
+    }
+
+    /// The user's current generation for `purpose` and whether the token with `fingerprint`
+    /// is burned. Two independent reads of keys in different cluster slots: sent at once as
+    /// two commands (a pipeline must stay within one slot on Redis Cluster); on the shared
+    /// multiplexed connection they still travel together.
+    async fn generation_and_burn(
+        &self,
+        user: Uuid,
+        purpose: Purpose,
+        fingerprint: &str,
+    ) -> Result<(Option<i64>, bool), ApiError> {
         let keys = self.redis.keys();
         let (gen_key, burn_key) = (keys.token_generation(user, purpose), keys.burn(fingerprint));
-        let (current, burned) = tokio::join!(
+        let (generation, burned) = tokio::join!(
             self.redis.run(|mut c| async move {
                 redis::cmd("GET")
                     .arg(&gen_key)
@@ -330,13 +329,7 @@ impl TokenService {
                     .await
             }),
         );
-        Ok(if burned? {
-            Some(Outcome::Used)
-        } else if current? != Some(generation) {
-            Some(Outcome::Superseded)
-        } else {
-            None
-        })
+        Ok((generation?, burned?))
     }
 
     fn signature_rejection(e: &TokenError) -> Rejected {

@@ -131,6 +131,8 @@ pub enum Draft {
         recipient: Recipient,
         changed_at: chrono::DateTime<chrono::Utc>,
         from_ip: Option<String>,
+        /// The password version the change made.
+        version: i32,
     },
 }
 
@@ -444,6 +446,7 @@ impl Processor {
                         recipient: user.clone(),
                         changed_at: job.created_at,
                         from_ip: checked_ip(ip.as_deref()),
+                        version: *password_version,
                     },
                     user: Some(user.id),
                 }
@@ -556,20 +559,26 @@ impl Processor {
                     link: links::with_token(base, links::VERIFY_EMAIL_PATH, &link.token),
                     expires_in_hours: link.left.div_ceil(3600).max(1),
                 }),
-            // The notice is true whatever became of its link: a dead one (a newer notice
-            // minted another) is left out, the notice still goes.
+            // The notice is true whatever became of its link, and goes without one when the
+            // link is dead (a newer notice minted another) or would be out of place: the
+            // password changed again since (a late notice must neither lock the newer password
+            // nor kill the lock link of the newer change's notice).
             Draft::PasswordChanged {
                 recipient,
                 changed_at,
                 from_ip,
+                version,
             } => Some(EmailContent::PasswordChanged {
                 changed_at,
                 from_ip,
                 forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
-                lock_url: self
-                    .mint(Purpose::AccountLock, &recipient, job)
-                    .await?
-                    .map(|link| links::with_token(base, links::LOCK_ACCOUNT_PATH, &link.token)),
+                lock_url: if recipient.password_version == version {
+                    self.mint(Purpose::AccountLock, &recipient, job)
+                        .await?
+                        .map(|link| links::with_token(base, links::LOCK_ACCOUNT_PATH, &link.token))
+                } else {
+                    None
+                },
             }),
         })
     }
@@ -744,8 +753,6 @@ impl Processor {
     }
 }
 
-/// The key an address is suppressed under (see [`shared::email`]); an address that does not
-/// parse is keyed by its lower-cased text.
 /// A job's link as minted: the token, the seconds it has left, and what it was minted under.
 struct Minted {
     token: String,
@@ -754,6 +761,8 @@ struct Minted {
     signed_at: i64,
 }
 
+/// The key an address is suppressed under (see [`shared::email`]); an address that does not
+/// parse is keyed by its lower-cased text.
 fn address_key(to: &str) -> String {
     email::normalize(to).map_or_else(|_| to.to_lowercase(), |a| a.key().to_owned())
 }
@@ -797,6 +806,7 @@ mod tests {
             recipient: recipient(),
             changed_at: chrono::Utc::now(),
             from_ip: None,
+            version: 1,
         };
         assert!(!changed.counts_against_recipient_budget());
         let verification = Draft::EmailVerification {

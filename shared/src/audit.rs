@@ -182,12 +182,10 @@ pub enum Outcome {
     CodeWrong,
     /// The per-IP budget of reset codes (`RATE_LIMIT_CODE_PER_HOUR`).
     CodeIp,
-    /// The right password of a locked account (answered like a wrong one).
-    Locked,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 44] = [
+    pub const ALL: [Outcome; 43] = [
         Outcome::Success,
         Outcome::Created,
         Outcome::Exists,
@@ -231,7 +229,6 @@ impl Outcome {
         Outcome::DroppedSuppressed,
         Outcome::CodeWrong,
         Outcome::CodeIp,
-        Outcome::Locked,
     ];
 
     /// The stored text (and metrics label).
@@ -280,7 +277,6 @@ impl Outcome {
             Outcome::DroppedSuppressed => "dropped_suppressed",
             Outcome::CodeWrong => "code_wrong",
             Outcome::CodeIp => "code_ip",
-            Outcome::Locked => "locked",
         }
     }
 }
@@ -345,40 +341,58 @@ pub async fn record_many(db: &sqlx::PgPool, events: &[AuditEvent<'_>]) -> Result
     let hashes: Vec<Option<&str>> = events.iter().map(|e| e.address_hash).collect();
     let request_ids: Vec<Option<&str>> = events.iter().map(|e| e.request_id).collect();
     let details: Vec<Option<&str>> = events.iter().map(|e| e.detail).collect();
-    crate::db::execute(
-        db,
-        sqlx::query(
-            "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id, detail)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::inet[], $5::text[], $6::text[], $7::text[])",
-        )
+    // Without a detail, the statement names no `detail` column: a worker that starts before
+    // the api has migrated (the column came with it) still writes its rows.
+    let statement = if details.iter().all(Option::is_none) {
+        "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::inet[], $5::text[], $6::text[])"
+    } else {
+        "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id, detail)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::inet[], $5::text[], $6::text[], $7::text[])"
+    };
+    let query = sqlx::query(statement)
         .bind(actions)
         .bind(outcomes)
         .bind(users)
         .bind(ips)
         .bind(hashes)
-        .bind(request_ids)
-        .bind(details),
-    )
-    .await?;
+        .bind(request_ids);
+    let query = if details.iter().all(Option::is_none) {
+        query
+    } else {
+        query.bind(details)
+    };
+    crate::db::execute(db, query).await?;
     Ok(())
 }
 
 /// Appends an audit row.
+/// Rows without a detail (every row a service writes on its own) name no `detail` column,
+/// so they are written on a schema from before it too (see [`record_many`]).
 pub async fn record(db: impl PgExecutor<'_>, e: &AuditEvent<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .persistent(crate::db::named_statements())
-    .bind(e.action.as_str())
-    .bind(e.outcome.as_str())
-    .bind(e.user_id)
-    .bind(e.ip.map(IpNet::from))
-    .bind(e.address_hash)
-    .bind(e.request_id)
-    .bind(e.detail)
-    .execute(db)
-    .await?;
+    let query = match e.detail {
+        None => sqlx::query(
+            "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        ),
+        Some(_) => sqlx::query(
+            "INSERT INTO audit_events (action, outcome, user_id, ip, address_hash, request_id, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ),
+    };
+    let query = query
+        .persistent(crate::db::named_statements())
+        .bind(e.action.as_str())
+        .bind(e.outcome.as_str())
+        .bind(e.user_id)
+        .bind(e.ip.map(IpNet::from))
+        .bind(e.address_hash)
+        .bind(e.request_id);
+    let query = match e.detail {
+        None => query,
+        Some(detail) => query.bind(detail),
+    };
+    query.execute(db).await?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! against the real PostgreSQL, Redis and RabbitMQ of the machine.
 
 pub mod broker;
+pub mod client;
 pub mod pgbouncer;
 pub mod redis_cluster;
 pub mod redis_sentinel;

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use e2e::stack::{SmtpSink, StackEnv, StoredEmail};
+use e2e::{
+    client::ApiClient,
+    stack::{SmtpSink, StackEnv, StoredEmail},
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -14,44 +17,32 @@ const OLD: &str = "correct horse battery staple 42";
 const NEW: &str = "plaid zebra umbrella tangerine 97";
 const ANN: &str = "ann@example.org";
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
+async fn forgot(client: &ApiClient) {
+    let (status, _) = client
+        .post("/v1/password/forgot", json!({ "email": ANN }))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
 }
 
-impl Client {
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
+async fn with_code(
+    client: &ApiClient,
+    email: &str,
+    code: &str,
+    password: &str,
+) -> (StatusCode, Value) {
+    let body = json!({ "email": email, "code": code, "new_password": password });
+    client.post("/v1/password/reset/code", body).await
+}
 
-    async fn forgot(&self) {
-        let (status, _) = self
-            .post("/v1/password/forgot", json!({ "email": ANN }))
-            .await;
-        assert_eq!(status, StatusCode::ACCEPTED);
-    }
+async fn with_link(client: &ApiClient, token: &str, password: &str) -> (StatusCode, Value) {
+    let body = json!({ "token": token, "new_password": password });
+    client.post("/v1/password/reset", body).await
+}
 
-    async fn with_code(&self, email: &str, code: &str, password: &str) -> (StatusCode, Value) {
-        let body = json!({ "email": email, "code": code, "new_password": password });
-        self.post("/v1/password/reset/code", body).await
-    }
-
-    async fn with_link(&self, token: &str, password: &str) -> (StatusCode, Value) {
-        let body = json!({ "token": token, "new_password": password });
-        self.post("/v1/password/reset", body).await
-    }
-
-    async fn sign_in(&self, password: &str) -> StatusCode {
-        let body = json!({ "email": ANN, "password": password });
-        self.post("/v1/sessions", body).await.0
+async fn sign_in(client: &ApiClient, password: &str) -> StatusCode {
+    match client.sign_in(ANN, password).await {
+        Ok(_) => StatusCode::CREATED,
+        Err(status) => status,
     }
 }
 
@@ -82,14 +73,11 @@ async fn the_code_in_a_reset_email_resets_once_and_shares_the_fate_of_its_link()
     env.sign_up_and_verify(&base, &base, &sink, ANN, OLD)
         .await
         .unwrap();
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: base.clone(),
-    };
+    let client = ApiClient::new(&base);
     let public = env.var("PUBLIC_BASE_URL").unwrap().to_owned();
     let mut seen = 0;
     let mut next_reset_email = async || {
-        client.forgot().await;
+        forgot(&client).await;
         seen += 1;
         let email = sink.wait_for_reset_email(seen, WAIT).await.unwrap();
         code_and_token(&email, &public)
@@ -97,22 +85,25 @@ async fn the_code_in_a_reset_email_resets_once_and_shares_the_fate_of_its_link()
 
     // The code resets the password; the link of the same email is then used up.
     let (code, token) = next_reset_email().await;
-    let (status, body) = client.with_code(ANN, &code, NEW).await;
+    let (status, body) = with_code(&client, ANN, &code, NEW).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    assert_eq!(client.sign_in(NEW).await, StatusCode::CREATED);
-    assert_eq!(client.with_link(&token, OLD).await.1["code"], "token_used");
+    assert_eq!(sign_in(&client, NEW).await, StatusCode::CREATED);
     assert_eq!(
-        client.with_code(ANN, &code, OLD).await.1["code"],
+        with_link(&client, &token, OLD).await.1["code"],
+        "token_used"
+    );
+    assert_eq!(
+        with_code(&client, ANN, &code, OLD).await.1["code"],
         "code_invalid"
     );
 
     // The link is used first: its code is dead.
     let (code, token) = next_reset_email().await;
     assert_eq!(
-        client.with_link(&token, OLD).await.0,
+        with_link(&client, &token, OLD).await.0,
         StatusCode::NO_CONTENT
     );
-    let (status, body) = client.with_code(ANN, &code, NEW).await;
+    let (status, body) = with_code(&client, ANN, &code, NEW).await;
     assert_eq!(
         (status, &body["code"]),
         (StatusCode::BAD_REQUEST, &json!("code_invalid"))
@@ -123,16 +114,16 @@ async fn the_code_in_a_reset_email_resets_once_and_shares_the_fate_of_its_link()
     let (newer, _) = next_reset_email().await;
     assert_ne!(older, newer);
     assert_eq!(
-        client.with_code(ANN, &older, NEW).await.1["code"],
+        with_code(&client, ANN, &older, NEW).await.1["code"],
         "code_invalid"
     );
     // An unknown address gets exactly what a wrong code gets.
-    let unknown = client.with_code("nobody@example.org", &newer, NEW).await;
-    let wrong = client.with_code(ANN, "00000000", NEW).await;
+    let unknown = with_code(&client, "nobody@example.org", &newer, NEW).await;
+    let wrong = with_code(&client, ANN, "00000000", NEW).await;
     assert_eq!(unknown, wrong);
     assert_eq!(unknown.0, StatusCode::BAD_REQUEST);
-    let (status, body) = client.with_code(ANN, &newer, NEW).await;
+    let (status, body) = with_code(&client, ANN, &newer, NEW).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    assert_eq!(client.sign_in(OLD).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(client.sign_in(NEW).await, StatusCode::CREATED);
+    assert_eq!(sign_in(&client, OLD).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(sign_in(&client, NEW).await, StatusCode::CREATED);
 }

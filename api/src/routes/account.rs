@@ -86,6 +86,13 @@ pub async fn perform_lock(
         audit(Outcome::Used, Some(user.id)).await;
         return Err(ApiError::TokenUsed);
     }
+    let unusable_hash = match state.hasher.hash_for(ip, lock::unusable_secret()).await {
+        Ok(hash) => hash,
+        Err(e) => {
+            state.tokens.unburn(&token).await;
+            return Err(e);
+        }
+    };
     let lock = Lock {
         ip: Some(ip),
         trace: &trace,
@@ -93,6 +100,7 @@ pub async fn perform_lock(
         detail: None,
         reset_max_age: state.config.reset_token_max_age,
         now: state.clock.now(),
+        unusable_hash: &unusable_hash,
     };
     match lock::commit(&state.db, &user, &lock).await {
         Ok(Some(_)) => state.outbox.wake(),

@@ -56,7 +56,7 @@ pub struct SessionCreated {
     responses(
         (status = 201, description = "Signed in; also sets the `session` cookie (HttpOnly, SameSite=Lax, Secure)", body = SessionCreated),
         (status = 400, description = "`malformed_json`", body = ErrorBody),
-        (status = 401, description = "`invalid_credentials` (same for unknown addresses and unverified accounts)", body = ErrorBody),
+        (status = 401, description = "`invalid_credentials` (same for unknown addresses, unverified accounts and locked accounts)", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`invalid_email`, `password_too_long`, `invalid_body`", body = ErrorBody),
@@ -85,13 +85,10 @@ pub async fn log_in(
         .await?;
     // `valid` holds only for an existing account (the dummy hash never verifies).
     let verified = valid && credentials.as_ref().is_some_and(|c| c.email_verified);
-    // A locked account is refused like a wrong password, after the same work.
-    let locked = verified && credentials.as_ref().is_some_and(|c| c.locked);
-    let outcome = match (valid, verified, locked) {
-        (true, true, true) => Outcome::Locked,
-        (true, true, false) => Outcome::Success,
-        (true, false, _) => Outcome::Unverified,
-        (false, ..) => Outcome::InvalidCredentials,
+    let outcome = match (valid, verified) {
+        (true, true) => Outcome::Success,
+        (true, false) => Outcome::Unverified,
+        (false, _) => Outcome::InvalidCredentials,
     };
     audit::record(
         &state,
@@ -116,7 +113,7 @@ pub async fn log_in(
     {
         rehash(&state, ip, c, body.password.clone()).await;
     }
-    let Some(user) = credentials.filter(|_| verified && !locked) else {
+    let Some(user) = credentials.filter(|_| verified) else {
         return Err(ApiError::InvalidCredentials);
     };
     // Budgets count failures only.

@@ -14,8 +14,6 @@ pub struct Credentials {
     pub password_hash: String,
     pub password_version: i32,
     pub email_verified: bool,
-    /// Locked by its owner or by support staff: sign-in is refused until a reset.
-    pub locked: bool,
 }
 
 /// Inserts a new user unless the address is taken; `None` means it was taken.
@@ -94,8 +92,8 @@ pub async fn credentials_by_id(db: &PgPool, id: Uuid) -> Result<Option<Credentia
 }
 
 /// The columns of [`Credentials`].
-const CREDENTIALS: &str = "id, password_hash, password_version, \
-    email_verified_at IS NOT NULL AS email_verified, locked_at IS NOT NULL AS locked";
+const CREDENTIALS: &str =
+    "id, password_hash, password_version, email_verified_at IS NOT NULL AS email_verified";
 
 /// Replaces the stored hash of an unchanged password (new argon2 parameters) if the stored
 /// hash is still `old_hash`; the password version does not move.
@@ -120,7 +118,7 @@ pub async fn replace_hash(
 }
 
 /// Replaces the password if the version is still `expected_version`; bumps the version,
-/// marks the address verified (the reset link proved it) and unlocks a locked account (a
+/// marks the address verified (the reset link proved it) and ends a lock (`locked_at`; a
 /// reset is the way back in). Returns the new version; `None` when the version moved.
 pub async fn replace_password(
     db: impl PgExecutor<'_>,
@@ -147,16 +145,20 @@ pub async fn replace_password(
 }
 
 /// Locks the account if the version is still `expected_version`: bumps the version (every
-/// session and link of the old one dies) and refuses sign-in until a reset. Returns the new
+/// session and link of the old one dies) and replaces the hash with `unusable_hash` (the hash
+/// of a secret nobody keeps), so no password signs in until a reset sets one, whichever
+/// version of the api answers (an earlier one does not read `locked_at`). Returns the new
 /// version; `None` when the version moved.
 pub async fn lock(
     db: impl PgExecutor<'_>,
     id: Uuid,
     expected_version: i32,
+    unusable_hash: &str,
 ) -> Result<Option<i32>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE users
-         SET password_version = password_version + 1,
+         SET password_hash = $3,
+             password_version = password_version + 1,
              locked_at = COALESCE(locked_at, now()),
              updated_at = now()
          WHERE id = $1 AND password_version = $2
@@ -165,6 +167,7 @@ pub async fn lock(
     .persistent(shared::db::named_statements())
     .bind(id)
     .bind(expected_version)
+    .bind(unusable_hash)
     .fetch_optional(db)
     .await
 }

@@ -14,6 +14,7 @@ async fn a_lock_ends_every_session_refuses_sign_in_and_sends_a_reset_email_until
     let user = app.create_user(ANN, STRONG).await;
     let session = app.login(ANN, STRONG).await;
     let older_link = app.mint(Purpose::PasswordReset, user).await;
+    let (_, older_code) = app.issue_code(user, ANN).await;
     app.drain_jobs().await;
     let version = app.password_version(user).await;
 
@@ -38,7 +39,10 @@ async fn a_lock_ends_every_session_refuses_sign_in_and_sends_a_reset_email_until
         )
         .await;
     assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
-    // The right password is refused exactly like a wrong one.
+    let r = app.reset_with_code(ANN, &older_code, STRONGER).await;
+    assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
+    // The right password is refused exactly like a wrong one: its hash is gone, so an api
+    // that knows nothing of locks refuses it too.
     let right = fingerprint(sign_in_answer(&app, ANN, STRONG).await).await;
     let wrong = fingerprint(sign_in_answer(&app, ANN, "not the password at all 1").await).await;
     assert_eq!(right.0, StatusCode::UNAUTHORIZED);
@@ -73,7 +77,10 @@ async fn a_lock_ends_every_session_refuses_sign_in_and_sends_a_reset_email_until
     let locks = app.audit_outcomes("account_lock").await;
     assert_eq!(locks, ["success", "used"]);
     let sign_ins = app.audit_outcomes("sign_in").await;
-    assert!(sign_ins.contains(&"locked".to_owned()), "{sign_ins:?}");
+    assert!(
+        sign_ins.contains(&"invalid_credentials".to_owned()),
+        "{sign_ins:?}"
+    );
     let locked: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT locked_at FROM users WHERE id = $1")
             .bind(user)
@@ -118,6 +125,26 @@ async fn the_lock_page_asks_first_and_its_button_locks() {
         html.contains("already been used") && !html.contains("Lock my account"),
         "{html}"
     );
+}
+
+#[tokio::test]
+async fn a_lock_link_dies_with_a_later_password_change() {
+    let app = spawn_app().await;
+    let user = app.create_user(ANN, STRONG).await;
+    let token = app.mint(Purpose::AccountLock, user).await;
+    let reset = app.mint(Purpose::PasswordReset, user).await;
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": reset, "new_password": STRONGER }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .post("/v1/account/lock", json!({ "token": token }))
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "token_invalid").await;
+    app.login(ANN, STRONGER).await;
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! RabbitMQ and SMTP test server.
 
 mod helpers;
+mod links;
 mod outcomes;
 mod send_budget;
 mod suppression;
