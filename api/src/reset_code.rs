@@ -37,16 +37,20 @@ pub async fn check(state: &AppState, email_key: &str, code: &str) -> Result<Code
     let secret = state.config.pseudonym_secret();
     let address = reset_code::address_pseudonym(secret, email_key);
     let key = state.redis.keys().reset_code(&address);
+    let wrong_key = state.redis.keys().reset_code_wrong(&address);
     let mac = reset_code::code_mac(secret, &address, code);
     let script = redis::Script::new(reset_code::CHECK_LUA);
-    let (key_ref, mac) = (&key, &mac);
+    let (key_ref, wrong_key, mac) = (&key, &wrong_key, &mac);
     let answer: Vec<String> = state
         .redis
         .run(|mut c| async move {
             script
                 .key(key_ref)
+                .key(wrong_key)
                 .arg(mac)
                 .arg(reset_code::MAX_WRONG_CODES)
+                .arg(reset_code::MAX_WRONG_CODES_PER_DAY)
+                .arg(reset_code::WRONG_CODES_WINDOW_MS)
                 .invoke_async(&mut c)
                 .await
         })

@@ -33,7 +33,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - keep)
 local turn = tonumber(redis.call('ZSCORE', KEYS[2], job) or '-1')
 if turn > now then
-  return {0, turn - now, 0}
+  return {0, math.ceil(turn - now), 0}
 end
 local sent = redis.call('ZCARD', KEYS[1])
 -- A job without a place goes behind the ones in the line (whose turn has not come, or came
@@ -61,7 +61,7 @@ if turn < 0 then
   -- one job at a time instead of all at once.
   local last = redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   if last[2] then
-    at = math.max(at, tonumber(last[2]) + math.ceil(window / limit))
+    at = math.max(at, tonumber(last[2]) + window / limit)
   end
 end
 if at > tonumber(ARGV[5]) then
@@ -73,5 +73,5 @@ end
 -- (A job whose turn came while the budget was still full keeps the head of the line.)
 redis.call('ZADD', KEYS[2], at, job)
 local latest = redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-redis.call('PEXPIRE', KEYS[2], tonumber(latest[2]) - now + keep)
-return {0, at - now, 0}
+redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(latest[2]) - now + keep))
+return {0, math.ceil(at - now), 0}

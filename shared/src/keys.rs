@@ -94,6 +94,12 @@ impl Keys {
         format!("{}code:{{c:{address}}}", self.prefix)
     }
 
+    /// The address's count of wrong codes over all its codes (see
+    /// [`crate::reset_code::MAX_WRONG_CODES_PER_DAY`]); in the slot of [`Self::reset_code`].
+    pub fn reset_code_wrong(&self, address: &str) -> String {
+        format!("{}code:{{c:{address}}}:wrong", self.prefix)
+    }
+
     /// The provider-wide send budget (`SMTP_MAX_PER_SECOND`), shared by every worker replica:
     /// `[0]` the log of recent sends, `[1]` the line of jobs waiting for a turn (tickets),
     /// `[2]` an unused throttle slot (the script takes the same three keys for both budgets).

@@ -28,6 +28,14 @@ pub const CODE_DIGITS: usize = 8;
 /// Wrong codes an issued code survives; the last of them kills it.
 pub const MAX_WRONG_CODES: u32 = 5;
 
+/// Wrong codes an address takes in [`WRONG_CODES_WINDOW_MS`] over all its codes: the codes of
+/// new emails (3 an hour within the forgot-password budget) do not give a guesser 5 more tries
+/// each. Reached, no code of the address works until the window has passed (its links do).
+pub const MAX_WRONG_CODES_PER_DAY: u32 = 10;
+
+/// The window of [`MAX_WRONG_CODES_PER_DAY`].
+pub const WRONG_CODES_WINDOW_MS: u64 = 86_400_000;
+
 /// The `mac` of a record whose code is dead (used, superseded or guessed at too often). No
 /// MAC is ever this short, so no code matches it.
 pub const DEAD: &str = "-";
@@ -138,19 +146,23 @@ redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return 1
 ";
 
-/// Checks a submitted code (api). `KEYS[1]` the address's record; `ARGV` the submitted code's
-/// MAC, [`MAX_WRONG_CODES`]. Answers `{0}` (no live code: none issued, unknown address, dead),
-/// `{1}` (wrong; counted, and the last allowed wrong code kills it) or
-/// `{2, uid, gen, pv, at, fp}` (right).
+/// Checks a submitted code (api). `KEYS[1]` the address's record, `KEYS[2]` the address's
+/// count of wrong codes over all its codes (the same hash tag); `ARGV` the submitted code's
+/// MAC, [`MAX_WRONG_CODES`], [`MAX_WRONG_CODES_PER_DAY`], [`WRONG_CODES_WINDOW_MS`]. Answers
+/// `{0}` (no live code: none issued, unknown address, dead), `{1}` (wrong; counted, and the
+/// last allowed wrong code kills it) or `{2, uid, gen, pv, at, fp}` (right, and the address
+/// under its daily count).
 ///
-/// Every path that is not a right code writes once: a wrong code counts in its record, and a
-/// code for an address without a record counts in a record created and deleted again in the
-/// same script (nothing is left behind). Measured on Redis 7, the count alone made a wrong
-/// code for a known address answer a few microseconds later than one for an unknown address,
-/// in three of four interleaved pairs; with the write on both paths, in about half.
+/// Every path that is not a right code writes: a wrong code counts in its record and in the
+/// address's count, and a code for an address without a record counts in a record created and
+/// deleted again in the same script (nothing is left behind). Measured on Redis 7, a write on
+/// one path only made a wrong code for a known address answer a few microseconds later than
+/// one for an unknown address, in three of four interleaved pairs; with a write on both paths,
+/// in about half.
 pub const CHECK_LUA: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'mac', 'uid', 'gen', 'pv', 'at', 'fp')
-if r[1] and r[1] ~= '-' and r[1] == ARGV[1] then
+local today = tonumber(redis.call('GET', KEYS[2]) or '0')
+if r[1] and r[1] ~= '-' and r[1] == ARGV[1] and today < tonumber(ARGV[3]) then
   return {2, r[2], r[3], r[4], r[5], r[6]}
 end
 local wrong = redis.call('HINCRBY', KEYS[1], 'wrong', 1)
@@ -158,6 +170,8 @@ if not r[1] then
   redis.call('DEL', KEYS[1])
   return {0}
 end
+today = redis.call('INCR', KEYS[2])
+if today == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
 if r[1] == '-' then return {0} end
 if wrong >= tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'mac', '-') end
 return {1}

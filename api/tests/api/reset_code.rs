@@ -109,6 +109,45 @@ async fn five_wrong_codes_kill_the_code_but_not_the_link() {
 }
 
 #[tokio::test]
+async fn an_address_takes_ten_wrong_codes_a_day_over_all_its_emails() {
+    let app = spawn_app().await;
+    let user = app.create_user(ANN, STRONG).await;
+    // Four wrong codes each for two emails, two for a third: ten for the address.
+    for wrongs in [4, 4, 2] {
+        let (_, code) = app.issue_code(user, ANN).await;
+        for _ in 0..wrongs {
+            let r = app.reset_with_code(ANN, &wrong(&code), STRONGER).await;
+            assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
+        }
+    }
+    // No code of the address works today, not even a fresh one; its link does.
+    let (token, code) = app.issue_code(user, ANN).await;
+    let r = app.reset_with_code(ANN, &code, STRONGER).await;
+    assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
+    let r = app
+        .post(
+            "/v1/password/reset",
+            json!({ "token": token, "new_password": STRONGER }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The count lasts a day (Redis expires it).
+    let mut redis = app.redis().await;
+    let counts: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}code:*:wrong", app.keys.prefix()))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(counts.len(), 1);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&counts[0])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 86_400_000, "{ttl}");
+}
+
+#[tokio::test]
 async fn a_used_link_or_a_newer_email_kills_the_code() {
     let app = spawn_app().await;
     let user = app.create_user(ANN, STRONG).await;
@@ -180,14 +219,20 @@ async fn an_unknown_address_gets_the_same_answer_as_a_wrong_code() {
     );
     assert_eq!(rows[0].1, rows[2].1, "one pseudonym per address");
     assert_ne!(rows[0].1, rows[1].1);
-    // The unknown address's count was written and taken back: only Ann's record exists.
+    // The unknown address's count was written and taken back: only Ann's record and Ann's
+    // count of wrong codes exist.
     let mut redis = app.redis().await;
-    let records: Vec<String> = redis::cmd("KEYS")
+    let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}code:*", app.keys.prefix()))
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(
+        keys.iter().filter(|k| k.ends_with(":wrong")).count(),
+        1,
+        "{keys:?}"
+    );
 }
 
 #[tokio::test]
