@@ -153,9 +153,10 @@ return 1
 /// last allowed wrong code kills it) or `{2, uid, gen, pv, at, fp}` (right, and the address
 /// under its daily count).
 ///
-/// Every path that is not a right code writes: a wrong code counts in its record and in the
-/// address's count, and a code for an address without a record counts in a record created and
-/// deleted again in the same script (nothing is left behind). Measured on Redis 7, a write on
+/// Every path that is not a right code makes the same writes: a wrong code counts in its record
+/// and in the address's count; a code for an address without a record counts in a record and
+/// a count created and deleted again in the same script (nothing is left behind; an address
+/// whose record expired keeps its count). Measured on Redis 7, a write on
 /// one path only made a wrong code for a known address answer a few microseconds later than
 /// one for an unknown address, in three of four interleaved pairs; with a write on both paths,
 /// in about half.
@@ -166,12 +167,14 @@ if r[1] and r[1] ~= '-' and r[1] == ARGV[1] and today < tonumber(ARGV[3]) then
   return {2, r[2], r[3], r[4], r[5], r[6]}
 end
 local wrong = redis.call('HINCRBY', KEYS[1], 'wrong', 1)
-if not r[1] then
-  redis.call('DEL', KEYS[1])
-  return {0}
-end
 today = redis.call('INCR', KEYS[2])
 if today == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+if not r[1] then
+  -- No record: the same writes, taken back (a count the address already had stays).
+  redis.call('DEL', KEYS[1])
+  if today == 1 then redis.call('DEL', KEYS[2]) end
+  return {0}
+end
 if r[1] == '-' then return {0} end
 if wrong >= tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'mac', '-') end
 return {1}
