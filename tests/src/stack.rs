@@ -31,6 +31,20 @@ pub fn token_of(link: &str) -> String {
     link.split("token=").nth(1).unwrap_or_default().to_owned()
 }
 
+/// The most of `times` (sorted) that fall within any window of length `window`.
+pub fn most_in_any_window(times: &[chrono::DateTime<chrono::Utc>], window: Duration) -> usize {
+    let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+    let mut most = 0;
+    let mut start = 0;
+    for (end, t) in times.iter().enumerate() {
+        while *t - times[start] >= window {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
 /// The Prometheus text a service exports at `{base}/metrics`.
 pub async fn metrics_text(base: &str) -> String {
     reqwest::get(format!("{base}/metrics"))
@@ -207,6 +221,14 @@ impl StoredEmail {
             .find(|c: char| c.is_whitespace() || c == '>' || c == '"')
             .unwrap_or(rest.len());
         Some(rest[..end].to_owned())
+    }
+
+    /// When the SMTP test server stored the message (its `X-Sink-Received-At` stamp).
+    pub fn received_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let at = self.header("X-Sink-Received-At")?;
+        chrono::DateTime::parse_from_rfc3339(&at)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
     }
 
     /// The one-time code a reset email shows beside its link (a line of its own, "1234 5678"),

@@ -13,10 +13,12 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use e2e::{
     publish_raw_jobs,
-    stack::{SmtpSink, StackEnv, StoredEmail, job_outcomes, metrics_text, tally},
+    stack::{
+        SmtpSink, StackEnv, StoredEmail, job_outcomes, metrics_text, most_in_any_window, tally,
+    },
 };
 use shared::message::{Envelope, Job, Trace};
 
@@ -33,27 +35,6 @@ fn notice(email: &str) -> Vec<u8> {
         Trace::default(),
     )
     .encode()
-}
-
-fn received_at(email: &StoredEmail) -> DateTime<Utc> {
-    let at = email.header("X-Sink-Received-At").expect("the sink's time");
-    DateTime::parse_from_rfc3339(&at)
-        .expect("an RFC 3339 time")
-        .with_timezone(&Utc)
-}
-
-/// The most emails among `times` (sorted) that fall in any window of length `window`.
-fn most_in_any_window(times: &[DateTime<Utc>], window: Duration) -> usize {
-    let window = chrono::Duration::from_std(window).unwrap();
-    let mut most = 0;
-    let mut start = 0;
-    for (end, t) in times.iter().enumerate() {
-        while *t - times[start] >= window {
-            start += 1;
-        }
-        most = most.max(end - start + 1);
-    }
-    most
 }
 
 /// Two workers with `vars` on one stack; the jobs are published only once both consume, so
@@ -136,7 +117,10 @@ async fn a_burst_is_spread_at_the_provider_rate_across_two_workers() {
         .collect();
     publish_raw_jobs(&env.topology(), &bodies).await.unwrap();
     let emails = all_delivered_once(&sink, &env, &bases, 40).await;
-    let mut times: Vec<_> = emails.iter().map(received_at).collect();
+    let mut times: Vec<_> = emails
+        .iter()
+        .map(|e| e.received_at().expect("the sink's time"))
+        .collect();
     times.sort();
     let most = most_in_any_window(&times, Duration::from_secs(1) - TOLERANCE);
     println!(
@@ -167,7 +151,7 @@ async fn a_burst_to_one_domain_is_spread_at_its_budget_and_other_domains_go_on()
         let mut times: Vec<_> = emails
             .iter()
             .filter(|e| e.rcpt_to().ends_with(domain))
-            .map(received_at)
+            .map(|e| e.received_at().expect("the sink's time"))
             .collect();
         times.sort();
         times

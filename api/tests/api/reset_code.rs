@@ -10,6 +10,14 @@ use crate::helpers::{
 
 const ANN: &str = "ann@example.org";
 
+/// Submits `n` wrong codes for Ann, each answered `code_invalid`.
+async fn wrong_codes(app: &crate::helpers::TestApp, code: &str, n: usize) {
+    for _ in 0..n {
+        let r = app.reset_with_code(ANN, &wrong(code), STRONGER).await;
+        assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
+    }
+}
+
 /// A code of the right shape that is not `code`.
 fn wrong(code: &str) -> String {
     let last = code.as_bytes()[7];
@@ -63,10 +71,7 @@ async fn four_wrong_codes_and_a_weak_password_leave_the_code_alive() {
     let app = spawn_app().await;
     let user = app.create_user(ANN, STRONG).await;
     let (_, code) = app.issue_code(user, ANN).await;
-    for _ in 0..4 {
-        let r = app.reset_with_code(ANN, &wrong(&code), STRONGER).await;
-        assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
-    }
+    wrong_codes(&app, &code, 4).await;
     // A weak password with the right code says so, and counts as no wrong code.
     let weak = app.reset_with_code(ANN, &code, "password123").await;
     assert_error(weak, StatusCode::UNPROCESSABLE_ENTITY, "weak_password").await;
@@ -79,10 +84,7 @@ async fn five_wrong_codes_kill_the_code_but_not_the_link() {
     let app = spawn_app().await;
     let user = app.create_user(ANN, STRONG).await;
     let (token, code) = app.issue_code(user, ANN).await;
-    for _ in 0..4 {
-        let r = app.reset_with_code(ANN, &wrong(&code), STRONGER).await;
-        assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
-    }
+    wrong_codes(&app, &code, 4).await;
     let fifth = app.reset_with_code(ANN, &wrong(&code), STRONGER).await;
     assert_error(fifth, StatusCode::BAD_REQUEST, "code_invalid").await;
     let right = app.reset_with_code(ANN, &code, STRONGER).await;
@@ -115,10 +117,7 @@ async fn an_address_takes_ten_wrong_codes_a_day_over_all_its_emails() {
     // Four wrong codes each for two emails, two for a third: ten for the address.
     for wrongs in [4, 4, 2] {
         let (_, code) = app.issue_code(user, ANN).await;
-        for _ in 0..wrongs {
-            let r = app.reset_with_code(ANN, &wrong(&code), STRONGER).await;
-            assert_error(r, StatusCode::BAD_REQUEST, "code_invalid").await;
-        }
+        wrong_codes(&app, &code, wrongs).await;
     }
     // No code of the address works today, not even a fresh one; its link does.
     let (token, code) = app.issue_code(user, ANN).await;

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use e2e::stack::{SmtpSink, StackEnv, StoredEmail, job_outcomes};
+use e2e::stack::{SmtpSink, StackEnv, job_outcomes, most_in_any_window};
 
 use crate::{
     report::Row,
@@ -98,7 +98,13 @@ async fn measure(
         .map(|(_, n)| n)
         .sum();
 
-    let mut times: Vec<DateTime<Utc>> = emails.iter().map(stamp).collect::<Result<_, _>>()?;
+    let mut times: Vec<DateTime<Utc>> = emails
+        .iter()
+        .map(|e| {
+            e.received_at()
+                .ok_or_else(|| anyhow::anyhow!("no X-Sink-Received-At"))
+        })
+        .collect::<Result<_, _>>()?;
     times.sort();
     let span = (times[jobs - 1] - times[0]).num_milliseconds() as f64 / 1000.0;
     let window_ms = window.as_millis() as i64;
@@ -173,25 +179,4 @@ async fn measure(
         "outcomes other than sent and budget_wait: {outcomes:?}"
     );
     Ok(())
-}
-
-fn stamp(email: &StoredEmail) -> anyhow::Result<DateTime<Utc>> {
-    let at = email
-        .header("X-Sink-Received-At")
-        .ok_or_else(|| anyhow::anyhow!("no X-Sink-Received-At"))?;
-    Ok(DateTime::parse_from_rfc3339(&at)?.with_timezone(&Utc))
-}
-
-/// The most of `times` (sorted) within any window of length `window`.
-fn most_in_any_window(times: &[DateTime<Utc>], window: Duration) -> usize {
-    let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
-    let mut most = 0;
-    let mut start = 0;
-    for (end, t) in times.iter().enumerate() {
-        while *t - times[start] >= window {
-            start += 1;
-        }
-        most = most.max(end - start + 1);
-    }
-    most
 }
