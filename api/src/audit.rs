@@ -2,11 +2,12 @@
 //! an answer into a 503, so it is logged instead. Rows that belong to a change (a password
 //! reset, a sign-up) are written inside that change's transaction, not here.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use shared::audit::{Action, AuditEvent, Outcome};
+use tokio::sync::Semaphore;
 
-use crate::startup::AppState;
+use crate::{rate_limit::Verdict, startup::AppState};
 
 /// Appends `event`, logging (not returning) a failure.
 pub async fn record(state: &AppState, event: &AuditEvent<'_>) {
@@ -15,51 +16,85 @@ pub async fn record(state: &AppState, event: &AuditEvent<'_>) {
     }
 }
 
-/// How long one audit row stands for every refusal of the same (budget, IP, address).
+/// How long one audit row stands for every refusal by the same budget key.
 const REFUSAL_AUDIT_PERIOD_SECS: u64 = 60;
 
-/// Records a request refused by a rate limit: which budget (`budget`, the verdict's
-/// `refused_by`), from which IP, and for
-/// which address pseudonym when the request named one. A campaign against one account
-/// (credential stuffing from many IPs) thus leaves rows under that account's pseudonym,
-/// whether or not the account exists.
+/// Refusal rows being written at once by one process; a refusal that finds them all taken is
+/// counted in `rate_limit_audit_skipped_total` and writes nothing.
+pub const REFUSAL_AUDIT_WRITERS: u32 = 4;
+
+/// The permits of the refusal-row writers (one per row being written).
+pub fn refusal_writers() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(REFUSAL_AUDIT_WRITERS as usize))
+}
+
+/// Records a request refused by a rate limit: which budget (the verdict's `refused_by`),
+/// from which IP, and for which address pseudonym when the request named one. A campaign
+/// against one account (credential stuffing from many IPs) thus leaves rows under that
+/// account's pseudonym, whether or not the account exists.
 ///
-/// At most one row per (budget, IP, address) per minute: the refused path is the one a flood
-/// takes, and a database insert per refused request would turn every flood into a write load
-/// on PostgreSQL (and its connection pool) that no budget bounds. The metric still counts
-/// every refusal. A marker in Redis (`SET NX EX`) decides; without Redis the row is skipped.
-pub async fn rate_limited(
+/// The refused path is the one a flood takes, so it must cost the flood's target nothing
+/// that grows with the flood:
+/// - at most one row per refusing budget key per minute (a marker in Redis, `SET NX EX`,
+///   keyed by the budget's own pseudonymous key: the client's IPv4 address or IPv6 network
+///   for a client budget, never the address the request named, so naming a new address per
+///   request makes no new row and no new key); the metric counts every refusal;
+/// - the refusal never waits for it: the marker and the row are written by a task of their
+///   own, at most [`REFUSAL_AUDIT_WRITERS`] at a time per process, so a flood cannot tie up
+///   the database pool that every other request needs. Without Redis or a free writer the
+///   row is skipped (and counted).
+pub fn rate_limited(
     state: &AppState,
-    budget: Option<Outcome>,
+    verdict: &Verdict,
     ip: IpAddr,
     address_hash: Option<&str>,
     request_id: Option<&str>,
 ) {
-    let label = budget.unwrap_or(Outcome::RateLimited);
+    let label = verdict.refused_by.unwrap_or(Outcome::RateLimited);
     metrics::counter!("rate_limit_hits_total", "kind" => label.as_str()).increment(1);
-    let subject = format!("{label}\0{ip}\0{}", address_hash.unwrap_or(""));
+    let Ok(permit) = state.refusal_writers.clone().try_acquire_owned() else {
+        metrics::counter!("rate_limit_audit_skipped_total").increment(1);
+        return;
+    };
+    let subject = format!("{label}\0{}", verdict.refused_key.as_deref().unwrap_or(""));
     let fingerprint = shared::keys::pseudonym(state.config.pseudonym_secret(), "audit", &subject);
     let key = state.redis.keys().audit_mark(&fingerprint);
-    match state
-        .redis
-        .set_marker(&key, REFUSAL_AUDIT_PERIOD_SECS)
+    let state = state.clone();
+    let address_hash = address_hash.map(str::to_owned);
+    let request_id = request_id.map(str::to_owned);
+    tokio::spawn(async move {
+        let _permit = permit;
+        match state
+            .redis
+            .set_marker(&key, REFUSAL_AUDIT_PERIOD_SECS)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "rate-limit refusal not audited: Redis unavailable");
+                metrics::counter!("rate_limit_audit_skipped_total").increment(1);
+                return;
+            }
+        }
+        let event = AuditEvent {
+            ip: Some(ip),
+            address_hash: address_hash.as_deref(),
+            request_id: request_id.as_deref(),
+            ..AuditEvent::new(Action::RateLimited, label)
+        };
+        record(&state, &event).await;
+    });
+}
+
+/// Waits until every refusal row started so far is written (or skipped): for tests and for
+/// a drain at shutdown.
+pub async fn settle_refusals(state: &AppState) {
+    if let Ok(all) = state
+        .refusal_writers
+        .acquire_many(REFUSAL_AUDIT_WRITERS)
         .await
     {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(e) => {
-            tracing::warn!(error = %e, "rate-limit refusal not audited: Redis unavailable");
-            return;
-        }
+        drop(all);
     }
-    record(
-        state,
-        &AuditEvent {
-            ip: Some(ip),
-            address_hash,
-            request_id,
-            ..AuditEvent::new(Action::RateLimited, label)
-        },
-    )
-    .await;
 }

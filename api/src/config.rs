@@ -30,6 +30,15 @@ pub struct Config {
     /// Reset codes per client IP (`POST /v1/password/reset/code` and its form): an 8-digit
     /// code is guessable where a link is not, so it has its own, smaller budget.
     pub code_limit_per_hour: u32,
+    /// `RATE_LIMIT_LOGIN_DEVICE_PER_HOUR`: failed sign-ins per recognised device and address.
+    pub login_device_limit_per_hour: u32,
+    /// `RATE_LIMIT_IPV6_56_FACTOR`: an IPv6 /56 gets this many times a /64's budget.
+    pub ipv6_56_factor: u32,
+    /// `RATE_LIMIT_IPV6_48_FACTOR`: an IPv6 /48 gets this many times a /64's budget.
+    pub ipv6_48_factor: u32,
+    /// `CODE_BREAKER_WRONG_PER_MINUTE`: wrong reset codes per minute over the whole site
+    /// above which code entry pauses (links keep working).
+    pub code_breaker_per_minute: u32,
     /// Length of every sliding rate-limit window (the `*_PER_HOUR` budgets apply per window).
     pub rate_limit_window: Duration,
     /// Hashes one client IP may have queued or running at once.
@@ -45,7 +54,7 @@ pub struct Config {
     /// Where migrations run (`MIGRATE_DATABASE_URL`): a direct connection when `DATABASE_URL`
     /// goes through a transaction-pooling PgBouncer (migrations take a session-level advisory
     /// lock). `None`: `DATABASE_URL`.
-    pub migrate_database_url: Option<String>,
+    pub migrate_database_url: Option<shared::config::SecretUrl>,
     /// Whether the api migrates at start (`MIGRATE_ON_START`); `false` leaves it to
     /// `api migrate` (a release job).
     pub migrate_on_start: bool,
@@ -96,6 +105,10 @@ impl Config {
         let signup_limit = r.number("RATE_LIMIT_SIGNUP_PER_HOUR", 20, 1, 1_000_000);
         let token_limit = r.number("RATE_LIMIT_TOKEN_PER_HOUR", 30, 1, 1_000_000);
         let code_limit = r.number("RATE_LIMIT_CODE_PER_HOUR", 10, 1, 1_000_000);
+        let login_device_limit = r.number("RATE_LIMIT_LOGIN_DEVICE_PER_HOUR", 10, 1, 1_000_000);
+        let ipv6_56_factor = r.number("RATE_LIMIT_IPV6_56_FACTOR", 4, 1, 65_536);
+        let ipv6_48_factor = r.number("RATE_LIMIT_IPV6_48_FACTOR", 16, 1, 65_536);
+        let code_breaker = r.number("CODE_BREAKER_WRONG_PER_MINUTE", 1000, 1, 100_000_000);
         let window = r.number("RATE_LIMIT_WINDOW_SECS", 3600, 1, 86_400);
         let trusted_proxies = r.trusted_proxies();
         let cookie_secure = r.boolean("COOKIE_SECURE", true);
@@ -120,7 +133,8 @@ impl Config {
         let publish_timeout = r.number("PUBLISH_TIMEOUT_MS", 5000, 100, 60_000);
         let migrate_database_url = r
             .raw("MIGRATE_DATABASE_URL")
-            .filter(|v| !v.trim().is_empty());
+            .filter(|v| !v.trim().is_empty())
+            .map(shared::config::SecretUrl);
         let migrate_on_start = r.boolean("MIGRATE_ON_START", true);
 
         r.finish().map_err(ConfigError)?;
@@ -136,6 +150,10 @@ impl Config {
             signup_limit_per_hour: signup_limit as u32,
             token_limit_per_hour: token_limit as u32,
             code_limit_per_hour: code_limit as u32,
+            login_device_limit_per_hour: login_device_limit as u32,
+            ipv6_56_factor: ipv6_56_factor as u32,
+            ipv6_48_factor: ipv6_48_factor as u32,
+            code_breaker_per_minute: code_breaker as u32,
             rate_limit_window: Duration::from_secs(window),
             hash_per_client,
             trusted_proxies,

@@ -31,6 +31,8 @@ pub enum ApiError {
     /// The same answer for a wrong code, a dead code and an address without one.
     #[error("this code is not valid; check it, or request a new email")]
     CodeInvalid,
+    #[error("code entry is paused for a while; use the link in the email, or try again later")]
+    CodeEntryPaused { retry_after_secs: u64 },
     #[error("the email address or password is wrong")]
     InvalidCredentials,
     #[error("authentication required")]
@@ -70,6 +72,7 @@ impl ApiError {
             ApiError::TokenExpired => "token_expired",
             ApiError::TokenUsed => "token_used",
             ApiError::CodeInvalid => "code_invalid",
+            ApiError::CodeEntryPaused { .. } => "code_entry_paused",
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::Unauthorized => "unauthorized",
             ApiError::RateLimitedIp { .. } => "rate_limited_ip",
@@ -105,7 +108,9 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::CodeEntryPaused { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -141,7 +146,8 @@ impl IntoResponse for ApiError {
         }
         let retry_after = match &self {
             ApiError::RateLimitedIp { retry_after_secs }
-            | ApiError::RateLimitedLogin { retry_after_secs } => Some(*retry_after_secs),
+            | ApiError::RateLimitedLogin { retry_after_secs }
+            | ApiError::CodeEntryPaused { retry_after_secs } => Some(*retry_after_secs),
             ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
         };

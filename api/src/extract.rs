@@ -160,7 +160,10 @@ impl FromRequestParts<AppState> for AuthUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let raw = bearer(&parts.headers)
-            .or_else(|| cookie(&parts.headers, sessions::COOKIE_NAME))
+            .or_else(|| {
+                let name = sessions::cookie_name(state.config.cookie_secure);
+                cookie(&parts.headers, name)
+            })
             .ok_or(ApiError::Unauthorized)?;
         let session = sessions::SessionToken::parse(&raw).ok_or(ApiError::Unauthorized)?;
         let Some(pv) = state.sessions.lookup(&session).await? else {
@@ -187,7 +190,8 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+/// The value of the request's cookie `name`.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod hashing;

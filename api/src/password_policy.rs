@@ -42,6 +42,16 @@ pub fn check_new_password(password: &str, email: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// [`check_new_password`] on the blocking pool: zxcvbn spends milliseconds of CPU on a long
+/// password, which must not stall an async worker thread that answers every other request.
+pub async fn judge_new_password(password: &str, email: &str) -> Result<(), ApiError> {
+    check_length(password)?;
+    let (password, email) = (password.to_owned(), email.to_owned());
+    tokio::task::spawn_blocking(move || check_new_password(&password, &email))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("strength check")))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,11 @@
 //! Redis rate limits: per address and per client IP for forgot-password; per (IP, address)
-//! pair, per IP and per address for sign-in; per IP for sign-up and for the endpoints that
-//! take a link.
+//! pair, per IP and per address for sign-in (per recognised device instead of pair and
+//! address for a browser that signed in to the account before); per IP for sign-up and for
+//! the endpoints that take a link.
+//!
+//! A client is an IPv4 address or an IPv6 /64; IPv6 clients are also counted per /56 and per
+//! /48 with larger budgets (`RATE_LIMIT_IPV6_56_FACTOR`, `RATE_LIMIT_IPV6_48_FACTOR` times the
+//! /64's), since one subscriber can hold 256 or 65,536 /64 networks.
 //!
 //! Keys hold HMAC pseudonyms, never the address or IP itself. Each limit is a single-key
 //! script (valid on Redis Cluster) that reads the time from Redis; the limits of one request
@@ -22,13 +27,16 @@ use shared::audit::Outcome;
 use crate::error::ApiError;
 
 /// One limit's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub allowed: bool,
     /// Seconds until the next request would be allowed (0 when allowed).
     pub retry_after_secs: u64,
     /// Which budget refused (its label for metrics and audit rows); `None` when allowed.
     pub refused_by: Option<Outcome>,
+    /// The refusing budget's Redis key (pseudonymous): what one audit row per minute stands
+    /// for (see [`crate::audit::rate_limited`]); `None` when allowed.
+    pub refused_key: Option<Arc<str>>,
 }
 
 impl Verdict {
@@ -36,11 +44,12 @@ impl Verdict {
         allowed: true,
         retry_after_secs: 0,
         refused_by: None,
+        refused_key: None,
     };
 }
 
 /// The verdicts for a forgot-password request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForgotVerdict {
     pub ip: Verdict,
     pub email: Verdict,
@@ -57,6 +66,12 @@ pub struct Limits {
     pub signup_ip: u32,
     pub token_ip: u32,
     pub code_ip: u32,
+    /// Sign-in attempts per recognised device and address (see [`crate::devices`]).
+    pub login_device: u32,
+    /// An IPv6 /56 gets this many times a /64's budget.
+    pub v6_56_factor: u32,
+    /// An IPv6 /48 gets this many times a /64's budget.
+    pub v6_48_factor: u32,
     pub window: Duration,
 }
 
@@ -72,6 +87,9 @@ impl Limits {
             signup_ip: c.signup_limit_per_hour,
             token_ip: c.token_limit_per_hour,
             code_ip: c.code_limit_per_hour,
+            login_device: c.login_device_limit_per_hour,
+            v6_56_factor: c.ipv6_56_factor,
+            v6_48_factor: c.ipv6_48_factor,
             window: c.rate_limit_window,
         }
     }
@@ -122,13 +140,26 @@ impl RateLimiter {
         pseudonym(&self.inner.secret, "email", email_key)
     }
 
-    fn ip_check(&self, action: &str, ip: IpAddr, limit: u32, label: Outcome) -> Check {
-        let subject = pseudonym(&self.inner.secret, "ip", &ip_subject(ip));
-        Check {
-            key: self.inner.redis.keys().rate_ip(action, &subject),
-            limit,
-            label,
-        }
+    /// The per-client checks of one budget: the IPv4 address, or the IPv6 /64 with its /56
+    /// and /48 at their larger budgets.
+    fn ip_checks(&self, action: &str, ip: IpAddr, limit: u32, label: Outcome) -> Vec<Check> {
+        let limits = &self.inner.limits;
+        client_subjects(ip)
+            .into_iter()
+            .map(|(subject, scope)| {
+                let factor = match scope {
+                    Scope::Client => 1,
+                    Scope::V6Net56 => limits.v6_56_factor,
+                    Scope::V6Net48 => limits.v6_48_factor,
+                };
+                let subject = pseudonym(&self.inner.secret, "ip", &subject);
+                Check {
+                    key: self.inner.redis.keys().rate_ip(action, &subject),
+                    limit: limit.saturating_mul(factor),
+                    label,
+                }
+            })
+            .collect()
     }
 
     /// Counts a forgot-password request against the per-IP and per-address budgets. A request
@@ -139,23 +170,28 @@ impl RateLimiter {
         email_key: &str,
     ) -> Result<ForgotVerdict, ApiError> {
         let limits = &self.inner.limits;
-        let checks = [
-            self.ip_check("forgot", ip, limits.forgot_ip, Outcome::ForgotIp),
-            Check {
-                key: self
-                    .inner
-                    .redis
-                    .keys()
-                    .rate_email(&self.address_pseudonym(email_key)),
-                limit: limits.forgot_email,
-                label: Outcome::ForgotEmail,
-            },
-        ];
+        let mut checks = self.ip_checks("forgot", ip, limits.forgot_ip, Outcome::ForgotIp);
+        checks.push(Check {
+            key: self
+                .inner
+                .redis
+                .keys()
+                .rate_email(&self.address_pseudonym(email_key)),
+            limit: limits.forgot_email,
+            label: Outcome::ForgotEmail,
+        });
         let counted = self.count(&checks).await?;
-        let (ip, email) = (counted[0].0, counted[1].0);
-        if !ip.allowed && email.allowed {
-            self.refund(&checks[1..], &counted[1..]).await;
-        }
+        let (clients, address) = counted.split_at(counted.len() - 1);
+        let email = address[0].0.clone();
+        let ip = match refusal(clients) {
+            None => Verdict::ALLOWED,
+            Some(refused) => {
+                // Refused for the client: nothing else is spent (not its other prefixes,
+                // not the address's budget).
+                self.refund(&checks, &counted).await;
+                refused
+            }
+        };
         Ok(ForgotVerdict { ip, email })
     }
 
@@ -170,33 +206,48 @@ impl RateLimiter {
     /// A refusal by the per-address budget answers with the whole window as `Retry-After`
     /// rather than the time until its oldest entry expires: that time would tell when someone
     /// else (the owner, usually) last failed to sign in to the address.
+    ///
+    /// A `device` that signed in to this address before (see [`crate::devices`]) is counted
+    /// per (device, address) instead of per pair and per address: strangers who spend the
+    /// address's budget never refuse the owner's own browser. The per-IP budget still holds.
     pub async fn check_login(
         &self,
         ip: IpAddr,
         email_key: &str,
+        device: Option<&str>,
     ) -> Result<(Verdict, Attempt), ApiError> {
         let inner = &self.inner;
         let limits = &inner.limits;
         let address = self.address_pseudonym(email_key);
-        let pair = pseudonym(
-            &inner.secret,
-            "login",
-            &format!("{}\0{email_key}", ip_subject(ip)),
-        );
         let keys = inner.redis.keys();
-        let checks = vec![
-            Check {
-                key: keys.rate_ip("login", &pair),
-                limit: limits.login_pair,
-                label: Outcome::LoginPair,
-            },
-            self.ip_check("login-ip", ip, limits.login_ip, Outcome::LoginIp),
-            Check {
-                key: keys.rate_ip("login-email", &address),
-                limit: limits.login_email,
-                label: Outcome::LoginEmail,
-            },
-        ];
+        let mut checks = self.ip_checks("login-ip", ip, limits.login_ip, Outcome::LoginIp);
+        match device {
+            Some(device) => checks.push(Check {
+                key: keys.rate_ip(
+                    "login-device",
+                    &pseudonym(&inner.secret, "device", &format!("{device}\0{email_key}")),
+                ),
+                limit: limits.login_device,
+                label: Outcome::LoginDevice,
+            }),
+            None => {
+                let pair = pseudonym(
+                    &inner.secret,
+                    "login",
+                    &format!("{}\0{email_key}", ip_subject(ip)),
+                );
+                checks.push(Check {
+                    key: keys.rate_ip("login", &pair),
+                    limit: limits.login_pair,
+                    label: Outcome::LoginPair,
+                });
+                checks.push(Check {
+                    key: keys.rate_ip("login-email", &address),
+                    limit: limits.login_email,
+                    label: Outcome::LoginEmail,
+                });
+            }
+        }
         let (mut verdict, members) = self.all_or_nothing_counted(&checks).await?;
         if verdict.refused_by == Some(Outcome::LoginEmail) {
             verdict.retry_after_secs = limits.window.as_secs().max(1);
@@ -205,6 +256,23 @@ impl RateLimiter {
             entries: checks.into_iter().map(|c| c.key).zip(members).collect(),
         };
         Ok((verdict, attempt))
+    }
+
+    /// Clears the address's budget of failed sign-ins: after a reset by the mailbox's owner,
+    /// failures counted against the old password are no reason to refuse the new one.
+    /// Best effort.
+    pub async fn clear_login_failures(&self, email_key: &str) {
+        let key =
+            (self.inner.redis.keys()).rate_ip("login-email", &self.address_pseudonym(email_key));
+        let key = &key;
+        let result = self
+            .inner
+            .redis
+            .run(|mut c| async move { redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not clear an address's failed sign-ins");
+        }
     }
 
     /// Takes back the entries of a sign-in attempt that succeeded. Best effort.
@@ -220,23 +288,23 @@ impl RateLimiter {
 
     /// Counts a sign-up from this client IP (each one costs a hash and sends an email).
     pub async fn check_signup(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
-        let check = self.ip_check("signup", ip, self.inner.limits.signup_ip, Outcome::SignupIp);
-        self.all_or_nothing(&[check]).await
+        let checks = self.ip_checks("signup", ip, self.inner.limits.signup_ip, Outcome::SignupIp);
+        self.all_or_nothing(&checks).await
     }
 
     /// Counts a request to an endpoint that takes a link (reset, verify and their pages) from
     /// this client IP: guessing or replaying links, and wrong passwords at verification, are
     /// bounded per client.
     pub async fn check_token(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
-        let check = self.ip_check("token", ip, self.inner.limits.token_ip, Outcome::TokenIp);
-        self.all_or_nothing(&[check]).await
+        let checks = self.ip_checks("token", ip, self.inner.limits.token_ip, Outcome::TokenIp);
+        self.all_or_nothing(&checks).await
     }
 
     /// Counts a reset code submitted from this client IP, whatever the address and whether
     /// the code is right.
     pub async fn check_code(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
-        let check = self.ip_check("code", ip, self.inner.limits.code_ip, Outcome::CodeIp);
-        self.all_or_nothing(&[check]).await
+        let checks = self.ip_checks("code", ip, self.inner.limits.code_ip, Outcome::CodeIp);
+        self.all_or_nothing(&checks).await
     }
 
     /// Counts `checks`; when any refuses, takes back what the others logged and reports the
@@ -252,12 +320,7 @@ impl RateLimiter {
         checks: &[Check],
     ) -> Result<(Verdict, Vec<String>), ApiError> {
         let counted = self.count(checks).await?;
-        let refused = counted
-            .iter()
-            .map(|(v, _)| *v)
-            .filter(|v| !v.allowed)
-            .max_by_key(|v| v.retry_after_secs);
-        match refused {
+        match refusal(&counted) {
             None => Ok((
                 Verdict::ALLOWED,
                 counted.into_iter().map(|(_, member)| member).collect(),
@@ -306,6 +369,7 @@ impl RateLimiter {
                     allowed: false,
                     retry_after_secs: (wait_ms.max(1) as u64).div_ceil(1000),
                     refused_by: Some(check.label),
+                    refused_key: Some(Arc::from(check.key.as_str())),
                 }
             };
             Ok::<_, ApiError>((verdict, member))
@@ -345,6 +409,45 @@ impl RateLimiter {
     }
 }
 
+/// The refusal among `counted` that waits longest, if any refused.
+fn refusal(counted: &[(Verdict, String)]) -> Option<Verdict> {
+    counted
+        .iter()
+        .map(|(v, _)| v)
+        .filter(|v| !v.allowed)
+        .max_by_key(|v| v.retry_after_secs)
+        .cloned()
+}
+
+/// Which of a client's networks a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The IPv4 address or the IPv6 /64.
+    Client,
+    V6Net56,
+    V6Net48,
+}
+
+/// The networks a client is counted under: its address (IPv4), or its /64, /56 and /48
+/// (IPv6).
+fn client_subjects(ip: IpAddr) -> Vec<(String, Scope)> {
+    match ip {
+        IpAddr::V4(_) => vec![(ip_subject(ip), Scope::Client)],
+        IpAddr::V6(v6) => vec![
+            (ip_subject(ip), Scope::Client),
+            (v6_prefix(v6, 56), Scope::V6Net56),
+            (v6_prefix(v6, 48), Scope::V6Net48),
+        ],
+    }
+}
+
+/// The `/bits` network of an IPv6 address, written `prefix/bits`.
+fn v6_prefix(ip: std::net::Ipv6Addr, bits: u32) -> String {
+    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+    let network = std::net::Ipv6Addr::from(u128::from(ip) & mask);
+    format!("{network}/{bits}")
+}
+
 /// The unit an IP budget applies to: the address for IPv4, the /64 network for IPv6 (one
 /// subscriber usually owns a whole /64 and can pick any address in it per request).
 pub fn ip_subject(ip: IpAddr) -> String {
@@ -373,5 +476,41 @@ mod tests {
             ip_subject("203.0.113.7".parse().expect("ip")),
             "203.0.113.7"
         );
+    }
+
+    #[test]
+    fn ipv6_clients_are_also_counted_per_56_and_per_48() {
+        let ip: IpAddr = "2001:db8:abcd:12ff:1:2:3:4".parse().expect("ip");
+        let subjects: Vec<String> = client_subjects(ip).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(
+            subjects,
+            [
+                "2001:db8:abcd:12ff::/64",
+                "2001:db8:abcd:1200::/56",
+                "2001:db8:abcd::/48"
+            ]
+        );
+        let v4: IpAddr = "198.51.100.4".parse().expect("ip");
+        assert_eq!(
+            client_subjects(v4),
+            [("198.51.100.4".to_owned(), Scope::Client)]
+        );
+    }
+
+    #[test]
+    fn the_longest_refusal_is_the_answer() {
+        let refused = |secs: u64, key: &str| Verdict {
+            allowed: false,
+            retry_after_secs: secs,
+            refused_by: Some(Outcome::ForgotIp),
+            refused_key: Some(Arc::from(key)),
+        };
+        let counted = vec![
+            (Verdict::ALLOWED, "a".to_owned()),
+            (refused(10, "k64"), String::new()),
+            (refused(30, "k48"), String::new()),
+        ];
+        assert_eq!(refusal(&counted), Some(refused(30, "k48")));
+        assert_eq!(refusal(&counted[..1]), None);
     }
 }

@@ -6,6 +6,7 @@
 //! single-key script on Redis (one round trip) and get the same answer.
 
 use chrono::{DateTime, Utc};
+use shared::redis_pool::RedisPool;
 use shared::reset_code;
 use uuid::Uuid;
 
@@ -114,6 +115,75 @@ impl CodeLink {
             tracing::warn!(error = %e, "could not retire a used reset code");
         }
     }
+}
+
+/// The site-wide breaker on wrong codes. Per-IP budgets bound one client, but a guesser with
+/// many networks (an IPv6 /32, a botnet) stays under each of them; with 10^8 codes and
+/// many accounts, what bounds the total is the rate of wrong codes over the whole site. Past
+/// `limit` wrong codes in a sliding minute, code entry pauses for everyone (503
+/// `code_entry_paused`); links keep working, since they cannot be guessed. Wrong codes are
+/// not counted while paused (nobody gets to enter one), so the rate falls back and code
+/// entry resumes by itself within about two minutes.
+///
+/// Minutes are of `now` (the api's clock); the estimate weighs the last minute by the part of
+/// it still inside the sliding window, as a sliding-window counter does.
+#[derive(Debug, Clone, Copy)]
+pub struct Breaker {
+    /// Wrong codes per minute, over the site, that pause code entry.
+    pub limit: u32,
+}
+
+impl Breaker {
+    /// `Err(CodeEntryPaused)` while the site-wide rate of wrong codes is over the limit.
+    pub async fn check(&self, redis: &RedisPool, now: DateTime<Utc>) -> Result<(), ApiError> {
+        let (minute, into_minute) = minute_of(now);
+        let keys = [
+            redis.keys().code_breaker(minute),
+            redis.keys().code_breaker(minute - 1),
+        ];
+        let keys = &keys;
+        let counts: Vec<Option<u64>> = redis
+            .run(|mut c| async move { redis::cmd("MGET").arg(&keys[..]).query_async(&mut c).await })
+            .await?;
+        let count = |i: usize| counts.get(i).copied().flatten().unwrap_or(0) as f64;
+        let estimate = count(0) + count(1) * (60.0 - into_minute) / 60.0;
+        let paused = estimate >= f64::from(self.limit);
+        metrics::gauge!("code_entry_paused").set(if paused { 1.0 } else { 0.0 });
+        if paused {
+            metrics::counter!("code_entry_refused_total").increment(1);
+            return Err(ApiError::CodeEntryPaused {
+                retry_after_secs: 60,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts one wrong code. Best effort: a lost count is one guess the breaker misses.
+    pub async fn count_wrong(&self, redis: &RedisPool, now: DateTime<Utc>) {
+        let key = redis.keys().code_breaker(minute_of(now).0);
+        let key = &key;
+        let result = redis
+            .run(|mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .incr(key, 1)
+                    .ignore()
+                    .expire(key, 180)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not count a wrong reset code site-wide");
+        }
+    }
+}
+
+/// The minute `now` falls in (seconds since the epoch / 60) and the seconds into it.
+fn minute_of(now: DateTime<Utc>) -> (i64, f64) {
+    let ms = now.timestamp_millis();
+    (ms.div_euclid(60_000), ms.rem_euclid(60_000) as f64 / 1000.0)
 }
 
 #[cfg(test)]

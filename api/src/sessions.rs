@@ -18,8 +18,21 @@ use shared::redis_pool::RedisPool;
 
 use crate::error::ApiError;
 
-/// Name of the session cookie.
-pub const COOKIE_NAME: &str = "session";
+/// Name of the session cookie when it is `Secure`: the `__Host-` prefix makes browsers refuse
+/// it unless it is Secure, host-only and `Path=/`, so a sibling subdomain cannot plant or
+/// overwrite a session (session fixation through a cookie set for the parent domain).
+pub const SECURE_COOKIE_NAME: &str = "__Host-session";
+/// Name of the session cookie over plain http (`COOKIE_SECURE=false`, local development).
+pub const PLAIN_COOKIE_NAME: &str = "session";
+
+/// The session cookie's name under `COOKIE_SECURE`.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_COOKIE_NAME
+    } else {
+        PLAIN_COOKIE_NAME
+    }
+}
 
 /// A parsed session token (never logged: its `Debug` hides the secret).
 #[derive(Clone, PartialEq, Eq)]

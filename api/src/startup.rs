@@ -69,6 +69,10 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     pub metrics: PrometheusHandle,
     pub pages: Arc<routes::pages::Pages>,
+    /// Device cookies (recognised browsers at sign-in).
+    pub devices: crate::devices::Devices,
+    /// Writers of refusal audit rows (see [`crate::audit::rate_limited`]).
+    pub refusal_writers: Arc<tokio::sync::Semaphore>,
     /// The schema is current (migrations ran, or are left to `api migrate`); not ready before.
     pub schema_ready: Arc<AtomicBool>,
 }
@@ -138,6 +142,8 @@ impl Application {
             hasher,
             publisher,
             outbox: crate::outbox::Outbox::default(),
+            devices: crate::devices::Devices::new(&config.token_secrets, config.cookie_secure),
+            refusal_writers: crate::audit::refusal_writers(),
             clock,
             metrics: {
                 let handle = shared::telemetry::prometheus();
@@ -257,10 +263,10 @@ impl Application {
 /// migrations hold a session-level advisory lock that a transaction-pooling PgBouncer would
 /// not keep), else `DATABASE_URL`.
 pub async fn connect_for_migrations(config: &Config) -> anyhow::Result<PgPool> {
-    let url = config
-        .migrate_database_url
-        .as_deref()
-        .unwrap_or(&config.database_url);
+    let url = config.migrate_database_url.as_ref().map_or(
+        config.database_url.as_str(),
+        shared::config::SecretUrl::expose,
+    );
     shared::telemetry::connect_db(url, 1, &config.tls).await
 }
 
@@ -317,6 +323,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(answer_headers))
         .layer(middleware::from_fn(track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
@@ -330,6 +337,24 @@ pub fn metrics_router(state: AppState) -> Router {
         .route("/metrics", axum::routing::get(routes::health::metrics))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
+}
+
+/// Headers of every answer of the public listener: `X-Content-Type-Options: nosniff` (a JSON
+/// error that echoes input is never sniffed into HTML) and, unless the route chose its own
+/// caching (the static assets), `Cache-Control: no-store`: answers about accounts, sessions
+/// and links are for one client only and must not stay in a shared or browser cache.
+async fn answer_headers(request: Request, next: Next) -> Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 /// A caller's own `x-request-id`, kept for the log line only.

@@ -384,7 +384,7 @@ pub async fn within_code_budget(
     if verdict.allowed {
         return Ok(());
     }
-    crate::audit::rate_limited(state, verdict.refused_by, ip, None, request_id).await;
+    crate::audit::rate_limited(state, &verdict, ip, None, request_id);
     Err(ApiError::RateLimitedIp {
         retry_after_secs: verdict.retry_after_secs,
     })
@@ -402,7 +402,7 @@ pub async fn within_token_budget(
     if verdict.allowed {
         return Ok(());
     }
-    crate::audit::rate_limited(state, verdict.refused_by, ip, None, request_id).await;
+    crate::audit::rate_limited(state, &verdict, ip, None, request_id);
     Err(ApiError::RateLimitedIp {
         retry_after_secs: verdict.retry_after_secs,
     })

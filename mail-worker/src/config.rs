@@ -5,13 +5,25 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 pub use shared::config::ConfigError;
 use shared::config::{CommonConfig, EnvReader};
 
-/// Where emails go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where emails go. Its `Debug` redacts the SMTP URL's credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Transport {
     /// SMTP per `SMTP_URL` (plain, STARTTLS or implicit TLS; credentials in the URL).
     Smtp { url: String },
     /// `.eml` files in a directory (local runs without a mail server).
     File { dir: PathBuf },
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Smtp { url } => f
+                .debug_struct("Smtp")
+                .field("url", &shared::config::redact_url(url))
+                .finish(),
+            Transport::File { dir } => f.debug_struct("File").field("dir", dir).finish(),
+        }
+    }
 }
 
 /// Validated settings of one worker process. The settings shared with the api are in
@@ -56,12 +68,26 @@ shared::service_config!(Config);
 /// `MAIL_RETRY_SCHEDULE_SECS`, `BROKER_QUEUE_EXPIRES_MS`), plus `TLS_CA_FILE`. No secret and
 /// no SMTP setting: an operator runs them with only `DATABASE_URL` set (and the broker's
 /// variables for a replay).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OperatorConfig {
     pub database_url: String,
     pub tls: shared::tls::Trust,
     pub amqp_urls: Vec<String>,
     pub topology: shared::topology::Topology,
+}
+
+impl std::fmt::Debug for OperatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorConfig")
+            .field(
+                "database_url",
+                &shared::config::redact_url(&self.database_url),
+            )
+            .field("tls", &self.tls)
+            .field("amqp_urls", &shared::config::redact_urls(&self.amqp_urls))
+            .field("topology", &self.topology)
+            .finish()
+    }
 }
 
 impl OperatorConfig {

@@ -150,6 +150,8 @@ pub enum Outcome {
     LoginIp,
     /// Budget: sign-in attempts per address.
     LoginEmail,
+    /// Budget: sign-in attempts per recognised device and address.
+    LoginDevice,
     /// Budget: sign-ups per IP.
     SignupIp,
     /// Budget: link uses per IP.
@@ -185,7 +187,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 43] = [
+    pub const ALL: [Outcome; 44] = [
         Outcome::Success,
         Outcome::Created,
         Outcome::Exists,
@@ -213,6 +215,7 @@ impl Outcome {
         Outcome::LoginPair,
         Outcome::LoginIp,
         Outcome::LoginEmail,
+        Outcome::LoginDevice,
         Outcome::SignupIp,
         Outcome::TokenIp,
         Outcome::Sent,
@@ -261,6 +264,7 @@ impl Outcome {
             Outcome::LoginPair => "login_pair",
             Outcome::LoginIp => "login_ip",
             Outcome::LoginEmail => "login_email",
+            Outcome::LoginDevice => "login_device",
             Outcome::SignupIp => "signup_ip",
             Outcome::TokenIp => "token_ip",
             Outcome::Sent => "sent",

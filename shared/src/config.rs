@@ -371,9 +371,53 @@ impl<'a> EnvReader<'a> {
     }
 }
 
+/// A URL as logs and `Debug` may show it: scheme, host, port and path, never the user, the
+/// password or the query (which can carry `password=` or `sslpassword=`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<redacted>".to_owned();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (credentials, host) = match authority.rsplit_once('@') {
+        Some((_, host)) => ("***@", host),
+        None => ("", authority),
+    };
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{path}")
+    };
+    format!("{scheme}://{credentials}{host}{path}")
+}
+
+/// A URL that may carry credentials; `Debug` shows it redacted (see [`redact_url`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(pub String);
+
+impl SecretUrl {
+    /// The URL itself, for connecting (never for logs).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+/// `urls` redacted (see [`redact_url`]).
+pub fn redact_urls(urls: &[String]) -> Vec<String> {
+    urls.iter().map(|u| redact_url(u)).collect()
+}
+
 /// Settings both services read, with the same names, defaults and checks: one definition, so
 /// the api and the worker cannot disagree about a secret, a lifetime or a namespace.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows no secret and no credential: URLs are redacted and secrets counted.
+#[derive(Clone)]
 pub struct CommonConfig {
     pub database_url: String,
     /// Connections of this process's PostgreSQL pool (`DATABASE_MAX_CONNECTIONS`).
@@ -407,6 +451,38 @@ pub struct CommonConfig {
     pub broker_queue_expires_ms: Option<i64>,
     /// Name of the product on pages and in emails.
     pub product_name: String,
+}
+
+impl std::fmt::Debug for CommonConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sentinel = self
+            .redis_sentinel
+            .as_ref()
+            .map(|(urls, master)| (redact_urls(urls), master));
+        f.debug_struct("CommonConfig")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_cluster_urls", &redact_urls(&self.redis_cluster_urls))
+            .field("redis_sentinel", &sentinel)
+            .field("amqp_urls", &redact_urls(&self.amqp_urls))
+            .field("tls", &self.tls)
+            .field("public_base_url", &self.public_base_url)
+            .field(
+                "token_secrets",
+                &format_args!("[{} redacted]", self.token_secrets.len()),
+            )
+            .field("token_digest", &self.token_digest)
+            .field("reset_token_max_age", &self.reset_token_max_age)
+            .field("verify_token_max_age", &self.verify_token_max_age)
+            .field("retry_schedule_secs", &self.retry_schedule_secs)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("broker_namespace", &self.broker_namespace)
+            .field("broker_queue_expires_ms", &self.broker_queue_expires_ms)
+            .field("product_name", &self.product_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CommonConfig {
@@ -551,6 +627,45 @@ impl CommonConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_of_the_configuration_shows_no_secret_and_no_credential() {
+        let secret = "e43de5f2b9f2474f240ac337136fac09635126cdd45ca0c7e39a19b70ab1edb1";
+        let lookup = pairs_lookup(&[
+            (
+                "DATABASE_URL",
+                "postgres://app:pg-pass@db.internal:5432/accounts?sslpassword=kp",
+            ),
+            ("REDIS_URL", "rediss://:redis-pass@cache.internal:6380"),
+            (
+                "AMQP_URL",
+                "amqps://mq:amqp-pass@mq1.internal,amqps://mq:amqp-pass@mq2.internal",
+            ),
+            ("PUBLIC_BASE_URL", "https://account.example.com"),
+            ("TOKEN_SECRETS", secret),
+        ]);
+        let mut r = EnvReader::new(&lookup);
+        let c = CommonConfig::read(&mut r);
+        r.finish().expect("valid");
+        let shown = format!("{c:?}");
+        for hidden in [
+            "pg-pass",
+            "redis-pass",
+            "amqp-pass",
+            "sslpassword",
+            "kp",
+            &secret[..16],
+        ] {
+            assert!(!shown.contains(hidden), "{hidden} in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://***@db.internal:5432/accounts"),
+            "{shown}"
+        );
+        assert!(shown.contains("mq2.internal"), "{shown}");
+        assert_eq!(redact_url("not a url with pass"), "<redacted>");
+        assert_eq!(redact_url("smtp://127.0.0.1:2525"), "smtp://127.0.0.1:2525");
+    }
 
     #[test]
     fn random_hex_and_base64_secrets_are_accepted() {

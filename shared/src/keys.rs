@@ -100,6 +100,13 @@ impl Keys {
         format!("{}code:{{c:{address}}}:wrong", self.prefix)
     }
 
+    /// The site-wide count of wrong reset codes in the minute starting at `minute` (seconds
+    /// since the epoch / 60). Every minute shares one hash tag, so this minute's and the last
+    /// one's are read with one `MGET` on Redis Cluster too.
+    pub fn code_breaker(&self, minute: i64) -> String {
+        format!("{}code-breaker:{{cb}}:{minute}", self.prefix)
+    }
+
     /// The provider-wide send budget (`SMTP_MAX_PER_SECOND`), shared by every worker replica:
     /// `[0]` the log of recent sends, `[1]` the line of jobs waiting for a turn (tickets),
     /// `[2]` an unused throttle slot (the script takes the same three keys for both budgets).

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use axum::{
     Form, Router,
     extract::{Query, Request, State, rejection::FormRejection},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -415,6 +415,7 @@ async fn reset_submit(
     ClientIp(ip): ClientIp,
     Locale(locale): Locale,
     RequestTrace(trace): RequestTrace,
+    headers: HeaderMap,
     form: Result<Form<ResetForm>, FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
@@ -430,7 +431,10 @@ async fn reset_submit(
         );
     }
     match password::perform_reset(&state, ip, locale, trace, &form.token, form.password).await {
-        Ok(()) => Redirect::to("/reset-password/done").into_response(),
+        Ok(email_key) => {
+            let done = Redirect::to("/reset-password/done").into_response();
+            password::with_device(&state, &headers, &email_key, done)
+        }
         Err(ApiError::WeakPassword(hint)) => {
             let text = if locale == "en" {
                 format!("{} {hint}", t(locale, "weak"))
@@ -484,6 +488,7 @@ async fn code_submit(
     ClientIp(ip): ClientIp,
     Locale(locale): Locale,
     RequestTrace(trace): RequestTrace,
+    headers: HeaderMap,
     form: Result<Form<CodeForm>, FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
@@ -506,7 +511,10 @@ async fn code_submit(
     )
     .await;
     match result {
-        Ok(()) => Redirect::to("/reset-password/done").into_response(),
+        Ok(email_key) => {
+            let done = Redirect::to("/reset-password/done").into_response();
+            password::with_device(&state, &headers, &email_key, done)
+        }
         Err(ApiError::CodeInvalid) => {
             // The typed code is not shown again: it is dead or wrong.
             code_page(
@@ -535,6 +543,22 @@ async fn code_submit(
         ),
         Err(ApiError::RateLimitedIp { retry_after_secs }) => {
             rate_limited(&state, locale, retry_after_secs)
+        }
+        Err(ApiError::CodeEntryPaused { retry_after_secs }) => {
+            let mut r = message(
+                &state,
+                locale,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &t(locale, "code_paused_title"),
+                &t(locale, "code_paused"),
+                "error",
+                None,
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
+            r
         }
         Err(ApiError::Unavailable(e)) => {
             tracing::warn!(error = %format!("{e:#}"), "dependency unavailable");
@@ -649,21 +673,25 @@ async fn verify_submit(
     ClientIp(ip): ClientIp,
     Locale(locale): Locale,
     RequestTrace(trace): RequestTrace,
+    headers: HeaderMap,
     form: Result<Form<VerifyForm>, FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
         return bad_form(&state, locale);
     };
-    match users::verify(&state, ip, &trace, &form.token, form.password).await {
-        Ok(()) => message(
-            &state,
-            locale,
-            StatusCode::OK,
-            &t(locale, "verified_title"),
-            &t(locale, "verified_message"),
-            "notice",
-            None,
-        ),
+    match users::verify(&state, ip, &headers, &trace, &form.token, form.password).await {
+        Ok(email_key) => {
+            let done = message(
+                &state,
+                locale,
+                StatusCode::OK,
+                &t(locale, "verified_title"),
+                &t(locale, "verified_message"),
+                "notice",
+                None,
+            );
+            password::with_device(&state, &headers, &email_key, done)
+        }
         Err(ApiError::InvalidCredentials) => verify_page(
             &state,
             locale,
@@ -742,6 +770,16 @@ fn strings(locale: &str) -> BTreeMap<&'static str, &'static str> {
             "验证码无效。请检查邮箱地址和验证码，或重新获取邮件。",
         ),
         ("code_new_email", "Request a new email", "重新获取邮件"),
+        (
+            "code_paused_title",
+            "Codes are paused for a moment",
+            "验证码暂停使用",
+        ),
+        (
+            "code_paused",
+            "Too many wrong codes were entered on this site just now, so codes are paused for a few minutes. The link in your email still works; or try the code again later.",
+            "本站刚刚有过多错误的验证码尝试，验证码暂停使用几分钟。邮件中的链接仍然有效；也可以稍后再试验证码。",
+        ),
         (
             "mismatch",
             "The two passwords are not the same.",

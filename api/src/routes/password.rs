@@ -3,7 +3,7 @@
 use axum::{
     Json,
     extract::State,
-    http::StatusCode,
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -92,8 +92,7 @@ pub async fn forgot(
     if !verdict.ip.allowed {
         let address_hash = state.limiter.address_pseudonym(address.key());
         let request_id = trace.request_id.as_deref();
-        let label = verdict.ip.refused_by;
-        crate::audit::rate_limited(state, label, ip, Some(&address_hash), request_id).await;
+        crate::audit::rate_limited(state, &verdict.ip, ip, Some(&address_hash), request_id);
         return Err(ApiError::RateLimitedIp {
             retry_after_secs: verdict.ip.retry_after_secs,
         });
@@ -136,7 +135,7 @@ pub struct ResetRequest {
 /// commit together (the outbox relays the last two with confirms).
 #[utoipa::path(post, path = "/v1/password/reset", tag = "password", request_body = ResetRequest,
     responses(
-        (status = 204, description = "Password changed; every session of the user is revoked"),
+        (status = 204, description = "Password changed; every session of the user is revoked; sets the device cookie"),
         (status = 400, description = "`token_invalid` (also a superseded link), `token_expired`, `token_used`, `malformed_json`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
@@ -148,13 +147,33 @@ pub async fn reset_password(
     ClientIp(ip): ClientIp,
     Locale(locale): Locale,
     RequestTrace(trace): RequestTrace,
+    headers: HeaderMap,
     AppJson(body): AppJson<ResetRequest>,
-) -> Result<StatusCode, ApiError> {
-    perform_reset(&state, ip, locale, trace, &body.token, body.new_password).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<Response, ApiError> {
+    let email_key =
+        perform_reset(&state, ip, locale, trace, &body.token, body.new_password).await?;
+    Ok(with_device(
+        &state,
+        &headers,
+        &email_key,
+        StatusCode::NO_CONTENT.into_response(),
+    ))
 }
 
-/// The reset work shared by the JSON endpoint and the HTML form.
+/// `response` with the device cookie for the account with key `email_key` (whoever just
+/// proved the mailbox, or the password, on this browser is its owner).
+pub fn with_device(
+    state: &AppState,
+    headers: &HeaderMap,
+    email_key: &str,
+    mut response: Response,
+) -> Response {
+    let cookie = state.devices.issue(headers, email_key);
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+    response
+}
+
+/// The reset work shared by the JSON endpoint and the HTML form. The account's address key.
 pub async fn perform_reset(
     state: &AppState,
     ip: std::net::IpAddr,
@@ -162,7 +181,7 @@ pub async fn perform_reset(
     trace: shared::message::Trace,
     token: &str,
     new_password: String,
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     let request_id = trace.request_id.clone();
     let (st, rid) = (state, request_id.as_deref());
     let audit =
@@ -186,7 +205,7 @@ pub async fn perform_reset(
         Err(r) => return Err(refuse(r).await),
     };
     let user_id = user.id;
-    if let Err(e) = password_policy::check_new_password(&new_password, &user.email) {
+    if let Err(e) = password_policy::judge_new_password(&new_password, &user.email).await {
         audit(Outcome::WeakPassword, Some(user_id)).await;
         return Err(e);
     }
@@ -205,7 +224,7 @@ pub async fn perform_reset(
         audit(Outcome::PasswordChanged, Some(user_id)).await;
         return Err(ApiError::TokenInvalid);
     }
-    Ok(())
+    Ok(user.email_key)
 }
 
 /// The request a password change comes from.
@@ -245,6 +264,9 @@ async fn finish_reset(
     if let Err(e) = state.sessions.revoke_all(user.id).await {
         tracing::warn!(error = %e, "session revocation failed; sessions die by password version");
     }
+    // The mailbox's owner set a new password: failures counted against the old one (by
+    // strangers, often) no longer refuse sign-ins to the address.
+    state.limiter.clear_login_failures(&user.email_key).await;
     metrics::counter!("password_resets_total").increment(1);
     Ok(true)
 }
@@ -272,32 +294,40 @@ pub struct CodeResetRequest {
 /// link still works). Codes have their own per-IP budget.
 #[utoipa::path(post, path = "/v1/password/reset/code", tag = "password", request_body = CodeResetRequest,
     responses(
-        (status = 204, description = "Password changed; every session of the user is revoked"),
+        (status = 204, description = "Password changed; every session of the user is revoked; sets the device cookie"),
         (status = 400, description = "`code_invalid` (wrong, used, superseded, expired, or no code for the address; the same answer for each), `malformed_json`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`invalid_email`, `weak_password`, `password_too_long`, `invalid_body`", body = ErrorBody),
         (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the per-IP code budget)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
+        (status = 503, description = "`unavailable`; `code_entry_paused` (too many wrong codes over the whole site: links keep working), with `Retry-After`", body = ErrorBody),
     ))]
 pub async fn reset_password_with_code(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     Locale(locale): Locale,
     RequestTrace(trace): RequestTrace,
+    headers: HeaderMap,
     AppJson(body): AppJson<CodeResetRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let CodeResetRequest {
         email,
         code,
         new_password,
     } = body;
-    perform_code_reset(&state, ip, locale, trace, &email, &code, new_password).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let email_key =
+        perform_code_reset(&state, ip, locale, trace, &email, &code, new_password).await?;
+    Ok(with_device(
+        &state,
+        &headers,
+        &email_key,
+        StatusCode::NO_CONTENT.into_response(),
+    ))
 }
 
 /// The code reset shared by the JSON endpoint and the HTML form. Nothing about the address
-/// is read from the database before the code matched (see [`crate::reset_code`]).
+/// is read from the database before the code matched (see [`crate::reset_code`]). The
+/// account's address key.
 pub async fn perform_code_reset(
     state: &AppState,
     ip: std::net::IpAddr,
@@ -306,7 +336,7 @@ pub async fn perform_code_reset(
     email: &str,
     code: &str,
     new_password: String,
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     let request_id = trace.request_id.clone();
     let (st, rid) = (state, request_id.as_deref());
     let audit = |outcome: Outcome, user: Option<uuid::Uuid>| {
@@ -319,6 +349,10 @@ pub async fn perform_code_reset(
     };
 
     tokens::within_code_budget(state, ip, rid).await?;
+    let breaker = reset_code::Breaker {
+        limit: state.config.code_breaker_per_minute,
+    };
+    breaker.check(&state.redis, state.clock.now()).await?;
     if let Err(e) = password_policy::check_length(&new_password) {
         audit(Outcome::PasswordTooLong, None).await;
         return Err(e);
@@ -334,6 +368,7 @@ pub async fn perform_code_reset(
             // The same row for every address, known or not: its pseudonym, no user.
             let reason = Outcome::CodeWrong;
             metrics::counter!("tokens_rejected_total", "reason" => reason.as_str()).increment(1);
+            breaker.count_wrong(&state.redis, state.clock.now()).await;
             let address_hash = state.limiter.address_pseudonym(address.key());
             let event = AuditEvent {
                 ip: Some(ip),
@@ -363,7 +398,7 @@ pub async fn perform_code_reset(
     {
         return Err(refuse(reason, user.id).await);
     }
-    if let Err(e) = password_policy::check_new_password(&new_password, &user.email) {
+    if let Err(e) = password_policy::judge_new_password(&new_password, &user.email).await {
         audit(Outcome::WeakPassword, Some(user.id)).await;
         return Err(e);
     }
@@ -381,7 +416,7 @@ pub async fn perform_code_reset(
         return Err(refuse(Outcome::PasswordChanged, user.id).await);
     }
     link.kill(state).await;
-    Ok(())
+    Ok(user.email_key)
 }
 
 /// The change of a reset: the new hash, its audit row, the `user.password_reset` event, the

@@ -3,7 +3,7 @@
 use axum::{
     Json,
     extract::State,
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
@@ -18,8 +18,7 @@ use crate::{
     audit,
     error::{ApiError, ErrorBody},
     extract::{AppJson, AuthUser, ClientIp, RequestTrace},
-    password_policy,
-    sessions::COOKIE_NAME,
+    password_policy, sessions,
     startup::AppState,
     store,
 };
@@ -54,19 +53,20 @@ pub struct SessionCreated {
 /// address first could use the account before the victim ever saw it.
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = LoginRequest,
     responses(
-        (status = 201, description = "Signed in; also sets the `session` cookie (HttpOnly, SameSite=Lax, Secure)", body = SessionCreated),
+        (status = 201, description = "Signed in; also sets the session cookie (`__Host-session`: HttpOnly, SameSite=Lax, Secure) and the device cookie (`__Host-device`, a year: this browser is recognised at its next sign-in to the account)", body = SessionCreated),
         (status = 400, description = "`malformed_json`", body = ErrorBody),
         (status = 401, description = "`invalid_credentials` (same for unknown addresses, unverified accounts and locked accounts)", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`invalid_email`, `password_too_long`, `invalid_body`", body = ErrorBody),
-        (status = 429, description = "`rate_limited_login` (this address, or this address from this IP) or `rate_limited_ip` (this IP over all addresses), with `Retry-After`", body = ErrorBody),
+        (status = 429, description = "`rate_limited_login` (this address, or this address from this IP, or this recognised browser) or `rate_limited_ip` (this IP over all addresses), with `Retry-After`", body = ErrorBody),
         (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
 pub async fn log_in(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     RequestTrace(trace): RequestTrace,
+    headers: HeaderMap,
     AppJson(body): AppJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let address =
@@ -75,8 +75,14 @@ pub async fn log_in(
     let now = state.clock.now();
     let address_hash = state.limiter.address_pseudonym(address.key());
     let request_id = trace.request_id.as_deref();
-    let attempt =
-        within_login_budgets(&state, ip, address.key(), &address_hash, request_id).await?;
+    let device = state.devices.recognise(&headers, address.key());
+    let budgets = LoginBudgets {
+        ip,
+        email_key: address.key(),
+        address_hash: &address_hash,
+        device: device.as_deref(),
+    };
+    let attempt = within_login_budgets(&state, &budgets, request_id).await?;
     let credentials = store::users::credentials(&state.db, address.key()).await?;
     let stored = credentials.as_ref().map(|c| c.password_hash.clone());
     let valid = state
@@ -139,32 +145,41 @@ pub async fn log_in(
         }),
     )
         .into_response();
-    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    let set = response.headers_mut();
+    set.insert(header::SET_COOKIE, cookie);
+    set.append(
+        header::SET_COOKIE,
+        state.devices.issue(&headers, address.key()),
+    );
     Ok(response)
 }
 
-/// Counts a sign-in attempt against its budgets (pair, IP, address); a refusal is audited
-/// and answered `429` (`rate_limited_ip` for the IP's budget, `rate_limited_login`
-/// otherwise). The attempt, to forgive once the sign-in succeeded.
-async fn within_login_budgets(
+/// What a sign-in attempt is counted under.
+pub struct LoginBudgets<'a> {
+    pub ip: std::net::IpAddr,
+    pub email_key: &'a str,
+    /// The address's pseudonym, for the audit row of a refusal.
+    pub address_hash: &'a str,
+    /// The request's device, when it signed in to this address before.
+    pub device: Option<&'a str>,
+}
+
+/// Counts a sign-in attempt against its budgets (IP, and pair and address, or the recognised
+/// device); a refusal is audited and answered `429` (`rate_limited_ip` for the IP's budget,
+/// `rate_limited_login` otherwise). The attempt, to forgive once the sign-in succeeded.
+pub async fn within_login_budgets(
     state: &AppState,
-    ip: std::net::IpAddr,
-    email_key: &str,
-    address_hash: &str,
+    budgets: &LoginBudgets<'_>,
     request_id: Option<&str>,
 ) -> Result<crate::rate_limit::Attempt, ApiError> {
-    let (verdict, attempt) = state.limiter.check_login(ip, email_key).await?;
+    let (verdict, attempt) = (state.limiter)
+        .check_login(budgets.ip, budgets.email_key, budgets.device)
+        .await?;
     if verdict.allowed {
         return Ok(attempt);
     }
-    audit::rate_limited(
-        state,
-        verdict.refused_by,
-        ip,
-        Some(address_hash),
-        request_id,
-    )
-    .await;
+    let (ip, address_hash) = (budgets.ip, Some(budgets.address_hash));
+    audit::rate_limited(state, &verdict, ip, address_hash, request_id);
     let retry_after_secs = verdict.retry_after_secs;
     Err(if verdict.refused_by == Some(Outcome::LoginIp) {
         ApiError::RateLimitedIp { retry_after_secs }
@@ -232,10 +247,10 @@ pub async fn log_out(
 /// The session cookie: HttpOnly (no script can read it), SameSite=Lax (not sent on
 /// cross-site POSTs), Secure unless explicitly disabled for local http.
 fn session_cookie(value: &str, max_age_secs: u64, secure: bool) -> HeaderValue {
+    let name = sessions::cookie_name(secure);
     let secure = if secure { "; Secure" } else { "" };
-    let cookie = format!(
-        "{COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}"
-    );
+    let cookie =
+        format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}");
     HeaderValue::from_str(&cookie)
         .unwrap_or_else(|_| HeaderValue::from_static("session=; Max-Age=0"))
 }
@@ -250,13 +265,10 @@ mod tests {
         let c = c.to_str().expect("ascii");
         assert_eq!(
             c,
-            "session=abc; Path=/; HttpOnly; SameSite=Lax; Max-Age=60; Secure"
+            "__Host-session=abc; Path=/; HttpOnly; SameSite=Lax; Max-Age=60; Secure"
         );
-        assert!(
-            !session_cookie("abc", 60, false)
-                .to_str()
-                .expect("ascii")
-                .contains("Secure")
-        );
+        let plain = session_cookie("abc", 60, false);
+        let plain = plain.to_str().expect("ascii");
+        assert!(plain.starts_with("session=abc;") && !plain.contains("Secure"));
     }
 }

@@ -3,7 +3,7 @@
 use axum::{
     Json,
     extract::State,
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
@@ -73,17 +73,20 @@ pub async fn sign_up(
 ) -> Result<Response, ApiError> {
     let address =
         email::normalize(&body.email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
-    password_policy::check_new_password(&body.password, address.address())?;
+    password_policy::check_length(&body.password)?;
     let now = state.clock.now();
-    // Every sign-up costs a hash and sends an email to an address of the caller's choosing.
+    // Every sign-up costs a hash and sends an email to an address of the caller's choosing;
+    // and the strength check costs milliseconds of CPU: the budget is counted before either,
+    // so a client past it gets nothing computed.
     let verdict = state.limiter.check_signup(ip).await?;
     if !verdict.allowed {
         let request_id = trace.request_id.as_deref();
-        crate::audit::rate_limited(&state, verdict.refused_by, ip, None, request_id).await;
+        crate::audit::rate_limited(&state, &verdict, ip, None, request_id);
         return Err(ApiError::RateLimitedIp {
             retry_after_secs: verdict.retry_after_secs,
         });
     }
+    password_policy::judge_new_password(&body.password, address.address()).await?;
     let hash = state.hasher.hash_for(ip, body.password).await?;
 
     // The account (if the address is free), its audit row and the email job commit together;
@@ -152,7 +155,7 @@ pub struct VerifyRequest {
 /// the address, replaces the password and ends every session).
 #[utoipa::path(post, path = "/v1/email/verify", tag = "users", request_body = VerifyRequest,
     responses(
-        (status = 204, description = "Address verified; sessions from before verification are ended"),
+        (status = 204, description = "Address verified; sessions from before verification are ended; sets the device cookie"),
         (status = 400, description = "`token_invalid`, `token_expired`, `token_used`, `malformed_json`", body = ErrorBody),
         (status = 401, description = "`invalid_credentials`: not the account's password (the link stays usable)", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
@@ -165,26 +168,32 @@ pub async fn verify_email(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     RequestTrace(trace): RequestTrace,
+    headers: HeaderMap,
     AppJson(body): AppJson<VerifyRequest>,
-) -> Result<StatusCode, ApiError> {
-    verify(&state, ip, &trace, &body.token, body.password).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<Response, ApiError> {
+    let email_key = verify(&state, ip, &headers, &trace, &body.token, body.password).await?;
+    let done = StatusCode::NO_CONTENT.into_response();
+    Ok(crate::routes::password::with_device(
+        &state, &headers, &email_key, done,
+    ))
 }
 
-/// The verification work shared by the JSON endpoint and the HTML page.
+/// The verification work shared by the JSON endpoint and the HTML page. The account's
+/// address key.
 pub async fn verify(
     state: &AppState,
     ip: std::net::IpAddr,
+    headers: &HeaderMap,
     trace: &shared::message::Trace,
     token: &str,
     password: String,
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     let request_id = trace.request_id.as_deref();
     tokens::within_token_budget(state, ip, request_id).await?;
     password_policy::check_length(&password)?;
-    let outcome = verify_link(state, ip, request_id, token, password).await;
+    let outcome = verify_link(state, ip, headers, request_id, token, password).await;
     let (result, outcome, user) = match outcome {
-        Ok(user) => (Ok(()), Outcome::Success, Some(user)),
+        Ok((user, email_key)) => (Ok(email_key), Outcome::Success, Some(user)),
         Err(r) => (Err(r.error), r.reason, r.user),
     };
     if !matches!(result, Err(ApiError::Unavailable(_))) {
@@ -205,10 +214,11 @@ pub async fn verify(
 async fn verify_link(
     state: &AppState,
     ip: std::net::IpAddr,
+    headers: &HeaderMap,
     request_id: Option<&str>,
     token: &str,
     password: String,
-) -> Result<Uuid, Rejected> {
+) -> Result<(Uuid, String), Rejected> {
     let (token, user) = tokens::check_link(state, Purpose::EmailVerify, token).await?;
     let stored = store::users::credentials_by_id(&state.db, user.id)
         .await
@@ -218,12 +228,17 @@ async fn verify_link(
     // is no way around the per-address limit on guessing the account's password.
     let email_key = email::normalize(&user.email)
         .map_or_else(|_| user.email.to_lowercase(), |a| a.key().to_owned());
-    let (verdict, attempt) = state.limiter.check_login(ip, &email_key).await?;
+    let device = state.devices.recognise(headers, &email_key);
+    let (verdict, attempt) = (state.limiter)
+        .check_login(ip, &email_key, device.as_deref())
+        .await?;
     if !verdict.allowed {
         let pseudonym = state.limiter.address_pseudonym(&email_key);
-        let (label, retry_after_secs) = (verdict.refused_by, verdict.retry_after_secs);
-        crate::audit::rate_limited(state, label, ip, Some(&pseudonym), request_id).await;
-        return Err(Rejected::rate_limited_login(user.id, retry_after_secs));
+        crate::audit::rate_limited(state, &verdict, ip, Some(&pseudonym), request_id);
+        return Err(Rejected::rate_limited_login(
+            user.id,
+            verdict.retry_after_secs,
+        ));
     }
     let hash = stored.password_hash;
     let matches = state
@@ -263,7 +278,7 @@ async fn verify_link(
     {
         tracing::warn!(error = %e, "could not rehash a password with old parameters");
     }
-    Ok(user.id)
+    Ok((user.id, email_key))
 }
 
 /// The signed-in user.

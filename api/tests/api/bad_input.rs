@@ -183,6 +183,35 @@ async fn health_readiness_and_metrics_answer() {
 }
 
 #[tokio::test]
+async fn every_json_answer_is_uncacheable_and_never_sniffed() {
+    let app = spawn_app().await;
+    let answers = [
+        app.forgot("a@example.org").await,
+        app.forgot("not an address").await,
+        app.post(
+            "/v1/sessions",
+            json!({ "email": "a@example.org", "password": "x" }),
+        )
+        .await,
+        app.get("/v1/me").await,
+        app.get("/no/such/path").await,
+        app.get("/healthz").await,
+        app.get("/openapi.json").await,
+    ];
+    for r in answers {
+        let h = r.headers();
+        assert_eq!(h["cache-control"], "no-store", "{} {h:?}", r.url());
+        assert_eq!(h["x-content-type-options"], "nosniff", "{} {h:?}", r.url());
+        assert!(
+            h["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_openapi_document_lists_exactly_the_served_routes() {
     let app = spawn_app().await;
     let r = app.get("/openapi.json").await;

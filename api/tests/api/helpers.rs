@@ -365,7 +365,13 @@ impl TestApp {
         .await
     }
 
+    /// Waits for the refusal rows written beside the answers (see `api::audit::rate_limited`).
+    pub async fn settle_audit(&self) {
+        api::audit::settle_refusals(&self.state).await;
+    }
+
     pub async fn audit_outcomes(&self, action: &str) -> Vec<String> {
+        self.settle_audit().await;
         sqlx::query_scalar("SELECT outcome FROM audit_events WHERE action = $1 ORDER BY id")
             .bind(action)
             .fetch_all(&self.state.db)

@@ -10,6 +10,7 @@ mod helpers;
 mod lock;
 mod outage;
 mod pages;
+mod refusals;
 mod reset;
 mod reset_code;
 mod security;

@@ -27,6 +27,9 @@ async fn the_forgot_page_answers_every_address_alike_and_shows_the_ip_limit() {
     assert_eq!(get.status(), StatusCode::OK);
     assert_page_headers(&get);
     let html = get.text().await.unwrap();
+    // The page's own policy is the header's: a stricter `<meta>` would turn our own forms'
+    // `Origin` into `null`, a looser one would leak the token in a `Referer`.
+    assert!(html.contains(r#"<meta name="referrer" content="strict-origin">"#));
     assert!(
         html.contains(r#"<label for="email">"#) && html.contains(r#"id="email""#),
         "labelled field"

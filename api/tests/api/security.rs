@@ -278,6 +278,7 @@ async fn sign_in_budgets_per_ip_and_per_address_stop_spraying_and_stuffing() {
     assert_eq!(body["code"], "rate_limited_login");
 
     // Every refusal left an audit row naming the budget, the IP and the address pseudonym.
+    app.settle_audit().await;
     let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT outcome, host(ip), address_hash FROM audit_events
          WHERE action = 'rate_limited' ORDER BY id",
@@ -641,6 +642,7 @@ async fn sign_in_sign_out_and_refusals_are_audited_per_account() {
     let r = sign_in_answer(&app, "ann@example.org", STRONGER).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     type Row = (String, String, Option<Uuid>, Option<String>, Option<String>);
+    app.settle_audit().await;
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT action, outcome, user_id, host(ip), address_hash FROM audit_events
              WHERE action IN ('sign_in', 'sign_out', 'rate_limited') ORDER BY id",

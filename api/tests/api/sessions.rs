@@ -26,7 +26,8 @@ async fn login_sets_a_hardened_cookie_and_the_session_works_by_bearer_and_cookie
     let body: Value = r.json().await.unwrap();
     let session = body["session"].as_str().unwrap();
     assert!(body["expires_at"].as_str().is_some());
-    assert!(cookie.starts_with(&format!("session={session};")));
+    // `__Host-`: only this host, over TLS, for the whole site, can set it.
+    assert!(cookie.starts_with(&format!("__Host-session={session};")));
     for attribute in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/"] {
         assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
     }
@@ -35,7 +36,7 @@ async fn login_sets_a_hardened_cookie_and_the_session_works_by_bearer_and_cookie
     let by_cookie = app
         .client
         .get(app.url("/v1/me"))
-        .header("cookie", format!("other=1; session={session}"))
+        .header("cookie", format!("other=1; __Host-session={session}"))
         .send()
         .await
         .unwrap();
