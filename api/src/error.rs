@@ -33,6 +33,8 @@ pub enum ApiError {
     CodeInvalid,
     #[error("code entry is paused for a while; use the link in the email, or try again later")]
     CodeEntryPaused { retry_after_secs: u64 },
+    #[error("that is not the address this link was sent to")]
+    AddressMismatch,
     #[error("the email address or password is wrong")]
     InvalidCredentials,
     #[error("authentication required")]
@@ -72,6 +74,7 @@ impl ApiError {
             ApiError::TokenExpired => "token_expired",
             ApiError::TokenUsed => "token_used",
             ApiError::CodeInvalid => "code_invalid",
+            ApiError::AddressMismatch => "address_mismatch",
             ApiError::CodeEntryPaused { .. } => "code_entry_paused",
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::Unauthorized => "unauthorized",
@@ -94,6 +97,7 @@ impl ApiError {
             ApiError::InvalidEmail(_)
             | ApiError::WeakPassword(_)
             | ApiError::PasswordTooLong
+            | ApiError::AddressMismatch
             | ApiError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TokenInvalid
             | ApiError::TokenExpired

@@ -69,6 +69,8 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     pub metrics: PrometheusHandle,
     pub pages: Arc<routes::pages::Pages>,
+    /// The probe behind the public `/readyz`.
+    pub readiness: routes::health::ProbeCache,
     /// Device cookies (recognised browsers at sign-in).
     pub devices: crate::devices::Devices,
     /// Writers of refusal audit rows (see [`crate::audit::rate_limited`]).
@@ -142,6 +144,7 @@ impl Application {
             hasher,
             publisher,
             outbox: crate::outbox::Outbox::default(),
+            readiness: routes::health::ProbeCache::default(),
             devices: crate::devices::Devices::new(&config.token_secrets, config.cookie_secure),
             refusal_writers: crate::audit::refusal_writers(),
             clock,
@@ -331,10 +334,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The router of `API_METRICS_BIND`: `/metrics` and nothing else.
+/// The router of `API_METRICS_BIND`: `/metrics` and the full readiness report, nothing else.
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", axum::routing::get(routes::health::metrics))
+        .route(
+            "/readyz",
+            axum::routing::get(routes::health::readyz_detailed),
+        )
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
 }

@@ -158,38 +158,79 @@ pub fn exit_code(binary: &str, result: anyhow::Result<()>) -> std::process::Exit
     }
 }
 
-/// The answer of a service's `/readyz`: `200 {"status": "ready", "checks": {…}}`, or `503`
-/// with `"unavailable"` and the failing check. PostgreSQL and Redis are probed here (bounded);
-/// PostgreSQL counts only with `schema_ready` (the caller's migrations have run), and
-/// `rabbitmq` is the caller's own view of its broker connection.
+/// What one readiness probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    pub postgres: bool,
+    pub redis: bool,
+    pub rabbitmq: bool,
+}
+
+impl Readiness {
+    /// Probes PostgreSQL and Redis (bounded); PostgreSQL counts only with `schema_ready` (the
+    /// caller's migrations have run), and `rabbitmq` is the caller's own view of its broker
+    /// connection.
+    pub async fn probe(
+        db: &PgPool,
+        redis: &crate::redis_pool::RedisPool,
+        schema_ready: bool,
+        rabbitmq: bool,
+    ) -> Self {
+        let postgres = async {
+            schema_ready
+                && tokio::time::timeout(
+                    Duration::from_secs(2),
+                    sqlx::raw_sql("SELECT 1").execute(db),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok())
+        };
+        let (postgres, redis) = tokio::join!(postgres, redis.ping());
+        Self {
+            postgres,
+            redis,
+            rabbitmq,
+        }
+    }
+
+    /// Every dependency answered.
+    pub fn ready(&self) -> bool {
+        self.postgres && self.redis && self.rabbitmq
+    }
+
+    /// `200 {"status": "ready"}` or `503 {"status": "unavailable"}`, with `checks` (which
+    /// dependency failed) only when `detailed`: the public port names no dependency.
+    pub fn response(&self, detailed: bool) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        let status = if self.ready() { "ready" } else { "unavailable" };
+        let body = if detailed {
+            serde_json::json!({
+                "status": status,
+                "checks": { "postgres": self.postgres, "redis": self.redis, "rabbitmq": self.rabbitmq },
+            })
+        } else {
+            serde_json::json!({ "status": status })
+        };
+        let code = if self.ready() {
+            axum::http::StatusCode::OK
+        } else {
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        };
+        (code, axum::Json(body)).into_response()
+    }
+}
+
+/// The answer of a service's private `/readyz`: `200 {"status": "ready", "checks": {…}}`, or
+/// `503` with `"unavailable"` and the failing check (see [`Readiness::probe`]).
 pub async fn readiness(
     db: &PgPool,
     redis: &crate::redis_pool::RedisPool,
     schema_ready: bool,
     rabbitmq: bool,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    let postgres = async {
-        schema_ready
-            && tokio::time::timeout(
-                Duration::from_secs(2),
-                sqlx::raw_sql("SELECT 1").execute(db),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok())
-    };
-    let (postgres, redis) = tokio::join!(postgres, redis.ping());
-    let ready = postgres && redis && rabbitmq;
-    let body = serde_json::json!({
-        "status": if ready { "ready" } else { "unavailable" },
-        "checks": { "postgres": postgres, "redis": redis, "rabbitmq": rabbitmq },
-    });
-    let status = if ready {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(body)).into_response()
+    Readiness::probe(db, redis, schema_ready, rabbitmq)
+        .await
+        .response(true)
 }
 
 /// The answer of a service's `/metrics`: the Prometheus text exposition of `handle`.

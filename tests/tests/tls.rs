@@ -117,8 +117,9 @@ async fn forgot_email_and_reset_run_over_tls_to_every_store_trusting_only_tls_ca
     let mut untrusting = env.vars.clone();
     untrusting.retain(|(k, _)| k != "TLS_CA_FILE");
     let api2 = e2e::ServiceProcess::spawn(&e2e::workspace_binary("api"), &[], &untrusting).unwrap();
+    // The full report is on the metrics listener (the public `/readyz` names no dependency).
     let addr = api2
-        .wait_for_log_field("api listening", "addr", WAIT)
+        .wait_for_log_field("api metrics listening", "addr", WAIT)
         .await
         .unwrap_or_else(|| panic!("{:?}", api2.output()));
     let (status, body) = readiness(&format!("http://{addr}")).await;

@@ -26,6 +26,12 @@ pub struct LockRequest {
     /// The token from the "this wasn't me" link.
     #[schema(max_length = 4096)]
     pub token: String,
+    /// The account's address, typed by the person (the lock page asks for it, so a mail
+    /// scanner that follows the link and submits its form cannot lock anyone). When given it
+    /// must be the address the link was sent to.
+    #[serde(default)]
+    #[schema(format = "email", max_length = 254)]
+    pub email: Option<String>,
 }
 
 /// Locks the account of a "this wasn't me" link (valid 7 days, once).
@@ -39,7 +45,7 @@ pub struct LockRequest {
         (status = 400, description = "`token_invalid` (also a superseded link, or one older than the current password), `token_expired`, `token_used`, `malformed_json`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_body`", body = ErrorBody),
+        (status = 422, description = "`invalid_body`; `address_mismatch`: `email` is not the address the link was sent to (the link stays usable)", body = ErrorBody),
         (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the link endpoints' per-IP budget)", body = ErrorBody),
         (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
@@ -50,17 +56,21 @@ pub async fn lock_account(
     RequestTrace(trace): RequestTrace,
     AppJson(body): AppJson<LockRequest>,
 ) -> Result<StatusCode, ApiError> {
-    perform_lock(&state, ip, locale, trace, &body.token).await?;
+    let typed = body.email.as_deref();
+    perform_lock(&state, ip, locale, trace, &body.token, typed).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The lock shared by the JSON endpoint and the page's button.
+/// The lock shared by the JSON endpoint and the page's button. `typed`, when given, must be
+/// the account's address (any spelling that normalises to it); otherwise nothing changes and
+/// the link stays usable.
 pub async fn perform_lock(
     state: &AppState,
     ip: std::net::IpAddr,
     locale: &str,
     trace: shared::message::Trace,
     token: &str,
+    typed: Option<&str>,
 ) -> Result<(), ApiError> {
     let request_id = trace.request_id.as_deref();
     let audit = |outcome: Outcome, user: Option<uuid::Uuid>| async move {
@@ -82,6 +92,12 @@ pub async fn perform_lock(
             return Err(rejected.error);
         }
     };
+    if let Some(typed) = typed {
+        let matches = shared::email::normalize(typed).is_ok_and(|a| a.key() == user.email_key);
+        if !matches {
+            return Err(ApiError::AddressMismatch);
+        }
+    }
     if !state.tokens.burn(Purpose::AccountLock, &token).await? {
         audit(Outcome::Used, Some(user.id)).await;
         return Err(ApiError::TokenUsed);

@@ -601,6 +601,9 @@ async fn lock_form(
 #[derive(Debug, Deserialize)]
 struct LockForm {
     token: String,
+    /// Typed by the person: a scanner that submits the form does not know it.
+    #[serde(default)]
+    email: String,
 }
 
 /// Locks exactly as `POST /v1/account/lock` does; success redirects (303) to a page saying
@@ -615,8 +618,17 @@ async fn lock_submit(
     let Ok(Form(form)) = form else {
         return bad_form(&state, locale);
     };
-    match account::perform_lock(&state, ip, locale, trace, &form.token).await {
+    let typed = Some(form.email.as_str());
+    match account::perform_lock(&state, ip, locale, trace, &form.token, typed).await {
         Ok(()) => Redirect::to("/lock-account/done").into_response(),
+        Err(ApiError::AddressMismatch) => form_page(
+            &state,
+            locale,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "lock.html",
+            &form.token,
+            &t(locale, "lock_email_mismatch"),
+        ),
         Err(e) => link_problem(&state, locale, &e),
     }
 }
@@ -857,6 +869,16 @@ fn strings(locale: &str) -> BTreeMap<&'static str, &'static str> {
             "如果有其他人更改了您的密码，请锁定账号：所有设备将退出登录，新密码随即失效，我们会给您发送一封设置新密码的邮件。",
         ),
         ("lock_submit", "Lock my account", "锁定我的账号"),
+        (
+            "lock_email_label",
+            "To confirm, type the email address this message was sent to",
+            "请输入收到此邮件的邮箱地址以确认",
+        ),
+        (
+            "lock_email_mismatch",
+            "That is not the address this link was sent to. Nothing was changed; check it and try again.",
+            "这不是接收此链接的邮箱地址。未做任何更改；请检查后重试。",
+        ),
         (
             "lock_if_you",
             "If you changed the password yourself, close this page: nothing happens until you press the button.",

@@ -365,6 +365,13 @@ impl TestApp {
         .await
     }
 
+    /// The full readiness report (`/readyz` on the metrics listener, probed on every call).
+    pub async fn readiness(&self) -> Response {
+        reqwest::get(format!("{}/readyz", self.metrics_base))
+            .await
+            .unwrap()
+    }
+
     /// Waits for the refusal rows written beside the answers (see `api::audit::rate_limited`).
     pub async fn settle_audit(&self) {
         api::audit::settle_refusals(&self.state).await;

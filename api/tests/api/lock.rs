@@ -107,9 +107,43 @@ async fn the_lock_page_asks_first_and_its_button_locks() {
             "{html}"
         );
     }
-    app.login(ANN, STRONG).await;
+    let session = app.login(ANN, STRONG).await;
 
-    let r = app.form("/lock-account", &[("token", &token)]).await;
+    // A scanner that submits the form as it finds it, or with a wrong address, locks nothing
+    // and leaves the link usable.
+    for typed in [
+        None,
+        Some("someone.else@example.org"),
+        Some("not an address"),
+    ] {
+        let mut fields = vec![("token", token.as_str())];
+        fields.extend(typed.map(|t| ("email", t)));
+        let r = app.form("/lock-account", &fields).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{typed:?}");
+        let html = r.text().await.unwrap();
+        assert!(
+            html.contains("not the address this link was sent to"),
+            "{html}"
+        );
+        assert!(html.contains("Lock my account") && html.contains(&token));
+    }
+    assert_eq!(app.me(&session).await.status(), StatusCode::OK);
+    let r = app
+        .post(
+            "/v1/account/lock",
+            serde_json::json!({ "token": token, "email": "x@example.org" }),
+        )
+        .await;
+    crate::helpers::assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "address_mismatch").await;
+    assert_eq!(app.me(&session).await.status(), StatusCode::OK);
+
+    // The person types the address (any spelling of it).
+    let r = app
+        .form(
+            "/lock-account",
+            &[("token", &token), ("email", " Ann@EXAMPLE.org ")],
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()["location"], "/lock-account/done");
     let done = app.get("/lock-account/done").await.text().await.unwrap();

@@ -49,7 +49,7 @@ async fn without_redis_requests_fail_closed_with_503_and_recover_when_it_returns
     // Link endpoints count every request against the client's budget first: without Redis
     // that cannot be done, so even an unreadable token gets 503 (fail closed).
     assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
-    let r = app.get("/readyz").await;
+    let r = app.readiness().await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["checks"]["redis"], false);
@@ -64,7 +64,7 @@ async fn without_redis_requests_fail_closed_with_503_and_recover_when_it_returns
     })
     .await;
     assert!(back.is_some(), "api did not recover after Redis came back");
-    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    assert_eq!(app.readiness().await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -93,7 +93,7 @@ async fn without_rabbitmq_forgot_is_refused_sign_up_waits_in_the_outbox_and_both
     // together, and the outbox relays the job once the broker is back.
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(
-        app.get("/readyz").await.status(),
+        app.readiness().await.status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
 
@@ -112,7 +112,7 @@ async fn without_rabbitmq_forgot_is_refused_sign_up_waits_in_the_outbox_and_both
         "exactly the accepted requests produced jobs"
     );
     let ready = poll_until(Duration::from_secs(5), || async {
-        (app.get("/readyz").await.status() == StatusCode::OK).then_some(())
+        (app.readiness().await.status() == StatusCode::OK).then_some(())
     })
     .await;
     assert!(ready.is_some());
@@ -209,7 +209,7 @@ async fn the_api_starts_while_postgresql_is_down_and_migrates_once_it_is_back() 
         .replace(&server, &format!("127.0.0.1:{}", proxy.port()));
     let app = crate::helpers::spawn_config(config).await;
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK, "alive");
-    let r = app.get("/readyz").await;
+    let r = app.readiness().await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["checks"]["postgres"], false);
@@ -224,7 +224,7 @@ async fn the_api_starts_while_postgresql_is_down_and_migrates_once_it_is_back() 
     // Back: the pending migrations run by themselves, then the api is ready and works.
     proxy.restore();
     let ready = poll_until(Duration::from_secs(30), || async {
-        (app.get("/readyz").await.status() == StatusCode::OK).then_some(())
+        (app.readiness().await.status() == StatusCode::OK).then_some(())
     })
     .await;
     assert!(
@@ -257,6 +257,6 @@ async fn with_migrations_left_to_a_release_job_the_api_does_not_touch_the_schema
     assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
     // `api migrate`'s work, then the api is ready and works.
     api::startup::migrate(&app.state.db).await.unwrap();
-    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    assert_eq!(app.readiness().await.status(), StatusCode::OK);
     app.create_user("soon@example.org", STRONG).await;
 }
