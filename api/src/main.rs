@@ -1,5 +1,6 @@
 //! `api` — serves the HTTP api; `api migrate` applies pending migrations and exits; `api
-//! accounts revoke-sessions|lock ADDRESS --reason …` are support staff's tools.
+//! accounts revoke-sessions|lock [ADDRESS…] --reason …` are support staff's tools (addresses
+//! from the arguments, or one per line on standard input).
 
 use api::{
     accounts::{Act, Request},
@@ -41,8 +42,9 @@ enum AccountsCommand {
 
 #[derive(clap::Args)]
 struct AccountArgs {
-    /// The account's email address (any spelling).
-    address: String,
+    /// The accounts' email addresses (any spelling); none or `-`: one per line on standard
+    /// input (so no address stands in the shell's history or the process list).
+    addresses: Vec<String>,
     /// Why (kept in the audit trail).
     #[arg(long)]
     reason: String,
@@ -80,17 +82,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 AccountsCommand::RevokeSessions(args) => (Act::RevokeSessions, args),
                 AccountsCommand::Lock(args) => (Act::Lock, args),
             };
-            let request = Request {
-                act,
-                address: args.address,
-                reason: args.reason,
-                operator: args
-                    .operator
-                    .or_else(|| std::env::var("USER").ok())
-                    .or_else(|| std::env::var("LOGNAME").ok())
-                    .unwrap_or_else(|| "an unnamed operator".into()),
-            };
-            println!("{}", api::accounts::run(&config, &request).await?);
+            let operator = args
+                .operator
+                .or_else(|| std::env::var("USER").ok())
+                .or_else(|| std::env::var("LOGNAME").ok())
+                .unwrap_or_else(|| "an unnamed operator".into());
+            let addresses = shared::operator::addresses(args.addresses, std::io::stdin().lock())?;
+            anyhow::ensure!(
+                !addresses.is_empty(),
+                "no address given (as arguments or on standard input)"
+            );
+            // One line per address, by its position: the address itself is never printed.
+            let mut failed = 0;
+            for (n, address) in addresses.into_iter().enumerate() {
+                let request = Request {
+                    act,
+                    address,
+                    reason: args.reason.clone(),
+                    operator: operator.clone(),
+                };
+                match api::accounts::run(&config, &request).await {
+                    Ok(done) => println!("{}: {done}", n + 1),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{}: {e:#}", n + 1);
+                    }
+                }
+            }
+            anyhow::ensure!(failed == 0, "{failed} address(es) failed");
             Ok(())
         }
     }

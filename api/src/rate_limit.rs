@@ -18,6 +18,7 @@
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use redis::Script;
+pub use shared::keys::ip_subject;
 use shared::keys::pseudonym;
 
 use shared::redis_pool::RedisPool;
@@ -446,19 +447,6 @@ fn v6_prefix(ip: std::net::Ipv6Addr, bits: u32) -> String {
     let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
     let network = std::net::Ipv6Addr::from(u128::from(ip) & mask);
     format!("{network}/{bits}")
-}
-
-/// The unit an IP budget applies to: the address for IPv4, the /64 network for IPv6 (one
-/// subscriber usually owns a whole /64 and can pick any address in it per request).
-pub fn ip_subject(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-            format!("{prefix}/64")
-        }
-    }
 }
 
 #[cfg(test)]

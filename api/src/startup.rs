@@ -467,4 +467,7 @@ fn register_failure_counters() {
         metrics::counter!("publish_failures_total", "kind" => kind).increment(0);
     }
     metrics::counter!("burned_token_replays_total").increment(0);
+    metrics::counter!("code_entry_refused_total").increment(0);
+    metrics::counter!("rate_limit_audit_skipped_total").increment(0);
+    metrics::gauge!("code_entry_paused").set(0.0);
 }

@@ -59,6 +59,15 @@ pub struct Config {
     /// How long a domain pauses after the provider answered its mail with `421` or a
     /// `4.7.x` status (doubling while it keeps happening); zero: no pause.
     pub smtp_throttle_pause: Duration,
+    /// One requester's share of a send budget's bulk line, in percent (see
+    /// [`crate::send_budget`]); 100: no cap.
+    pub smtp_requester_share_percent: u32,
+    /// The window of `SMTP_DOMAIN_MAX_PER_MINUTE`: a minute, shorter only in tests.
+    pub smtp_domain_window: Duration,
+    /// The longest random wait before a batch of jobs is worked on (`WORKER_TAKE_JITTER_MS`):
+    /// where api and worker share a machine, the worker's work then starts at a moment
+    /// unrelated to the request that caused it (see [`crate::consumer`]).
+    pub take_jitter: Duration,
 }
 
 shared::service_config!(Config);
@@ -203,6 +212,14 @@ impl Config {
         let smtp_domain_max_per_minute =
             r.number("SMTP_DOMAIN_MAX_PER_MINUTE", 0, 0, 1_000_000) as u32;
         let smtp_throttle_pause = r.number("SMTP_THROTTLE_PAUSE_SECS", 60, 0, 3600);
+        let smtp_requester_share_percent = r.number(
+            "SMTP_REQUESTER_SHARE_PERCENT",
+            crate::send_budget::DEFAULT_REQUESTER_SHARE_PERCENT.into(),
+            1,
+            100,
+        ) as u32;
+        let smtp_domain_window = r.number("SMTP_DOMAIN_WINDOW_SECS", 60, 1, 3600);
+        let take_jitter = r.number("WORKER_TAKE_JITTER_MS", 25, 0, 10_000);
         r.finish().map_err(ConfigError)?;
         Ok(Self {
             common,
@@ -219,6 +236,9 @@ impl Config {
             smtp_max_per_second,
             smtp_domain_max_per_minute,
             smtp_throttle_pause: Duration::from_secs(smtp_throttle_pause),
+            smtp_requester_share_percent,
+            smtp_domain_window: Duration::from_secs(smtp_domain_window),
+            take_jitter: Duration::from_millis(take_jitter),
         })
     }
 }

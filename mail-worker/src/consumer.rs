@@ -55,6 +55,8 @@ pub struct Consumer {
     pub dead_letter_retention_days: u64,
     /// True while a consumer is attached to the queue (readiness).
     pub connected: Arc<AtomicBool>,
+    /// The longest random wait before a batch is worked on (`WORKER_TAKE_JITTER_MS`).
+    pub take_jitter: Duration,
 }
 
 impl Consumer {
@@ -159,7 +161,15 @@ impl Consumer {
                         None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
                     };
                     let settling = settling.clone();
-                    tasks.spawn(async move { settling.handle(batch).await });
+                    let jitter = take_delay(self.take_jitter);
+                    tasks.spawn(async move {
+                        // Work starts at a random moment after the jobs arrived: see
+                        // `take_delay`.
+                        if !jitter.is_zero() {
+                            tokio::time::sleep(jitter).await;
+                        }
+                        settling.handle(batch).await
+                    });
                     while tasks.try_join_next().is_some() {}
                     if let Some(e) = ended {
                         break Err(e);
@@ -257,6 +267,25 @@ impl Consumer {
         }
         (batch, None)
     }
+}
+
+/// How long a batch waits before it is worked on: uniform in `[0, jitter]`.
+///
+/// Where the api and a worker share a machine (the run command's default, small deployments),
+/// the worker's work for a job competes with the api for the CPU: a reset email for a
+/// registered address costs a lookup, a render and a send, a job for an unknown address a
+/// lookup and an audit row. Done the instant the job arrives, that difference lands in the
+/// api's answer to whatever request comes next, and an attacker who sends a forgot-password
+/// request for a target and at once another one could time the second to learn whether the
+/// target is registered. Started at a random moment within `jitter` instead, the work falls
+/// on a later request only by chance, the same chance for every kind of job. The jobs held
+/// meanwhile count against the prefetch like any other; throughput is unchanged.
+pub fn take_delay(jitter: Duration) -> Duration {
+    if jitter.is_zero() {
+        return Duration::ZERO;
+    }
+    let max = u64::try_from(jitter.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(rand::random_range(0..=max))
 }
 
 /// What one broker session consumes and publishes on.
@@ -787,5 +816,23 @@ async fn ack(delivery: &Delivery) {
         // The channel died after the effect: the broker will redeliver, and the idempotency
         // marker makes the redelivery a no-op.
         tracing::warn!(error = %e, "ack failed; the job will be redelivered and skipped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_wait_a_uniform_random_time_up_to_the_jitter() {
+        assert_eq!(take_delay(Duration::ZERO), Duration::ZERO);
+        let jitter = Duration::from_millis(20);
+        let waits: Vec<Duration> = (0..1000).map(|_| take_delay(jitter)).collect();
+        assert!(waits.iter().all(|w| *w <= jitter));
+        let early = waits.iter().filter(|w| **w < jitter / 2).count();
+        assert!(
+            (400..600).contains(&early),
+            "{early} of 1000 in the first half"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! `mail-worker` — consumes and delivers mail jobs;
 //! `mail-worker dlq list` / `mail-worker dlq replay (--id ID | --all)` — the dead letters;
-//! `mail-worker suppression list` / `suppression remove ADDRESS` — the suppression list
+//! `mail-worker suppression list` / `suppression remove [ADDRESS…]` (or addresses on standard
+//! input) — the suppression list
 //! (these read only the database's and the broker's settings).
 
 use clap::Parser as _;
@@ -48,10 +49,11 @@ enum Command {
 enum Suppression {
     /// Print every suppressed address as one JSON line.
     List,
-    /// Send mail to ADDRESS again.
+    /// Send mail to the addresses again.
     Remove {
-        /// The address (any spelling of it: it is normalised).
-        address: String,
+        /// The addresses (any spelling: they are normalised); none or `-`: one per line on
+        /// standard input (so no address stands in the shell's history or the process list).
+        addresses: Vec<String>,
     },
 }
 
@@ -124,16 +126,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("{} suppressed address(es)", list.len());
             Ok(())
         }
-        Command::Suppression(Suppression::Remove { address }) => {
-            let key = shared::email::normalize(&address)
-                .map_err(|e| anyhow::anyhow!("{address:?} is not an email address: {e}"))?
-                .key()
-                .to_owned();
+        Command::Suppression(Suppression::Remove { addresses }) => {
+            let addresses = shared::operator::addresses(addresses, std::io::stdin().lock())?;
+            anyhow::ensure!(
+                !addresses.is_empty(),
+                "no address given (as arguments or on standard input)"
+            );
             let db = operator_db(&OperatorConfig::from_env()?).await?;
-            if !shared::suppression::remove(&db, &key).await? {
-                anyhow::bail!("{key} is not suppressed");
+            // One line per address, by its position: the address itself is never printed.
+            let mut failed = 0;
+            for (n, address) in addresses.iter().enumerate() {
+                let n = n + 1;
+                let Ok(normalized) = shared::email::normalize(address) else {
+                    failed += 1;
+                    eprintln!("{n}: not an email address");
+                    continue;
+                };
+                if shared::suppression::remove(&db, normalized.key()).await? {
+                    eprintln!("{n}: removed from the suppression list");
+                } else {
+                    failed += 1;
+                    eprintln!("{n}: not suppressed");
+                }
             }
-            eprintln!("{key} removed from the suppression list");
+            anyhow::ensure!(failed == 0, "{failed} address(es) not removed");
             Ok(())
         }
     }

@@ -146,10 +146,18 @@ impl Draft {
     /// reset triggers. Otherwise a stranger signing up someone's address a few times an hour
     /// could crowd out that person's own reset email, or hide the notice of a reset.
     fn counts_against_recipient_budget(&self) -> bool {
-        !matches!(
-            self,
-            Draft::PasswordReset { .. } | Draft::PasswordChanged { .. }
-        )
+        self.send_class() == send_budget::Class::Bulk
+    }
+
+    /// The send line the email waits in under the send budgets: the same split as the
+    /// recipient's budget (what a stranger can cause waits behind what a person waits for).
+    fn send_class(&self) -> send_budget::Class {
+        match self {
+            Draft::PasswordReset { .. } | Draft::PasswordChanged { .. } => {
+                send_budget::Class::Priority
+            }
+            Draft::Ready(_) | Draft::EmailVerification { .. } => send_budget::Class::Bulk,
+        }
     }
 }
 
@@ -215,15 +223,15 @@ impl Processor {
     /// the batch). When the list cannot be read, those plans wait: mail to an address that
     /// may be suppressed is not sent unchecked.
     async fn drop_suppressed(&self, plans: Vec<Result<Plan, String>>) -> Vec<Result<Plan, String>> {
-        // The address key of every plan that sends, computed once.
-        let keys: Vec<Option<String>> = plans
+        // The address key and spelling of every plan that sends, computed once.
+        let keys: Vec<Option<(String, String)>> = plans
             .iter()
             .map(|plan| match plan {
-                Ok(Plan::Send { to, .. }) => Some(address_key(to)),
+                Ok(Plan::Send { to, .. }) => Some((address_key(to), deliverable(to))),
                 _ => None,
             })
             .collect();
-        let sending: Vec<String> = keys.iter().flatten().cloned().collect();
+        let sending: Vec<(String, String)> = keys.iter().flatten().cloned().collect();
         if sending.is_empty() {
             return plans;
         }
@@ -232,7 +240,7 @@ impl Processor {
             .into_iter()
             .zip(keys)
             .map(|(plan, key)| match (plan, key, &suppressed) {
-                (Ok(Plan::Send { user, .. }), Some(key), Ok(list)) if list.contains(&key) => {
+                (Ok(Plan::Send { user, .. }), Some((_, to)), Ok(list)) if list.contains(&to) => {
                     Ok(Plan::Drop {
                         reason: audit::Outcome::DroppedSuppressed,
                         user,
@@ -263,7 +271,7 @@ impl Processor {
         }
         // Mail goes to the normalised address (ASCII domain), also for accounts stored before
         // domains were normalised to that form.
-        let to = email::normalize(&to).map_or(to, |a| a.address().to_owned());
+        let to = deliverable(&to);
         if draft.counts_against_recipient_budget()
             && let Some(refused) = self.spend_budget(job, &to, user).await
         {
@@ -273,10 +281,18 @@ impl Processor {
         // turn leaves the account's links as they are.
         let domain = send_budget::recipient_domain(&to);
         let domain_class = send_budget::domain_class(&domain);
-        let domain_key = send_budget::domain_pseudonym(self.config.pseudonym_secret(), &domain);
+        let secret = self.config.pseudonym_secret();
+        let domain_key = send_budget::domain_pseudonym(secret, &domain);
+        let requester = send_budget::requester_pseudonym(secret, job.job.requester_ip());
+        let ticket = send_budget::Ticket {
+            job: job.id,
+            class: draft.send_class(),
+            requester: requester.as_deref(),
+            deadline: job.not_after,
+        };
         match self
             .send_budget
-            .take(&self.redis, &domain_key, job.id, job.not_after)
+            .take(&self.redis, &domain_key, ticket)
             .await
         {
             Ok(Decision::Send) => {}
@@ -352,7 +368,6 @@ impl Processor {
                 user: None,
             });
         }
-        let base = &self.config.public_base_url;
         match &job.job {
             Job::PasswordResetRequested {
                 email,
@@ -376,14 +391,16 @@ impl Processor {
             Job::EmailVerification { user_id, .. } | Job::PasswordChanged { user_id, .. } => {
                 Lookup::ById(*user_id)
             }
-            Job::AccountExistsNotice { email } => Lookup::Ready(Plan::Send {
-                to: email.clone(),
-                draft: Draft::Ready(EmailContent::AccountExists {
-                    sign_in_url: format!("{base}/"),
-                    forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
+            // The notice goes to the account's stored spelling, never the one the stranger
+            // typed (which may differ in case and bounce, and must not decide where the
+            // owner's mail goes or whether it is suppressed).
+            Job::AccountExistsNotice { email, .. } => match email::normalize(email) {
+                Ok(address) => Lookup::ByEmailKey(address.key().to_owned()),
+                Err(_) => Lookup::Ready(Plan::Drop {
+                    reason: audit::Outcome::DroppedInvalidAddress,
+                    user: None,
                 }),
-                user: None,
-            }),
+            },
         }
     }
 
@@ -466,10 +483,21 @@ impl Processor {
                 reason: audit::Outcome::DroppedUnknown,
                 user: None,
             },
-            // Never looked up (decided in `lookup`).
-            (Job::AccountExistsNotice { .. }, _) => Plan::Drop {
-                reason: audit::Outcome::DroppedUnknown,
-                user: None,
+            // The account's own spelling when it is found; the typed one (normalised) only
+            // when the account is gone since the attempt (as notices were sent before).
+            (Job::AccountExistsNotice { email, .. }, found) => Plan::Send {
+                to: found.map_or_else(
+                    || {
+                        email::normalize(email)
+                            .map_or_else(|_| email.clone(), |a| a.address().to_owned())
+                    },
+                    |user| user.email.clone(),
+                ),
+                draft: Draft::Ready(EmailContent::AccountExists {
+                    sign_in_url: format!("{base}/"),
+                    forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
+                }),
+                user: found.map(|user| user.id),
             },
         }
     }
@@ -666,7 +694,7 @@ impl Processor {
     /// Puts the address whose mailbox does not exist on the suppression list. A failure is
     /// logged: the job is dead-lettered either way.
     async fn suppress(&self, to: &str, answer: &str) {
-        match shared::suppression::add(&self.db, &address_key(to), answer).await {
+        match shared::suppression::add(&self.db, &address_key(to), to, answer).await {
             Ok(()) => {
                 metrics::counter!("mail_suppressions_total").increment(1);
                 tracing::warn!(recipient = %recipient_budget::recipient_pseudonym(self.config.pseudonym_secret(), to),
@@ -735,7 +763,7 @@ impl Processor {
     ) -> AuditRow {
         let (address, ip) = match &job.job {
             Job::PasswordResetRequested { email, ip, .. } => (email.as_str(), ip.as_deref()),
-            Job::EmailVerification { email, .. } | Job::AccountExistsNotice { email } => {
+            Job::EmailVerification { email, .. } | Job::AccountExistsNotice { email, .. } => {
                 (email.as_str(), None)
             }
             Job::PasswordChanged { email, ip, .. } => (email.as_str(), ip.as_deref()),
@@ -763,6 +791,12 @@ struct Minted {
 
 /// The key an address is suppressed under (see [`shared::email`]); an address that does not
 /// parse is keyed by its lower-cased text.
+/// The spelling mail to `to` goes out with (and is suppressed under): normalised, the domain
+/// in lower-case ASCII, the local part as it is.
+fn deliverable(to: &str) -> String {
+    email::normalize(to).map_or_else(|_| to.to_owned(), |a| a.address().to_owned())
+}
+
 fn address_key(to: &str) -> String {
     email::normalize(to).map_or_else(|_| to.to_lowercase(), |a| a.key().to_owned())
 }

@@ -16,6 +16,16 @@
 //! domain budget and then refused by the provider's is given back to the domain (the grant
 //! leaves its log), so a job that waits has consumed no budget. Every SMTP transaction counts:
 //! a retried job is another send to the provider.
+//!
+//! The line is fair: mail a person is waiting for ([`Class::Priority`]: reset emails and
+//! password-changed notices) goes before the kinds a stranger can cause ([`Class::Bulk`]:
+//! verification emails, account-exists and no-account notices), which wait in a line of their
+//! own behind every priority place; and in the bulk line one requester (the client that
+//! caused the job, an IPv4 address or IPv6 /64) holds at most a share of the places
+//! (`SMTP_REQUESTER_SHARE_PERCENT` of the budget's rate): the rest of its jobs ask again a
+//! window later, behind everyone who came meanwhile. So sign-ups of random addresses at one
+//! provider can neither push real reset emails past their deadline nor hold the line against
+//! other people's sign-ups.
 
 use std::time::Duration;
 
@@ -52,6 +62,27 @@ impl Limit {
     }
 }
 
+/// Which line a job waits in (see the module's notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Reset emails and password-changed notices: someone is waiting for them.
+    Priority,
+    /// What a stranger can cause: verification emails, account-exists and no-account notices.
+    Bulk,
+}
+
+/// The job being counted: its id, its line, who caused it, and its deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket<'a> {
+    pub job: Uuid,
+    pub class: Class,
+    /// The pseudonym of the client that caused the job (see [`requester_pseudonym`]), when the
+    /// job names one.
+    pub requester: Option<&'a str>,
+    /// The job's `not_after`.
+    pub deadline: chrono::DateTime<chrono::Utc>,
+}
+
 /// What the budgets say about one send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -83,6 +114,11 @@ pub struct SendBudget {
     /// The first pause of a domain after a throttling answer; zero: no pause (a throttling
     /// answer is an ordinary transient failure).
     throttle_pause: Duration,
+    /// The share of a budget's rate one requester's bulk jobs may hold places for, in percent
+    /// (100: no cap).
+    requester_share_percent: u32,
+    /// The domain budget's window: a minute (shorter only in tests).
+    domain_window: Duration,
     take: Script,
     refund: Script,
     throttle: Script,
@@ -96,6 +132,8 @@ const MAX_DOUBLINGS: u32 = 4;
 const MIN_WAIT: Duration = Duration::from_millis(20);
 
 const PROVIDER_WINDOW: Duration = Duration::from_secs(1);
+/// One requester's share of a budget's bulk places, unless configured.
+pub const DEFAULT_REQUESTER_SHARE_PERCENT: u32 = 25;
 const DOMAIN_WINDOW: Duration = Duration::from_secs(60);
 
 impl SendBudget {
@@ -104,10 +142,35 @@ impl SendBudget {
             provider_per_second,
             domain_per_minute,
             throttle_pause,
+            requester_share_percent: DEFAULT_REQUESTER_SHARE_PERCENT,
+            domain_window: DOMAIN_WINDOW,
             take: Script::new(include_str!("send_budget.lua")),
             refund: Script::new(include_str!("send_budget_refund.lua")),
             throttle: Script::new(include_str!("throttle.lua")),
         }
+    }
+
+    /// With one requester's bulk jobs holding places for at most `percent` of a budget's rate
+    /// (100: no cap).
+    pub fn with_requester_share(mut self, percent: u32) -> Self {
+        self.requester_share_percent = percent.clamp(1, 100);
+        self
+    }
+
+    /// With the domain budget counted over `window` instead of a minute (tests only: the rate
+    /// is still `SMTP_DOMAIN_MAX_PER_MINUTE` per window).
+    pub fn with_domain_window(mut self, window: Duration) -> Self {
+        self.domain_window = window;
+        self
+    }
+
+    /// The places one requester may hold in a bulk line of a budget of `limit` per window; 0
+    /// (no cap) at 100 %.
+    fn requester_cap(&self, limit: u32) -> u32 {
+        if self.requester_share_percent >= 100 {
+            return 0;
+        }
+        (limit * self.requester_share_percent).div_ceil(100).max(1)
     }
 
     /// Whether a throttling answer pauses its domain.
@@ -115,17 +178,16 @@ impl SendBudget {
         !self.throttle_pause.is_zero()
     }
 
-    /// Counts one send of `job` to the domain whose [`domain_pseudonym`] is `domain` against
-    /// the domain's budget and the provider's, or says how long the job waits for its turn;
-    /// `deadline` is the job's `not_after`.
+    /// Counts one send of `ticket`'s job to the domain whose [`domain_pseudonym`] is `domain`
+    /// against the domain's budget and the provider's, or says how long the job waits for its
+    /// turn.
     pub async fn take(
         &self,
         redis: &RedisPool,
         domain: &str,
-        job: Uuid,
-        deadline: chrono::DateTime<chrono::Utc>,
+        ticket: Ticket<'_>,
     ) -> Result<Decision, BudgetError> {
-        let deadline_ms = deadline.timestamp_millis();
+        let job = ticket.job;
         let domain_keys = redis.keys().send_domain(domain);
         let mut domain_grant = None;
         // The domain first: its pause and its budget need one call; with neither configured
@@ -133,7 +195,7 @@ impl SendBudget {
         if self.domain_per_minute > 0 || self.pauses_on_throttling() {
             let grant = Uuid::new_v4();
             match self
-                .run_take(redis, &domain_keys, Limit::Domain, job, grant, deadline_ms)
+                .run_take(redis, &domain_keys, Limit::Domain, &ticket, grant)
                 .await?
             {
                 Decision::Send if self.domain_per_minute > 0 => domain_grant = Some(grant),
@@ -150,9 +212,8 @@ impl SendBudget {
                 redis,
                 &provider_keys,
                 Limit::Provider,
-                job,
+                &ticket,
                 Uuid::new_v4(),
-                deadline_ms,
             )
             .await;
         let back_ms: i64 = match &decision {
@@ -166,17 +227,20 @@ impl SendBudget {
             // waiting job has consumed no budget.
             let script = &self.refund;
             let keys = &domain_keys;
-            let window_ms = millis(DOMAIN_WINDOW);
+            let window_ms = millis(self.domain_window);
+            let bulk = u8::from(ticket.class == Class::Bulk);
             redis
                 .run(|mut c| async move {
                     script
                         .key(&keys[0])
                         .key(&keys[1])
                         .key(&keys[2])
+                        .key(&keys[3])
                         .arg(grant.to_string())
                         .arg(job.to_string())
                         .arg(window_ms)
                         .arg(back_ms)
+                        .arg(bulk)
                         .invoke_async::<i64>(&mut c)
                         .await
                 })
@@ -188,35 +252,44 @@ impl SendBudget {
     async fn run_take(
         &self,
         redis: &RedisPool,
-        keys: &[String; 3],
+        keys: &[String; 4],
         which: Limit,
-        job: Uuid,
+        ticket: &Ticket<'_>,
         grant: Uuid,
-        deadline_ms: i64,
     ) -> Result<Decision, BudgetError> {
-        let limit = if which == Limit::Provider {
-            self.provider_per_second
+        let (limit, window) = if which == Limit::Provider {
+            (self.provider_per_second, PROVIDER_WINDOW)
         } else {
-            self.domain_per_minute
+            (self.domain_per_minute, self.domain_window)
         };
-        let window = if which == Limit::Provider {
-            PROVIDER_WINDOW
-        } else {
-            DOMAIN_WINDOW
+        let bulk = ticket.class == Class::Bulk;
+        // Jobs that name no requester are not capped (they cannot be told apart).
+        let (cap, held) = match ticket.requester {
+            Some(requester) if bulk => (
+                self.requester_cap(limit),
+                redis.keys().send_requester(keys, requester),
+            ),
+            _ => (0, redis.keys().send_requester(keys, "-")),
         };
         let script = &self.take;
         let window_ms = millis(window);
+        let (job, deadline_ms) = (ticket.job, ticket.deadline.timestamp_millis());
+        let held = &held;
         let (code, ms, pause_ms): (i64, i64, i64) = redis
             .run(|mut c| async move {
                 script
                     .key(&keys[0])
                     .key(&keys[1])
                     .key(&keys[2])
+                    .key(&keys[3])
+                    .key(held)
                     .arg(window_ms)
                     .arg(limit)
                     .arg(job.to_string())
                     .arg(grant.to_string())
                     .arg(deadline_ms)
+                    .arg(u8::from(bulk))
+                    .arg(cap)
                     .invoke_async(&mut c)
                     .await
             })
@@ -276,6 +349,17 @@ fn at_least_min(wait: Duration) -> Duration {
 pub fn after_pause(left: Duration, pause: Duration) -> Duration {
     let spread_ms = millis(pause).max(1);
     at_least_min(left + Duration::from_millis(rand::rng().random_range(0..spread_ms)))
+}
+
+/// The pseudonym of the client that caused a job (its IP as the api saw it: the address for
+/// IPv4, the /64 for IPv6), for its share of a bulk line; `None` without a readable IP.
+pub fn requester_pseudonym(secret: &[u8], ip: Option<&str>) -> Option<String> {
+    let ip: std::net::IpAddr = ip?.parse().ok()?;
+    Some(pseudonym(
+        secret,
+        "requester",
+        &shared::keys::ip_subject(ip),
+    ))
 }
 
 /// The pseudonym naming a recipient domain's budget: an HMAC, because a personal domain names
@@ -402,6 +486,16 @@ mod tests {
         }
     }
 
+    /// A priority job's ticket (no requester).
+    fn priority(job: Uuid, deadline: chrono::DateTime<chrono::Utc>) -> Ticket<'static> {
+        Ticket {
+            job,
+            class: Class::Priority,
+            requester: None,
+            deadline,
+        }
+    }
+
     /// A deadline no test reaches.
     fn far() -> chrono::DateTime<chrono::Utc> {
         chrono::Utc::now() + chrono::Duration::hours(1)
@@ -416,7 +510,7 @@ mod tests {
         for _ in 0..10 {
             match waited(
                 budget
-                    .take(&redis, "dom", Uuid::new_v4(), far())
+                    .take(&redis, "dom", priority(Uuid::new_v4(), far()))
                     .await
                     .unwrap(),
             ) {
@@ -446,7 +540,7 @@ mod tests {
         // Another domain has its own budget.
         assert_eq!(
             budget
-                .take(&redis, "other", Uuid::new_v4(), far())
+                .take(&redis, "other", priority(Uuid::new_v4(), far()))
                 .await
                 .unwrap(),
             Decision::Send
@@ -461,22 +555,34 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(
                 budget
-                    .take(&redis, "d", Uuid::new_v4(), far())
+                    .take(&redis, "d", priority(Uuid::new_v4(), far()))
                     .await
                     .unwrap(),
                 Decision::Send
             );
         }
         let job = Uuid::new_v4();
-        let (first, limit) = waited(budget.take(&redis, "d", job, far()).await.unwrap()).unwrap();
+        let (first, limit) = waited(
+            budget
+                .take(&redis, "d", priority(job, far()))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(limit, Limit::Provider);
         // Asking again before its turn gives the same turn, not a new place at the back.
-        let (again, _) = waited(budget.take(&redis, "d", job, far()).await.unwrap()).unwrap();
+        let (again, _) = waited(
+            budget
+                .take(&redis, "d", priority(job, far()))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert!(again <= first, "{again:?} after {first:?}");
         // A newcomer queues behind it.
         let (behind, _) = waited(
             budget
-                .take(&redis, "d", Uuid::new_v4(), far())
+                .take(&redis, "d", priority(Uuid::new_v4(), far()))
                 .await
                 .unwrap(),
         )
@@ -484,7 +590,10 @@ mod tests {
         assert!(behind > first, "{behind:?} vs {first:?}");
         tokio::time::sleep(first + Duration::from_millis(30)).await;
         assert_eq!(
-            budget.take(&redis, "d", job, far()).await.unwrap(),
+            budget
+                .take(&redis, "d", priority(job, far()))
+                .await
+                .unwrap(),
             Decision::Send
         );
     }
@@ -495,14 +604,20 @@ mod tests {
         let budget = SendBudget::new(1, 2, Duration::ZERO);
         assert_eq!(
             budget
-                .take(&redis, "d", Uuid::new_v4(), far())
+                .take(&redis, "d", priority(Uuid::new_v4(), far()))
                 .await
                 .unwrap(),
             Decision::Send
         );
         // The domain has room for one more, the provider has none this second.
         let job = Uuid::new_v4();
-        let (_, limit) = waited(budget.take(&redis, "d", job, far()).await.unwrap()).unwrap();
+        let (_, limit) = waited(
+            budget
+                .take(&redis, "d", priority(job, far()))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(limit, Limit::Provider);
         let log = redis.keys().send_domain("d")[0].clone();
         let logged: u64 = redis
@@ -512,13 +627,18 @@ mod tests {
         assert_eq!(logged, 1, "the refused job holds no domain send");
         // Once the provider's second has passed, the job goes and the domain is full.
         let sent = e2e::poll_until(Duration::from_secs(5), || async {
-            (budget.take(&redis, "d", job, far()).await.unwrap() == Decision::Send).then_some(())
+            (budget
+                .take(&redis, "d", priority(job, far()))
+                .await
+                .unwrap()
+                == Decision::Send)
+                .then_some(())
         })
         .await;
         assert!(sent.is_some());
         let (_, limit) = waited(
             budget
-                .take(&redis, "d", Uuid::new_v4(), far())
+                .take(&redis, "d", priority(Uuid::new_v4(), far()))
                 .await
                 .unwrap(),
         )
@@ -533,7 +653,7 @@ mod tests {
         let soon = chrono::Utc::now() + chrono::Duration::seconds(5);
         assert_eq!(
             budget
-                .take(&redis, "d", Uuid::new_v4(), soon)
+                .take(&redis, "d", priority(Uuid::new_v4(), soon))
                 .await
                 .unwrap(),
             Decision::Send
@@ -541,7 +661,7 @@ mod tests {
         // The next turn is a minute away: past a deadline 5 s away.
         assert_eq!(
             budget
-                .take(&redis, "d", Uuid::new_v4(), soon)
+                .take(&redis, "d", priority(Uuid::new_v4(), soon))
                 .await
                 .unwrap(),
             Decision::TooLate {
@@ -557,7 +677,7 @@ mod tests {
         // A job that can wait gets the first turn, not one behind the job that could not.
         let (wait, _) = waited(
             budget
-                .take(&redis, "d", Uuid::new_v4(), far())
+                .take(&redis, "d", priority(Uuid::new_v4(), far()))
                 .await
                 .unwrap(),
         )
@@ -571,7 +691,7 @@ mod tests {
         let budget = SendBudget::new(0, 0, Duration::from_millis(1_000));
         assert_eq!(
             budget
-                .take(&redis, "slow", Uuid::new_v4(), far())
+                .take(&redis, "slow", priority(Uuid::new_v4(), far()))
                 .await
                 .unwrap(),
             Decision::Send
@@ -583,7 +703,7 @@ mod tests {
         );
         let (wait, limit) = waited(
             budget
-                .take(&redis, "slow", Uuid::new_v4(), far())
+                .take(&redis, "slow", priority(Uuid::new_v4(), far()))
                 .await
                 .unwrap(),
         )
@@ -593,7 +713,7 @@ mod tests {
         // Other domains are not paused.
         assert_eq!(
             budget
-                .take(&redis, "fast", Uuid::new_v4(), far())
+                .take(&redis, "fast", priority(Uuid::new_v4(), far()))
                 .await
                 .unwrap(),
             Decision::Send
@@ -607,7 +727,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1_050)).await;
         assert_eq!(
             budget
-                .take(&redis, "slow", Uuid::new_v4(), far())
+                .take(&redis, "slow", priority(Uuid::new_v4(), far()))
                 .await
                 .unwrap(),
             Decision::Send
@@ -637,7 +757,7 @@ mod tests {
         let budget = SendBudget::new(0, 0, Duration::ZERO);
         assert_eq!(
             budget
-                .take(&redis, "d", Uuid::new_v4(), far())
+                .take(&redis, "d", priority(Uuid::new_v4(), far()))
                 .await
                 .unwrap(),
             Decision::Send
@@ -645,9 +765,80 @@ mod tests {
         let budget = SendBudget::new(0, 10, Duration::ZERO);
         assert!(
             budget
-                .take(&redis, "d", Uuid::new_v4(), far())
+                .take(&redis, "d", priority(Uuid::new_v4(), far()))
                 .await
                 .is_err()
+        );
+    }
+
+    /// Serves `jobs` as the workers would: each asks at its turn (its next try), a wait sends
+    /// it back for its turn, until `sends` were allowed; the order they were sent in.
+    async fn serve(
+        redis: &RedisPool,
+        budget: &SendBudget,
+        jobs: &[(&str, Ticket<'_>)],
+        sends: usize,
+    ) -> Vec<String> {
+        let start = tokio::time::Instant::now();
+        let mut next: Vec<Option<tokio::time::Instant>> = vec![Some(start); jobs.len()];
+        let mut order = Vec::new();
+        while order.len() < sends {
+            let Some((i, at)) = next
+                .iter()
+                .enumerate()
+                .filter_map(|(i, at)| at.map(|at| (i, at)))
+                .min_by_key(|(_, at)| *at)
+            else {
+                break;
+            };
+            tokio::time::sleep_until(at).await;
+            let (name, ticket) = jobs[i];
+            match budget.take(redis, "gmail", ticket).await.unwrap() {
+                Decision::Send => {
+                    order.push(name.to_owned());
+                    next[i] = None;
+                }
+                Decision::Wait { wait, .. } => next[i] = Some(tokio::time::Instant::now() + wait),
+                Decision::TooLate { .. } => next[i] = None,
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{order:?}");
+        }
+        order
+    }
+
+    #[tokio::test]
+    async fn reset_emails_go_before_a_flood_of_sign_ups_and_no_requester_holds_the_bulk_line() {
+        let redis = pool();
+        // 20 a window (a short one, so the test is quick), one requester 25 % of it.
+        let budget = SendBudget::new(0, 20, Duration::ZERO)
+            .with_domain_window(Duration::from_millis(1000))
+            .with_requester_share(25);
+        let ticket = |class, requester| Ticket {
+            job: Uuid::new_v4(),
+            class,
+            requester,
+            deadline: far(),
+        };
+        // 200 sign-ups from one client fill the first window and queue behind it...
+        let flood: Vec<(&str, Ticket<'_>)> = (0..200)
+            .map(|_| ("flood", ticket(Class::Bulk, Some("client-a"))))
+            .collect();
+        let first = serve(&redis, &budget, &flood[..20], 20).await;
+        assert_eq!(first.len(), 20);
+        // ... then three sign-ups from someone else and five reset emails come in.
+        let mut jobs = flood[20..].to_vec();
+        jobs.extend((0..3).map(|_| ("other", ticket(Class::Bulk, Some("client-b")))));
+        jobs.extend((0..5).map(|_| ("reset", ticket(Class::Priority, None))));
+        let order = serve(&redis, &budget, &jobs, 13).await;
+        assert_eq!(
+            &order[..5],
+            ["reset"; 5],
+            "the reset emails go first: {order:?}"
+        );
+        let others = order[5..].iter().filter(|o| *o == "other").count();
+        assert_eq!(
+            others, 3,
+            "the other client's sign-ups are not held behind the flood: {order:?}"
         );
     }
 }

@@ -1,8 +1,8 @@
 -- Gives back a send the budget allowed but that did not happen (another budget said "wait"):
--- the grant leaves the log and the job gets a place whose turn is when it comes back (the
--- other budget's turn), so it keeps its priority. Same keys as send_budget.lua.
+-- the grant leaves the log and the job gets a place in its line whose turn is when it comes
+-- back (the other budget's turn), so it keeps its priority. Same keys as send_budget.lua.
 -- ARGV[1] grant id   ARGV[2] job id   ARGV[3] window ms   ARGV[4] ms until the job comes back,
--- or -1 when it will not (no place).
+-- or -1 when it will not (no place)   ARGV[5] 0 = priority line, 1 = bulk line
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -10,9 +10,11 @@ local back = tonumber(ARGV[4])
 if back < 0 then
   return 1
 end
-redis.call('ZADD', KEYS[2], now + back, ARGV[2])
+local line = KEYS[2]
+if ARGV[5] == '1' then line = KEYS[4] end
+redis.call('ZADD', line, now + back, ARGV[2])
 local keep = math.max(tonumber(ARGV[3]), 60000) + back
-if redis.call('PTTL', KEYS[2]) < keep then
-  redis.call('PEXPIRE', KEYS[2], keep)
+if redis.call('PTTL', line) < keep then
+  redis.call('PEXPIRE', line, keep)
 end
 return 1

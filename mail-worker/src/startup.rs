@@ -98,7 +98,9 @@ impl Worker {
                 config.smtp_max_per_second,
                 config.smtp_domain_max_per_minute,
                 config.smtp_throttle_pause,
-            ),
+            )
+            .with_requester_share(config.smtp_requester_share_percent)
+            .with_domain_window(config.smtp_domain_window),
         });
         Ok(Self {
             config,
@@ -141,6 +143,7 @@ impl Worker {
             shutdown_timeout: self.config.shutdown_timeout,
             dead_letter_retention_days: self.config.dead_letter_retention_days,
             connected: self.http.consuming.clone(),
+            take_jitter: self.config.take_jitter,
         };
         let consuming = tokio::spawn(consumer.run(stop_rx));
         let mut http_stop = stop_tx.subscribe();

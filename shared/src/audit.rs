@@ -432,9 +432,11 @@ mod tests {
             Job::EmailVerification {
                 user_id: id,
                 email: String::new(),
+                ip: None,
             },
             Job::AccountExistsNotice {
                 email: String::new(),
+                ip: None,
             },
             Job::PasswordChanged {
                 user_id: id,

@@ -108,29 +108,37 @@ impl Keys {
     }
 
     /// The provider-wide send budget (`SMTP_MAX_PER_SECOND`), shared by every worker replica:
-    /// `[0]` the log of recent sends, `[1]` the line of jobs waiting for a turn (tickets),
-    /// `[2]` an unused throttle slot (the script takes the same three keys for both budgets).
-    /// One hash tag for the three, so one script may use them on Redis Cluster. A single
-    /// slot for the whole provider is what a global rate is; it costs one script call per
-    /// email on one node.
-    pub fn send_provider(&self) -> [String; 3] {
+    /// `[0]` the log of recent sends, `[1]` the priority line of jobs waiting for a turn
+    /// (tickets), `[2]` an unused throttle slot (the script takes the same keys for both
+    /// budgets), `[3]` the bulk line (see `mail-worker/src/send_budget.lua`). One hash tag for
+    /// them all, so one script may use them on Redis Cluster. A single slot for the whole
+    /// provider is what a global rate is; it costs one script call per email on one node.
+    pub fn send_provider(&self) -> [String; 4] {
         self.send_budget_keys("p")
     }
 
     /// The send budget of one recipient domain (`SMTP_DOMAIN_MAX_PER_MINUTE`) under the
     /// domain's pseudonym (a personal domain names a person as surely as an address): the
-    /// log, the line and the throttle state (a pause after the provider's `421` / `4.7.x`),
-    /// tagged together.
-    pub fn send_domain(&self, domain_hash: &str) -> [String; 3] {
+    /// log, the priority line, the throttle state (a pause after the provider's `421` /
+    /// `4.7.x`) and the bulk line, tagged together.
+    pub fn send_domain(&self, domain_hash: &str) -> [String; 4] {
         self.send_budget_keys(&format!("d:{domain_hash}"))
     }
 
-    fn send_budget_keys(&self, tag: &str) -> [String; 3] {
+    /// The places one requester (a client's pseudonym) holds in the bulk line of `budget`
+    /// (keys of [`Self::send_provider`] or [`Self::send_domain`]), in the budget's slot.
+    pub fn send_requester(&self, budget: &[String; 4], requester: &str) -> String {
+        let base = budget[0].strip_suffix(":log").unwrap_or(&budget[0]);
+        format!("{base}:held:{requester}")
+    }
+
+    fn send_budget_keys(&self, tag: &str) -> [String; 4] {
         let base = format!("{}mail:send:{{{tag}}}", self.prefix);
         [
             format!("{base}:log"),
             format!("{base}:line"),
             format!("{base}:throttle"),
+            format!("{base}:bulk"),
         ]
     }
 }
@@ -168,6 +176,19 @@ minted = string.format('%d:%d:%s', g, math.floor(now / 1000), ARGV[3])
 redis.call('SET', KEYS[2], minted, 'PX', ARGV[4])
 return {minted, tostring(g)}
 ";
+
+/// The unit an IP budget applies to: the address for IPv4, the /64 network for IPv6 (one
+/// subscriber usually owns a whole /64 and can pick any address in it per request).
+pub fn ip_subject(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{prefix}/64")
+        }
+    }
+}
 
 /// Pseudonymises an address key or an IP for Redis keys, logs and audit rows.
 ///
@@ -233,11 +254,18 @@ mod tests {
         let provider = keys.send_provider();
         let domain = keys.send_domain("abc");
         for set in [&provider, &domain] {
-            assert!(set.iter().all(|k| k.starts_with("ns:")), "{set:?}");
+            let held = keys.send_requester(set, "r1");
             assert!(
-                set.iter().all(|k| slot_tag(k) == slot_tag(&set[0])),
+                set.iter().chain([&held]).all(|k| k.starts_with("ns:")),
                 "{set:?}"
             );
+            assert!(
+                set.iter()
+                    .chain([&held])
+                    .all(|k| slot_tag(k) == slot_tag(&set[0])),
+                "{set:?} {held}"
+            );
+            assert_ne!(held, keys.send_requester(set, "r2"));
         }
         assert_eq!(slot_tag(&domain[0]), "d:abc");
         assert_ne!(slot_tag(&provider[0]), slot_tag(&domain[0]));

@@ -65,12 +65,20 @@ pub enum Job {
         user_id: Uuid,
         /// Where to send the link.
         email: String,
+        /// Client IP of the sign-up (absent in jobs of older api versions): whose share of
+        /// the send line the email takes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<String>,
     },
     /// Someone tried to sign up with an address that already has an account; tell the owner
     /// instead of telling the requester.
     AccountExistsNotice {
-        /// The registered address.
+        /// The registered address, as the requester spelled it (the notice goes to the
+        /// account's own spelling).
         email: String,
+        /// Client IP of the sign-up attempt (absent in jobs of older api versions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<String>,
     },
     /// The password was changed through a reset link.
     PasswordChanged {
@@ -87,6 +95,16 @@ pub enum Job {
 }
 
 impl Job {
+    /// The client IP that caused the job, when the job names one.
+    pub fn requester_ip(&self) -> Option<&str> {
+        match self {
+            Job::PasswordResetRequested { ip, .. }
+            | Job::EmailVerification { ip, .. }
+            | Job::AccountExistsNotice { ip, .. }
+            | Job::PasswordChanged { ip, .. } => ip.as_deref(),
+        }
+    }
+
     /// Every kind's name (see [`Job::kind`]).
     pub const KINDS: [&'static str; 4] = [
         "password_reset_requested",

@@ -9,26 +9,37 @@ use sqlx::{PgExecutor, PgPool};
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct Suppressed {
     pub address_key: String,
+    /// The spelling that bounced (`None`: every spelling of the key, rows from before
+    /// spellings were kept).
+    pub address: Option<String>,
     pub reason: String,
     pub suppressed_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Puts `address_key` on the list (again: the newest reason and time win).
-pub async fn add(db: &PgPool, address_key: &str, reason: &str) -> Result<(), sqlx::Error> {
+/// Puts the spelling `address` (whose key is `address_key`) on the list: the newest spelling,
+/// reason and time of a key win. Only that spelling is suppressed: mailbox names may be
+/// case-sensitive, so a spelling a stranger typed that bounced says nothing about the owner's.
+pub async fn add(
+    db: &PgPool,
+    address_key: &str,
+    address: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
     crate::db::execute(
         db,
         sqlx::query(
-            "INSERT INTO suppressed_addresses (address_key, reason) VALUES ($1, $2)
-             ON CONFLICT (address_key) DO UPDATE SET reason = $2, suppressed_at = now()",
+            "INSERT INTO suppressed_addresses (address_key, address, reason) VALUES ($1, $2, $3)
+             ON CONFLICT (address_key) DO UPDATE SET address = $2, reason = $3, suppressed_at = now()",
         )
         .bind(address_key)
+        .bind(address)
         .bind(reason),
     )
     .await
     .map(drop)
 }
 
-/// Takes `address_key` off the list; whether it was on it.
+/// Takes `address_key` (every spelling of it) off the list; whether it was on it.
 pub async fn remove(db: impl PgExecutor<'_>, address_key: &str) -> Result<bool, sqlx::Error> {
     let result = sqlx::query("DELETE FROM suppressed_addresses WHERE address_key = $1")
         .persistent(crate::db::named_statements())
@@ -38,15 +49,26 @@ pub async fn remove(db: impl PgExecutor<'_>, address_key: &str) -> Result<bool, 
     Ok(result.rows_affected() > 0)
 }
 
-/// Which of `address_keys` are on the list (one statement for a batch of jobs).
-pub async fn which(db: &PgPool, address_keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
-    if address_keys.is_empty() {
+/// Which of `addresses` (each `(key, spelling)`) are on the list, as their spellings (one
+/// statement for a batch of jobs).
+pub async fn which(
+    db: &PgPool,
+    addresses: &[(String, String)],
+) -> Result<Vec<String>, sqlx::Error> {
+    if addresses.is_empty() {
         return Ok(Vec::new());
     }
+    let (keys, spellings): (Vec<&str>, Vec<&str>) = addresses
+        .iter()
+        .map(|(key, spelling)| (key.as_str(), spelling.as_str()))
+        .unzip();
     let query = sqlx::query_scalar(
-        "SELECT address_key FROM suppressed_addresses WHERE address_key = ANY($1)",
+        "SELECT j.address FROM unnest($1::text[], $2::text[]) AS j(address_key, address)
+         JOIN suppressed_addresses s ON s.address_key = j.address_key
+          AND (s.address IS NULL OR s.address = j.address)",
     )
-    .bind(address_keys)
+    .bind(keys)
+    .bind(spellings)
     .persistent(crate::db::named_statements());
     crate::db::pinned(db, async |c| query.fetch_all(c).await).await
 }
@@ -54,7 +76,7 @@ pub async fn which(db: &PgPool, address_keys: &[String]) -> Result<Vec<String>, 
 /// Every suppressed address, oldest first.
 pub async fn list(db: &PgPool) -> Result<Vec<Suppressed>, sqlx::Error> {
     let query = sqlx::query_as(
-        "SELECT address_key, reason, suppressed_at FROM suppressed_addresses
+        "SELECT address_key, address, reason, suppressed_at FROM suppressed_addresses
          ORDER BY suppressed_at, address_key",
     )
     .persistent(crate::db::named_statements());

@@ -72,6 +72,7 @@ MODE_KEYS = {
     "drop_after_data",
     "store_then_drop",
     "per_recipient",
+    "per_recipient_exact",
 }
 
 NAME_RE = re.compile(r"^(\d{6,})-[0-9a-fA-F-]{36}\.eml$")
@@ -142,7 +143,7 @@ def normalize_mode(raw) -> dict:
             mode[key] = check_str(value, key)
         elif key in ("fail_times", "rcpt_fail_times", "connect_fail_times", "reset_on_connect_times"):
             mode[key] = check_count(value, key)
-        elif key in ("drop_after_data", "store_then_drop"):
+        elif key in ("drop_after_data", "store_then_drop", "per_recipient_exact"):
             if not isinstance(value, bool):
                 raise ValueError(f"{key}: expected true/false, got {value!r}")
             if value:
@@ -153,8 +154,12 @@ def normalize_mode(raw) -> dict:
             rules = {}
             for addr, rule in value.items():
                 parse_reply(rule, f"per_recipient[{addr!r}]")  # validate
-                rules[addr.strip().lower()] = rule
+                rules[addr.strip()] = rule
             mode[key] = rules
+    # Mailbox names may be case-sensitive at a real server: with per_recipient_exact the rules
+    # match the recipient's spelling exactly; without it, in any case.
+    if not mode.get("per_recipient_exact") and "per_recipient" in mode:
+        mode["per_recipient"] = {a.lower(): r for a, r in mode["per_recipient"].items()}
     return mode
 
 
@@ -243,7 +248,8 @@ class Sink:
         return reply_for(code, self.mode.get("connect_message"))
 
     def rcpt_fault(self, address: str) -> str | None:
-        rule = self._per_rcpt.get(address.strip().lower())
+        spelling = address.strip() if self.mode.get("per_recipient_exact") else address.strip().lower()
+        rule = self._per_rcpt.get(spelling)
         if rule is None:
             code = self.mode.get("rcpt_code")
             if code is not None and self._take("rcpt"):

@@ -278,27 +278,52 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// Starts `binary` with exactly `env` (plus PATH) and collects its stdout and stderr.
+    /// Starts `binary` with exactly `env` (plus PATH) and collects its stdout and stderr. Its
+    /// standard input is empty.
     pub fn spawn(
         binary: &std::path::Path,
         args: &[&str],
         env: &[(String, String)],
     ) -> anyhow::Result<Self> {
-        use tokio::io::{AsyncBufReadExt, BufReader};
+        Self::spawn_with_input(binary, args, env, None)
+    }
+
+    /// [`Self::spawn`] with `input` written to its standard input (then closed).
+    pub fn spawn_with_input(
+        binary: &std::path::Path,
+        args: &[&str],
+        env: &[(String, String)],
+        input: Option<Vec<u8>>,
+    ) -> anyhow::Result<Self> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let mut cmd = tokio::process::Command::new(binary);
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().cloned())
             .kill_on_drop(true);
+        if input.is_some() {
+            cmd.stdin(std::process::Stdio::piped());
+        } else {
+            cmd.stdin(std::process::Stdio::null());
+        }
+        let feed = |child: &mut tokio::process::Child| {
+            if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+                tokio::spawn(async move {
+                    let _ = stdin.write_all(&input).await;
+                });
+            }
+        };
         let lines = Arc::new(Mutex::new(Vec::new()));
         if let Some(dir) = LOG_DIR.get() {
             let name = binary.file_name().unwrap_or_default().to_string_lossy();
             let path = dir.join(format!("{name}-{}.log", unique_id()));
             let file = std::fs::File::create(&path)?;
             cmd.stdout(file.try_clone()?).stderr(file);
+            let mut child = cmd.spawn()?;
+            feed(&mut child);
             return Ok(Self {
-                child: cmd.spawn()?,
+                child,
                 lines,
                 log_file: Some(path),
                 readers: Vec::new(),
@@ -307,6 +332,7 @@ impl ServiceProcess {
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn()?;
+        feed(&mut child);
         let mut readers = Vec::new();
         let out = child.stdout.take().expect("piped stdout");
         let err = child.stderr.take().expect("piped stderr");
@@ -468,6 +494,7 @@ pub fn notice_jobs(prefix: &str, n: usize) -> Vec<Vec<u8>> {
             Envelope::new(
                 shared::message::Job::AccountExistsNotice {
                     email: format!("{prefix}-{i}@example.org"),
+                    ip: None,
                 },
                 chrono::Utc::now(),
                 chrono::Duration::hours(1),

@@ -718,6 +718,20 @@ impl StackEnv {
         self.command("api", args).await
     }
 
+    /// Runs `api <args>` with `input` on its standard input, to completion; (success,
+    /// stdout+stderr lines).
+    pub async fn api_command_with_input(
+        &self,
+        args: &[&str],
+        input: &str,
+    ) -> anyhow::Result<(bool, Vec<String>)> {
+        let binary = workspace_binary("api");
+        let input = Some(input.as_bytes().to_vec());
+        let mut process = ServiceProcess::spawn_with_input(&binary, args, &self.vars, input)?;
+        let status = process.wait_exit(Duration::from_secs(60)).await?;
+        Ok((status.success(), process.output()))
+    }
+
     async fn command(&self, binary: &str, args: &[&str]) -> anyhow::Result<(bool, Vec<String>)> {
         let mut process = ServiceProcess::spawn(&workspace_binary(binary), args, &self.vars)?;
         let status = process.wait_exit(Duration::from_secs(60)).await?;

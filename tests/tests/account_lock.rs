@@ -132,20 +132,28 @@ async fn support_staff_revoke_sessions_and_lock_an_account_with_a_reason() {
     let client = ApiClient::new(&base);
     let session = client.sign_in(bob, OLD).await.unwrap();
 
-    // Sessions end; the password stays.
+    // Sessions end; the password stays. The address comes on standard input (it stands in
+    // no shell history and no process list) and is not printed back.
     let (ok, out) = env
-        .api_command(&[
-            "accounts",
-            "revoke-sessions",
-            "Bob@Example.org",
-            "--reason",
-            "ticket 7: lost phone",
-            "--operator",
-            "sam",
-        ])
+        .api_command_with_input(
+            &[
+                "accounts",
+                "revoke-sessions",
+                "--reason",
+                "ticket 7: lost phone",
+                "--operator",
+                "sam",
+            ],
+            "Bob@Example.org\n",
+        )
         .await
         .unwrap();
     assert!(ok, "{out:?}");
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("1: revoked every session")),
+        "{out:?}"
+    );
     let printed = |out: &[String]| out.iter().any(|l| l.to_lowercase().contains("bob@"));
     assert!(!printed(&out), "the address is not printed: {out:?}");
     assert_eq!(client.me(&session).await, StatusCode::UNAUTHORIZED);

@@ -599,6 +599,7 @@ async fn a_job_that_waited_for_a_send_slot_is_decided_on_the_account_as_it_is_th
             shared::message::Job::EmailVerification {
                 user_id: id,
                 email: "late@example.org".to_owned(),
+                ip: None,
             },
             chrono::Utc::now(),
             chrono::Duration::hours(1),

@@ -216,6 +216,7 @@ fn notice(email: &str) -> Envelope {
     Envelope::new(
         Job::AccountExistsNotice {
             email: email.to_owned(),
+            ip: None,
         },
         chrono::Utc::now(),
         chrono::Duration::hours(1),

@@ -138,3 +138,61 @@ async fn a_bounced_address_is_suppressed_until_its_owner_signs_in_or_an_operator
         "removing an address that is not suppressed is an error"
     );
 }
+
+#[tokio::test]
+async fn a_strangers_spelling_neither_receives_the_owners_notices_nor_suppresses_the_owner() {
+    let sink = SmtpSink::start().await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    env.set("NOTIFY_UNKNOWN_RECIPIENTS", "true");
+    let (_api, base) = env.start_api().await.unwrap();
+    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    env.sign_up_and_verify(&base, &base, &sink, "ann@example.org", PASSWORD)
+        .await
+        .unwrap();
+    // At this server mailbox names are case-sensitive: the upper-case spellings do not exist.
+    sink.set_mode(json!({
+        "per_recipient_exact": true,
+        "per_recipient": {
+            "ANN@example.org": "550 5.1.1 no such user",
+            "ZED@example.org": "550 5.1.1 no such user",
+        }
+    }))
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let sign_up = |email: &'static str| {
+        http.post(format!("{base}/v1/users"))
+            .json(&json!({ "email": email, "password": PASSWORD }))
+            .send()
+    };
+
+    // A stranger signs up Ann's address in another spelling: the notice goes to the spelling
+    // Ann's account has, and nothing is suppressed.
+    assert_eq!(sign_up("ANN@example.org").await.unwrap().status(), 202);
+    let notice = sink
+        .wait_for_email("ann@example.org", "You already have an account", WAIT)
+        .await
+        .expect("the account-exists notice");
+    assert_eq!(notice.rcpt_to(), "ann@example.org");
+    assert!(suppressed(&env).await.is_empty());
+
+    // A no-account notice to a spelling that bounces suppresses that spelling only: the
+    // owner of the mailbox signs up later in the spelling that exists and gets their email.
+    let r = http
+        .post(format!("{base}/v1/password/forgot"))
+        .json(&json!({ "email": "ZED@example.org" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        wait_suppressed(&env, &["zed@example.org"]).await,
+        ["zed@example.org"]
+    );
+    assert_eq!(sign_up("zed@example.org").await.unwrap().status(), 202);
+    let verification = sink
+        .wait_for_email("zed@example.org", "Confirm your email address", WAIT)
+        .await
+        .expect("the verification email to the spelling that exists");
+    assert_eq!(verification.rcpt_to(), "zed@example.org");
+}

@@ -106,12 +106,14 @@ pub async fn sign_up(
                 Job::EmailVerification {
                     user_id,
                     email: address.address().to_owned(),
+                    ip: Some(ip.to_string()),
                 },
                 state.config.verify_token_max_age,
             ),
             None => (
                 Job::AccountExistsNotice {
                     email: address.address().to_owned(),
+                    ip: Some(ip.to_string()),
                 },
                 std::time::Duration::from_secs(86_400),
             ),

@@ -258,7 +258,11 @@ impl TestApp {
                 .await
                 .unwrap();
             if let Some(user_id) = queued.iter().find_map(|job| match job.envelope().job {
-                Job::EmailVerification { user_id, email: to } if to == email => Some(user_id),
+                Job::EmailVerification {
+                    user_id,
+                    email: ref to,
+                    ..
+                } if to == email => Some(user_id),
                 _ => None,
             }) {
                 return user_id;

@@ -317,9 +317,14 @@ async fn a_link_stays_dead_when_redis_forgets_generations_and_a_new_link_is_issu
 async fn a_reset_takes_the_address_off_the_suppression_list() {
     let app = spawn_app().await;
     let user = app.create_user("ann@example.org", STRONG).await;
-    shared::suppression::add(&app.state.db, "ann@example.org", "550 5.1.1 no such user")
-        .await
-        .unwrap();
+    shared::suppression::add(
+        &app.state.db,
+        "ann@example.org",
+        "ann@example.org",
+        "550 5.1.1 no such user",
+    )
+    .await
+    .unwrap();
     let token = app.mint(Purpose::PasswordReset, user).await;
     let r = app
         .post(

@@ -32,7 +32,7 @@ async fn sign_up_answers_the_same_for_new_and_taken_addresses_but_queues_differe
     assert_eq!(kinds, ["email_verification", "account_exists_notice"]);
     assert!(matches!(
         jobs[1].envelope().job,
-        Job::AccountExistsNotice { ref email } if email == "ANN@example.org"
+        Job::AccountExistsNotice { ref email, .. } if email == "ANN@example.org"
     ));
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(&app.state.db)

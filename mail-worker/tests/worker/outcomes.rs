@@ -231,6 +231,7 @@ async fn every_job_that_sends_nothing_is_audited_with_its_reason_and_acked() {
         w.job(Job::EmailVerification {
             user_id: verified,
             email: "eve@example.org".into(),
+            ip: None,
         }),
         Outcome::DroppedAlreadyVerified,
     ));
@@ -238,6 +239,7 @@ async fn every_job_that_sends_nothing_is_audited_with_its_reason_and_acked() {
         w.job(Job::EmailVerification {
             user_id: Uuid::now_v7(),
             email: "ghost@example.org".into(),
+            ip: None,
         }),
         Outcome::DroppedUnknown,
     ));
@@ -257,6 +259,7 @@ async fn every_job_that_sends_nothing_is_audited_with_its_reason_and_acked() {
     let notices = [(); 2].map(|()| {
         w.job(Job::AccountExistsNotice {
             email: "hal@example.org".into(),
+            ip: None,
         })
     });
     for job in &notices {

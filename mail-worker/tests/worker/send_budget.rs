@@ -12,6 +12,7 @@ use crate::helpers::{PATIENCE, TestWorker, history, spawn_with};
 fn notice(email: &str) -> Job {
     Job::AccountExistsNotice {
         email: email.into(),
+        ip: None,
     }
 }
 

@@ -9,6 +9,7 @@ use crate::helpers::spawn;
 fn notice(email: &str) -> Job {
     Job::AccountExistsNotice {
         email: email.into(),
+        ip: None,
     }
 }
 
@@ -29,6 +30,9 @@ async fn a_mailbox_that_does_not_exist_is_suppressed_and_later_mail_to_it_droppe
         }}))
         .await
         .expect("sink mode");
+    // The account's spelling is the one mail goes to (and the one suppressed), whatever the
+    // spelling a job names.
+    w.add_user("Gone@Example.org", true).await;
     let bounced = w.job(notice("Gone@Example.org"));
     let refused = w.job(notice("spam@example.org"));
     w.publish(&bounced).await;
@@ -45,7 +49,8 @@ async fn a_mailbox_that_does_not_exist_is_suppressed_and_later_mail_to_it_droppe
         "{list:?}"
     );
 
-    // The next job to it sends nothing, even with the server accepting again.
+    // The next job to the account sends nothing, whatever spelling it names, even with the
+    // server accepting again.
     w.sink.set_mode(json!({})).await.expect("sink mode");
     let next = w.job(notice("gone@example.org"));
     w.publish(&next).await;

@@ -5,7 +5,7 @@
 //! `Content-Length`, no header map, no per-request allocation beyond the body.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -29,9 +29,25 @@ pub struct Conn {
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
+        Self::connect_from(addr, None).await
+    }
+
+    /// A connection from the local address `source` (another loopback address, say, so the
+    /// api sees another client IP), or from any when `None`.
+    pub async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Self> {
+        let stream = match source {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let socket = if ip.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await
+            }
+        }
+        .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         Ok(Self {
             stream,
@@ -182,9 +198,22 @@ pub async fn closed_loop(
     duration: Duration,
     body: BodyFn,
 ) -> anyhow::Result<LoadResult> {
+    closed_loop_from(addr, None, path, expect, conns, duration, body).await
+}
+
+/// [`closed_loop`] from the local address `source` (see [`Conn::connect_from`]).
+pub async fn closed_loop_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    path: &'static str,
+    expect: u16,
+    conns: usize,
+    duration: Duration,
+    body: BodyFn,
+) -> anyhow::Result<LoadResult> {
     let mut connections = Vec::with_capacity(conns);
     for _ in 0..conns {
-        connections.push(Conn::connect(addr).await?);
+        connections.push(Conn::connect_from(addr, source).await?);
     }
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -208,7 +237,7 @@ pub async fn closed_loop(
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                         // A broken connection: open a new one and go on.
-                        match Conn::connect(addr).await {
+                        match Conn::connect_from(addr, source).await {
                             Ok(fresh) => conn = fresh,
                             Err(_) => break,
                         }

@@ -6,7 +6,7 @@
 //! ```sh
 //! ./deploy/local/bench.sh            # services, release build, then `bench all`
 //! ./target/release/bench all [--update BENCHMARKS.md]
-//! ./target/release/bench forgot|worker|scale|reset|memory|signin|stores|pipeline|code
+//! ./target/release/bench forgot|worker|scale|reset|memory|signin|stores|pipeline|code|colocated|refusals
 //! ./target/release/bench budget     # send budgets: a burst's spread (not in `all`: ~2 min)
 //! ```
 //! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
@@ -14,16 +14,19 @@
 //! FILE). Settings (environment): `BENCH_SECS` (length of each measured phase),
 //! `BENCH_ROUNDS` (raw/api alternations, 2), `BENCH_TIMING_PAIRS` (2000), `BENCH_JOBS`
 //! (2000), `BENCH_CODE_PAIRS` (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8), `BENCH_SETTLE_SECS` (10, the wait
-//! before the api's resident size is read after the hashing flood), `BENCH_SIGNIN_TRIPLES` (300).
+//! before the api's resident size is read after the hashing flood), `BENCH_SIGNIN_TRIPLES` (300),
+//! `BENCH_COLOCATED_PAIRS` (600), `BENCH_REFUSALS` (1000).
 
 mod budget;
 mod code;
+mod colocated;
 mod forgot;
 mod limits;
 mod load;
 mod mail;
 mod memory;
 mod pipeline;
+mod refusals;
 mod report;
 mod reset;
 mod scale;
@@ -35,7 +38,7 @@ use std::time::Instant;
 
 use report::Row;
 
-const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code | budget";
+const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code | colocated | refusals | budget";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -51,10 +54,20 @@ async fn main() -> anyhow::Result<()> {
     }
     let sections: &[&str] = match section {
         "all" => &[
-            "forgot", "worker", "scale", "reset", "memory", "signin", "stores", "pipeline", "code",
+            "forgot",
+            "worker",
+            "scale",
+            "reset",
+            "memory",
+            "signin",
+            "stores",
+            "pipeline",
+            "code",
+            "colocated",
+            "refusals",
         ],
         "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" | "pipeline"
-        | "code" | "budget" => std::slice::from_ref(&section),
+        | "code" | "colocated" | "refusals" | "budget" => std::slice::from_ref(&section),
         _ => anyhow::bail!(USAGE),
     };
 
@@ -77,6 +90,8 @@ async fn main() -> anyhow::Result<()> {
             "stores" => stores::run(&mut rows).await,
             "pipeline" => pipeline::run(&mut rows).await,
             "code" => code::run(&mut rows).await,
+            "colocated" => colocated::run(&mut rows).await,
+            "refusals" => refusals::run(&mut rows).await,
             "budget" => budget::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
