@@ -2,7 +2,12 @@
 //! an answer into a 503, so it is logged instead. Rows that belong to a change (a password
 //! reset, a sign-up) are written inside that change's transaction, not here.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use shared::audit::{Action, AuditEvent, Outcome};
 use tokio::sync::Semaphore;
@@ -23,9 +28,53 @@ const REFUSAL_AUDIT_PERIOD_SECS: u64 = 60;
 /// counted in `rate_limit_audit_skipped_total` and writes nothing.
 pub const REFUSAL_AUDIT_WRITERS: u32 = 4;
 
-/// The permits of the refusal-row writers (one per row being written).
-pub fn refusal_writers() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(REFUSAL_AUDIT_WRITERS as usize))
+/// Budget keys this process remembers having marked (see [`RefusalAudit`]); past it, the
+/// memory is cleared rather than grown.
+const RECENT_MARKS: usize = 4096;
+
+/// The refusal rows of one process: the writers, and the budget keys it marked in the last
+/// minute. A flood from one source hits the same budget key with every request; remembering
+/// it here means the flood's refusals after the first take neither a writer nor a Redis
+/// call, so they cannot crowd out the rows of other refusals (a credential-stuffing campaign
+/// against another account, say). Other replicas still share the minute through the marker
+/// in Redis.
+pub struct RefusalAudit {
+    writers: Arc<Semaphore>,
+    recent: Mutex<HashMap<String, Instant>>,
+}
+
+impl Default for RefusalAudit {
+    fn default() -> Self {
+        Self {
+            writers: Arc::new(Semaphore::new(REFUSAL_AUDIT_WRITERS as usize)),
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl RefusalAudit {
+    /// Whether `fingerprint` was not marked by this process within the period; remembers it.
+    fn first_this_period(&self, fingerprint: &str) -> bool {
+        let period = Duration::from_secs(REFUSAL_AUDIT_PERIOD_SECS);
+        let Ok(mut recent) = self.recent.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        if recent
+            .get(fingerprint)
+            .is_some_and(|at| now.duration_since(*at) < period)
+        {
+            return false;
+        }
+        if recent.len() >= RECENT_MARKS {
+            recent.retain(|_, at| now.duration_since(*at) < period);
+            if recent.len() >= RECENT_MARKS {
+                recent.clear();
+            }
+        }
+        recent.insert(fingerprint.to_owned(), now);
+        true
+    }
 }
 
 /// Records a request refused by a rate limit: which budget (the verdict's `refused_by`),
@@ -35,10 +84,11 @@ pub fn refusal_writers() -> Arc<Semaphore> {
 ///
 /// The refused path is the one a flood takes, so it must cost the flood's target nothing
 /// that grows with the flood:
-/// - at most one row per refusing budget key per minute (a marker in Redis, `SET NX EX`,
-///   keyed by the budget's own pseudonymous key: the client's IPv4 address or IPv6 network
-///   for a client budget, never the address the request named, so naming a new address per
-///   request makes no new row and no new key); the metric counts every refusal;
+/// - at most one row per refusing budget key per minute (remembered in the process, and a
+///   marker in Redis, `SET NX EX`, for the other replicas; keyed by the budget's own
+///   pseudonymous key: the client's IPv4 address or IPv6 network for a client budget, never
+///   the address the request named, so naming a new address per request makes no new row
+///   and no new key); the metric counts every refusal;
 /// - the refusal never waits for it: the marker and the row are written by a task of their
 ///   own, at most [`REFUSAL_AUDIT_WRITERS`] at a time per process, so a flood cannot tie up
 ///   the database pool that every other request needs. Without Redis or a free writer the
@@ -52,12 +102,16 @@ pub fn rate_limited(
 ) {
     let label = verdict.refused_by.unwrap_or(Outcome::RateLimited);
     metrics::counter!("rate_limit_hits_total", "kind" => label.as_str()).increment(1);
-    let Ok(permit) = state.refusal_writers.clone().try_acquire_owned() else {
+    let subject = format!("{label}\0{}", verdict.refused_key.as_deref().unwrap_or(""));
+    let fingerprint = shared::keys::pseudonym(state.config.pseudonym_secret(), "audit", &subject);
+    let audit = &state.refusal_audit;
+    if !audit.first_this_period(&fingerprint) {
+        return;
+    }
+    let Ok(permit) = audit.writers.clone().try_acquire_owned() else {
         metrics::counter!("rate_limit_audit_skipped_total").increment(1);
         return;
     };
-    let subject = format!("{label}\0{}", verdict.refused_key.as_deref().unwrap_or(""));
-    let fingerprint = shared::keys::pseudonym(state.config.pseudonym_secret(), "audit", &subject);
     let key = state.redis.keys().audit_mark(&fingerprint);
     let state = state.clone();
     let address_hash = address_hash.map(str::to_owned);
@@ -87,14 +141,11 @@ pub fn rate_limited(
     });
 }
 
-/// Waits until every refusal row started so far is written (or skipped): for tests and for
-/// a drain at shutdown.
+/// Waits until every refusal row started so far is written (or skipped): for tests, and for
+/// the drain at shutdown.
 pub async fn settle_refusals(state: &AppState) {
-    if let Ok(all) = state
-        .refusal_writers
-        .acquire_many(REFUSAL_AUDIT_WRITERS)
-        .await
-    {
+    let writers = &state.refusal_audit.writers;
+    if let Ok(all) = writers.acquire_many(REFUSAL_AUDIT_WRITERS).await {
         drop(all);
     }
 }

@@ -9,13 +9,18 @@
 //! [`crate::rate_limit::RateLimiter::check_login`]), so the owner's browser gets in while the
 //! address is refused to everyone else.
 //!
-//! The cookie is `v1.<device id>.<tag>[.<tag>…]`: a random 128-bit device id and, per account
-//! (at most [`MAX_ACCOUNTS`], newest first), a tag = the first 128 bits of
-//! HMAC-SHA256(key, device id ‖ 0 ‖ address key), the key derived from `TOKEN_SECRETS` (the
-//! first signs, every one verifies, so rotation keeps devices recognised). A tag binds the
-//! device to one address without naming it; a forged cookie, a tag of another account, or a
-//! tag moved to another device id verifies for nothing and counts as no device. A stolen
-//! cookie is worth one small budget of guesses ([`RATE_LIMIT_LOGIN_DEVICE_PER_HOUR`]), no more.
+//! The cookie is `v1.<device id>.<entry>[.<entry>…]`: a random 128-bit device id and, per
+//! account (at most [`MAX_ACCOUNTS`], newest first), an entry `<tag>~<password version>`, the
+//! tag being the first 128 bits of HMAC-SHA256(key, device id ‖ 0 ‖ address key ‖ 0 ‖ password
+//! version), the key derived from `TOKEN_SECRETS` (the first signs, every one verifies, so
+//! rotation keeps devices recognised). A tag binds the device to one address without naming it;
+//! a forged cookie, a tag of another account, or a tag moved to another device id verifies for
+//! nothing and counts as no device. The password version it carries is compared with the
+//! account's once the account is read (a sign-in reads it anyway): a reset or a lock bumps the
+//! version, so every browser recognised before (an intruder's included, in the "this wasn't
+//! me" case) is a stranger again, and the browser that reset gets a fresh entry. Until then a
+//! stolen cookie is worth one small budget of guesses ([`RATE_LIMIT_LOGIN_DEVICE_PER_HOUR`]),
+//! no more.
 //!
 //! [`RATE_LIMIT_LOGIN_DEVICE_PER_HOUR`]: crate::config::Config::login_device_limit_per_hour
 
@@ -39,7 +44,7 @@ const KEY_LABEL: &str = "pwrecovery/device-cookie/v1";
 const VERSION: &str = "v1";
 const ID_BYTES: usize = 16;
 const TAG_BYTES: usize = 16;
-/// A cookie value longer than this is not ours (five tags take about 140 characters).
+/// A cookie value longer than this is not ours (five entries take about 160 characters).
 const MAX_VALUE_LEN: usize = 512;
 
 /// Issues and recognises device cookies.
@@ -53,7 +58,44 @@ pub struct Devices {
 /// A device cookie's parts (read, not yet verified for any account).
 struct Cookie {
     id: String,
-    tags: Vec<String>,
+    entries: Vec<Entry>,
+}
+
+/// One account's entry: its tag and the password version it was issued under.
+struct Entry {
+    tag: Vec<u8>,
+    password_version: i32,
+}
+
+impl Entry {
+    fn parse(text: &str) -> Option<Self> {
+        let (tag, version) = text.split_once('~')?;
+        let tag = B64.decode(tag).ok().filter(|t| t.len() == TAG_BYTES)?;
+        Some(Self {
+            tag,
+            password_version: version.parse().ok()?,
+        })
+    }
+
+    fn write(&self) -> String {
+        format!("{}~{}", B64.encode(&self.tag), self.password_version)
+    }
+}
+
+/// A browser that signed in to the account before, as its cookie claims; the claim holds once
+/// `password_version` is the account's current one (see the module's notes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recognised {
+    pub id: String,
+    pub password_version: i32,
+}
+
+/// Who a request just proved to be (by the account's password, or by its mailbox): the
+/// account's address key and its password version now, what its device entry is issued for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proven {
+    pub email_key: String,
+    pub password_version: i32,
 }
 
 impl Devices {
@@ -77,39 +119,61 @@ impl Devices {
         }
     }
 
-    /// The device id of the request's cookie, if it signed in to the address with key
-    /// `email_key` before; `None` for no cookie, a forged one and another account's.
-    pub fn recognise(&self, headers: &HeaderMap, email_key: &str) -> Option<String> {
+    /// The request's device, if its cookie says it signed in to the address with key
+    /// `email_key` before (with the password version it did so under, still to be compared
+    /// with the account's); `None` for no cookie, a forged one and another account's.
+    pub fn recognise(&self, headers: &HeaderMap, email_key: &str) -> Option<Recognised> {
         let cookie = self.read(headers)?;
-        let recognised = cookie.tags.iter().any(|tag| {
-            let Ok(tag) = B64.decode(tag) else {
-                return false;
-            };
-            self.keys.iter().any(|key| {
-                mac(key, &cookie.id, email_key)
-                    .verify_truncated_left(&tag)
-                    .is_ok()
-            })
-        });
-        recognised.then_some(cookie.id)
+        let entry = cookie
+            .entries
+            .iter()
+            .find(|entry| self.verifies(&cookie.id, email_key, entry))?;
+        Some(Recognised {
+            id: cookie.id.clone(),
+            password_version: entry.password_version,
+        })
     }
 
-    /// The `Set-Cookie` value that adds the address with key `email_key` to the request's
-    /// device cookie (a new device id when the request had none that reads as ours).
-    pub fn issue(&self, headers: &HeaderMap, email_key: &str) -> HeaderValue {
+    /// Whether `entry` was issued to device `id` for the address with key `email_key`.
+    fn verifies(&self, id: &str, email_key: &str, entry: &Entry) -> bool {
+        self.keys.iter().any(|key| {
+            mac(key, id, email_key, entry.password_version)
+                .verify_truncated_left(&entry.tag)
+                .is_ok()
+        })
+    }
+
+    /// The `Set-Cookie` value that adds the address with key `email_key`, under its password
+    /// version `password_version`, to the request's device cookie (replacing that account's
+    /// older entry; a new device id when the request had no cookie that reads as ours).
+    pub fn issue(
+        &self,
+        headers: &HeaderMap,
+        email_key: &str,
+        password_version: i32,
+    ) -> HeaderValue {
         let cookie = self.read(headers).unwrap_or_else(|| Cookie {
             id: B64.encode(rand::random::<[u8; ID_BYTES]>()),
-            tags: Vec::new(),
+            entries: Vec::new(),
         });
         let signing_key = self.keys.first().map_or(&[][..], Vec::as_slice);
-        let tag = mac(signing_key, &cookie.id, email_key)
+        let tag = mac(signing_key, &cookie.id, email_key, password_version)
             .finalize()
             .into_bytes();
-        let tag = B64.encode(&tag[..TAG_BYTES]);
-        let mut tags = vec![tag.clone()];
-        tags.extend(cookie.tags.into_iter().filter(|t| *t != tag));
-        tags.truncate(MAX_ACCOUNTS);
-        let value = format!("{VERSION}.{}.{}", cookie.id, tags.join("."));
+        let fresh = Entry {
+            tag: tag[..TAG_BYTES].to_vec(),
+            password_version,
+        };
+        let mut entries = vec![fresh.write()];
+        entries.extend(
+            cookie
+                .entries
+                .iter()
+                .filter(|entry| !self.verifies(&cookie.id, email_key, entry))
+                .map(Entry::write),
+        );
+        entries.truncate(MAX_ACCOUNTS);
+        let value = format!("{VERSION}.{}.{}", cookie.id, entries.join("."));
         let secure = if self.secure { "; Secure" } else { "" };
         let header = format!(
             "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={COOKIE_MAX_AGE_SECS}{secure}",
@@ -133,24 +197,22 @@ impl Devices {
         if B64.decode(id).ok()?.len() != ID_BYTES {
             return None;
         }
-        let tags: Vec<String> = parts
-            .filter(|t| B64.decode(t).is_ok_and(|b| b.len() == TAG_BYTES))
-            .take(MAX_ACCOUNTS)
-            .map(str::to_owned)
-            .collect();
+        let entries: Vec<Entry> = parts.filter_map(Entry::parse).take(MAX_ACCOUNTS).collect();
         Some(Cookie {
             id: id.to_owned(),
-            tags,
+            entries,
         })
     }
 }
 
-/// The MAC that binds a device id to an address key.
-fn mac(key: &[u8], device_id: &str, email_key: &str) -> Hmac<Sha256> {
+/// The MAC that binds a device id to an address key and a password version.
+fn mac(key: &[u8], device_id: &str, email_key: &str, password_version: i32) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key");
     mac.update(device_id.as_bytes());
     mac.update(b"\0");
     mac.update(email_key.as_bytes());
+    mac.update(b"\0");
+    mac.update(&password_version.to_be_bytes());
     mac
 }
 
@@ -173,36 +235,49 @@ mod tests {
             .split(';')
             .next()
             .expect("pair");
+        cookie_header(pair)
+    }
+
+    fn cookie_header(pair: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_str(pair).expect("value"));
         h
     }
 
+    fn value(h: &HeaderMap) -> String {
+        crate::extract::cookie(h, SECURE_COOKIE_NAME).expect("cookie")
+    }
+
     const A: &str = "first secret of at least thirty-two bytes!";
     const B: &str = "second secret of at least thirty-two bytes";
+    const OWNER: &str = "owner@example.org";
 
     #[test]
     fn a_browser_is_recognised_for_the_accounts_it_signed_in_to_and_no_other() {
         let d = devices(&[A]);
-        let first = d.issue(&HeaderMap::new(), "owner@example.org");
-        let h = sent_back(&first);
-        let id = d.recognise(&h, "owner@example.org").expect("recognised");
+        let h = sent_back(&d.issue(&HeaderMap::new(), OWNER, 3));
+        let seen = d.recognise(&h, OWNER).expect("recognised");
+        assert_eq!(seen.password_version, 3);
         assert_eq!(d.recognise(&h, "other@example.org"), None);
         // A second account on the same browser keeps the device and the first account.
-        let h = sent_back(&d.issue(&h, "other@example.org"));
-        assert_eq!(
-            d.recognise(&h, "owner@example.org").as_deref(),
-            Some(id.as_str())
-        );
-        assert_eq!(
-            d.recognise(&h, "other@example.org").as_deref(),
-            Some(id.as_str())
-        );
+        let h = sent_back(&d.issue(&h, "other@example.org", 1));
+        assert_eq!(d.recognise(&h, OWNER), Some(seen.clone()));
+        let other = d.recognise(&h, "other@example.org").expect("recognised");
+        assert_eq!((other.id, other.password_version), (seen.id, 1));
+    }
+
+    #[test]
+    fn a_new_password_version_replaces_the_accounts_entry() {
+        let d = devices(&[A]);
+        let h = sent_back(&d.issue(&HeaderMap::new(), OWNER, 3));
+        let h = sent_back(&d.issue(&h, OWNER, 4));
+        assert_eq!(d.recognise(&h, OWNER).map(|r| r.password_version), Some(4));
+        assert_eq!(value(&h).split('.').count(), 3, "one entry for the account");
     }
 
     #[test]
     fn the_cookie_is_httponly_lax_secure_host_prefixed_and_long_lived() {
-        let c = devices(&[A]).issue(&HeaderMap::new(), "owner@example.org");
+        let c = devices(&[A]).issue(&HeaderMap::new(), OWNER, 1);
         let c = c.to_str().expect("ascii");
         assert!(c.starts_with("__Host-device=v1."), "{c}");
         assert!(c.ends_with(&format!(
@@ -212,64 +287,52 @@ mod tests {
     }
 
     #[test]
-    fn forged_moved_and_foreign_tags_count_as_no_device() {
+    fn forged_moved_relabelled_and_foreign_entries_count_as_no_device() {
         let d = devices(&[A]);
-        let h = sent_back(&d.issue(&HeaderMap::new(), "owner@example.org"));
-        let value = crate::extract::cookie(&h, SECURE_COOKIE_NAME).expect("cookie");
+        let h = sent_back(&d.issue(&HeaderMap::new(), OWNER, 1));
+        let value = value(&h);
         let parts: Vec<&str> = value.split('.').collect();
-        let with = |v: String| {
-            let mut h = HeaderMap::new();
-            h.insert(
-                header::COOKIE,
-                HeaderValue::from_str(&format!("{SECURE_COOKIE_NAME}={v}")).expect("value"),
-            );
-            h
-        };
-        // The tag moved to another device id.
+        let with = |v: String| cookie_header(&format!("{SECURE_COOKIE_NAME}={v}"));
+        // The entry moved to another device id.
         let other_id = B64.encode([7u8; ID_BYTES]);
         assert_eq!(
-            d.recognise(
-                &with(format!("v1.{other_id}.{}", parts[2])),
-                "owner@example.org"
-            ),
+            d.recognise(&with(format!("v1.{other_id}.{}", parts[2])), OWNER),
             None
         );
-        // A tag of the right shape that nobody signed.
+        // An entry of the right shape that nobody signed.
         let forged = B64.encode([9u8; TAG_BYTES]);
         assert_eq!(
-            d.recognise(
-                &with(format!("v1.{}.{forged}", parts[1])),
-                "owner@example.org"
-            ),
+            d.recognise(&with(format!("v1.{}.{forged}~1", parts[1])), OWNER),
+            None
+        );
+        // The right tag claiming a newer password version.
+        let tag = parts[2].split('~').next().expect("tag");
+        assert_eq!(
+            d.recognise(&with(format!("v1.{}.{tag}~2", parts[1])), OWNER),
             None
         );
         // Signed by a server with another secret.
-        assert_eq!(devices(&[B]).recognise(&h, "owner@example.org"), None);
+        assert_eq!(devices(&[B]).recognise(&h, OWNER), None);
         // Junk.
-        for junk in ["", "v1", "v2.x.y", "v1..", &"v1.".repeat(200)] {
-            assert_eq!(
-                d.recognise(&with(junk.to_owned()), "owner@example.org"),
-                None,
-                "{junk}"
-            );
+        for junk in ["", "v1", "v2.x.y", "v1..", "v1.a.b~c", &"v1.".repeat(200)] {
+            assert_eq!(d.recognise(&with(junk.to_owned()), OWNER), None, "{junk}");
         }
     }
 
     #[test]
     fn an_old_secret_still_recognises_after_rotation_and_the_list_is_bounded() {
         let old = devices(&[A]);
-        let h = sent_back(&old.issue(&HeaderMap::new(), "owner@example.org"));
+        let h = sent_back(&old.issue(&HeaderMap::new(), OWNER, 1));
         let rotated = devices(&[B, A]);
-        assert!(rotated.recognise(&h, "owner@example.org").is_some());
+        assert!(rotated.recognise(&h, OWNER).is_some());
         let mut h = h;
         for i in 0..10 {
-            h = sent_back(&rotated.issue(&h, &format!("user{i}@example.org")));
+            h = sent_back(&rotated.issue(&h, &format!("user{i}@example.org"), 1));
         }
-        let value = crate::extract::cookie(&h, SECURE_COOKIE_NAME).expect("cookie");
-        assert_eq!(value.split('.').count(), 2 + MAX_ACCOUNTS);
+        assert_eq!(value(&h).split('.').count(), 2 + MAX_ACCOUNTS);
         assert!(rotated.recognise(&h, "user9@example.org").is_some());
         assert!(
-            rotated.recognise(&h, "owner@example.org").is_none(),
+            rotated.recognise(&h, OWNER).is_none(),
             "the oldest fell off"
         );
     }

@@ -164,6 +164,10 @@ impl FromRequestParts<AppState> for AuthUser {
                 let name = sessions::cookie_name(state.config.cookie_secure);
                 cookie(&parts.headers, name)
             })
+            // Sessions opened before the cookie got its `__Host-` name keep working until
+            // they expire (`SESSION_TTL_SECS`); only ever the prefixed one is set now. Drop
+            // this once every such session has expired.
+            .or_else(|| cookie(&parts.headers, sessions::PLAIN_COOKIE_NAME))
             .ok_or(ApiError::Unauthorized)?;
         let session = sessions::SessionToken::parse(&raw).ok_or(ApiError::Unauthorized)?;
         let Some(pv) = state.sessions.lookup(&session).await? else {

@@ -73,8 +73,8 @@ pub struct Services {
     pub readiness: routes::health::ProbeCache,
     /// Device cookies (recognised browsers at sign-in).
     pub devices: crate::devices::Devices,
-    /// Writers of refusal audit rows (see [`crate::audit::rate_limited`]).
-    pub refusal_writers: Arc<tokio::sync::Semaphore>,
+    /// Refusal audit rows (see [`crate::audit::rate_limited`]).
+    pub refusal_audit: crate::audit::RefusalAudit,
     /// The schema is current (migrations ran, or are left to `api migrate`); not ready before.
     pub schema_ready: Arc<AtomicBool>,
 }
@@ -146,7 +146,7 @@ impl Application {
             outbox: crate::outbox::Outbox::default(),
             readiness: routes::health::ProbeCache::default(),
             devices: crate::devices::Devices::new(&config.token_secrets, config.cookie_secure),
-            refusal_writers: crate::audit::refusal_writers(),
+            refusal_audit: crate::audit::RefusalAudit::default(),
             clock,
             metrics: {
                 let handle = shared::telemetry::prometheus();
@@ -255,6 +255,12 @@ impl Application {
             relay_handle.abort();
         }
         served?;
+        // The refusal rows still being written (bounded: each is one marker and one insert).
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            crate::audit::settle_refusals(&state),
+        )
+        .await;
         state.publisher.close().await;
         state.db.close().await;
         tracing::info!("api stopped");
@@ -421,7 +427,9 @@ impl utoipa::Modify for SessionAuth {
         );
         components.add_security_scheme(
             "session_cookie",
-            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("session"))),
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+                crate::sessions::SECURE_COOKIE_NAME,
+            ))),
         );
     }
 }

@@ -112,6 +112,9 @@ local latest = redis.call('ZREVRANGE', line, 0, 0, 'WITHSCORES')
 redis.call('PEXPIRE', line, math.ceil(tonumber(latest[2]) - now + keep))
 if bulk and cap > 0 then
   redis.call('ZADD', KEYS[5], at, job)
-  redis.call('PEXPIRE', KEYS[5], math.ceil(at - now + keep))
+  -- Kept as long as its latest place (a job placed again can get an earlier turn than places
+  -- given after it).
+  local last_held = redis.call('ZREVRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[5], math.ceil(tonumber(last_held[2]) - now + keep))
 end
 return {0, math.ceil(at - now), 0}

@@ -21,7 +21,7 @@
 //! password-changed notices) goes before the kinds a stranger can cause ([`Class::Bulk`]:
 //! verification emails, account-exists and no-account notices), which wait in a line of their
 //! own behind every priority place; and in the bulk line one requester (the client that
-//! caused the job, an IPv4 address or IPv6 /64) holds at most a share of the places
+//! caused the job, an IPv4 address or IPv6 /48) holds at most a share of the places
 //! (`SMTP_REQUESTER_SHARE_PERCENT` of the budget's rate): the rest of its jobs ask again a
 //! window later, behind everyone who came meanwhile. So sign-ups of random addresses at one
 //! provider can neither push real reset emails past their deadline nor hold the line against
@@ -173,6 +173,25 @@ impl SendBudget {
         (limit * self.requester_share_percent).div_ceil(100).max(1)
     }
 
+    /// The places `ticket`'s requester may hold in the bulk line of the budget with `keys` and
+    /// `limit` (0: no cap), and the key of those it holds. Priority jobs and jobs that name no
+    /// requester (they cannot be told apart) are not capped.
+    fn requester_places(
+        &self,
+        redis: &RedisPool,
+        keys: &[String; 4],
+        ticket: &Ticket<'_>,
+        limit: u32,
+    ) -> (u32, String) {
+        match ticket.requester {
+            Some(requester) if ticket.class == Class::Bulk => (
+                self.requester_cap(limit),
+                redis.keys().send_requester(keys, requester),
+            ),
+            _ => (0, redis.keys().send_requester(keys, "-")),
+        }
+    }
+
     /// Whether a throttling answer pauses its domain.
     pub fn pauses_on_throttling(&self) -> bool {
         !self.throttle_pause.is_zero()
@@ -229,6 +248,8 @@ impl SendBudget {
             let keys = &domain_keys;
             let window_ms = millis(self.domain_window);
             let bulk = u8::from(ticket.class == Class::Bulk);
+            let (cap, held) = self.requester_places(redis, keys, &ticket, self.domain_per_minute);
+            let (capped, held) = (u8::from(cap > 0), &held);
             redis
                 .run(|mut c| async move {
                     script
@@ -236,11 +257,13 @@ impl SendBudget {
                         .key(&keys[1])
                         .key(&keys[2])
                         .key(&keys[3])
+                        .key(held)
                         .arg(grant.to_string())
                         .arg(job.to_string())
                         .arg(window_ms)
                         .arg(back_ms)
                         .arg(bulk)
+                        .arg(capped)
                         .invoke_async::<i64>(&mut c)
                         .await
                 })
@@ -263,14 +286,7 @@ impl SendBudget {
             (self.domain_per_minute, self.domain_window)
         };
         let bulk = ticket.class == Class::Bulk;
-        // Jobs that name no requester are not capped (they cannot be told apart).
-        let (cap, held) = match ticket.requester {
-            Some(requester) if bulk => (
-                self.requester_cap(limit),
-                redis.keys().send_requester(keys, requester),
-            ),
-            _ => (0, redis.keys().send_requester(keys, "-")),
-        };
+        let (cap, held) = self.requester_places(redis, keys, ticket, limit);
         let script = &self.take;
         let window_ms = millis(window);
         let (job, deadline_ms) = (ticket.job, ticket.deadline.timestamp_millis());
@@ -352,14 +368,18 @@ pub fn after_pause(left: Duration, pause: Duration) -> Duration {
 }
 
 /// The pseudonym of the client that caused a job (its IP as the api saw it: the address for
-/// IPv4, the /64 for IPv6), for its share of a bulk line; `None` without a readable IP.
+/// IPv4, the /48 for IPv6, since one subscriber may hold 65,536 /64s), for its share of a bulk
+/// line; `None` without a readable IP.
 pub fn requester_pseudonym(secret: &[u8], ip: Option<&str>) -> Option<String> {
     let ip: std::net::IpAddr = ip?.parse().ok()?;
-    Some(pseudonym(
-        secret,
-        "requester",
-        &shared::keys::ip_subject(ip),
-    ))
+    let subject = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let network = std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 80));
+            format!("{network}/48")
+        }
+    };
+    Some(pseudonym(secret, "requester", &subject))
 }
 
 /// The pseudonym naming a recipient domain's budget: an HMAC, because a personal domain names
@@ -442,6 +462,16 @@ mod tests {
             assert_eq!(domain_class(domain), class, "{domain}");
             assert!(DOMAIN_CLASSES.contains(&domain_class(domain)));
         }
+    }
+
+    #[test]
+    fn a_requester_is_an_ipv4_address_or_an_ipv6_48() {
+        let p = |ip: &str| requester_pseudonym(b"k", Some(ip));
+        assert_eq!(p("2001:db8:1:2::1"), p("2001:db8:1:ffff:9::7"));
+        assert_ne!(p("2001:db8:1::1"), p("2001:db8:2::1"));
+        assert_ne!(p("192.0.2.1"), p("192.0.2.2"));
+        assert_eq!(p("not an ip"), None);
+        assert_eq!(requester_pseudonym(b"k", None), None);
     }
 
     #[test]

@@ -377,18 +377,14 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<redacted>".to_owned();
     };
+    // Credentials end at the last `@`, whatever they contain (a `?`, `#` or `/` in a
+    // password included); then the query and fragment go.
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((_, after)) => ("***@", after),
+        None => ("", rest),
+    };
     let rest = rest.split(['?', '#']).next().unwrap_or("");
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (credentials, host) = match authority.rsplit_once('@') {
-        Some((_, host)) => ("***@", host),
-        None => ("", authority),
-    };
-    let path = if path.is_empty() {
-        String::new()
-    } else {
-        format!("/{path}")
-    };
-    format!("{scheme}://{credentials}{host}{path}")
+    format!("{scheme}://{credentials}{rest}")
 }
 
 /// A URL that may carry credentials; `Debug` shows it redacted (see [`redact_url`]).
@@ -665,6 +661,10 @@ mod tests {
         assert!(shown.contains("mq2.internal"), "{shown}");
         assert_eq!(redact_url("not a url with pass"), "<redacted>");
         assert_eq!(redact_url("smtp://127.0.0.1:2525"), "smtp://127.0.0.1:2525");
+        assert_eq!(
+            redact_url("postgres://u:p?x/y#z@db:5432/a?b=c"),
+            "postgres://***@db:5432/a"
+        );
     }
 
     #[test]

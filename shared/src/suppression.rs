@@ -9,16 +9,21 @@ use sqlx::{PgExecutor, PgPool};
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct Suppressed {
     pub address_key: String,
-    /// The spelling that bounced (`None`: every spelling of the key, rows from before
+    /// The spellings that bounced (`None`: every spelling of the key, rows from before
     /// spellings were kept).
-    pub address: Option<String>,
+    pub addresses: Option<Vec<String>>,
     pub reason: String,
     pub suppressed_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Puts the spelling `address` (whose key is `address_key`) on the list: the newest spelling,
-/// reason and time of a key win. Only that spelling is suppressed: mailbox names may be
-/// case-sensitive, so a spelling a stranger typed that bounced says nothing about the owner's.
+/// Most spellings kept per address key; a key that bounced in more spellings than that keeps
+/// the first ones (each needs a bounce, so this only bounds a row someone keeps growing).
+pub const MAX_SPELLINGS: i32 = 20;
+
+/// Puts the spelling `address` (whose key is `address_key`) on the list, beside the spellings
+/// of the key that bounced before; the newest reason and time win. Only those spellings are
+/// suppressed: mailbox names may be case-sensitive, so a spelling a stranger typed that bounced
+/// says nothing about the owner's. A row that suppresses every spelling stays so.
 pub async fn add(
     db: &PgPool,
     address_key: &str,
@@ -28,12 +33,19 @@ pub async fn add(
     crate::db::execute(
         db,
         sqlx::query(
-            "INSERT INTO suppressed_addresses (address_key, address, reason) VALUES ($1, $2, $3)
-             ON CONFLICT (address_key) DO UPDATE SET address = $2, reason = $3, suppressed_at = now()",
+            "INSERT INTO suppressed_addresses AS s (address_key, addresses, reason)
+             VALUES ($1, ARRAY[$2], $3)
+             ON CONFLICT (address_key) DO UPDATE SET
+               addresses = CASE
+                 WHEN s.addresses IS NULL OR $2 = ANY(s.addresses)
+                      OR cardinality(s.addresses) >= $4 THEN s.addresses
+                 ELSE array_append(s.addresses, $2) END,
+               reason = $3, suppressed_at = now()",
         )
         .bind(address_key)
         .bind(address)
-        .bind(reason),
+        .bind(reason)
+        .bind(MAX_SPELLINGS),
     )
     .await
     .map(drop)
@@ -65,7 +77,7 @@ pub async fn which(
     let query = sqlx::query_scalar(
         "SELECT j.address FROM unnest($1::text[], $2::text[]) AS j(address_key, address)
          JOIN suppressed_addresses s ON s.address_key = j.address_key
-          AND (s.address IS NULL OR s.address = j.address)",
+          AND (s.addresses IS NULL OR j.address = ANY(s.addresses))",
     )
     .bind(keys)
     .bind(spellings)
@@ -76,7 +88,7 @@ pub async fn which(
 /// Every suppressed address, oldest first.
 pub async fn list(db: &PgPool) -> Result<Vec<Suppressed>, sqlx::Error> {
     let query = sqlx::query_as(
-        "SELECT address_key, address, reason, suppressed_at FROM suppressed_addresses
+        "SELECT address_key, addresses, reason, suppressed_at FROM suppressed_addresses
          ORDER BY suppressed_at, address_key",
     )
     .persistent(crate::db::named_statements());

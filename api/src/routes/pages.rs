@@ -431,9 +431,9 @@ async fn reset_submit(
         );
     }
     match password::perform_reset(&state, ip, locale, trace, &form.token, form.password).await {
-        Ok(email_key) => {
+        Ok(proven) => {
             let done = Redirect::to("/reset-password/done").into_response();
-            password::with_device(&state, &headers, &email_key, done)
+            password::with_device(&state, &headers, &proven, done)
         }
         Err(ApiError::WeakPassword(hint)) => {
             let text = if locale == "en" {
@@ -511,9 +511,9 @@ async fn code_submit(
     )
     .await;
     match result {
-        Ok(email_key) => {
+        Ok(proven) => {
             let done = Redirect::to("/reset-password/done").into_response();
-            password::with_device(&state, &headers, &email_key, done)
+            password::with_device(&state, &headers, &proven, done)
         }
         Err(ApiError::CodeInvalid) => {
             // The typed code is not shown again: it is dead or wrong.
@@ -692,7 +692,7 @@ async fn verify_submit(
         return bad_form(&state, locale);
     };
     match users::verify(&state, ip, &headers, &trace, &form.token, form.password).await {
-        Ok(email_key) => {
+        Ok(proven) => {
             let done = message(
                 &state,
                 locale,
@@ -702,7 +702,7 @@ async fn verify_submit(
                 "notice",
                 None,
             );
-            password::with_device(&state, &headers, &email_key, done)
+            password::with_device(&state, &headers, &proven, done)
         }
         Err(ApiError::InvalidCredentials) => verify_page(
             &state,

@@ -19,6 +19,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use shared::audit::{Action, AuditEvent, Outcome};
 
 use crate::{
+    devices::Proven,
     error::{ApiError, ErrorBody},
     extract::{AppJson, ClientIp, Locale, RequestTrace},
     outbox, password_policy,
@@ -150,30 +151,29 @@ pub async fn reset_password(
     headers: HeaderMap,
     AppJson(body): AppJson<ResetRequest>,
 ) -> Result<Response, ApiError> {
-    let email_key =
-        perform_reset(&state, ip, locale, trace, &body.token, body.new_password).await?;
+    let proven = perform_reset(&state, ip, locale, trace, &body.token, body.new_password).await?;
     Ok(with_device(
         &state,
         &headers,
-        &email_key,
+        &proven,
         StatusCode::NO_CONTENT.into_response(),
     ))
 }
 
-/// `response` with the device cookie for the account with key `email_key` (whoever just
-/// proved the mailbox, or the password, on this browser is its owner).
+/// `response` with the device cookie for the account `proven` (whoever just proved the
+/// mailbox, or the password, on this browser is its owner).
 pub fn with_device(
     state: &AppState,
     headers: &HeaderMap,
-    email_key: &str,
+    proven: &Proven,
     mut response: Response,
 ) -> Response {
-    let cookie = state.devices.issue(headers, email_key);
+    let cookie = (state.devices).issue(headers, &proven.email_key, proven.password_version);
     response.headers_mut().append(header::SET_COOKIE, cookie);
     response
 }
 
-/// The reset work shared by the JSON endpoint and the HTML form. The account's address key.
+/// The reset work shared by the JSON endpoint and the HTML form. The account, as it is now.
 pub async fn perform_reset(
     state: &AppState,
     ip: std::net::IpAddr,
@@ -181,7 +181,7 @@ pub async fn perform_reset(
     trace: shared::message::Trace,
     token: &str,
     new_password: String,
-) -> Result<String, ApiError> {
+) -> Result<Proven, ApiError> {
     let request_id = trace.request_id.clone();
     let (st, rid) = (state, request_id.as_deref());
     let audit =
@@ -220,11 +220,16 @@ pub async fn perform_reset(
         action: Action::PasswordReset,
         now,
     };
-    if !finish_reset(state, &change, &user, token.fingerprint(), new_password).await? {
+    let Some(password_version) =
+        finish_reset(state, &change, &user, token.fingerprint(), new_password).await?
+    else {
         audit(Outcome::PasswordChanged, Some(user_id)).await;
         return Err(ApiError::TokenInvalid);
-    }
-    Ok(user.email_key)
+    };
+    Ok(Proven {
+        email_key: user.email_key,
+        password_version,
+    })
 }
 
 /// The request a password change comes from.
@@ -238,28 +243,29 @@ struct Change<'a> {
 }
 
 /// The part of a reset after its link was burned: hash, commit (see [`commit_reset`]),
-/// revoke the sessions. `false` when the password changed since the link was checked; on an
-/// error the link is given back, so the person can simply retry.
+/// revoke the sessions. The new password version, or `None` when the password changed since
+/// the link was checked; on an error the link is given back, so the person can simply retry.
 async fn finish_reset(
     state: &AppState,
     change: &Change<'_>,
     user: &store::users::User,
     fingerprint: &str,
     new_password: String,
-) -> Result<bool, ApiError> {
+) -> Result<Option<i32>, ApiError> {
     let hash = state.hasher.hash_for(change.ip, new_password).await;
     let committed = match hash {
         Ok(hash) => commit_reset(state, change, user, &hash).await,
         Err(e) => Err(e),
     };
-    match committed {
-        Ok(Some(_)) => state.outbox.wake(),
-        Ok(None) => return Ok(false),
+    let version = match committed {
+        Ok(Some(version)) => version,
+        Ok(None) => return Ok(None),
         Err(e) => {
             state.tokens.unburn_fingerprint(fingerprint).await;
             return Err(e);
         }
-    }
+    };
+    state.outbox.wake();
     // Sessions also die by their password version; deleting them is the fast path.
     if let Err(e) = state.sessions.revoke_all(user.id).await {
         tracing::warn!(error = %e, "session revocation failed; sessions die by password version");
@@ -268,7 +274,7 @@ async fn finish_reset(
     // strangers, often) no longer refuse sign-ins to the address.
     state.limiter.clear_login_failures(&user.email_key).await;
     metrics::counter!("password_resets_total").increment(1);
-    Ok(true)
+    Ok(Some(version))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -315,19 +321,18 @@ pub async fn reset_password_with_code(
         code,
         new_password,
     } = body;
-    let email_key =
-        perform_code_reset(&state, ip, locale, trace, &email, &code, new_password).await?;
+    let proven = perform_code_reset(&state, ip, locale, trace, &email, &code, new_password).await?;
     Ok(with_device(
         &state,
         &headers,
-        &email_key,
+        &proven,
         StatusCode::NO_CONTENT.into_response(),
     ))
 }
 
 /// The code reset shared by the JSON endpoint and the HTML form. Nothing about the address
 /// is read from the database before the code matched (see [`crate::reset_code`]). The
-/// account's address key.
+/// account, as it is now.
 pub async fn perform_code_reset(
     state: &AppState,
     ip: std::net::IpAddr,
@@ -336,7 +341,7 @@ pub async fn perform_code_reset(
     email: &str,
     code: &str,
     new_password: String,
-) -> Result<String, ApiError> {
+) -> Result<Proven, ApiError> {
     let request_id = trace.request_id.clone();
     let (st, rid) = (state, request_id.as_deref());
     let audit = |outcome: Outcome, user: Option<uuid::Uuid>| {
@@ -348,11 +353,12 @@ pub async fn perform_code_reset(
         ApiError::CodeInvalid
     };
 
-    tokens::within_code_budget(state, ip, rid).await?;
+    // The breaker first: it only reads, and a paused code entry spends nobody's budget.
     let breaker = reset_code::Breaker {
         limit: state.config.code_breaker_per_minute,
     };
     breaker.check(&state.redis, state.clock.now()).await?;
+    tokens::within_code_budget(state, ip, rid).await?;
     if let Err(e) = password_policy::check_length(&new_password) {
         audit(Outcome::PasswordTooLong, None).await;
         return Err(e);
@@ -412,11 +418,16 @@ pub async fn perform_code_reset(
         action: Action::PasswordResetCode,
         now,
     };
-    if !finish_reset(state, &change, &user, fingerprint, new_password).await? {
+    let Some(password_version) =
+        finish_reset(state, &change, &user, fingerprint, new_password).await?
+    else {
         return Err(refuse(Outcome::PasswordChanged, user.id).await);
-    }
+    };
     link.kill(state).await;
-    Ok(user.email_key)
+    Ok(Proven {
+        email_key: user.email_key,
+        password_version,
+    })
 }
 
 /// The change of a reset: the new hash, its audit row, the `user.password_reset` event, the

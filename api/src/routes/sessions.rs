@@ -80,10 +80,21 @@ pub async fn log_in(
         ip,
         email_key: address.key(),
         address_hash: &address_hash,
-        device: device.as_deref(),
+        device: device.as_ref().map(|d| d.id.as_str()),
     };
-    let attempt = within_login_budgets(&state, &budgets, request_id).await?;
+    let mut attempt = within_login_budgets(&state, &budgets, request_id).await?;
     let credentials = store::users::credentials(&state.db, address.key()).await?;
+    // A device recognised under an older password (a reset or a lock since, or an account
+    // gone) is a stranger: the attempt is counted as a stranger's after all.
+    if let Some(device) = &device
+        && credentials.as_ref().map(|c| c.password_version) != Some(device.password_version)
+    {
+        let stranger = LoginBudgets {
+            device: None,
+            ..budgets
+        };
+        attempt = within_login_budgets(&state, &stranger, request_id).await?;
+    }
     let stored = credentials.as_ref().map(|c| c.password_hash.clone());
     let valid = state
         .hasher
@@ -149,12 +160,13 @@ pub async fn log_in(
     set.insert(header::SET_COOKIE, cookie);
     set.append(
         header::SET_COOKIE,
-        state.devices.issue(&headers, address.key()),
+        (state.devices).issue(&headers, address.key(), user.password_version),
     );
     Ok(response)
 }
 
 /// What a sign-in attempt is counted under.
+#[derive(Debug, Clone, Copy)]
 pub struct LoginBudgets<'a> {
     pub ip: std::net::IpAddr,
     pub email_key: &'a str,
@@ -237,10 +249,13 @@ pub async fn log_out(
     )
     .await;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        session_cookie("", 0, state.config.cookie_secure),
-    );
+    let secure = state.config.cookie_secure;
+    let set = response.headers_mut();
+    set.insert(header::SET_COOKIE, session_cookie("", 0, secure));
+    if secure {
+        // A session cookie from before the `__Host-` name goes too.
+        set.append(header::SET_COOKIE, session_cookie("", 0, false));
+    }
     Ok(response)
 }
 

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use shared::audit::{Action, AuditEvent, Outcome};
 
 use crate::{
+    devices::Proven,
     error::{ApiError, ErrorBody},
     extract::{AppJson, AuthUser, ClientIp, Locale, RequestTrace},
     password_policy,
@@ -173,15 +174,15 @@ pub async fn verify_email(
     headers: HeaderMap,
     AppJson(body): AppJson<VerifyRequest>,
 ) -> Result<Response, ApiError> {
-    let email_key = verify(&state, ip, &headers, &trace, &body.token, body.password).await?;
+    let proven = verify(&state, ip, &headers, &trace, &body.token, body.password).await?;
     let done = StatusCode::NO_CONTENT.into_response();
     Ok(crate::routes::password::with_device(
-        &state, &headers, &email_key, done,
+        &state, &headers, &proven, done,
     ))
 }
 
-/// The verification work shared by the JSON endpoint and the HTML page. The account's
-/// address key.
+/// The verification work shared by the JSON endpoint and the HTML page. The account, as it
+/// is now.
 pub async fn verify(
     state: &AppState,
     ip: std::net::IpAddr,
@@ -189,13 +190,13 @@ pub async fn verify(
     trace: &shared::message::Trace,
     token: &str,
     password: String,
-) -> Result<String, ApiError> {
+) -> Result<Proven, ApiError> {
     let request_id = trace.request_id.as_deref();
     tokens::within_token_budget(state, ip, request_id).await?;
     password_policy::check_length(&password)?;
     let outcome = verify_link(state, ip, headers, request_id, token, password).await;
     let (result, outcome, user) = match outcome {
-        Ok((user, email_key)) => (Ok(email_key), Outcome::Success, Some(user)),
+        Ok((user, proven)) => (Ok(proven), Outcome::Success, Some(user)),
         Err(r) => (Err(r.error), r.reason, r.user),
     };
     if !matches!(result, Err(ApiError::Unavailable(_))) {
@@ -220,7 +221,7 @@ async fn verify_link(
     request_id: Option<&str>,
     token: &str,
     password: String,
-) -> Result<(Uuid, String), Rejected> {
+) -> Result<(Uuid, Proven), Rejected> {
     let (token, user) = tokens::check_link(state, Purpose::EmailVerify, token).await?;
     let stored = store::users::credentials_by_id(&state.db, user.id)
         .await
@@ -230,9 +231,14 @@ async fn verify_link(
     // is no way around the per-address limit on guessing the account's password.
     let email_key = email::normalize(&user.email)
         .map_or_else(|_| user.email.to_lowercase(), |a| a.key().to_owned());
-    let device = state.devices.recognise(headers, &email_key);
+    // A browser recognised for this account under its current password (see
+    // `crate::devices`) has its own budget here as at sign-in.
+    let device = (state.devices)
+        .recognise(headers, &email_key)
+        .filter(|d| d.password_version == stored.password_version);
+    let device_id = device.as_ref().map(|d| d.id.as_str());
     let (verdict, attempt) = (state.limiter)
-        .check_login(ip, &email_key, device.as_deref())
+        .check_login(ip, &email_key, device_id)
         .await?;
     if !verdict.allowed {
         let pseudonym = state.limiter.address_pseudonym(&email_key);
@@ -280,7 +286,11 @@ async fn verify_link(
     {
         tracing::warn!(error = %e, "could not rehash a password with old parameters");
     }
-    Ok((user.id, email_key))
+    let proven = Proven {
+        email_key,
+        password_version: stored.password_version,
+    };
+    Ok((user.id, proven))
 }
 
 /// The signed-in user.

@@ -265,12 +265,28 @@ async fn the_owners_browser_signs_in_while_strangers_have_the_address_refused() 
     )
     .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert!(
-        device_cookie(&r).is_some(),
-        "a reset sets the device cookie"
-    );
+    let resetting = device_cookie(&r).expect("a reset sets the device cookie");
     let (status, _) = sign_in_as(&app, "203.0.113.53", None, OWNER, STRONGER).await;
     assert_eq!(status, StatusCode::CREATED);
+
+    // Every browser recognised before the reset is a stranger now (the one that reset is
+    // not): with the address refused again, the old cookie gets the refusal, the new one in.
+    for client in 0..6 {
+        for _ in 0..9 {
+            let ip = format!("198.51.100.{}", 10 + client);
+            sign_in_as(&app, &ip, None, OWNER, "not the password 123").await;
+        }
+    }
+    let (status, _) = sign_in_as(&app, "203.0.113.54", None, OWNER, STRONGER).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, _) = sign_in_as(&app, "203.0.113.54", Some(&device), OWNER, STRONGER).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a cookie from before the reset"
+    );
+    let (status, _) = sign_in_as(&app, "203.0.113.54", Some(&resetting), OWNER, STRONGER).await;
+    assert_eq!(status, StatusCode::CREATED, "the cookie the reset set");
 }
 
 #[tokio::test]
@@ -363,7 +379,13 @@ async fn ipv6_clients_are_counted_per_64_per_56_and_per_48() {
 
 #[tokio::test]
 async fn a_site_wide_flood_of_wrong_codes_pauses_code_entry_while_links_keep_working() {
-    let app = spawn_with(&[("CODE_BREAKER_WRONG_PER_MINUTE", "5")]).await;
+    // Six codes an hour for this client: the five wrong ones and the right one at the end; the
+    // answers refused while paused spend none.
+    let app = spawn_with(&[
+        ("CODE_BREAKER_WRONG_PER_MINUTE", "5"),
+        ("RATE_LIMIT_CODE_PER_HOUR", "6"),
+    ])
+    .await;
     let owner = app.create_user(OWNER, STRONG).await;
     let (_, code) = app.issue_code(owner, OWNER).await;
     // Five wrong codes over five addresses, known or not.

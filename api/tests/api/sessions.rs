@@ -41,6 +41,15 @@ async fn login_sets_a_hardened_cookie_and_the_session_works_by_bearer_and_cookie
         .await
         .unwrap();
     assert_eq!(by_cookie.status(), StatusCode::OK);
+    // A session cookie from before the `__Host-` name still works until it expires.
+    let legacy = app
+        .client
+        .get(app.url("/v1/me"))
+        .header("cookie", format!("session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(legacy.status(), StatusCode::OK);
 
     let out = app
         .client

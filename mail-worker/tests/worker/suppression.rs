@@ -62,3 +62,37 @@ async fn a_mailbox_that_does_not_exist_is_suppressed_and_later_mail_to_it_droppe
     assert_eq!(emails.len(), 1, "only the unsuppressed address");
     assert_eq!(emails[0].rcpt_to(), "spam@example.org");
 }
+
+#[tokio::test]
+async fn every_spelling_that_bounced_stays_suppressed_and_only_those() {
+    let w = spawn().await;
+    let key = "gone@example.org";
+    for spelling in ["GONE@example.org", "Gone@example.org", "GONE@example.org"] {
+        shared::suppression::add(&w.db, key, spelling, "550 5.1.1 no such user")
+            .await
+            .expect("suppress");
+    }
+    let asked: Vec<(String, String)> = ["GONE@example.org", "Gone@example.org", "gone@example.org"]
+        .iter()
+        .map(|s| (key.to_owned(), (*s).to_owned()))
+        .collect();
+    let mut hit = shared::suppression::which(&w.db, &asked)
+        .await
+        .expect("which");
+    hit.sort();
+    assert_eq!(hit, ["GONE@example.org", "Gone@example.org"]);
+    let listed = shared::suppression::list(&w.db).await.expect("list");
+    assert_eq!(
+        listed[0].addresses.as_deref(),
+        Some(&["GONE@example.org".to_owned(), "Gone@example.org".to_owned()][..])
+    );
+    // A row from before spellings were kept suppresses every spelling of its key.
+    sqlx::query("UPDATE suppressed_addresses SET addresses = NULL")
+        .execute(&w.db)
+        .await
+        .expect("old row");
+    let hit = shared::suppression::which(&w.db, &asked)
+        .await
+        .expect("which");
+    assert_eq!(hit.len(), 3);
+}
