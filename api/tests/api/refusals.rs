@@ -445,3 +445,24 @@ async fn while_codes_are_paused_a_reset_link_works() {
         .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
+
+#[tokio::test]
+async fn a_verification_sets_the_device_cookie_that_recognises_the_browser() {
+    let app = spawn_with(&[
+        ("TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", "2"),
+    ])
+    .await;
+    let user = app.sign_up(OWNER, STRONG).await;
+    let link = app.mint(Purpose::EmailVerify, user).await;
+    let r = app.verify_answer(&link, STRONG).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let device = device_cookie(&r).expect("a verification sets the device cookie");
+    for _ in 0..2 {
+        sign_in_as(&app, "198.51.100.1", None, OWNER, "not the password 123").await;
+    }
+    let (status, _) = sign_in_as(&app, "203.0.113.1", None, OWNER, STRONG).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, _) = sign_in_as(&app, "203.0.113.1", Some(&device), OWNER, STRONG).await;
+    assert_eq!(status, StatusCode::CREATED);
+}

@@ -1,4 +1,4 @@
-//! Section 2b: timing with a worker on the same machine (the run command's default, file
+//! Section 12: timing with a worker on the same machine (the run command's default, file
 //! transport, small deployments). The worker's work for a job competes with the api for the
 //! CPU, and a reset email for a registered address costs the worker more than a job for an
 //! unknown one; if that work lands in the api's answer to the next request, the next answer
@@ -18,7 +18,7 @@ use std::time::Duration;
 use e2e::stack::StackEnv;
 
 use crate::{
-    forgot::{FORGOT, register_users},
+    forgot::{register_users, registered, timed_forgot as send, unregistered},
     load::{self, Conn},
     report::{Row, Target},
     util::{self, env_num, ms},
@@ -27,7 +27,6 @@ use crate::{
 pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let mut env = StackEnv::new().await?;
     env.set("RATE_LIMIT_IP_PER_HOUR", "1000000");
-    env.set("RATE_LIMIT_EMAIL_PER_HOUR", "1000000");
     env.set("MAIL_PER_RECIPIENT_PER_HOUR", "100000");
     env.set("RUST_LOG", &util::log_filter());
     let result = measure(&env, rows).await;
@@ -80,24 +79,6 @@ async fn measure(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&mail_dir);
     Ok(())
-}
-
-/// One timed forgot-password request on `conn`.
-async fn send(conn: &mut Conn, email: &str) -> anyhow::Result<Duration> {
-    let body = format!(r#"{{"email":"{email}"}}"#);
-    let started = std::time::Instant::now();
-    let status = conn.post_json(FORGOT, body.as_bytes()).await?;
-    let elapsed = started.elapsed();
-    anyhow::ensure!(status == 202, "forgot-password answered {status}");
-    Ok(elapsed)
-}
-
-fn registered(tag: &str, i: usize) -> String {
-    format!("r-{i:05}-{tag}@example.org")
-}
-
-fn unregistered(tag: &str, i: usize) -> String {
-    format!("u-{i:05}-{tag}@example.org")
 }
 
 /// The follow-up form: the probe's time after a registered target and after an unregistered
@@ -172,14 +153,14 @@ fn verdict(what: String, reg: &[Duration], unreg: &[Duration]) -> Vec<Row> {
     let delta_ms = (mr.as_secs_f64() - mu.as_secs_f64()) * 1000.0;
     vec![
         Row::new(
-            "2b co-located",
+            "12 co-located worker",
             format!("{what}: pairs where registered was slower"),
         )
         .measured(format!("{share:.1} % ({slower} of {pairs})"))
         .limit("50 %")
         .checked(share)
         .target(Target::Within(45.0, 55.0), "45–55 %"),
-        Row::new("2b co-located", format!("{what}: median difference"))
+        Row::new("12 co-located worker", format!("{what}: median difference"))
             .measured(format!(
                 "{delta_ms:+.3} ms (medians {} / {})",
                 ms(mr),

@@ -219,12 +219,24 @@ pub async fn saturate(
     .await
 }
 
-fn registered(tag: &str, i: usize) -> String {
+/// The `i`th registered address of a run (see [`register_users`]).
+pub fn registered(tag: &str, i: usize) -> String {
     format!("r-{i:05}-{tag}@example.org")
 }
 
-fn unregistered(tag: &str, i: usize) -> String {
+/// An address of the same length that no account has.
+pub fn unregistered(tag: &str, i: usize) -> String {
     format!("u-{i:05}-{tag}@example.org")
+}
+
+/// One forgot-password request for `email` on `conn`, timed; anything but a 202 is an error.
+pub async fn timed_forgot(conn: &mut Conn, email: &str) -> anyhow::Result<Duration> {
+    let body = format!(r#"{{"email":"{email}"}}"#);
+    let started = std::time::Instant::now();
+    let status = conn.post_json(FORGOT, body.as_bytes()).await?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(status == 202, "forgot-password answered {status}");
+    Ok(elapsed)
 }
 
 /// Creates `n` verified accounts `r-<i>-<tag>@example.org` in the api's database (the same
@@ -273,14 +285,7 @@ async fn timing_equality(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let mut conn = Conn::connect(addr).await?;
-    let send = async |conn: &mut Conn, email: &str| -> anyhow::Result<Duration> {
-        let body = format!(r#"{{"email":"{email}"}}"#);
-        let started = std::time::Instant::now();
-        let status = conn.post_json(FORGOT, body.as_bytes()).await?;
-        let elapsed = started.elapsed();
-        anyhow::ensure!(status == 202, "forgot-password answered {status}");
-        Ok(elapsed)
-    };
+    let send = timed_forgot;
     for i in 0..100 {
         send(&mut conn, &format!("w-{i:05}-{tag}@example.org")).await?;
     }

@@ -264,9 +264,24 @@ pub async fn open_loop(
     duration: Duration,
     body: BodyFn,
 ) -> anyhow::Result<LoadResult> {
+    open_loop_from(addr, None, path, expect, conns, rate, duration, body).await
+}
+
+/// [`open_loop`] from the local address `source` (see [`Conn::connect_from`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn open_loop_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    path: &'static str,
+    expect: u16,
+    conns: usize,
+    rate: f64,
+    duration: Duration,
+    body: BodyFn,
+) -> anyhow::Result<LoadResult> {
     let mut connections = Vec::with_capacity(conns);
     for _ in 0..conns {
-        connections.push(Conn::connect(addr).await?);
+        connections.push(Conn::connect_from(addr, source).await?);
     }
     let total = (rate * duration.as_secs_f64()).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
@@ -296,7 +311,7 @@ pub async fn open_loop(
                     }
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
-                        match Conn::connect(addr).await {
+                        match Conn::connect_from(addr, source).await {
                             Ok(fresh) => conn = fresh,
                             Err(_) => break,
                         }

@@ -151,6 +151,8 @@ fn section_label(name: &str) -> &'static str {
         "pipeline" => "9 end to end",
         "code" => "10 code timing",
         "budget" => "11 send budgets",
+        "colocated" => "12 co-located worker",
+        "refusals" => "13 refusals",
         _ => "5 reset",
     }
 }
