@@ -195,6 +195,9 @@ mod tests {
         assert!(c.cookie_secure);
         assert_eq!(c.token_digest, Digest::Sha256);
         assert_eq!(c.retry_schedule_secs, vec![5, 30, 120, 600, 3600]);
+        assert_eq!(c.login_device_limit_per_hour, 10);
+        assert_eq!((c.ipv6_56_factor, c.ipv6_48_factor), (4, 16));
+        assert_eq!(c.code_breaker_per_minute, 1000);
     }
 
     #[test]

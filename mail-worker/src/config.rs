@@ -385,6 +385,9 @@ mod tests {
             (0, 0)
         );
         assert_eq!(c.smtp_throttle_pause, Duration::from_secs(60));
+        assert_eq!(c.smtp_requester_share_percent, 25);
+        assert_eq!(c.smtp_domain_window, Duration::from_secs(60));
+        assert_eq!(c.take_jitter, Duration::from_millis(25));
         let mut pairs = BASE.to_vec();
         pairs.extend([
             ("SMTP_MAX_PER_SECOND", "50"),
@@ -402,12 +405,16 @@ mod tests {
             ("SMTP_MAX_PER_SECOND", "-1"),
             ("SMTP_DOMAIN_MAX_PER_MINUTE", "lots"),
             ("SMTP_THROTTLE_PAUSE_SECS", "7200"),
+            ("SMTP_REQUESTER_SHARE_PERCENT", "0"),
+            ("WORKER_TAKE_JITTER_MS", "soon"),
         ]);
         let text = from(&pairs).expect_err("invalid").to_string();
         for needle in [
             "SMTP_MAX_PER_SECOND: expected a whole number from 0",
             "SMTP_DOMAIN_MAX_PER_MINUTE: expected a whole number from 0",
             "SMTP_THROTTLE_PAUSE_SECS: expected a whole number from 0",
+            "SMTP_REQUESTER_SHARE_PERCENT: expected a whole number from 1",
+            "WORKER_TAKE_JITTER_MS: expected a whole number from 0",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in {text}");
         }
