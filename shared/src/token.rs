@@ -1,6 +1,6 @@
 //! Signed, expiring tokens in the wire format of itsdangerous's `URLSafeTimedSerializer`.
 //!
-//! Format (itsdangerous 2.2, key derivation "django-concat", see `DESIGN.md` §5):
+//! Format (itsdangerous 2.2, key derivation "django-concat", see `docs/ARCHITECTURE.md`):
 //!
 //! ```text
 //! key       = H(salt ‖ "signer" ‖ secret)                       H = SHA-256 or SHA-1
