@@ -142,7 +142,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     eprintln!("{n}: not an email address");
                     continue;
                 };
-                if shared::suppression::remove(&db, normalized.key()).await? {
+                let key = normalized.key();
+                let removed =
+                    shared::db::pinned(&db, async |c| shared::suppression::remove(c, key).await);
+                if removed.await? {
                     eprintln!("{n}: removed from the suppression list");
                 } else {
                     failed += 1;

@@ -59,6 +59,12 @@ fn the_compose_file_runs_the_whole_stack_with_a_scalable_worker() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    } else {
+        // Said, not silently skipped: only the structure above was checked.
+        eprintln!(
+            "deploy_files: `docker compose` is not available here; compose.yaml was checked as \
+             YAML only, not by `docker compose config`"
+        );
     }
 }
 

@@ -136,7 +136,14 @@ pub async fn log_in(
     // Budgets count failures only.
     state.limiter.forgive(attempt).await;
     // Its owner is here: mail to the address goes out again (see `shared::suppression`).
-    if let Err(e) = shared::suppression::remove(&state.db, address.key()).await {
+    // Pinned: behind a transaction pooler, an unnamed statement's two exchanges must reach one
+    // server connection (see `shared::db`).
+    let key = address.key();
+    let removed = shared::db::pinned(&state.db, async |c| {
+        shared::suppression::remove(c, key).await
+    })
+    .await;
+    if let Err(e) = removed {
         tracing::warn!(error = %e, "could not take a signed-in address off the suppression list");
     }
     let (token, expires_at) = state
