@@ -9,14 +9,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shared::audit::{Action, AuditEvent, Outcome};
+use shared::{
+    audit::{Action, AuditEvent, Outcome},
+    redis_pool::RedisPool,
+};
+use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use crate::{rate_limit::Verdict, startup::AppState};
+use crate::rate_limit::Verdict;
 
 /// Appends `event`, logging (not returning) a failure.
-pub async fn record(state: &AppState, event: &AuditEvent<'_>) {
-    if let Err(e) = shared::audit::record_on(&state.db, event).await {
+pub async fn record(db: &PgPool, event: &AuditEvent<'_>) {
+    if let Err(e) = shared::audit::record_on(db, event).await {
         tracing::error!(error = %e, action = %event.action, outcome = %event.outcome, "could not write audit row");
     }
 }
@@ -39,20 +43,25 @@ const RECENT_MARKS: usize = 4096;
 /// against another account, say). Other replicas still share the minute through the marker
 /// in Redis.
 pub struct RefusalAudit {
+    db: PgPool,
+    redis: RedisPool,
+    /// Keys the budget keys' fingerprints (`PSEUDONYM_SECRET`).
+    secret: Arc<[u8]>,
     writers: Arc<Semaphore>,
     recent: Mutex<HashMap<String, Instant>>,
 }
 
-impl Default for RefusalAudit {
-    fn default() -> Self {
+impl RefusalAudit {
+    pub fn new(db: PgPool, redis: RedisPool, secret: &[u8]) -> Self {
         Self {
+            db,
+            redis,
+            secret: secret.into(),
             writers: Arc::new(Semaphore::new(REFUSAL_AUDIT_WRITERS as usize)),
             recent: Mutex::new(HashMap::new()),
         }
     }
-}
 
-impl RefusalAudit {
     /// Whether `fingerprint` was not marked by this process within the period; remembers it.
     fn first_this_period(&self, fingerprint: &str) -> bool {
         let period = Duration::from_secs(REFUSAL_AUDIT_PERIOD_SECS);
@@ -77,75 +86,71 @@ impl RefusalAudit {
     }
 }
 
-/// Records a request refused by a rate limit: which budget (the verdict's `refused_by`),
-/// from which IP, and for which address pseudonym when the request named one. A campaign
-/// against one account (credential stuffing from many IPs) thus leaves rows under that
-/// account's pseudonym, whether or not the account exists.
-///
-/// The refused path is the one a flood takes, so it must cost the flood's target nothing
-/// that grows with the flood:
-/// - at most one row per refusing budget key per minute (remembered in the process, and a
-///   marker in Redis, `SET NX EX`, for the other replicas; keyed by the budget's own
-///   pseudonymous key: the client's IPv4 address or IPv6 network for a client budget, never
-///   the address the request named, so naming a new address per request makes no new row
-///   and no new key); the metric counts every refusal;
-/// - the refusal never waits for it: the marker and the row are written by a task of their
-///   own, at most [`REFUSAL_AUDIT_WRITERS`] at a time per process, so a flood cannot tie up
-///   the database pool that every other request needs. Without Redis or a free writer the
-///   row is skipped (and counted).
-pub fn rate_limited(
-    state: &AppState,
-    verdict: &Verdict,
-    ip: IpAddr,
-    address_hash: Option<&str>,
-    request_id: Option<&str>,
-) {
-    let label = verdict.refused_by.unwrap_or(Outcome::RateLimited);
-    metrics::counter!("rate_limit_hits_total", "kind" => label.as_str()).increment(1);
-    let subject = format!("{label}\0{}", verdict.refused_key.as_deref().unwrap_or(""));
-    let fingerprint = shared::keys::pseudonym(state.config.pseudonym_secret(), "audit", &subject);
-    let audit = &state.refusal_audit;
-    if !audit.first_this_period(&fingerprint) {
-        return;
-    }
-    let Ok(permit) = audit.writers.clone().try_acquire_owned() else {
-        metrics::counter!("rate_limit_audit_skipped_total").increment(1);
-        return;
-    };
-    let key = state.redis.keys().audit_mark(&fingerprint);
-    let state = state.clone();
-    let address_hash = address_hash.map(str::to_owned);
-    let request_id = request_id.map(str::to_owned);
-    tokio::spawn(async move {
-        let _permit = permit;
-        match state
-            .redis
-            .set_marker(&key, REFUSAL_AUDIT_PERIOD_SECS)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "rate-limit refusal not audited: Redis unavailable");
-                metrics::counter!("rate_limit_audit_skipped_total").increment(1);
-                return;
-            }
+impl RefusalAudit {
+    /// Records a request refused by a rate limit: which budget (the verdict's `refused_by`),
+    /// from which IP, and for which address pseudonym when the request named one. A campaign
+    /// against one account (credential stuffing from many IPs) thus leaves rows under that
+    /// account's pseudonym, whether or not the account exists.
+    ///
+    /// The refused path is the one a flood takes, so it must cost the flood's target nothing
+    /// that grows with the flood:
+    /// - at most one row per refusing budget key per minute (remembered in the process, and a
+    ///   marker in Redis, `SET NX EX`, for the other replicas; keyed by the budget's own
+    ///   pseudonymous key: the client's IPv4 address or IPv6 network for a client budget, never
+    ///   the address the request named, so naming a new address per request makes no new row
+    ///   and no new key); the metric counts every refusal;
+    /// - the refusal never waits for it: the marker and the row are written by a task of their
+    ///   own, at most [`REFUSAL_AUDIT_WRITERS`] at a time per process, so a flood cannot tie up
+    ///   the database pool that every other request needs. Without Redis or a free writer the
+    ///   row is skipped (and counted).
+    pub fn refused(
+        &self,
+        verdict: &Verdict,
+        ip: IpAddr,
+        address_hash: Option<&str>,
+        request_id: Option<&str>,
+    ) {
+        let label = verdict.refused_by.unwrap_or(Outcome::RateLimited);
+        metrics::counter!("rate_limit_hits_total", "kind" => label.as_str()).increment(1);
+        let subject = format!("{label}\0{}", verdict.refused_key.as_deref().unwrap_or(""));
+        let fingerprint = shared::keys::pseudonym(&self.secret, "audit", &subject);
+        if !self.first_this_period(&fingerprint) {
+            return;
         }
-        let event = AuditEvent {
-            ip: Some(ip),
-            address_hash: address_hash.as_deref(),
-            request_id: request_id.as_deref(),
-            ..AuditEvent::new(Action::RateLimited, label)
+        let Ok(permit) = self.writers.clone().try_acquire_owned() else {
+            metrics::counter!("rate_limit_audit_skipped_total").increment(1);
+            return;
         };
-        record(&state, &event).await;
-    });
-}
+        let key = self.redis.keys().audit_mark(&fingerprint);
+        let (db, redis) = (self.db.clone(), self.redis.clone());
+        let address_hash = address_hash.map(str::to_owned);
+        let request_id = request_id.map(str::to_owned);
+        tokio::spawn(async move {
+            let _permit = permit;
+            match redis.set_marker(&key, REFUSAL_AUDIT_PERIOD_SECS).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rate-limit refusal not audited: Redis unavailable");
+                    metrics::counter!("rate_limit_audit_skipped_total").increment(1);
+                    return;
+                }
+            }
+            let event = AuditEvent {
+                ip: Some(ip),
+                address_hash: address_hash.as_deref(),
+                request_id: request_id.as_deref(),
+                ..AuditEvent::new(Action::RateLimited, label)
+            };
+            record(&db, &event).await;
+        });
+    }
 
-/// Waits until every refusal row started so far is written (or skipped): for tests, and for
-/// the drain at shutdown.
-pub async fn settle_refusals(state: &AppState) {
-    let writers = &state.refusal_audit.writers;
-    if let Ok(all) = writers.acquire_many(REFUSAL_AUDIT_WRITERS).await {
-        drop(all);
+    /// Waits until every refusal row started so far is written (or skipped): for tests, and for
+    /// the drain at shutdown.
+    pub async fn settle(&self) {
+        if let Ok(all) = self.writers.acquire_many(REFUSAL_AUDIT_WRITERS).await {
+            drop(all);
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Request extractors: JSON bodies with our error shape, the client IP, the locale and the
-//! authenticated user.
+//! Request extractors: JSON bodies with our error shape, the request's context (client IP,
+//! locale, trace) and the authenticated user.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -8,8 +8,9 @@ use axum::{
     http::{HeaderMap, StatusCode, header, request::Parts},
 };
 use ipnet::IpNet;
+use shared::{locale::Locale, message::Trace};
 
-use crate::{error::ApiError, sessions, startup::AppState, store::users::User};
+use crate::{error::ApiError, sessions, state::AppState, store::users::User};
 
 /// `Json<T>` whose rejections answer with our error shape: 415 for a missing JSON content
 /// type, 413 over the body limit, 400 for malformed JSON, 422 for well-formed JSON that is
@@ -60,13 +61,29 @@ fn clip(s: &str) -> String {
     }
 }
 
-/// The client's IP: the socket peer, or the forwarded address when the peer is a trusted
-/// proxy. Headers from anyone else are ignored, so a client cannot pick its own rate-limit
-/// bucket by sending `X-Forwarded-For`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
+/// Who asks, in which language, under which ids: what every handler that acts on a request
+/// needs beside its body.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The client's IP: the socket peer, or the forwarded address when the peer is a trusted
+    /// proxy (see [`client_ip`]). Headers from anyone else are ignored, so a client cannot
+    /// pick its own rate-limit bucket by sending `X-Forwarded-For`.
+    pub ip: IpAddr,
+    /// The language of the pages and emails of this request, from `Accept-Language`.
+    pub locale: Locale,
+    /// Correlation ids: our `x-request-id` (set by the request-id layer) and the caller's W3C
+    /// `traceparent`, copied into every job so logs can be joined across services.
+    pub trace: Trace,
+}
 
-impl FromRequestParts<AppState> for ClientIp {
+impl RequestContext {
+    /// Our id of the request (audit rows carry it).
+    pub fn request_id(&self) -> Option<&str> {
+        self.trace.request_id.as_deref()
+    }
+}
+
+impl FromRequestParts<AppState> for RequestContext {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -80,11 +97,12 @@ impl FromRequestParts<AppState> for ClientIp {
             .ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!("server started without connect info"))
             })?;
-        Ok(ClientIp(client_ip(
-            peer,
-            &parts.headers,
-            &state.config.trusted_proxies,
-        )))
+        let headers = &parts.headers;
+        Ok(RequestContext {
+            ip: client_ip(peer, headers, &state.config.trusted_proxies),
+            locale: locale(headers),
+            trace: trace(headers),
+        })
     }
 }
 
@@ -127,22 +145,14 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The language emails for this request are written in, from `Accept-Language` (see
-/// [`shared::locale::Locale::negotiate`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Locale(pub &'static str);
-
-impl<S: Send + Sync> FromRequestParts<S> for Locale {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::ACCEPT_LANGUAGE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        Ok(Locale(shared::locale::Locale::negotiate(header).as_str()))
-    }
+/// The language of the request's pages and emails, from `Accept-Language` (see
+/// [`Locale::negotiate`]).
+pub fn locale(headers: &HeaderMap) -> Locale {
+    let header = headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Locale::negotiate(header)
 }
 
 /// The signed-in user, from `Authorization: Bearer …` or the session cookie.
@@ -205,6 +215,44 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
             let (k, v) = pair.trim().split_once('=')?;
             (k == name).then(|| v.to_owned())
         })
+}
+
+/// The request's correlation ids: our `x-request-id` and the caller's `traceparent` when it
+/// sent a valid one; otherwise a trace whose id is our request id, so a reset can be followed
+/// from HTTP to SMTP either way.
+fn trace(headers: &HeaderMap) -> Trace {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 128)
+            .map(str::to_owned)
+    };
+    let request_id = get("x-request-id");
+    let traceparent = get("traceparent")
+        .filter(|t| valid_traceparent(t))
+        .or_else(|| {
+            let trace_id = request_id.as_deref()?.replace('-', "");
+            (trace_id.len() == 32)
+                .then(|| format!("00-{trace_id}-{:016x}-01", rand::random::<u64>()))
+        });
+    Trace {
+        request_id,
+        traceparent,
+    }
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
+fn valid_traceparent(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
 }
 
 #[cfg(test)]
@@ -292,51 +340,4 @@ mod tests {
         );
         assert_eq!(cookie(&h, "session").as_deref(), Some("xyz"));
     }
-}
-
-/// Correlation ids of the request: our `x-request-id` (set by the request-id layer) and the
-/// caller's W3C `traceparent`, copied into every job so logs can be joined across services.
-#[derive(Debug, Clone, Default)]
-pub struct RequestTrace(pub shared::message::Trace);
-
-impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let get = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| v.len() <= 128)
-                .map(str::to_owned)
-        };
-        let request_id = get("x-request-id");
-        // Continue the caller's W3C trace when it sent a valid one; otherwise start one whose
-        // trace id is our request id, so a reset can be followed from HTTP to SMTP either way.
-        let traceparent = get("traceparent")
-            .filter(|t| valid_traceparent(t))
-            .or_else(|| {
-                let trace_id = request_id.as_deref()?.replace('-', "");
-                (trace_id.len() == 32)
-                    .then(|| format!("00-{trace_id}-{:016x}-01", rand::random::<u64>()))
-            });
-        Ok(RequestTrace(shared::message::Trace {
-            request_id,
-            traceparent,
-        }))
-    }
-}
-
-/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
-fn valid_traceparent(t: &str) -> bool {
-    let parts: Vec<&str> = t.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    parts.len() == 4
-        && parts[0] == "00"
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1].bytes().any(|b| b != b'0')
-        && parts[2].bytes().any(|b| b != b'0')
 }

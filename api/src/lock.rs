@@ -16,9 +16,18 @@ use serde_json::json;
 use shared::{
     audit::{Action, AuditEvent, Outcome},
     message::{Envelope, Job, Trace},
+    token::Purpose,
 };
 
-use crate::{error::ApiError, outbox, sessions::Sessions, store};
+use crate::{
+    error::ApiError,
+    extract::RequestContext,
+    outbox,
+    rate_limit::{IpBudget, within_budget},
+    sessions::Sessions,
+    state::AppState,
+    store,
+};
 
 /// Who locks, and from where.
 #[derive(Debug, Clone, Copy)]
@@ -107,4 +116,73 @@ pub async fn revoke_sessions(sessions: &Sessions, user: uuid::Uuid) {
     if let Err(e) = sessions.revoke_all(user).await {
         tracing::warn!(error = %e, "session revocation failed; sessions die by password version");
     }
+}
+
+/// Locks the account of a "this wasn't me" link (the JSON endpoint and the page's button).
+/// `typed`, when given, must be the account's address (any spelling that normalises to it);
+/// otherwise nothing changes and the link stays usable.
+pub async fn with_link(
+    state: &AppState,
+    ctx: &RequestContext,
+    token: &str,
+    typed: Option<&str>,
+) -> Result<(), ApiError> {
+    let audit = |outcome: Outcome, user: Option<uuid::Uuid>| {
+        crate::recovery::attempt(state, ctx, Action::AccountLock, outcome, user)
+    };
+    let (limiter, refusals) = (&state.limiter, &state.refusals);
+    within_budget(limiter, refusals, IpBudget::Link, ctx.ip, ctx.request_id()).await?;
+    let now = state.clock.now();
+    let checked = (state.tokens)
+        .check_link(&state.db, Purpose::AccountLock, token, now)
+        .await;
+    let (token, user) = match checked {
+        Ok(checked) => checked,
+        Err(rejected) => {
+            if rejected.reason != Outcome::Unavailable {
+                audit(rejected.reason, rejected.user).await;
+            }
+            return Err(rejected.error);
+        }
+    };
+    if let Some(typed) = typed {
+        let matches = shared::email::normalize(typed).is_ok_and(|a| a.key() == user.email_key);
+        if !matches {
+            return Err(ApiError::AddressMismatch);
+        }
+    }
+    if !state.tokens.burn(Purpose::AccountLock, &token).await? {
+        audit(Outcome::Used, Some(user.id)).await;
+        return Err(ApiError::TokenUsed);
+    }
+    let unusable_hash = match state.hasher.hash_for(ctx.ip, unusable_secret()).await {
+        Ok(hash) => hash,
+        Err(e) => {
+            state.tokens.unburn(&token).await;
+            return Err(e);
+        }
+    };
+    let lock = Lock {
+        ip: Some(ctx.ip),
+        trace: &ctx.trace,
+        locale: ctx.locale.as_str(),
+        detail: None,
+        reset_max_age: state.config.reset_token_max_age,
+        now,
+        unusable_hash: &unusable_hash,
+    };
+    match commit(&state.db, &user, &lock).await {
+        Ok(Some(_)) => state.outbox.wake(),
+        Ok(None) => {
+            audit(Outcome::PasswordChanged, Some(user.id)).await;
+            return Err(ApiError::TokenInvalid);
+        }
+        Err(e) => {
+            state.tokens.unburn(&token).await;
+            return Err(e);
+        }
+    }
+    revoke_sessions(&state.sessions, user.id).await;
+    metrics::counter!("account_locks_total", "by" => "owner").increment(1);
+    Ok(())
 }

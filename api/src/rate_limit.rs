@@ -25,7 +25,7 @@ use shared::redis_pool::RedisPool;
 
 use shared::audit::Outcome;
 
-use crate::error::ApiError;
+use crate::{audit::RefusalAudit, error::ApiError};
 
 /// One limit's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct Verdict {
     /// Which budget refused (its label for metrics and audit rows); `None` when allowed.
     pub refused_by: Option<Outcome>,
     /// The refusing budget's Redis key (pseudonymous): what one audit row per minute stands
-    /// for (see [`crate::audit::rate_limited`]); `None` when allowed.
+    /// for (see [`RefusalAudit::refused`]); `None` when allowed.
     pub refused_key: Option<Arc<str>>,
 }
 
@@ -47,6 +47,40 @@ impl Verdict {
         refused_by: None,
         refused_key: None,
     };
+}
+
+/// The per-client budgets an endpoint counts before it looks at anything the request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpBudget {
+    /// Sign-ups (`RATE_LIMIT_SIGNUP_PER_HOUR`): each one costs a hash and sends an email.
+    SignUp,
+    /// Requests to an endpoint that takes a link: reset, verify, lock and their pages
+    /// (`RATE_LIMIT_TOKEN_PER_HOUR`). Guessing or replaying links, and wrong passwords at
+    /// verification, are bounded per client.
+    Link,
+    /// Reset codes, whatever the address and whether the code is right
+    /// (`RATE_LIMIT_CODE_PER_HOUR`).
+    Code,
+}
+
+/// Counts the request against the client's `budget` before anything else is looked at; over
+/// it, the refusal is audited (see [`RefusalAudit::refused`]) and answered with a generic
+/// `429 rate_limited_ip`, which says nothing about what the request named.
+pub async fn within_budget(
+    limiter: &RateLimiter,
+    refusals: &RefusalAudit,
+    budget: IpBudget,
+    ip: IpAddr,
+    request_id: Option<&str>,
+) -> Result<(), ApiError> {
+    let verdict = limiter.check_ip(budget, ip).await?;
+    if verdict.allowed {
+        return Ok(());
+    }
+    refusals.refused(&verdict, ip, None, request_id);
+    Err(ApiError::RateLimitedIp {
+        retry_after_secs: verdict.retry_after_secs,
+    })
 }
 
 /// The verdicts for a forgot-password request.
@@ -287,24 +321,14 @@ impl RateLimiter {
             .await;
     }
 
-    /// Counts a sign-up from this client IP (each one costs a hash and sends an email).
-    pub async fn check_signup(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
-        let checks = self.ip_checks("signup", ip, self.inner.limits.signup_ip, Outcome::SignupIp);
-        self.all_or_nothing(&checks).await
-    }
-
-    /// Counts a request to an endpoint that takes a link (reset, verify and their pages) from
-    /// this client IP: guessing or replaying links, and wrong passwords at verification, are
-    /// bounded per client.
-    pub async fn check_token(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
-        let checks = self.ip_checks("token", ip, self.inner.limits.token_ip, Outcome::TokenIp);
-        self.all_or_nothing(&checks).await
-    }
-
-    /// Counts a reset code submitted from this client IP, whatever the address and whether
-    /// the code is right.
-    pub async fn check_code(&self, ip: IpAddr) -> Result<Verdict, ApiError> {
-        let checks = self.ip_checks("code", ip, self.inner.limits.code_ip, Outcome::CodeIp);
+    /// Counts a request from this client IP against `budget`.
+    pub async fn check_ip(&self, budget: IpBudget, ip: IpAddr) -> Result<Verdict, ApiError> {
+        let limits = &self.inner.limits;
+        let checks = match budget {
+            IpBudget::SignUp => self.ip_checks("signup", ip, limits.signup_ip, Outcome::SignupIp),
+            IpBudget::Link => self.ip_checks("token", ip, limits.token_ip, Outcome::TokenIp),
+            IpBudget::Code => self.ip_checks("code", ip, limits.code_ip, Outcome::CodeIp),
+        };
         self.all_or_nothing(&checks).await
     }
 

@@ -10,7 +10,7 @@ use shared::redis_pool::RedisPool;
 use shared::reset_code;
 use uuid::Uuid;
 
-use crate::{error::ApiError, startup::AppState};
+use crate::error::ApiError;
 
 /// The link a right code stands for.
 #[derive(Debug, Clone)]
@@ -34,16 +34,20 @@ pub enum CodeCheck {
 }
 
 /// Checks `code` (normalised) for the address with key `email_key`, counting a wrong one.
-pub async fn check(state: &AppState, email_key: &str, code: &str) -> Result<CodeCheck, ApiError> {
-    let secret = state.config.pseudonym_secret();
+/// `secret` is the pseudonym key the worker issued the code under.
+pub async fn check(
+    redis: &RedisPool,
+    secret: &[u8],
+    email_key: &str,
+    code: &str,
+) -> Result<CodeCheck, ApiError> {
     let address = reset_code::address_pseudonym(secret, email_key);
-    let key = state.redis.keys().reset_code(&address);
-    let wrong_key = state.redis.keys().reset_code_wrong(&address);
+    let key = redis.keys().reset_code(&address);
+    let wrong_key = redis.keys().reset_code_wrong(&address);
     let mac = reset_code::code_mac(secret, &address, code);
     let script = redis::Script::new(reset_code::CHECK_LUA);
     let (key_ref, wrong_key, mac) = (&key, &wrong_key, &mac);
-    let answer: Vec<String> = state
-        .redis
+    let answer: Vec<String> = redis
         .run(|mut c| async move {
             script
                 .key(key_ref)
@@ -94,21 +98,17 @@ fn parse(answer: Vec<String>, key: String) -> CodeCheck {
 }
 
 impl CodeLink {
-    /// Whether the link is past its lifetime at `now`.
-    pub fn expired(&self, state: &AppState, now: DateTime<Utc>) -> bool {
-        let max_age = state
-            .tokens
-            .max_age(shared::token::Purpose::PasswordReset)
-            .as_secs();
+    /// Whether the link is past its lifetime (`max_age`, the reset link's) at `now`.
+    pub fn expired(&self, max_age: std::time::Duration, now: DateTime<Utc>) -> bool {
+        let max_age = max_age.as_secs();
         self.signed_at + i64::try_from(max_age).unwrap_or(i64::MAX) <= now.timestamp()
     }
 
     /// Kills the code (best effort: its link is burned, which kills it anyway).
-    pub async fn kill(&self, state: &AppState) {
+    pub async fn kill(&self, redis: &RedisPool) {
         let script = redis::Script::new(reset_code::KILL_LUA);
         let (key, fp) = (&self.key, &self.fingerprint);
-        let result = state
-            .redis
+        let result = redis
             .run(|mut c| async move { script.key(key).arg(fp).invoke_async::<i64>(&mut c).await })
             .await;
         if let Err(e) = result {

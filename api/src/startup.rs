@@ -19,8 +19,7 @@ use axum::{
     middleware::{self, Next},
     response::Response,
 };
-use metrics_exporter_prometheus::PrometheusHandle;
-use shared::{clock::Clock, redis_pool::RedisPool, token::TokenKeys};
+use shared::{clock::Clock, token::TokenKeys};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -35,49 +34,12 @@ use crate::{
     rate_limit::RateLimiter,
     routes,
     sessions::Sessions,
+    state::{AppState, Services},
     tokens::TokenService,
 };
 
 /// Largest request body accepted (JSON bodies here are well under 2 KiB).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-
-/// Everything a handler needs, behind one `Arc`: a request clones one pointer, not every
-/// handle. Its fields are reached through `Deref` (`state.db`).
-#[derive(Clone)]
-pub struct AppState(Arc<Services>);
-
-impl std::ops::Deref for AppState {
-    type Target = Services;
-
-    fn deref(&self) -> &Services {
-        &self.0
-    }
-}
-
-/// The handles and settings of one api process (see [`AppState`]).
-pub struct Services {
-    pub config: Arc<Config>,
-    pub db: PgPool,
-    pub redis: RedisPool,
-    pub sessions: Sessions,
-    pub limiter: RateLimiter,
-    pub tokens: TokenService,
-    pub hasher: Hasher,
-    pub publisher: Publisher,
-    /// This replica's outbox relay (woken after a commit that added rows).
-    pub outbox: crate::outbox::Outbox,
-    pub clock: Arc<dyn Clock>,
-    pub metrics: PrometheusHandle,
-    pub pages: Arc<routes::pages::Pages>,
-    /// The probe behind the public `/readyz`.
-    pub readiness: routes::health::ProbeCache,
-    /// Device cookies (recognised browsers at sign-in).
-    pub devices: crate::devices::Devices,
-    /// Refusal audit rows (see [`crate::audit::rate_limited`]).
-    pub refusal_audit: crate::audit::RefusalAudit,
-    /// The schema is current (migrations ran, or are left to `api migrate`); not ready before.
-    pub schema_ready: Arc<AtomicBool>,
-}
 
 /// A built, bound, not yet running api.
 pub struct Application {
@@ -128,7 +90,7 @@ impl Application {
         let hasher = Hasher::new(config.argon2, config.hash_concurrency)?
             .with_per_client(config.hash_per_client);
 
-        let state = AppState(Arc::new(Services {
+        let state = AppState::new(Services {
             sessions: Sessions::new(redis.clone(), config.session_ttl),
             limiter: RateLimiter::new(
                 redis.clone(),
@@ -146,21 +108,23 @@ impl Application {
             outbox: crate::outbox::Outbox::default(),
             readiness: routes::health::ProbeCache::default(),
             devices: crate::devices::Devices::new(&config.token_secrets, config.cookie_secure),
-            refusal_audit: crate::audit::RefusalAudit::default(),
+            refusals: crate::audit::RefusalAudit::new(
+                db.clone(),
+                redis.clone(),
+                config.pseudonym_secret(),
+            ),
             clock,
             metrics: {
                 let handle = shared::telemetry::prometheus();
                 register_failure_counters();
                 handle
             },
-            pages: Arc::new(
-                routes::pages::Pages::new().map_err(|e| anyhow::anyhow!("page templates: {e}"))?,
-            ),
+            pages: Arc::new(routes::pages::Pages::new().context("page templates")?),
             db,
             redis,
             schema_ready,
             config: Arc::new(config),
-        }));
+        });
         let listener = TcpListener::bind(state.config.bind)
             .await
             .with_context(|| format!("cannot bind API_BIND={}", state.config.bind))?;
@@ -256,11 +220,8 @@ impl Application {
         }
         served?;
         // The refusal rows still being written (bounded: each is one marker and one insert).
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            crate::audit::settle_refusals(&state),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), state.refusals.settle()).await;
         state.publisher.close().await;
         state.db.close().await;
         tracing::info!("api stopped");
@@ -318,7 +279,8 @@ async fn migrate_when_reachable(config: Config, schema_ready: Arc<AtomicBool>) {
 /// The router, shared by `main` and the tests.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    let (router, openapi) = api_routes().split_for_parts();
+    let (router, mut openapi) = api_routes().split_for_parts();
+    utoipa::Modify::modify(&routes::CommonResponses, &mut openapi);
     let document = Arc::new(openapi);
     router
         .route(
@@ -403,7 +365,9 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document (paths are added by [`api_routes`]).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_routes().into_openapi()
+    let mut openapi = api_routes().into_openapi();
+    utoipa::Modify::modify(&routes::CommonResponses, &mut openapi);
+    openapi
 }
 
 #[derive(utoipa::OpenApi)]

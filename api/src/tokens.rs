@@ -332,6 +332,27 @@ impl TokenService {
         Ok((generation?, burned?))
     }
 
+    /// Every check of a link short of consuming it: signature, purpose, age, generation,
+    /// burn marker, the user it names, and that user's current password version. Shared by
+    /// the reset, verification and lock endpoints and by the GET of the pages (which must only
+    /// look).
+    pub async fn check_link(
+        &self,
+        db: &sqlx::PgPool,
+        purpose: Purpose,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(CheckedToken, crate::store::users::User), Rejected> {
+        let checked = self.check(purpose, token, now).await?;
+        let user = crate::store::users::by_id(db, checked.claims.uid)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| Rejected::unknown_user(checked.claims.uid))?;
+        self.check_password_version(&checked, user.password_version)
+            .await?;
+        Ok((checked, user))
+    }
+
     fn signature_rejection(e: &TokenError) -> Rejected {
         let reason = match e {
             TokenError::Expired { .. } => {
@@ -347,63 +368,4 @@ impl TokenService {
         };
         Rejected::new(ApiError::TokenInvalid, None, reason)
     }
-}
-
-/// Every check of a link short of consuming it: signature, purpose, age, generation, burn
-/// marker, the user it names, and that user's current password version. Shared by the reset
-/// and verification endpoints and by the GET of the pages (which must only look).
-pub async fn check_link(
-    state: &crate::startup::AppState,
-    purpose: Purpose,
-    token: &str,
-) -> Result<(CheckedToken, crate::store::users::User), Rejected> {
-    let checked = state
-        .tokens
-        .check(purpose, token, state.clock.now())
-        .await?;
-    let user = crate::store::users::by_id(&state.db, checked.claims.uid)
-        .await
-        .map_err(ApiError::from)?
-        .ok_or_else(|| Rejected::unknown_user(checked.claims.uid))?;
-    state
-        .tokens
-        .check_password_version(&checked, user.password_version)
-        .await?;
-    Ok((checked, user))
-}
-
-/// Counts a submitted reset code against the client's per-IP budget
-/// (`RATE_LIMIT_CODE_PER_HOUR`) before anything else is looked at; over it, a generic
-/// `429 rate_limited_ip`.
-pub async fn within_code_budget(
-    state: &crate::startup::AppState,
-    ip: std::net::IpAddr,
-    request_id: Option<&str>,
-) -> Result<(), ApiError> {
-    let verdict = state.limiter.check_code(ip).await?;
-    if verdict.allowed {
-        return Ok(());
-    }
-    crate::audit::rate_limited(state, &verdict, ip, None, request_id);
-    Err(ApiError::RateLimitedIp {
-        retry_after_secs: verdict.retry_after_secs,
-    })
-}
-
-/// Counts a request to an endpoint that takes a link against the client's per-IP budget
-/// (`RATE_LIMIT_TOKEN_PER_HOUR`); over it, a generic `429 rate_limited_ip`. Called before the
-/// link is looked at, so the answer says nothing about the link.
-pub async fn within_token_budget(
-    state: &crate::startup::AppState,
-    ip: std::net::IpAddr,
-    request_id: Option<&str>,
-) -> Result<(), ApiError> {
-    let verdict = state.limiter.check_token(ip).await?;
-    if verdict.allowed {
-        return Ok(());
-    }
-    crate::audit::rate_limited(state, &verdict, ip, None, request_id);
-    Err(ApiError::RateLimitedIp {
-        retry_after_secs: verdict.retry_after_secs,
-    })
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 use shared::telemetry::Readiness;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

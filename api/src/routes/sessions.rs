@@ -17,9 +17,9 @@ use shared::audit::{Action, AuditEvent, Outcome};
 use crate::{
     audit,
     error::{ApiError, ErrorBody},
-    extract::{AppJson, AuthUser, ClientIp, RequestTrace},
+    extract::{AppJson, AuthUser, RequestContext},
     password_policy, sessions,
-    startup::AppState,
+    state::AppState,
     store,
 };
 
@@ -54,27 +54,23 @@ pub struct SessionCreated {
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = LoginRequest,
     responses(
         (status = 201, description = "Signed in; also sets the session cookie (`__Host-session`: HttpOnly, SameSite=Lax, Secure) and the device cookie (`__Host-device`, a year: this browser is recognised at its next sign-in to the account)", body = SessionCreated),
-        (status = 400, description = "`malformed_json`", body = ErrorBody),
         (status = 401, description = "`invalid_credentials` (same for unknown addresses, unverified accounts and locked accounts)", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_email`, `password_too_long`, `invalid_body`", body = ErrorBody),
+        (status = 422, description = "`invalid_email`, `password_too_long`", body = ErrorBody),
         (status = 429, description = "`rate_limited_login` (this address, or this address from this IP, or this recognised browser) or `rate_limited_ip` (this IP over all addresses), with `Retry-After`", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
 pub async fn log_in(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    RequestTrace(trace): RequestTrace,
+    ctx: RequestContext,
     headers: HeaderMap,
     AppJson(body): AppJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    let ip = ctx.ip;
     let address =
         email::normalize(&body.email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
     password_policy::check_length(&body.password)?;
     let now = state.clock.now();
     let address_hash = state.limiter.address_pseudonym(address.key());
-    let request_id = trace.request_id.as_deref();
+    let request_id = ctx.request_id();
     let device = state.devices.recognise(&headers, address.key());
     let budgets = LoginBudgets {
         ip,
@@ -108,7 +104,7 @@ pub async fn log_in(
         (false, _) => Outcome::InvalidCredentials,
     };
     audit::record(
-        &state,
+        &state.db,
         &AuditEvent {
             action: Action::SignIn,
             outcome,
@@ -198,7 +194,7 @@ pub async fn within_login_budgets(
         return Ok(attempt);
     }
     let (ip, address_hash) = (budgets.ip, Some(budgets.address_hash));
-    audit::rate_limited(state, &verdict, ip, address_hash, request_id);
+    (state.refusals).refused(&verdict, ip, address_hash, request_id);
     let retry_after_secs = verdict.retry_after_secs;
     Err(if verdict.refused_by == Some(Outcome::LoginIp) {
         ApiError::RateLimitedIp { retry_after_secs }
@@ -236,21 +232,19 @@ async fn rehash(
     responses(
         (status = 204, description = "Signed out"),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
 pub async fn log_out(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    RequestTrace(trace): RequestTrace,
+    ctx: RequestContext,
     auth: AuthUser,
 ) -> Result<Response, ApiError> {
     state.sessions.revoke(&auth.session).await?;
     audit::record(
-        &state,
+        &state.db,
         &AuditEvent {
             user_id: Some(auth.user.id),
-            ip: Some(ip),
-            request_id: trace.request_id.as_deref(),
+            ip: Some(ctx.ip),
+            request_id: ctx.request_id(),
             ..AuditEvent::new(Action::SignOut, Outcome::Success)
         },
     )

@@ -22,11 +22,12 @@ use shared::audit::{Action, AuditEvent, Outcome};
 use crate::{
     devices::Proven,
     error::{ApiError, ErrorBody},
-    extract::{AppJson, AuthUser, ClientIp, Locale, RequestTrace},
+    extract::{AppJson, AuthUser, RequestContext},
     password_policy,
-    startup::AppState,
+    rate_limit::{IpBudget, within_budget},
+    state::AppState,
     store,
-    tokens::{self, Rejected},
+    tokens::Rejected,
 };
 
 /// The one answer to every valid sign-up, new address or taken.
@@ -58,20 +59,15 @@ pub struct SignUpRequest {
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = SignUpRequest,
     responses(
         (status = 202, description = "Accepted; the same answer whether or not the address is taken", body = crate::routes::Accepted),
-        (status = 400, description = "`malformed_json`", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_email`, `weak_password`, `password_too_long`, `invalid_body`", body = ErrorBody),
+        (status = 422, description = "`invalid_email`, `weak_password`, `password_too_long`", body = ErrorBody),
         (status = 429, description = "`rate_limited_ip`, with `Retry-After` (sign-ups per client IP)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
 pub async fn sign_up(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    Locale(locale): Locale,
-    RequestTrace(trace): RequestTrace,
+    ctx: RequestContext,
     AppJson(body): AppJson<SignUpRequest>,
 ) -> Result<Response, ApiError> {
+    let ip = ctx.ip;
     let address =
         email::normalize(&body.email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
     password_policy::check_length(&body.password)?;
@@ -79,14 +75,8 @@ pub async fn sign_up(
     // Every sign-up costs a hash and sends an email to an address of the caller's choosing;
     // and the strength check costs milliseconds of CPU: the budget is counted before either,
     // so a client past it gets nothing computed.
-    let verdict = state.limiter.check_signup(ip).await?;
-    if !verdict.allowed {
-        let request_id = trace.request_id.as_deref();
-        crate::audit::rate_limited(&state, &verdict, ip, None, request_id);
-        return Err(ApiError::RateLimitedIp {
-            retry_after_secs: verdict.retry_after_secs,
-        });
-    }
+    let (limiter, refusals) = (&state.limiter, &state.refusals);
+    within_budget(limiter, refusals, IpBudget::SignUp, ip, ctx.request_id()).await?;
     password_policy::judge_new_password(&body.password, address.address()).await?;
     let hash = state.hasher.hash_for(ip, body.password).await?;
 
@@ -98,7 +88,7 @@ pub async fn sign_up(
     let audit = AuditEvent {
         ip: Some(ip),
         address_hash: Some(&address_hash),
-        request_id: trace.request_id.as_deref(),
+        request_id: ctx.request_id(),
         ..AuditEvent::new(Action::SignUp, Outcome::Created)
     };
     let email_job = |created: Option<uuid::Uuid>| {
@@ -120,7 +110,7 @@ pub async fn sign_up(
             ),
         };
         let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
-        Envelope::new(job, now, ttl, locale, trace.clone())
+        Envelope::new(job, now, ttl, ctx.locale.as_str(), ctx.trace.clone())
     };
     store::users::sign_up(
         &state.db,
@@ -159,40 +149,34 @@ pub struct VerifyRequest {
 #[utoipa::path(post, path = "/v1/email/verify", tag = "users", request_body = VerifyRequest,
     responses(
         (status = 204, description = "Address verified; sessions from before verification are ended; sets the device cookie"),
-        (status = 400, description = "`token_invalid`, `token_expired`, `token_used`, `malformed_json`", body = ErrorBody),
+        (status = 400, description = "`token_invalid`, `token_expired`, `token_used`", body = ErrorBody),
         (status = 401, description = "`invalid_credentials`: not the account's password (the link stays usable)", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_body`, `password_too_long`", body = ErrorBody),
+        (status = 422, description = "`password_too_long`", body = ErrorBody),
         (status = 429, description = "`rate_limited_ip` (link endpoints per client IP) or `rate_limited_login` (password checks for this account), with `Retry-After`", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
 pub async fn verify_email(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    RequestTrace(trace): RequestTrace,
+    ctx: RequestContext,
     headers: HeaderMap,
     AppJson(body): AppJson<VerifyRequest>,
 ) -> Result<Response, ApiError> {
-    let proven = verify(&state, ip, &headers, &trace, &body.token, body.password).await?;
+    let proven = verify(&state, &ctx, &headers, &body.token, body.password).await?;
     let done = StatusCode::NO_CONTENT.into_response();
-    Ok(crate::routes::password::with_device(
-        &state, &headers, &proven, done,
-    ))
+    Ok(crate::routes::with_device(&state, &headers, &proven, done))
 }
 
 /// The verification work shared by the JSON endpoint and the HTML page. The account, as it
 /// is now.
 pub async fn verify(
     state: &AppState,
-    ip: std::net::IpAddr,
+    ctx: &RequestContext,
     headers: &HeaderMap,
-    trace: &shared::message::Trace,
     token: &str,
     password: String,
 ) -> Result<Proven, ApiError> {
-    let request_id = trace.request_id.as_deref();
-    tokens::within_token_budget(state, ip, request_id).await?;
+    let (ip, request_id) = (ctx.ip, ctx.request_id());
+    let (limiter, refusals) = (&state.limiter, &state.refusals);
+    within_budget(limiter, refusals, IpBudget::Link, ip, request_id).await?;
     password_policy::check_length(&password)?;
     let outcome = verify_link(state, ip, headers, request_id, token, password).await;
     let (result, outcome, user) = match outcome {
@@ -206,7 +190,7 @@ pub async fn verify(
             request_id,
             ..AuditEvent::new(Action::EmailVerify, outcome)
         };
-        crate::audit::record(state, &event).await;
+        crate::audit::record(&state.db, &event).await;
     }
     result
 }
@@ -222,7 +206,10 @@ async fn verify_link(
     token: &str,
     password: String,
 ) -> Result<(Uuid, Proven), Rejected> {
-    let (token, user) = tokens::check_link(state, Purpose::EmailVerify, token).await?;
+    let now = state.clock.now();
+    let (token, user) = (state.tokens)
+        .check_link(&state.db, Purpose::EmailVerify, token, now)
+        .await?;
     let stored = store::users::credentials_by_id(&state.db, user.id)
         .await
         .map_err(ApiError::from)?
@@ -242,7 +229,7 @@ async fn verify_link(
         .await?;
     if !verdict.allowed {
         let pseudonym = state.limiter.address_pseudonym(&email_key);
-        crate::audit::rate_limited(state, &verdict, ip, Some(&pseudonym), request_id);
+        (state.refusals).refused(&verdict, ip, Some(&pseudonym), request_id);
         return Err(Rejected::rate_limited_login(
             user.id,
             verdict.retry_after_secs,
@@ -306,7 +293,6 @@ pub struct Me {
     responses(
         (status = 200, description = "The signed-in user", body = Me),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ))]
 pub async fn show_me(auth: AuthUser) -> Json<Me> {
     Json(Me {

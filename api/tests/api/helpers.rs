@@ -2,10 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use api::{
-    config::Config,
-    startup::{AppState, Application},
-};
+use api::{config::Config, startup::Application, state::AppState};
 use e2e::{QueueReader, Received};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -376,9 +373,9 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Waits for the refusal rows written beside the answers (see `api::audit::rate_limited`).
+    /// Waits for the refusal rows written beside the answers (see `api::audit::RefusalAudit::refused`).
     pub async fn settle_audit(&self) {
-        api::audit::settle_refusals(&self.state).await;
+        self.state.refusals.settle().await;
     }
 
     pub async fn audit_outcomes(&self, action: &str) -> Vec<String> {
