@@ -141,10 +141,10 @@ impl IntoResponse for ApiError {
         match &self {
             // Log the cause once; the client only sees the code (and the request id header).
             ApiError::Unavailable(cause) => {
-                tracing::warn!(error = %format!("{cause:#}"), "dependency unavailable")
+                tracing::warn!(error = %format!("{cause:#}"), "dependency unavailable");
             }
             ApiError::Internal(cause) => {
-                tracing::error!(error = %format!("{cause:#}"), "internal error")
+                tracing::error!(error = %format!("{cause:#}"), "internal error");
             }
             _ => {}
         }

@@ -265,7 +265,7 @@ impl TokenService {
     /// broker refused the notice, the database failed), so the person can simply retry.
     /// Safe: the winner's change did not happen, and the next use burns it again.
     pub async fn unburn(&self, token: &CheckedToken) {
-        self.unburn_fingerprint(&token.fingerprint).await
+        self.unburn_fingerprint(&token.fingerprint).await;
     }
 
     /// [`Self::unburn`] by the token's fingerprint.

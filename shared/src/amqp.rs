@@ -108,7 +108,7 @@ impl Broker {
                     last = format!(
                         "{}: no connection within {NODE_CONNECT_TIMEOUT:?}",
                         self.node(index)
-                    )
+                    );
                 }
             }
         }

@@ -131,12 +131,23 @@ pub async fn log_in(
     };
     // Budgets count failures only.
     state.limiter.forgive(attempt).await;
+    signed_in(&state, &headers, &user, address.key(), now).await
+}
+
+/// The answer to a sign-in whose password verified: the address off the suppression list, a
+/// new session, its cookie and the device cookie.
+async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    user: &store::users::Credentials,
+    email_key: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Response, ApiError> {
     // Its owner is here: mail to the address goes out again (see `shared::suppression`).
     // Pinned: behind a transaction pooler, an unnamed statement's two exchanges must reach one
     // server connection (see `shared::db`).
-    let key = address.key();
     let removed = shared::db::pinned(&state.db, async |c| {
-        shared::suppression::remove(c, key).await
+        shared::suppression::remove(c, email_key).await
     })
     .await;
     if let Err(e) = removed {
@@ -163,7 +174,7 @@ pub async fn log_in(
     set.insert(header::SET_COOKIE, cookie);
     set.append(
         header::SET_COOKIE,
-        (state.devices).issue(&headers, address.key(), user.password_version),
+        (state.devices).issue(headers, email_key, user.password_version),
     );
     Ok(response)
 }
