@@ -6,7 +6,12 @@
 
 use std::net::IpAddr;
 
-use shared::audit::{Action, AuditEvent, Outcome};
+use shared::{
+    audit::{Action, AuditEvent, Outcome},
+    email,
+    keys::pseudonym,
+    message::{Envelope, Job},
+};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -28,6 +33,28 @@ pub struct AuditRow {
 }
 
 impl AuditRow {
+    /// The row of a final decision about `job`: the address as a pseudonym under `secret`,
+    /// the IP only if it really is one.
+    pub fn of_job(job: &Envelope, outcome: Outcome, user: Option<Uuid>, secret: &[u8]) -> Self {
+        let (address, ip) = match &job.job {
+            Job::PasswordResetRequested { email, ip, .. } => (email.as_str(), ip.as_deref()),
+            Job::EmailVerification { email, .. } | Job::AccountExistsNotice { email, .. } => {
+                (email.as_str(), None)
+            }
+            Job::PasswordChanged { email, ip, .. } => (email.as_str(), ip.as_deref()),
+        };
+        AuditRow {
+            action: Action::of_job(&job.job),
+            outcome,
+            user_id: user,
+            ip: ip.and_then(|ip| ip.parse::<IpAddr>().ok()),
+            address_hash: email::normalize(address)
+                .ok()
+                .map(|a| pseudonym(secret, "email", a.key())),
+            request_id: job.trace.request_id.clone(),
+        }
+    }
+
     fn event(&self) -> AuditEvent<'_> {
         AuditEvent {
             action: self.action,

@@ -1,13 +1,15 @@
 //! Dead letters: the worker moves every message of `mail.dead` into the `dead_letters` table
-//! ([`archive`]), so `mail-worker dlq list` is a query that streams rows (bounded memory;
-//! nothing is redelivered, reordered or counted against a delivery limit, however often it
-//! runs) and `mail-worker dlq replay [--id ID | --all]` publishes rows back to the work queue
+//! ([`archive`], acked once stored), so `mail-worker dlq list` is a query that streams rows
+//! (bounded memory; nothing is redelivered, reordered or counted against a delivery limit,
+//! however often it runs) and `mail-worker dlq replay [--id ID | --all]` publishes rows back to the work queue
 //! with confirms, deleting each only once the broker confirmed it. Rows older than
 //! `DEAD_LETTER_RETENTION_DAYS` are deleted ([`expire`]): they hold addresses and IPs.
 
 use anyhow::Context as _;
 use futures_util::TryStreamExt as _;
-use lapin::{BasicProperties, message::Delivery, types::FieldTable};
+use std::time::Duration;
+
+use lapin::{BasicProperties, message::Delivery, options::BasicAckOptions, types::FieldTable};
 use serde::Serialize;
 use shared::{
     amqp::Broker,
@@ -56,11 +58,36 @@ impl Row {
     }
 }
 
+/// Moves one delivery of `mail.dead` into the `dead_letters` table, then acks it. With
+/// PostgreSQL down it stays unacked (held here, retried with backoff) rather than going back
+/// to the queue: a return would count as a delivery, and a quorum queue with a delivery limit
+/// (RabbitMQ 4.x has one by default) drops a message returned too often. If the connection
+/// ends first, the broker keeps the message.
+pub async fn archive(db: PgPool, delivery: Delivery) {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match insert(&db, &delivery).await {
+            Ok(()) => {
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(error = %e, "ack failed; the dead letter will be stored again");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64,
+                    "could not store a dead letter; it stays in the queue until stored");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
 /// Stores a delivery of `mail.dead`; ack it afterwards. One row per message id: the same
 /// dead letter stored twice (a redelivery) changes nothing, and a job that died again after
 /// a replay replaces its row (with its new death time, so the replay, which deletes only the
 /// row it published, leaves it).
-pub async fn archive(db: &PgPool, delivery: &Delivery) -> Result<(), sqlx::Error> {
+async fn insert(db: &PgPool, delivery: &Delivery) -> Result<(), sqlx::Error> {
     let properties = &delivery.properties;
     let headers = properties.headers().as_ref();
     let envelope = Envelope::decode(&delivery.data).ok();
@@ -111,6 +138,23 @@ pub async fn count(db: &PgPool) -> Result<i64, sqlx::Error> {
             .await?
             .unwrap_or((0,));
     Ok(n)
+}
+
+/// Publishes the number of stored dead letters as the `mail_dead_letters` gauge.
+pub async fn report_count(db: PgPool) {
+    if let Ok(n) = count(&db).await {
+        metrics::gauge!("mail_dead_letters").set(n as f64);
+    }
+}
+
+/// Deletes the dead letters older than `days` (`DEAD_LETTER_RETENTION_DAYS`) and logs how
+/// many.
+pub async fn expire_old(db: PgPool, days: u64) {
+    match expire(&db, days).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, days, "expired dead letters deleted"),
+        Err(e) => tracing::warn!(error = %e, "could not delete expired dead letters"),
+    }
 }
 
 /// Deletes dead letters older than `days`; how many.

@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
-use rand::Rng;
 
 /// Header listing every failed attempt (`attempt N at <time>: <error>`).
 pub const HISTORY_HEADER: &str = "x-attempt-history";
@@ -53,13 +52,14 @@ pub fn delay_for(schedule: &[u64], attempt: u32) -> Option<u64> {
     schedule.get(index).copied()
 }
 
-/// Per-message TTL in the delay queue: 80–100 % of the queue's delay, so jobs that failed
-/// together (an SMTP outage) do not all come back in the same instant. Never above the
-/// queue's own TTL, which caps it anyway.
-pub fn jittered_expiration_ms(delay_secs: u64) -> u64 {
+/// Per-message TTL in the delay queue: 80–100 % of the queue's delay, placed in that range
+/// by `draw` (uniform in `[0, 1)`), so jobs that failed together (an SMTP outage) do not all
+/// come back in the same instant. Never above the queue's own TTL, which caps it anyway.
+pub fn jittered_expiration_ms(delay_secs: u64, draw: f64) -> u64 {
     let full = delay_secs.saturating_mul(1000);
-    let low = full - full / 5;
-    rand::rng().random_range(low..=full)
+    let span = full / 5;
+    let offset = ((span + 1) as f64 * draw.clamp(0.0, 1.0)) as u64;
+    full - span + offset.min(span)
 }
 
 /// The headers of a re-published job: the original ones plus one more history line.
@@ -140,10 +140,14 @@ mod tests {
     #[test]
     fn jitter_stays_between_eighty_and_a_hundred_percent_of_the_delay() {
         for _ in 0..1000 {
-            let ms = jittered_expiration_ms(30);
+            let ms = jittered_expiration_ms(30, rand::random());
             assert!((24_000..=30_000).contains(&ms), "{ms}");
         }
-        assert_eq!(jittered_expiration_ms(0), 0);
+        assert_eq!(jittered_expiration_ms(30, 0.0), 24_000);
+        assert_eq!(jittered_expiration_ms(30, 0.5), 27_000);
+        assert_eq!(jittered_expiration_ms(30, 0.999_99), 30_000);
+        assert_eq!(jittered_expiration_ms(30, 1.0), 30_000);
+        assert_eq!(jittered_expiration_ms(0, 0.5), 0);
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl Worker {
             mailer,
             from,
             clock,
-            budget: RecipientBudget::new(
+            recipient_budget: RecipientBudget::new(
                 config.mail_per_recipient,
                 config.mail_per_recipient_window,
             ),

@@ -1,0 +1,165 @@
+//! The links of an email, minted once its job may send: a reset link and its one-time code,
+//! a verification link, or the "this wasn't me" link of a password-changed notice. Each is
+//! minted once per job and recorded, so every attempt and redelivery of the job sends the
+//! very same link.
+
+use shared::{
+    links,
+    redis_pool::RedisError,
+    reset_code,
+    token::{Claims, Purpose},
+};
+use uuid::Uuid;
+
+use crate::{
+    plan::{Draft, Recipient},
+    process::Processor,
+    render::EmailContent,
+};
+
+impl Processor {
+    /// Mints the link a draft needs, if any, and returns the email's content; `None` when the
+    /// job's link is dead already (a newer email or a password change superseded it).
+    pub(crate) async fn complete(
+        &self,
+        draft: Draft,
+        job: Uuid,
+    ) -> Result<Option<EmailContent>, RedisError> {
+        let base = &self.config.public_base_url;
+        Ok(match draft {
+            Draft::Ready(content) => Some(content),
+            Draft::PasswordReset {
+                recipient,
+                requested_from_ip,
+            } => {
+                let Some(link) = self.mint(Purpose::PasswordReset, &recipient, job).await? else {
+                    return Ok(None);
+                };
+                let code = self.issue_code(&recipient, &link).await?;
+                Some(EmailContent::PasswordReset {
+                    link: links::with_token(base, links::RESET_PASSWORD_PATH, &link.token),
+                    code: reset_code::display(&code),
+                    code_url: links::page(base, links::RESET_PASSWORD_PATH),
+                    expires_in_minutes: link.left.div_ceil(60).max(1),
+                    requested_from_ip,
+                })
+            }
+            Draft::EmailVerification { recipient } => self
+                .mint(Purpose::EmailVerify, &recipient, job)
+                .await?
+                .map(|link| EmailContent::EmailVerification {
+                    link: links::with_token(base, links::VERIFY_EMAIL_PATH, &link.token),
+                    expires_in_hours: link.left.div_ceil(3600).max(1),
+                }),
+            // The notice is true whatever became of its link, and goes without one when the
+            // link is dead (a newer notice minted another) or would be out of place: the
+            // password changed again since (a late notice must neither lock the newer password
+            // nor kill the lock link of the newer change's notice).
+            Draft::PasswordChanged {
+                recipient,
+                changed_at,
+                from_ip,
+                version,
+            } => Some(EmailContent::PasswordChanged {
+                changed_at,
+                from_ip,
+                forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
+                lock_url: if recipient.password_version == version {
+                    self.mint(Purpose::AccountLock, &recipient, job)
+                        .await?
+                        .map(|link| links::with_token(base, links::LOCK_ACCOUNT_PATH, &link.token))
+                } else {
+                    None
+                },
+            }),
+        })
+    }
+
+    /// Records the one-time code of a reset link (see [`shared::reset_code`]) and returns it.
+    async fn issue_code(&self, user: &Recipient, link: &Minted) -> Result<String, RedisError> {
+        let record = reset_code::Link {
+            user: user.id,
+            email_key: &user.email_key,
+            password_version: user.password_version,
+            generation: link.generation,
+            signed_at: link.signed_at,
+            token: &link.token,
+            left_secs: link.left,
+        };
+        reset_code::issue(&self.redis, self.config.pseudonym_secret(), &record).await
+    }
+
+    /// The link of `job`: issued at the job's first attempt (the user's generation for this
+    /// purpose bumped, so older links die) and recorded, so every later attempt and
+    /// redelivery signs the very same token. A repeat after a lost SMTP reply is then
+    /// byte-identical, and the copy the provider may already have delivered keeps working.
+    /// With the token, the seconds the link has left (a retry sends the link of the first
+    /// attempt, so less than the full lifetime). `None` when the recorded link is dead by
+    /// now: a newer email bumped the generation, the password changed, or it expired.
+    async fn mint(
+        &self,
+        purpose: Purpose,
+        user: &Recipient,
+        job: Uuid,
+    ) -> Result<Option<Minted>, RedisError> {
+        let generation_key = self.redis.keys().token_generation(user.id, purpose);
+        let link_key = self.redis.keys().job_link(user.id, job);
+        let max_age = match purpose {
+            Purpose::PasswordReset => self.config.reset_token_max_age,
+            Purpose::EmailVerify => self.config.verify_token_max_age,
+            Purpose::AccountLock => {
+                std::time::Duration::from_secs(shared::token::ACCOUNT_LOCK_MAX_AGE_SECS)
+            }
+        };
+        // Keep the generation and the job's record a little longer than any link can live.
+        let ttl_ms = (max_age.as_secs() + 3600) * 1000;
+        let now_ms = self.clock.now().timestamp_millis();
+        let script = redis::Script::new(shared::keys::MINT_ONCE_LUA);
+        let (minted, current): (String, String) = self
+            .redis
+            .run(|mut c| async move {
+                script
+                    .key(&generation_key)
+                    .key(&link_key)
+                    .arg(now_ms)
+                    .arg(ttl_ms)
+                    .arg(user.password_version)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut fields = minted.split(':').map(str::parse::<i64>);
+        let (Some(Ok(generation)), Some(Ok(signed_at)), Some(Ok(password_version))) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            tracing::warn!(job_id = %job, "unreadable link record; no link sent");
+            return Ok(None);
+        };
+        if current.parse::<i64>().ok() != Some(generation)
+            || password_version != i64::from(user.password_version)
+        {
+            return Ok(None);
+        }
+        let left = signed_at + i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
+            - self.clock.now().timestamp();
+        let Ok(left @ 1..) = u64::try_from(left) else {
+            return Ok(None);
+        };
+        let claims = Claims::for_job(user.id, user.password_version, generation, job);
+        Ok(Some(Minted {
+            token: self.tokens.sign(purpose, &claims, signed_at),
+            left,
+            generation,
+            signed_at,
+        }))
+    }
+}
+
+/// A job's link as minted: the token, the seconds it has left, and what it was minted under.
+struct Minted {
+    token: String,
+    left: u64,
+    generation: i64,
+    signed_at: i64,
+}

@@ -1,0 +1,395 @@
+//! Planning a job, without I/O: what it needs looked up ([`Planner::lookup`]), what it means
+//! given the account found ([`Planner::decide`]), and which plans the suppression list turns
+//! into drops ([`drop_suppressed`]). The processor does the lookups (one statement per batch)
+//! and carries the plans out (see [`crate::process`]).
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use shared::{
+    audit, email, links,
+    message::{Envelope, Job},
+};
+use uuid::Uuid;
+
+use crate::{render::EmailContent, send_budget};
+
+/// What the worker needs to know about a recipient.
+pub use shared::account::Account as Recipient;
+
+/// What a job asks for, after the lookups.
+pub enum Plan {
+    /// Send this email to `to`.
+    Send {
+        to: String,
+        draft: Draft,
+        user: Option<Uuid>,
+    },
+    /// Send nothing, for this reason.
+    Drop {
+        reason: audit::Outcome,
+        user: Option<Uuid>,
+    },
+    /// A dependency of ours (the database) could not tell: the job is tried again later,
+    /// without spending a delivery attempt.
+    DependencyDown(String),
+}
+
+impl Plan {
+    /// The account the job is about, when known.
+    pub fn user(&self) -> Option<Uuid> {
+        match self {
+            Plan::Send { user, .. } | Plan::Drop { user, .. } => *user,
+            Plan::DependencyDown(_) => None,
+        }
+    }
+}
+
+/// The email a job will send, before a link in it is minted.
+///
+/// Links are minted only once the recipient's budget has let the email through: minting
+/// bumps the account's token generation, which kills the links it already holds, and a
+/// refused email must not leave its owner with none.
+pub enum Draft {
+    /// Nothing left to mint.
+    Ready(EmailContent),
+    /// A reset link for this account.
+    PasswordReset {
+        recipient: Recipient,
+        requested_from_ip: Option<String>,
+    },
+    /// A verification link for this account.
+    EmailVerification { recipient: Recipient },
+    /// The password-changed notice, with a "this wasn't me" link for this account.
+    PasswordChanged {
+        recipient: Recipient,
+        changed_at: chrono::DateTime<chrono::Utc>,
+        from_ip: Option<String>,
+        /// The password version the change made.
+        version: i32,
+    },
+}
+
+impl Draft {
+    /// Whether the email counts against the recipient's budget (`MAIL_PER_RECIPIENT_PER_HOUR`).
+    ///
+    /// Counted: what a stranger can make us send to any address at will (verification emails
+    /// and account-exists notices through sign-up, no-account notices through forgot-password).
+    /// Not counted: reset emails, which have their own per-address budget counted by the api
+    /// (`RATE_LIMIT_EMAIL_PER_HOUR`), and the password-changed notice, which only a completed
+    /// reset triggers. Otherwise a stranger signing up someone's address a few times an hour
+    /// could crowd out that person's own reset email, or hide the notice of a reset.
+    pub fn counts_against_recipient_budget(&self) -> bool {
+        self.send_class() == send_budget::Class::Bulk
+    }
+
+    /// The send line the email waits in under the send budgets: the same split as the
+    /// recipient's budget (what a stranger can cause waits behind what a person waits for).
+    pub fn send_class(&self) -> send_budget::Class {
+        match self {
+            Draft::PasswordReset { .. } | Draft::PasswordChanged { .. } => {
+                send_budget::Class::Priority
+            }
+            Draft::Ready(_) | Draft::EmailVerification { .. } => send_budget::Class::Bulk,
+        }
+    }
+}
+
+/// What a job needs looked up before it can be planned.
+pub enum Lookup {
+    /// Decided without the database.
+    Ready(Plan),
+    /// The account with this address key, if any.
+    ByEmailKey(String),
+    /// The account with this id, if any.
+    ById(Uuid),
+}
+
+/// What planning needs to know besides the job and its account.
+pub struct Planner<'a> {
+    /// `PUBLIC_BASE_URL`, where the links in emails lead.
+    pub public_base_url: &'a str,
+    /// `NOTIFY_UNKNOWN_RECIPIENTS`: tell an address without an account that someone asked.
+    pub notify_unknown_recipients: bool,
+    pub now: DateTime<Utc>,
+}
+
+impl Planner<'_> {
+    /// What `job` needs looked up, or its plan when it needs nothing.
+    pub fn lookup(&self, job: &Envelope) -> Lookup {
+        if job.is_stale(self.now) {
+            // Its link would be dead or its news old; sending it would only confuse.
+            return Lookup::Ready(Plan::Drop {
+                reason: audit::Outcome::Stale,
+                user: None,
+            });
+        }
+        match &job.job {
+            Job::PasswordResetRequested {
+                email,
+                within_budget,
+                ..
+            } => {
+                if !within_budget {
+                    return Lookup::Ready(Plan::Drop {
+                        reason: audit::Outcome::DroppedOverBudget,
+                        user: None,
+                    });
+                }
+                match email::normalize(email) {
+                    Ok(address) => Lookup::ByEmailKey(address.key().to_owned()),
+                    Err(_) => Lookup::Ready(Plan::Drop {
+                        reason: audit::Outcome::DroppedInvalidAddress,
+                        user: None,
+                    }),
+                }
+            }
+            Job::EmailVerification { user_id, .. } | Job::PasswordChanged { user_id, .. } => {
+                Lookup::ById(*user_id)
+            }
+            // The notice goes to the account's stored spelling, never the one the stranger
+            // typed (which may differ in case and bounce, and must not decide where the
+            // owner's mail goes or whether it is suppressed).
+            Job::AccountExistsNotice { email, .. } => match email::normalize(email) {
+                Ok(address) => Lookup::ByEmailKey(address.key().to_owned()),
+                Err(_) => Lookup::Ready(Plan::Drop {
+                    reason: audit::Outcome::DroppedInvalidAddress,
+                    user: None,
+                }),
+            },
+        }
+    }
+
+    /// The plan of a job that needed an account looked up, given what was found.
+    pub fn decide(&self, job: &Envelope, found: Option<&Recipient>) -> Plan {
+        let base = self.public_base_url;
+        match (&job.job, found) {
+            (Job::PasswordResetRequested { ip, .. }, Some(user)) => Plan::Send {
+                to: user.email.clone(),
+                user: Some(user.id),
+                draft: Draft::PasswordReset {
+                    recipient: user.clone(),
+                    requested_from_ip: checked_ip(ip.as_deref()),
+                },
+            },
+            (Job::PasswordResetRequested { email, .. }, None) if self.notify_unknown_recipients => {
+                match email::normalize(email) {
+                    Ok(address) => Plan::Send {
+                        to: address.address().to_owned(),
+                        draft: Draft::Ready(EmailContent::NoAccount {
+                            sign_up_url: format!("{base}/"),
+                        }),
+                        user: None,
+                    },
+                    Err(_) => Plan::Drop {
+                        reason: audit::Outcome::DroppedInvalidAddress,
+                        user: None,
+                    },
+                }
+            }
+            (Job::EmailVerification { .. }, Some(user)) if !user.email_verified => Plan::Send {
+                to: user.email.clone(),
+                user: Some(user.id),
+                draft: Draft::EmailVerification {
+                    recipient: user.clone(),
+                },
+            },
+            (Job::EmailVerification { .. }, Some(user)) => Plan::Drop {
+                reason: audit::Outcome::DroppedAlreadyVerified,
+                user: Some(user.id),
+            },
+            // The notice goes to the address on file now, and only if the change it announces
+            // happened: a later change does not make it untrue; an undone one (its version is
+            // listed as undone; the undo moved the version forward) does.
+            (
+                Job::PasswordChanged {
+                    password_version,
+                    ip,
+                    ..
+                },
+                Some(user),
+            ) if user.password_version >= *password_version
+                && !user.undone_password_versions.contains(password_version) =>
+            {
+                Plan::Send {
+                    to: user.email.clone(),
+                    draft: Draft::PasswordChanged {
+                        recipient: user.clone(),
+                        changed_at: job.created_at,
+                        from_ip: checked_ip(ip.as_deref()),
+                        version: *password_version,
+                    },
+                    user: Some(user.id),
+                }
+            }
+            (Job::PasswordChanged { .. }, Some(user)) => Plan::Drop {
+                reason: audit::Outcome::DroppedRolledBack,
+                user: Some(user.id),
+            },
+            (
+                Job::EmailVerification { user_id, .. } | Job::PasswordChanged { user_id, .. },
+                None,
+            ) => Plan::Drop {
+                reason: audit::Outcome::DroppedUnknown,
+                user: Some(*user_id),
+            },
+            (Job::PasswordResetRequested { .. }, None) => Plan::Drop {
+                reason: audit::Outcome::DroppedUnknown,
+                user: None,
+            },
+            // The account's own spelling when it is found; the typed one (normalised) only
+            // when the account is gone since the attempt (as notices were sent before).
+            (Job::AccountExistsNotice { email, .. }, found) => Plan::Send {
+                to: found.map_or_else(
+                    || {
+                        email::normalize(email)
+                            .map_or_else(|_| email.clone(), |a| a.address().to_owned())
+                    },
+                    |user| user.email.clone(),
+                ),
+                draft: Draft::Ready(EmailContent::AccountExists {
+                    sign_in_url: format!("{base}/"),
+                    forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
+                }),
+                user: found.map(|user| user.id),
+            },
+        }
+    }
+
+    /// The plans of `jobs`, given their lookups and the accounts found for all of them
+    /// (`Err`: the lookup failed, and every job that needed it waits).
+    pub fn plans(
+        &self,
+        jobs: &[&Envelope],
+        lookups: Vec<Lookup>,
+        found: Result<&[Recipient], &str>,
+    ) -> Vec<Plan> {
+        lookups
+            .into_iter()
+            .zip(jobs)
+            .map(|(lookup, job)| {
+                let decide = |matches: &dyn Fn(&Recipient) -> bool| match found {
+                    Ok(users) => self.decide(job, users.iter().find(|u| matches(u))),
+                    Err(e) => Plan::DependencyDown(e.to_owned()),
+                };
+                match lookup {
+                    Lookup::Ready(plan) => plan,
+                    Lookup::ByEmailKey(key) => decide(&|u| u.email_key == key),
+                    Lookup::ById(id) => decide(&|u| u.id == id),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The email addresses the accounts of `lookups` are looked up by, and their ids.
+pub fn wanted(lookups: &[Lookup]) -> (Vec<&str>, Vec<Uuid>) {
+    let mut email_keys = Vec::new();
+    let mut ids = Vec::new();
+    for lookup in lookups {
+        match lookup {
+            Lookup::ByEmailKey(key) => email_keys.push(key.as_str()),
+            Lookup::ById(id) => ids.push(*id),
+            Lookup::Ready(_) => {}
+        }
+    }
+    (email_keys, ids)
+}
+
+/// The address key and spelling of every plan that sends (`None` for the others), as the
+/// suppression list is asked about them.
+pub fn recipients(plans: &[Plan]) -> Vec<Option<(String, String)>> {
+    plans
+        .iter()
+        .map(|plan| match plan {
+            Plan::Send { to, .. } => Some((address_key(to), deliverable(to))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Turns the plans that would mail a suppressed address into drops, given the
+/// [`recipients`] of the plans and the suppressed spellings among them. When the list
+/// could not be read (`Err`), those plans wait: mail to an address that may be suppressed is
+/// not sent unchecked.
+pub fn drop_suppressed(
+    plans: Vec<Plan>,
+    recipients: Vec<Option<(String, String)>>,
+    suppressed: Result<&[String], &str>,
+) -> Vec<Plan> {
+    plans
+        .into_iter()
+        .zip(recipients)
+        .map(|(plan, recipient)| match (plan, recipient, suppressed) {
+            (Plan::Send { user, .. }, Some((_, to)), Ok(list)) if list.contains(&to) => {
+                Plan::Drop {
+                    reason: audit::Outcome::DroppedSuppressed,
+                    user,
+                }
+            }
+            (_, Some(_), Err(e)) => Plan::DependencyDown(e.to_owned()),
+            (plan, ..) => plan,
+        })
+        .collect()
+}
+
+/// The spelling mail to `to` goes out with (and is suppressed under): normalised, the domain
+/// in lower-case ASCII, the local part as it is.
+pub fn deliverable(to: &str) -> String {
+    email::normalize(to).map_or_else(|_| to.to_owned(), |a| a.address().to_owned())
+}
+
+/// The key an address is suppressed under (see [`shared::email`]); an address that does not
+/// parse is keyed by its lower-cased text.
+pub fn address_key(to: &str) -> String {
+    email::normalize(to).map_or_else(|_| to.to_lowercase(), |a| a.key().to_owned())
+}
+
+/// An IP from the job, only if it really is one: the text part shows it verbatim, so a
+/// forged job must not be able to add lines to the email.
+fn checked_ip(ip: Option<&str>) -> Option<String> {
+    ip.and_then(|ip| ip.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_mail_a_stranger_can_trigger_at_will_counts_against_the_recipient_budget() {
+        let url = || "https://account.example.test/x".to_owned();
+        let counted = [
+            Draft::Ready(EmailContent::AccountExists {
+                sign_in_url: url(),
+                forgot_password_url: url(),
+            }),
+            Draft::Ready(EmailContent::NoAccount { sign_up_url: url() }),
+        ];
+        assert!(counted.iter().all(Draft::counts_against_recipient_budget));
+        let recipient = || Recipient {
+            id: Uuid::nil(),
+            email_key: "ann@example.org".into(),
+            email: "ann@example.org".into(),
+            password_version: 1,
+            email_verified: false,
+            undone_password_versions: Vec::new(),
+        };
+        let reset = Draft::PasswordReset {
+            recipient: recipient(),
+            requested_from_ip: None,
+        };
+        assert!(!reset.counts_against_recipient_budget());
+        let changed = Draft::PasswordChanged {
+            recipient: recipient(),
+            changed_at: chrono::Utc::now(),
+            from_ip: None,
+            version: 1,
+        };
+        assert!(!changed.counts_against_recipient_budget());
+        let verification = Draft::EmailVerification {
+            recipient: recipient(),
+        };
+        assert!(verification.counts_against_recipient_budget());
+    }
+}
