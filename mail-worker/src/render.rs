@@ -160,6 +160,17 @@ impl Renderer {
         Ok(Self { env })
     }
 
+    /// The renderer with the template `name` (`<locale>/<kind>.<part>.j2`) replaced by
+    /// `source`. For tests only: the embedded templates render every email.
+    pub fn with_template(
+        mut self,
+        name: &'static str,
+        source: &'static str,
+    ) -> Result<Self, RenderError> {
+        self.env.add_template(name, source)?;
+        Ok(self)
+    }
+
     /// Renders `content` in `locale`; a locale without templates falls back to English.
     pub fn render(&self, content: &EmailContent, locale: &str) -> Result<Rendered, RenderError> {
         let locale = shared::locale::Locale::from_tag(locale).as_str();

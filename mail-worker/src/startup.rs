@@ -26,7 +26,7 @@ use crate::{
 /// A built, not yet running worker.
 pub struct Worker {
     config: Arc<Config>,
-    processor: Arc<Processor>,
+    processor: Processor,
     topology: Topology,
     listener: TcpListener,
     http: HttpState,
@@ -80,7 +80,7 @@ impl Worker {
                 handle
             },
         };
-        let processor = Arc::new(Processor {
+        let processor = Processor {
             config: config.clone(),
             audit_log: crate::audit_log::AuditLog::start(db.clone()),
             db,
@@ -101,7 +101,7 @@ impl Worker {
             )
             .with_requester_share(config.smtp_requester_share_percent)
             .with_domain_window(config.smtp_domain_window),
-        });
+        };
         Ok(Self {
             config,
             processor,
@@ -109,6 +109,14 @@ impl Worker {
             listener,
             http,
         })
+    }
+
+    /// The worker with `renderer` instead of the one of the embedded templates. For tests
+    /// only: the embedded templates render every job, and a test of what becomes of a job
+    /// that cannot be rendered needs a template that fails.
+    pub fn with_renderer(mut self, renderer: Renderer) -> Self {
+        self.processor.renderer = renderer;
+        self
     }
 
     /// The HTTP port's address.
@@ -134,10 +142,11 @@ impl Worker {
         };
         tracing::info!(%addr, queue = %self.topology.jobs_queue(), emails_to = destination, "mail-worker listening");
         let (stop_tx, stop_rx) = watch::channel(false);
+        let processor = Arc::new(self.processor);
         let consumer = Consumer {
             broker: self.config.broker(),
             topology: self.topology.clone(),
-            processor: self.processor.clone(),
+            processor: processor.clone(),
             concurrency: self.config.concurrency,
             prefetch: self.config.prefetch,
             shutdown_timeout: self.config.shutdown_timeout,
@@ -157,7 +166,7 @@ impl Worker {
         let _ = stop_tx.send(true);
         consuming.await.context("consumer task")?;
         let _ = server.await;
-        self.processor.db.close().await;
+        processor.db.close().await;
         tracing::info!("mail-worker stopped");
         Ok(())
     }

@@ -4,5 +4,6 @@
 mod helpers;
 mod links;
 mod outcomes;
+mod render_failure;
 mod send_budget;
 mod suppression;
