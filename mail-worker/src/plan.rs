@@ -162,97 +162,95 @@ impl Planner<'_> {
 
     /// The plan of a job that needed an account looked up, given what was found.
     pub fn decide(&self, job: &Envelope, found: Option<&Recipient>) -> Plan {
-        let base = self.public_base_url;
-        match (&job.job, found) {
-            (Job::PasswordResetRequested { ip, .. }, Some(user)) => Plan::Send {
-                to: user.email.clone(),
-                user: Some(user.id),
-                draft: Draft::PasswordReset {
-                    recipient: user.clone(),
-                    requested_from_ip: checked_ip(ip.as_deref()),
-                },
-            },
-            (Job::PasswordResetRequested { email, .. }, None) if self.notify_unknown_recipients => {
-                match email::normalize(email) {
-                    Ok(address) => Plan::Send {
-                        to: address.address().to_owned(),
-                        draft: Draft::Ready(EmailContent::NoAccount {
-                            sign_up_url: format!("{base}/"),
-                        }),
-                        user: None,
-                    },
-                    Err(_) => Plan::Drop {
-                        reason: audit::Outcome::DroppedInvalidAddress,
-                        user: None,
-                    },
-                }
+        match &job.job {
+            Job::PasswordResetRequested { email, ip, .. } => {
+                self.reset(email, ip.as_deref(), found)
             }
-            (Job::EmailVerification { .. }, Some(user)) if !user.email_verified => Plan::Send {
-                to: user.email.clone(),
-                user: Some(user.id),
-                draft: Draft::EmailVerification {
-                    recipient: user.clone(),
-                },
-            },
-            (Job::EmailVerification { .. }, Some(user)) => Plan::Drop {
-                reason: audit::Outcome::DroppedAlreadyVerified,
-                user: Some(user.id),
-            },
-            // The notice goes to the address on file now, and only if the change it announces
-            // happened: a later change does not make it untrue; an undone one (its version is
-            // listed as undone; the undo moved the version forward) does.
-            (
-                Job::PasswordChanged {
-                    password_version,
-                    ip,
-                    ..
-                },
-                Some(user),
-            ) if user.password_version >= *password_version
-                && !user.undone_password_versions.contains(password_version) =>
-            {
-                Plan::Send {
-                    to: user.email.clone(),
-                    draft: Draft::PasswordChanged {
+            Job::EmailVerification { user_id, .. } => verification(*user_id, found),
+            Job::PasswordChanged {
+                user_id,
+                password_version,
+                ip,
+                ..
+            } => {
+                let Some(user) = found else {
+                    return drop_unknown(Some(*user_id));
+                };
+                // The notice goes to the address on file now, and only if the change it
+                // announces happened: a later change does not make it untrue; an undone one
+                // (its version is listed as undone; the undo moved the version forward) does.
+                if user.password_version < *password_version
+                    || user.undone_password_versions.contains(password_version)
+                {
+                    return Plan::Drop {
+                        reason: audit::Outcome::DroppedRolledBack,
+                        user: Some(user.id),
+                    };
+                }
+                send_to(
+                    user,
+                    Draft::PasswordChanged {
                         recipient: user.clone(),
                         changed_at: job.created_at,
                         from_ip: checked_ip(ip.as_deref()),
                         version: *password_version,
                     },
-                    user: Some(user.id),
-                }
+                )
             }
-            (Job::PasswordChanged { .. }, Some(user)) => Plan::Drop {
-                reason: audit::Outcome::DroppedRolledBack,
-                user: Some(user.id),
-            },
-            (
-                Job::EmailVerification { user_id, .. } | Job::PasswordChanged { user_id, .. },
-                None,
-            ) => Plan::Drop {
-                reason: audit::Outcome::DroppedUnknown,
-                user: Some(*user_id),
-            },
-            (Job::PasswordResetRequested { .. }, None) => Plan::Drop {
-                reason: audit::Outcome::DroppedUnknown,
+            Job::AccountExistsNotice { email, .. } => self.account_exists(email, found),
+        }
+    }
+
+    /// A reset link for an account; for an unknown address nothing, or (with
+    /// `NOTIFY_UNKNOWN_RECIPIENTS`) the no-account notice.
+    fn reset(&self, email: &str, ip: Option<&str>, found: Option<&Recipient>) -> Plan {
+        if let Some(user) = found {
+            let requested_from_ip = checked_ip(ip);
+            let recipient = user.clone();
+            return send_to(
+                user,
+                Draft::PasswordReset {
+                    recipient,
+                    requested_from_ip,
+                },
+            );
+        }
+        if !self.notify_unknown_recipients {
+            return drop_unknown(None);
+        }
+        match email::normalize(email) {
+            Ok(address) => Plan::Send {
+                to: address.address().to_owned(),
+                draft: Draft::Ready(EmailContent::NoAccount {
+                    sign_up_url: format!("{}/", self.public_base_url),
+                }),
                 user: None,
             },
-            // The account's own spelling when it is found; the typed one (normalised) only
-            // when the account is gone since the attempt (as notices were sent before).
-            (Job::AccountExistsNotice { email, .. }, found) => Plan::Send {
-                to: found.map_or_else(
-                    || {
-                        email::normalize(email)
-                            .map_or_else(|_| email.clone(), |a| a.address().to_owned())
-                    },
-                    |user| user.email.clone(),
-                ),
-                draft: Draft::Ready(EmailContent::AccountExists {
-                    sign_in_url: format!("{base}/"),
-                    forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
-                }),
-                user: found.map(|user| user.id),
+            Err(_) => Plan::Drop {
+                reason: audit::Outcome::DroppedInvalidAddress,
+                user: None,
             },
+        }
+    }
+
+    /// The account-exists notice: to the account's own spelling when it is found; to the
+    /// typed one (normalised) only when the account is gone since the attempt (as notices
+    /// were sent before).
+    fn account_exists(&self, email: &str, found: Option<&Recipient>) -> Plan {
+        let base = self.public_base_url;
+        Plan::Send {
+            to: found.map_or_else(
+                || {
+                    email::normalize(email)
+                        .map_or_else(|_| email.to_owned(), |a| a.address().to_owned())
+                },
+                |user| user.email.clone(),
+            ),
+            draft: Draft::Ready(EmailContent::AccountExists {
+                sign_in_url: format!("{base}/"),
+                forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
+            }),
+            user: found.map(|user| user.id),
         }
     }
 
@@ -279,6 +277,39 @@ impl Planner<'_> {
                 }
             })
             .collect()
+    }
+}
+
+/// A verification link, only for an unverified account that still exists.
+fn verification(user_id: Uuid, found: Option<&Recipient>) -> Plan {
+    match found {
+        None => drop_unknown(Some(user_id)),
+        Some(user) if user.email_verified => Plan::Drop {
+            reason: audit::Outcome::DroppedAlreadyVerified,
+            user: Some(user.id),
+        },
+        Some(user) => send_to(
+            user,
+            Draft::EmailVerification {
+                recipient: user.clone(),
+            },
+        ),
+    }
+}
+
+/// `draft` to the address on file of `user`.
+fn send_to(user: &Recipient, draft: Draft) -> Plan {
+    Plan::Send {
+        to: user.email.clone(),
+        draft,
+        user: Some(user.id),
+    }
+}
+
+fn drop_unknown(user: Option<Uuid>) -> Plan {
+    Plan::Drop {
+        reason: audit::Outcome::DroppedUnknown,
+        user,
     }
 }
 
@@ -353,43 +384,4 @@ fn checked_ip(ip: Option<&str>) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_mail_a_stranger_can_trigger_at_will_counts_against_the_recipient_budget() {
-        let url = || "https://account.example.test/x".to_owned();
-        let counted = [
-            Draft::Ready(EmailContent::AccountExists {
-                sign_in_url: url(),
-                forgot_password_url: url(),
-            }),
-            Draft::Ready(EmailContent::NoAccount { sign_up_url: url() }),
-        ];
-        assert!(counted.iter().all(Draft::counts_against_recipient_budget));
-        let recipient = || Recipient {
-            id: Uuid::nil(),
-            email_key: "ann@example.org".into(),
-            email: "ann@example.org".into(),
-            password_version: 1,
-            email_verified: false,
-            undone_password_versions: Vec::new(),
-        };
-        let reset = Draft::PasswordReset {
-            recipient: recipient(),
-            requested_from_ip: None,
-        };
-        assert!(!reset.counts_against_recipient_budget());
-        let changed = Draft::PasswordChanged {
-            recipient: recipient(),
-            changed_at: chrono::Utc::now(),
-            from_ip: None,
-            version: 1,
-        };
-        assert!(!changed.counts_against_recipient_budget());
-        let verification = Draft::EmailVerification {
-            recipient: recipient(),
-        };
-        assert!(verification.counts_against_recipient_budget());
-    }
-}
+mod tests;

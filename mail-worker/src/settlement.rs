@@ -13,7 +13,10 @@ use shared::{
     topology::{DEAD_ROUTING_KEY, Topology},
 };
 
-use crate::{process::JobOutcome, retry};
+use crate::{
+    process::{BudgetWait, JobOutcome},
+    retry,
+};
 
 /// The `jobs_total` label of a job re-published for another attempt.
 const RETRIED: &str = "retried";
@@ -127,54 +130,8 @@ pub fn settle(
         }
         JobOutcome::Dropped(reason) => ack(Some(*reason), reason.as_str()),
         JobOutcome::Retry(error) => retry(job, headers, at, error),
-        JobOutcome::DependencyDown(error) => {
-            // Not a delivery attempt: an outage of our own never dead-letters mail. The job
-            // backs off along the schedule by its own count of waits.
-            let wait = retry::waits(headers).saturating_add(1);
-            let delay_secs = retry::wait_delay(at.schedule, wait);
-            let mut headers =
-                retry::with_history(headers, job.attempt, at.now, &format!("waiting: {error}"));
-            headers.insert(retry::WAITS_HEADER.into(), AMQPValue::LongUInt(wait));
-            Settlement {
-                action: Action::Delay {
-                    delay_secs,
-                    expiration_ms: retry::jittered_expiration_ms(delay_secs, at.jitter),
-                    body: job.encode(),
-                    headers,
-                    error: error.clone(),
-                },
-                audit: None,
-                label: WAITING,
-            }
-        }
-        JobOutcome::BudgetWait(budget) => {
-            // The attempt and `x-waits` stay as they are: waiting for a turn is neither a
-            // failure nor an outage. The history gets a line only for the provider's
-            // throttling answer (a burst would otherwise add hundreds of lines to a job).
-            let mut headers = match &budget.answer {
-                Some(answer) => retry::with_history(
-                    headers,
-                    job.attempt,
-                    at.now,
-                    &format!("throttled: {answer}"),
-                ),
-                None => headers.cloned().unwrap_or_default(),
-            };
-            let waits = retry::budget_waits(Some(&headers)).saturating_add(1);
-            headers.insert(
-                retry::BUDGET_WAITS_HEADER.into(),
-                AMQPValue::LongUInt(waits),
-            );
-            let wait_ms = u64::try_from(budget.wait.as_millis()).unwrap_or(u64::MAX);
-            Settlement {
-                action: Action::Park {
-                    step_ms: Topology::budget_wait_step(wait_ms),
-                    headers,
-                },
-                audit: None,
-                label: BUDGET_WAIT,
-            }
-        }
+        JobOutcome::DependencyDown(error) => dependency_down(job, headers, at, error),
+        JobOutcome::BudgetWait(budget) => budget_wait(job, headers, at.now, budget),
         JobOutcome::Dead(reason) => dead_letter(
             retry::with_history(headers, job.attempt + 1, at.now, reason),
             reason,
@@ -200,6 +157,65 @@ fn ack(audit: Option<audit::Outcome>, label: &'static str) -> Settlement {
         action: Action::Ack,
         audit,
         label,
+    }
+}
+
+/// A job whose dependency is down waits in a delay queue. Not a delivery attempt: an outage
+/// of our own never dead-letters mail. The job backs off along the schedule by its own count
+/// of waits.
+fn dependency_down(
+    job: &Envelope,
+    headers: Option<&FieldTable>,
+    at: Circumstances<'_>,
+    error: &str,
+) -> Settlement {
+    let wait = retry::waits(headers).saturating_add(1);
+    let delay_secs = retry::wait_delay(at.schedule, wait);
+    let mut headers =
+        retry::with_history(headers, job.attempt, at.now, &format!("waiting: {error}"));
+    headers.insert(retry::WAITS_HEADER.into(), AMQPValue::LongUInt(wait));
+    Settlement {
+        action: Action::Delay {
+            delay_secs,
+            expiration_ms: retry::jittered_expiration_ms(delay_secs, at.jitter),
+            body: job.encode(),
+            headers,
+            error: error.to_owned(),
+        },
+        audit: None,
+        label: WAITING,
+    }
+}
+
+/// A job waits for its turn at a send budget in the budget wait queue of its wait.
+fn budget_wait(
+    job: &Envelope,
+    headers: Option<&FieldTable>,
+    now: DateTime<Utc>,
+    budget: &BudgetWait,
+) -> Settlement {
+    // The attempt and `x-waits` stay as they are: waiting for a turn is neither a failure
+    // nor an outage. The history gets a line only for the provider's throttling answer (a
+    // burst would otherwise add hundreds of lines to a job).
+    let mut headers = match &budget.answer {
+        Some(answer) => {
+            retry::with_history(headers, job.attempt, now, &format!("throttled: {answer}"))
+        }
+        None => headers.cloned().unwrap_or_default(),
+    };
+    let waits = retry::budget_waits(Some(&headers)).saturating_add(1);
+    headers.insert(
+        retry::BUDGET_WAITS_HEADER.into(),
+        AMQPValue::LongUInt(waits),
+    );
+    let wait_ms = u64::try_from(budget.wait.as_millis()).unwrap_or(u64::MAX);
+    Settlement {
+        action: Action::Park {
+            step_ms: Topology::budget_wait_step(wait_ms),
+            headers,
+        },
+        audit: None,
+        label: BUDGET_WAIT,
     }
 }
 
@@ -268,7 +284,7 @@ mod tests {
     use shared::message::{Job, Trace};
 
     use super::*;
-    use crate::{process::BudgetWait, send_budget::Limit};
+    use crate::send_budget::Limit;
 
     const SCHEDULE: [u64; 2] = [60, 600];
 
