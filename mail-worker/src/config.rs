@@ -128,78 +128,18 @@ impl Config {
     /// Reads settings through `lookup` (the environment in production, a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = EnvReader::new(&lookup);
-        let common = CommonConfig::read(&mut r);
+        let mut common = CommonConfig::read(&mut r);
         let http_bind = r.parsed(
             "WORKER_HTTP_BIND",
             "127.0.0.1:8081",
             "a socket address such as 0.0.0.0:8081",
         );
-        let transport = match r
-            .string("MAIL_TRANSPORT", "smtp")
-            .trim()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "smtp" => {
-                let url = r.string("SMTP_URL", "smtp://127.0.0.1:1025");
-                if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
-                    r.error(format!(
-                        "SMTP_URL: expected smtp://host:port, smtp://host:587?tls=required or \
-                         smtps://user:pass@host:465, got a value starting with {:?}",
-                        url.chars().take(8).collect::<String>()
-                    ));
-                }
-                Transport::Smtp { url }
-            }
-            "file" => Transport::File {
-                dir: PathBuf::from(r.string("MAIL_FILE_DIR", "./mail-out")),
-            },
-            other => {
-                r.error(format!(
-                    "MAIL_TRANSPORT: expected smtp or file, got {other:?}"
-                ));
-                Transport::File {
-                    dir: PathBuf::new(),
-                }
-            }
-        };
-        let mail_from = r.string("MAIL_FROM", "Account Security <no-reply@example.com>");
-        if mail_from.parse::<lettre::message::Mailbox>().is_err() {
-            r.error(format!(
-                "MAIL_FROM: expected a mailbox such as \"Account Security <no-reply@example.com>\", got {mail_from:?}"
-            ));
-        }
-        let concurrency = r.number("WORKER_CONCURRENCY", 16, 1, 1024) as usize;
-        let prefetch = r.number(
-            "WORKER_PREFETCH",
-            (concurrency as u64 * 4).max(64),
-            1,
-            u64::from(u16::MAX),
-        ) as u16;
-        if usize::from(prefetch) < concurrency {
-            r.error(format!(
-                "WORKER_PREFETCH ({prefetch}) must be at least WORKER_CONCURRENCY ({concurrency}): \
-                 a worker cannot send more jobs at once than it holds"
-            ));
-        }
+        let transport = transport(&mut r);
+        let mail_from = mail_from(&mut r);
+        let (concurrency, prefetch) = slots(&mut r);
         let notify_unknown_recipients = r.boolean("NOTIFY_UNKNOWN_RECIPIENTS", false);
         let smtp_timeout = r.number("SMTP_TIMEOUT_SECS", 30, 1, 600);
-        // The drain after SIGTERM must outlast one SMTP step of a send in flight, or the send
-        // is cut off and repeated by another worker. Unset: one step plus ten seconds.
-        let mut common = common;
-        let drain_set = r
-            .raw("SHUTDOWN_TIMEOUT_SECS")
-            .is_some_and(|v| !v.trim().is_empty());
-        if !drain_set {
-            common.shutdown_timeout = Duration::from_secs(smtp_timeout + 10);
-        } else if common.shutdown_timeout.as_secs() <= smtp_timeout {
-            r.error(format!(
-                "SHUTDOWN_TIMEOUT_SECS ({}) must be longer than SMTP_TIMEOUT_SECS ({smtp_timeout}): \
-                 a send in flight at SIGTERM may need one more SMTP step to finish (leave it \
-                 unset for SMTP_TIMEOUT_SECS + 10)",
-                common.shutdown_timeout.as_secs()
-            ));
-        }
+        common.shutdown_timeout = drain(&mut r, common.shutdown_timeout, smtp_timeout);
         // No "off" value: a recipient budget is what keeps the service from being used to
         // flood a mailbox; an operator who needs more raises it.
         let mail_per_recipient = r.number("MAIL_PER_RECIPIENT_PER_HOUR", 10, 1, 100_000) as u32;
@@ -241,6 +181,89 @@ impl Config {
             take_jitter: Duration::from_millis(take_jitter),
         })
     }
+}
+
+/// `MAIL_TRANSPORT` and where it sends: `SMTP_URL` or `MAIL_FILE_DIR`.
+fn transport(r: &mut EnvReader<'_>) -> Transport {
+    match r
+        .string("MAIL_TRANSPORT", "smtp")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "smtp" => {
+            let url = r.string("SMTP_URL", "smtp://127.0.0.1:1025");
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                r.error(format!(
+                    "SMTP_URL: expected smtp://host:port, smtp://host:587?tls=required or \
+                     smtps://user:pass@host:465, got a value starting with {:?}",
+                    url.chars().take(8).collect::<String>()
+                ));
+            }
+            Transport::Smtp { url }
+        }
+        "file" => Transport::File {
+            dir: PathBuf::from(r.string("MAIL_FILE_DIR", "./mail-out")),
+        },
+        other => {
+            r.error(format!(
+                "MAIL_TRANSPORT: expected smtp or file, got {other:?}"
+            ));
+            Transport::File {
+                dir: PathBuf::new(),
+            }
+        }
+    }
+}
+
+/// `MAIL_FROM`, checked to be a mailbox.
+fn mail_from(r: &mut EnvReader<'_>) -> String {
+    let mail_from = r.string("MAIL_FROM", "Account Security <no-reply@example.com>");
+    if mail_from.parse::<lettre::message::Mailbox>().is_err() {
+        r.error(format!(
+            "MAIL_FROM: expected a mailbox such as \"Account Security <no-reply@example.com>\", got {mail_from:?}"
+        ));
+    }
+    mail_from
+}
+
+/// `WORKER_CONCURRENCY` and `WORKER_PREFETCH` (at least the concurrency).
+fn slots(r: &mut EnvReader<'_>) -> (usize, u16) {
+    let concurrency = r.number("WORKER_CONCURRENCY", 16, 1, 1024) as usize;
+    let prefetch = r.number(
+        "WORKER_PREFETCH",
+        (concurrency as u64 * 4).max(64),
+        1,
+        u64::from(u16::MAX),
+    ) as u16;
+    if usize::from(prefetch) < concurrency {
+        r.error(format!(
+            "WORKER_PREFETCH ({prefetch}) must be at least WORKER_CONCURRENCY ({concurrency}): \
+             a worker cannot send more jobs at once than it holds"
+        ));
+    }
+    (concurrency, prefetch)
+}
+
+/// `SHUTDOWN_TIMEOUT_SECS` checked against `SMTP_TIMEOUT_SECS`, or derived from it when unset.
+fn drain(r: &mut EnvReader<'_>, shutdown_timeout: Duration, smtp_timeout: u64) -> Duration {
+    // The drain after SIGTERM must outlast one SMTP step of a send in flight, or the send
+    // is cut off and repeated by another worker. Unset: one step plus ten seconds.
+    let drain_set = r
+        .raw("SHUTDOWN_TIMEOUT_SECS")
+        .is_some_and(|v| !v.trim().is_empty());
+    if !drain_set {
+        return Duration::from_secs(smtp_timeout + 10);
+    }
+    if shutdown_timeout.as_secs() <= smtp_timeout {
+        r.error(format!(
+            "SHUTDOWN_TIMEOUT_SECS ({}) must be longer than SMTP_TIMEOUT_SECS ({smtp_timeout}): \
+             a send in flight at SIGTERM may need one more SMTP step to finish (leave it \
+             unset for SMTP_TIMEOUT_SECS + 10)",
+            shutdown_timeout.as_secs()
+        ));
+    }
+    shutdown_timeout
 }
 
 #[cfg(test)]

@@ -126,36 +126,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("{} suppressed address(es)", list.len());
             Ok(())
         }
-        Command::Suppression(Suppression::Remove { addresses }) => {
-            let addresses = shared::operator::addresses(addresses, std::io::stdin().lock())?;
-            anyhow::ensure!(
-                !addresses.is_empty(),
-                "no address given (as arguments or on standard input)"
-            );
-            let db = operator_db(&OperatorConfig::from_env()?).await?;
-            // One line per address, by its position: the address itself is never printed.
-            let mut failed = 0;
-            for (n, address) in addresses.iter().enumerate() {
-                let n = n + 1;
-                let Ok(normalized) = shared::email::normalize(address) else {
-                    failed += 1;
-                    eprintln!("{n}: not an email address");
-                    continue;
-                };
-                let key = normalized.key();
-                let removed =
-                    shared::db::pinned(&db, async |c| shared::suppression::remove(c, key).await);
-                if removed.await? {
-                    eprintln!("{n}: removed from the suppression list");
-                } else {
-                    failed += 1;
-                    eprintln!("{n}: not suppressed");
-                }
-            }
-            anyhow::ensure!(failed == 0, "{failed} address(es) not removed");
-            Ok(())
+        Command::Suppression(Suppression::Remove { addresses }) => unsuppress(addresses).await,
+    }
+}
+
+/// `suppression remove`: mail goes to the addresses again; one line per address, by its
+/// position (the address itself is never printed).
+async fn unsuppress(addresses: Vec<String>) -> anyhow::Result<()> {
+    let addresses = shared::operator::addresses(addresses, std::io::stdin().lock())?;
+    anyhow::ensure!(
+        !addresses.is_empty(),
+        "no address given (as arguments or on standard input)"
+    );
+    let db = operator_db(&OperatorConfig::from_env()?).await?;
+    let mut failed = 0;
+    for (n, address) in addresses.iter().enumerate() {
+        let n = n + 1;
+        let Ok(normalized) = shared::email::normalize(address) else {
+            failed += 1;
+            eprintln!("{n}: not an email address");
+            continue;
+        };
+        let key = normalized.key();
+        let removed = shared::db::pinned(&db, async |c| shared::suppression::remove(c, key).await);
+        if removed.await? {
+            eprintln!("{n}: removed from the suppression list");
+        } else {
+            failed += 1;
+            eprintln!("{n}: not suppressed");
         }
     }
+    anyhow::ensure!(failed == 0, "{failed} address(es) not removed");
+    Ok(())
 }
 
 /// The database the operator commands work on (one connection).

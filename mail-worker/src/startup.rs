@@ -64,21 +64,7 @@ impl Worker {
             db: db.clone(),
             redis: redis.clone(),
             consuming: Arc::new(AtomicBool::new(false)),
-            metrics: {
-                let handle = shared::telemetry::prometheus();
-                // Exists from the start, at 0 (a dashboard shows 0 rather than no data).
-                metrics::counter!("mail_suppressions_total").increment(0);
-                for class in crate::send_budget::DOMAIN_CLASSES {
-                    metrics::counter!("mail_smtp_throttled_total", "domain_class" => class)
-                        .increment(0);
-                    for limit in crate::send_budget::Limit::ALL {
-                        metrics::counter!("mail_send_budget_waits_total",
-                            "limit" => limit.as_str(), "domain_class" => class)
-                        .increment(0);
-                    }
-                }
-                handle
-            },
+            metrics: metrics_handle(),
         };
         let processor = Processor {
             config: config.clone(),
@@ -170,4 +156,20 @@ impl Worker {
         tracing::info!("mail-worker stopped");
         Ok(())
     }
+}
+
+/// The Prometheus handle, with the counters that exist from the start, at 0 (a dashboard
+/// shows 0 rather than no data).
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    let handle = shared::telemetry::prometheus();
+    metrics::counter!("mail_suppressions_total").increment(0);
+    for class in crate::send_budget::DOMAIN_CLASSES {
+        metrics::counter!("mail_smtp_throttled_total", "domain_class" => class).increment(0);
+        for limit in crate::send_budget::Limit::ALL {
+            metrics::counter!("mail_send_budget_waits_total",
+                "limit" => limit.as_str(), "domain_class" => class)
+            .increment(0);
+        }
+    }
+    handle
 }
