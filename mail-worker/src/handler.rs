@@ -355,6 +355,11 @@ impl Settled<'_> {
                 step_ms,
                 "the job waits for its turn at a send budget"
             ),
+            Action::DeadLetter { reason, .. } if self.job.is_none() => tracing::error!(
+                reason,
+                bytes = self.delivery.data.len(),
+                "undecodable job; dead-lettering"
+            ),
             Action::DeadLetter { reason, .. } => tracing::error!(
                 job_id,
                 kind,
