@@ -236,6 +236,57 @@ impl QueueReader {
     }
 }
 
+/// The token secret of every test configuration ([`test_env`]).
+pub const TEST_TOKEN_SECRETS: &str =
+    "fe9530b2244f4068700349aa57ae2471cac9976fe0ae307268f014b08035663b";
+
+/// The public base URL of every test configuration ([`test_env`]).
+pub const TEST_PUBLIC_BASE_URL: &str = "https://account.example.test";
+
+/// The environment every test api and worker runs with, in one table: the api's integration
+/// tests, the worker's integration tests and the end-to-end stack each take it and add only
+/// what is their own (a retry schedule, an SMTP server, a publish timeout, a log level).
+///
+/// The database is `database_url`; Redis keys and broker names are in `namespace`
+/// (`<namespace>:` and `<namespace>.`), so tests never see each other's keys or queues. Every
+/// listener binds port 0, hashing is cheap and the request budgets are out of reach (the
+/// tests of a budget set their own). A service ignores the entries of the other one.
+pub fn test_env(namespace: &str, database_url: &str) -> Vec<(String, String)> {
+    const UNLIMITED: &str = "100000";
+    [
+        ("DATABASE_URL", database_url),
+        ("REDIS_URL", &redis_url()),
+        ("AMQP_URL", &amqp_url()),
+        ("PUBLIC_BASE_URL", TEST_PUBLIC_BASE_URL),
+        ("TOKEN_SECRETS", TEST_TOKEN_SECRETS),
+        ("PRODUCT_NAME", "Example Accounts"),
+        ("REDIS_KEY_PREFIX", &format!("{namespace}:")),
+        ("BROKER_NAMESPACE", &format!("{namespace}.")),
+        // Backstop for queues a killed test run could not delete.
+        ("BROKER_QUEUE_EXPIRES_MS", "120000"),
+        // The api.
+        ("API_BIND", "127.0.0.1:0"),
+        ("API_METRICS_BIND", "127.0.0.1:0"),
+        ("COOKIE_SECURE", "true"),
+        // Cheap hashing keeps the suite fast; production cost is the default.
+        ("ARGON2_MEMORY_KIB", "64"),
+        ("ARGON2_ITERATIONS", "1"),
+        ("RATE_LIMIT_IP_PER_HOUR", UNLIMITED),
+        ("RATE_LIMIT_LOGIN_PER_HOUR", UNLIMITED),
+        ("RATE_LIMIT_SIGNUP_PER_HOUR", UNLIMITED),
+        ("RATE_LIMIT_LOGIN_IP_PER_HOUR", UNLIMITED),
+        ("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", UNLIMITED),
+        ("RATE_LIMIT_TOKEN_PER_HOUR", UNLIMITED),
+        ("RATE_LIMIT_CODE_PER_HOUR", UNLIMITED),
+        // The worker.
+        ("WORKER_HTTP_BIND", "127.0.0.1:0"),
+        ("MAIL_FROM", "Example Security <security@example.test>"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 /// Path of a binary of this workspace, built next to the running test.
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

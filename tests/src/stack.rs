@@ -421,40 +421,12 @@ impl StackEnv {
     pub async fn new() -> anyhow::Result<Self> {
         let database_url = crate::create_database().await?;
         let namespace = format!("e2e-{}", crate::unique_id());
-        let public_base_url = "https://account.example.test".to_owned();
-        let vars = [
-            ("DATABASE_URL", database_url.as_str()),
-            ("REDIS_URL", &crate::redis_url()),
-            ("AMQP_URL", &crate::amqp_url()),
-            ("PUBLIC_BASE_URL", &public_base_url),
-            (
-                "TOKEN_SECRETS",
-                "fe9530b2244f4068700349aa57ae2471cac9976fe0ae307268f014b08035663b",
-            ),
-            ("API_BIND", "127.0.0.1:0"),
-            ("API_METRICS_BIND", "127.0.0.1:0"),
-            ("WORKER_HTTP_BIND", "127.0.0.1:0"),
-            ("ARGON2_MEMORY_KIB", "64"),
-            ("ARGON2_ITERATIONS", "1"),
-            ("RATE_LIMIT_IP_PER_HOUR", "100000"),
-            ("RATE_LIMIT_LOGIN_PER_HOUR", "100000"),
-            ("RATE_LIMIT_SIGNUP_PER_HOUR", "100000"),
-            ("RATE_LIMIT_LOGIN_IP_PER_HOUR", "100000"),
-            ("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", "100000"),
-            ("RATE_LIMIT_TOKEN_PER_HOUR", "100000"),
-            ("RATE_LIMIT_CODE_PER_HOUR", "100000"),
-            ("MAIL_RETRY_SCHEDULE_SECS", "1,1,1"),
-            ("MAIL_FROM", "Example Security <security@example.test>"),
-            ("PRODUCT_NAME", "Example Accounts"),
-            ("COOKIE_SECURE", "true"),
-            ("REDIS_KEY_PREFIX", &format!("{namespace}:")),
-            ("BROKER_NAMESPACE", &format!("{namespace}.")),
-            ("BROKER_QUEUE_EXPIRES_MS", "120000"),
-            ("RUST_LOG", "info"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+        let public_base_url = crate::TEST_PUBLIC_BASE_URL.to_owned();
+        let mut vars = crate::test_env(&namespace, &database_url);
+        vars.extend(
+            [("MAIL_RETRY_SCHEDULE_SECS", "1,1,1"), ("RUST_LOG", "info")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
         Ok(Self {
             database_url,
             namespace,

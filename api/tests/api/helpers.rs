@@ -15,7 +15,6 @@ use shared::{
 };
 use uuid::Uuid;
 
-pub const SECRET: &str = "e43de5f2b9f2474f240ac337136fac09635126cdd45ca0c7e39a19b70ab1edb1";
 pub const STRONG: &str = "correct horse battery staple 42";
 pub const STRONGER: &str = "plaid zebra umbrella tangerine 97";
 
@@ -63,39 +62,21 @@ impl Drop for TestApp {
     }
 }
 
-/// Builds the configuration a test app runs with; `overrides` win.
+/// Builds the configuration a test app runs with: the tests' common table
+/// ([`e2e::test_env`]) and the api tests' own settings; `overrides` win.
 pub async fn test_config(overrides: &[(&str, &str)]) -> Config {
     let id = e2e::unique_id();
     let database_url = e2e::create_database().await.expect("create test database");
-    let mut env: HashMap<String, String> = [
-        ("DATABASE_URL", database_url.as_str()),
-        ("REDIS_URL", &e2e::redis_url()),
-        ("AMQP_URL", &e2e::amqp_url()),
-        ("API_BIND", "127.0.0.1:0"),
-        ("PUBLIC_BASE_URL", "https://account.example.test"),
-        ("TOKEN_SECRETS", SECRET),
-        ("RATE_LIMIT_IP_PER_HOUR", "100000"),
-        ("RATE_LIMIT_LOGIN_PER_HOUR", "100000"),
-        ("RATE_LIMIT_SIGNUP_PER_HOUR", "100000"),
-        ("RATE_LIMIT_LOGIN_IP_PER_HOUR", "100000"),
-        ("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", "100000"),
-        ("RATE_LIMIT_TOKEN_PER_HOUR", "100000"),
-        ("RATE_LIMIT_CODE_PER_HOUR", "100000"),
-        ("API_METRICS_BIND", "127.0.0.1:0"),
-        // Cheap hashing keeps the suite fast; production cost is the default.
-        ("ARGON2_MEMORY_KIB", "64"),
-        ("ARGON2_ITERATIONS", "1"),
+    let mut env: HashMap<String, String> = e2e::test_env(&format!("t-{id}"), &database_url)
+        .into_iter()
+        .collect();
+    for (k, v) in [
         ("PUBLISH_TIMEOUT_MS", "3000"),
-        ("REDIS_KEY_PREFIX", &format!("t:{id}:")),
-        ("BROKER_NAMESPACE", &format!("t-{id}.")),
-        // Backstop for queues a killed test run could not delete.
-        ("BROKER_QUEUE_EXPIRES_MS", "120000"),
         ("MAIL_RETRY_SCHEDULE_SECS", "1"),
     ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    for (k, v) in overrides {
+    .iter()
+    .chain(overrides)
+    {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
     Config::from_lookup(|k| env.get(k).cloned()).expect("valid test configuration")

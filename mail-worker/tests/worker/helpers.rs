@@ -17,8 +17,6 @@ use shared::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const SECRET: &str = "0b5e8f3c2a9d4e7f6a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d9e1f3a5b7c9d1e3f";
-
 /// Long enough for any step of a test on a loaded machine; a passing test waits far less.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -75,24 +73,18 @@ pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestWorker {
     let db = PgPool::connect(&database_url).await.expect("connect");
     migrate(&db).await;
     let sink = SmtpSink::start().await.expect("SMTP test server");
-    let mut env: std::collections::HashMap<String, String> = [
-        ("DATABASE_URL", database_url.as_str()),
-        ("REDIS_URL", &e2e::redis_url()),
-        ("AMQP_URL", &e2e::amqp_url()),
-        ("PUBLIC_BASE_URL", "https://account.example.test"),
-        ("TOKEN_SECRETS", SECRET),
-        ("WORKER_HTTP_BIND", "127.0.0.1:0"),
-        ("SMTP_URL", &sink.url()),
+    // The tests' common table and the worker tests' own settings.
+    let mut env: std::collections::HashMap<String, String> =
+        e2e::test_env(&format!("w-{id}"), &database_url)
+            .into_iter()
+            .collect();
+    for (k, v) in [
+        ("SMTP_URL", sink.url().as_str()),
         ("SMTP_TIMEOUT_SECS", "5"),
-        ("MAIL_FROM", "Example Security <security@example.test>"),
-        ("REDIS_KEY_PREFIX", &format!("w:{id}:")),
-        ("BROKER_NAMESPACE", &format!("w-{id}.")),
-        ("BROKER_QUEUE_EXPIRES_MS", "120000"),
         ("MAIL_RETRY_SCHEDULE_SECS", SLOW_RETRIES),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    ] {
+        env.insert(k.to_owned(), v.to_owned());
+    }
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
