@@ -287,7 +287,133 @@ pub fn test_env(namespace: &str, database_url: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-/// Path of a binary of this workspace, built next to the running test.
+/// The workspace this crate was built in (its sources, for [`workspace_binary`]).
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// The binaries the end-to-end tests run, each with the workspace paths it is built from:
+/// its crates (all but their `tests/`: sources, migrations, templates, assets, build
+/// scripts, manifests) and the workspace's manifest and lock file.
+const SERVICE_BINARIES: [(&str, &[&str]); 2] = [
+    ("api", &["api", "shared", "Cargo.toml", "Cargo.lock"]),
+    (
+        "mail-worker",
+        &["mail-worker", "shared", "Cargo.toml", "Cargo.lock"],
+    ),
+];
+
+/// The command that builds the service binaries (what a stale or missing one asks for).
+pub const BUILD_COMMAND: &str = "cargo build -p api -p mail-worker --bins";
+
+/// The newest modification time under `path` (a file, or a directory but its `tests/` and
+/// `target/`), with the file that has it.
+fn newest_mtime(path: &std::path::Path) -> Option<(std::time::SystemTime, std::path::PathBuf)> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return Some((meta.modified().ok()?, path.to_path_buf()));
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|entry| !matches!(entry.file_name().to_str(), Some("tests" | "target")))
+        .filter_map(|entry| newest_mtime(&entry.path()))
+        .max_by_key(|(time, _)| *time)
+}
+
+/// Why the service binaries in `profile_dir` cannot be run as they are (missing, or older
+/// than a file they are built from), if so.
+fn stale_binaries(profile_dir: &std::path::Path) -> Vec<String> {
+    let root = workspace_root();
+    let mut stale = Vec::new();
+    for (binary, sources) in SERVICE_BINARIES {
+        let path = profile_dir.join(binary);
+        let Some(built) = std::fs::metadata(&path).and_then(|m| m.modified()).ok() else {
+            stale.push(format!("{} is not built", path.display()));
+            continue;
+        };
+        let newest = sources
+            .iter()
+            .filter_map(|source| newest_mtime(&root.join(source)))
+            .max_by_key(|(time, _)| *time);
+        if let Some((changed, file)) = newest.filter(|(changed, _)| *changed > built) {
+            let by = changed.duration_since(built).unwrap_or_default();
+            stale.push(format!(
+                "{} is older than {} (by {:.0} s)",
+                path.display(),
+                file.strip_prefix(&root).unwrap_or(&file).display(),
+                by.as_secs_f64()
+            ));
+        }
+    }
+    stale
+}
+
+/// Builds the service binaries into `profile_dir` if one is missing or older than its
+/// sources, once per test process (every test of the process waits for the first one's
+/// build): a test never runs a binary built from other sources than the ones it is read
+/// with. `cargo test` holds the build lock only while it compiles, so this build can run.
+fn ensure_fresh_binaries(profile_dir: &std::path::Path) -> Result<(), String> {
+    static CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let stale = stale_binaries(profile_dir);
+            if stale.is_empty() {
+                return Ok(());
+            }
+            let profile = profile_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("debug");
+            let mut command = std::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            );
+            command.args(["build", "-p", "api", "-p", "mail-worker", "--bins"]);
+            match profile {
+                "debug" => {}
+                "release" => {
+                    command.arg("--release");
+                }
+                other => {
+                    command.args(["--profile", other]);
+                }
+            }
+            if let Some(target_dir) = profile_dir.parent() {
+                command.arg("--target-dir").arg(target_dir);
+            }
+            eprintln!(
+                "[e2e] {}; building them: `{BUILD_COMMAND}` (profile {profile})",
+                stale.join("; ")
+            );
+            let status = command
+                .current_dir(workspace_root())
+                .stdout(std::process::Stdio::inherit())
+                .stderr(std::process::Stdio::inherit())
+                .status()
+                .map_err(|e| format!("cannot run `{BUILD_COMMAND}`: {e}"))?;
+            if !status.success() {
+                return Err(format!(
+                    "`{BUILD_COMMAND}` failed ({status}) for stale service binaries: {}",
+                    stale.join("; ")
+                ));
+            }
+            for (binary, _) in SERVICE_BINARIES {
+                let path = profile_dir.join(binary);
+                if !path.exists() {
+                    return Err(format!("`{BUILD_COMMAND}` did not make {}", path.display()));
+                }
+            }
+            Ok(())
+        })
+        .clone()
+}
+
+/// Path of a service binary of this workspace (`api` or `mail-worker`), built next to the
+/// running test. Built first (see [`BUILD_COMMAND`]) if it is missing or older than any file
+/// it is built from, so a test never passes on a stale build.
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // Tests live in target/<profile>/deps/, binaries in target/<profile>/.
@@ -297,10 +423,15 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     } else {
         dir
     };
+    if SERVICE_BINARIES.iter().any(|(binary, _)| *binary == name)
+        && let Err(e) = ensure_fresh_binaries(dir)
+    {
+        panic!("{e}");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is not built; run the suite with `cargo test --workspace` (or build it first)",
+        "{} is not built; run `{BUILD_COMMAND}`",
         path.display()
     );
     path
