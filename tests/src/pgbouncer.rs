@@ -1,7 +1,8 @@
 //! A private PgBouncer (Debian's package, installed by the test command) in transaction
 //! pooling mode in front of the local PostgreSQL, on a free loopback port, removed on drop.
+//! Its admin console (the `pgbouncer` database, user `postgres`) tells what went through it.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, process::Stdio, time::Duration};
 
 use tokio::process::{Child, Command};
 
@@ -39,6 +40,9 @@ impl PgBouncer {
              auth_type = trust\n\
              auth_file = {users}\n\
              pool_mode = transaction\n\
+             admin_users = postgres\n\
+             stats_users = postgres\n\
+             stats_period = 1\n\
              ignore_startup_parameters = extra_float_digits\n\
              max_client_conn = 500\n\
              default_pool_size = 8\n\
@@ -91,6 +95,56 @@ impl PgBouncer {
             .expect("a postgres:// URL with credentials");
         let (_, path) = rest.split_once('/').expect("a database name");
         format!("postgres://postgres@127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// The rows of an admin console command (`SHOW STATS`, `SHOW CLIENTS`, …), each a map
+    /// from column to value as text (NULL as an empty string).
+    pub async fn show(&self, command: &str) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+        use sqlx::{Column as _, Connection as _, Row as _, ValueRef as _};
+        let url = format!("postgres://postgres@127.0.0.1:{}/pgbouncer", self.port);
+        let mut console = sqlx::PgConnection::connect(&url).await?;
+        // The console speaks only the simple query protocol (text values).
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(command.to_owned()))
+            .fetch_all(&mut console)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut values = BTreeMap::new();
+            for column in row.columns() {
+                let raw = row.try_get_raw(column.ordinal())?;
+                let text = if raw.is_null() {
+                    String::new()
+                } else {
+                    raw.as_str().map_err(|e| anyhow::anyhow!("{e}"))?.to_owned()
+                };
+                values.insert(column.name().to_owned(), text);
+            }
+            out.push(values);
+        }
+        let _ = console.close().await;
+        Ok(out)
+    }
+
+    /// `total_xact_count` of `database` in `SHOW STATS`: the transactions clients ran
+    /// through the pooler against it (refreshed every second, `stats_period`).
+    pub async fn transactions(&self, database: &str) -> anyhow::Result<u64> {
+        let stats = self.show("SHOW STATS").await?;
+        Ok(stats
+            .iter()
+            .find(|row| row.get("database").is_some_and(|d| d == database))
+            .and_then(|row| row.get("total_xact_count")?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The `application_name` of every client connected to `database` (`SHOW CLIENTS`).
+    pub async fn clients_of(&self, database: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .show("SHOW CLIENTS")
+            .await?
+            .into_iter()
+            .filter(|row| row.get("database").is_some_and(|d| d == database))
+            .map(|row| row.get("application_name").cloned().unwrap_or_default())
+            .collect())
     }
 
     /// PgBouncer's log so far (for failure messages).

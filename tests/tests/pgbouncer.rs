@@ -1,6 +1,7 @@
 //! The real api and worker with `DATABASE_URL` through a PgBouncer in transaction pooling mode
 //! (statement cache off, as documented), migrations over a direct connection
-//! (`MIGRATE_DATABASE_URL`): the whole flow and the link race.
+//! (`MIGRATE_DATABASE_URL`): the whole flow and the link race, and PgBouncer's admin console
+//! shows that both services' work went through it.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -29,11 +30,28 @@ async fn the_whole_flow_and_a_link_race_work_through_pgbouncer_in_transaction_mo
     let sink = SmtpSink::start().await.unwrap();
     let mut env = StackEnv::new().await.unwrap();
     let direct = env.database_url.clone();
+    let database = direct.rsplit('/').next().unwrap().to_owned();
     let pooled = format!("{}?statement-cache-capacity=0", bouncer.url_for(&direct));
-    env.set("DATABASE_URL", &pooled);
+    // Each service names itself, so PgBouncer's list of clients tells them apart.
+    env.set(
+        "DATABASE_URL",
+        &format!("{pooled}&application_name=pwr-api"),
+    );
     env.set("MIGRATE_DATABASE_URL", &direct);
     let (api, base) = env.start_api().await.unwrap();
-    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let (worker, _) = env
+        .start_worker_with(&[
+            ("MAIL_TRANSPORT", "smtp"),
+            ("SMTP_URL", &sink.url()),
+            ("SMTP_TIMEOUT_SECS", "5"),
+            (
+                "DATABASE_URL",
+                &format!("{pooled}&application_name=pwr-worker"),
+            ),
+        ])
+        .await
+        .unwrap();
+    let xacts_at_start = bouncer.transactions(&database).await.unwrap();
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
     let (old, new) = (
@@ -88,6 +106,35 @@ async fn the_whole_flow_and_a_link_race_work_through_pgbouncer_in_transaction_mo
             .is_some(),
         "the worker read the change through the pooler too"
     );
+
+    // PgBouncer carried it all: both services are its clients on the test database, and it
+    // counted at least one transaction for each operation above that must write or read
+    // the database: the sign-up, the verification, three sign-ins, the winning reset, and
+    // the worker's account lookup for each of its three emails (verification, reset, notice).
+    const OPERATIONS: u64 = 1 + 1 + 3 + 1 + 3;
+    let clients = bouncer.clients_of(&database).await.unwrap();
+    for service in ["pwr-api", "pwr-worker"] {
+        assert!(
+            clients.iter().any(|c| c == service),
+            "{service} is no client of PgBouncer on {database}: {clients:?}"
+        );
+    }
+    let counted = e2e::poll_until(Duration::from_secs(10), || async {
+        let n = bouncer
+            .transactions(&database)
+            .await
+            .ok()?
+            .saturating_sub(xacts_at_start);
+        (n >= OPERATIONS).then_some(n)
+    })
+    .await;
+    let stats = bouncer.show("SHOW STATS").await.unwrap();
+    println!("PgBouncer: clients on {database} {clients:?}; transactions {counted:?}");
+    assert!(
+        counted.is_some(),
+        "fewer than {OPERATIONS} transactions through PgBouncer on {database}: {stats:?}"
+    );
+
     let logs = [api.output(), worker.output()].concat().join("\n");
     assert!(
         !logs.contains("prepared statement") && !logs.contains("\"level\":\"ERROR\""),
