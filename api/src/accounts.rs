@@ -90,7 +90,7 @@ pub async fn run(config: &Config, request: &Request) -> anyhow::Result<String> {
             let lock = lock::Lock {
                 ip: None,
                 trace: &trace,
-                locale: shared::locale::Locale::En.as_str(),
+                locale: shared::locale::Locale::En,
                 detail: Some(&detail),
                 reset_max_age: config.reset_token_max_age,
                 now: chrono::Utc::now(),

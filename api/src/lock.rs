@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use shared::{
     audit::{Action, AuditEvent, Outcome},
+    locale::Locale,
     message::{Envelope, Job, Trace},
     token::Purpose,
 };
@@ -36,7 +37,7 @@ pub struct Lock<'a> {
     pub ip: Option<IpAddr>,
     pub trace: &'a Trace,
     /// The language of the reset email.
-    pub locale: &'a str,
+    pub locale: Locale,
     /// An operator's reason and name; `None` for the owner's link.
     pub detail: Option<&'a str>,
     /// How long the reset email's link lives (`RESET_TOKEN_MAX_AGE_SECS`).
@@ -165,7 +166,7 @@ pub async fn with_link(
     let lock = Lock {
         ip: Some(ctx.ip),
         trace: &ctx.trace,
-        locale: ctx.locale.as_str(),
+        locale: ctx.locale,
         detail: None,
         reset_max_age: state.config.reset_token_max_age,
         now,

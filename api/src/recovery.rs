@@ -60,7 +60,7 @@ pub async fn forgot(state: &AppState, ctx: &RequestContext, email: &str) -> Resu
         now,
         chrono::Duration::from_std(state.config.reset_token_max_age)
             .unwrap_or(chrono::Duration::hours(1)),
-        ctx.locale.as_str(),
+        ctx.locale,
         ctx.trace.clone(),
     );
     state.publisher.publish_job(&job).await
@@ -315,7 +315,7 @@ async fn commit(
         },
         now,
         chrono::Duration::days(1),
-        ctx.locale.as_str(),
+        ctx.locale,
         ctx.trace.clone(),
     );
     outbox::add_job(&mut tx, Some(user_id), &notice).await?;

@@ -158,7 +158,7 @@ impl Processor {
             Ok(None) => return JobOutcome::Dropped(audit::Outcome::DroppedSuperseded),
             Err(e) => return JobOutcome::DependencyDown(e.to_string()),
         };
-        match self.renderer.render(&content, &job.locale) {
+        match self.renderer.render(&content, job.locale) {
             Ok(rendered) => self.send(job, &to, &rendered, &domain).await,
             Err(e) => JobOutcome::Dead(format!("cannot render: {e}")),
         }

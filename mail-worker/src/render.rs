@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use minijinja::value::Serde;
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
+use shared::locale::Locale;
 
 /// What an email says; the worker fills these from the job and its configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -172,8 +173,7 @@ impl Renderer {
     }
 
     /// Renders `content` in `locale`; a locale without templates falls back to English.
-    pub fn render(&self, content: &EmailContent, locale: &str) -> Result<Rendered, RenderError> {
-        let locale = shared::locale::Locale::from_tag(locale).as_str();
+    pub fn render(&self, content: &EmailContent, locale: Locale) -> Result<Rendered, RenderError> {
         let kind = content.kind();
         let mut context = Context {
             content,
@@ -195,6 +195,7 @@ impl Renderer {
             subject: None,
         };
 
+        let locale = locale.as_str();
         let subject = self.render_part(locale, kind, "subject", &context)?;
         let subject = single_line(&subject);
         context.subject = Some(subject.clone());
@@ -236,9 +237,9 @@ struct Context<'a> {
 }
 
 /// "1 hour", "1 hour and 30 minutes", "45 minutes"; "1 小时 30 分钟" in Chinese.
-fn minutes_phrase(minutes: u64, locale: &str) -> String {
+fn minutes_phrase(minutes: u64, locale: Locale) -> String {
     let (hours, rest) = (minutes / 60, minutes % 60);
-    let zh = locale == "zh-CN";
+    let zh = locale == Locale::ZhCn;
     match (hours, rest, zh) {
         (0, 0, false) => "less than a minute".to_owned(),
         (0, 0, true) => "不到 1 分钟".to_owned(),
@@ -252,8 +253,8 @@ fn minutes_phrase(minutes: u64, locale: &str) -> String {
 }
 
 /// "24 hours", "1 hour"; "24 小时" in Chinese.
-fn hours_phrase(hours: u64, locale: &str) -> String {
-    match (hours, locale == "zh-CN") {
+fn hours_phrase(hours: u64, locale: Locale) -> String {
+    match (hours, locale == Locale::ZhCn) {
         (0, false) => "less than an hour".to_owned(),
         (0, true) => "不到 1 小时".to_owned(),
         (h, false) => plural(h, "hour"),
@@ -324,7 +325,7 @@ mod tests {
 
     fn render(content: &EmailContent, locale: &str) -> Rendered {
         renderer()
-            .render(content, locale)
+            .render(content, Locale::from_tag(locale))
             .expect("the email renders")
     }
 
@@ -474,7 +475,7 @@ mod tests {
     fn a_product_name_with_markup_is_escaped_in_html() {
         let mail = Renderer::new("A&B <Accounts>")
             .expect("a valid name")
-            .render(&reset(60, None), "en")
+            .render(&reset(60, None), Locale::En)
             .expect("renders");
         assert!(mail.html.contains("A&amp;B &lt;Accounts&gt;"));
         assert!(!mail.html.contains("<Accounts>"));
@@ -543,12 +544,12 @@ mod tests {
             (1440, "24 hours", "24 小时"),
         ];
         for (minutes, en, zh) in cases {
-            assert_eq!(minutes_phrase(minutes, "en"), en);
-            assert_eq!(minutes_phrase(minutes, "zh-CN"), zh);
+            assert_eq!(minutes_phrase(minutes, Locale::En), en);
+            assert_eq!(minutes_phrase(minutes, Locale::ZhCn), zh);
         }
-        assert_eq!(hours_phrase(1, "en"), "1 hour");
-        assert_eq!(hours_phrase(48, "en"), "48 hours");
-        assert_eq!(hours_phrase(24, "zh-CN"), "24 小时");
+        assert_eq!(hours_phrase(1, Locale::En), "1 hour");
+        assert_eq!(hours_phrase(48, Locale::En), "48 hours");
+        assert_eq!(hours_phrase(24, Locale::ZhCn), "24 小时");
     }
 
     #[test]

@@ -83,7 +83,10 @@ pub async fn send_test(
     let renderer =
         Renderer::new(&config.product_name).map_err(|e| anyhow::anyhow!("email templates: {e}"))?;
     let rendered = renderer
-        .render(&sample(kind, &config.public_base_url), locale)
+        .render(
+            &sample(kind, &config.public_base_url),
+            shared::locale::Locale::from_tag(locale),
+        )
         .map_err(|e| anyhow::anyhow!("cannot render: {e}"))?;
     let mailer = Mailer::new(&config.transport, config.smtp_timeout, 1, &config.tls)?;
     let sent = mailer

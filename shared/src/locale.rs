@@ -71,6 +71,29 @@ impl Locale {
     }
 }
 
+/// On the queue a locale is its tag (`"en"`, `"zh-CN"`). Reading is lenient: any tag maps to
+/// the locale it asks for, or English (see [`Locale::from_tag`]), so a job from an api that
+/// knows a language this worker has no templates for is written in English, not refused.
+impl serde::Serialize for Locale {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Locale {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let tag = String::deserialize(deserializer)?;
+        Ok(Locale::from_tag(&tag))
+    }
+}
+
+/// A tag, read as [`Locale::from_tag`] does.
+impl From<&str> for Locale {
+    fn from(tag: &str) -> Self {
+        Locale::from_tag(tag)
+    }
+}
+
 impl std::fmt::Display for Locale {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -128,5 +151,21 @@ mod tests {
             let negotiated = Locale::negotiate(header);
             assert_eq!(Locale::from_tag(negotiated.as_str()), negotiated);
         }
+    }
+
+    #[test]
+    fn a_locale_travels_as_its_tag_and_any_tag_is_read() {
+        for locale in Locale::ALL {
+            let json = serde_json::to_string(&locale).expect("serialises");
+            assert_eq!(json, format!("\"{}\"", locale.as_str()));
+            let back: Locale = serde_json::from_str(&json).expect("deserialises");
+            assert_eq!(back, locale);
+        }
+        // A tag this version has no templates for is read as English, not refused.
+        let read: Locale = serde_json::from_str("\"fr-CA\"").expect("deserialises");
+        assert_eq!(read, Locale::En);
+        let read: Locale = serde_json::from_str("\"zh-Hans-CN\"").expect("deserialises");
+        assert_eq!(read, Locale::ZhCn);
+        assert!(serde_json::from_str::<Locale>("7").is_err());
     }
 }

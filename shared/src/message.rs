@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::locale::Locale;
+
 /// Envelope format version. A worker refuses (dead-letters) versions it does not know instead
 /// of guessing at their meaning.
 pub const ENVELOPE_VERSION: u16 = 1;
@@ -25,8 +27,9 @@ pub struct Envelope {
     pub created_at: DateTime<Utc>,
     /// After this instant the email is useless (its link would be dead) and is not sent.
     pub not_after: DateTime<Utc>,
-    /// BCP 47 language chosen from the request's `Accept-Language` (e.g. `en`, `zh-CN`).
-    pub locale: String,
+    /// The language chosen from the request's `Accept-Language`; a BCP 47 tag on the queue
+    /// (`en`, `zh-CN`).
+    pub locale: Locale,
     /// Correlation data so one request can be followed from HTTP to SMTP in the logs.
     pub trace: Trace,
     /// What to send; serialised as `"kind"` and `"payload"` beside the fields above.
@@ -142,7 +145,7 @@ impl Envelope {
         job: Job,
         now: DateTime<Utc>,
         ttl: chrono::Duration,
-        locale: &str,
+        locale: impl Into<Locale>,
         trace: Trace,
     ) -> Self {
         Self {
@@ -151,7 +154,7 @@ impl Envelope {
             attempt: 0,
             created_at: now,
             not_after: now + ttl,
-            locale: locale.to_owned(),
+            locale: locale.into(),
             trace,
             job,
         }

@@ -110,7 +110,7 @@ pub async fn sign_up(
             ),
         };
         let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
-        Envelope::new(job, now, ttl, ctx.locale.as_str(), ctx.trace.clone())
+        Envelope::new(job, now, ttl, ctx.locale, ctx.trace.clone())
     };
     store::users::sign_up(
         &state.db,

@@ -201,7 +201,10 @@ async fn jobs_carry_locale_request_id_and_traceparent() {
     let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let job = app.jobs(1).await.remove(0);
     let envelope = job.envelope();
-    assert_eq!(envelope.locale, "zh-CN");
+    assert_eq!(envelope.locale, shared::locale::Locale::ZhCn);
+    // On the queue, the locale is its tag.
+    let raw: serde_json::Value = serde_json::from_slice(&job.body).unwrap();
+    assert_eq!(raw["locale"], "zh-CN");
     assert_eq!(
         envelope.trace.request_id.as_deref(),
         Some(request_id.as_str())
