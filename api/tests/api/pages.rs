@@ -259,3 +259,65 @@ async fn a_verification_link_needs_a_click_not_just_a_visit() {
         .await;
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_form_that_cannot_be_read_gets_the_page_that_says_so_in_its_language_and_changes_nothing()
+{
+    let app = spawn_app().await;
+    let user = app.create_user("ann@example.org", STRONG).await;
+    let token = app.mint(Purpose::PasswordReset, user).await;
+    let version = app.password_version(user).await;
+    // Each form without the fields it needs (a reset with no confirmation, a code form
+    // without a code).
+    let forms: [(&str, Vec<(&str, &str)>); 5] = [
+        ("/forgot-password", vec![]),
+        (
+            "/reset-password",
+            vec![("token", &token), ("password", STRONGER)],
+        ),
+        ("/reset-password/code", vec![("email", "ann@example.org")]),
+        ("/verify-email", vec![("password", STRONG)]),
+        ("/lock-account", vec![]),
+    ];
+    for (path, fields) in &forms {
+        let r = app.form(path, fields).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        let html = r.text().await.unwrap();
+        assert!(
+            html.contains("The form could not be read"),
+            "{path}: {html}"
+        );
+        let r = app
+            .client
+            .post(app.url(path))
+            .header("accept-language", "zh-CN")
+            .form(fields)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        let html = r.text().await.unwrap();
+        assert!(html.contains("无法读取表单"), "{path}: {html}");
+    }
+    // The link was only carried, never used.
+    assert_eq!(app.password_version(user).await, version);
+    assert_eq!(
+        app.form(
+            "/reset-password",
+            &[
+                ("token", &token),
+                ("password", STRONGER),
+                ("password_confirm", STRONGER)
+            ]
+        )
+        .await
+        .status(),
+        StatusCode::SEE_OTHER
+    );
+    assert!(
+        app.drain_jobs()
+            .await
+            .iter()
+            .all(|job| !matches!(job.job, shared::message::Job::PasswordResetRequested { .. }))
+    );
+}

@@ -1,15 +1,14 @@
 //! Forgot password: the address form, and the same neutral page for every address.
 
 use axum::{
-    Form,
-    extract::{State, rejection::FormRejection},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
 use minijinja::context;
 use serde::Deserialize;
 
-use super::Page;
+use super::{Page, PageForm};
 use crate::{error::ApiError, extract::RequestContext, recovery, state::AppState};
 
 pub(super) async fn form(State(state): State<AppState>, ctx: RequestContext) -> Response {
@@ -30,12 +29,9 @@ pub(super) struct ForgotForm {
 pub(super) async fn submit(
     State(state): State<AppState>,
     ctx: RequestContext,
-    form: Result<Form<ForgotForm>, FormRejection>,
+    PageForm(form): PageForm<ForgotForm>,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
-    let Ok(Form(form)) = form else {
-        return page.bad_form();
-    };
     match recovery::forgot(&state, &ctx, &form.email).await {
         Ok(()) => {
             let (title, text) = (page.t("sent_title"), page.t("sent_message"));

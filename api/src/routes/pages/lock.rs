@@ -1,15 +1,14 @@
 //! Lock the account ("this wasn't me", from the password-changed email).
 
 use axum::{
-    Form,
-    extract::{Query, State, rejection::FormRejection},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
 use serde::Deserialize;
 use shared::token::Purpose;
 
-use super::{Page, TokenQuery};
+use super::{LinkToken, Page, PageForm};
 use crate::{error::ApiError, extract::RequestContext, recovery, state::AppState};
 
 /// Where a lock sends the browser (303).
@@ -20,10 +19,9 @@ pub(super) const DONE_PATH: &str = "/lock-account/done";
 pub(super) async fn form(
     State(state): State<AppState>,
     ctx: RequestContext,
-    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+    LinkToken(token): LinkToken,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
-    let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
     match recovery::inspect_link(&state, ctx.ip, Purpose::AccountLock, &token).await {
         Ok(()) => page.form(StatusCode::OK, "lock.html", &token, ""),
         Err(e) => page.link_problem(&e),
@@ -43,12 +41,9 @@ pub(super) struct LockForm {
 pub(super) async fn submit(
     State(state): State<AppState>,
     ctx: RequestContext,
-    form: Result<Form<LockForm>, FormRejection>,
+    PageForm(form): PageForm<LockForm>,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
-    let Ok(Form(form)) = form else {
-        return page.bad_form();
-    };
     let typed = Some(form.email.as_str());
     match crate::lock::with_link(&state, &ctx, &form.token, typed).await {
         Ok(()) => Redirect::to(DONE_PATH).into_response(),

@@ -20,14 +20,15 @@ mod verify;
 use std::collections::{BTreeMap, HashMap};
 
 use axum::{
-    Router,
-    http::{HeaderValue, StatusCode, header},
+    Form, Router,
+    extract::{FromRequest, FromRequestParts, Query, Request},
+    http::{HeaderValue, StatusCode, header, request::Parts},
     middleware,
     response::{Html, IntoResponse, Response},
     routing::{get, post},
 };
 use minijinja::{Environment, context};
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use shared::{links, locale::Locale};
 
 use crate::{error::ApiError, state::AppState};
@@ -123,10 +124,41 @@ pub fn router(state: AppState) -> Router<AppState> {
         .layer(middleware::from_fn(guard::page_headers))
 }
 
-/// The `?token=` of a link.
-#[derive(Debug, Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
+/// The `?token=` of a link; empty when the query has none or cannot be read.
+struct LinkToken(String);
+
+impl FromRequestParts<AppState> for LinkToken {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        #[derive(Deserialize)]
+        struct TokenQuery {
+            token: Option<String>,
+        }
+        let query = Query::<TokenQuery>::from_request_parts(parts, state).await;
+        Ok(LinkToken(
+            query.ok().and_then(|Query(q)| q.token).unwrap_or_default(),
+        ))
+    }
+}
+
+/// A submitted form; one that cannot be read is answered with the page that says so, in the
+/// request's language.
+struct PageForm<T>(T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for PageForm<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let locale = crate::extract::locale(request.headers());
+        match Form::<T>::from_request(request, state).await {
+            Ok(Form(form)) => Ok(PageForm(form)),
+            Err(_) => Err(Page::new(state, locale).bad_form()),
+        }
+    }
 }
 
 /// One page being answered: the state and the page's language.

@@ -2,8 +2,7 @@
 //! device), and the page after either.
 
 use axum::{
-    Form,
-    extract::{Query, State, rejection::FormRejection},
+    extract::State,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Redirect, Response},
 };
@@ -11,7 +10,7 @@ use minijinja::context;
 use serde::Deserialize;
 use shared::token::Purpose;
 
-use super::{Page, TokenQuery, with_retry_after};
+use super::{LinkToken, Page, PageForm, with_retry_after};
 use crate::{
     error::ApiError, extract::RequestContext, recovery, routes::with_device, state::AppState,
 };
@@ -28,10 +27,9 @@ pub(super) const DONE_PATH: &str = "/reset-password/done";
 pub(super) async fn form(
     State(state): State<AppState>,
     ctx: RequestContext,
-    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+    LinkToken(token): LinkToken,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
-    let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
     if token.is_empty() {
         return code_form(page, StatusCode::OK, "", "", "");
     }
@@ -54,12 +52,9 @@ pub(super) async fn submit(
     State(state): State<AppState>,
     ctx: RequestContext,
     headers: HeaderMap,
-    form: Result<Form<ResetForm>, FormRejection>,
+    PageForm(form): PageForm<ResetForm>,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
-    let Ok(Form(form)) = form else {
-        return page.bad_form();
-    };
     let again = |error: &str| {
         page.form(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -102,12 +97,9 @@ pub(super) async fn code_submit(
     State(state): State<AppState>,
     ctx: RequestContext,
     headers: HeaderMap,
-    form: Result<Form<CodeForm>, FormRejection>,
+    PageForm(form): PageForm<CodeForm>,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
-    let Ok(Form(form)) = form else {
-        return page.bad_form();
-    };
     let again = |error: &str| {
         let status = StatusCode::UNPROCESSABLE_ENTITY;
         code_form(page, status, &form.email, &form.code, error)

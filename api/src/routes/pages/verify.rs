@@ -1,14 +1,13 @@
 //! Verify an email address: the link's page asks for the account's password.
 
 use axum::{
-    Form,
-    extract::{Query, State, rejection::FormRejection},
+    extract::State,
     http::{HeaderMap, StatusCode},
     response::Response,
 };
 use serde::Deserialize;
 
-use super::{Page, TokenQuery};
+use super::{LinkToken, Page, PageForm};
 use crate::{
     error::ApiError,
     extract::RequestContext,
@@ -22,7 +21,7 @@ use crate::{
 pub(super) async fn form(
     State(state): State<AppState>,
     ctx: RequestContext,
-    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+    LinkToken(token): LinkToken,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
     let (limiter, refusals) = (&state.limiter, &state.refusals);
@@ -30,7 +29,6 @@ pub(super) async fn form(
     {
         return page.link_problem(&e);
     }
-    let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
     page.form(StatusCode::OK, "verify.html", &token, "")
 }
 
@@ -44,12 +42,9 @@ pub(super) async fn submit(
     State(state): State<AppState>,
     ctx: RequestContext,
     headers: HeaderMap,
-    form: Result<Form<VerifyForm>, FormRejection>,
+    PageForm(form): PageForm<VerifyForm>,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
-    let Ok(Form(form)) = form else {
-        return page.bad_form();
-    };
     let again =
         |status: StatusCode, error: &str| page.form(status, "verify.html", &form.token, error);
     match users::verify(&state, &ctx, &headers, &form.token, form.password.clone()).await {
