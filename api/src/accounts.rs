@@ -93,7 +93,7 @@ pub async fn run(config: &Config, request: &Request) -> anyhow::Result<String> {
                 locale: shared::locale::Locale::En,
                 detail: Some(&detail),
                 reset_max_age: config.reset_token_max_age,
-                now: chrono::Utc::now(),
+                now: shared::clock::Clock::now(&shared::clock::SystemClock),
                 unusable_hash: &unusable_hash,
             };
             let committed = lock::commit(&db, &user, &lock)

@@ -174,7 +174,7 @@ impl Consumer {
                         if !jitter.is_zero() {
                             tokio::time::sleep(jitter).await;
                         }
-                        handler.handle(batch).await
+                        handler.handle(batch).await;
                     });
                     while tasks.try_join_next().is_some() {}
                     if let Some(e) = ended {

@@ -295,7 +295,7 @@ impl Processor {
                     "no such mailbox; the address is suppressed");
             }
             Err(e) => {
-                tracing::error!(error = %e, "could not suppress an address whose mailbox does not exist")
+                tracing::error!(error = %e, "could not suppress an address whose mailbox does not exist");
             }
         }
     }

@@ -3,8 +3,6 @@
 //! can see the provider take (or refuse) mail from this deployment. The links in it are
 //! marked as tests and lead nowhere: no token is minted, no account is touched.
 
-use std::time::SystemTime;
-
 use lettre::message::Mailbox;
 use uuid::Uuid;
 
@@ -52,7 +50,7 @@ fn sample(kind: Kind, base: &str) -> EmailContent {
             sign_up_url: format!("{base}/"),
         },
         Kind::PasswordChanged => EmailContent::PasswordChanged {
-            changed_at: chrono::Utc::now(),
+            changed_at: shared::clock::Clock::now(&shared::clock::SystemClock),
             from_ip: Some("192.0.2.1".into()),
             forgot_password_url,
             lock_url: Some(links::with_token(
@@ -94,7 +92,7 @@ pub async fn send_test(
             &from,
             Outgoing {
                 job_id: Uuid::now_v7(),
-                composed_at: SystemTime::now(),
+                composed_at: shared::clock::Clock::now(&shared::clock::SystemClock).into(),
                 to: &to,
                 content: &rendered,
             },

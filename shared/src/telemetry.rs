@@ -66,6 +66,10 @@ pub fn prometheus() -> PrometheusHandle {
                 .name("metrics-upkeep".into())
                 .spawn(move || {
                     loop {
+                        #[allow(
+                            clippy::disallowed_methods,
+                            reason = "a thread of its own, outside the async runtime"
+                        )]
                         std::thread::sleep(UPKEEP_EVERY);
                         upkeep.run_upkeep();
                     }
