@@ -462,6 +462,12 @@ impl StackEnv {
             .await
     }
 
+    /// Messages ready in `queue` (a delay queue, say), asked of the first broker of
+    /// `amqp_urls` (comma-separated) that answers; 0 if there is no such queue.
+    pub async fn ready_in_on(&self, amqp_urls: &str, queue: &str) -> anyhow::Result<u32> {
+        self.ready_on(amqp_urls, &[queue.to_owned()]).await
+    }
+
     /// Messages ready in `queues` together, asked of the first broker of `amqp_urls` that
     /// answers.
     async fn ready_on(&self, amqp_urls: &str, queues: &[String]) -> anyhow::Result<u32> {
