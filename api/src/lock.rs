@@ -169,7 +169,8 @@ pub async fn with_link(
         locale: ctx.locale,
         detail: None,
         reset_max_age: state.config.reset_token_max_age,
-        now,
+        // After the hashing, which can wait its turn: the reset email lives its full time.
+        now: state.clock.now(),
         unusable_hash: &unusable_hash,
     };
     match commit(&state.db, &user, &lock).await {

@@ -2,11 +2,12 @@
 //! commit they share. The JSON routes and the HTML pages only translate HTTP to these
 //! functions; the "this wasn't me" lock is in [`crate::lock`].
 //!
-//! A reset runs in one order, whichever way it was authorised: the client's budget; every
-//! check that can fail without side effects (so a refused password leaves the link usable);
-//! the burn, the single point where concurrent submissions are decided; then the change
-//! ([`finish`]): hash, commit with its audit row, event and notice (the outbox relays the
-//! last two), revoke the sessions.
+//! A reset runs in one order, whichever way it was authorised: the client's budget (for a code,
+//! after the site-wide breaker, which only reads); the checks of the link or code, which
+//! change nothing but a wrong code's counts; the new password's checks (a refused password
+//! leaves the link usable); the burn, the single point where concurrent submissions are
+//! decided; then the change ([`finish`]): hash, commit with its audit row, event and notice
+//! (the outbox relays the last two), revoke the sessions.
 
 use serde_json::json;
 use shared::{

@@ -90,10 +90,12 @@ impl Pages {
         self.env.get_template(name)?.render(ctx)
     }
 
-    /// The texts of `locale`.
+    /// The texts of `locale` (English's for a locale without its own file).
     fn texts(&self, locale: Locale) -> &BTreeMap<String, String> {
         static NONE: BTreeMap<String, String> = BTreeMap::new();
-        self.texts.get(&locale).unwrap_or(&NONE)
+        (self.texts.get(&locale))
+            .or_else(|| self.texts.get(&Locale::FALLBACK))
+            .unwrap_or(&NONE)
     }
 }
 
