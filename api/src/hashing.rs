@@ -856,7 +856,7 @@ mod tests {
                     }
                 })
                 .await
-                .expect("the buffer was released")
+                .expect("the buffer was released");
             }
         };
         let first = h.hash_for(ME, "first".into()).await.expect("hash");

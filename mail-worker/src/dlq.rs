@@ -104,7 +104,10 @@ async fn insert(db: &PgPool, delivery: &Delivery) -> Result<(), sqlx::Error> {
     });
     let dead_at = retry::string_header(headers, retry::DEAD_AT_HEADER)
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-        .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
+        .map_or_else(
+            || shared::clock::Clock::now(&shared::clock::SystemClock),
+            |t| t.with_timezone(&chrono::Utc),
+        );
     shared::db::execute(
         db,
         sqlx::query(

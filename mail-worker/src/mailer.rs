@@ -227,6 +227,10 @@ pub fn redact_addresses(text: &str) -> String {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests compare with the wall clock"
+)]
 mod tests {
     use super::*;
     use crate::smtp::tests::{Behaviour, TestServer};

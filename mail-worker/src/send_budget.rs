@@ -433,6 +433,10 @@ pub fn domain_class(domain: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    #![allow(
+        clippy::disallowed_methods,
+        reason = "tests compare with the wall clock"
+    )]
 
     use shared::keys::Keys;
 

@@ -70,6 +70,10 @@ impl Clock for ManualClock {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests compare with the wall clock"
+)]
 mod tests {
     use super::*;
     use chrono::TimeZone;

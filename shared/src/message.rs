@@ -185,6 +185,10 @@ impl Envelope {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests compare with the wall clock"
+)]
 mod tests {
     use super::*;
 

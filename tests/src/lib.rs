@@ -2,6 +2,12 @@
 //! databases, key and queue namespaces, a fault-injecting TCP proxy and a job reader, all
 //! against the real PostgreSQL, Redis and RabbitMQ of the machine.
 
+// Tests measure real time against real services, and pace processes from plain threads.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests measure real time against real services"
+)]
+
 pub mod broker;
 pub mod client;
 pub mod pgbouncer;

@@ -1,5 +1,9 @@
 //! The worker's delivery guarantees against a real, fault-injecting SMTP server: retries with
 //! backoff, dead letters with their reasons, replay, outages, crashes, competing consumers.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests measure real time against real services"
+)]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;

@@ -2,6 +2,10 @@
 //! RabbitMQ, Redis, PostgreSQL and an SMTP server): whatever kind of email requests cause, and
 //! however the address is spelled, one mailbox gets at most `MAIL_PER_RECIPIENT_PER_HOUR` of
 //! them; other mailboxes are not affected, and a job that is retried counts once.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests measure real time against real services"
+)]
 #![allow(clippy::unwrap_used)]
 
 use std::{collections::HashMap, time::Duration};

@@ -15,12 +15,12 @@ use shared::{
 };
 use uuid::Uuid;
 
-pub const STRONG: &str = "correct horse battery staple 42";
-pub const STRONGER: &str = "plaid zebra umbrella tangerine 97";
+pub(crate) const STRONG: &str = "correct horse battery staple 42";
+pub(crate) const STRONGER: &str = "plaid zebra umbrella tangerine 97";
 
 /// Status, headers (minus the per-request date and request id) and body bytes: what must be
 /// identical between answers that may not be told apart.
-pub async fn fingerprint(
+pub(crate) async fn fingerprint(
     r: Response,
 ) -> (
     StatusCode,
@@ -37,7 +37,7 @@ pub async fn fingerprint(
     (status, headers, r.bytes().await.unwrap().to_vec())
 }
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub base: String,
     /// Base URL of the metrics listener (`API_METRICS_BIND`).
     pub metrics_base: String,
@@ -64,7 +64,7 @@ impl Drop for TestApp {
 
 /// Builds the configuration a test app runs with: the tests' common table
 /// ([`e2e::test_env`]) and the api tests' own settings; `overrides` win.
-pub async fn test_config(overrides: &[(&str, &str)]) -> Config {
+pub(crate) async fn test_config(overrides: &[(&str, &str)]) -> Config {
     let id = e2e::unique_id();
     let database_url = e2e::create_database().await.expect("create test database");
     let mut env: HashMap<String, String> = e2e::test_env(&format!("t-{id}"), &database_url)
@@ -82,15 +82,15 @@ pub async fn test_config(overrides: &[(&str, &str)]) -> Config {
     Config::from_lookup(|k| env.get(k).cloned()).expect("valid test configuration")
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_with(&[]).await
 }
 
-pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestApp {
+pub(crate) async fn spawn_with(overrides: &[(&str, &str)]) -> TestApp {
     spawn_config(test_config(overrides).await).await
 }
 
-pub async fn spawn_config(config: Config) -> TestApp {
+pub(crate) async fn spawn_config(config: Config) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         shared::telemetry::init("warn");
     }
@@ -132,11 +132,11 @@ pub async fn spawn_config(config: Config) -> TestApp {
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> Response {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Response {
         self.client
             .post(self.url(path))
             .json(&body)
@@ -146,7 +146,7 @@ impl TestApp {
     }
 
     /// Posts an HTML form.
-    pub async fn form(&self, path: &str, fields: &[(&str, &str)]) -> Response {
+    pub(crate) async fn form(&self, path: &str, fields: &[(&str, &str)]) -> Response {
         self.client
             .post(self.url(path))
             .form(fields)
@@ -155,17 +155,17 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn get(&self, path: &str) -> Response {
+    pub(crate) async fn get(&self, path: &str) -> Response {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
-    pub async fn forgot(&self, email: &str) -> Response {
+    pub(crate) async fn forgot(&self, email: &str) -> Response {
         self.post("/v1/password/forgot", json!({ "email": email }))
             .await
     }
 
     /// Waits for `n` mail jobs and returns them.
-    pub async fn jobs(&self, n: usize) -> Vec<Received> {
+    pub(crate) async fn jobs(&self, n: usize) -> Vec<Received> {
         let got = self
             .reader
             .take(&self.topology.jobs_queue(), n, Duration::from_secs(10))
@@ -176,7 +176,7 @@ impl TestApp {
     }
 
     /// Everything queued right now.
-    pub async fn drain_jobs(&self) -> Vec<Envelope> {
+    pub(crate) async fn drain_jobs(&self) -> Vec<Envelope> {
         self.reader
             .drain(&self.topology.jobs_queue())
             .await
@@ -188,14 +188,14 @@ impl TestApp {
 
     /// Signs up, confirms the address with a verification link and the password (as the
     /// person would), and returns the new user's id. Only verified accounts can sign in.
-    pub async fn create_user(&self, email: &str, password: &str) -> Uuid {
+    pub(crate) async fn create_user(&self, email: &str, password: &str) -> Uuid {
         let user = self.sign_up(email, password).await;
         self.verify(user, password).await;
         user
     }
 
     /// `POST /v1/email/verify` with `token` and `password`.
-    pub async fn verify_answer(&self, token: &str, password: &str) -> Response {
+    pub(crate) async fn verify_answer(&self, token: &str, password: &str) -> Response {
         self.post(
             "/v1/email/verify",
             json!({ "token": token, "password": password }),
@@ -204,7 +204,7 @@ impl TestApp {
     }
 
     /// Confirms `user`'s address with a fresh verification link and `password`.
-    pub async fn verify(&self, user: Uuid, password: &str) {
+    pub(crate) async fn verify(&self, user: Uuid, password: &str) {
         let token = self.mint(Purpose::EmailVerify, user).await;
         let r = self.verify_answer(&token, password).await;
         assert_eq!(
@@ -216,7 +216,7 @@ impl TestApp {
     }
 
     /// Signs up without verifying and returns the new user's id (from the verification job).
-    pub async fn sign_up(&self, email: &str, password: &str) -> Uuid {
+    pub(crate) async fn sign_up(&self, email: &str, password: &str) -> Uuid {
         let r = self
             .post("/v1/users", json!({ "email": email, "password": password }))
             .await;
@@ -250,7 +250,7 @@ impl TestApp {
     }
 
     /// Signs in and returns the session token.
-    pub async fn login(&self, email: &str, password: &str) -> String {
+    pub(crate) async fn login(&self, email: &str, password: &str) -> String {
         let r = self
             .post(
                 "/v1/sessions",
@@ -269,7 +269,7 @@ impl TestApp {
             .to_owned()
     }
 
-    pub async fn me(&self, session: &str) -> Response {
+    pub(crate) async fn me(&self, session: &str) -> Response {
         self.client
             .get(self.url("/v1/me"))
             .bearer_auth(session)
@@ -278,7 +278,7 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(e2e::redis_url())
             .unwrap()
             .get_multiplexed_async_connection()
@@ -286,7 +286,7 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn password_version(&self, user: Uuid) -> i32 {
+    pub(crate) async fn password_version(&self, user: Uuid) -> i32 {
         sqlx::query_scalar("SELECT password_version FROM users WHERE id = $1")
             .bind(user)
             .fetch_one(&self.state.db)
@@ -295,11 +295,11 @@ impl TestApp {
     }
 
     /// Issues a link the way the worker does: bump the user's generation, sign the claims.
-    pub async fn mint(&self, purpose: Purpose, user: Uuid) -> String {
+    pub(crate) async fn mint(&self, purpose: Purpose, user: Uuid) -> String {
         self.mint_at(purpose, user, self.clock.now_secs()).await
     }
 
-    pub async fn mint_at(&self, purpose: Purpose, user: Uuid, timestamp: i64) -> String {
+    pub(crate) async fn mint_at(&self, purpose: Purpose, user: Uuid, timestamp: i64) -> String {
         let mut redis = self.redis().await;
         let generation: i64 = redis::Script::new(shared::keys::NEXT_GENERATION_LUA)
             .key(self.keys.token_generation(user, purpose))
@@ -314,7 +314,7 @@ impl TestApp {
 
     /// Issues a reset link and its one-time code the way the worker does for a reset email;
     /// returns both.
-    pub async fn issue_code(&self, user: Uuid, email_key: &str) -> (String, String) {
+    pub(crate) async fn issue_code(&self, user: Uuid, email_key: &str) -> (String, String) {
         let now = self.clock.now_secs();
         let token = self.mint_at(Purpose::PasswordReset, user, now).await;
         let claims: Claims = self
@@ -339,7 +339,12 @@ impl TestApp {
     }
 
     /// `POST /v1/password/reset/code`.
-    pub async fn reset_with_code(&self, email: &str, code: &str, new_password: &str) -> Response {
+    pub(crate) async fn reset_with_code(
+        &self,
+        email: &str,
+        code: &str,
+        new_password: &str,
+    ) -> Response {
         self.post(
             "/v1/password/reset/code",
             json!({ "email": email, "code": code, "new_password": new_password }),
@@ -348,18 +353,18 @@ impl TestApp {
     }
 
     /// The full readiness report (`/readyz` on the metrics listener, probed on every call).
-    pub async fn readiness(&self) -> Response {
+    pub(crate) async fn readiness(&self) -> Response {
         reqwest::get(format!("{}/readyz", self.metrics_base))
             .await
             .unwrap()
     }
 
     /// Waits for the refusal rows written beside the answers (see `api::audit::RefusalAudit::refused`).
-    pub async fn settle_audit(&self) {
+    pub(crate) async fn settle_audit(&self) {
         self.state.refusals.settle().await;
     }
 
-    pub async fn audit_outcomes(&self, action: &str) -> Vec<String> {
+    pub(crate) async fn audit_outcomes(&self, action: &str) -> Vec<String> {
         self.settle_audit().await;
         sqlx::query_scalar("SELECT outcome FROM audit_events WHERE action = $1 ORDER BY id")
             .bind(action)
@@ -381,7 +386,7 @@ impl NowSecs for ManualClock {
 }
 
 /// Asserts the JSON error shape and code of a response.
-pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> Value {
+pub(crate) async fn assert_error(r: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(r.status(), status);
     assert_eq!(
         r.headers()
@@ -399,7 +404,7 @@ pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> Value 
 }
 
 /// Status and body of a sign-in.
-pub async fn sign_in_answer(app: &TestApp, email: &str, password: &str) -> Response {
+pub(crate) async fn sign_in_answer(app: &TestApp, email: &str, password: &str) -> Response {
     app.post(
         "/v1/sessions",
         json!({ "email": email, "password": password }),

@@ -1,6 +1,10 @@
 //! HTTP-level integration tests of the api against the real PostgreSQL, Redis and RabbitMQ.
 //! Every test builds its own application with its own database, Redis key prefix and broker
 //! namespace, so tests run in parallel without seeing each other.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests measure real time against real services"
+)]
 #![allow(clippy::unwrap_used)]
 
 mod attacks;

@@ -1,4 +1,8 @@
 //! Planning per job kind and account state.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests compare with the wall clock"
+)]
 
 use super::*;
 

@@ -80,7 +80,7 @@ pub(crate) struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start(behaviour: Behaviour) -> Self {
+    pub(crate) async fn start(behaviour: Behaviour) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -126,11 +126,11 @@ impl TestServer {
         Self { addr, seen }
     }
 
-    pub fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+    pub(crate) fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
         f(&self.seen.lock().unwrap())
     }
 
-    pub fn url(&self, scheme: &str, query: &str) -> String {
+    pub(crate) fn url(&self, scheme: &str, query: &str) -> String {
         format!("{scheme}://127.0.0.1:{}{query}", self.addr.port())
     }
 }

@@ -18,13 +18,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Long enough for any step of a test on a loaded machine; a passing test waits far less.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The retry schedule of most tests: long delays, so a parked job stays where the test can
 /// look at it.
-pub const SLOW_RETRIES: &str = "60,600";
+pub(crate) const SLOW_RETRIES: &str = "60,600";
 
-pub struct TestWorker {
+pub(crate) struct TestWorker {
     pub db: PgPool,
     pub clock: ManualClock,
     pub sink: SmtpSink,
@@ -63,7 +63,7 @@ async fn migrate(db: &PgPool) {
 }
 
 /// Starts a worker with the test settings, `overrides` winning.
-pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestWorker {
+pub(crate) async fn spawn_with(overrides: &[(&str, &str)]) -> TestWorker {
     if std::env::var_os("TEST_LOG").is_some() {
         shared::telemetry::init("info");
     }
@@ -122,7 +122,7 @@ pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestWorker {
     worker
 }
 
-pub async fn spawn() -> TestWorker {
+pub(crate) async fn spawn() -> TestWorker {
     spawn_with(&[]).await
 }
 
@@ -139,7 +139,7 @@ impl TestWorker {
     }
 
     /// Stops the worker as SIGTERM does and waits until it has returned.
-    pub async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -150,7 +150,7 @@ impl TestWorker {
 
     /// A job created now (by the test's clock), as the api would publish it, with a request
     /// id of its own so its audit row can be found.
-    pub fn job(&self, job: Job) -> Envelope {
+    pub(crate) fn job(&self, job: Job) -> Envelope {
         Envelope::new(
             job,
             self.clock.now(),
@@ -164,13 +164,13 @@ impl TestWorker {
     }
 
     /// Publishes `envelope` to the work queue (confirmed), as the api does.
-    pub async fn publish(&self, envelope: &Envelope) {
+    pub(crate) async fn publish(&self, envelope: &Envelope) {
         self.publish_raw(&envelope.encode(), Some(envelope.id))
             .await;
     }
 
     /// Publishes raw bytes as a job (confirmed).
-    pub async fn publish_raw(&self, body: &[u8], id: Option<Uuid>) {
+    pub(crate) async fn publish_raw(&self, body: &[u8], id: Option<Uuid>) {
         let mut properties =
             BasicProperties::default().with_content_type("application/json".into());
         if let Some(id) = id {
@@ -190,7 +190,7 @@ impl TestWorker {
     }
 
     /// A user as the api stores one.
-    pub async fn add_user(&self, email: &str, verified: bool) -> Uuid {
+    pub(crate) async fn add_user(&self, email: &str, verified: bool) -> Uuid {
         let id = Uuid::now_v7();
         sqlx::query(
             "INSERT INTO users (id, email, email_key, password_hash, email_verified_at)
@@ -207,7 +207,7 @@ impl TestWorker {
     }
 
     /// The audit outcomes written for `job` (found by its request id), once there are `n`.
-    pub async fn audit_outcomes(&self, job: &Envelope, n: usize) -> Vec<Outcome> {
+    pub(crate) async fn audit_outcomes(&self, job: &Envelope, n: usize) -> Vec<Outcome> {
         let request_id = job.trace.request_id.clone();
         let read = || async {
             sqlx::query_scalar::<_, String>(
@@ -236,14 +236,14 @@ impl TestWorker {
     }
 
     /// The one audit outcome of `job`, once written.
-    pub async fn outcome(&self, job: &Envelope) -> Outcome {
+    pub(crate) async fn outcome(&self, job: &Envelope) -> Outcome {
         let mut rows = self.audit_outcomes(job, 1).await;
         assert_eq!(rows.len(), 1, "one audit row for job {}: {rows:?}", job.id);
         rows.remove(0)
     }
 
     /// Messages ready in `queue` (not counting the ones a consumer holds).
-    pub async fn ready_in(&self, queue: &str) -> u32 {
+    pub(crate) async fn ready_in(&self, queue: &str) -> u32 {
         self.reader
             .channel()
             .queue_declare(
@@ -260,12 +260,12 @@ impl TestWorker {
     }
 
     /// Waits until `queue` holds `n` messages, then takes them.
-    pub async fn take(&self, queue: &str, n: usize) -> Vec<Received> {
+    pub(crate) async fn take(&self, queue: &str, n: usize) -> Vec<Received> {
         self.reader.take(queue, n, PATIENCE).await.expect("read")
     }
 
     /// The dead letters the worker archived (reason, kind), once there are `n`.
-    pub async fn dead_letters(&self, n: usize) -> Vec<(String, Option<String>)> {
+    pub(crate) async fn dead_letters(&self, n: usize) -> Vec<(String, Option<String>)> {
         let read = || async {
             sqlx::query_as::<_, (String, Option<String>)>(
                 "SELECT reason, kind FROM dead_letters ORDER BY id",
@@ -283,7 +283,7 @@ impl TestWorker {
     }
 
     /// A Redis connection (for the keys the worker keeps).
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(e2e::redis_url())
             .expect("redis url")
             .get_multiplexed_async_connection()
@@ -292,7 +292,7 @@ impl TestWorker {
     }
 
     /// Whether the worker recorded `job` as delivered (its idempotency marker).
-    pub async fn marked_sent(&self, job: &Envelope) -> bool {
+    pub(crate) async fn marked_sent(&self, job: &Envelope) -> bool {
         redis::cmd("EXISTS")
             .arg(self.keys.job_sent(job.id))
             .query_async::<bool>(&mut self.redis().await)
@@ -301,7 +301,7 @@ impl TestWorker {
     }
 
     /// This process's count of `jobs_total{kind, outcome}`.
-    pub fn jobs_total(&self, kind: &str, outcome: &str) -> u64 {
+    pub(crate) fn jobs_total(&self, kind: &str, outcome: &str) -> u64 {
         let wanted = format!("jobs_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} ");
         shared::telemetry::prometheus()
             .render()
@@ -312,7 +312,7 @@ impl TestWorker {
 }
 
 /// The `x-attempt-history` lines of a parked job.
-pub fn history(parked: &Received) -> Vec<String> {
+pub(crate) fn history(parked: &Received) -> Vec<String> {
     use lapin::types::AMQPValue;
     let headers = parked.properties.headers().clone().unwrap_or_default();
     match headers.inner().get(mail_worker::retry::HISTORY_HEADER) {

@@ -1,5 +1,9 @@
 //! The worker's decisions and settlement, in-process against the real PostgreSQL, Redis,
 //! RabbitMQ and SMTP test server.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests measure real time against real services"
+)]
 
 mod helpers;
 mod links;

@@ -19,7 +19,7 @@ use crate::{
     util::{self, env_num},
 };
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let jobs = env_num("BENCH_BUDGET_JOBS", 200) as usize;
     let per_minute = env_num("BENCH_DOMAIN_PER_MINUTE", 120);
     let per_second = env_num("BENCH_PROVIDER_PER_SECOND", 20);

@@ -19,7 +19,7 @@ use crate::{
 const CODE_PATH: &str = "/v1/password/reset/code";
 const NEW_PASSWORD: &str = "plaid zebra umbrella tangerine 97";
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let mut env = StackEnv::new().await?;
     env.set("RATE_LIMIT_CODE_PER_HOUR", "1000000");
     env.set("RUST_LOG", &util::log_filter());

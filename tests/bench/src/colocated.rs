@@ -24,7 +24,7 @@ use crate::{
     util::{self, env_num, ms},
 };
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let mut env = StackEnv::new().await?;
     env.set("RATE_LIMIT_IP_PER_HOUR", "1000000");
     env.set("MAIL_PER_RECIPIENT_PER_HOUR", "100000");

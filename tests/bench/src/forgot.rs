@@ -12,11 +12,11 @@ use crate::{
     util::{self, env_num, ms},
 };
 
-pub const FORGOT: &str = "/v1/password/forgot";
+pub(crate) const FORGOT: &str = "/v1/password/forgot";
 /// Connections (and raw publishing tasks) at saturation.
-pub const CONCURRENCY: usize = 64;
+pub(crate) const CONCURRENCY: usize = 64;
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let mut env = StackEnv::new().await?;
     // One client IP sends everything: lift its budget out of the way (the per-IP limit is
     // still checked and counted on every request).
@@ -173,7 +173,7 @@ async fn measure(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
 }
 
 /// A latency row of an open loop against the 10 ms target for its p99.
-pub fn half_load_row(row: Row, half: &LoadResult, limit: String) -> Row {
+pub(crate) fn half_load_row(row: Row, half: &LoadResult, limit: String) -> Row {
     row.measured(format!(
         "p50 {}, p99 {} ({:.0} req/s, {} errors, {} late)",
         ms(half.p(0.5)),
@@ -188,7 +188,7 @@ pub fn half_load_row(row: Row, half: &LoadResult, limit: String) -> Row {
 }
 
 /// A memory row against the 30 MiB budget.
-pub fn rss_row(what: &str, mib: f64) -> Row {
+pub(crate) fn rss_row(what: &str, mib: f64) -> Row {
     Row::new("6 memory", format!("RSS, {what}"))
         .measured(format!("{mib:.1} MiB"))
         .limit("30 MiB")
@@ -196,14 +196,14 @@ pub fn rss_row(what: &str, mib: f64) -> Row {
 }
 
 /// Bodies with addresses no other request uses (`<prefix>-<conn>-<seq>@example.org`).
-pub fn forgot_bodies(prefix: String) -> load::BodyFn {
+pub(crate) fn forgot_bodies(prefix: String) -> load::BodyFn {
     Arc::new(move |c, seq| {
         Some(format!(r#"{{"email":"{prefix}-{c}-{seq}@example.org"}}"#).into_bytes())
     })
 }
 
 /// Forgot-password requests for fresh addresses on 64 connections for `duration`.
-pub async fn saturate(
+pub(crate) async fn saturate(
     addr: std::net::SocketAddr,
     prefix: &str,
     duration: Duration,
@@ -220,17 +220,17 @@ pub async fn saturate(
 }
 
 /// The `i`th registered address of a run (see [`register_users`]).
-pub fn registered(tag: &str, i: usize) -> String {
+pub(crate) fn registered(tag: &str, i: usize) -> String {
     format!("r-{i:05}-{tag}@example.org")
 }
 
 /// An address of the same length that no account has.
-pub fn unregistered(tag: &str, i: usize) -> String {
+pub(crate) fn unregistered(tag: &str, i: usize) -> String {
     format!("u-{i:05}-{tag}@example.org")
 }
 
 /// One forgot-password request for `email` on `conn`, timed; anything but a 202 is an error.
-pub async fn timed_forgot(conn: &mut Conn, email: &str) -> anyhow::Result<Duration> {
+pub(crate) async fn timed_forgot(conn: &mut Conn, email: &str) -> anyhow::Result<Duration> {
     let body = format!(r#"{{"email":"{email}"}}"#);
     let started = std::time::Instant::now();
     let status = conn.post_json(FORGOT, body.as_bytes()).await?;
@@ -241,12 +241,12 @@ pub async fn timed_forgot(conn: &mut Conn, email: &str) -> anyhow::Result<Durati
 
 /// Creates `n` verified accounts `r-<i>-<tag>@example.org` in the api's database (the same
 /// rows a sign-up and verification leave behind; the hash is never checked here).
-pub async fn register_users(database_url: &str, tag: &str, n: usize) -> anyhow::Result<()> {
+pub(crate) async fn register_users(database_url: &str, tag: &str, n: usize) -> anyhow::Result<()> {
     register_with(database_url, "r-", tag, n).await
 }
 
 /// Creates `n` verified accounts `<prefix><i:05>-<tag>@example.org`.
-pub async fn register_with(
+pub(crate) async fn register_with(
     database_url: &str,
     prefix: &str,
     tag: &str,

@@ -26,14 +26,14 @@ use crate::load::LoadResult;
 /// A publisher doing only what the api's publish does: one connection, one confirm channel
 /// shared by all tasks, persistent `mandatory` messages of the same size and properties to a
 /// quorum queue declared by `shared::topology` (its own namespace, deleted at the end).
-pub struct RawPublisher {
+pub(crate) struct RawPublisher {
     connection: Connection,
     channel: lapin::Channel,
     topology: Topology,
 }
 
 impl RawPublisher {
-    pub async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let topology =
             Topology::new(format!("bench-raw-{}.", e2e::unique_id()), &[1]).expiring(120_000);
         let broker = shared::amqp::Broker::new(vec![e2e::amqp_url()], Default::default());
@@ -47,7 +47,7 @@ impl RawPublisher {
 
     /// A consumer on the raw queue that acks every message at once (prefetch `prefetch`):
     /// the cheapest possible worker, for the raw pipeline.
-    pub async fn drain_continuously(
+    pub(crate) async fn drain_continuously(
         &self,
         prefetch: u16,
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -74,13 +74,13 @@ impl RawPublisher {
     }
 
     /// `tasks` tasks publish back to back, each waiting for its confirm, for `duration`.
-    pub async fn run(&self, tasks: usize, duration: Duration) -> anyhow::Result<LoadResult> {
+    pub(crate) async fn run(&self, tasks: usize, duration: Duration) -> anyhow::Result<LoadResult> {
         self.publish_loop(tasks, duration, None).await
     }
 
     /// Open loop: `rate` publishes per second spread over `tasks` tasks for `duration` (the
     /// same schedule as [`crate::load::open_loop`]).
-    pub async fn run_at(
+    pub(crate) async fn run_at(
         &self,
         tasks: usize,
         rate: f64,
@@ -155,7 +155,7 @@ impl RawPublisher {
     }
 
     /// Empties the work queue (so every phase starts from the same queue length).
-    pub async fn purge(&self) -> anyhow::Result<()> {
+    pub(crate) async fn purge(&self) -> anyhow::Result<()> {
         self.channel
             .queue_purge(
                 self.topology.jobs_queue().into(),
@@ -167,7 +167,7 @@ impl RawPublisher {
 
     /// Empties another topology's work queue through this connection.
     /// Messages ready in `queue`.
-    pub async fn depth(&self, queue: &str) -> anyhow::Result<u32> {
+    pub(crate) async fn depth(&self, queue: &str) -> anyhow::Result<u32> {
         Ok(self
             .channel
             .queue_declare(
@@ -182,14 +182,14 @@ impl RawPublisher {
             .message_count())
     }
 
-    pub async fn purge_queue(&self, queue: &str) -> anyhow::Result<()> {
+    pub(crate) async fn purge_queue(&self, queue: &str) -> anyhow::Result<()> {
         self.channel
             .queue_purge(queue.into(), QueuePurgeOptions::default())
             .await?;
         Ok(())
     }
 
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.connection.close(200, "done".into()).await;
         e2e::delete_topology_blocking(&self.topology);
     }
@@ -229,7 +229,7 @@ fn job(email: &str) -> (Vec<u8>, BasicProperties) {
 }
 
 /// argon2id hashes per second with the given cost on `threads` blocking threads (all cores).
-pub async fn argon2_rate(
+pub(crate) async fn argon2_rate(
     memory_kib: u32,
     iterations: u32,
     parallelism: u32,
@@ -265,14 +265,14 @@ pub async fn argon2_rate(
 }
 
 /// One email as it went over the wire: SMTP envelope and message bytes.
-pub struct Mail {
+pub(crate) struct Mail {
     pub envelope: lettre::address::Envelope,
     pub bytes: Vec<u8>,
 }
 
 /// The emails the sink stored, without the sink's own `X-Sink-*` lines: exactly what the
 /// worker sent, to be sent again by the raw loops.
-pub fn replayable(emails: &[e2e::stack::StoredEmail]) -> anyhow::Result<Vec<Mail>> {
+pub(crate) fn replayable(emails: &[e2e::stack::StoredEmail]) -> anyhow::Result<Vec<Mail>> {
     emails
         .iter()
         .map(|e| {
@@ -300,7 +300,7 @@ pub fn replayable(emails: &[e2e::stack::StoredEmail]) -> anyhow::Result<Vec<Mail
 
 /// Sends `mails` over `concurrency` persistent SMTP connections on TCP streams with
 /// `TCP_NODELAY` (what a client without the delayed-ACK stall achieves).
-pub async fn nodelay_connections(
+pub(crate) async fn nodelay_connections(
     port: u16,
     concurrency: usize,
     mails: Arc<Vec<Mail>>,
@@ -333,7 +333,7 @@ pub async fn nodelay_connections(
 
 /// Sends `mails` through lettre's stock pooled `AsyncSmtpTransport`, configured as the
 /// worker configures it, from `concurrency` tasks.
-pub async fn stock_pool(
+pub(crate) async fn stock_pool(
     url: &str,
     concurrency: usize,
     mails: Arc<Vec<Mail>>,

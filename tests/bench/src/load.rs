@@ -20,7 +20,7 @@ use tokio::{
 };
 
 /// One keep-alive connection.
-pub struct Conn {
+pub(crate) struct Conn {
     stream: TcpStream,
     host: String,
     buf: Vec<u8>,
@@ -28,13 +28,16 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
         Self::connect_from(addr, None).await
     }
 
     /// A connection from the local address `source` (another loopback address, say, so the
     /// api sees another client IP), or from any when `None`.
-    pub async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Self> {
+    pub(crate) async fn connect_from(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> anyhow::Result<Self> {
         let stream = match source {
             None => TcpStream::connect(addr).await,
             Some(ip) => {
@@ -58,7 +61,7 @@ impl Conn {
     }
 
     /// Sends `POST path` with a JSON body and returns the status (the body is discarded).
-    pub async fn post_json(&mut self, path: &str, body: &[u8]) -> anyhow::Result<u16> {
+    pub(crate) async fn post_json(&mut self, path: &str, body: &[u8]) -> anyhow::Result<u16> {
         use std::io::Write as _;
         self.request.clear();
         write!(
@@ -109,7 +112,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// `http://127.0.0.1:1234` → the socket address.
-pub fn socket_addr(base_url: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn socket_addr(base_url: &str) -> anyhow::Result<SocketAddr> {
     base_url
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -119,7 +122,7 @@ pub fn socket_addr(base_url: &str) -> anyhow::Result<SocketAddr> {
 
 /// What a load run saw.
 #[derive(Debug, Default, Clone)]
-pub struct LoadResult {
+pub(crate) struct LoadResult {
     /// Answers with the expected status.
     pub ok: u64,
     /// Other answers and transport errors.
@@ -134,7 +137,7 @@ pub struct LoadResult {
 
 impl LoadResult {
     /// Joins the load tasks (each returning its latencies) into one result.
-    pub async fn gather(
+    pub(crate) async fn gather(
         tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
         started: Instant,
         errors: u64,
@@ -157,16 +160,16 @@ impl LoadResult {
 }
 
 impl LoadResult {
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    pub fn p(&self, q: f64) -> Duration {
+    pub(crate) fn p(&self, q: f64) -> Duration {
         percentile(&self.latencies, q)
     }
 
     /// Adds another run's counts (latencies stay sorted).
-    pub fn merge(&mut self, other: LoadResult) {
+    pub(crate) fn merge(&mut self, other: LoadResult) {
         self.ok += other.ok;
         self.errors += other.errors;
         self.elapsed += other.elapsed;
@@ -177,7 +180,7 @@ impl LoadResult {
 }
 
 /// The `q` quantile (0..=1) of sorted durations (nearest rank).
-pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -186,11 +189,11 @@ pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 /// Makes the body of request `seq` on connection `conn`; `None` ends that connection's run.
-pub type BodyFn = Arc<dyn Fn(usize, u64) -> Option<Vec<u8>> + Send + Sync>;
+pub(crate) type BodyFn = Arc<dyn Fn(usize, u64) -> Option<Vec<u8>> + Send + Sync>;
 
 /// Closed loop: `conns` connections, each sending its next request as soon as the previous
 /// answer arrived, until `duration` passed or the bodies ran out.
-pub async fn closed_loop(
+pub(crate) async fn closed_loop(
     addr: SocketAddr,
     path: &'static str,
     expect: u16,
@@ -202,7 +205,7 @@ pub async fn closed_loop(
 }
 
 /// [`closed_loop`] from the local address `source` (see [`Conn::connect_from`]).
-pub async fn closed_loop_from(
+pub(crate) async fn closed_loop_from(
     addr: SocketAddr,
     source: Option<IpAddr>,
     path: &'static str,
@@ -255,7 +258,7 @@ pub async fn closed_loop_from(
 /// measured from the moment the request is written; requests that left more than 5 ms after
 /// their planned time are counted in [`LoadResult::late`], so a generator that could not keep
 /// the schedule is visible.
-pub async fn open_loop(
+pub(crate) async fn open_loop(
     addr: SocketAddr,
     path: &'static str,
     expect: u16,
@@ -269,7 +272,7 @@ pub async fn open_loop(
 
 /// [`open_loop`] from the local address `source` (see [`Conn::connect_from`]).
 #[allow(clippy::too_many_arguments)]
-pub async fn open_loop_from(
+pub(crate) async fn open_loop_from(
     addr: SocketAddr,
     source: Option<IpAddr>,
     path: &'static str,

@@ -15,7 +15,7 @@ use crate::{
 /// Sends in flight: the worker's `WORKER_CONCURRENCY` and the raw loops' tasks.
 const CONCURRENCY: usize = 16;
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // Delayed ACKs, as a remote server answers (the sink's default acknowledges every read at
     // once, which hides a client's Nagle stall).
     let sink = SmtpSink::start_with_args(&["--no-quickack"]).await?;

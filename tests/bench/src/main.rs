@@ -16,6 +16,10 @@
 //! (2000), `BENCH_CODE_PAIRS` (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8), `BENCH_SETTLE_SECS` (10, the wait
 //! before the api's resident size is read after the hashing flood), `BENCH_SIGNIN_TRIPLES` (300),
 //! `BENCH_COLOCATED_PAIRS` (600), `BENCH_REFUSALS` (1000).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests measure real time against real services"
+)]
 
 mod budget;
 mod code;

@@ -33,7 +33,7 @@ const CONNECTIONS: usize = 16;
 const PEAK_LIMIT_MIB: f64 = 96.0;
 const SETTLED_LIMIT_MIB: f64 = 64.0;
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let sink = SmtpSink::start().await?;
     let mut env = StackEnv::new().await?;
     env.set("ARGON2_MEMORY_KIB", &reset::MEMORY_KIB.to_string());

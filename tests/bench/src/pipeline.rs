@@ -19,7 +19,7 @@ use crate::{
 /// Processes whose CPU is counted, in the order of the row.
 const PROCESSES: [&str; 6] = ["api", "worker", "RabbitMQ", "PostgreSQL", "Redis", "load"];
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let sink = SmtpSink::start().await?;
     let mut env = StackEnv::new().await?;
     env.set("RATE_LIMIT_IP_PER_HOUR", "1000000");

@@ -19,7 +19,7 @@ const SESSIONS: &str = "/v1/sessions";
 /// The flooding client.
 const FLOODER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let mut env = StackEnv::new().await?;
     // The flooder's forgot-password budget is spent by the footprint phase; sign-ins are
     // refused past 10 per client, so the legitimate client measured beside the flood sends

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 /// What a row's checked value must satisfy.
 #[derive(Debug, Clone, Copy)]
-pub enum Target {
+pub(crate) enum Target {
     /// checked ≥ x
     AtLeast(f64),
     /// checked < x
@@ -20,7 +20,7 @@ pub enum Target {
 
 /// One line of the table.
 #[derive(Debug, Clone)]
-pub struct Row {
+pub(crate) struct Row {
     pub section: &'static str,
     pub figure: String,
     pub measured: String,
@@ -34,7 +34,7 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(section: &'static str, figure: impl Into<String>) -> Self {
+    pub(crate) fn new(section: &'static str, figure: impl Into<String>) -> Self {
         Self {
             section,
             figure: figure.into(),
@@ -47,37 +47,37 @@ impl Row {
         }
     }
 
-    pub fn measured(mut self, text: impl Into<String>) -> Self {
+    pub(crate) fn measured(mut self, text: impl Into<String>) -> Self {
         self.measured = text.into();
         self
     }
 
-    pub fn limit(mut self, text: impl Into<String>) -> Self {
+    pub(crate) fn limit(mut self, text: impl Into<String>) -> Self {
         self.limit = text.into();
         self
     }
 
     /// Sets the ratio column and checks the target against it.
-    pub fn ratio(mut self, ratio: f64) -> Self {
+    pub(crate) fn ratio(mut self, ratio: f64) -> Self {
         self.ratio = Some(ratio);
         self.checked = Some(ratio);
         self
     }
 
     /// Checks the target against `value` instead of the ratio.
-    pub fn checked(mut self, value: f64) -> Self {
+    pub(crate) fn checked(mut self, value: f64) -> Self {
         self.checked = Some(value);
         self
     }
 
-    pub fn target(mut self, target: Target, text: impl Into<String>) -> Self {
+    pub(crate) fn target(mut self, target: Target, text: impl Into<String>) -> Self {
         self.target = target;
         self.target_text = text.into();
         self
     }
 
     /// A row for a section that could not be measured.
-    pub fn failed(section: &'static str, error: &anyhow::Error) -> Self {
+    pub(crate) fn failed(section: &'static str, error: &anyhow::Error) -> Self {
         let text = format!("{error:#}").replace(['\n', '|'], " ");
         let mut row = Self::new(section, "section failed").measured(text);
         row.target_text = "runs".into();
@@ -87,7 +87,7 @@ impl Row {
     }
 
     /// `Some(true)` met, `Some(false)` missed, `None` no target.
-    pub fn verdict(&self) -> Option<bool> {
+    pub(crate) fn verdict(&self) -> Option<bool> {
         let v = self.checked?;
         let ok = match self.target {
             Target::AtLeast(x) => v >= x,
@@ -113,7 +113,7 @@ impl Row {
 }
 
 /// Facts about the run printed above the table.
-pub struct RunInfo {
+pub(crate) struct RunInfo {
     pub date: String,
     pub commit: String,
     pub machine: String,
@@ -124,7 +124,7 @@ pub struct RunInfo {
 }
 
 /// The table as aligned text for the terminal.
-pub fn text_table(rows: &[Row]) -> String {
+pub(crate) fn text_table(rows: &[Row]) -> String {
     let header = [
         "#",
         "section",
@@ -180,7 +180,7 @@ pub fn text_table(rows: &[Row]) -> String {
 }
 
 /// The run as markdown (what goes into BENCHMARKS.md).
-pub fn markdown(info: &RunInfo, rows: &[Row]) -> String {
+pub(crate) fn markdown(info: &RunInfo, rows: &[Row]) -> String {
     let mut out = String::new();
     let secs = info.wall.as_secs();
     let _ = writeln!(
@@ -224,7 +224,7 @@ pub fn markdown(info: &RunInfo, rows: &[Row]) -> String {
 }
 
 /// Replaces the text between `<!-- bench:begin -->` and `<!-- bench:end -->` in `path`.
-pub fn update_file(path: &std::path::Path, content: &str) -> anyhow::Result<()> {
+pub(crate) fn update_file(path: &std::path::Path, content: &str) -> anyhow::Result<()> {
     const BEGIN: &str = "<!-- bench:begin -->";
     const END: &str = "<!-- bench:end -->";
     let text = std::fs::read_to_string(path)?;

@@ -20,15 +20,15 @@ use crate::{
 };
 
 /// The api's production argon2id cost (its defaults, as in `.env.example`).
-pub const MEMORY_KIB: u32 = 19_456;
-pub const ITERATIONS: u32 = 2;
-pub const PARALLELISM: u32 = 1;
+pub(crate) const MEMORY_KIB: u32 = 19_456;
+pub(crate) const ITERATIONS: u32 = 2;
+pub(crate) const PARALLELISM: u32 = 1;
 /// Reset clients at once (the api lets `HASH_CONCURRENCY` = cores hash; the rest queue).
 const RESET_CONNECTIONS: usize = 16;
 /// The forgot-password load measured beside the resets.
 const FORGOT_RATE: f64 = 100.0;
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let sink = SmtpSink::start().await?;
     let mut env = StackEnv::new().await?;
     env.set("ARGON2_MEMORY_KIB", &MEMORY_KIB.to_string());
@@ -164,7 +164,7 @@ async fn forgot_load(
 /// Asks for a reset link for each of the `n` accounts `<prefix><i:05>-<tag>@example.org` (as
 /// `forgot::register_with` made them) and collects the reset bodies (`{token, new_password}`)
 /// from the emails the worker delivered.
-pub async fn reset_links(
+pub(crate) async fn reset_links(
     addr: std::net::SocketAddr,
     sink: &SmtpSink,
     base_url: &str,

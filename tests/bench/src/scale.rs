@@ -21,7 +21,7 @@ const DELAY_MS: u64 = 200;
 /// `WORKER_CONCURRENCY` of each worker.
 const CONCURRENCY: u64 = 16;
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let sink = SmtpSink::start().await?;
     sink.set_mode(serde_json::json!({ "delay_ms": DELAY_MS }))
         .await?;

@@ -18,7 +18,7 @@ const SESSIONS: &str = "/v1/sessions";
 const PASSWORD: &str = "a long and right password 42";
 const WRONG: &str = "a long but wrong password 42";
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let mut env = StackEnv::new().await?;
     // Production hashing cost, and budgets out of the way (still checked on every request).
     env.set("ARGON2_MEMORY_KIB", "19456");

@@ -27,7 +27,7 @@ struct Setup {
     ca_file: String,
 }
 
-pub async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let ca = TestCa::new()?;
     let (cluster, tls_cluster, tls_node) = tokio::join!(
         RedisCluster::start(3),

@@ -16,7 +16,7 @@ use e2e::{
 };
 
 /// A whole-number setting from the environment.
-pub fn env_num(name: &str, default: u64) -> u64 {
+pub(crate) fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -24,12 +24,12 @@ pub fn env_num(name: &str, default: u64) -> u64 {
 }
 
 /// Seconds of a phase (`BENCH_SECS` overrides the default of each phase).
-pub fn secs(default: u64) -> Duration {
+pub(crate) fn secs(default: u64) -> Duration {
     Duration::from_secs(env_num("BENCH_SECS", default))
 }
 
 /// `VmRSS` of a process in KiB, from `/proc/<pid>/status`.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -38,7 +38,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// `VmRSS` of a running service in MiB.
-pub fn rss_mib(process: &ServiceProcess) -> anyhow::Result<f64> {
+pub(crate) fn rss_mib(process: &ServiceProcess) -> anyhow::Result<f64> {
     let pid = process.child.id().context("the process has exited")?;
     rss_kib(pid)
         .map(|k| k as f64 / 1024.0)
@@ -46,14 +46,14 @@ pub fn rss_mib(process: &ServiceProcess) -> anyhow::Result<f64> {
 }
 
 /// Samples a process's `VmRSS` every 50 ms until stopped; keeps the peak.
-pub struct RssPeak {
+pub(crate) struct RssPeak {
     stop: Arc<AtomicBool>,
     peak_kib: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RssPeak {
-    pub fn start(process: &ServiceProcess) -> Self {
+    pub(crate) fn start(process: &ServiceProcess) -> Self {
         let pid = process.child.id().unwrap_or(0);
         let stop = Arc::new(AtomicBool::new(false));
         let peak_kib = Arc::new(AtomicU64::new(0));
@@ -74,7 +74,7 @@ impl RssPeak {
     }
 
     /// Stops sampling; the peak in MiB.
-    pub async fn finish(self) -> f64 {
+    pub(crate) async fn finish(self) -> f64 {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
         self.peak_kib.load(Ordering::Relaxed) as f64 / 1024.0
@@ -82,7 +82,7 @@ impl RssPeak {
 }
 
 /// Runs `api migrate` for the stack's database (sections that need the schema but not the api).
-pub async fn migrate(env: &StackEnv) -> anyhow::Result<()> {
+pub(crate) async fn migrate(env: &StackEnv) -> anyhow::Result<()> {
     let mut migrate =
         ServiceProcess::spawn(&e2e::workspace_binary("api"), &["migrate"], &env.vars)?;
     let status = migrate.wait_exit(Duration::from_secs(60)).await?;
@@ -95,7 +95,7 @@ pub async fn migrate(env: &StackEnv) -> anyhow::Result<()> {
 }
 
 /// Drops the stack's database (after its processes stopped).
-pub async fn drop_database(env: &StackEnv) {
+pub(crate) async fn drop_database(env: &StackEnv) {
     use sqlx::Connection as _;
     let Some(name) = env.database_url.rsplit('/').next() else {
         return;
@@ -116,14 +116,18 @@ pub async fn drop_database(env: &StackEnv) {
 }
 
 /// The sink's count of accepted messages.
-pub async fn accepted(sink: &SmtpSink) -> anyhow::Result<u64> {
+pub(crate) async fn accepted(sink: &SmtpSink) -> anyhow::Result<u64> {
     sink.state().await?["accepted"]
         .as_u64()
         .context("no accepted counter in the sink state")
 }
 
 /// Waits until the sink accepted at least `n` messages; the time it was first seen.
-pub async fn wait_accepted(sink: &SmtpSink, n: u64, timeout: Duration) -> anyhow::Result<Instant> {
+pub(crate) async fn wait_accepted(
+    sink: &SmtpSink,
+    n: u64,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + timeout;
     loop {
         let got = accepted(sink).await?;
@@ -141,14 +145,14 @@ pub async fn wait_accepted(sink: &SmtpSink, n: u64, timeout: Duration) -> anyhow
 /// Messages per second between the first and the last message the sink stored among
 /// `emails`, by their `X-Sink-Received-At` stamps. Excludes start-up: only the span in which
 /// messages were flowing counts.
-pub fn sink_rate(emails: &[e2e::stack::StoredEmail]) -> anyhow::Result<f64> {
+pub(crate) fn sink_rate(emails: &[e2e::stack::StoredEmail]) -> anyhow::Result<f64> {
     let span = sink_span(emails)?;
     anyhow::ensure!(span > 0.0, "all emails stamped in the same microsecond");
     Ok((emails.len() - 1) as f64 / span)
 }
 
 /// Seconds from the first to the last `X-Sink-Received-At` stamp of `emails`.
-pub fn sink_span(emails: &[e2e::stack::StoredEmail]) -> anyhow::Result<f64> {
+pub(crate) fn sink_span(emails: &[e2e::stack::StoredEmail]) -> anyhow::Result<f64> {
     anyhow::ensure!(emails.len() >= 2, "fewer than two emails to time");
     let stamp = |e: &e2e::stack::StoredEmail| -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
         let text = String::from_utf8_lossy(&e.raw[..e.raw.len().min(512)]).into_owned();
@@ -181,7 +185,7 @@ fn command_output(program: &str, args: &[&str]) -> String {
 }
 
 /// CPU model, cores, memory and kernel.
-pub fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -204,7 +208,7 @@ pub fn machine() -> String {
 }
 
 /// Versions of the Debian packages of the services.
-pub fn services() -> String {
+pub(crate) fn services() -> String {
     let version = |pkg: &str| {
         let v = command_output("dpkg-query", &["-W", "-f=${Version}", pkg]);
         if v.is_empty() { "?".to_owned() } else { v }
@@ -220,7 +224,7 @@ pub fn services() -> String {
 }
 
 /// The 1, 5 and 15 minute load averages.
-pub fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
@@ -228,7 +232,7 @@ pub fn load_average() -> String {
 }
 
 /// Short commit id, with `+dirty` when the work tree has changes.
-pub fn commit() -> String {
+pub(crate) fn commit() -> String {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let id = command_output("git", &["-C", root, "rev-parse", "--short", "HEAD"]);
     let dirty = !command_output(
@@ -246,7 +250,7 @@ pub fn commit() -> String {
 }
 
 /// Formats a duration in milliseconds with two decimals.
-pub fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
@@ -255,7 +259,7 @@ pub fn ms(d: Duration) -> String {
 /// Applies `BENCH_SERVICE_ENV` (`NAME=value,NAME=value`) to the services a section starts,
 /// after the section's own settings: for trying a setting (e.g. `HASH_CONCURRENCY=1`) on the
 /// same load without a rebuild.
-pub fn apply_overrides(env: &mut StackEnv) {
+pub(crate) fn apply_overrides(env: &mut StackEnv) {
     let overrides = std::env::var("BENCH_SERVICE_ENV").unwrap_or_default();
     for pair in overrides.split(',').filter(|p| !p.trim().is_empty()) {
         if let Some((name, value)) = pair.split_once('=') {
@@ -264,20 +268,20 @@ pub fn apply_overrides(env: &mut StackEnv) {
     }
 }
 
-pub fn log_filter() -> String {
+pub(crate) fn log_filter() -> String {
     std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into())
 }
 
 /// CPU seconds (user + system) a set of processes used, from `/proc/<pid>/stat`.
 #[derive(Clone)]
-pub struct CpuMeter {
+pub(crate) struct CpuMeter {
     pids: Vec<u32>,
     ticks_per_sec: f64,
 }
 
 impl CpuMeter {
     /// Meters these processes; `0` pids (exited) count as nothing.
-    pub fn new(pids: Vec<u32>) -> Self {
+    pub(crate) fn new(pids: Vec<u32>) -> Self {
         let ticks = command_output("getconf", &["CLK_TCK"])
             .parse()
             .unwrap_or(100.0);
@@ -288,7 +292,7 @@ impl CpuMeter {
     }
 
     /// CPU seconds used so far by each process, in the order given.
-    pub fn sample(&self) -> Vec<f64> {
+    pub(crate) fn sample(&self) -> Vec<f64> {
         self.pids
             .iter()
             .map(|pid| {
@@ -313,7 +317,7 @@ impl CpuMeter {
 
 /// Pid of the first process whose command name is `name` (e.g. `redis-server`).
 /// Every process whose command name is `name` (e.g. all PostgreSQL backends).
-pub fn pids_of(name: &str) -> Vec<u32> {
+pub(crate) fn pids_of(name: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .map(|dir| {
             dir.filter_map(Result::ok)
@@ -327,7 +331,7 @@ pub fn pids_of(name: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-pub fn pid_of(name: &str) -> Option<u32> {
+pub(crate) fn pid_of(name: &str) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .filter_map(Result::ok)
