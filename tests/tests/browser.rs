@@ -128,6 +128,16 @@ impl Browser {
         }
     }
 
+    /// Each visible field of the page: its id, and how it is drawn (width, padding, border,
+    /// the space below it).
+    async fn field_styles(&self) -> Vec<(String, String)> {
+        let script = "return Array.from(document.querySelectorAll('input:not([type=hidden])'))\
+            .map(e => { const s = getComputedStyle(e); \
+            return [e.id, [s.width, s.paddingTop, s.borderTopWidth, s.marginBottom].join(' ')]; });";
+        let fields = self.client.execute(script, vec![]).await.unwrap();
+        serde_json::from_value(fields).unwrap()
+    }
+
     /// The page's visible text; empty while a navigation is still loading.
     async fn text(&self) -> String {
         match self.client.find(Locator::Css("body")).await {
@@ -265,6 +275,14 @@ async fn a_person_resets_a_forgotten_password_in_a_phone_sized_browser() {
         .wait_for_text("Reset your password with a code")
         .await;
     browser.screenshot("7-code-form").await;
+    // Every field is drawn by the one rule: the code's field like the address's.
+    let fields = browser.field_styles().await;
+    let ids: Vec<&str> = fields.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["email", "code", "password", "password_confirm"]);
+    assert!(
+        fields.iter().all(|(_, style)| style == &fields[0].1),
+        "{fields:?}"
+    );
     let third = "violet harbour quilt rocket 58";
     let wrong = if code.starts_with('9') { "1" } else { "9" }.to_owned() + &code[1..];
     browser.fill("#email", "ann@example.org").await;
