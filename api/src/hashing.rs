@@ -523,9 +523,23 @@ fn hash_with(memory: &mut Memory, params: &Params, password: &[u8]) -> anyhow::R
     ))
 }
 
+/// Verifies `password` against `stored`: an argon2 PHC string here (Django's `argon2$` form
+/// too), any other format an imported account may hold by [`crate::foreign_hash`].
+fn verify_with(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::Result<bool> {
+    use crate::foreign_hash::{Foreign, Kind, django_argon2};
+    match Kind::of(stored) {
+        Kind::Argon2 => verify_argon2(memory, password, stored),
+        Kind::DjangoArgon2 => {
+            let inner = django_argon2(stored).context("Django argon2 hash unreadable")?;
+            verify_argon2(memory, password, inner)
+        }
+        Kind::Other => Ok(Foreign::parse(stored)?.verify(password)),
+    }
+}
+
 /// Recomputes `stored` (any argon2 variant, version and parameters, within the caps) for
 /// `password` and compares the outputs in constant time.
-fn verify_with(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::Result<bool> {
+fn verify_argon2(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::Result<bool> {
     let unreadable = |e: &dyn std::fmt::Display| anyhow::anyhow!("stored hash unreadable: {e}");
     let parsed = PasswordHash::new(stored).map_err(|e| unreadable(&e))?;
     let algorithm = Algorithm::try_from(parsed.algorithm.as_str()).map_err(|e| unreadable(&e))?;

@@ -8,6 +8,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod extract;
+pub mod foreign_hash;
 pub mod hashing;
 pub mod lock;
 pub mod outbox;

@@ -1,9 +1,10 @@
 # Sourced by test.sh and bench.sh: the Python tools of the suite in a virtualenv outside the
 # clone, so system Python stays untouched and reruns are instant. The end-to-end tests
 # deliver to a real SMTP server (aiosmtpd, tests/smtp/), parse the deployment files (PyYAML)
-# and fuzz the HTTP API from its OpenAPI document (schemathesis).
+# fuzz the HTTP API from its OpenAPI document (schemathesis) and make real foreign password
+# hashes (Werkzeug, Django, bcrypt, argon2-cffi).
 VENV="${XDG_CACHE_HOME:-$HOME/.cache}/pwrecovery/smtp-venv"
-if ! "$VENV/bin/python" -c 'import aiosmtpd, yaml, schemathesis' >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c 'import aiosmtpd, yaml, schemathesis, werkzeug, django, bcrypt, argon2' >/dev/null 2>&1; then
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null

@@ -713,3 +713,23 @@ pub fn parse_yaml(files: &[std::path::PathBuf]) -> Vec<Vec<serde_json::Value>> {
     );
     serde_json::from_slice(&out.stdout).expect("PyYAML printed JSON")
 }
+
+/// Hashes of `password` made by the frameworks' own libraries in the test virtualenv
+/// (`tests/hashes/foreign_hashes.py --fast`: Werkzeug, Django, pyca bcrypt, argon2-cffi, and
+/// PHC strings of hashlib's scrypt and PBKDF2), scheme name -> hash.
+pub fn foreign_hashes(password: &str) -> std::collections::BTreeMap<String, String> {
+    let python = std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hashes/foreign_hashes.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(password)
+        .arg("--fast")
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (source deploy/local/venv.sh)"));
+    assert!(
+        out.status.success(),
+        "{script} failed (source deploy/local/venv.sh for its libraries): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints a JSON object")
+}
