@@ -526,20 +526,34 @@ fn hash_with(memory: &mut Memory, params: &Params, password: &[u8]) -> anyhow::R
 /// Verifies `password` against `stored`: an argon2 PHC string here (Django's `argon2$` form
 /// too), any other format an imported account may hold by [`crate::foreign_hash`].
 fn verify_with(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::Result<bool> {
-    use crate::foreign_hash::{Foreign, Kind, django_argon2};
+    use crate::foreign_hash::{Foreign, Kind};
     match Kind::of(stored) {
-        Kind::Argon2 => verify_argon2(memory, password, stored),
-        Kind::DjangoArgon2 => {
-            let inner = django_argon2(stored).context("Django argon2 hash unreadable")?;
-            verify_argon2(memory, password, inner)
-        }
+        Kind::Argon2 | Kind::DjangoArgon2 => verify_argon2(memory, password, stored),
         Kind::Other => Ok(Foreign::parse(stored)?.verify(password)),
     }
 }
 
-/// Recomputes `stored` (any argon2 variant, version and parameters, within the caps) for
-/// `password` and compares the outputs in constant time.
-fn verify_argon2(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::Result<bool> {
+/// Whether a sign-in could verify against `stored` (its format is read and its parameters
+/// are within the caps), without computing anything: what an import checks of each hash.
+pub fn usable(stored: &str) -> anyhow::Result<()> {
+    use crate::foreign_hash::{Foreign, Kind};
+    match Kind::of(stored) {
+        Kind::Argon2 | Kind::DjangoArgon2 => read_argon2(stored).map(drop),
+        Kind::Other => Foreign::parse(stored).map(drop).map_err(Into::into),
+    }
+}
+
+/// A stored argon2 hash, read and checked against the caps.
+struct StoredArgon2 {
+    argon: Argon2<'static>,
+    salt: Vec<u8>,
+    expected: Vec<u8>,
+}
+
+/// Reads an argon2 PHC string (any variant, version and parameters within the caps; Django's
+/// `argon2$…` form too).
+fn read_argon2(stored: &str) -> anyhow::Result<StoredArgon2> {
+    let stored = crate::foreign_hash::django_argon2(stored).unwrap_or(stored);
     let unreadable = |e: &dyn std::fmt::Display| anyhow::anyhow!("stored hash unreadable: {e}");
     let parsed = PasswordHash::new(stored).map_err(|e| unreadable(&e))?;
     let algorithm = Algorithm::try_from(parsed.algorithm.as_str()).map_err(|e| unreadable(&e))?;
@@ -558,12 +572,26 @@ fn verify_argon2(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::
         params.m_cost(),
         params.t_cost()
     );
-    let argon = Argon2::new(algorithm, version, params);
+    Ok(StoredArgon2 {
+        argon: Argon2::new(algorithm, version, params),
+        salt: salt.as_ref().to_vec(),
+        expected: expected.as_bytes().to_vec(),
+    })
+}
+
+/// Recomputes `stored` (see [`read_argon2`]) for `password` and compares the outputs in
+/// constant time.
+fn verify_argon2(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::Result<bool> {
+    let StoredArgon2 {
+        argon,
+        salt,
+        expected,
+    } = read_argon2(stored)?;
     let mut buffer = [0u8; argon2::password_hash::phc::Output::MAX_LENGTH];
     let out = &mut buffer[..expected.len()];
-    memory.compute(&argon, password, salt, out)?;
+    memory.compute(&argon, password, &salt, out)?;
     // Constant time, so the response time says nothing about how much of the output matched.
-    Ok(out.ct_eq(expected.as_bytes()).into())
+    Ok(out.ct_eq(&expected).into())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod foreign_hash;
 pub mod hashing;
+pub mod import;
 pub mod lock;
 pub mod outbox;
 pub mod password_policy;

@@ -1,6 +1,7 @@
 //! `api` — serves the HTTP api; `api migrate` applies pending migrations and exits; `api
 //! accounts revoke-sessions|lock [ADDRESS…] --reason …` are support staff's tools (addresses
-//! from the arguments, or one per line on standard input).
+//! from the arguments, or one per line on standard input); `api users import PATH|-` brings
+//! accounts in with their hashes.
 
 use api::{
     accounts::{Act, Request},
@@ -28,6 +29,24 @@ enum Command {
     Accounts {
         #[command(subcommand)]
         command: AccountsCommand,
+    },
+    /// Bringing accounts in.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum UsersCommand {
+    /// Import accounts with the password hashes they have, from JSON lines
+    /// `{"email", "password_hash" (string or null), "email_verified" (default true)}`: refused
+    /// lines on standard error as `line N: …`, progress after each batch, the counts as one
+    /// JSON line on standard output; exit status 1 when a line was refused. An address that
+    /// has an account is skipped, never overwritten.
+    Import {
+        /// The file, or `-` for standard input.
+        path: String,
     },
 }
 
@@ -77,6 +96,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Users {
+            command: UsersCommand::Import { path },
+        } => import(&config, &path).await,
         Command::Accounts { command } => {
             let (act, args) = match command {
                 AccountsCommand::RevokeSessions(args) => (Act::RevokeSessions, args),
@@ -113,4 +135,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `api users import PATH|-` (see [`api::import`]).
+async fn import(config: &Config, path: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let db = config.database()?;
+    // The one hash every account imported without a password holds: of a secret nobody
+    // keeps, with the configured parameters.
+    let hasher = api::hashing::Hasher::new(config.argon2, 1)?;
+    let local = std::net::IpAddr::from([127, 0, 0, 1]);
+    let no_password = hasher
+        .hash_for(local, api::lock::unusable_secret())
+        .await
+        .map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
+    let input: Box<dyn tokio::io::AsyncRead + Unpin> = if path == "-" {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(
+            tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("opening {path}"))?,
+        )
+    };
+    let input = tokio::io::BufReader::with_capacity(64 * 1024, input);
+    let summary = api::import::run(&db, input, &no_password, |report| match report {
+        api::import::Report::Refused(refusal) => eprintln!("{refusal}"),
+        api::import::Report::Progress(s, lines) => eprintln!(
+            "{lines} lines: {} imported, {} skipped, {} refused",
+            s.imported, s.skipped, s.refused
+        ),
+    })
+    .await?;
+    println!("{}", serde_json::to_string(&summary)?);
+    anyhow::ensure!(summary.refused == 0, "{} line(s) refused", summary.refused);
+    Ok(())
 }

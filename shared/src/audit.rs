@@ -34,6 +34,8 @@ pub enum Action {
     /// Every session of an account revoked by support staff (`api accounts revoke-sessions`,
     /// with the reason in `detail`).
     SessionsRevoke,
+    /// An account brought in with its hash by `api users import` ([`Outcome::Created`]).
+    Import,
     /// The worker's decision about a forgot-password job.
     PasswordResetRequested,
     /// The worker's decision about a verification email.
@@ -45,7 +47,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::SignUp,
         Action::SignIn,
         Action::SignOut,
@@ -55,6 +57,7 @@ impl Action {
         Action::RateLimited,
         Action::AccountLock,
         Action::SessionsRevoke,
+        Action::Import,
         Action::PasswordResetRequested,
         Action::EmailVerification,
         Action::AccountExistsNotice,
@@ -73,6 +76,7 @@ impl Action {
             Action::RateLimited => "rate_limited",
             Action::AccountLock => "account_lock",
             Action::SessionsRevoke => "sessions_revoke",
+            Action::Import => "import",
             Action::PasswordResetRequested => "password_reset_requested",
             Action::EmailVerification => "email_verification",
             Action::AccountExistsNotice => "account_exists_notice",

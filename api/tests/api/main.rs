@@ -11,6 +11,7 @@ mod attacks;
 mod bad_input;
 mod forgot;
 mod helpers;
+mod import;
 mod imported;
 mod lock;
 mod outage;
