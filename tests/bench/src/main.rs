@@ -25,6 +25,7 @@ mod budget;
 mod code;
 mod colocated;
 mod forgot;
+mod import;
 mod limits;
 mod load;
 mod mail;
@@ -42,7 +43,7 @@ use std::time::Instant;
 
 use report::Row;
 
-const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code | colocated | refusals | budget";
+const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code | colocated | refusals | budget | import";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -69,9 +70,10 @@ async fn main() -> anyhow::Result<()> {
             "code",
             "colocated",
             "refusals",
+            "import",
         ],
         "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" | "pipeline"
-        | "code" | "colocated" | "refusals" | "budget" => std::slice::from_ref(&section),
+        | "code" | "colocated" | "refusals" | "budget" | "import" => std::slice::from_ref(&section),
         _ => anyhow::bail!(USAGE),
     };
 
@@ -97,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
             "colocated" => colocated::run(&mut rows).await,
             "refusals" => refusals::run(&mut rows).await,
             "budget" => budget::run(&mut rows).await,
+            "import" => import::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
         if let Err(e) = result {
@@ -157,6 +160,7 @@ fn section_label(name: &str) -> &'static str {
         "budget" => "11 send budgets",
         "colocated" => "12 co-located worker",
         "refusals" => "13 refusals",
+        "import" => "14 import",
         _ => "5 reset",
     }
 }
