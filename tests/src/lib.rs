@@ -716,14 +716,24 @@ pub fn parse_yaml(files: &[std::path::PathBuf]) -> Vec<Vec<serde_json::Value>> {
 
 /// Hashes of `password` made by the frameworks' own libraries in the test virtualenv
 /// (`tests/hashes/foreign_hashes.py --fast`: Werkzeug, Django, pyca bcrypt, argon2-cffi, and
-/// PHC strings of hashlib's scrypt and PBKDF2), scheme name -> hash.
+/// PHC strings of hashlib's scrypt and PBKDF2), scheme name -> hash; cheap parameters of each
+/// format, what a test in a debug build can afford.
 pub fn foreign_hashes(password: &str) -> std::collections::BTreeMap<String, String> {
+    hashes_of(password, &["--fast"])
+}
+
+/// [`foreign_hashes`] with each library's default parameters (what a site's accounts hold).
+pub fn foreign_hashes_as_made(password: &str) -> std::collections::BTreeMap<String, String> {
+    hashes_of(password, &[])
+}
+
+fn hashes_of(password: &str, args: &[&str]) -> std::collections::BTreeMap<String, String> {
     let python = std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hashes/foreign_hashes.py");
     let out = std::process::Command::new(&python)
         .arg(script)
         .arg(password)
-        .arg("--fast")
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{python}: {e} (source deploy/local/venv.sh)"));
     assert!(

@@ -1,7 +1,10 @@
 //! Section 14, import: `api users import` of `IMPORT_ROWS` (100,000) accounts whose hashes
 //! are a mixture of every format it reads (made by the frameworks' own libraries), timed and
 //! its resident size sampled; next to it, PostgreSQL inserting the same number of account rows
-//! in one statement (the database's own limit on this machine, in the same run).
+//! in one statement (the database's own limit on this machine, in the same run). Then one
+//! account per format with each library's default parameters, signed in to the release api
+//! with the production argon2 parameters: the first sign-in (the foreign hash verified, then
+//! replaced by argon2id), the next one, a wrong password, and an address without an account.
 
 use std::{io::Write as _, time::Instant};
 
@@ -91,6 +94,7 @@ async fn measure(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     .await?;
     let raw = n as f64 / started.elapsed().as_secs_f64();
     pool.close().await;
+    latencies(env, rows).await?;
 
     rows.push(
         Row::new(
@@ -114,5 +118,96 @@ async fn measure(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             .ratio(peak / PEAK_LIMIT_MIB)
             .target(Target::Within(0.0, 1.0), "≤ 64 MiB"),
     );
+    Ok(())
+}
+
+/// Sign-in latency per imported format, before and after its upgrade (median of `SIGNIN_RUNS`
+/// requests for the steady cases; the first sign-in happens once per account).
+async fn latencies(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let password = "imported ferret lantern 1987";
+    let hashes = e2e::foreign_hashes_as_made(password);
+    let input: Vec<String> = hashes
+        .iter()
+        .map(|(scheme, hash)| {
+            let email = format!("made-{}@example.org", scheme.replace('_', "-"));
+            serde_json::json!({ "email": email, "password_hash": hash }).to_string()
+        })
+        .collect();
+    let mut env = StackEnv {
+        database_url: env.database_url.clone(),
+        namespace: env.namespace.clone(),
+        public_base_url: env.public_base_url.clone(),
+        vars: env.vars.clone(),
+    };
+    env.set("ARGON2_MEMORY_KIB", "19456");
+    env.set("ARGON2_ITERATIONS", "2");
+    env.set("RATE_LIMIT_LOGIN_EMAIL_PER_HOUR", "1000000");
+    let (ok, out) = env
+        .api_command_with_input(&["users", "import", "-"], &input.join("\n"))
+        .await?;
+    anyhow::ensure!(ok, "importing the accounts failed: {out:?}");
+    let (_api, base) = env.start_api().await?;
+    let client = reqwest::Client::new();
+    let runs = env_num("SIGNIN_RUNS", 5) as usize;
+    let sign_in = |email: String, password: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}/v1/sessions");
+        async move {
+            let started = Instant::now();
+            let r = client
+                .post(url)
+                .json(&serde_json::json!({ "email": email, "password": password }))
+                .send()
+                .await?;
+            Ok::<_, anyhow::Error>((r.status().as_u16(), started.elapsed()))
+        }
+    };
+    let median = |mut v: Vec<std::time::Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let mut unknown = Vec::new();
+    for i in 0..runs {
+        let (status, t) = sign_in(format!("nobody-{i}@example.org"), "wrong wrong wrong").await?;
+        anyhow::ensure!(status == 401, "an unknown address got {status}");
+        unknown.push(t);
+    }
+    let unknown = median(unknown);
+    for scheme in hashes.keys() {
+        let email = format!("made-{}@example.org", scheme.replace('_', "-"));
+        let mut wrong = Vec::new();
+        for _ in 0..runs {
+            let (status, t) = sign_in(email.clone(), "imported ferret lantern 1988").await?;
+            anyhow::ensure!(status == 401, "{scheme}: a wrong password got {status}");
+            wrong.push(t);
+        }
+        let (status, first) = sign_in(email.clone(), password).await?;
+        anyhow::ensure!(status == 201, "{scheme}: the first sign-in got {status}");
+        let mut after = Vec::new();
+        for _ in 0..runs {
+            let (status, t) = sign_in(email.clone(), password).await?;
+            anyhow::ensure!(
+                status == 201,
+                "{scheme}: a sign-in after the upgrade got {status}"
+            );
+            after.push(t);
+        }
+        let (wrong, after) = (median(wrong), median(after));
+        rows.push(
+            Row::new(
+                SECTION,
+                format!("sign-in, {scheme} as the library makes it"),
+            )
+            .measured(format!(
+                "first {} (verify + argon2id), then {}; wrong password {}",
+                util::ms(first),
+                util::ms(after),
+                util::ms(wrong)
+            ))
+            .limit(format!("unknown address {}", util::ms(unknown)))
+            .ratio(wrong.as_secs_f64() / unknown.as_secs_f64())
+            .target(Target::Info, "—"),
+        );
+    }
     Ok(())
 }
