@@ -261,6 +261,17 @@ fn werkzeug_pbkdf2(rest: &str) -> Result<Foreign, Unusable> {
         _ => return Err(Unusable::UnknownScheme),
     };
     let expected = hex::decode(hash).map_err(|_| Unusable::Malformed("hex digest"))?;
+    framework_pbkdf2(digest, rounds, salt, expected)
+}
+
+/// A PBKDF2 hash as Werkzeug and Django store it: the salt is its text's bytes, the digest
+/// as long as the HMAC's output.
+fn framework_pbkdf2(
+    digest: Pbkdf2Digest,
+    rounds: &str,
+    salt: &str,
+    expected: Vec<u8>,
+) -> Result<Foreign, Unusable> {
     if expected.len() != digest_len(digest) {
         return Err(Unusable::Malformed("digest length"));
     }
@@ -331,15 +342,7 @@ fn django_pbkdf2(digest: Pbkdf2Digest, rest: &str) -> Result<Foreign, Unusable> 
     let expected = STANDARD
         .decode(hash)
         .map_err(|_| Unusable::Malformed("base64 digest"))?;
-    if expected.len() != digest_len(digest) {
-        return Err(Unusable::Malformed("digest length"));
-    }
-    Ok(Foreign::Pbkdf2 {
-        digest,
-        iterations: iterations(rounds)?,
-        salt: salt.as_bytes().to_vec(),
-        expected,
-    })
+    framework_pbkdf2(digest, rounds, salt, expected)
 }
 
 /// A PHC string of scrypt or PBKDF2, read by the `password-hash` crate; its salt and output
