@@ -29,12 +29,16 @@ use subtle::ConstantTimeEq as _;
 /// 1,000,000).
 pub const MAX_PBKDF2_ITERATIONS: u32 = 5_000_000;
 
-/// The most memory a stored scrypt hash may ask for (128 · N · r bytes; Werkzeug's default is
-/// 32 MiB).
+/// The most memory a stored scrypt hash may ask for (128 · r · (N + p) bytes: the work area
+/// and the lanes' block; Werkzeug's default is 32 MiB).
 pub const MAX_SCRYPT_MEMORY_BYTES: u64 = 128 * 1024 * 1024;
 
-/// The most scrypt lanes a stored hash may ask for.
-pub const MAX_SCRYPT_P: u32 = 16;
+/// The most scrypt lanes a stored hash may ask for (each lane is another pass over the work
+/// area; the frameworks use 1).
+pub const MAX_SCRYPT_P: u32 = 4;
+
+/// The largest scrypt block size a stored hash may ask for (the frameworks use 8).
+pub const MAX_SCRYPT_R: u32 = 32;
 
 /// The highest bcrypt cost a stored hash may ask for (2^14 rounds, about a second).
 pub const MAX_BCRYPT_COST: u32 = 14;
@@ -204,7 +208,7 @@ impl Foreign {
 /// verifies).
 fn bcrypt_parts(hash: &str) -> Result<(), Unusable> {
     let mut parts = hash.split('$');
-    let (Some(""), Some(version), Some(cost), Some(rest), None) = (
+    let (Some(""), Some(version), Some(cost_text), Some(rest), None) = (
         parts.next(),
         parts.next(),
         parts.next(),
@@ -216,11 +220,15 @@ fn bcrypt_parts(hash: &str) -> Result<(), Unusable> {
     if !matches!(version, "2a" | "2b" | "2y") {
         return Err(Unusable::UnknownScheme);
     }
-    let cost: u32 = cost
+    let cost: u32 = cost_text
         .parse()
         .map_err(|_| Unusable::Malformed("bcrypt cost"))?;
-    if !(4..=31).contains(&cost) || rest.len() != 53 {
+    let alphabet = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'/';
+    if !(4..=31).contains(&cost) || cost_text.len() != 2 || rest.len() != 53 {
         return Err(Unusable::Malformed("bcrypt cost or length"));
+    }
+    if !rest.bytes().all(alphabet) {
+        return Err(Unusable::Malformed("bcrypt salt or hash"));
     }
     if cost > MAX_BCRYPT_COST {
         return Err(Unusable::OverCaps("bcrypt cost"));
@@ -314,14 +322,13 @@ fn scrypt_within_caps(
         u32::try_from(r).map_err(|_| Unusable::Malformed("scrypt r"))?,
         u32::try_from(p).map_err(|_| Unusable::Malformed("scrypt p"))?,
     );
-    if r == 0 || p == 0 || log_n >= 64 {
+    if r == 0 || p == 0 || log_n == 0 || log_n >= 64 {
         return Err(Unusable::Malformed("scrypt parameters"));
     }
-    let memory = 128u64
-        .saturating_mul(1u64 << log_n)
-        .saturating_mul(u64::from(r));
-    if memory > MAX_SCRYPT_MEMORY_BYTES || p > MAX_SCRYPT_P {
-        return Err(Unusable::OverCaps("scrypt memory or lanes"));
+    let blocks = (1u64 << log_n).saturating_add(u64::from(p));
+    let memory = 128u64.saturating_mul(u64::from(r)).saturating_mul(blocks);
+    if memory > MAX_SCRYPT_MEMORY_BYTES || p > MAX_SCRYPT_P || r > MAX_SCRYPT_R {
+        return Err(Unusable::OverCaps("scrypt memory, block size or lanes"));
     }
     if scrypt::Params::new(log_n, r, p).is_err() || expected.is_empty() || expected.len() > 128 {
         return Err(Unusable::Malformed("scrypt parameters"));
@@ -371,9 +378,18 @@ fn phc(stored: &str) -> Result<Foreign, Unusable> {
                 _ => return Err(Unusable::UnknownScheme),
             };
             let rounds = number("i").ok_or(Unusable::Malformed("PBKDF2 i"))?;
+            let iterations = iterations(&rounds.to_string())?;
+            if expected.is_empty() {
+                return Err(Unusable::Malformed("PBKDF2 output"));
+            }
+            // Each output block of the digest's length costs the iterations again.
+            let blocks = expected.len().div_ceil(digest_len(digest)) as u64;
+            if u64::from(iterations) * blocks > u64::from(MAX_PBKDF2_ITERATIONS) {
+                return Err(Unusable::OverCaps("PBKDF2 iterations x output blocks"));
+            }
             Ok(Foreign::Pbkdf2 {
                 digest,
-                iterations: iterations(&rounds.to_string())?,
+                iterations,
                 salt,
                 expected,
             })
@@ -453,8 +469,16 @@ mod tests {
             // scrypt N = 2^20, r = 8: 1 GiB.
             v["werkzeug_scrypt"].replacen("scrypt:32768:", "scrypt:1048576:", 1),
             v["phc_scrypt"].replacen("ln=10", "ln=20", 1),
-            // 17 scrypt lanes.
-            v["werkzeug_scrypt"].replacen(":8:1$", ":8:17$", 1),
+            // 5 scrypt lanes.
+            v["werkzeug_scrypt"].replacen(":8:1$", ":8:5$", 1),
+            // A small N with a huge block size: 128 · r · p bytes before the work.
+            format!("scrypt:2:524288:4$salt${}", "ab".repeat(64)),
+            format!("scrypt:2:33:1$salt${}", "ab".repeat(64)),
+            // A PHC PBKDF2 output of 2 blocks at 3,000,000 iterations: 6,000,000 rounds.
+            format!(
+                "$pbkdf2-sha256$i=3000000,l=64$c2FsdHNhbHQ${}",
+                "A".repeat(86)
+            ),
         ];
         for hash in over {
             assert!(
@@ -489,6 +513,9 @@ mod tests {
             "scrypt:1000:8:1$salt$abcd",
             "scrypt:32768:8$salt$abcd",
             "$scrypt$ln=10,r=8$c2FsdA$abcd",
+            "$scrypt$ln=0,r=8,p=1$c2FsdA$YWJjZA",
+            "$2b$4$N56urM2yEfcb.Na7yN/oqu1WtmvGEfqoUk9Qb/Nesh9uCT9Bmp8pCx",
+            "$2b$04$!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
             "$pbkdf2-sha256$l=32$c2FsdA$abcd",
         ] {
             assert!(
@@ -508,13 +535,13 @@ mod tests {
             "phc_pbkdf2_sha256",
         ] {
             let hash = &v[scheme];
-            // The last character of the output, changed.
-            let mut bent = hash.clone();
-            let last = bent.pop().expect("non-empty");
-            bent.push(if last == 'A' { 'B' } else { 'A' });
-            if let Ok(foreign) = Foreign::parse(&bent) {
-                assert!(!foreign.verify(PASSWORD), "{scheme}: {bent}");
-            }
+            // A character inside the output, changed (not the last: base64 padding).
+            let mut bent: Vec<char> = hash.chars().collect();
+            let i = bent.len() - 5;
+            bent[i] = if bent[i] == 'A' { 'B' } else { 'A' };
+            let bent: String = bent.into_iter().collect();
+            let foreign = Foreign::parse(&bent).unwrap_or_else(|e| panic!("{scheme}: {e}"));
+            assert!(!foreign.verify(PASSWORD), "{scheme}: {bent}");
         }
     }
 }

@@ -87,13 +87,18 @@ fn read(n: u64, line: &str) -> Result<Account, Refusal> {
         code,
         reason,
     };
+    // The reason names where, never what: serde's own messages quote the input (an address,
+    // a hash), and refusals are printed.
     let line: Line = serde_json::from_str(line).map_err(|e| {
-        let code = if e.is_data() {
-            "invalid_fields"
+        let (code, what) = if e.is_data() {
+            (
+                "invalid_fields",
+                "not the fields email, password_hash, email_verified",
+            )
         } else {
-            "invalid_json"
+            ("invalid_json", "not a JSON object")
         };
-        refuse(code, e.to_string())
+        refuse(code, format!("{what} (column {})", e.column()))
     })?;
     let Some(password_hash) = line.password_hash else {
         let reason = "no password_hash (null for an account without a password)".into();
@@ -125,6 +130,14 @@ pub async fn run(
     let mut batch: Vec<Account> = Vec::with_capacity(BATCH);
     let mut lines = Lines::new(input);
     while let Some((n, line)) = lines.next().await? {
+        // A byte-order mark some exporters write first.
+        let line = line.map(|text| {
+            if n == 1 {
+                text.trim_start_matches('\u{feff}')
+            } else {
+                text
+            }
+        });
         let account = match line {
             Ok(text) if text.trim().is_empty() => continue,
             Ok(text) => read(n, text.trim()),
@@ -184,11 +197,13 @@ async fn insert(
     let created: i64 = sqlx::query_scalar(
         "WITH rows AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[])
-                 AS r(id, email, email_key, password_hash, verified)
+                 WITH ORDINALITY AS r(id, email, email_key, password_hash, verified, n)
          ), new AS (
              INSERT INTO users (id, email, email_key, password_hash, email_verified_at)
              SELECT id, email, email_key, password_hash, CASE WHEN verified THEN now() END
              FROM rows
+             -- The file's order: of two lines for one address, the first is the account.
+             ORDER BY n
              ON CONFLICT (email_key) DO NOTHING
              RETURNING id
          ), audited AS (
@@ -240,7 +255,8 @@ impl<R: AsyncBufRead + Unpin> Lines<R> {
 
     async fn next(&mut self) -> std::io::Result<Option<(u64, Result<&str, LineError>)>> {
         self.buffer.clear();
-        let limit = MAX_LINE_BYTES as u64 + 1;
+        // Room for the line ending (`\r\n`) beyond the longest line.
+        let limit = MAX_LINE_BYTES as u64 + 3;
         let n = (&mut self.input)
             .take(limit)
             .read_until(b'\n', &mut self.buffer)
@@ -249,7 +265,15 @@ impl<R: AsyncBufRead + Unpin> Lines<R> {
             return Ok(None);
         }
         self.read += 1;
-        if self.buffer.last() != Some(&b'\n') && self.buffer.len() > MAX_LINE_BYTES {
+        let ending = match self.buffer.as_slice() {
+            [.., b'\r', b'\n'] => 2,
+            [.., b'\n'] => 1,
+            _ => 0,
+        };
+        if self.buffer.len() - ending > MAX_LINE_BYTES {
+            if ending > 0 {
+                return Ok(Some((self.read, Err(LineError::TooLong))));
+            }
             // The rest of the line, read and dropped a chunk at a time.
             loop {
                 let chunk = self.input.fill_buf().await?;

@@ -28,8 +28,12 @@ async fn the_import_command_reads_standard_input_reports_by_line_and_its_account
         json!({ "email": "django@example.org", "password_hash": hashes["django_pbkdf2_sha256"] })
             .to_string(),
         json!({ "email": "nobody@example.org", "password_hash": "md5$x$y" }).to_string(),
+        // Lines whose refusal must not quote them: an address as a field's name, a hash where
+        // a flag belongs.
+        json!({ "secret.person@example.org": 1 }).to_string(),
+        json!({ "email": "flag@example.org", "password_hash": null, "email_verified": hashes["bcrypt_2b"] }).to_string(),
     ]
-    .join("\n");
+    .join("\r\n");
     let (ok, out) = env
         .api_command_with_input(&["users", "import", "-"], &input)
         .await
@@ -48,14 +52,29 @@ async fn the_import_command_reads_standard_input_reports_by_line_and_its_account
     let counts = summaries(&out);
     assert_eq!(
         counts,
-        [json!({ "imported": 2, "skipped": 0, "refused": 2 })],
+        [json!({ "imported": 2, "skipped": 0, "refused": 4 })],
         "{out:?}"
     );
-    // The addresses themselves are never printed.
-    assert!(out.iter().all(|l| !l.contains("@example.org")), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("line 5: ") && l.contains("invalid_fields")),
+        "{out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("line 6: ") && l.contains("invalid_fields")),
+        "{out:?}"
+    );
+    // The addresses and hashes themselves are never printed.
+    assert!(
+        out.iter()
+            .all(|l| !l.contains("@example.org") && !l.contains("$2b$")),
+        "{out:?}"
+    );
 
     // Again, the good lines only: nothing new, and the command succeeds.
-    let good: Vec<&str> = input.lines().step_by(2).collect();
+    let lines: Vec<&str> = input.lines().collect();
+    let good = [lines[0], lines[2]];
     let (ok, out) = env
         .api_command_with_input(&["users", "import", "-"], &good.join("\n"))
         .await
