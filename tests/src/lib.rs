@@ -697,7 +697,7 @@ pub fn notice_jobs(prefix: &str, n: usize) -> Vec<Vec<u8>> {
 /// Parses every YAML document of `files` with PyYAML (in the test command's virtualenv) and
 /// returns them as JSON values, per file.
 pub fn parse_yaml(files: &[std::path::PathBuf]) -> Vec<Vec<serde_json::Value>> {
-    let python = std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = test_python();
     let script = "import json, sys, yaml\n\
                   print(json.dumps([list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]))";
     let out = std::process::Command::new(&python)
@@ -728,7 +728,7 @@ pub fn foreign_hashes_as_made(password: &str) -> std::collections::BTreeMap<Stri
 }
 
 fn hashes_of(password: &str, args: &[&str]) -> std::collections::BTreeMap<String, String> {
-    let python = std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = test_python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hashes/foreign_hashes.py");
     let out = std::process::Command::new(&python)
         .arg(script)
@@ -742,4 +742,10 @@ fn hashes_of(password: &str, args: &[&str]) -> std::collections::BTreeMap<String
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("the script prints a JSON object")
+}
+
+/// The test virtualenv's Python (`SMTP_SINK_PYTHON`, set by `deploy/local/venv.sh`): aiosmtpd,
+/// PyYAML, schemathesis and the frameworks' password hashers.
+pub fn test_python() -> String {
+    std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| "python3".into())
 }

@@ -12,11 +12,6 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::{ServiceProcess, poll_until, workspace_binary};
 
-/// The Python interpreter that has aiosmtpd (`SMTP_SINK_PYTHON`, set by the test command).
-fn sink_python() -> String {
-    std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 /// Recipients and how often each got mail.
 pub fn tally(emails: &[StoredEmail]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -264,7 +259,7 @@ impl SmtpSink {
         });
         std::fs::create_dir_all(&dir)?;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp/smtp_sink.py");
-        let mut child = tokio::process::Command::new(sink_python())
+        let mut child = tokio::process::Command::new(crate::test_python())
             .arg(&script)
             .args(["--port", &port.to_string(), "--dir"])
             .arg(&dir)
@@ -276,7 +271,10 @@ impl SmtpSink {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
-                anyhow::anyhow!("cannot start the SMTP sink with {}: {e}", sink_python())
+                anyhow::anyhow!(
+                    "cannot start the SMTP sink with {}: {e}",
+                    crate::test_python()
+                )
             })?;
         let stdout = child
             .stdout
