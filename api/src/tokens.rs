@@ -67,15 +67,6 @@ impl Rejected {
         )
     }
 
-    /// The client is over its per-IP budget for link endpoints (nothing was checked).
-    pub fn rate_limited(retry_after_secs: u64) -> Self {
-        Self {
-            error: ApiError::RateLimitedIp { retry_after_secs },
-            user: None,
-            reason: Outcome::RateLimited,
-        }
-    }
-
     /// The password check at verification is over a sign-in budget.
     pub fn rate_limited_login(user: Uuid, retry_after_secs: u64) -> Self {
         Self {
