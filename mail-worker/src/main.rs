@@ -39,7 +39,7 @@ enum Command {
         /// Which email.
         #[arg(long, value_enum, default_value_t = send_test::Kind::PasswordReset)]
         kind: send_test::Kind,
-        /// In which language (en, zh-CN).
+        /// In which language (en, zh-CN, es, fr, de, ja, pt-BR).
         #[arg(long, default_value = "en")]
         locale: String,
     },

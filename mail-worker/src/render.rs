@@ -103,6 +103,11 @@ macro_rules! embedded_templates {
         [$(
             (concat!("en/", $file), include_str!(concat!("../templates/en/", $file))),
             (concat!("zh-CN/", $file), include_str!(concat!("../templates/zh-CN/", $file))),
+            (concat!("es/", $file), include_str!(concat!("../templates/es/", $file))),
+            (concat!("fr/", $file), include_str!(concat!("../templates/fr/", $file))),
+            (concat!("de/", $file), include_str!(concat!("../templates/de/", $file))),
+            (concat!("ja/", $file), include_str!(concat!("../templates/ja/", $file))),
+            (concat!("pt-BR/", $file), include_str!(concat!("../templates/pt-BR/", $file))),
         )*]
     };
 }
@@ -236,37 +241,81 @@ struct Context<'a> {
     subject: Option<String>,
 }
 
-/// "1 hour", "1 hour and 30 minutes", "45 minutes"; "1 小时 30 分钟" in Chinese.
+/// A unit a duration is worded in.
+#[derive(Clone, Copy)]
+enum Unit {
+    Minute,
+    Hour,
+}
+
+/// "1 hour", "1 hour and 30 minutes", "45 minutes" in `locale`'s words ("1 Stunde und
+/// 30 Minuten", "1 小时 30 分钟", "1時間30分").
 fn minutes_phrase(minutes: u64, locale: Locale) -> String {
-    let (hours, rest) = (minutes / 60, minutes % 60);
-    let zh = locale == Locale::ZhCn;
-    match (hours, rest, zh) {
-        (0, 0, false) => "less than a minute".to_owned(),
-        (0, 0, true) => "不到 1 分钟".to_owned(),
-        (0, m, false) => plural(m, "minute"),
-        (0, m, true) => format!("{m} 分钟"),
-        (h, 0, false) => plural(h, "hour"),
-        (h, 0, true) => format!("{h} 小时"),
-        (h, m, false) => format!("{} and {}", plural(h, "hour"), plural(m, "minute")),
-        (h, m, true) => format!("{h} 小时 {m} 分钟"),
+    match (minutes / 60, minutes % 60) {
+        (0, 0) => less_than_one(Unit::Minute, locale).to_owned(),
+        (0, m) => count(m, Unit::Minute, locale),
+        (h, 0) => count(h, Unit::Hour, locale),
+        (h, m) => {
+            let (h, m) = (count(h, Unit::Hour, locale), count(m, Unit::Minute, locale));
+            match locale {
+                Locale::En => format!("{h} and {m}"),
+                Locale::Es => format!("{h} y {m}"),
+                Locale::Fr => format!("{h} et {m}"),
+                Locale::De => format!("{h} und {m}"),
+                Locale::PtBr => format!("{h} e {m}"),
+                Locale::ZhCn => format!("{h} {m}"),
+                Locale::Ja => format!("{h}{m}"),
+            }
+        }
     }
 }
 
-/// "24 hours", "1 hour"; "24 小时" in Chinese.
+/// "24 hours", "1 hour" in `locale`'s words ("24 Stunden", "24 小时", "24時間").
 fn hours_phrase(hours: u64, locale: Locale) -> String {
-    match (hours, locale == Locale::ZhCn) {
-        (0, false) => "less than an hour".to_owned(),
-        (0, true) => "不到 1 小时".to_owned(),
-        (h, false) => plural(h, "hour"),
-        (h, true) => format!("{h} 小时"),
+    match hours {
+        0 => less_than_one(Unit::Hour, locale).to_owned(),
+        h => count(h, Unit::Hour, locale),
     }
 }
 
-fn plural(n: u64, unit: &str) -> String {
-    if n == 1 {
-        format!("1 {unit}")
-    } else {
-        format!("{n} {unit}s")
+/// `n` (at least 1) of `unit`. In every language here but Chinese and Japanese, which have
+/// no plural, 1 takes the singular and every larger number the plural.
+fn count(n: u64, unit: Unit, locale: Locale) -> String {
+    let (one, many) = match (locale, unit) {
+        (Locale::En, Unit::Minute) => ("minute", "minutes"),
+        (Locale::En, Unit::Hour) => ("hour", "hours"),
+        (Locale::Es | Locale::PtBr, Unit::Minute) => ("minuto", "minutos"),
+        (Locale::Es | Locale::PtBr, Unit::Hour) => ("hora", "horas"),
+        (Locale::Fr, Unit::Minute) => ("minute", "minutes"),
+        (Locale::Fr, Unit::Hour) => ("heure", "heures"),
+        (Locale::De, Unit::Minute) => ("Minute", "Minuten"),
+        (Locale::De, Unit::Hour) => ("Stunde", "Stunden"),
+        (Locale::ZhCn, Unit::Minute) => return format!("{n} 分钟"),
+        (Locale::ZhCn, Unit::Hour) => return format!("{n} 小时"),
+        // Japanese writes a count against its unit.
+        (Locale::Ja, Unit::Minute) => return format!("{n}分"),
+        (Locale::Ja, Unit::Hour) => return format!("{n}時間"),
+    };
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// "less than a minute" in `locale`'s words: what a zero count says.
+fn less_than_one(unit: Unit, locale: Locale) -> &'static str {
+    match (locale, unit) {
+        (Locale::En, Unit::Minute) => "less than a minute",
+        (Locale::En, Unit::Hour) => "less than an hour",
+        (Locale::ZhCn, Unit::Minute) => "不到 1 分钟",
+        (Locale::ZhCn, Unit::Hour) => "不到 1 小时",
+        (Locale::Es, Unit::Minute) => "menos de un minuto",
+        (Locale::Es, Unit::Hour) => "menos de una hora",
+        (Locale::Fr, Unit::Minute) => "moins d’une minute",
+        (Locale::Fr, Unit::Hour) => "moins d’une heure",
+        (Locale::De, Unit::Minute) => "weniger als eine Minute",
+        (Locale::De, Unit::Hour) => "weniger als eine Stunde",
+        (Locale::Ja, Unit::Minute) => "1分未満",
+        (Locale::Ja, Unit::Hour) => "1時間未満",
+        (Locale::PtBr, Unit::Minute) => "menos de um minuto",
+        (Locale::PtBr, Unit::Hour) => "menos de uma hora",
     }
 }
 
@@ -310,10 +359,15 @@ mod tests {
     use super::*;
 
     /// The tags of every locale the templates exist for.
-    const LOCALES: [&str; 2] = [
-        shared::locale::Locale::ALL[0].as_str(),
-        shared::locale::Locale::ALL[1].as_str(),
-    ];
+    const LOCALES: [&str; Locale::ALL.len()] = {
+        let mut tags = [""; Locale::ALL.len()];
+        let mut i = 0;
+        while i < tags.len() {
+            tags[i] = Locale::ALL[i].as_str();
+            i += 1;
+        }
+        tags
+    };
 
     const PRODUCT: &str = "Example Accounts";
     const RESET_LINK: &str =
@@ -404,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_renders_in_both_locales_with_all_three_parts() {
+    fn every_kind_renders_in_every_locale_with_all_three_parts() {
         for locale in LOCALES {
             for content in every_kind() {
                 let mail = render(&content, locale);
@@ -532,6 +586,119 @@ mod tests {
     }
 
     #[test]
+    fn expiry_is_worded_in_natural_hours_and_minutes_in_every_language() {
+        let cases: [(u64, [&str; 5]); 7] = [
+            (
+                0,
+                [
+                    "menos de un minuto",
+                    "moins d’une minute",
+                    "weniger als eine Minute",
+                    "1分未満",
+                    "menos de um minuto",
+                ],
+            ),
+            (1, ["1 minuto", "1 minute", "1 Minute", "1分", "1 minuto"]),
+            (
+                30,
+                [
+                    "30 minutos",
+                    "30 minutes",
+                    "30 Minuten",
+                    "30分",
+                    "30 minutos",
+                ],
+            ),
+            (60, ["1 hora", "1 heure", "1 Stunde", "1時間", "1 hora"]),
+            (
+                61,
+                [
+                    "1 hora y 1 minuto",
+                    "1 heure et 1 minute",
+                    "1 Stunde und 1 Minute",
+                    "1時間1分",
+                    "1 hora e 1 minuto",
+                ],
+            ),
+            (
+                150,
+                [
+                    "2 horas y 30 minutos",
+                    "2 heures et 30 minutes",
+                    "2 Stunden und 30 Minuten",
+                    "2時間30分",
+                    "2 horas e 30 minutos",
+                ],
+            ),
+            (
+                1440,
+                ["24 horas", "24 heures", "24 Stunden", "24時間", "24 horas"],
+            ),
+        ];
+        let locales = [Locale::Es, Locale::Fr, Locale::De, Locale::Ja, Locale::PtBr];
+        for (minutes, expected) in cases {
+            for (locale, phrase) in locales.into_iter().zip(expected) {
+                assert_eq!(minutes_phrase(minutes, locale), phrase, "{locale}");
+            }
+        }
+        let hours = [
+            (Locale::Es, "1 hora", "48 horas", "menos de una hora"),
+            (Locale::Fr, "1 heure", "48 heures", "moins d’une heure"),
+            (
+                Locale::De,
+                "1 Stunde",
+                "48 Stunden",
+                "weniger als eine Stunde",
+            ),
+            (Locale::Ja, "1時間", "48時間", "1時間未満"),
+            (Locale::PtBr, "1 hora", "48 horas", "menos de uma hora"),
+        ];
+        for (locale, one, many, none) in hours {
+            assert_eq!(hours_phrase(1, locale), one);
+            assert_eq!(hours_phrase(48, locale), many);
+            assert_eq!(hours_phrase(0, locale), none);
+        }
+    }
+
+    #[test]
+    fn every_locale_says_when_its_links_expire_in_a_whole_sentence() {
+        let expected = [
+            (
+                "es",
+                "Este enlace caduca en 1 hora y 30 minutos y solo se puede usar una vez.",
+                "Este enlace caduca en 24 horas.",
+            ),
+            (
+                "fr",
+                "Ce lien expire dans 1 heure et 30 minutes et ne fonctionne qu’une seule fois.",
+                "Ce lien expire dans 24 heures.",
+            ),
+            (
+                "de",
+                "Dieser Link ist 1 Stunde und 30 Minuten gültig und funktioniert nur einmal.",
+                "Dieser Link ist 24 Stunden gültig.",
+            ),
+            (
+                "ja",
+                "このリンクの有効期間は1時間30分で、一度だけ使用できます。",
+                "このリンクの有効期間は24時間です。",
+            ),
+            (
+                "pt-BR",
+                "Este link expira em 1 hora e 30 minutos e só pode ser usado uma vez.",
+                "Este link expira em 24 horas.",
+            ),
+        ];
+        for (locale, reset_sentence, verify_sentence) in expected {
+            let html = render(&reset(90, None), locale).html;
+            let html = html.replace("<strong>", "").replace("</strong>", "");
+            assert!(html.contains(reset_sentence), "{locale}: {html}");
+            let text = render(&every_kind()[1], locale).text;
+            assert!(text.contains(verify_sentence), "{locale}: {text}");
+        }
+    }
+
+    #[test]
     fn expiry_is_worded_in_natural_hours_and_minutes() {
         let cases = [
             (0, "less than a minute", "不到 1 分钟"),
@@ -591,9 +758,68 @@ mod tests {
         }
     }
 
+    /// Whether `text` has Japanese kana (which Chinese does not use).
+    fn has_kana(text: &str) -> bool {
+        text.chars().any(|c| ('\u{3041}'..='\u{30ff}').contains(&c))
+    }
+
+    /// Words each language's emails use in every subject, text and HTML part, and that no
+    /// other language's emails here contain as words.
+    fn markers(locale: &str) -> &'static [&'static str] {
+        match locale {
+            "en" => &["your", "you", "this"],
+            "es" => &["tu", "cuenta", "dirección", "contraseña"],
+            "fr" => &["votre", "vous", "compte"],
+            "de" => &["ihr", "ihre", "sie", "konto"],
+            "pt-BR" => &["sua", "você", "conta"],
+            _ => &[],
+        }
+    }
+
+    fn words(text: &str) -> Vec<String> {
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    }
+
+    #[test]
+    fn every_locale_is_written_in_its_own_language_and_not_left_in_english() {
+        for locale in LOCALES {
+            for content in every_kind() {
+                let mail = render(&content, locale);
+                for (part, text) in [
+                    ("subject", &mail.subject),
+                    ("text", &mail.text),
+                    ("html", &mail.html),
+                ] {
+                    let words = words(text);
+                    let own = markers(locale);
+                    assert!(
+                        own.is_empty() || own.iter().any(|m| words.iter().any(|w| w == m)),
+                        "{locale} {part} has none of {own:?}: {text}"
+                    );
+                    for other in LOCALES.into_iter().filter(|&l| l != locale) {
+                        for marker in markers(other) {
+                            assert!(
+                                !words.iter().any(|w| w == marker),
+                                "{locale} {part} has {other}'s {marker:?}: {text}"
+                            );
+                        }
+                    }
+                    match locale {
+                        "ja" => assert!(has_kana(text), "{part}: {text}"),
+                        "zh-CN" => assert!(has_chinese(text) && !has_kana(text), "{part}"),
+                        _ => assert!(!has_chinese(text) && !has_kana(text), "{part}"),
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn an_unknown_locale_falls_back_to_english() {
-        for locale in ["fr", "", "zh-TW", "../../etc/passwd"] {
+        for locale in ["it", "", "zh-TW", "ko-KR", "../../etc/passwd"] {
             assert_eq!(
                 render(&reset(60, None), locale),
                 render(&reset(60, None), "en")
@@ -603,6 +829,12 @@ mod tests {
             render(&reset(60, None), "zh-Hans"),
             render(&reset(60, None), "zh-CN")
         );
+        for (asked, written) in [("pt-PT", "pt-BR"), ("es-MX", "es"), ("de-AT", "de")] {
+            assert_eq!(
+                render(&reset(60, None), asked),
+                render(&reset(60, None), written)
+            );
+        }
     }
 
     #[test]
@@ -610,6 +842,11 @@ mod tests {
         let expected = [
             ("en", "Reset your Example Accounts password"),
             ("zh-CN", "重置您的 Example Accounts 密码"),
+            ("es", "Restablece tu contraseña de Example Accounts"),
+            ("fr", "Réinitialisez votre mot de passe Example Accounts"),
+            ("de", "Ihr Passwort für Example Accounts zurücksetzen"),
+            ("ja", "Example Accounts のパスワード再設定"),
+            ("pt-BR", "Redefina a senha da sua conta Example Accounts"),
         ];
         for (locale, subject) in expected {
             assert_eq!(render(&reset(60, None), locale).subject, subject);

@@ -9,11 +9,29 @@ pub enum Locale {
     En,
     /// Chinese in Simplified characters.
     ZhCn,
+    /// Spanish (one text for Spain and Latin America).
+    Es,
+    /// French.
+    Fr,
+    /// German.
+    De,
+    /// Japanese.
+    Ja,
+    /// Portuguese as written in Brazil, also what every other Portuguese reader gets.
+    PtBr,
 }
 
 impl Locale {
     /// Every locale; the first is the fallback.
-    pub const ALL: [Locale; 2] = [Locale::En, Locale::ZhCn];
+    pub const ALL: [Locale; 7] = [
+        Locale::En,
+        Locale::ZhCn,
+        Locale::Es,
+        Locale::Fr,
+        Locale::De,
+        Locale::Ja,
+        Locale::PtBr,
+    ];
 
     /// What a client that asks for nothing we have gets.
     pub const FALLBACK: Locale = Locale::En;
@@ -23,6 +41,11 @@ impl Locale {
         match self {
             Locale::En => "en",
             Locale::ZhCn => "zh-CN",
+            Locale::Es => "es",
+            Locale::Fr => "fr",
+            Locale::De => "de",
+            Locale::Ja => "ja",
+            Locale::PtBr => "pt-BR",
         }
     }
 
@@ -31,12 +54,22 @@ impl Locale {
     /// is `zh-CN`; Traditional Chinese (`zh-TW`, `zh-HK`, `zh-Hant`) is not: its readers are
     /// better served by the next language they accept, or English, than by a script they may
     /// not read.
+    ///
+    /// Spanish, French, German and Japanese are one text each, whatever the region (`es-MX`,
+    /// `fr-CA`, `de-CH`, `ja-JP`). Every Portuguese (`pt`, `pt-BR`, `pt-PT`, `pt-AO`) is
+    /// `pt-BR`: a reader in Portugal notices Brazilian spelling and wording, but reads it
+    /// without effort, which English would not give them.
     pub fn supported(tag: &str) -> Option<Locale> {
         let tag = tag.trim().replace('_', "-").to_ascii_lowercase();
         let mut subtags = tag.split('-');
         match (subtags.next(), subtags.next()) {
             (Some("en"), _) => Some(Locale::En),
             (Some("zh"), None | Some("hans" | "cn" | "sg")) => Some(Locale::ZhCn),
+            (Some("es"), _) => Some(Locale::Es),
+            (Some("fr"), _) => Some(Locale::Fr),
+            (Some("de"), _) => Some(Locale::De),
+            (Some("ja"), _) => Some(Locale::Ja),
+            (Some("pt"), _) => Some(Locale::PtBr),
             _ => None,
         }
     }
@@ -71,7 +104,7 @@ impl Locale {
     }
 }
 
-/// On the queue a locale is its tag (`"en"`, `"zh-CN"`). Reading is lenient: any tag maps to
+/// On the queue a locale is its tag (`"en"`, `"zh-CN"`, `"pt-BR"`). Reading is lenient: any tag maps to
 /// the locale it asks for, or English (see [`Locale::from_tag`]), so a job from an api that
 /// knows a language this worker has no templates for is written in English, not refused.
 impl serde::Serialize for Locale {
@@ -121,9 +154,41 @@ mod tests {
         for tag in ["en", "en-US", "EN_gb"] {
             assert_eq!(Locale::supported(tag), Some(Locale::En), "{tag}");
         }
-        for tag in ["fr", "", "zh-TW", "zh-Hant", "zh-HK", "zhx", "cn", "../x"] {
+        for tag in [
+            "", "it", "ko-KR", "zh-TW", "zh-Hant", "zh-HK", "zhx", "cn", "esp", "french", "../x",
+        ] {
             assert_eq!(Locale::supported(tag), None, "{tag}");
             assert_eq!(Locale::from_tag(tag), Locale::En, "{tag}");
+        }
+    }
+
+    #[test]
+    fn every_region_of_spanish_french_german_and_japanese_gets_its_language() {
+        let cases = [
+            (["es", "es-ES", "es-419", "ES_mx"], Locale::Es),
+            (["fr", "fr-FR", "fr-CA", "fr_be"], Locale::Fr),
+            (["de", "de-DE", "de-AT", "DE-ch"], Locale::De),
+            (["ja", "ja-JP", "JA_jp", " ja "], Locale::Ja),
+        ];
+        for (tags, locale) in cases {
+            for tag in tags {
+                assert_eq!(Locale::supported(tag), Some(locale), "{tag}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_portuguese_gets_the_brazilian_text() {
+        for tag in ["pt", "pt-BR", "pt_br", "PT-PT", "pt-AO"] {
+            assert_eq!(Locale::supported(tag), Some(Locale::PtBr), "{tag}");
+        }
+        assert_eq!(Locale::PtBr.as_str(), "pt-BR");
+    }
+
+    #[test]
+    fn every_locale_is_read_back_from_its_own_tag() {
+        for locale in Locale::ALL {
+            assert_eq!(Locale::supported(locale.as_str()), Some(locale));
         }
     }
 
@@ -132,11 +197,20 @@ mod tests {
         let cases = [
             ("zh-CN,zh;q=0.9,en;q=0.8", Locale::ZhCn),
             ("en-US,zh;q=0.5", Locale::En),
-            ("fr-FR, zh-Hans;q=0.3", Locale::ZhCn),
+            ("it-IT, zh-Hans;q=0.3", Locale::ZhCn),
             // Traditional Chinese is not Simplified: the next accepted language, or English.
             ("zh-TW, zh-CN;q=0.5", Locale::ZhCn),
-            ("fr-FR, zh-TW;q=0.3", Locale::En),
-            ("de", Locale::En),
+            ("it-IT, zh-TW;q=0.3", Locale::En),
+            ("de", Locale::De),
+            ("de-CH,de;q=0.9,en;q=0.8", Locale::De),
+            ("en;q=0.5, ja;q=0.8", Locale::Ja),
+            ("ko-KR, ja-JP;q=0.6, en-US;q=0.4", Locale::Ja),
+            ("it, fr;q=0.9, de;q=0.7", Locale::Fr),
+            ("es-419, es;q=0.9, en;q=0.5", Locale::Es),
+            ("pt-PT, pt;q=0.9, en;q=0.8", Locale::PtBr),
+            ("en-GB;q=0.8, pt-BR", Locale::PtBr),
+            ("fr;q=0.5, es;q=0.5", Locale::Fr),
+            ("ja;q=0, de;q=0.1", Locale::De),
             ("", Locale::En),
             ("zh;q=0, en;q=0.1", Locale::En),
         ];
@@ -147,7 +221,18 @@ mod tests {
 
     #[test]
     fn what_the_api_negotiates_the_worker_maps_to_the_same_locale() {
-        for header in ["zh-TW", "zh-Hant-HK, zh;q=0.2", "zh-SG", "en-AU", "xx"] {
+        for header in [
+            "zh-TW",
+            "zh-Hant-HK, zh;q=0.2",
+            "zh-SG",
+            "en-AU",
+            "xx",
+            "es-AR",
+            "fr-CH",
+            "de-LI",
+            "ja-JP",
+            "pt-PT",
+        ] {
             let negotiated = Locale::negotiate(header);
             assert_eq!(Locale::from_tag(negotiated.as_str()), negotiated);
         }
@@ -162,8 +247,10 @@ mod tests {
             assert_eq!(back, locale);
         }
         // A tag this version has no templates for is read as English, not refused.
-        let read: Locale = serde_json::from_str("\"fr-CA\"").expect("deserialises");
+        let read: Locale = serde_json::from_str("\"it-IT\"").expect("deserialises");
         assert_eq!(read, Locale::En);
+        let read: Locale = serde_json::from_str("\"pt-PT\"").expect("deserialises");
+        assert_eq!(read, Locale::PtBr);
         let read: Locale = serde_json::from_str("\"zh-Hans-CN\"").expect("deserialises");
         assert_eq!(read, Locale::ZhCn);
         assert!(serde_json::from_str::<Locale>("7").is_err());

@@ -78,6 +78,14 @@ impl Pages {
                 Locale::ZhCn,
                 include_str!("../../../templates/text/zh-CN.json"),
             ),
+            (Locale::Es, include_str!("../../../templates/text/es.json")),
+            (Locale::Fr, include_str!("../../../templates/text/fr.json")),
+            (Locale::De, include_str!("../../../templates/text/de.json")),
+            (Locale::Ja, include_str!("../../../templates/text/ja.json")),
+            (
+                Locale::PtBr,
+                include_str!("../../../templates/text/pt-BR.json"),
+            ),
         ] {
             let table: BTreeMap<String, String> = serde_json::from_str(source)
                 .map_err(|e| anyhow::anyhow!("page texts of {locale}: {e}"))?;
@@ -240,11 +248,14 @@ impl<'a> Page<'a> {
         self.message(StatusCode::BAD_REQUEST, title, text, "error", None)
     }
 
-    /// What a refused new password looks like: the password policy's hint is English only.
+    /// What a refused new password looks like: the password policy's hint is English only,
+    /// so the other languages say only their own sentence.
     fn weak_password(&self, hint: &str) -> String {
         match self.locale {
             Locale::En => format!("{} {hint}", self.t("weak")),
-            Locale::ZhCn => self.t("weak").to_owned(),
+            Locale::ZhCn | Locale::Es | Locale::Fr | Locale::De | Locale::Ja | Locale::PtBr => {
+                self.t("weak").to_owned()
+            }
         }
     }
 
@@ -285,20 +296,56 @@ mod tests {
     #[test]
     fn every_template_and_text_file_parses_and_every_text_is_translated() {
         let pages = Pages::new().expect("templates and texts parse");
-        let (en, zh) = (pages.texts(Locale::En), pages.texts(Locale::ZhCn));
+        let en = pages.texts(Locale::En);
         assert!(!en.is_empty());
-        assert_eq!(
-            en.keys().collect::<Vec<_>>(),
-            zh.keys().collect::<Vec<_>>(),
-            "both locales have the same texts"
-        );
-        for (key, text) in en {
-            assert_ne!(Some(text), zh.get(key), "{key} is translated");
+        for locale in Locale::ALL.into_iter().filter(|&l| l != Locale::En) {
+            // Its own table, not English's as the fallback.
+            let texts =
+                (pages.texts.get(&locale)).unwrap_or_else(|| panic!("{locale} has no texts"));
+            assert_eq!(
+                en.keys().collect::<Vec<_>>(),
+                texts.keys().collect::<Vec<_>>(),
+                "{locale} has exactly English's texts"
+            );
+            for (key, text) in en {
+                let translated = &texts[key];
+                assert_ne!(text, translated, "{locale}: {key} is translated");
+                assert_eq!(
+                    text.contains("{minutes}"),
+                    translated.contains("{minutes}"),
+                    "{locale}: {key} keeps its placeholder"
+                );
+            }
         }
         // The page says what the JSON answer says.
         assert_eq!(
             en.get("sent_message").map(String::as_str),
             Some(crate::routes::password::FORGOT_ACCEPTED_MESSAGE)
         );
+    }
+
+    #[test]
+    fn a_page_is_written_in_the_language_it_is_served_in() {
+        let pages = Pages::new().expect("templates and texts parse");
+        for locale in Locale::ALL {
+            let texts = pages.texts(locale);
+            let ctx = context! {
+                lang => locale.as_str(),
+                product => "Example Accounts",
+                t => texts,
+                error => "",
+                email => "",
+            };
+            let html = pages.render("forgot.html", ctx).expect("renders");
+            assert!(
+                html.contains(&format!("<html lang=\"{locale}\">")),
+                "{html}"
+            );
+            let title = shared::html::escape_html(&texts["forgot_title"]);
+            assert!(
+                html.contains(&format!("<h1>{title}</h1>")),
+                "{locale}: {html}"
+            );
+        }
     }
 }
