@@ -17,11 +17,27 @@
 //!
 //! Every parameter is capped, so a stored hash cannot make one verification cost more than
 //! the caps allow (an import is checked against the same caps: a hash over them is refused).
+//!
+//! What a verification costs depends on a hash's parameters only, never on its salt or
+//! output: [`Foreign::signature`] names those parameters (`bcrypt:12`,
+//! `pbkdf2-sha256:600000:32`, `scrypt:32768:8:1`) and [`synthetic`] makes a hash with them, a
+//! random salt and an all-zero output, whose verification costs what a real one does. An
+//! import stores each account's signature and times its synthetic hash once; the api times
+//! the costliest still stored so that every refused sign-in takes as long (see
+//! [`crate::refusal_floor`]). Formats of one function share a signature (Werkzeug's, Django's
+//! and PHC PBKDF2 run the same code): they cost the same.
 
 use std::fmt;
 
 use argon2::password_hash::phc::PasswordHash;
-use base64::{Engine as _, engine::general_purpose::STANDARD};
+use base64::{
+    Engine as _,
+    alphabet::BCRYPT,
+    engine::{
+        GeneralPurpose,
+        general_purpose::{NO_PAD, STANDARD, STANDARD_NO_PAD},
+    },
+};
 use sha2::{Digest as _, Sha256, Sha512};
 use subtle::ConstantTimeEq as _;
 
@@ -74,6 +90,19 @@ pub enum Pbkdf2Digest {
     Sha256,
     Sha512,
 }
+
+impl Pbkdf2Digest {
+    fn name(self) -> &'static str {
+        match self {
+            Pbkdf2Digest::Sha1 => "sha1",
+            Pbkdf2Digest::Sha256 => "sha256",
+            Pbkdf2Digest::Sha512 => "sha512",
+        }
+    }
+}
+
+/// bcrypt's own base64 (`./A–Za–z0–9`, unpadded), for the salt of a synthetic hash.
+const BCRYPT_BASE64: GeneralPurpose = GeneralPurpose::new(&BCRYPT, NO_PAD);
 
 /// Why a stored hash cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +231,100 @@ impl Foreign {
             }
         }
     }
+
+    /// The parameters what verifying this hash costs depends on, without its salt or output:
+    /// `bcrypt:COST` (Django's `bcrypt_sha256` too: one SHA-256 more is nothing beside
+    /// bcrypt), `pbkdf2-DIGEST:ITERATIONS:OUTPUT_BYTES` (each output block of the digest's
+    /// length costs the iterations again), `scrypt:N:r:p`. [`synthetic`] makes a hash of the
+    /// same cost from it.
+    pub fn signature(&self) -> String {
+        match self {
+            Foreign::Bcrypt(hash) | Foreign::DjangoBcryptSha256(hash) => {
+                format!("bcrypt:{}", bcrypt_cost(hash))
+            }
+            Foreign::Pbkdf2 {
+                digest,
+                iterations,
+                expected,
+                ..
+            } => format!("pbkdf2-{}:{iterations}:{}", digest.name(), expected.len()),
+            Foreign::Scrypt { log_n, r, p, .. } => format!("scrypt:{}:{r}:{p}", 1u64 << log_n),
+        }
+    }
+
+    /// The working memory one verification of this hash takes, in bytes: scrypt's work area
+    /// and its lanes' block (bcrypt's 4 KiB and PBKDF2's few bytes count as none).
+    pub fn memory_bytes(&self) -> u64 {
+        match self {
+            Foreign::Scrypt { log_n, r, p, .. } => scrypt_memory(*log_n, *r, *p),
+            Foreign::Bcrypt(_) | Foreign::DjangoBcryptSha256(_) | Foreign::Pbkdf2 { .. } => 0,
+        }
+    }
+}
+
+/// A hash with the parameters `signature` names ([`Foreign::signature`]), a random salt and
+/// an all-zero output: verifying a password against it does all the work a stored hash of
+/// that signature asks for (and fails). Read back and checked against the caps like a stored
+/// hash, so a signature over them makes no hash.
+pub fn synthetic(signature: &str) -> Result<String, Unusable> {
+    let mut parts = signature.split(':');
+    let scheme = parts.next().unwrap_or_default();
+    let numbers: Vec<u64> = parts
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| Unusable::Malformed("signature"))?;
+    let salt: [u8; 16] = rand::random();
+    let phc_salt = STANDARD_NO_PAD.encode(salt);
+    let hash = match (scheme, numbers.as_slice()) {
+        // 23 zero bytes of output are 31 `.` in bcrypt's base64.
+        ("bcrypt", [cost]) => format!(
+            "$2b${cost:02}${}{}",
+            BCRYPT_BASE64.encode(salt),
+            ".".repeat(31)
+        ),
+        ("scrypt", [n, r, p]) if n.is_power_of_two() => format!(
+            "$scrypt$ln={},r={r},p={p}${phc_salt}${}",
+            n.trailing_zeros(),
+            STANDARD_NO_PAD.encode([0u8; 32])
+        ),
+        ("pbkdf2-sha1" | "pbkdf2-sha256" | "pbkdf2-sha512", [iterations, length]) => {
+            let algorithm = if scheme == "pbkdf2-sha1" {
+                "pbkdf2"
+            } else {
+                scheme
+            };
+            // A PHC output holds 10 to 64 bytes, as every stored PBKDF2 hash's does.
+            let length = usize::try_from(*length)
+                .ok()
+                .filter(|l| (10..=64).contains(l))
+                .ok_or(Unusable::Malformed("PBKDF2 output length"))?;
+            format!(
+                "${algorithm}$i={iterations},l={length}${phc_salt}${}",
+                STANDARD_NO_PAD.encode(vec![0u8; length])
+            )
+        }
+        ("bcrypt" | "scrypt" | "pbkdf2-sha1" | "pbkdf2-sha256" | "pbkdf2-sha512", _) => {
+            return Err(Unusable::Malformed("signature"));
+        }
+        _ => return Err(Unusable::UnknownScheme),
+    };
+    Foreign::parse(&hash)?;
+    Ok(hash)
+}
+
+/// The cost of a bcrypt string [`bcrypt_parts`] accepted (two digits after the version).
+fn bcrypt_cost(hash: &str) -> u32 {
+    // Unreachable for an accepted string; the costliest cost if it were not.
+    (hash.get(4..6).and_then(|c| c.parse().ok())).unwrap_or(MAX_BCRYPT_COST)
+}
+
+/// scrypt's working memory in bytes: 128 · r · (N + p), the work area and the lanes' block.
+fn scrypt_memory(log_n: u8, r: u32, p: u32) -> u64 {
+    let blocks = 1u64
+        .checked_shl(log_n.into())
+        .unwrap_or(u64::MAX)
+        .saturating_add(u64::from(p));
+    128u64.saturating_mul(u64::from(r)).saturating_mul(blocks)
 }
 
 /// Checks a bcrypt string's version and cost (the bcrypt crate reads the rest when it
@@ -325,9 +448,8 @@ fn scrypt_within_caps(
     if r == 0 || p == 0 || log_n == 0 || log_n >= 64 {
         return Err(Unusable::Malformed("scrypt parameters"));
     }
-    let blocks = (1u64 << log_n).saturating_add(u64::from(p));
-    let memory = 128u64.saturating_mul(u64::from(r)).saturating_mul(blocks);
-    if memory > MAX_SCRYPT_MEMORY_BYTES || p > MAX_SCRYPT_P || r > MAX_SCRYPT_R {
+    if scrypt_memory(log_n, r, p) > MAX_SCRYPT_MEMORY_BYTES || p > MAX_SCRYPT_P || r > MAX_SCRYPT_R
+    {
         return Err(Unusable::OverCaps("scrypt memory, block size or lanes"));
     }
     if scrypt::Params::new(log_n, r, p).is_err() || expected.is_empty() || expected.len() > 128 {
@@ -415,7 +537,11 @@ mod tests {
     use super::*;
 
     /// Hashes of [`PASSWORD`] made by the frameworks' own libraries:
-    /// `python tests/hashes/foreign_hashes.py "correct horse battery staple 42" --fast`.
+    /// `python tests/hashes/foreign_hashes.py "correct horse battery staple 42" --fast`; and
+    /// `argon2id_v16` by argon2-cffi's `argon2.low_level.hash_secret(PASSWORD,
+    /// b"sixteen byte slt", time_cost=1, memory_cost=1024, parallelism=1, hash_len=32,
+    /// type=Type.ID, version=16)`, `argon2id_no_version` the same without its `v=16$` (as
+    /// libargon2 before version 1.3 wrote it; its `verify_secret` accepts both).
     const VECTORS: &str = include_str!("foreign_hash_vectors.json");
     const PASSWORD: &[u8] = b"correct horse battery staple 42";
 
@@ -543,5 +669,101 @@ mod tests {
             let foreign = Foreign::parse(&bent).unwrap_or_else(|e| panic!("{scheme}: {e}"));
             assert!(!foreign.verify(PASSWORD), "{scheme}: {bent}");
         }
+    }
+
+    #[test]
+    fn a_signature_names_the_cost_parameters_and_nothing_else() {
+        let v = vectors();
+        for (scheme, signature) in [
+            ("werkzeug_scrypt", "scrypt:32768:8:1"),
+            ("phc_scrypt", "scrypt:1024:8:1"),
+            ("werkzeug_pbkdf2_sha256", "pbkdf2-sha256:1000:32"),
+            ("django_pbkdf2_sha256", "pbkdf2-sha256:1000:32"),
+            ("phc_pbkdf2_sha256", "pbkdf2-sha256:1000:32"),
+            ("werkzeug_pbkdf2_sha512", "pbkdf2-sha512:1000:64"),
+            ("django_pbkdf2_sha1", "pbkdf2-sha1:1000:20"),
+            ("bcrypt_2a", "bcrypt:4"),
+            ("bcrypt_2b", "bcrypt:4"),
+            ("bcrypt_2y", "bcrypt:4"),
+            ("django_bcrypt_sha256", "bcrypt:4"),
+        ] {
+            let foreign = Foreign::parse(&v[scheme]).expect(scheme);
+            assert_eq!(foreign.signature(), signature, "{scheme}");
+        }
+        let bcrypt_12 = v["bcrypt_2b"].replacen("$04$", "$12$", 1);
+        let foreign = Foreign::parse(&bcrypt_12).expect("bcrypt cost 12");
+        assert_eq!(foreign.signature(), "bcrypt:12");
+    }
+
+    #[test]
+    fn a_synthetic_hash_has_the_signature_and_memory_of_the_real_one_and_verifies_nothing() {
+        let mut checked = 0;
+        for (scheme, hash) in vectors() {
+            if Kind::of(&hash) != Kind::Other {
+                continue;
+            }
+            let real = Foreign::parse(&hash).expect(&scheme);
+            let made = synthetic(&real.signature()).unwrap_or_else(|e| panic!("{scheme}: {e}"));
+            let read = Foreign::parse(&made).unwrap_or_else(|e| panic!("{scheme}: {made}: {e}"));
+            assert_eq!(read.signature(), real.signature(), "{scheme}");
+            assert_eq!(read.memory_bytes(), real.memory_bytes(), "{scheme}");
+            assert!(!read.verify(PASSWORD), "{scheme}");
+            let again = synthetic(&real.signature()).expect(&scheme);
+            assert_ne!(again, made, "{scheme}: each has a salt of its own");
+            checked += 1;
+        }
+        assert_eq!(checked, 11);
+    }
+
+    #[test]
+    fn a_signature_over_the_caps_or_not_one_of_ours_makes_no_hash() {
+        for over in [
+            "bcrypt:15",
+            "scrypt:1048576:8:1",
+            "scrypt:32768:8:5",
+            "pbkdf2-sha256:6000000:32",
+            // Two output blocks of 3,000,000 iterations.
+            "pbkdf2-sha256:3000000:64",
+        ] {
+            assert!(
+                matches!(synthetic(over), Err(Unusable::OverCaps(_))),
+                "{over}: {:?}",
+                synthetic(over)
+            );
+        }
+        for unknown in ["md5:1000", "pbkdf2-md5:1000:16", "", "argon2id:19:1024:1:1"] {
+            assert_eq!(
+                synthetic(unknown),
+                Err(Unusable::UnknownScheme),
+                "{unknown}"
+            );
+        }
+        for malformed in [
+            "bcrypt",
+            "bcrypt:x",
+            "bcrypt:4:4",
+            "scrypt:1000:8:1",
+            "scrypt:32768:8",
+            "pbkdf2-sha256:1000:200",
+            "pbkdf2-sha256:1000:4",
+            "pbkdf2-sha256:0:32",
+        ] {
+            assert!(
+                matches!(synthetic(malformed), Err(Unusable::Malformed(_))),
+                "{malformed}: {:?}",
+                synthetic(malformed)
+            );
+        }
+    }
+
+    #[test]
+    fn only_scrypt_counts_working_memory() {
+        let v = vectors();
+        let memory = |scheme: &str| Foreign::parse(&v[scheme]).expect(scheme).memory_bytes();
+        // 128 · 8 · (32768 + 1) bytes: Werkzeug's 32 MiB and one lane's block.
+        assert_eq!(memory("werkzeug_scrypt"), 128 * 8 * (32768 + 1));
+        assert_eq!(memory("phc_scrypt"), 128 * 8 * (1024 + 1));
+        assert_eq!(memory("bcrypt_2b"), 0);
+        assert_eq!(memory("django_pbkdf2_sha256"), 0);
     }
 }

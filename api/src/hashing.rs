@@ -14,6 +14,14 @@
 //! to do for `MEMORY_IDLE_RELEASE` gives its buffer back. The PHC strings are built and
 //! checked by hand, byte for byte what `hash_password` wrote before, so stored hashes verify.
 //!
+//! A stored hash may need more memory than that buffer: an argon2 hash made with a larger
+//! `ARGON2_MEMORY_KIB`, or an imported one (argon2-cffi's 64 MiB, Django's 100 MiB, Werkzeug's
+//! 32 MiB scrypt). It is counted against the same bound: its verification takes one slot per
+//! `ARGON2_MEMORY_KIB` it needs (all of them at most), its thread gives its own buffer back
+//! for the temporary one, and each thread of the other slots it took gives its buffer back
+//! and waits with it, so every thread holds at most its slots' share. Only one hash larger
+//! than the whole bound (within the caps, and the import's time budget) exceeds it, alone.
+//!
 //! The shared queue alone is first come, first served: one client sending a hundred sign-ins
 //! at once would put everyone else behind its hundred hashes. So each client (an IPv4 address,
 //! or an IPv6 /64, as for the rate limits) may have only `per_client` hashes queued or running;
@@ -138,9 +146,10 @@ impl Hasher {
         let exists = stored.is_some();
         let dummy = self.dummy_hash.clone();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
+        let slots = self.slots_for(&hash);
         self.verifications.fetch_add(1, Ordering::Relaxed);
         let ok = self
-            .run(client, move |memory| {
+            .run_with(client, slots, move |memory| {
                 match verify_with(memory, password.as_bytes(), &hash) {
                     Ok(ok) => Ok(ok),
                     // An unusable stored hash (a corrupt row, parameters over the caps) must
@@ -177,6 +186,30 @@ impl Hasher {
             || !stored_params.data().is_empty()
     }
 
+    /// How long one verification of `stored` takes on a hashing thread, in `client`'s turn
+    /// like any other (the wait for the turn and the slot not counted): what a sign-in against
+    /// such a hash costs here. Meant for the [`synthetic`] hash of a signature.
+    pub async fn time_verify(&self, client: IpAddr, stored: String) -> Result<Duration, ApiError> {
+        let slots = self.slots_for(&stored);
+        self.run_with(client, slots, move |memory| {
+            let started = std::time::Instant::now();
+            verify_with(memory, b"a password that is not it", &stored)?;
+            Ok(started.elapsed())
+        })
+        .await
+    }
+
+    /// The hashing slots a verification of `stored` takes: one per `ARGON2_MEMORY_KIB` of
+    /// working memory it needs, at least one, at most all (see the module's documentation).
+    fn slots_for(&self, stored: &str) -> u32 {
+        let per_slot = u64::from(self.params.m_cost()).max(1);
+        let slots = memory_kib(stored).div_ceil(per_slot);
+        let all = u32::try_from(self.threads.queues.len()).unwrap_or(u32::MAX);
+        u32::try_from(slots)
+            .unwrap_or(u32::MAX)
+            .clamp(1, all.max(1))
+    }
+
     /// How many verifications ran since start (the dummy ones included).
     pub fn verifications(&self) -> u64 {
         self.verifications.load(Ordering::Relaxed)
@@ -194,7 +227,17 @@ impl Hasher {
         client: IpAddr,
         work: impl FnOnce(&mut Memory) -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let admission = self.admit(client).await?;
+        self.run_with(client, 1, work).await
+    }
+
+    /// [`Self::run`] for work that takes `slots` slots (its memory, see [`Self::slots_for`]).
+    async fn run_with<T: Send + 'static>(
+        &self,
+        client: IpAddr,
+        slots: u32,
+        work: impl FnOnce(&mut Memory) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let admission = self.admit(client, slots).await?;
         let (reply, answer) = oneshot::channel();
         let work: Work = Box::new(move |memory| {
             // The request was dropped while it waited (the client hung up): nobody would
@@ -218,17 +261,19 @@ impl Hasher {
             .map_err(ApiError::Internal)
     }
 
-    /// Takes the client's turn, then a hashing slot, within the queue timeout.
-    async fn admit(&self, client: IpAddr) -> Result<Admission, ApiError> {
+    /// Takes the client's turn, then `slots` hashing slots, within the queue timeout.
+    async fn admit(&self, client: IpAddr, slots: u32) -> Result<Admission, ApiError> {
         let closed = |e: tokio::sync::AcquireError| ApiError::Internal(e.into());
         let wait = async {
             let ticket = self.clients.enter(ip_subject(client));
             let turn = ticket.turns.clone().acquire_owned().await.map_err(closed)?;
-            let slot = self.slots.clone().acquire_owned().await.map_err(closed)?;
+            // The semaphore is fair: a request for several slots is not overtaken by later
+            // requests for one, it gets the next slots that free up.
+            let slot = (self.slots.clone().acquire_many_owned(slots).await).map_err(closed)?;
             Ok(Admission {
                 _slot: slot,
-                _turn: turn,
-                _ticket: ticket,
+                _turn: Some(turn),
+                _ticket: Some(ticket),
             })
         };
         // A burst beyond what the cores can hash waits at most this long, then gets a 503:
@@ -239,14 +284,15 @@ impl Hasher {
     }
 }
 
-/// A hashing slot and the client's turn, held until the hashing thread is done.
+/// A hashing slot and the client's turn, held until the hashing thread is done (a thread
+/// that only holds memory for another's job has a slot and no turn).
 ///
 /// Fields drop in order: the slot goes back first, so a request of another client already
 /// waiting for a slot gets it before this client's next request can even ask for one.
 struct Admission {
     _slot: OwnedSemaphorePermit,
-    _turn: OwnedSemaphorePermit,
-    _ticket: ClientTicket,
+    _turn: Option<OwnedSemaphorePermit>,
+    _ticket: Option<ClientTicket>,
 }
 
 /// The clients with hashes queued or running, each with its own turns.
@@ -365,17 +411,52 @@ impl Threads {
         })
     }
 
-    fn dispatch(&self, job: Job) -> Result<(), ApiError> {
+    /// Hands `job` to an idle thread; a job admitted with several slots also takes a thread
+    /// per extra slot, which gives its buffer back and waits until the job is done.
+    fn dispatch(&self, mut job: Job) -> Result<(), ApiError> {
         let gone = || ApiError::Internal(anyhow::anyhow!("the hashing threads are gone"));
-        // The slot semaphore admits no more jobs than there are threads, and a thread is back
-        // on the list before its slot is freed: an admitted job always finds one here.
-        let thread = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .ok_or_else(gone)?;
-        self.queues[thread].send(job).map_err(|_| gone())
+        let slots = job.admission._slot.num_permits();
+        // The slot semaphore admits no more slots than there are threads, each thread holds
+        // one slot while it works, and a thread is back on the list before its slot is freed:
+        // an admitted job always finds a thread here per slot.
+        let threads = {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let from = idle.len().checked_sub(slots).ok_or_else(gone)?;
+            idle.split_off(from)
+        };
+        let Some((&worker, holders)) = threads.split_last() else {
+            return Err(gone());
+        };
+        let mut done = Vec::with_capacity(holders.len());
+        for &thread in holders {
+            let slot = job.admission._slot.split(1).ok_or_else(gone)?;
+            let (finished, wait) = mpsc::channel::<()>();
+            done.push(finished);
+            let hold: Work = Box::new(move |memory| {
+                // This thread's share of the memory bound is the job's now.
+                memory.release();
+                // Returns when the job's work is over (its sender is dropped).
+                let _ = wait.recv();
+                Box::new(|| ())
+            });
+            let admission = Admission {
+                _slot: slot,
+                _turn: None,
+                _ticket: None,
+            };
+            let hold = Job {
+                work: hold,
+                admission,
+            };
+            self.queues[thread].send(hold).map_err(|_| gone())?;
+        }
+        let work = job.work;
+        job.work = Box::new(move |memory| {
+            let answer = work(memory);
+            drop(done);
+            answer
+        });
+        self.queues[worker].send(job).map_err(|_| gone())
     }
 }
 
@@ -462,6 +543,15 @@ impl Memory {
         }
     }
 
+    /// Memory without a buffer of its own: every hash gets a temporary one (a verification
+    /// timed away from the hashing threads, see [`time_verify_here`]).
+    fn none() -> Self {
+        Self {
+            configured_blocks: 0,
+            blocks: Vec::new(),
+        }
+    }
+
     fn is_held(&self) -> bool {
         self.blocks.capacity() > 0
     }
@@ -471,10 +561,11 @@ impl Memory {
     }
 
     /// Runs `argon` over the thread's buffer. A stored hash that needs more memory than the
-    /// configured parameters (written before `ARGON2_MEMORY_KIB` was lowered) gets a
-    /// temporary buffer for this call instead of a larger permanent one: such hashes are
-    /// replaced at their next sign-in (`needs_rehash`), and growing the buffer would keep the
-    /// old, larger cost resident in every thread.
+    /// configured parameters (written before `ARGON2_MEMORY_KIB` was lowered, or imported)
+    /// gets a temporary buffer for this call instead of a larger permanent one: such hashes
+    /// are replaced at their next sign-in (`needs_rehash`), and growing the buffer would keep
+    /// the old, larger cost resident in every thread. The thread's own buffer is given back
+    /// first: the job took the slots of the memory it needs (see [`Hasher::slots_for`]).
     fn compute(
         &mut self,
         argon: &Argon2<'_>,
@@ -490,6 +581,7 @@ impl Memory {
             // Reuse is safe: argon2 writes every block in its first pass before reading it.
             argon.hash_password_into_with_memory(password, salt, out, &mut self.blocks[..needed])
         } else {
+            self.release();
             argon.hash_password_into_with_memory(password, salt, out, allocate(needed))
         };
         result.map_err(|e| anyhow::anyhow!("argon2 failed: {e}"))
@@ -529,12 +621,95 @@ fn verify_with(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::Re
     use crate::foreign_hash::{Foreign, Kind};
     match Kind::of(stored) {
         Kind::Argon2 | Kind::DjangoArgon2 => verify_argon2(memory, password, stored),
-        Kind::Other => Ok(Foreign::parse(stored)?.verify(password)),
+        Kind::Other => {
+            let foreign = Foreign::parse(stored)?;
+            // scrypt allocates its own work area: the thread's buffer goes back first, as
+            // for a larger argon2 hash (the job took the slots of what it needs).
+            if foreign.memory_bytes() > 0 {
+                memory.release();
+            }
+            Ok(foreign.verify(password))
+        }
     }
 }
 
+/// The working memory a verification of `stored` needs, in KiB (0 for a hash that cannot be
+/// read: the dummy hash is verified instead, within the configured memory).
+fn memory_kib(stored: &str) -> u64 {
+    use crate::foreign_hash::{Foreign, Kind};
+    match Kind::of(stored) {
+        Kind::Argon2 | Kind::DjangoArgon2 => {
+            read_argon2(stored).map_or(0, |a| u64::from(a.argon.params().m_cost()))
+        }
+        Kind::Other => Foreign::parse(stored).map_or(0, |f| f.memory_bytes().div_ceil(1024)),
+    }
+}
+
+/// The parameters what verifying `stored` costs depends on, without its salt or output
+/// (`argon2id:19:65536:3:4`: variant, version, memory in KiB, passes, lanes; the others in
+/// [`crate::foreign_hash::Foreign::signature`]). Refused like [`usable`] refuses.
+pub fn signature(stored: &str) -> anyhow::Result<String> {
+    use crate::foreign_hash::{Foreign, Kind};
+    match Kind::of(stored) {
+        Kind::Argon2 | Kind::DjangoArgon2 => {
+            let StoredArgon2 {
+                argon,
+                algorithm,
+                version,
+                ..
+            } = read_argon2(stored)?;
+            let params = argon.params();
+            Ok(format!(
+                "{}:{}:{}:{}:{}",
+                algorithm.as_str(),
+                u32::from(version),
+                params.m_cost(),
+                params.t_cost(),
+                params.p_cost()
+            ))
+        }
+        Kind::Other => Ok(Foreign::parse(stored)?.signature()),
+    }
+}
+
+/// A hash with the parameters `signature` names (see [`signature`]), a random salt and an
+/// all-zero output: its verification costs what a stored hash of that signature costs, and
+/// no password verifies against it. Checked against the caps like a stored hash.
+pub fn synthetic(signature: &str) -> anyhow::Result<String> {
+    if !signature.starts_with("argon2") {
+        return Ok(crate::foreign_hash::synthetic(signature)?);
+    }
+    let mut parts = signature.split(':');
+    let algorithm = parts.next().unwrap_or_default();
+    let numbers: Vec<u32> = parts
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("malformed signature"))?;
+    let [version, m, t, p] = numbers[..] else {
+        anyhow::bail!("malformed signature");
+    };
+    let salt: [u8; SALT_LEN] = rand::random();
+    let hash = format!(
+        "${algorithm}$v={version}$m={m},t={t},p={p}${}${}",
+        STANDARD_NO_PAD.encode(salt),
+        STANDARD_NO_PAD.encode([0u8; OUTPUT_LEN]),
+    );
+    read_argon2(&hash)?;
+    Ok(hash)
+}
+
+/// How long one verification of `stored` takes on the calling thread, with memory of its own
+/// (allocated for the call, as for a hash larger than the hashing threads' buffers): for a
+/// caller without a [`Hasher`], on a thread that may block (an import, timing a signature's
+/// [`synthetic`] hash).
+pub fn time_verify_here(stored: &str) -> anyhow::Result<Duration> {
+    let started = std::time::Instant::now();
+    verify_with(&mut Memory::none(), b"a password that is not it", stored)?;
+    Ok(started.elapsed())
+}
+
 /// Whether a sign-in could verify against `stored` (its format is read and its parameters
-/// are within the caps), without computing anything: what an import checks of each hash.
+/// are within the caps), without computing anything (what [`signature`] checks too).
 pub fn usable(stored: &str) -> anyhow::Result<()> {
     use crate::foreign_hash::{Foreign, Kind};
     match Kind::of(stored) {
@@ -546,6 +721,8 @@ pub fn usable(stored: &str) -> anyhow::Result<()> {
 /// A stored argon2 hash, read and checked against the caps.
 struct StoredArgon2 {
     argon: Argon2<'static>,
+    algorithm: Algorithm,
+    version: Version,
     salt: Vec<u8>,
     expected: Vec<u8>,
 }
@@ -559,8 +736,10 @@ fn read_argon2(stored: &str) -> anyhow::Result<StoredArgon2> {
     let algorithm = Algorithm::try_from(parsed.algorithm.as_str()).map_err(|e| unreadable(&e))?;
     let version = match parsed.version {
         Some(v) => Version::try_from(v).map_err(|e| unreadable(&e))?,
-        // What `PasswordVerifier` assumed for a PHC string without `v=`.
-        None => Version::default(),
+        // What libargon2 reads a string without `v=` as: such strings come from before
+        // version 1.3 wrote `v=19` (argon2-cffi, PHP, the reference `argon2` tool), and were
+        // computed as version 0x10. (`PasswordVerifier` assumed 0x13: none of them verified.)
+        None => Version::V0x10,
     };
     let params = Params::try_from(&parsed).map_err(|e| unreadable(&e))?;
     let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
@@ -574,6 +753,8 @@ fn read_argon2(stored: &str) -> anyhow::Result<StoredArgon2> {
     );
     Ok(StoredArgon2 {
         argon: Argon2::new(algorithm, version, params),
+        algorithm,
+        version,
         salt: salt.as_ref().to_vec(),
         expected: expected.as_bytes().to_vec(),
     })
@@ -586,6 +767,7 @@ fn verify_argon2(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::
         argon,
         salt,
         expected,
+        ..
     } = read_argon2(stored)?;
     let mut buffer = [0u8; argon2::password_hash::phc::Output::MAX_LENGTH];
     let out = &mut buffer[..expected.len()];
@@ -950,5 +1132,120 @@ mod tests {
         assert!(holder.await.expect("join").expect("holder"));
         // The slot is free again: the next request is served.
         h.hash_for(ME, "after".into()).await.expect("hash");
+    }
+
+    /// Hashes of `correct horse battery staple 42` made by the frameworks' libraries (see
+    /// `foreign_hash`'s tests).
+    fn vectors() -> HashMap<String, String> {
+        serde_json::from_str(include_str!("foreign_hash_vectors.json")).expect("vectors")
+    }
+
+    #[tokio::test]
+    async fn an_argon2_string_without_a_version_is_version_16_as_libargon2_reads_it() {
+        let v = vectors();
+        let h = cheap();
+        for scheme in ["argon2id_no_version", "argon2id_v16"] {
+            let hash = &v[scheme];
+            assert!(
+                h.verify_for(
+                    ME,
+                    "correct horse battery staple 42".into(),
+                    Some(hash.clone())
+                )
+                .await
+                .expect("verify"),
+                "{scheme}"
+            );
+            assert!(
+                !h.verify_for(
+                    ME,
+                    "correct horse battery staple 43".into(),
+                    Some(hash.clone())
+                )
+                .await
+                .expect("verify"),
+                "{scheme}"
+            );
+            assert!(h.needs_rehash(hash), "{scheme}");
+            assert_eq!(signature(hash).expect(scheme), "argon2id:16:1024:1:1");
+        }
+    }
+
+    #[test]
+    fn argon2_signatures_name_variant_version_and_costs_and_their_synthetic_hashes_match() {
+        let v = vectors();
+        for (scheme, expected) in [
+            ("argon2id", "argon2id:19:1024:1:1"),
+            ("argon2i", "argon2i:19:1024:1:1"),
+            ("django_argon2", "argon2id:19:1024:1:1"),
+            ("argon2id_no_version", "argon2id:16:1024:1:1"),
+        ] {
+            assert_eq!(signature(&v[scheme]).expect(scheme), expected);
+            let made = synthetic(expected).expect(expected);
+            assert_eq!(signature(&made).expect(&made), expected);
+            assert_eq!(memory_kib(&made), 1024);
+            let verified = verify_with(
+                &mut Memory::none(),
+                b"correct horse battery staple 42",
+                &made,
+            );
+            assert!(!verified.expect("verifies"), "{made}");
+        }
+        // Every foreign one too, through the same two functions.
+        assert_eq!(signature(&v["bcrypt_2y"]).expect("bcrypt"), "bcrypt:4");
+        let made = synthetic("scrypt:1024:8:1").expect("scrypt");
+        assert_eq!(signature(&made).expect("scrypt"), "scrypt:1024:8:1");
+        // Over the caps, or not a signature: no hash.
+        for refused in [
+            "argon2id:19:1048576:1:1",
+            "argon2id:19:64:101:1",
+            "argon2id:19:64",
+            "argon2x:19:64:1:1",
+        ] {
+            assert!(synthetic(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_verification_takes_a_slot_per_share_of_memory_it_needs() {
+        let v = vectors();
+        let h = Hasher::new(params(256, 1), 4).expect("hasher");
+        let argon2 = |m: u32| synthetic(&format!("argon2id:19:{m}:1:1")).expect("argon2");
+        assert_eq!(h.slots_for(&argon2(64)), 1);
+        assert_eq!(h.slots_for(&argon2(256)), 1);
+        assert_eq!(h.slots_for(&argon2(257)), 2);
+        assert_eq!(h.slots_for(&argon2(768)), 3);
+        // More than all four: all four.
+        assert_eq!(h.slots_for(&v["argon2id"]), 4);
+        assert_eq!(h.slots_for(&v["werkzeug_scrypt"]), 4);
+        // scrypt N = 2^10, r = 8: 1025 KiB.
+        assert_eq!(h.slots_for(&v["phc_scrypt"]), 4);
+        assert_eq!(h.slots_for(&v["bcrypt_2b"]), 1);
+        assert_eq!(h.slots_for(&v["django_pbkdf2_sha256"]), 1);
+        assert_eq!(h.slots_for("not a hash"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_verification_needing_several_slots_holds_them_all_until_it_is_done() {
+        // Two threads with 64 KiB each; a 64 MiB hash (argon2-cffi's default memory) takes
+        // both while it runs, and another client's hash waits for it.
+        let h = Hasher::new(params(64, 1), 2).expect("hasher");
+        let big = synthetic("argon2id:19:65536:2:1").expect("synthetic");
+        let timing = {
+            let h = h.clone();
+            tokio::spawn(async move { h.time_verify(ME, big).await })
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while h.slots.available_permits() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("both slots were taken");
+        let other = h.hash_for(ip("192.0.2.7"), "waits its turn".into());
+        let (other, took) = tokio::join!(other, timing);
+        other.expect("hash after the big one");
+        assert!(took.expect("join").expect("timed") > Duration::ZERO);
+        assert_eq!(h.slots.available_permits(), 2, "every slot came back");
     }
 }
