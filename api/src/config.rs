@@ -49,6 +49,9 @@ pub struct Config {
     pub argon2: Argon2Params,
     /// Hashes allowed to run at once on the blocking pool.
     pub hash_concurrency: usize,
+    /// `IMPORT_MAX_VERIFY_MS`: the longest one verification of an imported hash may take
+    /// here; an import refuses a hash whose parameters cost more (`hash_too_costly`).
+    pub import_max_verify: Duration,
     /// How long a publish may wait for the broker's confirm before the request gets a 503.
     pub publish_timeout: Duration,
     /// Where migrations run (`MIGRATE_DATABASE_URL`): a direct connection when `DATABASE_URL`
@@ -130,6 +133,7 @@ impl Config {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let hash_concurrency = r.number("HASH_CONCURRENCY", cores as u64, 1, 1024) as usize;
         let hash_per_client = r.number("HASH_PER_CLIENT", 1, 1, 1024) as usize;
+        let import_max_verify = r.number("IMPORT_MAX_VERIFY_MS", 1000, 1, 60_000);
         let publish_timeout = r.number("PUBLISH_TIMEOUT_MS", 5000, 100, 60_000);
         let migrate_database_url = r
             .raw("MIGRATE_DATABASE_URL")
@@ -161,6 +165,7 @@ impl Config {
             session_ttl: Duration::from_secs(session_ttl),
             argon2,
             hash_concurrency,
+            import_max_verify: Duration::from_millis(import_max_verify),
             publish_timeout: Duration::from_millis(publish_timeout),
             migrate_database_url,
             migrate_on_start,

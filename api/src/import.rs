@@ -11,8 +11,16 @@
 //! bad line is refused with its number and the rest imported. Each batch commits with one
 //! audit row per account it created (`import`), so running the same file again imports
 //! nothing.
+//!
+//! Each account keeps its hash's cost signature (scheme and cost parameters, see
+//! [`crate::hashing::signature`]) until its first sign-in replaces the hash: the api makes
+//! every refused sign-in as slow as the costliest signature still stored
+//! ([`crate::refusal_floor`]). So an import times one verification of each new signature
+//! here, and refuses the hashes whose signature takes longer than its budget
+//! (`IMPORT_MAX_VERIFY_MS`, `hash_too_costly`): no imported account can make a verification,
+//! nor every refused sign-in, cost more than that.
 
-use std::fmt;
+use std::{collections::HashMap, fmt, time::Duration};
 
 use serde::Deserialize;
 use shared::audit::{Action, Outcome};
@@ -25,6 +33,9 @@ pub const BATCH: usize = 1000;
 
 /// The longest line read; a longer one is refused (and skipped without being held).
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// The budget of [`run`]: the default of `IMPORT_MAX_VERIFY_MS`.
+pub const DEFAULT_MAX_VERIFY: Duration = Duration::from_millis(1000);
 
 /// What one line holds. Every field is named on purpose: `password_hash` must be there (a
 /// misspelt one must not import an account without its password), and an unknown field is
@@ -77,6 +88,8 @@ struct Account {
     email: String,
     email_key: String,
     password_hash: Option<String>,
+    /// The hash's cost signature (`None` without a hash).
+    signature: Option<String>,
     verified: bool,
 }
 
@@ -106,26 +119,108 @@ fn read(n: u64, line: &str) -> Result<Account, Refusal> {
     };
     let address = shared::email::normalize(&line.email)
         .map_err(|e| refuse("invalid_email", e.to_string()))?;
-    if let Some(hash) = &password_hash {
-        crate::hashing::usable(hash).map_err(|e| refuse("unusable_hash", format!("{e:#}")))?;
-    }
+    // Read and checked against the caps as a sign-in would.
+    let signature = (password_hash.as_deref())
+        .map(crate::hashing::signature)
+        .transpose()
+        .map_err(|e| refuse("unusable_hash", format!("{e:#}")))?;
     Ok(Account {
         email: address.address().to_owned(),
         email_key: address.key().to_owned(),
         password_hash,
+        signature,
         verified: line.email_verified,
     })
 }
 
-/// Imports the JSON lines of `input` into `db`. `no_password` is the hash stored for a
-/// `null` one (see the module's documentation); `report` hears of each refused line and of
-/// the counts after each batch.
+/// What one verification of each signature met so far costs here, against the budget.
+struct Costs {
+    budget: Duration,
+    timed: HashMap<String, Duration>,
+}
+
+impl Costs {
+    fn new(budget: Duration) -> Self {
+        Self {
+            budget,
+            timed: HashMap::new(),
+        }
+    }
+
+    /// `account` (line `n`), or its refusal when its hash's signature costs over the budget.
+    async fn within(
+        &mut self,
+        n: u64,
+        account: Account,
+    ) -> anyhow::Result<Result<Account, Refusal>> {
+        let Some(signature) = &account.signature else {
+            return Ok(Ok(account));
+        };
+        let cost = match self.timed.get(signature) {
+            Some(cost) => *cost,
+            None => {
+                let cost = time(signature, self.budget).await?;
+                self.timed.insert(signature.clone(), cost);
+                cost
+            }
+        };
+        if cost <= self.budget {
+            return Ok(Ok(account));
+        }
+        Ok(Err(Refusal {
+            line: n,
+            code: "hash_too_costly",
+            reason: format!(
+                "one verification of its parameters ({signature}) takes {} ms here, over the \
+                 budget of {} ms (IMPORT_MAX_VERIFY_MS)",
+                cost.as_millis(),
+                self.budget.as_millis()
+            ),
+        }))
+    }
+}
+
+/// What one verification of `signature` costs on this machine: its synthetic hash verified on
+/// a blocking thread, the fastest of three when the first is over `budget` (a moment of load
+/// does not refuse a hash).
+async fn time(signature: &str, budget: Duration) -> anyhow::Result<Duration> {
+    let synthetic = crate::hashing::synthetic(signature)?;
+    tokio::task::spawn_blocking(move || {
+        let mut fastest = crate::hashing::time_verify_here(&synthetic)?;
+        for _ in 0..2 {
+            if fastest <= budget {
+                break;
+            }
+            fastest = fastest.min(crate::hashing::time_verify_here(&synthetic)?);
+        }
+        Ok(fastest)
+    })
+    .await?
+}
+
+/// Imports the JSON lines of `input` into `db` with the default budget
+/// ([`DEFAULT_MAX_VERIFY`]; see [`run_within`]).
 pub async fn run(
     db: &PgPool,
     input: impl AsyncBufRead + Unpin,
     no_password: &str,
+    report: impl FnMut(Report<'_>),
+) -> anyhow::Result<Summary> {
+    run_within(db, input, no_password, DEFAULT_MAX_VERIFY, report).await
+}
+
+/// Imports the JSON lines of `input` into `db`. `no_password` is the hash stored for a
+/// `null` one (see the module's documentation); a hash whose verification takes longer than
+/// `max_verify` here is refused; `report` hears of each refused line and of the counts after
+/// each batch.
+pub async fn run_within(
+    db: &PgPool,
+    input: impl AsyncBufRead + Unpin,
+    no_password: &str,
+    max_verify: Duration,
     mut report: impl FnMut(Report<'_>),
 ) -> anyhow::Result<Summary> {
+    let mut costs = Costs::new(max_verify);
     let mut summary = Summary::default();
     let mut batch: Vec<Account> = Vec::with_capacity(BATCH);
     let mut lines = Lines::new(input);
@@ -151,6 +246,10 @@ pub async fn run(
                 code: "invalid_json",
                 reason: "not UTF-8".into(),
             }),
+        };
+        let account = match account {
+            Ok(account) => costs.within(n, account).await?,
+            Err(refusal) => Err(refusal),
         };
         match account {
             Ok(account) => batch.push(account),
@@ -194,13 +293,17 @@ async fn insert(
         .map(|a| a.password_hash.as_deref().unwrap_or(no_password))
         .collect();
     let verified: Vec<bool> = batch.iter().map(|a| a.verified).collect();
+    let signatures: Vec<Option<&str>> = batch.iter().map(|a| a.signature.as_deref()).collect();
     let created: i64 = sqlx::query_scalar(
         "WITH rows AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[])
-                 WITH ORDINALITY AS r(id, email, email_key, password_hash, verified, n)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[],
+                                  $8::text[])
+                 WITH ORDINALITY AS r(id, email, email_key, password_hash, verified, signature, n)
          ), new AS (
-             INSERT INTO users (id, email, email_key, password_hash, email_verified_at)
-             SELECT id, email, email_key, password_hash, CASE WHEN verified THEN now() END
+             INSERT INTO users (id, email, email_key, password_hash, email_verified_at,
+                                imported_hash_signature)
+             SELECT id, email, email_key, password_hash, CASE WHEN verified THEN now() END,
+                    signature
              FROM rows
              -- The file's order: of two lines for one address, the first is the account.
              ORDER BY n
@@ -220,6 +323,7 @@ async fn insert(
     .bind(&verified)
     .bind(Action::Import.as_str())
     .bind(Outcome::Created.as_str())
+    .bind(&signatures)
     .fetch_one(db)
     .await?;
     let created = u64::try_from(created).unwrap_or(0);

@@ -213,3 +213,74 @@ async fn an_existing_account_is_never_overwritten_and_a_second_run_imports_nothi
         }
     );
 }
+
+#[tokio::test]
+async fn a_hash_costlier_than_the_budget_is_refused_and_every_other_keeps_its_signature() {
+    let app = spawn_app().await;
+    let hashes = e2e::foreign_hashes(STRONGER);
+    // The same hashes with costlier parameters (their outputs no longer match: what an
+    // import checks of a hash is its parameters).
+    let bcrypt_10 = hashes["bcrypt_2b"].replacen("$04$", "$10$", 1);
+    let argon2_t100 = hashes["argon2id"].replacen(",t=1,", ",t=100,", 1);
+    let rows = [
+        json!({ "email": "cheap@example.org", "password_hash": hashes["bcrypt_2b"] }),
+        json!({ "email": "bcrypt@example.org", "password_hash": bcrypt_10 }),
+        json!({ "email": "argon2@example.org", "password_hash": argon2_t100 }),
+        json!({ "email": "again@example.org", "password_hash": bcrypt_10 }),
+        json!({ "email": "nopassword@example.org", "password_hash": null }),
+    ];
+    let mut refused = Vec::new();
+    let summary = api::import::run_within(
+        &app.state.db,
+        Cursor::new(lines(&rows)),
+        "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$dW51c2FibGV1bnVzYWJsZXVudXNhYmxldW51c2FibGU",
+        // bcrypt cost 4 takes about a millisecond, cost 10 sixty, argon2 over 1 MiB with
+        // 100 passes as long.
+        std::time::Duration::from_millis(20),
+        |report| {
+            if let Report::Refused(r) = report {
+                refused.push(r.clone());
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let codes: Vec<(u64, &str)> = refused.iter().map(|r| (r.line, r.code)).collect();
+    assert_eq!(
+        codes,
+        [
+            (2, "hash_too_costly"),
+            (3, "hash_too_costly"),
+            (4, "hash_too_costly")
+        ]
+    );
+    assert!(
+        refused[0].reason.contains("bcrypt:10")
+            && refused[1].reason.contains("argon2id:19:1024:100:1"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        summary,
+        Summary {
+            imported: 2,
+            skipped: 0,
+            refused: 3
+        }
+    );
+    let signatures: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT email_key, imported_hash_signature FROM users ORDER BY email_key")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        signatures,
+        [
+            ("cheap@example.org".to_owned(), Some("bcrypt:4".to_owned())),
+            ("nopassword@example.org".to_owned(), None),
+        ]
+    );
+    assert_eq!(
+        sign_in(&app, "cheap@example.org", STRONGER).await,
+        StatusCode::CREATED
+    );
+}
