@@ -17,6 +17,7 @@ pub mod password_policy;
 pub mod publisher;
 pub mod rate_limit;
 pub mod recovery;
+pub mod refusal_floor;
 pub mod request_metrics;
 pub mod reset_code;
 pub mod routes;

@@ -123,6 +123,7 @@ impl Application {
             db,
             redis,
             schema_ready,
+            refusal_floor: crate::refusal_floor::RefusalFloor::default(),
             config: Arc::new(config),
         });
         let listener = TcpListener::bind(state.config.bind)
@@ -186,6 +187,11 @@ impl Application {
                 let _ = relay_stopped.await;
             },
         ));
+        // Timed on this replica's own hashing threads: its refusals wait for its own floor.
+        let floor = tokio::spawn(state.refusal_floor.clone().keep_fresh(
+            state.db.clone(),
+            state.hasher.clone(),
+        ));
         let grace = state.config.shutdown_timeout;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -210,6 +216,7 @@ impl Application {
             }
         };
         metrics_server.abort();
+        floor.abort();
         let _ = relay_stop.send(());
         let relay_handle = relay.abort_handle();
         if tokio::time::timeout(std::time::Duration::from_secs(5), relay)

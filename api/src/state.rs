@@ -54,4 +54,6 @@ pub struct Services {
     pub refusals: RefusalAudit,
     /// The schema is current (migrations ran, or are left to `api migrate`); not ready before.
     pub schema_ready: Arc<AtomicBool>,
+    /// How long every refused sign-in takes at least while imported hashes remain.
+    pub refusal_floor: crate::refusal_floor::RefusalFloor,
 }

@@ -45,7 +45,10 @@ pub struct SessionCreated {
 
 /// Signs in. An unknown address, a wrong password and an account whose address is not
 /// verified yet get the same 401 after the same work: one argon2 verification (against a
-/// dummy hash when there is no account) and one audit row.
+/// dummy hash when there is no account) and one audit row. While accounts imported with a
+/// costlier hash remain, every such 401 also waits until the request's start plus the
+/// [refusal floor](crate::refusal_floor): a wrong password for an imported account takes no
+/// longer than an unknown address.
 ///
 /// Unverified accounts cannot sign in because anyone can sign up anyone's address: if the
 /// sign-up alone opened a session, `POST /v1/users {X, P}` + `POST /v1/sessions {X, P}`
@@ -64,6 +67,7 @@ pub async fn log_in(
     headers: HeaderMap,
     AppJson(body): AppJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    let started = tokio::time::Instant::now();
     let ip = ctx.ip;
     let address =
         email::normalize(&body.email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
@@ -127,6 +131,8 @@ pub async fn log_in(
         rehash(&state, ip, c, body.password.clone()).await;
     }
     let Some(user) = credentials.filter(|_| verified) else {
+        // A timer, after the hashing slot went back: a refusal waiting here holds no slot.
+        state.refusal_floor.hold(started).await;
         return Err(ApiError::InvalidCredentials);
     };
     // Budgets count failures only.
