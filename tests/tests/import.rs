@@ -1,7 +1,7 @@
 //! `api users import` as an operator runs it: the binary, JSON lines on standard input, refused
 //! lines on standard error, the counts on standard output, and the imported accounts signing
 //! in to the running api with the passwords they had (the Flask seed's Werkzeug scrypt hash
-//! among them).
+//! among them), a stranger's refused sign-in taking as long as one against the costliest.
 #![allow(clippy::unwrap_used)]
 
 use e2e::stack::StackEnv;
@@ -87,8 +87,42 @@ async fn the_import_command_reads_standard_input_reports_by_line_and_its_account
         "{out:?}"
     );
 
-    let (_api, base) = env.start_api().await.unwrap();
+    let (api, base) = env.start_api().await.unwrap();
     let client = reqwest::Client::new();
+    // At start the api times the imported signatures; the Werkzeug scrypt hash (32 MiB) is
+    // the costliest, and a refused sign-in for an address without an account waits as long.
+    let costliest = api
+        .wait_for_log_field(
+            "sign-in refusal floor changed",
+            "costliest",
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(
+        costliest.as_deref(),
+        Some("scrypt:32768:8:1"),
+        "{:?}",
+        api.output()
+    );
+    let metrics = e2e::stack::metrics_text(&StackEnv::api_metrics_base(&api).await.unwrap()).await;
+    let floor: f64 = (metrics.lines())
+        .find_map(|l| l.strip_prefix("sign_in_refusal_floor_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no floor in {metrics}"));
+    assert!(floor > 0.0, "{floor}");
+    let started = std::time::Instant::now();
+    let r = client
+        .post(format!("{base}/v1/sessions"))
+        .json(&json!({ "email": "stranger@example.org", "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        started.elapsed().as_secs_f64() >= floor,
+        "{:?} < {floor}",
+        started.elapsed()
+    );
     for email in ["seed@example.org", "django@example.org"] {
         let r = client
             .post(format!("{base}/v1/sessions"))
