@@ -188,10 +188,12 @@ impl Application {
             },
         ));
         // Timed on this replica's own hashing threads: its refusals wait for its own floor.
-        let floor = tokio::spawn(state.refusal_floor.clone().keep_fresh(
-            state.db.clone(),
-            state.hasher.clone(),
-        ));
+        let floor = tokio::spawn(
+            state
+                .refusal_floor
+                .clone()
+                .keep_fresh(state.db.clone(), state.hasher.clone()),
+        );
         let grace = state.config.shutdown_timeout;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
