@@ -1,28 +1,46 @@
-//! `api accounts …`: what support staff do to an account, each audited with a required
-//! reason and the operator's name.
-//!
-//! - `revoke-sessions ADDRESS --reason …`: every session of the account ends now (the
-//!   password and every link stay as they are).
-//! - `lock ADDRESS --reason …`: the lock of a "this wasn't me" link (see [`crate::lock`]):
-//!   sessions revoked, password version bumped, sign-in refused until a reset, a fresh reset
-//!   email to the owner, `user.account_locked`. The reset email and the event leave through
-//!   the outbox, which a running api relays.
-//!
-//! Both read `DATABASE_URL` and the Redis settings; neither prints the address back.
+//! `api accounts …`: the admin API's operations from the shell (see [`crate::admin`]), for an
+//! operator without the admin API or with a list of addresses. Each reads `DATABASE_URL` and
+//! the Redis settings, and is audited with the operator's name (and, where it changes the
+//! account, the required reason). Mail they queue (a lock's reset email, `recovery --send`)
+//! leaves through the outbox, which a running api relays.
 
-use anyhow::Context as _;
-use shared::{
-    audit::{Action, AuditEvent, Outcome},
-    message::Trace,
+use std::sync::Arc;
+
+use shared::token::TokenKeys;
+
+use crate::{
+    admin::{Actor, Desk, Recovery},
+    config::Config,
+    hashing::Hasher,
+    rate_limit::{Limits, RateLimiter},
+    sessions::Sessions,
 };
-
-use crate::{config::Config, lock, sessions::Sessions};
 
 /// What to do to the account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
+    /// Print the account (JSON).
+    Show,
     RevokeSessions,
     Lock,
+    Unlock,
+    /// Print a reset link and code for the operator to hand over.
+    RecoveryLink,
+    /// Queue the ordinary reset email.
+    RecoveryEmail,
+    /// Print the account and its audit trail (JSON).
+    Export,
+    Erase,
+}
+
+impl Act {
+    /// Whether the act changes the account (and so needs a reason).
+    pub fn needs_reason(self) -> bool {
+        matches!(
+            self,
+            Act::RevokeSessions | Act::Lock | Act::Unlock | Act::Erase
+        )
+    }
 }
 
 /// An operator's request.
@@ -30,85 +48,109 @@ pub enum Act {
 pub struct Request {
     pub act: Act,
     pub address: String,
-    pub reason: String,
+    pub reason: Option<String>,
     /// Who acts (defaults to the login name).
     pub operator: String,
 }
 
-/// The stored detail of an operator's action: the reason and who gave it, on one line.
-pub fn detail(reason: &str, operator: &str) -> String {
-    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let detail = format!("reason: {}; by: {}", one_line(reason), one_line(operator));
-    detail.chars().take(1000).collect()
+/// What a shell command connects to once, for every address it is given.
+pub struct Connected {
+    db: sqlx::PgPool,
+    redis: shared::redis_pool::RedisPool,
+    sessions: Sessions,
+    limiter: RateLimiter,
+    tokens: TokenKeys,
+    hasher: Hasher,
+    clock: Arc<dyn shared::clock::Clock>,
+    config: Config,
 }
 
-/// Carries out `request`; the line to print.
-pub async fn run(config: &Config, request: &Request) -> anyhow::Result<String> {
-    let reason = request.reason.trim();
-    anyhow::ensure!(
-        !reason.is_empty(),
-        "--reason must say why (it is kept in the audit trail)"
-    );
-    let address = shared::email::normalize(&request.address)
-        .map_err(|e| anyhow::anyhow!("not an email address: {e}"))?;
-    let db = config.database()?;
-    let redis = config.redis()?;
-    let sessions = Sessions::new(redis, config.session_ttl);
-    let accounts = shared::account::lookup(&db, &[address.key()], &[])
-        .await
-        .context("reading the account")?;
-    let Some(user) = accounts.into_iter().next() else {
-        anyhow::bail!("no account has this address");
-    };
-    let detail = detail(reason, &request.operator);
-    match request.act {
-        Act::RevokeSessions => {
-            sessions
-                .revoke_all(user.id)
-                .await
-                .map_err(|e| anyhow::anyhow!("revoking the sessions: {e:?}"))?;
-            let event = AuditEvent {
-                user_id: Some(user.id),
-                detail: Some(&detail),
-                ..AuditEvent::new(Action::SessionsRevoke, Outcome::Success)
-            };
-            shared::audit::record_on(&db, &event)
-                .await
-                .context("writing the audit row")?;
-            Ok(format!("revoked every session of account {}", user.id))
+impl Connected {
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let db = config.database()?;
+        let redis = config.redis()?;
+        let tokens = TokenKeys::new(config.token_secrets.clone(), config.token_digest)
+            .map_err(|e| anyhow::anyhow!("TOKEN_SECRETS: {e}"))?;
+        Ok(Self {
+            sessions: Sessions::new(redis.clone(), config.session_ttl),
+            limiter: RateLimiter::new(
+                redis.clone(),
+                config.pseudonym_secret(),
+                Limits::from_config(&config),
+            ),
+            hasher: Hasher::new(config.argon2, 1)?,
+            tokens,
+            clock: Arc::new(shared::clock::SystemClock),
+            db,
+            redis,
+            config,
+        })
+    }
+
+    fn desk(&self) -> Desk<'_> {
+        Desk {
+            db: &self.db,
+            redis: &self.redis,
+            sessions: &self.sessions,
+            limiter: &self.limiter,
+            tokens: &self.tokens,
+            hasher: &self.hasher,
+            clock: self.clock.as_ref(),
+            config: &self.config,
         }
-        Act::Lock => {
-            let hasher = crate::hashing::Hasher::new(config.argon2, 1)?;
-            let unusable_hash = hasher
-                .hash_for(
-                    std::net::Ipv4Addr::LOCALHOST.into(),
-                    lock::unusable_secret(),
+    }
+
+    /// Carries out `request`; the text to print (an account's id, never its address, except
+    /// in `show` and `export`, whose point is the account's data).
+    pub async fn run(&self, request: &Request) -> anyhow::Result<String> {
+        let reason = match (request.act.needs_reason(), request.reason.as_deref()) {
+            (false, _) => None,
+            (true, reason) => Some(crate::admin::reason(reason).map_err(|_| {
+                anyhow::anyhow!("--reason must say why (it is kept in the audit trail)")
+            })?),
+        };
+        let actor = Actor::Operator(request.operator.clone());
+        let desk = self.desk();
+        let account = desk
+            .find(&actor, &request.address)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .ok_or_else(|| anyhow::anyhow!("no account has this address"))?;
+        let id = account.id;
+        let reason = reason.unwrap_or_default();
+        let fail = |e: crate::error::ApiError| anyhow::anyhow!("{e}");
+        Ok(match request.act {
+            Act::Show => serde_json::to_string(&account)?,
+            Act::RevokeSessions => {
+                let n = desk
+                    .revoke_sessions(&actor, id, reason)
+                    .await
+                    .map_err(fail)?;
+                format!("revoked every session of account {id} ({n} open)")
+            }
+            Act::Lock => {
+                desk.lock(&actor, id, reason).await.map_err(fail)?;
+                format!(
+                    "locked account {id}: sessions revoked, sign-in refused until a reset, a reset email queued to its owner"
                 )
-                .await
-                .map_err(|e| anyhow::Error::new(e).context("hashing"))?;
-            let trace = Trace::default();
-            let lock = lock::Lock {
-                ip: None,
-                trace: &trace,
-                locale: shared::locale::Locale::En,
-                detail: Some(&detail),
-                reset_max_age: config.reset_token_max_age,
-                now: shared::clock::Clock::now(&shared::clock::SystemClock),
-                unusable_hash: &unusable_hash,
-            };
-            let committed = lock::commit(&db, &user, &lock)
-                .await
-                .map_err(|e| anyhow::Error::new(e).context("locking the account"))?;
-            anyhow::ensure!(
-                committed.is_some(),
-                "the account changed while it was being locked; run the command again"
-            );
-            lock::revoke_sessions(&sessions, user.id).await;
-            Ok(format!(
-                "locked account {}: sessions revoked, sign-in refused until a reset, a reset email queued to its owner",
-                user.id
-            ))
-        }
+            }
+            Act::Unlock => {
+                desk.unlock(&actor, id, reason).await.map_err(fail)?;
+                format!("unlocked account {id}")
+            }
+            Act::RecoveryLink | Act::RecoveryEmail => {
+                let send = request.act == Act::RecoveryEmail;
+                match desk.recovery(&actor, id, send).await.map_err(fail)? {
+                    Recovery::Handed(link) => serde_json::to_string(&link)?,
+                    Recovery::Emailed => format!("a reset email is queued to account {id}"),
+                }
+            }
+            Act::Export => serde_json::to_string(&desk.export(&actor, id).await.map_err(fail)?)?,
+            Act::Erase => {
+                desk.erase(&actor, id, reason).await.map_err(fail)?;
+                format!("erased account {id}")
+            }
+        })
     }
 }
 
@@ -117,11 +159,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_detail_is_one_line_with_the_reason_and_the_operator() {
+    fn the_detail_is_one_line_with_the_reason_and_who_acted() {
+        let sam = Actor::Operator("  sam ".into());
         assert_eq!(
-            detail("ticket 42:\n  phished\r\n", "  sam "),
+            sam.detail(Some("ticket 42:\n  phished\r\n")),
             "reason: ticket 42: phished; by: sam"
         );
-        assert_eq!(detail(&"x".repeat(5000), "sam").chars().count(), 1000);
+        assert_eq!(sam.detail(Some(&"x".repeat(5000))).chars().count(), 1000);
+        let key = Actor::Key("0a1b2c3d".into());
+        assert_eq!(key.detail(None), "by: admin key 0a1b2c3d");
+    }
+
+    #[test]
+    fn only_acts_that_change_the_account_need_a_reason() {
+        assert!(Act::Erase.needs_reason() && Act::Lock.needs_reason());
+        assert!(!Act::Show.needs_reason() && !Act::RecoveryLink.needs_reason());
     }
 }

@@ -154,3 +154,58 @@ impl RefusalAudit {
         }
     }
 }
+
+/// Rows one statement of [`prune`] deletes: small enough that a pass never holds many row
+/// locks or a long transaction, whatever the backlog.
+pub const PRUNE_BATCH: i64 = 5_000;
+
+/// Deletes audit rows that occurred before `before`, in batches of `batch` (each its own
+/// statement; replicas pruning at once skip each other's rows); how many were deleted.
+pub async fn prune(
+    db: &PgPool,
+    before: chrono::DateTime<chrono::Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM audit_events WHERE id IN (
+                 SELECT id FROM audit_events WHERE occurred_at < $1
+                 ORDER BY occurred_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(before)
+        .bind(batch)
+        .execute(db)
+        .await?
+        .rows_affected();
+        deleted += n;
+        if n < u64::try_from(batch).unwrap_or(0) {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// How often a replica prunes the audit table (`AUDIT_RETENTION_DAYS`).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Prunes the audit table at start and then every hour, keeping `days` days; runs until the
+/// process ends. A failed pass is logged and tried again at the next.
+pub async fn keep_for(db: PgPool, clock: Arc<dyn shared::clock::Clock>, days: u32) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        every.tick().await;
+        let before = clock.now() - chrono::Duration::days(i64::from(days));
+        match prune(&db, before, PRUNE_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(
+                    deleted = n,
+                    days,
+                    "audit rows past AUDIT_RETENTION_DAYS deleted"
+                );
+                metrics::counter!("audit_rows_pruned_total").increment(n);
+            }
+            Err(e) => tracing::warn!(error = %e, "audit pruning failed; trying again in an hour"),
+        }
+    }
+}

@@ -61,6 +61,12 @@ pub struct Config {
     /// Whether the api migrates at start (`MIGRATE_ON_START`); `false` leaves it to
     /// `api migrate` (a release job).
     pub migrate_on_start: bool,
+    /// Where the admin API listens (`ADMIN_API_BIND`); `None`: no admin API.
+    pub admin_bind: Option<SocketAddr>,
+    /// `ADMIN_API_KEYS`: the bearer keys of the admin API (each like a `TOKEN_SECRETS` entry).
+    pub admin_keys: Vec<Vec<u8>>,
+    /// `AUDIT_RETENTION_DAYS`: audit rows older than this are deleted; `None`: kept.
+    pub audit_retention_days: Option<u32>,
 }
 
 shared::service_config!(Config);
@@ -140,6 +146,11 @@ impl Config {
             .filter(|v| !v.trim().is_empty())
             .map(shared::config::SecretUrl);
         let migrate_on_start = r.boolean("MIGRATE_ON_START", true);
+        let (admin_bind, admin_keys) = admin_api(&mut r, bind);
+        let audit_retention_days = match r.number("AUDIT_RETENTION_DAYS", 0, 0, 36_500) {
+            0 => None,
+            days => Some(days as u32),
+        };
 
         r.finish().map_err(ConfigError)?;
         Ok(Self {
@@ -169,8 +180,55 @@ impl Config {
             publish_timeout: Duration::from_millis(publish_timeout),
             migrate_database_url,
             migrate_on_start,
+            admin_bind,
+            admin_keys,
+            audit_retention_days,
         })
     }
+}
+
+/// `ADMIN_API_BIND` and `ADMIN_API_KEYS`: the listener only with keys, never the public one;
+/// every key a random secret like a `TOKEN_SECRETS` entry.
+fn admin_api(
+    r: &mut EnvReader<'_>,
+    public: Option<SocketAddr>,
+) -> (Option<SocketAddr>, Vec<Vec<u8>>) {
+    let keys: Vec<Vec<u8>> = r
+        .list("ADMIN_API_KEYS")
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        if let Err(problem) = shared::config::check_secret(key) {
+            r.error(format!(
+                "ADMIN_API_KEYS: key #{} {problem} (generate one with `openssl rand -hex 32`)",
+                i + 1
+            ));
+        }
+    }
+    let bind = r
+        .raw("ADMIN_API_BIND")
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| match v.trim().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                r.error(format!(
+                    "ADMIN_API_BIND: expected a socket address such as 127.0.0.1:9465, got {v:?}"
+                ));
+                None
+            }
+        });
+    if let Some(addr) = bind {
+        if keys.is_empty() {
+            r.error("ADMIN_API_BIND: set, but ADMIN_API_KEYS is empty (every admin request needs a key)");
+        }
+        if public.is_some_and(|public| public.port() == addr.port() && addr.port() != 0) {
+            r.error(
+                "ADMIN_API_BIND: must not be the port of API_BIND (the admin API is never public)",
+            );
+        }
+    }
+    (bind, keys)
 }
 
 #[cfg(test)]
@@ -203,6 +261,7 @@ mod tests {
         assert_eq!(c.login_device_limit_per_hour, 10);
         assert_eq!((c.ipv6_56_factor, c.ipv6_48_factor), (4, 16));
         assert_eq!(c.code_breaker_per_minute, 1000);
+        assert_eq!((c.admin_bind, c.audit_retention_days), (None, None));
     }
 
     #[test]

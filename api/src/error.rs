@@ -53,6 +53,12 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("no such resource")]
     NotFound,
+    /// An operator's action that changes an account without saying why.
+    #[error("say why: a reason is required and kept in the audit trail")]
+    ReasonRequired,
+    /// The account changed while an operator's action was being carried out.
+    #[error("the account changed in the meantime; try again")]
+    AccountChanged,
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
     /// A dependency (PostgreSQL, Redis, RabbitMQ) is unreachable or too slow. Never a 202 for
@@ -85,6 +91,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::NotFound => "not_found",
+            ApiError::ReasonRequired => "reason_required",
+            ApiError::AccountChanged => "account_changed",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -111,6 +119,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::ReasonRequired => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::AccountChanged => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) | ApiError::CodeEntryPaused { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -3,6 +3,7 @@
 //! publishing of every email to RabbitMQ.
 
 pub mod accounts;
+pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod devices;

@@ -1,10 +1,11 @@
-//! `api` — serves the HTTP api; `api migrate` applies pending migrations and exits; `api
-//! accounts revoke-sessions|lock [ADDRESS…] --reason …` are support staff's tools (addresses
+//! `api` — serves the HTTP api (and the admin API when `ADMIN_API_BIND` is set); `api migrate`
+//! applies pending migrations and exits; `api accounts show|revoke-sessions|lock|unlock|
+//! recovery|export|erase [ADDRESS…]` are the admin API's operations from the shell (addresses
 //! from the arguments, or one per line on standard input); `api users import PATH|-` brings
 //! accounts in with their hashes.
 
 use api::{
-    accounts::{Act, Request},
+    accounts::{Act, Connected, Request},
     config::Config,
     startup::Application,
 };
@@ -52,11 +53,29 @@ enum UsersCommand {
 
 #[derive(clap::Subcommand)]
 enum AccountsCommand {
-    /// End every session of the account now.
+    /// Print the account (JSON, one line per address).
+    Show(AccountArgs),
+    /// End every session of the account now (needs --reason).
     RevokeSessions(AccountArgs),
     /// Lock the account: sessions revoked, sign-in refused until a reset, a reset email to
-    /// its owner (relayed by a running api).
+    /// its owner (relayed by a running api). Needs --reason.
     Lock(AccountArgs),
+    /// Lift the lock mark and clear the address's failed sign-ins (needs --reason).
+    Unlock(AccountArgs),
+    /// Print a reset link and its code for you to hand over (JSON); with --send, queue the
+    /// ordinary reset email instead.
+    Recovery {
+        #[command(flatten)]
+        args: AccountArgs,
+        /// Send the ordinary reset email to the account's address.
+        #[arg(long)]
+        send: bool,
+    },
+    /// Print the account and its audit trail (JSON): a person's access request.
+    Export(AccountArgs),
+    /// Erase the account: it, its sessions, links, codes, queued mail and suppression entry
+    /// go, its audit rows keep no address or IP. Needs --reason.
+    Erase(AccountArgs),
 }
 
 #[derive(clap::Args)]
@@ -64,9 +83,9 @@ struct AccountArgs {
     /// The accounts' email addresses (any spelling); none or `-`: one per line on standard
     /// input (so no address stands in the shell's history or the process list).
     addresses: Vec<String>,
-    /// Why (kept in the audit trail).
+    /// Why (kept in the audit trail); required by the commands that change the account.
     #[arg(long)]
-    reason: String,
+    reason: Option<String>,
     /// Who acts (kept in the audit trail); defaults to the login name (`USER`, `LOGNAME`).
     #[arg(long)]
     operator: Option<String>,
@@ -99,42 +118,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Users {
             command: UsersCommand::Import { path },
         } => import(&config, &path).await,
-        Command::Accounts { command } => {
-            let (act, args) = match command {
-                AccountsCommand::RevokeSessions(args) => (Act::RevokeSessions, args),
-                AccountsCommand::Lock(args) => (Act::Lock, args),
-            };
-            let operator = args
-                .operator
-                .or_else(|| std::env::var("USER").ok())
-                .or_else(|| std::env::var("LOGNAME").ok())
-                .unwrap_or_else(|| "an unnamed operator".into());
-            let addresses = shared::operator::addresses(args.addresses, std::io::stdin().lock())?;
-            anyhow::ensure!(
-                !addresses.is_empty(),
-                "no address given (as arguments or on standard input)"
-            );
-            // One line per address, by its position: the address itself is never printed.
-            let mut failed = 0;
-            for (n, address) in addresses.into_iter().enumerate() {
-                let request = Request {
-                    act,
-                    address,
-                    reason: args.reason.clone(),
-                    operator: operator.clone(),
-                };
-                match api::accounts::run(&config, &request).await {
-                    Ok(done) => println!("{}: {done}", n + 1),
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("{}: {e:#}", n + 1);
-                    }
-                }
+        Command::Accounts { command } => accounts(config, command).await,
+    }
+}
+
+/// `api accounts …` (see [`api::accounts`]): one line per address, by its position (the
+/// address itself is printed only by `show` and `export`, whose point is the account).
+async fn accounts(config: Config, command: AccountsCommand) -> anyhow::Result<()> {
+    let (act, args) = match command {
+        AccountsCommand::Show(args) => (Act::Show, args),
+        AccountsCommand::RevokeSessions(args) => (Act::RevokeSessions, args),
+        AccountsCommand::Lock(args) => (Act::Lock, args),
+        AccountsCommand::Unlock(args) => (Act::Unlock, args),
+        AccountsCommand::Recovery { args, send: false } => (Act::RecoveryLink, args),
+        AccountsCommand::Recovery { args, send: true } => (Act::RecoveryEmail, args),
+        AccountsCommand::Export(args) => (Act::Export, args),
+        AccountsCommand::Erase(args) => (Act::Erase, args),
+    };
+    let operator = args
+        .operator
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .unwrap_or_else(|| "an unnamed operator".into());
+    let addresses = shared::operator::addresses(args.addresses, std::io::stdin().lock())?;
+    anyhow::ensure!(
+        !addresses.is_empty(),
+        "no address given (as arguments or on standard input)"
+    );
+    let desk = Connected::new(config)?;
+    let mut failed = 0;
+    for (n, address) in addresses.into_iter().enumerate() {
+        let request = Request {
+            act,
+            address,
+            reason: args.reason.clone(),
+            operator: operator.clone(),
+        };
+        match desk.run(&request).await {
+            Ok(done) => println!("{}: {done}", n + 1),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: {e:#}", n + 1);
             }
-            anyhow::ensure!(failed == 0, "{failed} address(es) failed");
-            Ok(())
         }
     }
+    anyhow::ensure!(failed == 0, "{failed} address(es) failed");
+    Ok(())
 }
 
 /// `api users import PATH|-` (see [`api::import`]).

@@ -47,6 +47,8 @@ pub struct Application {
     /// `/metrics` only, on `API_METRICS_BIND`: operators' data (routes, error rates, queue
     /// latency) is not for the public port a load balancer exposes.
     metrics_listener: TcpListener,
+    /// The admin API on `ADMIN_API_BIND`, when set (see [`crate::admin::http`]).
+    admin_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -134,9 +136,18 @@ impl Application {
             .with_context(|| {
                 format!("cannot bind API_METRICS_BIND={}", state.config.metrics_bind)
             })?;
+        let admin_listener = match state.config.admin_bind {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind ADMIN_API_BIND={addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             metrics_listener,
+            admin_listener,
             state,
         })
     }
@@ -149,6 +160,13 @@ impl Application {
     /// The bound address of `/metrics`.
     pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
         self.metrics_listener.local_addr()
+    }
+
+    /// The bound address of the admin API, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The shared state (tests reach the pool and Redis through it).
@@ -175,7 +193,26 @@ impl Application {
                 }
             }
         });
+        let admin_server = self.admin_listener.map(|listener| {
+            let keys = crate::admin::keys::AdminKeys::new(&self.state.config.admin_keys);
+            let router = crate::admin::http::router(self.state.clone(), keys);
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin api listening");
+            }
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            })
+        });
         let state = self.state.clone();
+        let pruning = (state.config.audit_retention_days).map(|days| {
+            tokio::spawn(crate::audit::keep_for(
+                state.db.clone(),
+                state.clock.clone(),
+                days,
+            ))
+        });
         // The outbox relay runs until the server has drained, so what the last requests
         // committed still goes out (or waits in the table for another replica).
         let (relay_stop, relay_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -219,6 +256,9 @@ impl Application {
         };
         metrics_server.abort();
         floor.abort();
+        for task in [admin_server, pruning].into_iter().flatten() {
+            task.abort();
+        }
         let _ = relay_stop.send(());
         let relay_handle = relay.abort_handle();
         if tokio::time::timeout(std::time::Duration::from_secs(5), relay)

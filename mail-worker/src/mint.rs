@@ -5,9 +5,10 @@
 
 use shared::{
     links,
+    mint::{Holder, Minted},
     redis_pool::RedisError,
     reset_code,
-    token::{Claims, Purpose},
+    token::Purpose,
 };
 use uuid::Uuid;
 
@@ -89,21 +90,16 @@ impl Processor {
         reset_code::issue(&self.redis, self.config.pseudonym_secret(), &record).await
     }
 
-    /// The link of `job`: issued at the job's first attempt (the user's generation for this
-    /// purpose bumped, so older links die) and recorded, so every later attempt and
-    /// redelivery signs the very same token. A repeat after a lost SMTP reply is then
-    /// byte-identical, and the copy the provider may already have delivered keeps working.
-    /// With the token, the seconds the link has left (a retry sends the link of the first
-    /// attempt, so less than the full lifetime). `None` when the recorded link is dead by
-    /// now: a newer email bumped the generation, the password changed, or it expired.
+    /// The link of `job` (see [`shared::mint`]): the same token at every attempt and
+    /// redelivery, so a repeat after a lost SMTP reply is byte-identical and the copy the
+    /// provider may already have delivered keeps working. `None` when the recorded link is
+    /// dead by now.
     async fn mint(
         &self,
         purpose: Purpose,
         user: &Recipient,
         job: Uuid,
     ) -> Result<Option<Minted>, RedisError> {
-        let generation_key = self.redis.keys().token_generation(user.id, purpose);
-        let link_key = self.redis.keys().job_link(user.id, job);
         let max_age = match purpose {
             Purpose::PasswordReset => self.config.reset_token_max_age,
             Purpose::EmailVerify => self.config.verify_token_max_age,
@@ -111,55 +107,20 @@ impl Processor {
                 std::time::Duration::from_secs(shared::token::ACCOUNT_LOCK_MAX_AGE_SECS)
             }
         };
-        // Keep the generation and the job's record a little longer than any link can live.
-        let ttl_ms = (max_age.as_secs() + 3600) * 1000;
-        let now_ms = self.clock.now().timestamp_millis();
-        let script = redis::Script::new(shared::keys::MINT_ONCE_LUA);
-        let (minted, current): (String, String) = self
-            .redis
-            .run(|mut c| async move {
-                script
-                    .key(&generation_key)
-                    .key(&link_key)
-                    .arg(now_ms)
-                    .arg(ttl_ms)
-                    .arg(user.password_version)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        let mut fields = minted.split(':').map(str::parse::<i64>);
-        let (Some(Ok(generation)), Some(Ok(signed_at)), Some(Ok(password_version))) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            tracing::warn!(job_id = %job, "unreadable link record; no link sent");
-            return Ok(None);
+        let holder = Holder {
+            user: user.id,
+            password_version: user.password_version,
         };
-        if current.parse::<i64>().ok() != Some(generation)
-            || password_version != i64::from(user.password_version)
-        {
-            return Ok(None);
-        }
-        let left = signed_at + i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
-            - self.clock.now().timestamp();
-        let Ok(left @ 1..) = u64::try_from(left) else {
-            return Ok(None);
-        };
-        let claims = Claims::for_job(user.id, user.password_version, generation, job);
-        Ok(Some(Minted {
-            token: self.tokens.sign(purpose, &claims, signed_at),
-            left,
-            generation,
-            signed_at,
-        }))
+        let now = self.clock.now();
+        shared::mint::mint(
+            &self.redis,
+            &self.tokens,
+            now,
+            purpose,
+            max_age,
+            holder,
+            job,
+        )
+        .await
     }
-}
-
-/// A job's link as minted: the token, the seconds it has left, and what it was minted under.
-struct Minted {
-    token: String,
-    left: u64,
-    generation: i64,
-    signed_at: i64,
 }

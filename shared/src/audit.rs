@@ -36,6 +36,18 @@ pub enum Action {
     SessionsRevoke,
     /// An account brought in with its hash by `api users import` ([`Outcome::Created`]).
     Import,
+    /// An account's lock lifted by support staff (admin API or `api accounts unlock`).
+    AccountUnlock,
+    /// An account erased (admin API or `api accounts erase`); the only row of the person
+    /// that keeps the reason in `detail` once its other rows are scrubbed.
+    AccountErase,
+    /// An account looked up by support staff (admin API or the shell).
+    AdminLookup,
+    /// An account and its audit trail exported (a person's access request).
+    AdminExport,
+    /// A reset link issued by support staff: handed to the agent (`detail` says so) or sent
+    /// by the ordinary email.
+    AdminRecovery,
     /// The worker's decision about a forgot-password job.
     PasswordResetRequested,
     /// The worker's decision about a verification email.
@@ -47,7 +59,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 19] = [
         Action::SignUp,
         Action::SignIn,
         Action::SignOut,
@@ -58,6 +70,11 @@ impl Action {
         Action::AccountLock,
         Action::SessionsRevoke,
         Action::Import,
+        Action::AccountUnlock,
+        Action::AccountErase,
+        Action::AdminLookup,
+        Action::AdminExport,
+        Action::AdminRecovery,
         Action::PasswordResetRequested,
         Action::EmailVerification,
         Action::AccountExistsNotice,
@@ -77,6 +94,11 @@ impl Action {
             Action::AccountLock => "account_lock",
             Action::SessionsRevoke => "sessions_revoke",
             Action::Import => "import",
+            Action::AccountUnlock => "account_unlock",
+            Action::AccountErase => "account_erase",
+            Action::AdminLookup => "admin_lookup",
+            Action::AdminExport => "admin_export",
+            Action::AdminRecovery => "admin_recovery",
             Action::PasswordResetRequested => "password_reset_requested",
             Action::EmailVerification => "email_verification",
             Action::AccountExistsNotice => "account_exists_notice",

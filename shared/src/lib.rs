@@ -13,6 +13,7 @@ pub mod keys;
 pub mod links;
 pub mod locale;
 pub mod message;
+pub mod mint;
 pub mod operator;
 pub mod redis_pool;
 pub mod reset_code;

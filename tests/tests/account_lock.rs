@@ -1,7 +1,7 @@
 //! "This wasn't me" and support staff's tools through the real pipeline: the password-changed
 //! email carries a lock link; locking ends the sessions, refuses sign-in and sends a reset
 //! email, whose reset unlocks; `api accounts revoke-sessions|lock` do the same for an operator,
-//! audited with the reason.
+//! audited with the reason; `api accounts show|recovery|export|erase` from the shell.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -220,4 +220,140 @@ async fn support_staff_revoke_sessions_and_lock_an_account_with_a_reason() {
             Some("reason: ticket 8: takeover; by: sam".to_owned())
         )]
     );
+}
+
+/// The JSON a shell command printed for the first address (`1: {…}`).
+fn printed_json(out: &[String]) -> serde_json::Value {
+    let line = out
+        .iter()
+        .find_map(|l| l.strip_prefix("1: {"))
+        .unwrap_or_else(|| panic!("no JSON printed: {out:?}"));
+    serde_json::from_str(&format!("{{{line}")).unwrap()
+}
+
+#[tokio::test]
+async fn support_staff_hand_over_a_link_export_and_erase_from_the_shell() {
+    let sink = SmtpSink::start().await.unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let public = env.var("PUBLIC_BASE_URL").unwrap().to_owned();
+    let (_api, base) = env.start_api().await.unwrap();
+    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let carl = "carl@example.org";
+    env.sign_up_and_verify(&base, &base, &sink, carl, OLD)
+        .await
+        .unwrap();
+    let client = ApiClient::new(&base);
+
+    let (ok, out) = env.api_command(&["accounts", "show", carl]).await.unwrap();
+    assert!(ok, "{out:?}");
+    let account = printed_json(&out);
+    assert_eq!(
+        (account["email"].as_str(), account["locked"].as_bool()),
+        (Some(carl), Some(false))
+    );
+
+    // A link for the agent to hand over: no email, and it resets the password once.
+    let (ok, out) = env
+        .api_command(&["accounts", "recovery", carl])
+        .await
+        .unwrap();
+    assert!(ok, "{out:?}");
+    let handed = printed_json(&out);
+    let link = handed["link"].as_str().unwrap();
+    assert!(
+        link.starts_with(&format!("{public}/reset-password")),
+        "{link}"
+    );
+    let body = json!({ "token": e2e::stack::token_of(link), "new_password": NEW });
+    assert_eq!(
+        client.post("/v1/password/reset", body).await.0,
+        StatusCode::NO_CONTENT
+    );
+    client.sign_in(carl, NEW).await.unwrap();
+
+    let (ok, out) = env
+        .api_command(&["accounts", "export", carl])
+        .await
+        .unwrap();
+    assert!(ok, "{out:?}");
+    let export = printed_json(&out);
+    let actions: Vec<&str> = export["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|row| row["action"].as_str())
+        .collect();
+    for action in [
+        "sign_up",
+        "email_verify",
+        "admin_recovery",
+        "password_reset",
+        "sign_in",
+    ] {
+        assert!(actions.contains(&action), "{action} not in {actions:?}");
+    }
+
+    // Mail queued for the account before its erasure finds no account and is dropped.
+    drop(worker);
+    let (ok, out) = env
+        .api_command(&["accounts", "recovery", carl, "--send"])
+        .await
+        .unwrap();
+    assert!(ok, "{out:?}");
+    let amqp = env.var("AMQP_URL").unwrap().to_owned();
+    let relayed = e2e::poll_until(WAIT, || async {
+        (env.ready_jobs_on(&amqp).await.ok()? >= 1).then_some(())
+    })
+    .await;
+    assert!(relayed.is_some(), "the running api relays the queued email");
+    let (ok, _) = env.api_command(&["accounts", "erase", carl]).await.unwrap();
+    assert!(!ok, "erase without --reason");
+    let (ok, out) = env
+        .api_command(&["accounts", "erase", carl, "--reason", "erasure request 118"])
+        .await
+        .unwrap();
+    assert!(ok, "{out:?}");
+    assert!(out.iter().all(|l| !l.contains("carl@")), "{out:?}");
+    let emails_before = sink.emails().len();
+    let (_worker, worker_base) = env.start_worker(&sink.url()).await.unwrap();
+    assert_eq!(
+        e2e::stack::wait_outcome(&worker_base, "dropped_unknown", 1, WAIT).await,
+        1
+    );
+    assert_eq!(
+        sink.emails().len(),
+        emails_before,
+        "nothing sent to the erased account"
+    );
+    assert_eq!(
+        client.sign_in(carl, NEW).await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+    let (ok, out) = env.api_command(&["accounts", "show", carl]).await.unwrap();
+    assert!(
+        !ok && out.iter().any(|l| l.contains("no account")),
+        "{out:?}"
+    );
+
+    // The address is new again: a sign-up makes a new account, verified by its own email.
+    let body = json!({ "email": carl, "password": THIRD });
+    assert_eq!(client.post("/v1/users", body).await.0, StatusCode::ACCEPTED);
+    let confirmations = || {
+        sink.emails()
+            .into_iter()
+            .filter(|e| e.rcpt_to().contains(carl) && e.subject().contains("Confirm"))
+            .collect::<Vec<_>>()
+    };
+    let second = e2e::poll_until(WAIT, || async { confirmations().get(1).cloned() })
+        .await
+        .expect("a verification email for the new account");
+    let link = second
+        .link(&format!("{public}/verify-email?token="))
+        .unwrap();
+    let body = json!({ "token": e2e::stack::token_of(&link), "password": THIRD });
+    assert_eq!(
+        client.post("/v1/email/verify", body).await.0,
+        StatusCode::NO_CONTENT
+    );
+    client.sign_in(carl, THIRD).await.unwrap();
 }

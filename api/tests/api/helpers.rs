@@ -41,6 +41,8 @@ pub(crate) struct TestApp {
     pub base: String,
     /// Base URL of the metrics listener (`API_METRICS_BIND`).
     pub metrics_base: String,
+    /// Base URL of the admin API (`ADMIN_API_BIND`), when the test turned it on.
+    pub admin_base: Option<String>,
     pub client: reqwest::Client,
     pub state: AppState,
     pub clock: ManualClock,
@@ -103,6 +105,7 @@ pub(crate) async fn spawn_config(config: Config) -> TestApp {
         .expect("build app");
     let base = format!("http://{}", app.local_addr().unwrap());
     let metrics_base = format!("http://{}", app.metrics_addr().unwrap());
+    let admin_base = app.admin_addr().map(|addr| format!("http://{addr}"));
     let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -119,6 +122,7 @@ pub(crate) async fn spawn_config(config: Config) -> TestApp {
     TestApp {
         base,
         metrics_base,
+        admin_base,
         client,
         state,
         clock,

@@ -7,6 +7,7 @@
 )]
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod attacks;
 mod bad_input;
 mod forgot;
@@ -19,6 +20,7 @@ mod pages;
 mod refusals;
 mod reset;
 mod reset_code;
+mod retention;
 mod security;
 mod sessions;
 mod users;

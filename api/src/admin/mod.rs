@@ -1,0 +1,400 @@
+//! What support staff do to an account, from the admin API ([`http`], on `ADMIN_API_BIND`) or
+//! the shell (`api accounts …`): both call the operations of [`Desk`], so they cannot drift
+//! apart. Every operation is audited with who acted (an admin key's id, or the operator's
+//! login name) and, where it changes the account, a required reason.
+//!
+//! - look an account up by address;
+//! - a recovery link and code for a support agent to hand over, or the ordinary reset email
+//!   (an operator never chooses a password);
+//! - revoke every session; lock (see [`crate::lock`]); unlock;
+//! - export the account and its audit trail (a person's access request);
+//! - erase the account (see [`Desk::erase`]).
+
+pub mod http;
+pub mod keys;
+mod records;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use shared::{
+    audit::{Action, AuditEvent, Outcome},
+    clock::Clock,
+    locale::Locale,
+    message::{Envelope, Job, Trace},
+    redis_pool::RedisPool,
+    token::{Purpose, TokenKeys},
+};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub use records::{AccountView, AuditRecord, Export};
+
+use crate::{
+    config::Config, error::ApiError, hashing::Hasher, lock, rate_limit::RateLimiter,
+    sessions::Sessions, state::AppState,
+};
+
+/// Who acts: an admin key (by its id) or an operator at the shell (by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    Key(String),
+    Operator(String),
+}
+
+impl Actor {
+    /// How the audit trail names the actor.
+    fn name(&self) -> String {
+        match self {
+            Actor::Key(id) => format!("admin key {id}"),
+            Actor::Operator(name) => name.clone(),
+        }
+    }
+
+    /// The stored detail of an action: the reason (when it has one) and who acted, on one
+    /// line, at most 1000 characters.
+    pub fn detail(&self, reason: Option<&str>) -> String {
+        let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let by = one_line(&self.name());
+        let detail = match reason {
+            Some(reason) => format!("reason: {}; by: {by}", one_line(reason)),
+            None => format!("by: {by}"),
+        };
+        detail.chars().take(1000).collect()
+    }
+}
+
+/// A required reason: trimmed, not empty.
+pub fn reason(reason: Option<&str>) -> Result<&str, ApiError> {
+    match reason.map(str::trim) {
+        Some(reason) if !reason.is_empty() => Ok(reason),
+        _ => Err(ApiError::ReasonRequired),
+    }
+}
+
+/// A recovery link as handed to a support agent.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HandedLink {
+    /// The reset link (built from `PUBLIC_BASE_URL`); one use, like the emailed one.
+    pub link: String,
+    /// Its one-time code, as the email shows it (for the reset-by-code page).
+    pub code: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What a recovery request did.
+#[derive(Debug, Clone)]
+pub enum Recovery {
+    /// The link and code, for the agent to hand over.
+    Handed(HandedLink),
+    /// The ordinary reset email is queued.
+    Emailed,
+}
+
+/// The handles the operations need, borrowed from the api's state or from what a shell
+/// command connected.
+pub struct Desk<'a> {
+    pub db: &'a PgPool,
+    pub redis: &'a RedisPool,
+    pub sessions: &'a Sessions,
+    pub limiter: &'a RateLimiter,
+    pub tokens: &'a TokenKeys,
+    pub hasher: &'a Hasher,
+    pub clock: &'a dyn Clock,
+    pub config: &'a Config,
+}
+
+impl<'a> Desk<'a> {
+    /// The desk of a running api.
+    pub fn of(state: &'a AppState) -> Self {
+        Self {
+            db: &state.db,
+            redis: &state.redis,
+            sessions: &state.sessions,
+            limiter: &state.limiter,
+            tokens: state.tokens.keys(),
+            hasher: &state.hasher,
+            clock: state.clock.as_ref(),
+            config: &state.config,
+        }
+    }
+
+    async fn audit(&self, event: &AuditEvent<'_>) -> Result<(), ApiError> {
+        shared::audit::record_on(self.db, event).await?;
+        Ok(())
+    }
+
+    /// The account of `address` (any spelling), audited under the address's pseudonym.
+    pub async fn find(
+        &self,
+        actor: &Actor,
+        address: &str,
+    ) -> Result<Option<AccountView>, ApiError> {
+        let address =
+            shared::email::normalize(address).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
+        let found = records::by_email_key(self.db, address.key()).await?;
+        let address_hash = self.limiter.address_pseudonym(address.key());
+        let detail = actor.detail(None);
+        let outcome = if found.is_some() {
+            Outcome::Success
+        } else {
+            Outcome::UnknownUser
+        };
+        self.audit(&AuditEvent {
+            user_id: found.as_ref().map(|a| a.id),
+            address_hash: Some(&address_hash),
+            detail: Some(&detail),
+            ..AuditEvent::new(Action::AdminLookup, outcome)
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// The account `id`, or `404`.
+    pub async fn account(&self, id: Uuid) -> Result<AccountView, ApiError> {
+        records::by_id(self.db, id).await?.ok_or(ApiError::NotFound)
+    }
+
+    /// Ends every session of the account now (its password and links stay).
+    pub async fn revoke_sessions(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<u64, ApiError> {
+        let account = self.account(id).await?;
+        let revoked = self.sessions.revoke_all(account.id).await?;
+        let detail = actor.detail(Some(reason));
+        self.audit(&AuditEvent {
+            user_id: Some(account.id),
+            detail: Some(&detail),
+            ..AuditEvent::new(Action::SessionsRevoke, Outcome::Success)
+        })
+        .await?;
+        metrics::counter!("admin_actions_total", "action" => "revoke_sessions").increment(1);
+        Ok(revoked)
+    }
+
+    /// Locks the account (see [`crate::lock`]): sessions revoked, password version bumped,
+    /// sign-in refused until a reset, a reset email to the owner (relayed by the outbox).
+    pub async fn lock(&self, actor: &Actor, id: Uuid, reason: &str) -> Result<(), ApiError> {
+        let Some(user) = store_user(self.db, id).await? else {
+            return Err(ApiError::NotFound);
+        };
+        let local = std::net::IpAddr::from([127, 0, 0, 1]);
+        let unusable_hash = self.hasher.hash_for(local, lock::unusable_secret()).await?;
+        let detail = actor.detail(Some(reason));
+        let trace = Trace::default();
+        let lock = lock::Lock {
+            ip: None,
+            trace: &trace,
+            locale: Locale::En,
+            detail: Some(&detail),
+            reset_max_age: self.config.reset_token_max_age,
+            now: self.clock.now(),
+            unusable_hash: &unusable_hash,
+        };
+        if lock::commit(self.db, &user, &lock).await?.is_none() {
+            return Err(ApiError::AccountChanged);
+        }
+        lock::revoke_sessions(self.sessions, user.id).await;
+        metrics::counter!("account_locks_total", "by" => "operator").increment(1);
+        Ok(())
+    }
+
+    /// Lifts the account's lock mark and clears its address's budget of failed sign-ins (an
+    /// owner that strangers kept out by failing on purpose gets in at once). A lock replaced
+    /// the password, so a locked account still signs in only after a reset: the lock already
+    /// emailed one, [`Self::recovery`] gives another.
+    pub async fn unlock(&self, actor: &Actor, id: Uuid, reason: &str) -> Result<(), ApiError> {
+        let account = self.account(id).await?;
+        let detail = actor.detail(Some(reason));
+        let mut tx = self.db.begin().await?;
+        sqlx::query("UPDATE users SET locked_at = NULL, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        shared::audit::record(
+            &mut *tx,
+            &AuditEvent {
+                user_id: Some(id),
+                detail: Some(&detail),
+                ..AuditEvent::new(Action::AccountUnlock, Outcome::Success)
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.limiter.clear_login_failures(&account.email_key).await;
+        metrics::counter!("admin_actions_total", "action" => "unlock").increment(1);
+        Ok(())
+    }
+
+    /// A reset link for the account: for a support agent to hand over (`send: false`: the
+    /// link, its code and when they expire), or the ordinary reset email (`send: true`). Either
+    /// way the account's older reset links die, as with every new reset email.
+    pub async fn recovery(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        send: bool,
+    ) -> Result<Recovery, ApiError> {
+        let account = self.account(id).await?;
+        let now = self.clock.now();
+        if send {
+            let detail = format!("{}; emailed", actor.detail(None));
+            let email = Envelope::new(
+                Job::PasswordResetRequested {
+                    email: account.email.clone(),
+                    ip: None,
+                    within_budget: true,
+                },
+                now,
+                chrono::Duration::from_std(self.config.reset_token_max_age)
+                    .unwrap_or(chrono::Duration::hours(1)),
+                Locale::En,
+                Trace::default(),
+            );
+            let mut tx = self.db.begin().await?;
+            crate::outbox::add_job(&mut tx, Some(id), &email).await?;
+            shared::audit::record(
+                &mut *tx,
+                &AuditEvent {
+                    user_id: Some(id),
+                    detail: Some(&detail),
+                    ..AuditEvent::new(Action::AdminRecovery, Outcome::Success)
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            metrics::counter!("admin_actions_total", "action" => "recovery_email").increment(1);
+            return Ok(Recovery::Emailed);
+        }
+        let holder = shared::mint::Holder {
+            user: id,
+            password_version: account.password_version,
+        };
+        let purpose = Purpose::PasswordReset;
+        let max_age = self.config.reset_token_max_age;
+        let minted = shared::mint::mint(
+            self.redis,
+            self.tokens,
+            now,
+            purpose,
+            max_age,
+            holder,
+            Uuid::now_v7(),
+        )
+        .await?
+        .ok_or(ApiError::AccountChanged)?;
+        let record = shared::reset_code::Link {
+            user: id,
+            email_key: &account.email_key,
+            password_version: account.password_version,
+            generation: minted.generation,
+            signed_at: minted.signed_at,
+            token: &minted.token,
+            left_secs: minted.left,
+        };
+        let code =
+            shared::reset_code::issue(self.redis, self.config.pseudonym_secret(), &record).await?;
+        let detail = format!("{}; handed to support", actor.detail(None));
+        self.audit(&AuditEvent {
+            user_id: Some(id),
+            detail: Some(&detail),
+            ..AuditEvent::new(Action::AdminRecovery, Outcome::Success)
+        })
+        .await?;
+        metrics::counter!("admin_actions_total", "action" => "recovery_link").increment(1);
+        let base = &self.config.public_base_url;
+        Ok(Recovery::Handed(HandedLink {
+            link: shared::links::with_token(
+                base,
+                shared::links::RESET_PASSWORD_PATH,
+                &minted.token,
+            ),
+            code: shared::reset_code::display(&code),
+            expires_at: DateTime::from_timestamp(minted.signed_at, 0).unwrap_or(now)
+                + chrono::Duration::from_std(max_age).unwrap_or_default(),
+        }))
+    }
+
+    /// The account and every audit row about it (by its id, or its address's pseudonym).
+    pub async fn export(&self, actor: &Actor, id: Uuid) -> Result<Export, ApiError> {
+        let account = self.account(id).await?;
+        let address_hash = self.limiter.address_pseudonym(&account.email_key);
+        let detail = actor.detail(None);
+        self.audit(&AuditEvent {
+            user_id: Some(id),
+            detail: Some(&detail),
+            ..AuditEvent::new(Action::AdminExport, Outcome::Success)
+        })
+        .await?;
+        let audit = records::audit_trail(self.db, id, &address_hash).await?;
+        metrics::counter!("admin_actions_total", "action" => "export").increment(1);
+        Ok(Export {
+            exported_at: self.clock.now(),
+            account,
+            audit,
+        })
+    }
+
+    /// Erases the account (a person's erasure request), in one transaction: the account
+    /// row; its jobs and events still in the outbox; its dead letters; its suppression entry;
+    /// and, in every audit row about it (by id or address pseudonym), the IP, the address
+    /// pseudonym and the free text, so nothing left names or locates the person. One row
+    /// records the erasure (the account's id, the reason and who acted). Then, in Redis, its
+    /// sessions, link generations, reset code and failed-sign-in budget. Mail already on the
+    /// broker finds no account and is dropped; links and codes name an account that is gone.
+    /// The address is then like one never seen: it can sign up again.
+    pub async fn erase(&self, actor: &Actor, id: Uuid, reason: &str) -> Result<(), ApiError> {
+        let detail = actor.detail(Some(reason));
+        let mut tx = self.db.begin().await?;
+        let Some((email, email_key)) = records::erase(&mut tx, id).await? else {
+            return Err(ApiError::NotFound);
+        };
+        let address_hash = self.limiter.address_pseudonym(&email_key);
+        records::scrub(&mut tx, id, &address_hash, &email, &email_key).await?;
+        shared::audit::record(
+            &mut *tx,
+            &AuditEvent {
+                user_id: Some(id),
+                detail: Some(&detail),
+                ..AuditEvent::new(Action::AccountErase, Outcome::Success)
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        // The rest dies with the account (sessions and links name an account that is gone);
+        // removing it now leaves nothing of the person behind for its expiry.
+        lock::revoke_sessions(self.sessions, id).await;
+        self.limiter.clear_login_failures(&email_key).await;
+        let keys = self.redis.keys();
+        let code_owner =
+            shared::reset_code::address_pseudonym(self.config.pseudonym_secret(), &email_key);
+        let mut gone: Vec<String> = Purpose::ALL
+            .iter()
+            .map(|p| keys.token_generation(id, *p))
+            .collect();
+        gone.push(keys.reset_code(&code_owner));
+        gone.push(keys.reset_code_wrong(&code_owner));
+        gone.push(keys.rate_email(&address_hash));
+        for key in &gone {
+            let deleted =
+                self.redis
+                    .run(|mut c| async move {
+                        redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await
+                    })
+                    .await;
+            if let Err(e) = deleted {
+                tracing::warn!(error = %e, "an erased account's key stays until it expires");
+            }
+        }
+        metrics::counter!("admin_actions_total", "action" => "erase").increment(1);
+        Ok(())
+    }
+}
+
+/// The account as the lock reads it.
+async fn store_user(db: &PgPool, id: Uuid) -> Result<Option<crate::store::users::User>, ApiError> {
+    Ok(crate::store::users::by_id(db, id).await?)
+}

@@ -1,0 +1,154 @@
+//! The admin operations' statements: the account as support staff see it, its audit trail,
+//! and erasure's deletes.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// An account as support staff see it (never the password hash).
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct AccountView {
+    pub id: Uuid,
+    /// The address mail goes to.
+    pub email: String,
+    pub email_verified: bool,
+    /// Locked by its owner ("this wasn't me") or by support staff: sign-in is refused until
+    /// a reset.
+    pub locked: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The kinds of second factor enrolled (none yet).
+    #[sqlx(skip)]
+    pub second_factors: Vec<String>,
+    #[serde(skip)]
+    pub email_key: String,
+    #[serde(skip)]
+    pub password_version: i32,
+}
+
+/// One audit row about the person.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct AuditRecord {
+    pub occurred_at: DateTime<Utc>,
+    /// What was attempted (e.g. `sign_in`, `password_reset`).
+    pub action: String,
+    /// How it ended (e.g. `success`, `invalid_credentials`, `sent`).
+    pub outcome: String,
+    /// The client's IP, when the row has one.
+    pub ip: Option<String>,
+    pub request_id: Option<String>,
+    /// An operator's reason and who acted.
+    pub detail: Option<String>,
+}
+
+/// A person's access request: the account and every audit row about it, oldest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Export {
+    pub exported_at: DateTime<Utc>,
+    pub account: AccountView,
+    pub audit: Vec<AuditRecord>,
+}
+
+/// The columns of [`AccountView`].
+macro_rules! select_view {
+    ($where:literal) => {
+        concat!(
+            "SELECT id, email, email_key, password_version, ",
+            "email_verified_at IS NOT NULL AS email_verified, locked_at IS NOT NULL AS locked, ",
+            "created_at, updated_at FROM users WHERE ",
+            $where
+        )
+    };
+}
+
+pub(super) async fn by_email_key(
+    db: &PgPool,
+    email_key: &str,
+) -> Result<Option<AccountView>, sqlx::Error> {
+    sqlx::query_as(select_view!("email_key = $1"))
+        .bind(email_key)
+        .fetch_optional(db)
+        .await
+}
+
+pub(super) async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<AccountView>, sqlx::Error> {
+    sqlx::query_as(select_view!("id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Audit rows about the account: its id, or its address's pseudonym (requests that named the
+/// address, whether or not they found the account), oldest first.
+pub(super) async fn audit_trail(
+    db: &PgPool,
+    id: Uuid,
+    address_hash: &str,
+) -> Result<Vec<AuditRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT occurred_at, action, outcome, host(ip) AS ip, request_id, detail
+         FROM audit_events WHERE user_id = $1 OR address_hash = $2
+         ORDER BY occurred_at, id",
+    )
+    .bind(id)
+    .bind(address_hash)
+    .fetch_all(db)
+    .await
+}
+
+/// Deletes the account row (read under lock first); its address and address key, or `None`
+/// when there is no such account.
+pub(super) async fn erase(
+    tx: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as("DELETE FROM users WHERE id = $1 RETURNING email, email_key")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+}
+
+/// Removes what else names the erased person: its outbox rows, its dead letters (jobs hold
+/// the address and the requester's IP), its suppression entry, and the IP, address pseudonym
+/// and free text of every audit row about it.
+pub(super) async fn scrub(
+    tx: &mut PgConnection,
+    id: Uuid,
+    address_hash: &str,
+    email: &str,
+    email_key: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM outbox WHERE user_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    // A dead letter is the job as it was published: JSON naming the account's id or its
+    // address in any spelling (the forgot-password job carries the address as typed).
+    // Compared as bytes (a body need not be UTF-8), case-folded through the escape encoding.
+    sqlx::query(
+        "DELETE FROM dead_letters
+         WHERE position(convert_to($1, 'UTF8') in body) > 0
+            OR position(convert_to($2, 'UTF8') in body) > 0
+            OR strpos(lower(encode(body, 'escape')), lower(encode(convert_to($3, 'UTF8'), 'escape'))) > 0",
+    )
+    .bind(id.to_string())
+    .bind(email)
+    .bind(email_key)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM suppressed_addresses WHERE address_key = $1")
+        .bind(email_key)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE audit_events SET ip = NULL, address_hash = NULL, detail = NULL
+         WHERE user_id = $1 OR address_hash = $2",
+    )
+    .bind(id)
+    .bind(address_hash)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
