@@ -16,6 +16,7 @@ use crate::{render::EmailContent, send_budget};
 
 /// What the worker needs to know about a recipient.
 pub use shared::account::Account as Recipient;
+use shared::locale::Locale;
 
 /// What a job asks for, after the lookups.
 pub enum Plan {
@@ -24,6 +25,9 @@ pub enum Plan {
         to: String,
         draft: Draft,
         user: Option<Uuid>,
+        /// The account's own language, when it has one: it wins over the job's (the
+        /// language of whichever browser caused the email).
+        locale: Option<Locale>,
     },
     /// Send nothing, for this reason.
     Drop {
@@ -225,6 +229,7 @@ impl Planner<'_> {
                     sign_up_url: format!("{}/", self.public_base_url),
                 }),
                 user: None,
+                locale: None,
             },
             Err(_) => Plan::Drop {
                 reason: audit::Outcome::DroppedInvalidAddress,
@@ -251,6 +256,7 @@ impl Planner<'_> {
                 forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
             }),
             user: found.map(|user| user.id),
+            locale: found.and_then(Recipient::locale),
         }
     }
 
@@ -303,6 +309,7 @@ fn send_to(user: &Recipient, draft: Draft) -> Plan {
         to: user.email.clone(),
         draft,
         user: Some(user.id),
+        locale: user.locale(),
     }
 }
 

@@ -123,8 +123,10 @@ impl Processor {
     /// that is the handler's business). A sent email is recorded with
     /// [`Processor::mark_sent`], which the caller runs after giving its send slot back.
     pub async fn deliver(&self, job: &Envelope, plan: Plan) -> JobOutcome {
-        let (to, draft) = match plan {
-            Plan::Send { to, draft, .. } => (to, draft),
+        let (to, draft, locale) = match plan {
+            Plan::Send {
+                to, draft, locale, ..
+            } => (to, draft, locale.unwrap_or(job.locale)),
             Plan::Drop { reason, .. } => return JobOutcome::Dropped(reason),
             Plan::DependencyDown(error) => return JobOutcome::DependencyDown(error),
         };
@@ -158,7 +160,7 @@ impl Processor {
             Ok(None) => return JobOutcome::Dropped(audit::Outcome::DroppedSuperseded),
             Err(e) => return JobOutcome::DependencyDown(e.to_string()),
         };
-        match self.renderer.render(&content, job.locale) {
+        match self.renderer.render(&content, locale) {
             Ok(rendered) => self.send(job, &to, &rendered, &domain).await,
             Err(e) => JobOutcome::Dead(format!("cannot render: {e}")),
         }

@@ -19,6 +19,16 @@ pub struct Account {
     pub email_verified: bool,
     /// Versions whose change was undone (the api moved past them without keeping them).
     pub undone_password_versions: Vec<i32>,
+    /// The language of its emails (a BCP 47 tag), when it has one (see the `users.locale`
+    /// migration).
+    pub locale: Option<String>,
+}
+
+impl Account {
+    /// The language its emails are written in, when the account has one.
+    pub fn locale(&self) -> Option<crate::locale::Locale> {
+        self.locale.as_deref().map(crate::locale::Locale::from_tag)
+    }
 }
 
 /// The statement reading [`Account`]s that match `$where`.
@@ -26,7 +36,7 @@ macro_rules! select_accounts {
     ($where:literal) => {
         concat!(
             "SELECT id, email_key, email, password_version, ",
-            "email_verified_at IS NOT NULL AS email_verified, undone_password_versions ",
+            "email_verified_at IS NOT NULL AS email_verified, undone_password_versions, locale ",
             "FROM users WHERE ",
             $where
         )

@@ -327,3 +327,79 @@ async fn emails_follow_the_locale_of_the_request() {
     assert!(has_chinese(&email.text()));
     assert!(has_chinese(&email.html()));
 }
+
+#[tokio::test]
+async fn later_emails_are_in_the_language_of_the_account_not_of_the_browser_that_caused_them() {
+    let sink = SmtpSink::start().await.unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let public = env.var("PUBLIC_BASE_URL").unwrap().to_owned();
+    let (_api, base) = env.start_api().await.unwrap();
+    let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let http = reqwest::Client::new();
+    let (jan, password) = ("jan@example.org", "correct horse battery staple 42");
+    let post = |path: &str, language: &str, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .header("accept-language", language)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/v1/users",
+        "de-DE,de;q=0.9",
+        json!({ "email": jan, "password": password }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let verification = sink.wait_for(1, WAIT).await;
+    assert_eq!(
+        verification.len(),
+        1,
+        "worker output: {:#?}",
+        worker.output()
+    );
+    assert!(
+        verification[0].subject().starts_with("Bestätigen"),
+        "{}",
+        verification[0].subject()
+    );
+    let link = verification[0]
+        .link(&format!("{public}/verify-email?token="))
+        .unwrap();
+    let body = json!({ "token": token_of(&link), "password": password });
+    assert_eq!(
+        post("/v1/email/verify", "en", body).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // A reset asked for from an English browser: the email is in the account's German.
+    let r = post(
+        "/v1/password/forgot",
+        "en-US,en;q=0.9",
+        json!({ "email": jan }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let emails = sink.wait_for(2, WAIT).await;
+    let reset = &emails[1];
+    assert!(
+        reset.subject().contains("zurücksetzen"),
+        "{}",
+        reset.subject()
+    );
+    assert!(reset.text().contains("Passwort"), "{}", reset.text());
+    let link = reset
+        .link(&format!("{public}/reset-password?token="))
+        .unwrap();
+    let body = json!({ "token": token_of(&link), "new_password": "plaid zebra umbrella tangerine 97" });
+    let r = post("/v1/password/reset", "fr-FR", body).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The password-changed notice too.
+    let emails = sink.wait_for(3, WAIT).await;
+    assert!(
+        emails[2].subject().contains("wurde geändert"),
+        "{}",
+        emails[2].subject()
+    );
+}

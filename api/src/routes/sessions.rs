@@ -137,16 +137,17 @@ pub async fn log_in(
     };
     // Budgets count failures only.
     state.limiter.forgive(attempt).await;
-    signed_in(&state, &headers, &user, address.key(), now).await
+    signed_in(&state, &headers, &user, address.key(), ctx.locale, now).await
 }
 
-/// The answer to a sign-in whose password verified: the address off the suppression list, a
-/// new session, its cookie and the device cookie.
+/// The answer to a sign-in whose password verified: the address off the suppression list, the
+/// account's language if it had none, a new session, its cookie and the device cookie.
 async fn signed_in(
     state: &AppState,
     headers: &HeaderMap,
     user: &store::users::Credentials,
     email_key: &str,
+    locale: shared::locale::Locale,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Response, ApiError> {
     // Its owner is here: mail to the address goes out again (see `shared::suppression`).
@@ -158,6 +159,9 @@ async fn signed_in(
     .await;
     if let Err(e) = removed {
         tracing::warn!(error = %e, "could not take a signed-in address off the suppression list");
+    }
+    if let Err(e) = store::users::adopt_locale(&state.db, user.id, locale).await {
+        tracing::warn!(error = %e, "could not store a signed-in account's language");
     }
     let (token, expires_at) = state
         .sessions

@@ -117,6 +117,7 @@ pub async fn sign_up(
         address.address(),
         address.key(),
         &hash,
+        ctx.locale,
         audit,
         email_job,
     )

@@ -22,9 +22,10 @@ async fn insert_if_absent(
     email: &str,
     email_key: &str,
     password_hash: &str,
+    locale: &str,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "INSERT INTO users (id, email, email_key, password_hash) VALUES ($1, $2, $3, $4)
+        "INSERT INTO users (id, email, email_key, password_hash, locale) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (email_key) DO NOTHING
          RETURNING id",
     )
@@ -33,11 +34,13 @@ async fn insert_if_absent(
     .bind(email)
     .bind(email_key)
     .bind(password_hash)
+    .bind(locale)
     .fetch_optional(db)
     .await
 }
 
-/// Sign-up's write: the account if the address is free, and in the same transaction one
+/// Sign-up's write: the account (with the language of its emails, `locale`) if the address
+/// is free, and in the same transaction one
 /// audit row and the job `email_job` makes of the outcome (the new account's id, or `None`
 /// when the address was taken), into the outbox. Both paths therefore insert the same rows
 /// and commit (one WAL flush each), so the database work does not differ by whether the
@@ -47,11 +50,13 @@ pub async fn sign_up(
     email: &str,
     email_key: &str,
     password_hash: &str,
+    locale: shared::locale::Locale,
     audit: shared::audit::AuditEvent<'_>,
     email_job: impl FnOnce(Option<Uuid>) -> shared::message::Envelope,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let created = insert_if_absent(&mut *tx, email, email_key, password_hash).await?;
+    let created =
+        insert_if_absent(&mut *tx, email, email_key, password_hash, locale.as_str()).await?;
     crate::outbox::add_job(&mut tx, created, &email_job(created)).await?;
     let event = shared::audit::AuditEvent {
         outcome: if created.is_some() {
@@ -193,6 +198,24 @@ pub async fn mark_unverified(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE users SET email_verified_at = NULL, updated_at = now() WHERE id = $1")
             .bind(id),
     )
+    .await?;
+    Ok(())
+}
+
+/// Gives an account without a language (one imported) the language of its owner's browser:
+/// the first sign-in's. An account's language, once set, stays.
+pub async fn adopt_locale(
+    db: &PgPool,
+    id: Uuid,
+    locale: shared::locale::Locale,
+) -> Result<(), sqlx::Error> {
+    shared::db::pinned(db, async |c| {
+        sqlx::query("UPDATE users SET locale = $2 WHERE id = $1 AND locale IS NULL")
+            .bind(id)
+            .bind(locale.as_str())
+            .execute(c)
+            .await
+    })
     .await?;
     Ok(())
 }

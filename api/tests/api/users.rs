@@ -179,3 +179,68 @@ async fn sign_ups_from_one_ip_are_limited() {
         assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited_ip").await;
     }
 }
+
+/// The language stored with the account.
+async fn stored_locale(app: &crate::helpers::TestApp, email: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT locale FROM users WHERE email_key = $1")
+        .bind(email)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_account_keeps_the_language_of_its_sign_up_and_an_imported_one_adopts_its_first_sign_in()
+ {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .post(app.url("/v1/users"))
+        .header("accept-language", "de-AT,de;q=0.9,en;q=0.5")
+        .json(&json!({ "email": "jan@example.org", "password": STRONG }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        stored_locale(&app, "jan@example.org").await.as_deref(),
+        Some("de")
+    );
+    // A sign-up of the taken address in another language changes nothing.
+    let r = app
+        .client
+        .post(app.url("/v1/users"))
+        .header("accept-language", "ja")
+        .json(&json!({ "email": "Jan@example.org", "password": STRONG }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        stored_locale(&app, "jan@example.org").await.as_deref(),
+        Some("de")
+    );
+
+    // An account without a language (imported) takes its first sign-in's; then keeps it.
+    let user = app.create_user("eva@example.org", STRONG).await;
+    sqlx::query("UPDATE users SET locale = NULL WHERE id = $1")
+        .bind(user)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    for language in ["pt-BR,pt;q=0.8", "fr"] {
+        let r = app
+            .client
+            .post(app.url("/v1/sessions"))
+            .header("accept-language", language)
+            .json(&json!({ "email": "eva@example.org", "password": STRONG }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    assert_eq!(
+        stored_locale(&app, "eva@example.org").await.as_deref(),
+        Some("pt-BR")
+    );
+}

@@ -24,6 +24,7 @@ fn only_mail_a_stranger_can_trigger_at_will_counts_against_the_recipient_budget(
         password_version: 1,
         email_verified: false,
         undone_password_versions: Vec::new(),
+        locale: None,
     };
     let reset = Draft::PasswordReset {
         recipient: recipient(),
@@ -101,6 +102,7 @@ fn account(verified: bool, password_version: i32, undone: &[i32]) -> Recipient {
         password_version,
         email_verified: verified,
         undone_password_versions: undone.to_vec(),
+        locale: None,
     }
 }
 
@@ -108,7 +110,9 @@ fn account(verified: bool, password_version: i32, undone: &[i32]) -> Recipient {
 fn summary(plan: &Plan) -> String {
     let user = |user: &Option<Uuid>| user.map_or("-".to_owned(), |u| u.as_u128().to_string());
     match plan {
-        Plan::Send { to, draft, user: u } => {
+        Plan::Send {
+            to, draft, user: u, ..
+        } => {
             let email = match draft {
                 Draft::Ready(EmailContent::NoAccount { .. }) => "no_account".to_owned(),
                 Draft::Ready(EmailContent::AccountExists { .. }) => "account_exists".to_owned(),
@@ -260,6 +264,7 @@ fn a_suppressed_address_is_dropped_and_an_unreadable_list_makes_senders_wait() {
                     sign_up_url: BASE.into(),
                 }),
                 user: None,
+                locale: None,
             },
             Plan::Send {
                 to: "bob@example.org".into(),
@@ -267,6 +272,7 @@ fn a_suppressed_address_is_dropped_and_an_unreadable_list_makes_senders_wait() {
                     sign_up_url: BASE.into(),
                 }),
                 user: None,
+                locale: None,
             },
             Plan::Drop {
                 reason: audit::Outcome::Stale,
@@ -308,4 +314,28 @@ fn a_suppressed_address_is_dropped_and_an_unreadable_list_makes_senders_wait() {
             "drop stale -"
         ]
     );
+}
+
+#[test]
+fn an_account_with_a_language_gets_its_emails_in_it_whoever_caused_them() {
+    let planner = planner(false);
+    let french = Recipient {
+        locale: Some("fr".into()),
+        ..account(true, 3, &[])
+    };
+    let jobs = [
+        reset("ann@example.org", None, true),
+        changed(french.id, 3),
+        notice("ann@example.org"),
+    ];
+    for job in &jobs {
+        match planner.decide(job, Some(&french)) {
+            Plan::Send { locale, .. } => assert_eq!(locale, Some(Locale::Fr), "{job:?}"),
+            _ => panic!("expected a send for {job:?}"),
+        }
+        match planner.decide(job, Some(&account(true, 3, &[]))) {
+            Plan::Send { locale, .. } => assert_eq!(locale, None, "{job:?}"),
+            _ => panic!("expected a send for {job:?}"),
+        }
+    }
 }
