@@ -68,6 +68,9 @@ pub struct Config {
     /// where api and worker share a machine, the worker's work then starts at a moment
     /// unrelated to the request that caused it (see [`crate::consumer`]).
     pub take_jitter: Duration,
+    /// `MAIL_TEMPLATE_DIR`: templates that replace built-in ones by name, and folders of new
+    /// languages (see [`crate::templates`]); `None`: the built-in templates only.
+    pub template_dir: Option<PathBuf>,
 }
 
 shared::service_config!(Config);
@@ -160,6 +163,10 @@ impl Config {
         ) as u32;
         let smtp_domain_window = r.number("SMTP_DOMAIN_WINDOW_SECS", 60, 1, 3600);
         let take_jitter = r.number("WORKER_TAKE_JITTER_MS", 25, 0, 10_000);
+        // Read and tried at start (crate::templates::load), where a problem names its file.
+        let template_dir = (r.raw("MAIL_TEMPLATE_DIR"))
+            .filter(|dir| !dir.trim().is_empty())
+            .map(PathBuf::from);
         r.finish().map_err(ConfigError)?;
         Ok(Self {
             common,
@@ -179,6 +186,7 @@ impl Config {
             smtp_requester_share_percent,
             smtp_domain_window: Duration::from_secs(smtp_domain_window),
             take_jitter: Duration::from_millis(take_jitter),
+            template_dir,
         })
     }
 }
@@ -441,6 +449,19 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in {text}");
         }
+    }
+
+    #[test]
+    fn the_template_directory_is_optional() {
+        assert_eq!(from(&BASE).expect("valid").template_dir, None);
+        let mut pairs = BASE.to_vec();
+        pairs.push(("MAIL_TEMPLATE_DIR", " "));
+        assert_eq!(from(&pairs).expect("valid").template_dir, None);
+        pairs.push(("MAIL_TEMPLATE_DIR", "/etc/mail-templates"));
+        assert_eq!(
+            from(&pairs).expect("valid").template_dir,
+            Some(PathBuf::from("/etc/mail-templates"))
+        );
     }
 
     #[test]

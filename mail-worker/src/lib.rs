@@ -19,3 +19,4 @@ pub mod send_test;
 pub mod settlement;
 pub mod smtp;
 pub mod startup;
+pub mod templates;

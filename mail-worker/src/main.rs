@@ -2,13 +2,17 @@
 //! `mail-worker dlq list` / `mail-worker dlq replay (--id ID | --all)` — the dead letters;
 //! `mail-worker suppression list` / `suppression remove [ADDRESS…]` (or addresses on standard
 //! input) — the suppression list
-//! (these read only the database's and the broker's settings).
+//! (these read only the database's and the broker's settings);
+//! `mail-worker templates check DIR` — tries a template directory (no settings read).
+
+use std::path::{Path, PathBuf};
 
 use clap::Parser as _;
 use mail_worker::{
     config::{Config, OperatorConfig},
     dlq, send_test,
     startup::Worker,
+    templates,
 };
 
 /// The mail worker: consumes mail jobs from RabbitMQ and delivers them over SMTP. Configured by
@@ -30,6 +34,9 @@ enum Command {
     /// The addresses no mail goes to because their mailbox did not exist.
     #[command(subcommand)]
     Suppression(Suppression),
+    /// The email templates.
+    #[command(subcommand)]
+    Templates(Templates),
     /// Render a real template with sample values and send it through the configured
     /// transport; print the provider's answer. Its links lead nowhere.
     SendTest {
@@ -54,6 +61,17 @@ enum Suppression {
         /// The addresses (any spelling: they are normalised); none or `-`: one per line on
         /// standard input (so no address stands in the shell's history or the process list).
         addresses: Vec<String>,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum Templates {
+    /// Render every template of DIR, over the built-in ones, with sample values for every
+    /// email, as the worker does at start with MAIL_TEMPLATE_DIR: `ok: N templates`, or each
+    /// problem as `FILE:LINE: message` on standard error and exit status 1.
+    Check {
+        /// Laid out like mail-worker/templates: <locale>/<kind>.{subject,txt,html}.j2.
+        dir: PathBuf,
     },
 }
 
@@ -127,6 +145,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Suppression(Suppression::Remove { addresses }) => unsuppress(addresses).await,
+        Command::Templates(Templates::Check { dir }) => check_templates(&dir),
+    }
+}
+
+/// `templates check DIR`: what the worker would say of `MAIL_TEMPLATE_DIR=DIR` at start.
+fn check_templates(dir: &Path) -> anyhow::Result<()> {
+    // A sample name: the configured one is checked with the rest of the configuration.
+    match templates::load("Example Accounts", Some(dir)) {
+        Ok(loaded) => {
+            println!(
+                "ok: {} templates ({} from {})",
+                loaded.templates,
+                loaded.from_dir,
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(problems) => {
+            for problem in &problems.0 {
+                eprintln!("{problem}");
+            }
+            anyhow::bail!(
+                "{} template problem(s) in {}",
+                problems.0.len(),
+                dir.display()
+            )
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`Renderer::new`], so a broken template stops the worker at start instead of failing jobs.
 //! Templates live in `mail-worker/templates/<locale>/<kind>.{subject,txt,html}.j2`; the
 //! `.html.j2` ones are auto-escaped by minijinja (it decides by the name), the others are not.
+//! An operator's own files replace or add to them by the same names ([`crate::templates`]).
 
 use chrono::{DateTime, Utc};
 use minijinja::value::Serde;
@@ -64,13 +65,39 @@ pub enum EmailContent {
 
 impl EmailContent {
     /// The template name stem; the same as the serde `kind` tag.
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Self::PasswordReset { .. } => "password_reset",
             Self::EmailVerification { .. } => "email_verification",
             Self::AccountExists { .. } => "account_exists",
             Self::NoAccount { .. } => "no_account",
             Self::PasswordChanged { .. } => "password_changed",
+        }
+    }
+
+    /// Every link the email carries, by field name: an email without one of them leaves its
+    /// reader unable to act, so every template must write each one out.
+    pub fn links(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            Self::PasswordReset { link, code_url, .. } => {
+                vec![("link", link), ("code_url", code_url)]
+            }
+            Self::EmailVerification { link, .. } => vec![("link", link)],
+            Self::AccountExists {
+                sign_in_url,
+                forgot_password_url,
+            } => vec![
+                ("sign_in_url", sign_in_url),
+                ("forgot_password_url", forgot_password_url),
+            ],
+            Self::NoAccount { sign_up_url } => vec![("sign_up_url", sign_up_url)],
+            Self::PasswordChanged {
+                forgot_password_url,
+                lock_url,
+                ..
+            } => std::iter::once(("forgot_password_url", forgot_password_url.as_str()))
+                .chain(lock_url.as_deref().map(|url| ("lock_url", url)))
+                .collect(),
         }
     }
 }
@@ -97,10 +124,16 @@ pub enum RenderError {
     Template(#[from] minijinja::Error),
 }
 
-/// Declares every template file once and embeds it for each locale.
+/// Declares every template file once: the names of one locale's folder, and each file
+/// embedded for every locale.
 macro_rules! embedded_templates {
     ($($file:literal),* $(,)?) => {
-        [$(
+        /// The files of one locale's folder: `layout.*` and `macros.*`, which the others
+        /// extend and import, then every kind's subject, text and HTML.
+        pub const TEMPLATE_FILES: &[&str] = &[$($file),*];
+
+        /// `(name, source)` of every template; names are `<locale>/<file>`.
+        const TEMPLATES: &[(&str, &str)] = &[$(
             (concat!("en/", $file), include_str!(concat!("../templates/en/", $file))),
             (concat!("zh-CN/", $file), include_str!(concat!("../templates/zh-CN/", $file))),
             (concat!("es/", $file), include_str!(concat!("../templates/es/", $file))),
@@ -108,12 +141,11 @@ macro_rules! embedded_templates {
             (concat!("de/", $file), include_str!(concat!("../templates/de/", $file))),
             (concat!("ja/", $file), include_str!(concat!("../templates/ja/", $file))),
             (concat!("pt-BR/", $file), include_str!(concat!("../templates/pt-BR/", $file))),
-        )*]
+        )*];
     };
 }
 
-/// `(name, source)` of every template; names are `<locale>/<file>`.
-const TEMPLATES: &[(&str, &str)] = &embedded_templates![
+embedded_templates![
     "layout.txt.j2",
     "layout.html.j2",
     "macros.html.j2",
@@ -134,10 +166,13 @@ const TEMPLATES: &[(&str, &str)] = &embedded_templates![
     "password_changed.html.j2",
 ];
 
-/// Renders every kind of email in every supported locale.
+/// Renders every kind of email in every supported locale, and in the languages an operator's
+/// template directory adds.
 #[derive(Debug, Clone)]
 pub struct Renderer {
     env: Environment<'static>,
+    /// The locale folders templates exist for: the built-in ones, then those added.
+    folders: Vec<String>,
 }
 
 impl Renderer {
@@ -163,7 +198,47 @@ impl Renderer {
         for &(name, source) in TEMPLATES {
             env.add_template(name, source)?;
         }
-        Ok(Self { env })
+        let folders = Locale::ALL.iter().map(|l| l.as_str().to_owned()).collect();
+        Ok(Self { env, folders })
+    }
+
+    /// Adds the template `name` (`<folder>/<file>`), replacing a built-in one of that name;
+    /// a folder not seen before is a new language. The caller checks names and renders every
+    /// email before the renderer is used ([`crate::templates`]).
+    pub(crate) fn add(&mut self, name: String, source: String) -> Result<(), minijinja::Error> {
+        if let Some((folder, _)) = name.split_once('/')
+            && !self.folders.iter().any(|f| f == folder)
+        {
+            self.folders.push(folder.to_owned());
+        }
+        self.env.add_template_owned(name, source)
+    }
+
+    /// The locale folders templates exist for.
+    pub fn folders(&self) -> &[String] {
+        &self.folders
+    }
+
+    /// The folder a BCP 47 `tag` is written from: a folder of that name (any case), else a
+    /// folder an operator added for its language (`it` for `it-CH`), else the built-in locale
+    /// the tag asks for ([`Locale::from_tag`], English when none).
+    pub fn folder_for(&self, tag: &str) -> &str {
+        let tag = tag.trim().replace('_', "-");
+        let language = tag.split('-').next().unwrap_or_default();
+        let added = || self.folders.iter().skip(Locale::ALL.len());
+        (self.folders.iter())
+            .find(|f| f.eq_ignore_ascii_case(&tag))
+            .or_else(|| added().find(|f| f.eq_ignore_ascii_case(language)))
+            .map_or(Locale::from_tag(&tag).as_str(), String::as_str)
+    }
+
+    /// Renders `content` in the language of `tag`, which may be one an operator added (see
+    /// [`Self::folder_for`]). The worded durations (`expires_in`) of a folder the worker has
+    /// no built-in locale for are English; its templates word them from `expires_in_minutes`
+    /// and `expires_in_hours` instead.
+    pub fn render_tag(&self, content: &EmailContent, tag: &str) -> Result<Rendered, RenderError> {
+        let folder = self.folder_for(tag);
+        self.render_in(content, folder, Locale::from_tag(folder))
     }
 
     /// The renderer with the template `name` (`<locale>/<kind>.<part>.j2`) replaced by
@@ -177,18 +252,28 @@ impl Renderer {
         Ok(self)
     }
 
-    /// Renders `content` in `locale`; a locale without templates falls back to English.
+    /// Renders `content` in `locale`.
     pub fn render(&self, content: &EmailContent, locale: Locale) -> Result<Rendered, RenderError> {
+        self.render_in(content, locale.as_str(), locale)
+    }
+
+    /// Renders `content` from the templates of `folder`, with durations worded in `words`.
+    pub(crate) fn render_in(
+        &self,
+        content: &EmailContent,
+        folder: &str,
+        words: Locale,
+    ) -> Result<Rendered, RenderError> {
         let kind = content.kind();
         let mut context = Context {
             content,
             expires_in: match content {
                 EmailContent::PasswordReset {
                     expires_in_minutes, ..
-                } => Some(minutes_phrase(*expires_in_minutes, locale)),
+                } => Some(minutes_phrase(*expires_in_minutes, words)),
                 EmailContent::EmailVerification {
                     expires_in_hours, ..
-                } => Some(hours_phrase(*expires_in_hours, locale)),
+                } => Some(hours_phrase(*expires_in_hours, words)),
                 _ => None,
             },
             changed_at_utc: match content {
@@ -200,12 +285,11 @@ impl Renderer {
             subject: None,
         };
 
-        let locale = locale.as_str();
-        let subject = self.render_part(locale, kind, "subject", &context)?;
+        let subject = self.render_part(folder, kind, "subject", &context)?;
         let subject = single_line(&subject);
         context.subject = Some(subject.clone());
-        let text = self.render_part(locale, kind, "txt", &context)?;
-        let html = self.render_part(locale, kind, "html", &context)?;
+        let text = self.render_part(folder, kind, "txt", &context)?;
+        let html = self.render_part(folder, kind, "html", &context)?;
         Ok(Rendered {
             subject,
             text: tidy_text(&text),
@@ -215,14 +299,14 @@ impl Renderer {
 
     fn render_part(
         &self,
-        locale: &str,
+        folder: &str,
         kind: &str,
         part: &str,
         context: &Context<'_>,
     ) -> Result<String, RenderError> {
         let template = self
             .env
-            .get_template(&format!("{locale}/{kind}.{part}.j2"))?;
+            .get_template(&format!("{folder}/{kind}.{part}.j2"))?;
         Ok(template.render(Value::from(Serde(context)))?)
     }
 }
@@ -428,22 +512,7 @@ mod tests {
 
     /// Every URL a content carries.
     fn urls(content: &EmailContent) -> Vec<&str> {
-        match content {
-            EmailContent::PasswordReset { link, code_url, .. } => vec![link, code_url],
-            EmailContent::EmailVerification { link, .. } => vec![link],
-            EmailContent::AccountExists {
-                sign_in_url,
-                forgot_password_url,
-            } => vec![sign_in_url, forgot_password_url],
-            EmailContent::NoAccount { sign_up_url } => vec![sign_up_url],
-            EmailContent::PasswordChanged {
-                forgot_password_url,
-                lock_url,
-                ..
-            } => std::iter::once(forgot_password_url.as_str())
-                .chain(lock_url.as_deref())
-                .collect(),
-        }
+        content.links().into_iter().map(|(_, url)| url).collect()
     }
 
     fn has_chinese(text: &str) -> bool {
@@ -815,6 +884,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_tag_is_written_from_its_folder_else_its_languages_else_a_built_in_one() {
+        let mut renderer = renderer();
+        for folder in ["it", "pt", "zh-TW"] {
+            (renderer.add(format!("{folder}/no_account.subject.j2"), "x".into())).expect("parses");
+        }
+        let cases = [
+            ("it", "it"),
+            ("it-CH", "it"),
+            ("IT", "it"),
+            ("pt-PT", "pt"),
+            ("pt", "pt"),
+            ("pt-BR", "pt-BR"),
+            ("zh-TW", "zh-TW"),
+            ("zh_tw", "zh-TW"),
+            ("zh-HK", "en"),
+            ("zh-Hans", "zh-CN"),
+            ("de-AT", "de"),
+            ("ko", "en"),
+            ("", "en"),
+        ];
+        for (tag, folder) in cases {
+            assert_eq!(renderer.folder_for(tag), folder, "{tag}");
+        }
+        let built_in = self::renderer();
+        assert_eq!(built_in.folder_for("pt-PT"), "pt-BR");
+        assert_eq!(built_in.folder_for("it-CH"), "en");
     }
 
     #[test]

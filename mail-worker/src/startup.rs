@@ -47,8 +47,11 @@ impl Worker {
             .map_err(|e| anyhow::anyhow!("TOKEN_SECRETS: {e}"))?;
         let from: Mailbox = config.mail_from.parse().context("MAIL_FROM")?;
         let product = config.product_name.clone();
-        let renderer =
-            Renderer::new(&product).map_err(|e| anyhow::anyhow!("email templates: {e}"))?;
+        // Every template, the directory's and the built-in ones, renders every kind of email
+        // before a job is taken; a problem stops the start naming its file and line.
+        let renderer = crate::templates::load(&product, config.template_dir.as_deref())
+            .map_err(|problems| anyhow::anyhow!("email templates:\n{problems}"))?
+            .renderer;
         let mailer = Mailer::new(
             &config.transport,
             config.smtp_timeout,
