@@ -121,6 +121,21 @@ fn the_kubernetes_manifests_parse_and_cover_probes_autoscaling_and_disruption() 
             );
         }
     }
+    // The admin API has a Service of its own; the public one never reaches its port.
+    assert_eq!(config["data"]["ADMIN_API_BIND"], "0.0.0.0:9465");
+    let admin_ports: Vec<&str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Service")
+        .flat_map(|s| {
+            let name = s["metadata"]["name"].as_str().unwrap();
+            let ports = s["spec"]["ports"].as_array().unwrap();
+            ports
+                .iter()
+                .filter(|p| p["targetPort"] == "admin" || p["targetPort"] == 9465)
+                .map(move |_| name)
+        })
+        .collect();
+    assert_eq!(admin_ports, ["pwrecovery-api-admin"]);
     let scaled = docs.iter().find(|d| d["kind"] == "ScaledObject").unwrap();
     let trigger = &scaled["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "rabbitmq");
