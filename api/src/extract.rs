@@ -71,6 +71,9 @@ pub struct RequestContext {
     pub ip: IpAddr,
     /// The language of the pages and emails of this request, from `Accept-Language`.
     pub locale: Locale,
+    /// Every language `Accept-Language` asks for, most wanted first (see
+    /// [`shared::locale::preferences`]); jobs carry them to the worker.
+    pub languages: Vec<String>,
     /// Correlation ids: our `x-request-id` (set by the request-id layer) and the caller's W3C
     /// `traceparent`, copied into every job so logs can be joined across services.
     pub trace: Trace,
@@ -101,6 +104,12 @@ impl FromRequestParts<AppState> for RequestContext {
         Ok(RequestContext {
             ip: client_ip(peer, headers, &state.config.trusted_proxies),
             locale: locale(headers),
+            languages: shared::locale::preferences(
+                headers
+                    .get(header::ACCEPT_LANGUAGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            ),
             trace: trace(headers),
         })
     }

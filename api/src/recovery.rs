@@ -63,7 +63,8 @@ pub async fn forgot(state: &AppState, ctx: &RequestContext, email: &str) -> Resu
             .unwrap_or(chrono::Duration::hours(1)),
         ctx.locale,
         ctx.trace.clone(),
-    );
+    )
+    .asked_in(&ctx.languages);
     state.publisher.publish_job(&job).await
 }
 
@@ -318,7 +319,8 @@ async fn commit(
         chrono::Duration::days(1),
         ctx.locale,
         ctx.trace.clone(),
-    );
+    )
+    .asked_in(&ctx.languages);
     outbox::add_job(&mut tx, Some(user_id), &notice).await?;
     // Its owner is here: the password-changed notice, and later mail, go out again.
     shared::suppression::remove(&mut *tx, &user.email_key).await?;

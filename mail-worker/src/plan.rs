@@ -16,18 +16,21 @@ use crate::{render::EmailContent, send_budget};
 
 /// What the worker needs to know about a recipient.
 pub use shared::account::Account as Recipient;
-use shared::locale::Locale;
 
 /// What a job asks for, after the lookups.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a plan lives while its one job is handled; boxing the draft would only add an allocation"
+)]
 pub enum Plan {
     /// Send this email to `to`.
     Send {
         to: String,
         draft: Draft,
         user: Option<Uuid>,
-        /// The account's own language, when it has one: it wins over the job's (the
-        /// language of whichever browser caused the email).
-        locale: Option<Locale>,
+        /// The account's own languages, most wanted first: they win over the job's (those
+        /// of whichever browser caused the email). Empty: the job's.
+        languages: Vec<String>,
     },
     /// Send nothing, for this reason.
     Drop {
@@ -100,6 +103,10 @@ impl Draft {
 }
 
 /// What a job needs looked up before it can be planned.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "short-lived like the plan it may hold"
+)]
 pub enum Lookup {
     /// Decided without the database.
     Ready(Plan),
@@ -229,7 +236,7 @@ impl Planner<'_> {
                     sign_up_url: format!("{}/", self.public_base_url),
                 }),
                 user: None,
-                locale: None,
+                languages: Vec::new(),
             },
             Err(_) => Plan::Drop {
                 reason: audit::Outcome::DroppedInvalidAddress,
@@ -256,7 +263,7 @@ impl Planner<'_> {
                 forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
             }),
             user: found.map(|user| user.id),
-            locale: found.and_then(Recipient::locale),
+            languages: found.map(Recipient::languages).unwrap_or_default(),
         }
     }
 
@@ -309,7 +316,7 @@ fn send_to(user: &Recipient, draft: Draft) -> Plan {
         to: user.email.clone(),
         draft,
         user: Some(user.id),
-        locale: user.locale(),
+        languages: user.languages(),
     }
 }
 

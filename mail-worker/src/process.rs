@@ -123,10 +123,13 @@ impl Processor {
     /// that is the handler's business). A sent email is recorded with
     /// [`Processor::mark_sent`], which the caller runs after giving its send slot back.
     pub async fn deliver(&self, job: &Envelope, plan: Plan) -> JobOutcome {
-        let (to, draft, locale) = match plan {
+        let (to, draft, languages) = match plan {
             Plan::Send {
-                to, draft, locale, ..
-            } => (to, draft, locale.unwrap_or(job.locale)),
+                to,
+                draft,
+                languages,
+                ..
+            } => (to, draft, languages),
             Plan::Drop { reason, .. } => return JobOutcome::Dropped(reason),
             Plan::DependencyDown(error) => return JobOutcome::DependencyDown(error),
         };
@@ -160,7 +163,11 @@ impl Processor {
             Ok(None) => return JobOutcome::Dropped(audit::Outcome::DroppedSuperseded),
             Err(e) => return JobOutcome::DependencyDown(e.to_string()),
         };
-        match self.renderer.render(&content, locale) {
+        // The account's languages, then the request's, then the api's built-in choice.
+        let tag = (languages.iter().chain(&job.languages))
+            .find(|tag| self.renderer.knows(tag))
+            .map_or(job.locale.as_str(), String::as_str);
+        match self.renderer.render_tag(&content, tag) {
             Ok(rendered) => self.send(job, &to, &rendered, &domain).await,
             Err(e) => JobOutcome::Dead(format!("cannot render: {e}")),
         }

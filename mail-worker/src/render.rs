@@ -232,6 +232,16 @@ impl Renderer {
             .map_or(Locale::from_tag(&tag).as_str(), String::as_str)
     }
 
+    /// Whether there are templates for `tag`'s language: a built-in locale that serves it, or
+    /// a folder an operator added for the tag or its language.
+    pub fn knows(&self, tag: &str) -> bool {
+        let tag = tag.trim().replace('_', "-");
+        let language = tag.split('-').next().unwrap_or_default();
+        Locale::supported(&tag).is_some()
+            || (self.folders.iter().skip(Locale::ALL.len()))
+                .any(|f| f.eq_ignore_ascii_case(&tag) || f.eq_ignore_ascii_case(language))
+    }
+
     /// Renders `content` in the language of `tag`, which may be one an operator added (see
     /// [`Self::folder_for`]). The worded durations (`expires_in`) of a folder the worker has
     /// no built-in locale for are English; its templates word them from `expires_in_minutes`
@@ -913,6 +923,29 @@ mod tests {
         let built_in = self::renderer();
         assert_eq!(built_in.folder_for("pt-PT"), "pt-BR");
         assert_eq!(built_in.folder_for("it-CH"), "en");
+    }
+
+    #[test]
+    fn a_language_is_known_by_a_built_in_locale_or_a_folder_added_for_it() {
+        let built_in = renderer();
+        for (tag, known) in [
+            ("de-AT", true),
+            ("pt-pt", true),
+            ("it", false),
+            ("zh-HK", false),
+        ] {
+            assert_eq!(built_in.knows(tag), known, "{tag}");
+        }
+        let mut added = renderer();
+        (added.add("it/no_account.subject.j2".into(), "x".into())).expect("parses");
+        for (tag, known) in [
+            ("it", true),
+            ("it-ch", true),
+            ("IT_CH", true),
+            ("ko", false),
+        ] {
+            assert_eq!(added.knows(tag), known, "{tag}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::{
     config::{Config, Transport},
     mailer::{Mailer, Outgoing, SendError, redact_addresses},
-    render::{EmailContent, Renderer},
+    render::EmailContent,
 };
 
 /// The emails a test can send (the kinds of `EmailContent`).
@@ -78,13 +78,12 @@ pub async fn send_test(
         .mail_from
         .parse()
         .map_err(|e| anyhow::anyhow!("MAIL_FROM: {e}"))?;
-    let renderer =
-        Renderer::new(&config.product_name).map_err(|e| anyhow::anyhow!("email templates: {e}"))?;
+    // The templates the worker would send with: the built-in ones and MAIL_TEMPLATE_DIR's.
+    let renderer = crate::templates::load(&config.product_name, config.template_dir.as_deref())
+        .map_err(|problems| anyhow::anyhow!("email templates:\n{problems}"))?
+        .renderer;
     let rendered = renderer
-        .render(
-            &sample(kind, &config.public_base_url),
-            shared::locale::Locale::from_tag(locale),
-        )
+        .render_tag(&sample(kind, &config.public_base_url), locale)
         .map_err(|e| anyhow::anyhow!("cannot render: {e}"))?;
     let mailer = Mailer::new(&config.transport, config.smtp_timeout, 1, &config.tls)?;
     let sent = mailer

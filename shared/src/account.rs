@@ -19,15 +19,19 @@ pub struct Account {
     pub email_verified: bool,
     /// Versions whose change was undone (the api moved past them without keeping them).
     pub undone_password_versions: Vec<i32>,
-    /// The language of its emails (a BCP 47 tag), when it has one (see the `users.locale`
-    /// migration).
+    /// The languages of its emails, comma-separated BCP 47 tags, most wanted first (see the
+    /// `users.locale` migration); `None` when it has none.
     pub locale: Option<String>,
 }
 
 impl Account {
-    /// The language its emails are written in, when the account has one.
-    pub fn locale(&self) -> Option<crate::locale::Locale> {
-        self.locale.as_deref().map(crate::locale::Locale::from_tag)
+    /// The languages its emails are written in, most wanted first (none: the requester's).
+    pub fn languages(&self) -> Vec<String> {
+        (self.locale.as_deref().unwrap_or_default().split(','))
+            .map(str::trim)
+            .filter(|tag| !tag.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 }
 

@@ -104,6 +104,45 @@ impl Locale {
     }
 }
 
+/// Most languages kept of one `Accept-Language` (see [`preferences`]).
+pub const MAX_PREFERENCES: usize = 6;
+
+/// The languages an `Accept-Language` header asks for, most wanted first (q-value, then order),
+/// as lower-case BCP 47 tags (`it-ch`), whether or not a built-in locale has them: a worker
+/// may have templates an operator added for a language the api does not know
+/// (`MAIL_TEMPLATE_DIR`). A tag refused (`q=0`), the wildcard, repeats and anything that is no
+/// tag are left out; at most [`MAX_PREFERENCES`] are kept, of the first 20 entries.
+pub fn preferences(accept_language: &str) -> Vec<String> {
+    let mut ranked: Vec<(f32, String)> = Vec::new();
+    for item in accept_language.split(',').take(20) {
+        let mut parts = item.split(';');
+        let tag = parts.next().unwrap_or("").trim().replace('_', "-");
+        let q = parts
+            .find_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+            })
+            .unwrap_or(1.0);
+        let is_tag = (1..=35).contains(&tag.len())
+            && tag.split('-').all(|sub| {
+                (1..=8).contains(&sub.len()) && sub.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+            && tag.as_bytes()[0].is_ascii_alphabetic();
+        let tag = tag.to_ascii_lowercase();
+        if is_tag && q > 0.0 && !ranked.iter().any(|(_, t)| *t == tag) {
+            ranked.push((q, tag));
+        }
+    }
+    // Stable: equal q-values keep the header's order.
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranked
+        .into_iter()
+        .take(MAX_PREFERENCES)
+        .map(|(_, t)| t)
+        .collect()
+}
+
 /// On the queue a locale is its tag (`"en"`, `"zh-CN"`, `"pt-BR"`). Reading is lenient: any tag maps to
 /// the locale it asks for, or English (see [`Locale::from_tag`]), so a job from an api that
 /// knows a language this worker has no templates for is written in English, not refused.
@@ -135,6 +174,19 @@ impl std::fmt::Display for Locale {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn preferences_keep_every_language_asked_for_in_order_and_nothing_else() {
+        assert_eq!(
+            preferences("it-CH, de;q=0.5, fr;q=0.9, *;q=0.1, en;q=0, it-ch, x<y>, ;q=1"),
+            ["it-ch", "fr", "de"]
+        );
+        assert_eq!(preferences("pt_BR,pt;q=0.9"), ["pt-br", "pt"]);
+        assert!(preferences("").is_empty());
+        assert!(preferences("1x, -, de-, a-toolongsubtag").is_empty());
+        let many = ["aa", "bb", "cc", "dd", "ee", "ff", "gg", "hh"].join(",");
+        assert_eq!(preferences(&many), ["aa", "bb", "cc", "dd", "ee", "ff"]);
+    }
+
     use super::*;
 
     #[test]

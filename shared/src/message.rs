@@ -27,9 +27,15 @@ pub struct Envelope {
     pub created_at: DateTime<Utc>,
     /// After this instant the email is useless (its link would be dead) and is not sent.
     pub not_after: DateTime<Utc>,
-    /// The language chosen from the request's `Accept-Language`; a BCP 47 tag on the queue
-    /// (`en`, `zh-CN`).
+    /// The built-in language chosen from the request's `Accept-Language`; a BCP 47 tag on
+    /// the queue (`en`, `zh-CN`, `pt-BR`).
     pub locale: Locale,
+    /// Every language the request asked for, most wanted first (see
+    /// [`crate::locale::preferences`]): a worker with templates an operator added for one of
+    /// them writes in it; otherwise `locale`. Absent in jobs of older apis and of requests
+    /// without `Accept-Language`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<String>,
     /// Correlation data so one request can be followed from HTTP to SMTP in the logs.
     pub trace: Trace,
     /// What to send; serialised as `"kind"` and `"payload"` beside the fields above.
@@ -155,9 +161,17 @@ impl Envelope {
             created_at: now,
             not_after: now + ttl,
             locale: locale.into(),
+            languages: Vec::new(),
             trace,
             job,
         }
+    }
+
+    /// The job with the languages its request asked for.
+    #[must_use]
+    pub fn asked_in(mut self, languages: &[String]) -> Self {
+        self.languages = languages.to_vec();
+        self
     }
 
     /// Serialises the envelope to its JSON wire form.

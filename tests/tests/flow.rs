@@ -392,7 +392,8 @@ async fn later_emails_are_in_the_language_of_the_account_not_of_the_browser_that
     let link = reset
         .link(&format!("{public}/reset-password?token="))
         .unwrap();
-    let body = json!({ "token": token_of(&link), "new_password": "plaid zebra umbrella tangerine 97" });
+    let body =
+        json!({ "token": token_of(&link), "new_password": "plaid zebra umbrella tangerine 97" });
     let r = post("/v1/password/reset", "fr-FR", body).await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // The password-changed notice too.
@@ -402,4 +403,69 @@ async fn later_emails_are_in_the_language_of_the_account_not_of_the_browser_that
         "{}",
         emails[2].subject()
     );
+}
+
+#[tokio::test]
+async fn a_language_added_as_a_template_folder_is_written_to_those_who_ask_for_it() {
+    // An Italian folder: the English templates, with an Italian subject for the verification.
+    let dir = std::env::temp_dir().join(format!("templates-it-{}", uuid::Uuid::new_v4()));
+    let italian = dir.join("it");
+    std::fs::create_dir_all(&italian).unwrap();
+    let english =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mail-worker/templates/en");
+    for entry in std::fs::read_dir(english).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, italian.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        italian.join("email_verification.subject.j2"),
+        "Conferma il tuo indirizzo per {{ product_name }}",
+    )
+    .unwrap();
+
+    let sink = SmtpSink::start().await.unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let (_api, base) = env.start_api().await.unwrap();
+    let smtp = sink.url();
+    let (_worker, _) = env
+        .start_worker_with(&[
+            ("MAIL_TRANSPORT", "smtp"),
+            ("SMTP_URL", smtp.as_str()),
+            ("SMTP_TIMEOUT_SECS", "5"),
+            ("MAIL_TEMPLATE_DIR", dir.to_str().unwrap()),
+        ])
+        .await
+        .unwrap();
+    let sign_up = |email: &'static str, language: &'static str| {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/users"))
+            .header("accept-language", language)
+            .json(&json!({ "email": email, "password": "correct horse battery staple 42" }))
+            .send()
+    };
+    // Italian first, then German: the added folder serves the first.
+    let r = sign_up("gia@example.org", "it-CH, de;q=0.5").await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // A language without templates is passed over for the next one asked for.
+    let r = sign_up("kim@example.org", "ko-KR, de;q=0.5").await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let emails = sink.wait_for(2, WAIT).await;
+    let subject_to = |to: &str| {
+        emails
+            .iter()
+            .find(|e| e.rcpt_to().contains(to))
+            .map(|e| e.subject())
+            .unwrap()
+    };
+    assert!(
+        subject_to("gia@").starts_with("Conferma"),
+        "{}",
+        subject_to("gia@")
+    );
+    assert!(
+        subject_to("kim@").starts_with("Bestätigen"),
+        "{}",
+        subject_to("kim@")
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -137,17 +137,17 @@ pub async fn log_in(
     };
     // Budgets count failures only.
     state.limiter.forgive(attempt).await;
-    signed_in(&state, &headers, &user, address.key(), ctx.locale, now).await
+    signed_in(&state, &headers, &user, address.key(), &ctx.languages, now).await
 }
 
 /// The answer to a sign-in whose password verified: the address off the suppression list, the
-/// account's language if it had none, a new session, its cookie and the device cookie.
+/// account's languages if it had none, a new session, its cookie and the device cookie.
 async fn signed_in(
     state: &AppState,
     headers: &HeaderMap,
     user: &store::users::Credentials,
     email_key: &str,
-    locale: shared::locale::Locale,
+    languages: &[String],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Response, ApiError> {
     // Its owner is here: mail to the address goes out again (see `shared::suppression`).
@@ -160,8 +160,8 @@ async fn signed_in(
     if let Err(e) = removed {
         tracing::warn!(error = %e, "could not take a signed-in address off the suppression list");
     }
-    if let Err(e) = store::users::adopt_locale(&state.db, user.id, locale).await {
-        tracing::warn!(error = %e, "could not store a signed-in account's language");
+    if let Err(e) = store::users::adopt_languages(&state.db, user.id, languages).await {
+        tracing::warn!(error = %e, "could not store a signed-in account's languages");
     }
     let (token, expires_at) = state
         .sessions

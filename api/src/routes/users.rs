@@ -110,14 +110,14 @@ pub async fn sign_up(
             ),
         };
         let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
-        Envelope::new(job, now, ttl, ctx.locale, ctx.trace.clone())
+        Envelope::new(job, now, ttl, ctx.locale, ctx.trace.clone()).asked_in(&ctx.languages)
     };
     store::users::sign_up(
         &state.db,
         address.address(),
         address.key(),
         &hash,
-        ctx.locale,
+        &ctx.languages,
         audit,
         email_job,
     )

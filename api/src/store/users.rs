@@ -22,7 +22,7 @@ async fn insert_if_absent(
     email: &str,
     email_key: &str,
     password_hash: &str,
-    locale: &str,
+    locale: Option<&str>,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO users (id, email, email_key, password_hash, locale) VALUES ($1, $2, $3, $4, $5)
@@ -39,8 +39,8 @@ async fn insert_if_absent(
     .await
 }
 
-/// Sign-up's write: the account (with the language of its emails, `locale`) if the address
-/// is free, and in the same transaction one
+/// Sign-up's write: the account (with the languages of its emails, those its sign-up asked
+/// for) if the address is free, and in the same transaction one
 /// audit row and the job `email_job` makes of the outcome (the new account's id, or `None`
 /// when the address was taken), into the outbox. Both paths therefore insert the same rows
 /// and commit (one WAL flush each), so the database work does not differ by whether the
@@ -50,13 +50,14 @@ pub async fn sign_up(
     email: &str,
     email_key: &str,
     password_hash: &str,
-    locale: shared::locale::Locale,
+    languages: &[String],
     audit: shared::audit::AuditEvent<'_>,
     email_job: impl FnOnce(Option<Uuid>) -> shared::message::Envelope,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     let mut tx = db.begin().await?;
+    let locale = stored_languages(languages);
     let created =
-        insert_if_absent(&mut *tx, email, email_key, password_hash, locale.as_str()).await?;
+        insert_if_absent(&mut *tx, email, email_key, password_hash, locale.as_deref()).await?;
     crate::outbox::add_job(&mut tx, created, &email_job(created)).await?;
     let event = shared::audit::AuditEvent {
         outcome: if created.is_some() {
@@ -202,17 +203,26 @@ pub async fn mark_unverified(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Gives an account without a language (one imported) the language of its owner's browser:
-/// the first sign-in's. An account's language, once set, stays.
-pub async fn adopt_locale(
+/// The `users.locale` of `languages` (comma-separated, most wanted first); `None` for none.
+fn stored_languages(languages: &[String]) -> Option<String> {
+    (!languages.is_empty()).then(|| languages.join(","))
+}
+
+/// Gives an account without languages (one imported, or signed up by a client that asked for
+/// none) those of its owner's browser: the first sign-in's that asks for any. An account's
+/// languages, once set, stay.
+pub async fn adopt_languages(
     db: &PgPool,
     id: Uuid,
-    locale: shared::locale::Locale,
+    languages: &[String],
 ) -> Result<(), sqlx::Error> {
+    let Some(locale) = stored_languages(languages) else {
+        return Ok(());
+    };
     shared::db::pinned(db, async |c| {
         sqlx::query("UPDATE users SET locale = $2 WHERE id = $1 AND locale IS NULL")
             .bind(id)
-            .bind(locale.as_str())
+            .bind(&locale)
             .execute(c)
             .await
     })

@@ -190,8 +190,7 @@ async fn stored_locale(app: &crate::helpers::TestApp, email: &str) -> Option<Str
 }
 
 #[tokio::test]
-async fn the_account_keeps_the_language_of_its_sign_up_and_an_imported_one_adopts_its_first_sign_in()
- {
+async fn the_account_keeps_the_languages_of_its_sign_up_and_one_without_adopts_its_first_sign_in() {
     let app = spawn_app().await;
     let r = app
         .client
@@ -204,7 +203,7 @@ async fn the_account_keeps_the_language_of_its_sign_up_and_an_imported_one_adopt
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(
         stored_locale(&app, "jan@example.org").await.as_deref(),
-        Some("de")
+        Some("de-at,de,en")
     );
     // A sign-up of the taken address in another language changes nothing.
     let r = app
@@ -218,17 +217,13 @@ async fn the_account_keeps_the_language_of_its_sign_up_and_an_imported_one_adopt
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(
         stored_locale(&app, "jan@example.org").await.as_deref(),
-        Some("de")
+        Some("de-at,de,en")
     );
 
     // An account without a language (imported) takes its first sign-in's; then keeps it.
-    let user = app.create_user("eva@example.org", STRONG).await;
-    sqlx::query("UPDATE users SET locale = NULL WHERE id = $1")
-        .bind(user)
-        .execute(&app.state.db)
-        .await
-        .unwrap();
-    for language in ["pt-BR,pt;q=0.8", "fr"] {
+    app.create_user("eva@example.org", STRONG).await;
+    assert_eq!(stored_locale(&app, "eva@example.org").await, None);
+    for language in ["", "pt-BR,pt;q=0.8", "fr"] {
         let r = app
             .client
             .post(app.url("/v1/sessions"))
@@ -241,6 +236,6 @@ async fn the_account_keeps_the_language_of_its_sign_up_and_an_imported_one_adopt
     }
     assert_eq!(
         stored_locale(&app, "eva@example.org").await.as_deref(),
-        Some("pt-BR")
+        Some("pt-br,pt")
     );
 }

@@ -264,7 +264,7 @@ fn a_suppressed_address_is_dropped_and_an_unreadable_list_makes_senders_wait() {
                     sign_up_url: BASE.into(),
                 }),
                 user: None,
-                locale: None,
+                languages: Vec::new(),
             },
             Plan::Send {
                 to: "bob@example.org".into(),
@@ -272,7 +272,7 @@ fn a_suppressed_address_is_dropped_and_an_unreadable_list_makes_senders_wait() {
                     sign_up_url: BASE.into(),
                 }),
                 user: None,
-                locale: None,
+                languages: Vec::new(),
             },
             Plan::Drop {
                 reason: audit::Outcome::Stale,
@@ -317,10 +317,10 @@ fn a_suppressed_address_is_dropped_and_an_unreadable_list_makes_senders_wait() {
 }
 
 #[test]
-fn an_account_with_a_language_gets_its_emails_in_it_whoever_caused_them() {
+fn an_account_with_languages_gets_its_emails_in_them_whoever_caused_them() {
     let planner = planner(false);
     let french = Recipient {
-        locale: Some("fr".into()),
+        locale: Some("it-ch, fr".into()),
         ..account(true, 3, &[])
     };
     let jobs = [
@@ -330,11 +330,11 @@ fn an_account_with_a_language_gets_its_emails_in_it_whoever_caused_them() {
     ];
     for job in &jobs {
         match planner.decide(job, Some(&french)) {
-            Plan::Send { locale, .. } => assert_eq!(locale, Some(Locale::Fr), "{job:?}"),
+            Plan::Send { languages, .. } => assert_eq!(languages, ["it-ch", "fr"], "{job:?}"),
             _ => panic!("expected a send for {job:?}"),
         }
         match planner.decide(job, Some(&account(true, 3, &[]))) {
-            Plan::Send { locale, .. } => assert_eq!(locale, None, "{job:?}"),
+            Plan::Send { languages, .. } => assert!(languages.is_empty(), "{job:?}"),
             _ => panic!("expected a send for {job:?}"),
         }
     }
