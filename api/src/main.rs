@@ -188,14 +188,22 @@ async fn import(config: &Config, path: &str) -> anyhow::Result<()> {
         )
     };
     let input = tokio::io::BufReader::with_capacity(64 * 1024, input);
-    let summary = api::import::run(&db, input, &no_password, |report| match report {
-        api::import::Report::Refused(refusal) => eprintln!("{refusal}"),
-        api::import::Report::Progress(s, lines) => eprintln!(
-            "{lines} lines: {} imported, {} skipped, {} refused",
-            s.imported, s.skipped, s.refused
-        ),
-    })
-    .await?;
+    let max_verify = config.import_max_verify;
+    let summary =
+        api::import::run_within(
+            &db,
+            input,
+            &no_password,
+            max_verify,
+            |report| match report {
+                api::import::Report::Refused(refusal) => eprintln!("{refusal}"),
+                api::import::Report::Progress(s, lines) => eprintln!(
+                    "{lines} lines: {} imported, {} skipped, {} refused",
+                    s.imported, s.skipped, s.refused
+                ),
+            },
+        )
+        .await?;
     println!("{}", serde_json::to_string(&summary)?);
     anyhow::ensure!(summary.refused == 0, "{} line(s) refused", summary.refused);
     Ok(())

@@ -184,7 +184,7 @@ struct LineError {
     /// Its number, from 1.
     line: u64,
     /// Why: `invalid_json`, `invalid_fields`, `invalid_email`, `unusable_hash`,
-    /// `line_too_long`.
+    /// `hash_too_costly`, `line_too_long`.
     code: &'static str,
 }
 
@@ -230,7 +230,8 @@ async fn import_users(
     let input =
         tokio::io::BufReader::with_capacity(64 * 1024, tokio_util::io::StreamReader::new(body));
     let mut errors = Vec::new();
-    let summary = crate::import::run(&state.db, input, &no_password, |report| {
+    let max_verify = state.config.import_max_verify;
+    let summary = crate::import::run_within(&state.db, input, &no_password, max_verify, |report| {
         if let crate::import::Report::Refused(refusal) = report
             && errors.len() < MAX_LISTED_REFUSALS
         {

@@ -638,3 +638,30 @@ async fn import_over_the_admin_api_lists_refused_lines_and_skips_what_exists() {
         ]
     );
 }
+
+#[tokio::test]
+async fn an_import_over_the_admin_api_keeps_to_the_verification_budget() {
+    let app = spawn_with(&[
+        ("ADMIN_API_BIND", "127.0.0.1:0"),
+        ("ADMIN_API_KEYS", KEY),
+        ("IMPORT_MAX_VERIFY_MS", "5"),
+    ])
+    .await;
+    let costly = bcrypt::hash(STRONG, 12).unwrap();
+    let body = json!({ "email": ANN, "password_hash": costly }).to_string();
+    let base = app.admin_base.clone().unwrap();
+    let r = app
+        .client
+        .post(format!("{base}/admin/v1/users/import"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer,
+        json!({"imported": 0, "skipped": 0, "refused": 1, "errors": [{"line": 1, "code": "hash_too_costly"}]})
+    );
+}
