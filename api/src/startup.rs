@@ -181,38 +181,9 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
-        let metrics_addr = self.metrics_addr()?;
         tracing::info!(%addr, "api listening");
-        tracing::info!(addr = %metrics_addr, "api metrics listening");
-        let metrics_server = tokio::spawn({
-            let router = metrics_router(self.state.clone());
-            let listener = self.metrics_listener;
-            async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    tracing::error!(error = %e, "metrics listener failed");
-                }
-            }
-        });
-        let admin_server = self.admin_listener.map(|listener| {
-            let keys = crate::admin::keys::AdminKeys::new(&self.state.config.admin_keys);
-            let router = crate::admin::http::router(self.state.clone(), keys);
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "admin api listening");
-            }
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    tracing::error!(error = %e, "admin listener failed");
-                }
-            })
-        });
+        let background = background(&self.state, self.metrics_listener, self.admin_listener)?;
         let state = self.state.clone();
-        let pruning = (state.config.audit_retention_days).map(|days| {
-            tokio::spawn(crate::audit::keep_for(
-                state.db.clone(),
-                state.clock.clone(),
-                days,
-            ))
-        });
         // The outbox relay runs until the server has drained, so what the last requests
         // committed still goes out (or waits in the table for another replica).
         let (relay_stop, relay_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -224,13 +195,6 @@ impl Application {
                 let _ = relay_stopped.await;
             },
         ));
-        // Timed on this replica's own hashing threads: its refusals wait for its own floor.
-        let floor = tokio::spawn(
-            state
-                .refusal_floor
-                .clone()
-                .keep_fresh(state.db.clone(), state.hasher.clone()),
-        );
         let grace = state.config.shutdown_timeout;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -254,9 +218,7 @@ impl Application {
                 Ok(())
             }
         };
-        metrics_server.abort();
-        floor.abort();
-        for task in [admin_server, pruning].into_iter().flatten() {
+        for task in background {
             task.abort();
         }
         let _ = relay_stop.send(());
@@ -276,6 +238,49 @@ impl Application {
         tracing::info!("api stopped");
         Ok(())
     }
+}
+
+/// The tasks that run beside the public listener until it has drained: the metrics listener,
+/// the admin API (when `ADMIN_API_BIND` is set), the refusal floor's timing, and the audit
+/// table's pruning (with `AUDIT_RETENTION_DAYS`).
+fn background(
+    state: &AppState,
+    metrics_listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let serve = |listener: TcpListener, router: Router, name: &'static str| {
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "{name} listener failed");
+            }
+        })
+    };
+    let metrics_addr = metrics_listener.local_addr()?;
+    tracing::info!(addr = %metrics_addr, "api metrics listening");
+    let mut tasks = vec![serve(
+        metrics_listener,
+        metrics_router(state.clone()),
+        "metrics",
+    )];
+    if let Some(listener) = admin_listener {
+        tracing::info!(addr = %listener.local_addr()?, "admin api listening");
+        let keys = crate::admin::keys::AdminKeys::new(&state.config.admin_keys);
+        tasks.push(serve(
+            listener,
+            crate::admin::http::router(state.clone(), keys),
+            "admin",
+        ));
+    }
+    // Timed on this replica's own hashing threads: its refusals wait for its own floor.
+    let floor = state.refusal_floor.clone();
+    tasks.push(tokio::spawn(
+        floor.keep_fresh(state.db.clone(), state.hasher.clone()),
+    ));
+    if let Some(days) = state.config.audit_retention_days {
+        let pruning = crate::audit::keep_for(state.db.clone(), state.clock.clone(), days);
+        tasks.push(tokio::spawn(pruning));
+    }
+    Ok(tasks)
 }
 
 /// A small pool for migrations: `MIGRATE_DATABASE_URL` when set (a direct connection, since

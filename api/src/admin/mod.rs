@@ -239,55 +239,58 @@ impl<'a> Desk<'a> {
         send: bool,
     ) -> Result<Recovery, ApiError> {
         let account = self.account(id).await?;
-        let now = self.clock.now();
         if send {
-            let detail = format!("{}; emailed", actor.detail(None));
-            let email = Envelope::new(
-                Job::PasswordResetRequested {
-                    email: account.email.clone(),
-                    ip: None,
-                    within_budget: true,
-                },
-                now,
-                chrono::Duration::from_std(self.config.reset_token_max_age)
-                    .unwrap_or(chrono::Duration::hours(1)),
-                Locale::En,
-                Trace::default(),
-            );
-            let mut tx = self.db.begin().await?;
-            crate::outbox::add_job(&mut tx, Some(id), &email).await?;
-            shared::audit::record(
-                &mut *tx,
-                &AuditEvent {
-                    user_id: Some(id),
-                    detail: Some(&detail),
-                    ..AuditEvent::new(Action::AdminRecovery, Outcome::Success)
-                },
-            )
-            .await?;
-            tx.commit().await?;
+            self.email_reset(actor, &account).await?;
             metrics::counter!("admin_actions_total", "action" => "recovery_email").increment(1);
             return Ok(Recovery::Emailed);
         }
+        let handed = self.hand_over(actor, &account).await?;
+        metrics::counter!("admin_actions_total", "action" => "recovery_link").increment(1);
+        Ok(Recovery::Handed(handed))
+    }
+
+    /// Queues the ordinary reset email (through the outbox), with its audit row.
+    async fn email_reset(&self, actor: &Actor, account: &AccountView) -> Result<(), ApiError> {
+        let detail = format!("{}; emailed", actor.detail(None));
+        let ttl = chrono::Duration::from_std(self.config.reset_token_max_age)
+            .unwrap_or(chrono::Duration::hours(1));
+        let job = Job::PasswordResetRequested {
+            email: account.email.clone(),
+            ip: None,
+            within_budget: true,
+        };
+        let email = Envelope::new(job, self.clock.now(), ttl, Locale::En, Trace::default());
+        let mut tx = self.db.begin().await?;
+        crate::outbox::add_job(&mut tx, Some(account.id), &email).await?;
+        let event = AuditEvent {
+            user_id: Some(account.id),
+            detail: Some(&detail),
+            ..AuditEvent::new(Action::AdminRecovery, Outcome::Success)
+        };
+        shared::audit::record(&mut *tx, &event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Mints a reset link and its code for the agent, as the worker mints an email's.
+    async fn hand_over(
+        &self,
+        actor: &Actor,
+        account: &AccountView,
+    ) -> Result<HandedLink, ApiError> {
+        let now = self.clock.now();
         let holder = shared::mint::Holder {
-            user: id,
+            user: account.id,
             password_version: account.password_version,
         };
-        let purpose = Purpose::PasswordReset;
-        let max_age = self.config.reset_token_max_age;
-        let minted = shared::mint::mint(
-            self.redis,
-            self.tokens,
-            now,
-            purpose,
-            max_age,
-            holder,
-            Uuid::now_v7(),
-        )
-        .await?
-        .ok_or(ApiError::AccountChanged)?;
+        let (purpose, max_age) = (Purpose::PasswordReset, self.config.reset_token_max_age);
+        let job = Uuid::now_v7();
+        let minted =
+            shared::mint::mint(self.redis, self.tokens, now, purpose, max_age, holder, job)
+                .await?
+                .ok_or(ApiError::AccountChanged)?;
         let record = shared::reset_code::Link {
-            user: id,
+            user: account.id,
             email_key: &account.email_key,
             password_version: account.password_version,
             generation: minted.generation,
@@ -295,27 +298,23 @@ impl<'a> Desk<'a> {
             token: &minted.token,
             left_secs: minted.left,
         };
-        let code =
-            shared::reset_code::issue(self.redis, self.config.pseudonym_secret(), &record).await?;
+        let secret = self.config.pseudonym_secret();
+        let code = shared::reset_code::issue(self.redis, secret, &record).await?;
         let detail = format!("{}; handed to support", actor.detail(None));
         self.audit(&AuditEvent {
-            user_id: Some(id),
+            user_id: Some(account.id),
             detail: Some(&detail),
             ..AuditEvent::new(Action::AdminRecovery, Outcome::Success)
         })
         .await?;
-        metrics::counter!("admin_actions_total", "action" => "recovery_link").increment(1);
         let base = &self.config.public_base_url;
-        Ok(Recovery::Handed(HandedLink {
-            link: shared::links::with_token(
-                base,
-                shared::links::RESET_PASSWORD_PATH,
-                &minted.token,
-            ),
+        let path = shared::links::RESET_PASSWORD_PATH;
+        Ok(HandedLink {
+            link: shared::links::with_token(base, path, &minted.token),
             code: shared::reset_code::display(&code),
             expires_at: DateTime::from_timestamp(minted.signed_at, 0).unwrap_or(now)
                 + chrono::Duration::from_std(max_age).unwrap_or_default(),
-        }))
+        })
     }
 
     /// The account and every audit row about it (by its id, or its address's pseudonym).
