@@ -4,7 +4,9 @@
 //! in one statement (the database's own limit on this machine, in the same run). Then one
 //! account per format with each library's default parameters, signed in to the release api
 //! with the production argon2 parameters: the first sign-in (the foreign hash verified, then
-//! replaced by argon2id), the next one, a wrong password, and an address without an account.
+//! replaced by argon2id), the next one, a wrong password, and an address without an account;
+//! and the refusal floor the api timed at start (the costliest signature, with its margin),
+//! which every refused sign-in waits for.
 
 use std::{io::Write as _, time::Instant};
 
@@ -146,8 +148,23 @@ async fn latencies(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         .api_command_with_input(&["users", "import", "-"], &input.join("\n"))
         .await?;
     anyhow::ensure!(ok, "importing the accounts failed: {out:?}");
-    let (_api, base) = env.start_api().await?;
+    let (api, base) = env.start_api().await?;
     let client = reqwest::Client::new();
+    // The floor the api timed at start, once it has said so.
+    let costliest = api
+        .wait_for_log_field(
+            "sign-in refusal floor changed",
+            "costliest",
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap_or_default();
+    let metrics = e2e::stack::metrics_text(&StackEnv::api_metrics_base(&api).await?).await;
+    let floor = (metrics.lines())
+        .find_map(|l| l.strip_prefix("sign_in_refusal_floor_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or_default();
     let runs = env_num("SIGNIN_RUNS", 5) as usize;
     let sign_in = |email: String, password: &'static str| {
         let client = client.clone();
@@ -173,6 +190,16 @@ async fn latencies(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         unknown.push(t);
     }
     let unknown = median(unknown);
+    rows.push(
+        Row::new(SECTION, "sign-in refusal floor at start")
+            .measured(format!(
+                "{} ({costliest}, with its margin)",
+                util::ms(floor)
+            ))
+            .limit(format!("unknown address {}", util::ms(unknown)))
+            .ratio(unknown.as_secs_f64() / floor.as_secs_f64().max(f64::MIN_POSITIVE))
+            .target(Target::Info, "—"),
+    );
     for scheme in hashes.keys() {
         let email = format!("made-{}@example.org", scheme.replace('_', "-"));
         let mut wrong = Vec::new();
