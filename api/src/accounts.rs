@@ -162,12 +162,25 @@ mod tests {
     fn the_detail_is_one_line_with_the_reason_and_who_acted() {
         let sam = Actor::Operator("  sam ".into());
         assert_eq!(
-            sam.detail(Some("ticket 42:\n  phished\r\n")),
-            "reason: ticket 42: phished; by: sam"
+            sam.detail(Some("ticket 42:\n  phished\r\n\0")),
+            "by: sam; reason: ticket 42: phished"
         );
+        let odd = Actor::Operator("sam; reason: forged".into());
+        assert_eq!(odd.detail(None), "by: sam, reason: forged");
         assert_eq!(sam.detail(Some(&"x".repeat(5000))).chars().count(), 1000);
         let key = Actor::Key("0a1b2c3d".into());
         assert_eq!(key.detail(None), "by: admin key 0a1b2c3d");
+    }
+
+    #[test]
+    fn a_reason_needs_something_printable() {
+        for refused in [None, Some(""), Some("  \n"), Some("\0\u{7}")] {
+            assert!(crate::admin::reason(refused).is_err(), "{refused:?}");
+        }
+        assert_eq!(
+            crate::admin::reason(Some(" ticket 7 ")).ok(),
+            Some("ticket 7")
+        );
     }
 
     #[test]

@@ -166,6 +166,7 @@ pub async fn prune(
     before: chrono::DateTime<chrono::Utc>,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
+    let batch = batch.max(1);
     let mut deleted = 0;
     loop {
         let n = sqlx::query(

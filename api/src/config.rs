@@ -64,7 +64,7 @@ pub struct Config {
     /// Where the admin API listens (`ADMIN_API_BIND`); `None`: no admin API.
     pub admin_bind: Option<SocketAddr>,
     /// `ADMIN_API_KEYS`: the bearer keys of the admin API (each like a `TOKEN_SECRETS` entry).
-    pub admin_keys: Vec<Vec<u8>>,
+    pub admin_keys: AdminKeySecrets,
     /// `AUDIT_RETENTION_DAYS`: audit rows older than this are deleted; `None`: kept.
     pub audit_retention_days: Option<u32>,
 }
@@ -181,9 +181,19 @@ impl Config {
             migrate_database_url,
             migrate_on_start,
             admin_bind,
-            admin_keys,
+            admin_keys: AdminKeySecrets(admin_keys),
             audit_retention_days,
         })
+    }
+}
+
+/// The admin API's keys; `Debug` counts them and shows none.
+#[derive(Clone, Default)]
+pub struct AdminKeySecrets(pub Vec<Vec<u8>>);
+
+impl std::fmt::Debug for AdminKeySecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} admin keys]", self.0.len())
     }
 }
 
@@ -262,6 +272,17 @@ mod tests {
         assert_eq!((c.ipv6_56_factor, c.ipv6_48_factor), (4, 16));
         assert_eq!(c.code_breaker_per_minute, 1000);
         assert_eq!((c.admin_bind, c.audit_retention_days), (None, None));
+        let key = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f1";
+        let with_key = from(&[
+            ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
+            ("PUBLIC_BASE_URL", "https://account.example.com/"),
+            ("TOKEN_SECRETS", SECRET),
+            ("ADMIN_API_BIND", "127.0.0.1:9465"),
+            ("ADMIN_API_KEYS", key),
+        ])
+        .expect("valid");
+        let printed = format!("{with_key:?}");
+        assert!(printed.contains("[1 admin keys]") && !printed.contains(key));
     }
 
     #[test]

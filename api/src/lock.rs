@@ -100,6 +100,7 @@ pub async fn commit(
             email: user.email.clone(),
             ip: lock.ip.map(|ip| ip.to_string()),
             within_budget: true,
+            user_id: Some(user.id),
         },
         lock.now,
         chrono::Duration::from_std(lock.reset_max_age).unwrap_or(chrono::Duration::hours(1)),

@@ -57,6 +57,7 @@ pub async fn forgot(state: &AppState, ctx: &RequestContext, email: &str) -> Resu
             email: address.address().to_owned(),
             ip: Some(ctx.ip.to_string()),
             within_budget: verdict.email.allowed,
+            user_id: None,
         },
         now,
         chrono::Duration::from_std(state.config.reset_token_max_age)

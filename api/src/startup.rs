@@ -182,7 +182,12 @@ impl Application {
     ) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, "api listening");
-        let background = background(&self.state, self.metrics_listener, self.admin_listener)?;
+        // Set when the drain starts: the admin API drains with the public listener.
+        let (draining, drain) = tokio::sync::watch::channel(false);
+        let admin = self
+            .admin_listener
+            .map(|listener| admin(&self.state, listener, drain));
+        let background = background(&self.state, self.metrics_listener)?;
         let state = self.state.clone();
         // The outbox relay runs until the server has drained, so what the last requests
         // committed still goes out (or waits in the table for another replica).
@@ -200,6 +205,7 @@ impl Application {
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight requests");
+            let _ = draining.send(true);
             let _ = stopping_tx.send(());
         };
         let server = axum::serve(
@@ -221,6 +227,13 @@ impl Application {
         for task in background {
             task.abort();
         }
+        if let Some(admin) = admin {
+            // An erasure or an import in flight finishes (within the same grace).
+            let handle = admin.abort_handle();
+            if tokio::time::timeout(grace, admin).await.is_err() {
+                handle.abort();
+            }
+        }
         let _ = relay_stop.send(());
         let relay_handle = relay.abort_handle();
         if tokio::time::timeout(std::time::Duration::from_secs(5), relay)
@@ -241,36 +254,19 @@ impl Application {
 }
 
 /// The tasks that run beside the public listener until it has drained: the metrics listener,
-/// the admin API (when `ADMIN_API_BIND` is set), the refusal floor's timing, and the audit
-/// table's pruning (with `AUDIT_RETENTION_DAYS`).
+/// the refusal floor's timing, and the audit table's pruning (with `AUDIT_RETENTION_DAYS`).
 fn background(
     state: &AppState,
     metrics_listener: TcpListener,
-    admin_listener: Option<TcpListener>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let serve = |listener: TcpListener, router: Router, name: &'static str| {
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "{name} listener failed");
-            }
-        })
-    };
     let metrics_addr = metrics_listener.local_addr()?;
     tracing::info!(addr = %metrics_addr, "api metrics listening");
-    let mut tasks = vec![serve(
-        metrics_listener,
-        metrics_router(state.clone()),
-        "metrics",
-    )];
-    if let Some(listener) = admin_listener {
-        tracing::info!(addr = %listener.local_addr()?, "admin api listening");
-        let keys = crate::admin::keys::AdminKeys::new(&state.config.admin_keys);
-        tasks.push(serve(
-            listener,
-            crate::admin::http::router(state.clone(), keys),
-            "admin",
-        ));
-    }
+    let router = metrics_router(state.clone());
+    let mut tasks = vec![tokio::spawn(async move {
+        if let Err(e) = axum::serve(metrics_listener, router).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    })];
     // Timed on this replica's own hashing threads: its refusals wait for its own floor.
     let floor = state.refusal_floor.clone();
     tasks.push(tokio::spawn(
@@ -281,6 +277,29 @@ fn background(
         tasks.push(tokio::spawn(pruning));
     }
     Ok(tasks)
+}
+
+/// The admin API (`ADMIN_API_BIND`), serving until `drain` turns true, then finishing the
+/// requests in flight.
+fn admin(
+    state: &AppState,
+    listener: TcpListener,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin api listening");
+    }
+    let keys = crate::admin::keys::AdminKeys::new(&state.config.admin_keys.0);
+    let router = crate::admin::http::router(state.clone(), keys);
+    tokio::spawn(async move {
+        let drained = async move {
+            let _ = drain.wait_for(|draining| *draining).await;
+        };
+        let served = axum::serve(listener, router).with_graceful_shutdown(drained);
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    })
 }
 
 /// A small pool for migrations: `MIGRATE_DATABASE_URL` when set (a direct connection, since

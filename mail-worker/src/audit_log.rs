@@ -34,8 +34,11 @@ pub struct AuditRow {
 
 impl AuditRow {
     /// The row of a final decision about `job`: the address as a pseudonym under `secret`,
-    /// the IP only if it really is one.
+    /// the IP only if it really is one. A job for an account that is gone (one naming its
+    /// account, dropped as unknown: erased since) keeps neither: the erasure left no address
+    /// or IP of the person, and mail in flight must not bring them back.
     pub fn of_job(job: &Envelope, outcome: Outcome, user: Option<Uuid>, secret: &[u8]) -> Self {
+        let gone = outcome == Outcome::DroppedUnknown && user.is_some();
         let (address, ip) = match &job.job {
             Job::PasswordResetRequested { email, ip, .. } => (email.as_str(), ip.as_deref()),
             Job::EmailVerification { email, .. } | Job::AccountExistsNotice { email, .. } => {
@@ -47,9 +50,11 @@ impl AuditRow {
             action: Action::of_job(&job.job),
             outcome,
             user_id: user,
-            ip: ip.and_then(|ip| ip.parse::<IpAddr>().ok()),
-            address_hash: email::normalize(address)
-                .ok()
+            ip: ip
+                .filter(|_| !gone)
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+            address_hash: (email::normalize(address).ok())
+                .filter(|_| !gone)
                 .map(|a| pseudonym(secret, "email", a.key())),
             request_id: job.trace.request_id.clone(),
         }

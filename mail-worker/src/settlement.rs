@@ -303,6 +303,7 @@ mod tests {
             email: "ann@example.org".into(),
             ip: None,
             within_budget: true,
+            user_id: None,
         };
         Envelope {
             attempt,

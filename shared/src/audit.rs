@@ -454,6 +454,7 @@ mod tests {
                 email: String::new(),
                 ip: None,
                 within_budget: true,
+                user_id: None,
             },
             Job::EmailVerification {
                 user_id: id,

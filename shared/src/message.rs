@@ -67,6 +67,12 @@ pub enum Job {
         ip: Option<String>,
         /// False when the per-address budget was already spent: the worker records and drops.
         within_budget: bool,
+        /// The account the email is for, when its sender knew it (a lock's reset email, or
+        /// support staff's): the worker sends it to that account only, and a job whose account
+        /// is gone (erased) leaves no trace of its address. Absent for a forgot-password
+        /// request (its address is not looked up) and in jobs of older apis.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<Uuid>,
     },
     /// A new account needs its address confirmed.
     EmailVerification {
@@ -212,6 +218,7 @@ mod tests {
                 email: "ann@example.org".into(),
                 ip: Some("203.0.113.9".into()),
                 within_budget: true,
+                user_id: None,
             },
             Utc::now(),
             chrono::Duration::hours(1),

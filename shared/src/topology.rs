@@ -41,6 +41,9 @@ pub const PASSWORD_RESET_EVENT: &str = "user.password_reset";
 /// support staff): `{"user_id", "password_version", "occurred_at", "by"}`, `by` being
 /// `"owner"` or `"operator"`.
 pub const ACCOUNT_LOCKED_EVENT: &str = "user.account_locked";
+/// Routing key of the event an erasure publishes (support staff, admin API or shell):
+/// `{"user_id", "occurred_at"}`, so other services forget the account too.
+pub const ACCOUNT_ERASED_EVENT: &str = "user.erased";
 /// A message redelivered this many times (e.g. it crashed workers) is dead-lettered instead of
 /// looping forever.
 pub const DELIVERY_LIMIT: i64 = 20;

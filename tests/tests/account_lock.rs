@@ -162,7 +162,7 @@ async fn support_staff_revoke_sessions_and_lock_an_account_with_a_reason() {
         audit_rows(&env, "sessions_revoke").await,
         [(
             "success".to_owned(),
-            Some("reason: ticket 7: lost phone; by: sam".to_owned())
+            Some("by: sam; reason: ticket 7: lost phone".to_owned())
         )]
     );
 
@@ -217,7 +217,7 @@ async fn support_staff_revoke_sessions_and_lock_an_account_with_a_reason() {
         audit_rows(&env, "account_lock").await,
         [(
             "success".to_owned(),
-            Some("reason: ticket 8: takeover; by: sam".to_owned())
+            Some("by: sam; reason: ticket 8: takeover".to_owned())
         )]
     );
 }
@@ -325,6 +325,19 @@ async fn support_staff_hand_over_a_link_export_and_erase_from_the_shell() {
         emails_before,
         "nothing sent to the erased account"
     );
+    // The dropped email's row brings no address or IP of the person back.
+    let db = sqlx::PgPool::connect(&env.database_url).await.unwrap();
+    let traces: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events
+         WHERE (ip IS NOT NULL OR address_hash IS NOT NULL)
+           AND (user_id = $1 OR action = 'password_reset_requested')",
+    )
+    .bind(uuid::Uuid::parse_str(account["id"].as_str().unwrap()).unwrap())
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    assert_eq!(traces, 0);
     assert_eq!(
         client.sign_in(carl, NEW).await,
         Err(StatusCode::UNAUTHORIZED)

@@ -253,6 +253,7 @@ async fn reset_emails_go_before_a_queued_flood_and_one_client_does_not_hold_the_
                 email: owner.clone(),
                 ip: Some("192.0.2.50".into()),
                 within_budget: true,
+                user_id: None,
             })
         })
         .collect();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::{
     Extension, Json, Router,
     body::Body,
-    extract::{Path, Query, Request, State},
+    extract::{Path, RawQuery, Request, State},
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -139,12 +139,37 @@ async fn no_store(request: Request, next: Next) -> Response {
     response
 }
 
-/// An account id from the path; anything else names no account.
-fn account_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
+/// The account id of the path; anything else (not a UUID, not even UTF-8) names no account.
+struct AccountId(Uuid);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AccountId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        Uuid::parse_str(&raw)
+            .map(AccountId)
+            .map_err(|_| ApiError::NotFound)
+    }
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+/// The first value of query parameter `name` (a repeated one is not an error).
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    let pairs = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+    pairs
+        .into_iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// The query of the look-up, for the document (read by [`query_value`]).
+#[derive(IntoParams)]
+#[allow(dead_code, reason = "describes the query in the OpenAPI document")]
 struct FindQuery {
     /// The address, in any spelling.
     email: Option<String>,
@@ -161,9 +186,9 @@ struct FindQuery {
 async fn find_user(
     State(state): State<AppState>,
     Extension(key): Extension<KeyId>,
-    Query(query): Query<FindQuery>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<AccountView>, ApiError> {
-    let email = query.email.unwrap_or_default();
+    let email = query_value(query.as_deref(), "email").unwrap_or_default();
     let found = Desk::of(&state).find(&key.actor(), &email).await?;
     found.map(Json).ok_or(ApiError::NotFound)
 }
@@ -287,14 +312,11 @@ struct RecoveryRequest {
 async fn recovery(
     State(state): State<AppState>,
     Extension(key): Extension<KeyId>,
-    Path(id): Path<String>,
+    AccountId(id): AccountId,
     AppJson(body): AppJson<RecoveryRequest>,
 ) -> Result<Response, ApiError> {
     let desk = Desk::of(&state);
-    match desk
-        .recovery(&key.actor(), account_id(&id)?, body.send)
-        .await?
-    {
+    match desk.recovery(&key.actor(), id, body.send).await? {
         Recovery::Handed(link) => Ok((StatusCode::CREATED, Json(link)).into_response()),
         Recovery::Emailed => {
             state.outbox.wake();
@@ -323,10 +345,10 @@ struct Reason {
 async fn revoke_sessions(
     State(state): State<AppState>,
     Extension(key): Extension<KeyId>,
-    Path(id): Path<String>,
+    AccountId(id): AccountId,
     AppJson(body): AppJson<Reason>,
 ) -> Result<StatusCode, ApiError> {
-    let (id, reason) = (account_id(&id)?, super::reason(body.reason.as_deref())?);
+    let reason = super::reason(body.reason.as_deref())?;
     Desk::of(&state)
         .revoke_sessions(&key.actor(), id, reason)
         .await?;
@@ -347,10 +369,10 @@ async fn revoke_sessions(
 async fn lock(
     State(state): State<AppState>,
     Extension(key): Extension<KeyId>,
-    Path(id): Path<String>,
+    AccountId(id): AccountId,
     AppJson(body): AppJson<Reason>,
 ) -> Result<StatusCode, ApiError> {
-    let (id, reason) = (account_id(&id)?, super::reason(body.reason.as_deref())?);
+    let reason = super::reason(body.reason.as_deref())?;
     Desk::of(&state).lock(&key.actor(), id, reason).await?;
     state.outbox.wake();
     Ok(StatusCode::NO_CONTENT)
@@ -369,10 +391,10 @@ async fn lock(
 async fn unlock(
     State(state): State<AppState>,
     Extension(key): Extension<KeyId>,
-    Path(id): Path<String>,
+    AccountId(id): AccountId,
     AppJson(body): AppJson<Reason>,
 ) -> Result<StatusCode, ApiError> {
-    let (id, reason) = (account_id(&id)?, super::reason(body.reason.as_deref())?);
+    let reason = super::reason(body.reason.as_deref())?;
     Desk::of(&state).unlock(&key.actor(), id, reason).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -388,15 +410,15 @@ async fn unlock(
 async fn export(
     State(state): State<AppState>,
     Extension(key): Extension<KeyId>,
-    Path(id): Path<String>,
+    AccountId(id): AccountId,
 ) -> Result<Json<Export>, ApiError> {
-    let export = Desk::of(&state)
-        .export(&key.actor(), account_id(&id)?)
-        .await?;
+    let export = Desk::of(&state).export(&key.actor(), id).await?;
     Ok(Json(export))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+/// The query of an erasure, for the document (read by [`query_value`]).
+#[derive(IntoParams)]
+#[allow(dead_code, reason = "describes the query in the OpenAPI document")]
 struct EraseQuery {
     /// Why (kept in the audit trail's erasure row).
     reason: Option<String>,
@@ -414,10 +436,13 @@ struct EraseQuery {
 async fn erase(
     State(state): State<AppState>,
     Extension(key): Extension<KeyId>,
-    Path(id): Path<String>,
-    Query(query): Query<EraseQuery>,
+    AccountId(id): AccountId,
+    RawQuery(query): RawQuery,
 ) -> Result<StatusCode, ApiError> {
-    let (id, reason) = (account_id(&id)?, super::reason(query.reason.as_deref())?);
-    Desk::of(&state).erase(&key.actor(), id, reason).await?;
+    let reason = query_value(query.as_deref(), "reason");
+    Desk::of(&state)
+        .erase(&key.actor(), id, super::reason(reason.as_deref())?)
+        .await?;
+    state.outbox.wake();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -36,9 +36,13 @@ impl AdminKeys {
     /// The id of the key an `Authorization` header value presents, if it is one of ours.
     /// Every key is compared, in constant time, whatever matched.
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Option<String> {
-        let presented = authorization?
-            .strip_prefix(b"Bearer ")
-            .map(<[u8]>::trim_ascii)?;
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let authorization = authorization?;
+        let (scheme, presented) = authorization.split_at_checked(7)?;
+        if !scheme.eq_ignore_ascii_case(b"bearer ") {
+            return None;
+        }
+        let presented = presented.trim_ascii();
         let digest: [u8; 32] = Sha256::digest(presented).into();
         let mut matched = subtle::Choice::from(0);
         for known in &self.digests {
@@ -56,6 +60,7 @@ mod tests {
     fn only_a_listed_key_as_a_bearer_token_is_accepted_and_known_by_its_id() {
         let keys = AdminKeys::new(&[b"first-key".to_vec(), b"second-key".to_vec()]);
         let id = keys.authenticate(Some(b"Bearer second-key"));
+        assert_eq!(keys.authenticate(Some(b"bearer second-key")), id);
         assert_eq!(id.as_deref(), Some(key_id(b"second-key").as_str()));
         assert_eq!(id.map(|id| id.len()), Some(8));
         for refused in [

@@ -51,23 +51,36 @@ impl Actor {
         }
     }
 
-    /// The stored detail of an action: the reason (when it has one) and who acted, on one
-    /// line, at most 1000 characters.
+    /// The stored detail of an action: who acted and, when it has one, the reason, on one
+    /// line without control characters, at most 1000 characters. Who acted comes first: an
+    /// erasure keeps that part of the person's rows (see [`Desk::erase`]).
     pub fn detail(&self, reason: Option<&str>) -> String {
-        let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        let by = one_line(&self.name());
+        let one_line = |s: &str| {
+            let printable: String = s
+                .chars()
+                .filter(|c| !c.is_control() || c.is_whitespace())
+                .collect();
+            printable.split_whitespace().collect::<Vec<_>>().join(" ")
+        };
+        let by = one_line(&self.name()).replace(';', ",");
         let detail = match reason {
-            Some(reason) => format!("reason: {}; by: {by}", one_line(reason)),
+            Some(reason) => format!("by: {by}; reason: {}", one_line(reason)),
             None => format!("by: {by}"),
         };
         detail.chars().take(1000).collect()
     }
 }
 
-/// A required reason: trimmed, not empty.
+/// A required reason: trimmed, with something printable in it.
 pub fn reason(reason: Option<&str>) -> Result<&str, ApiError> {
     match reason.map(str::trim) {
-        Some(reason) if !reason.is_empty() => Ok(reason),
+        Some(reason)
+            if reason
+                .chars()
+                .any(|c| !c.is_control() && !c.is_whitespace()) =>
+        {
+            Ok(reason)
+        }
         _ => Err(ApiError::ReasonRequired),
     }
 }
@@ -210,10 +223,15 @@ impl<'a> Desk<'a> {
         let account = self.account(id).await?;
         let detail = actor.detail(Some(reason));
         let mut tx = self.db.begin().await?;
-        sqlx::query("UPDATE users SET locked_at = NULL, updated_at = now() WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let found =
+            sqlx::query("UPDATE users SET locked_at = NULL, updated_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        if found.rows_affected() == 0 {
+            // Erased in the meantime.
+            return Err(ApiError::NotFound);
+        }
         shared::audit::record(
             &mut *tx,
             &AuditEvent {
@@ -258,6 +276,7 @@ impl<'a> Desk<'a> {
             email: account.email.clone(),
             ip: None,
             within_budget: true,
+            user_id: Some(account.id),
         };
         let email = Envelope::new(job, self.clock.now(), ttl, Locale::En, Trace::default());
         let mut tx = self.db.begin().await?;
@@ -320,7 +339,7 @@ impl<'a> Desk<'a> {
     /// The account and every audit row about it (by its id, or its address's pseudonym).
     pub async fn export(&self, actor: &Actor, id: Uuid) -> Result<Export, ApiError> {
         let account = self.account(id).await?;
-        let address_hash = self.limiter.address_pseudonym(&account.email_key);
+        let pseudonyms = self.address_pseudonyms(&account.email_key);
         let detail = actor.detail(None);
         self.audit(&AuditEvent {
             user_id: Some(id),
@@ -328,7 +347,7 @@ impl<'a> Desk<'a> {
             ..AuditEvent::new(Action::AdminExport, Outcome::Success)
         })
         .await?;
-        let audit = records::audit_trail(self.db, id, &address_hash).await?;
+        let audit = records::audit_trail(self.db, id, &pseudonyms).await?;
         metrics::counter!("admin_actions_total", "action" => "export").increment(1);
         Ok(Export {
             exported_at: self.clock.now(),
@@ -338,10 +357,12 @@ impl<'a> Desk<'a> {
     }
 
     /// Erases the account (a person's erasure request), in one transaction: the account
-    /// row; its jobs and events still in the outbox; its dead letters; its suppression entry;
-    /// and, in every audit row about it (by id or address pseudonym), the IP, the address
-    /// pseudonym and the free text, so nothing left names or locates the person. One row
-    /// records the erasure (the account's id, the reason and who acted). Then, in Redis, its
+    /// row; its jobs still in the outbox; its dead letters; its suppression entry;
+    /// and, in every audit row about it (by id or address pseudonym under any secret), the
+    /// IP, the address pseudonym, the request id and the free text but for who acted, so
+    /// nothing left names or locates the person while what staff did to the account stays
+    /// on record. One row records the erasure (the account's id, the reason and who acted);
+    /// the `user.erased` event tells other services. Then, in Redis, its
     /// sessions, link generations, reset code and failed-sign-in budget. Mail already on the
     /// broker finds no account and is dropped; links and codes name an account that is gone.
     /// The address is then like one never seen: it can sign up again.
@@ -351,8 +372,8 @@ impl<'a> Desk<'a> {
         let Some((email, email_key)) = records::erase(&mut tx, id).await? else {
             return Err(ApiError::NotFound);
         };
-        let address_hash = self.limiter.address_pseudonym(&email_key);
-        records::scrub(&mut tx, id, &address_hash, &email, &email_key).await?;
+        let pseudonyms = self.address_pseudonyms(&email_key);
+        records::scrub(&mut tx, id, &pseudonyms, &email, &email_key).await?;
         shared::audit::record(
             &mut *tx,
             &AuditEvent {
@@ -362,6 +383,9 @@ impl<'a> Desk<'a> {
             },
         )
         .await?;
+        let event = serde_json::json!({ "user_id": id, "occurred_at": self.clock.now() });
+        let topic = shared::topology::ACCOUNT_ERASED_EVENT;
+        crate::outbox::add_event(&mut tx, id, topic, &event).await?;
         tx.commit().await?;
         // The rest dies with the account (sessions and links name an account that is gone);
         // removing it now leaves nothing of the person behind for its expiry.
@@ -376,7 +400,9 @@ impl<'a> Desk<'a> {
             .collect();
         gone.push(keys.reset_code(&code_owner));
         gone.push(keys.reset_code_wrong(&code_owner));
+        let address_hash = self.limiter.address_pseudonym(&email_key);
         gone.push(keys.rate_email(&address_hash));
+        gone.push(keys.mail_recipient(&address_hash));
         for key in &gone {
             let deleted =
                 self.redis
@@ -390,6 +416,18 @@ impl<'a> Desk<'a> {
         }
         metrics::counter!("admin_actions_total", "action" => "erase").increment(1);
         Ok(())
+    }
+}
+
+impl Desk<'_> {
+    /// The address's pseudonym under every secret of `TOKEN_SECRETS` (the first keys new
+    /// rows; rows from before a rotation are keyed by an older one).
+    fn address_pseudonyms(&self, email_key: &str) -> Vec<String> {
+        let label = shared::config::PSEUDONYM_KEY_LABEL;
+        (self.config.token_secrets.iter())
+            .map(|secret| shared::config::derive_key(secret, label))
+            .map(|key| shared::keys::pseudonym(&key, "email", email_key))
+            .collect()
     }
 }
 

@@ -80,20 +80,20 @@ pub(super) async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<AccountView>, 
         .await
 }
 
-/// Audit rows about the account: its id, or its address's pseudonym (requests that named the
-/// address, whether or not they found the account), oldest first.
+/// Audit rows about the account: its id, or its address's pseudonyms (requests that named
+/// the address, whether or not they found the account), oldest first.
 pub(super) async fn audit_trail(
     db: &PgPool,
     id: Uuid,
-    address_hash: &str,
+    pseudonyms: &[String],
 ) -> Result<Vec<AuditRecord>, sqlx::Error> {
     sqlx::query_as(
         "SELECT occurred_at, action, outcome, host(ip) AS ip, request_id, detail
-         FROM audit_events WHERE user_id = $1 OR address_hash = $2
+         FROM audit_events WHERE user_id = $1 OR address_hash = ANY($2)
          ORDER BY occurred_at, id",
     )
     .bind(id)
-    .bind(address_hash)
+    .bind(pseudonyms)
     .fetch_all(db)
     .await
 }
@@ -110,32 +110,46 @@ pub(super) async fn erase(
         .await
 }
 
-/// Removes what else names the erased person: its outbox rows, its dead letters (jobs hold
-/// the address and the requester's IP), its suppression entry, and the IP, address pseudonym
-/// and free text of every audit row about it.
+/// Removes what else names the erased person: its jobs in the outbox (by its id, and those
+/// queued without one that name its address: an account-exists notice; its events, which name
+/// only the id, still go out before the erasure's own), its dead letters
+/// (jobs hold the address and the requester's IP), its suppression entry, and in every audit
+/// row about it the IP, the address pseudonym, the request id (logs join on it) and the free
+/// text but for who acted.
 pub(super) async fn scrub(
     tx: &mut PgConnection,
     id: Uuid,
-    address_hash: &str,
+    pseudonyms: &[String],
     email: &str,
     email_key: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM outbox WHERE user_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    // A dead letter is the job as it was published: JSON naming the account's id or its
-    // address in any spelling (the forgot-password job carries the address as typed).
-    // Compared as bytes (a body need not be UTF-8), case-folded through the escape encoding.
-    sqlx::query(
-        "DELETE FROM dead_letters
-         WHERE position(convert_to($1, 'UTF8') in body) > 0
-            OR position(convert_to($2, 'UTF8') in body) > 0
-            OR strpos(lower(encode(body, 'escape')), lower(encode(convert_to($3, 'UTF8'), 'escape'))) > 0",
-    )
-    .bind(id.to_string())
-    .bind(email)
-    .bind(email_key)
+    // A job names the address as a JSON string: `"email":"Ann@Example.org"`, in any spelling
+    // of its key. Compared as bytes (a body need not be UTF-8), case-folded through the escape
+    // encoding; quoted, so another address that contains this one is not matched.
+    let names_address = "(position(convert_to($1, 'UTF8') in body) > 0
+        OR position(convert_to($2, 'UTF8') in body) > 0
+        OR strpos(lower(encode(body, 'escape')), lower(encode(convert_to($3, 'UTF8'), 'escape'))) > 0)";
+    let (quoted_id, quoted_email, quoted_key) = (
+        format!("\"{id}\""),
+        json_string(email),
+        json_string(email_key),
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM outbox
+         WHERE kind = 'job' AND (user_id = $4 OR (user_id IS NULL AND {names_address}))"
+    )))
+    .bind(&quoted_id)
+    .bind(&quoted_email)
+    .bind(&quoted_key)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM dead_letters WHERE {names_address}"
+    )))
+    .bind(&quoted_id)
+    .bind(&quoted_email)
+    .bind(&quoted_key)
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM suppressed_addresses WHERE address_key = $1")
@@ -143,12 +157,20 @@ pub(super) async fn scrub(
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "UPDATE audit_events SET ip = NULL, address_hash = NULL, detail = NULL
-         WHERE user_id = $1 OR address_hash = $2",
+        "UPDATE audit_events
+         SET ip = NULL, address_hash = NULL, request_id = NULL,
+             detail = coalesce(substring(detail from '^(by: [^;]*)'),
+                               substring(detail from '; (by: [^;]*)$'))
+         WHERE user_id = $1 OR address_hash = ANY($2)",
     )
     .bind(id)
-    .bind(address_hash)
+    .bind(pseudonyms)
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// `value` as a JSON string literal (quoted and escaped as a job's body has it).
+fn json_string(value: &str) -> String {
+    serde_json::Value::from(value).to_string()
 }

@@ -67,6 +67,7 @@ fn reset(email: &str, ip: Option<&str>, within_budget: bool) -> Envelope {
         email: email.into(),
         ip: ip.map(str::to_owned),
         within_budget,
+        user_id: None,
     })
 }
 
@@ -198,7 +199,7 @@ fn each_job_kind_is_planned_by_the_state_of_its_account() {
         // Account exists: to the owner's spelling, the typed one only if the account is gone.
         (notice("ANN@example.org"), Some(&verified), false,
             "send Ann@Example.org account_exists 7"),
-        (notice("ANN@EXAMPLE.org"), None, false, "send ANN@example.org account_exists -"),
+        (notice("ANN@EXAMPLE.org"), None, false, "drop dropped_unknown -"),
         (notice("ann@example.org"), Some(&unverified), true,
             "send Ann@Example.org account_exists 7"),
         (reset("ann@example.org", None, true), Some(&verified), true,
@@ -337,5 +338,29 @@ fn an_account_with_languages_gets_its_emails_in_them_whoever_caused_them() {
             Plan::Send { languages, .. } => assert!(languages.is_empty(), "{job:?}"),
             _ => panic!("expected a send for {job:?}"),
         }
+    }
+}
+
+#[test]
+fn a_reset_email_for_a_known_account_goes_to_that_account_only() {
+    let planner = planner(false);
+    let ann = account(true, 1, &[]);
+    let for_ann = |user_id| {
+        envelope(Job::PasswordResetRequested {
+            email: "ann@example.org".into(),
+            ip: None,
+            within_budget: true,
+            user_id: Some(user_id),
+        })
+    };
+    assert!(
+        summary(&planner.decide(&for_ann(ann.id), Some(&ann)))
+            .starts_with("send Ann@Example.org reset")
+    );
+    // Erased, or erased and signed up again as a new account: nothing, and no trace.
+    let erased = Uuid::from_u128(99);
+    for found in [None, Some(&ann)] {
+        let plan = planner.decide(&for_ann(erased), found);
+        assert_eq!(summary(&plan), "drop dropped_unknown 99");
     }
 }

@@ -74,6 +74,7 @@ async fn a_redelivered_reset_job_does_not_revive_its_dead_code() {
         email: "bob@example.org".into(),
         ip: None,
         within_budget: true,
+        user_id: None,
     });
     w.publish(&job).await;
     let sent = w.sink.wait_for(1, PATIENCE).await;

@@ -19,6 +19,7 @@ fn reset_request(email: &str) -> Job {
         email: email.into(),
         ip: Some("203.0.113.9".into()),
         within_budget: true,
+        user_id: None,
     }
 }
 

@@ -35,6 +35,7 @@ async fn a_job_whose_email_cannot_be_rendered_is_a_dead_letter_with_its_audit_ro
         email: "kim@example.org".into(),
         ip: None,
         within_budget: true,
+        user_id: None,
     });
     w.publish(&job).await;
 

@@ -202,6 +202,7 @@ fn job(email: &str) -> (Vec<u8>, BasicProperties) {
             email: email.to_owned(),
             ip: Some("127.0.0.1".into()),
             within_budget: true,
+            user_id: None,
         },
         chrono::Utc::now(),
         chrono::Duration::hours(1),
