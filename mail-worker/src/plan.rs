@@ -212,7 +212,7 @@ impl Planner<'_> {
                     },
                 )
             }
-            Job::AccountExistsNotice { .. } => self.account_exists(found),
+            Job::AccountExistsNotice { email, .. } => self.account_exists(email, found),
         }
     }
 
@@ -249,21 +249,27 @@ impl Planner<'_> {
         }
     }
 
-    /// The account-exists notice, to the account's own spelling; nothing when the account is
-    /// gone since the attempt (erased: "you have an account" would be untrue, and the address
-    /// is to be like one never seen).
-    fn account_exists(&self, found: Option<&Recipient>) -> Plan {
+    /// The account-exists notice: to the account's own spelling when it is found; to the
+    /// typed one (normalised) only when the account is gone since the attempt (as notices
+    /// were sent before). An erasure deletes the notices still in the outbox (see the api's
+    /// `admin::Desk::erase`); one already on the broker still goes out.
+    fn account_exists(&self, email: &str, found: Option<&Recipient>) -> Plan {
         let base = self.public_base_url;
-        let Some(user) = found else {
-            return drop_unknown(None);
-        };
-        send_to(
-            user,
-            Draft::Ready(EmailContent::AccountExists {
+        Plan::Send {
+            to: found.map_or_else(
+                || {
+                    email::normalize(email)
+                        .map_or_else(|_| email.to_owned(), |a| a.address().to_owned())
+                },
+                |user| user.email.clone(),
+            ),
+            draft: Draft::Ready(EmailContent::AccountExists {
                 sign_in_url: format!("{base}/"),
                 forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
             }),
-        )
+            user: found.map(|user| user.id),
+            languages: found.map(Recipient::languages).unwrap_or_default(),
+        }
     }
 
     /// The plans of `jobs`, given their lookups and the accounts found for all of them

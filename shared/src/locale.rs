@@ -83,16 +83,7 @@ impl Locale {
     /// the earlier entry), or the fallback. At most 20 entries are read.
     pub fn negotiate(accept_language: &str) -> Locale {
         let mut best: Option<(f32, Locale)> = None;
-        for item in accept_language.split(',').take(20) {
-            let mut parts = item.split(';');
-            let tag = parts.next().unwrap_or("");
-            let q = parts
-                .find_map(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .and_then(|q| q.parse::<f32>().ok())
-                })
-                .unwrap_or(1.0);
+        for (tag, q) in entries(accept_language) {
             if let Some(locale) = Self::supported(tag)
                 && q > 0.0
                 && best.is_none_or(|(bq, _)| q > bq)
@@ -102,6 +93,23 @@ impl Locale {
         }
         best.map_or(Self::FALLBACK, |(_, l)| l)
     }
+}
+
+/// The first 20 entries of an `Accept-Language` header: each tag (trimmed) with its q-value
+/// (1 when it has none or an unreadable one).
+fn entries(accept_language: &str) -> impl Iterator<Item = (&str, f32)> {
+    accept_language.split(',').take(20).map(|item| {
+        let mut parts = item.split(';');
+        let tag = parts.next().unwrap_or("").trim();
+        let q = parts
+            .find_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+            })
+            .unwrap_or(1.0);
+        (tag, q)
+    })
 }
 
 /// Most languages kept of one `Accept-Language` (see [`preferences`]).
@@ -114,16 +122,8 @@ pub const MAX_PREFERENCES: usize = 6;
 /// tag are left out; at most [`MAX_PREFERENCES`] are kept, of the first 20 entries.
 pub fn preferences(accept_language: &str) -> Vec<String> {
     let mut ranked: Vec<(f32, String)> = Vec::new();
-    for item in accept_language.split(',').take(20) {
-        let mut parts = item.split(';');
-        let tag = parts.next().unwrap_or("").trim().replace('_', "-");
-        let q = parts
-            .find_map(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-            })
-            .unwrap_or(1.0);
+    for (tag, q) in entries(accept_language) {
+        let tag = tag.replace('_', "-");
         let is_tag = (1..=35).contains(&tag.len())
             && tag.split('-').all(|sub| {
                 (1..=8).contains(&sub.len()) && sub.bytes().all(|b| b.is_ascii_alphanumeric())

@@ -199,7 +199,7 @@ fn each_job_kind_is_planned_by_the_state_of_its_account() {
         // Account exists: to the owner's spelling, the typed one only if the account is gone.
         (notice("ANN@example.org"), Some(&verified), false,
             "send Ann@Example.org account_exists 7"),
-        (notice("ANN@EXAMPLE.org"), None, false, "drop dropped_unknown -"),
+        (notice("ANN@EXAMPLE.org"), None, false, "send ANN@example.org account_exists -"),
         (notice("ann@example.org"), Some(&unverified), true,
             "send Ann@Example.org account_exists 7"),
         (reset("ann@example.org", None, true), Some(&verified), true,
