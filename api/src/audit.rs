@@ -169,16 +169,14 @@ pub async fn prune(
     let batch = batch.max(1);
     let mut deleted = 0;
     loop {
-        let n = sqlx::query(
+        let query = sqlx::query(
             "DELETE FROM audit_events WHERE id IN (
                  SELECT id FROM audit_events WHERE occurred_at < $1
                  ORDER BY occurred_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(before)
-        .bind(batch)
-        .execute(db)
-        .await?
-        .rows_affected();
+        );
+        let n = shared::db::execute(db, query.bind(before).bind(batch))
+            .await?
+            .rows_affected();
         deleted += n;
         if n < u64::try_from(batch).unwrap_or(0) {
             return Ok(deleted);

@@ -294,7 +294,7 @@ async fn insert(
         .collect();
     let verified: Vec<bool> = batch.iter().map(|a| a.verified).collect();
     let signatures: Vec<Option<&str>> = batch.iter().map(|a| a.signature.as_deref()).collect();
-    let created: i64 = sqlx::query_scalar(
+    let query = sqlx::query_scalar::<_, i64>(
         "WITH rows AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[],
                                   $8::text[])
@@ -324,8 +324,8 @@ async fn insert(
     .bind(Action::Import.as_str())
     .bind(Outcome::Created.as_str())
     .bind(&signatures)
-    .fetch_one(db)
-    .await?;
+    .persistent(shared::db::named_statements());
+    let created = shared::db::pinned(db, async |c| query.fetch_one(c).await).await?;
     let created = u64::try_from(created).unwrap_or(0);
     summary.imported += created;
     summary.skipped += batch.len() as u64 - created;

@@ -169,7 +169,7 @@ async fn time(hasher: &Hasher, signature: &str) -> anyhow::Result<Duration> {
 /// from the partial index (a "loose index scan"): a few index probes per signature, however
 /// many accounts hold it, where `SELECT DISTINCT` would read every entry.
 async fn stored_signatures(db: &PgPool) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
+    let query = sqlx::query_as::<_, (String,)>(
         "WITH RECURSIVE s(signature) AS (
              (SELECT imported_hash_signature FROM users
               WHERE imported_hash_signature IS NOT NULL
@@ -181,9 +181,9 @@ async fn stored_signatures(db: &PgPool) -> sqlx::Result<Vec<String>> {
              FROM s WHERE s.signature IS NOT NULL
          )
          SELECT signature FROM s WHERE signature IS NOT NULL",
-    )
-    .fetch_all(db)
-    .await
+    );
+    let rows = shared::db::fetch_all(db, query).await?;
+    Ok(rows.into_iter().map(|(signature,)| signature).collect())
 }
 
 #[cfg(test)]

@@ -77,6 +77,18 @@ where
     pinned(db, async |c| query.fetch_optional(c).await).await
 }
 
+/// Fetches every row of one statement on its own, as [`execute`] runs it.
+pub async fn fetch_all<O>(
+    db: &PgPool,
+    query: QueryAs<'_, Postgres, O, PgArguments>,
+) -> Result<Vec<O>, sqlx::Error>
+where
+    O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
+{
+    let query = query.persistent(named_statements());
+    pinned(db, async |c| query.fetch_all(c).await).await
+}
+
 /// A connection for a few statements outside a transaction of the caller's: the pooled
 /// connection itself, or (behind a transaction pooler) a transaction that pins one server
 /// connection. End it with [`Session::finish`].

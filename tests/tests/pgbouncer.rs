@@ -38,7 +38,15 @@ async fn the_whole_flow_and_a_link_race_work_through_pgbouncer_in_transaction_mo
         &format!("{pooled}&application_name=pwr-api"),
     );
     env.set("MIGRATE_DATABASE_URL", &direct);
+    // The admin API too: its look-up, export and erasure go through the pooler.
+    let admin_key = "5e1d0c9b8a7f6e5d4c3b2a1908f7e6d5c4b3a29180f7e6d5c4b3a2918f7e6d5c";
+    env.set("ADMIN_API_BIND", "127.0.0.1:0");
+    env.set("ADMIN_API_KEYS", admin_key);
     let (api, base) = env.start_api().await.unwrap();
+    let admin_addr = api
+        .wait_for_log_field("admin api listening", "addr", Duration::from_secs(10))
+        .await
+        .unwrap();
     let (worker, _) = env
         .start_worker_with(&[
             ("MAIL_TRANSPORT", "smtp"),
@@ -107,11 +115,55 @@ async fn the_whole_flow_and_a_link_race_work_through_pgbouncer_in_transaction_mo
         "the worker read the change through the pooler too"
     );
 
+    // A sign-in asking for a language gives the account (signed up without one) its own
+    // (after the notice above, which is written in the language the account had).
+    let r = http
+        .post(format!("{base}/v1/sessions"))
+        .header("accept-language", "fr")
+        .json(&json!({ "email": "ann@example.org", "password": new }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let admin = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("http://{admin_addr}{path}"))
+            .bearer_auth(admin_key)
+            .send()
+    };
+    let found: Value = admin(
+        reqwest::Method::GET,
+        "/admin/v1/users?email=ann@example.org",
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = found["id"].as_str().unwrap().to_owned();
+    let r = admin(
+        reqwest::Method::GET,
+        &format!("/admin/v1/users/{id}/export"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = admin(
+        reqwest::Method::DELETE,
+        &format!("/admin/v1/users/{id}?reason=erasure%20request"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        sign_in(new).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+
     // PgBouncer carried it all: both services are its clients on the test database, and it
     // counted at least one transaction for each operation above that must write or read
     // the database: the sign-up, the verification, three sign-ins, the winning reset, and
     // the worker's account lookup for each of its three emails (verification, reset, notice).
-    const OPERATIONS: u64 = 1 + 1 + 3 + 1 + 3;
+    const OPERATIONS: u64 = 1 + 1 + 4 + 1 + 3;
     let clients = bouncer.clients_of(&database).await.unwrap();
     for service in ["pwr-api", "pwr-worker"] {
         assert!(

@@ -225,6 +225,7 @@ impl<'a> Desk<'a> {
         let mut tx = self.db.begin().await?;
         let found =
             sqlx::query("UPDATE users SET locked_at = NULL, updated_at = now() WHERE id = $1")
+                .persistent(shared::db::named_statements())
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;

@@ -67,17 +67,13 @@ pub(super) async fn by_email_key(
     db: &PgPool,
     email_key: &str,
 ) -> Result<Option<AccountView>, sqlx::Error> {
-    sqlx::query_as(select_view!("email_key = $1"))
-        .bind(email_key)
-        .fetch_optional(db)
-        .await
+    let query = sqlx::query_as(select_view!("email_key = $1"));
+    shared::db::fetch_optional(db, query.bind(email_key)).await
 }
 
 pub(super) async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<AccountView>, sqlx::Error> {
-    sqlx::query_as(select_view!("id = $1"))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    let query = sqlx::query_as(select_view!("id = $1"));
+    shared::db::fetch_optional(db, query.bind(id)).await
 }
 
 /// Audit rows about the account: its id, or its address's pseudonyms (requests that named
@@ -87,15 +83,14 @@ pub(super) async fn audit_trail(
     id: Uuid,
     pseudonyms: &[String],
 ) -> Result<Vec<AuditRecord>, sqlx::Error> {
-    sqlx::query_as(
+    let query = sqlx::query_as(
         "SELECT occurred_at, action, outcome, host(ip) AS ip, request_id, detail
          FROM audit_events WHERE user_id = $1 OR address_hash = ANY($2)
          ORDER BY occurred_at, id",
     )
     .bind(id)
-    .bind(pseudonyms)
-    .fetch_all(db)
-    .await
+    .bind(pseudonyms);
+    shared::db::fetch_all(db, query).await
 }
 
 /// Deletes the account row (read under lock first); its address and address key, or `None`
@@ -105,6 +100,7 @@ pub(super) async fn erase(
     id: Uuid,
 ) -> Result<Option<(String, String)>, sqlx::Error> {
     sqlx::query_as("DELETE FROM users WHERE id = $1 RETURNING email, email_key")
+        .persistent(shared::db::named_statements())
         .bind(id)
         .fetch_optional(&mut *tx)
         .await
@@ -138,6 +134,7 @@ pub(super) async fn scrub(
         "DELETE FROM outbox
          WHERE kind = 'job' AND (user_id = $4 OR (user_id IS NULL AND {names_address}))"
     )))
+    .persistent(shared::db::named_statements())
     .bind(&quoted_id)
     .bind(&quoted_email)
     .bind(&quoted_key)
@@ -147,12 +144,14 @@ pub(super) async fn scrub(
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM dead_letters WHERE {names_address}"
     )))
+    .persistent(shared::db::named_statements())
     .bind(&quoted_id)
     .bind(&quoted_email)
     .bind(&quoted_key)
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM suppressed_addresses WHERE address_key = $1")
+        .persistent(shared::db::named_statements())
         .bind(email_key)
         .execute(&mut *tx)
         .await?;
@@ -163,6 +162,7 @@ pub(super) async fn scrub(
                                substring(detail from '; (by: [^;]*)$'))
          WHERE user_id = $1 OR address_hash = ANY($2)",
     )
+    .persistent(shared::db::named_statements())
     .bind(id)
     .bind(pseudonyms)
     .execute(&mut *tx)

@@ -219,13 +219,7 @@ pub async fn adopt_languages(
     let Some(locale) = stored_languages(languages) else {
         return Ok(());
     };
-    shared::db::pinned(db, async |c| {
-        sqlx::query("UPDATE users SET locale = $2 WHERE id = $1 AND locale IS NULL")
-            .bind(id)
-            .bind(&locale)
-            .execute(c)
-            .await
-    })
-    .await?;
+    let query = sqlx::query("UPDATE users SET locale = $2 WHERE id = $1 AND locale IS NULL");
+    shared::db::execute(db, query.bind(id).bind(&locale)).await?;
     Ok(())
 }
