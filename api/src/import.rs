@@ -28,6 +28,8 @@ use sqlx::PgPool;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _};
 use uuid::Uuid;
 
+use crate::hashing::Hasher;
+
 /// Rows per insert (and per transaction).
 pub const BATCH: usize = 1000;
 
@@ -137,13 +139,17 @@ fn read(n: u64, line: &str) -> Result<Account, Refusal> {
 struct Costs {
     budget: Duration,
     timed: HashMap<String, Duration>,
+    /// The hashing pool the timings run on (inside the api: its memory bound and fairness);
+    /// `None`: a blocking thread of its own (the command line).
+    pool: Option<Hasher>,
 }
 
 impl Costs {
-    fn new(budget: Duration) -> Self {
+    fn new(budget: Duration, pool: Option<Hasher>) -> Self {
         Self {
             budget,
             timed: HashMap::new(),
+            pool,
         }
     }
 
@@ -159,7 +165,7 @@ impl Costs {
         let cost = match self.timed.get(signature) {
             Some(cost) => *cost,
             None => {
-                let cost = time(signature, self.budget).await?;
+                let cost = time(signature, self.budget, self.pool.as_ref()).await?;
                 self.timed.insert(signature.clone(), cost);
                 cost
             }
@@ -181,10 +187,27 @@ impl Costs {
 }
 
 /// What one verification of `signature` costs on this machine: its synthetic hash verified on
-/// a blocking thread, the fastest of three when the first is over `budget` (a moment of load
-/// does not refuse a hash).
-async fn time(signature: &str, budget: Duration) -> anyhow::Result<Duration> {
+/// `pool` (else a blocking thread), the fastest of three when the first is over `budget` (a
+/// moment of load does not refuse a hash).
+async fn time(
+    signature: &str,
+    budget: Duration,
+    pool: Option<&Hasher>,
+) -> anyhow::Result<Duration> {
     let synthetic = crate::hashing::synthetic(signature)?;
+    if let Some(pool) = pool {
+        let client = std::net::IpAddr::from([127, 0, 0, 1]);
+        let mut fastest = Duration::MAX;
+        for _ in 0..3 {
+            let took = (pool.time_verify(client, synthetic.clone()).await)
+                .map_err(|e| anyhow::anyhow!("timing a signature: {e}"))?;
+            fastest = fastest.min(took);
+            if fastest <= budget {
+                break;
+            }
+        }
+        return Ok(fastest);
+    }
     tokio::task::spawn_blocking(move || {
         let mut fastest = crate::hashing::time_verify_here(&synthetic)?;
         for _ in 0..2 {
@@ -218,9 +241,32 @@ pub async fn run_within(
     input: impl AsyncBufRead + Unpin,
     no_password: &str,
     max_verify: Duration,
+    report: impl FnMut(Report<'_>),
+) -> anyhow::Result<Summary> {
+    import(db, input, no_password, Costs::new(max_verify, None), report).await
+}
+
+/// [`run_within`], each new signature timed on `pool` (the api's hashing threads, so an
+/// import over the admin API keeps to their memory bound and fairness).
+pub async fn run_on(
+    db: &PgPool,
+    input: impl AsyncBufRead + Unpin,
+    no_password: &str,
+    max_verify: Duration,
+    pool: &Hasher,
+    report: impl FnMut(Report<'_>),
+) -> anyhow::Result<Summary> {
+    let costs = Costs::new(max_verify, Some(pool.clone()));
+    import(db, input, no_password, costs, report).await
+}
+
+async fn import(
+    db: &PgPool,
+    input: impl AsyncBufRead + Unpin,
+    no_password: &str,
+    mut costs: Costs,
     mut report: impl FnMut(Report<'_>),
 ) -> anyhow::Result<Summary> {
-    let mut costs = Costs::new(max_verify);
     let mut summary = Summary::default();
     let mut batch: Vec<Account> = Vec::with_capacity(BATCH);
     let mut lines = Lines::new(input);

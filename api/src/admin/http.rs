@@ -256,18 +256,20 @@ async fn import_users(
         tokio::io::BufReader::with_capacity(64 * 1024, tokio_util::io::StreamReader::new(body));
     let mut errors = Vec::new();
     let max_verify = state.config.import_max_verify;
-    let summary = crate::import::run_within(&state.db, input, &no_password, max_verify, |report| {
-        if let crate::import::Report::Refused(refusal) = report
-            && errors.len() < MAX_LISTED_REFUSALS
-        {
-            errors.push(LineError {
-                line: refusal.line,
-                code: refusal.code,
-            });
-        }
-    })
-    .await
-    .map_err(ApiError::unavailable)?;
+    let pool = &state.hasher;
+    let summary =
+        crate::import::run_on(&state.db, input, &no_password, max_verify, pool, |report| {
+            if let crate::import::Report::Refused(refusal) = report
+                && errors.len() < MAX_LISTED_REFUSALS
+            {
+                errors.push(LineError {
+                    line: refusal.line,
+                    code: refusal.code,
+                });
+            }
+        })
+        .await
+        .map_err(ApiError::unavailable)?;
     let detail = format!(
         "{}; imported {}, skipped {}, refused {}",
         key.actor().detail(None),
