@@ -67,6 +67,13 @@ pub struct Config {
     pub admin_keys: AdminKeySecrets,
     /// `AUDIT_RETENTION_DAYS`: audit rows older than this are deleted; `None`: kept.
     pub audit_retention_days: Option<u32>,
+    /// `PWNED_PASSWORDS_DIR`: the Pwned Passwords range files; `None`: no breached-password check.
+    pub pwned_passwords_dir: Option<std::path::PathBuf>,
+    /// `PWNED_PASSWORDS_TIMEOUT_MS`: how long one range may take to read.
+    pub pwned_passwords_timeout: Duration,
+    /// `PWNED_PASSWORDS_FAIL`: `closed` refuses (503) when a range cannot be read; `open`
+    /// accepts the password.
+    pub pwned_passwords_fail_closed: bool,
 }
 
 shared::service_config!(Config);
@@ -147,6 +154,20 @@ impl Config {
             .map(shared::config::SecretUrl);
         let migrate_on_start = r.boolean("MIGRATE_ON_START", true);
         let (admin_bind, admin_keys) = admin_api(&mut r, bind);
+        let pwned_passwords_dir = (r.raw("PWNED_PASSWORDS_DIR"))
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| std::path::PathBuf::from(v.trim()));
+        let pwned_passwords_timeout = r.number("PWNED_PASSWORDS_TIMEOUT_MS", 500, 1, 60_000);
+        let pwned_passwords_fail_closed = match r.string("PWNED_PASSWORDS_FAIL", "open").trim() {
+            "open" => false,
+            "closed" => true,
+            other => {
+                r.error(format!(
+                    "PWNED_PASSWORDS_FAIL: expected open or closed, got {other:?}"
+                ));
+                false
+            }
+        };
         let audit_retention_days = match r.number("AUDIT_RETENTION_DAYS", 0, 0, 36_500) {
             0 => None,
             days => Some(days as u32),
@@ -183,6 +204,9 @@ impl Config {
             admin_bind,
             admin_keys: AdminKeySecrets(admin_keys),
             audit_retention_days,
+            pwned_passwords_dir,
+            pwned_passwords_timeout: Duration::from_millis(pwned_passwords_timeout),
+            pwned_passwords_fail_closed,
         })
     }
 }
@@ -294,6 +318,7 @@ mod tests {
             ("RATE_LIMIT_IP_PER_HOUR", "-1"),
             ("TRUSTED_PROXIES", "10.0.0.0/8, nonsense"),
             ("COOKIE_SECURE", "maybe"),
+            ("PWNED_PASSWORDS_FAIL", "sometimes"),
         ])
         .expect_err("invalid");
         let text = err.to_string();
@@ -306,6 +331,7 @@ mod tests {
             "RATE_LIMIT_IP_PER_HOUR: expected a whole number",
             "TRUSTED_PROXIES: \"nonsense\"",
             "COOKIE_SECURE: expected true or false",
+            "PWNED_PASSWORDS_FAIL: expected open or closed",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

@@ -22,6 +22,9 @@ pub enum ApiError {
     WeakPassword(String),
     #[error("the password is longer than 1024 bytes")]
     PasswordTooLong,
+    /// A new password the Pwned Passwords corpus lists.
+    #[error("this password has appeared in a data breach; choose another")]
+    BreachedPassword,
     #[error("this link is invalid or has been replaced by a newer one")]
     TokenInvalid,
     #[error("this link has expired; request a new one")]
@@ -76,6 +79,7 @@ impl ApiError {
             ApiError::InvalidEmail(_) => "invalid_email",
             ApiError::WeakPassword(_) => "weak_password",
             ApiError::PasswordTooLong => "password_too_long",
+            ApiError::BreachedPassword => "breached_password",
             ApiError::TokenInvalid => "token_invalid",
             ApiError::TokenExpired => "token_expired",
             ApiError::TokenUsed => "token_used",
@@ -105,6 +109,7 @@ impl ApiError {
             ApiError::InvalidEmail(_)
             | ApiError::WeakPassword(_)
             | ApiError::PasswordTooLong
+            | ApiError::BreachedPassword
             | ApiError::AddressMismatch
             | ApiError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TokenInvalid

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod audit;
+pub mod breached;
 pub mod config;
 pub mod devices;
 pub mod error;

@@ -122,6 +122,12 @@ pub async fn reset_with_link(
         audit(Outcome::WeakPassword, Some(user.id)).await;
         return Err(e);
     }
+    if let Err(e) = state.breached.refuse_breached(&new_password).await {
+        if matches!(e, ApiError::BreachedPassword) {
+            audit(Outcome::BreachedPassword, Some(user.id)).await;
+        }
+        return Err(e);
+    }
     if !state.tokens.burn(Purpose::PasswordReset, &token).await? {
         audit(Outcome::Used, Some(user.id)).await;
         return Err(ApiError::TokenUsed);
@@ -212,6 +218,12 @@ pub async fn reset_with_code(
     }
     if let Err(e) = password_policy::judge_new_password(&new_password, &user.email).await {
         audit(Outcome::WeakPassword, Some(user.id)).await;
+        return Err(e);
+    }
+    if let Err(e) = state.breached.refuse_breached(&new_password).await {
+        if matches!(e, ApiError::BreachedPassword) {
+            audit(Outcome::BreachedPassword, Some(user.id)).await;
+        }
         return Err(e);
     }
     if !state.tokens.burn_fingerprint(purpose, fingerprint).await? {

@@ -122,6 +122,11 @@ impl Application {
                 handle
             },
             pages: Arc::new(routes::pages::Pages::new().context("page templates")?),
+            breached: crate::breached::BreachedPasswords::new(
+                config.pwned_passwords_dir.clone(),
+                config.pwned_passwords_timeout,
+                config.pwned_passwords_fail_closed,
+            ),
             db,
             redis,
             schema_ready,

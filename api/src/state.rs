@@ -52,6 +52,8 @@ pub struct Services {
     pub devices: Devices,
     /// The audit rows of rate-limit refusals (see [`RefusalAudit`]).
     pub refusals: RefusalAudit,
+    /// The breached-password check of new passwords.
+    pub breached: crate::breached::BreachedPasswords,
     /// The schema is current (migrations ran, or are left to `api migrate`); not ready before.
     pub schema_ready: Arc<AtomicBool>,
     /// How long every refused sign-in takes at least while imported hashes remain.

@@ -136,6 +136,8 @@ pub enum Outcome {
     PasswordTooLong,
     /// A new password the policy refuses.
     WeakPassword,
+    /// A new password the breached-password corpus lists.
+    BreachedPassword,
     /// A link used before (or that lost the race to be used).
     Used,
     /// A link past its age.
@@ -213,7 +215,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 44] = [
+    pub const ALL: [Outcome; 45] = [
         Outcome::Success,
         Outcome::Created,
         Outcome::Exists,
@@ -221,6 +223,7 @@ impl Outcome {
         Outcome::InvalidCredentials,
         Outcome::PasswordTooLong,
         Outcome::WeakPassword,
+        Outcome::BreachedPassword,
         Outcome::Used,
         Outcome::Expired,
         Outcome::Oversized,
@@ -270,6 +273,7 @@ impl Outcome {
             Outcome::InvalidCredentials => "invalid_credentials",
             Outcome::PasswordTooLong => "password_too_long",
             Outcome::WeakPassword => "weak_password",
+            Outcome::BreachedPassword => "breached_password",
             Outcome::Used => "used",
             Outcome::Expired => "expired",
             Outcome::Oversized => "oversized",

@@ -84,7 +84,7 @@ pub struct ResetRequest {
     responses(
         (status = 204, description = "Password changed; every session of the user is revoked; sets the device cookie"),
         (status = 400, description = "`token_invalid` (also a superseded link), `token_expired`, `token_used`", body = ErrorBody),
-        (status = 422, description = "`weak_password`, `password_too_long`", body = ErrorBody),
+        (status = 422, description = "`weak_password`, `breached_password`, `password_too_long`", body = ErrorBody),
         (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the link endpoints' per-IP budget)", body = ErrorBody),
     ))]
 pub async fn reset_password(
@@ -123,7 +123,7 @@ pub struct CodeResetRequest {
     responses(
         (status = 204, description = "Password changed; every session of the user is revoked; sets the device cookie"),
         (status = 400, description = "`code_invalid` (wrong, used, superseded, expired, or no code for the address; the same answer for each)", body = ErrorBody),
-        (status = 422, description = "`invalid_email`, `weak_password`, `password_too_long`", body = ErrorBody),
+        (status = 422, description = "`invalid_email`, `weak_password`, `breached_password`, `password_too_long`", body = ErrorBody),
         (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the per-IP code budget)", body = ErrorBody),
         (status = 503, description = "`code_entry_paused` (too many wrong codes over the whole site: links keep working), with `Retry-After`", body = ErrorBody),
     ))]

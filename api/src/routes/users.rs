@@ -59,7 +59,7 @@ pub struct SignUpRequest {
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = SignUpRequest,
     responses(
         (status = 202, description = "Accepted; the same answer whether or not the address is taken", body = crate::routes::Accepted),
-        (status = 422, description = "`invalid_email`, `weak_password`, `password_too_long`", body = ErrorBody),
+        (status = 422, description = "`invalid_email`, `weak_password`, `breached_password`, `password_too_long`", body = ErrorBody),
         (status = 429, description = "`rate_limited_ip`, with `Retry-After` (sign-ups per client IP)", body = ErrorBody),
     ))]
 pub async fn sign_up(
@@ -78,6 +78,7 @@ pub async fn sign_up(
     let (limiter, refusals) = (&state.limiter, &state.refusals);
     within_budget(limiter, refusals, IpBudget::SignUp, ip, ctx.request_id()).await?;
     password_policy::judge_new_password(&body.password, address.address()).await?;
+    state.breached.refuse_breached(&body.password).await?;
     let hash = state.hasher.hash_for(ip, body.password).await?;
 
     // The account (if the address is free), its audit row and the email job commit together;

@@ -10,6 +10,7 @@
 mod admin;
 mod attacks;
 mod bad_input;
+mod breached;
 mod forgot;
 mod helpers;
 mod import;

@@ -74,6 +74,7 @@ pub(super) async fn submit(
         }
         Err(ApiError::WeakPassword(hint)) => again(&page.weak_password(&hint)),
         Err(ApiError::PasswordTooLong) => again(page.t("too_long")),
+        Err(ApiError::BreachedPassword) => again(page.t("breached")),
         Err(e) => page.link_problem(&e),
     }
 }
@@ -120,6 +121,7 @@ pub(super) async fn code_submit(
         }
         Err(ApiError::WeakPassword(hint)) => again(&page.weak_password(&hint)),
         Err(ApiError::PasswordTooLong) => again(page.t("too_long")),
+        Err(ApiError::BreachedPassword) => again(page.t("breached")),
         Err(ApiError::InvalidEmail(_)) => again(page.t("invalid_email")),
         Err(ApiError::RateLimitedIp { retry_after_secs }) => page.rate_limited(retry_after_secs),
         Err(ApiError::CodeEntryPaused { retry_after_secs }) => {
