@@ -341,6 +341,34 @@ async fn commit(
     Ok(Some(new_version))
 }
 
+/// A signed-in owner's change of password (the current one already verified): the same
+/// commit as a reset (its audit row, the `user.password_reset` event, the notice with the lock
+/// link), every session revoked; the new password version, or `None` when the password
+/// changed meanwhile.
+pub async fn change_signed_in(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+    new_password: String,
+) -> Result<Option<i32>, ApiError> {
+    let hash = state.hasher.hash_for(ctx.ip, new_password).await?;
+    let now = state.clock.now();
+    let change = Change {
+        ctx,
+        action: Action::PasswordChange,
+        now,
+    };
+    let Some(version) = commit(&state.db, &change, user, &hash).await? else {
+        return Ok(None);
+    };
+    state.outbox.wake();
+    if let Err(e) = state.sessions.revoke_all(user.id).await {
+        tracing::warn!(error = %e, "session revocation failed; sessions die by password version");
+    }
+    metrics::counter!("password_changes_total").increment(1);
+    Ok(Some(version))
+}
+
 /// Records one refused attempt of `action` (best effort; successes are recorded inside the
 /// change's transaction).
 pub(crate) async fn attempt(

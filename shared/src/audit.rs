@@ -36,6 +36,9 @@ pub enum Action {
     SessionsRevoke,
     /// An account brought in with its hash by `api users import` ([`Outcome::Created`]).
     Import,
+    /// A password changed by its signed-in owner (`POST /v1/account/password`): the current
+    /// password given, [`Outcome::Success`] or why not.
+    PasswordChange,
     /// An account's lock lifted by support staff (admin API or `api accounts unlock`).
     AccountUnlock,
     /// An account erased (admin API or `api accounts erase`); the only row of the person
@@ -59,7 +62,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 20] = [
         Action::SignUp,
         Action::SignIn,
         Action::SignOut,
@@ -70,6 +73,7 @@ impl Action {
         Action::AccountLock,
         Action::SessionsRevoke,
         Action::Import,
+        Action::PasswordChange,
         Action::AccountUnlock,
         Action::AccountErase,
         Action::AdminLookup,
@@ -94,6 +98,7 @@ impl Action {
             Action::AccountLock => "account_lock",
             Action::SessionsRevoke => "sessions_revoke",
             Action::Import => "import",
+            Action::PasswordChange => "password_change",
             Action::AccountUnlock => "account_unlock",
             Action::AccountErase => "account_erase",
             Action::AdminLookup => "admin_lookup",

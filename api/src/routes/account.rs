@@ -8,13 +8,16 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     error::{ApiError, ErrorBody},
-    extract::{AppJson, RequestContext},
-    lock,
+    extract::{AppJson, AuthUser, RequestContext},
+    lock, password_policy,
     state::AppState,
+    store,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(lock_account))
+    OpenApiRouter::new()
+        .routes(routes!(lock_account))
+        .routes(routes!(change_password))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -49,4 +52,87 @@ pub async fn lock_account(
 ) -> Result<StatusCode, ApiError> {
     lock::with_link(&state, &ctx, &body.token, body.email.as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    /// The password the account has now.
+    #[schema(max_length = 1024)]
+    pub current_password: String,
+    #[schema(max_length = 1024)]
+    pub new_password: String,
+}
+
+/// Changes the password of the signed-in account.
+///
+/// The current password is checked (a wrong one draws on the sign-in budgets of the address
+/// and the client, as a wrong sign-in does), then the new one against the policy and the
+/// breached-password corpus. Every session ends, this one too: the answer carries a new
+/// session for this browser (and its cookies), as a sign-in does. The owner gets the
+/// password-changed notice with its "this wasn't me" link; `user.password_reset` is published.
+#[utoipa::path(post, path = "/v1/account/password", tag = "account", request_body = ChangePasswordRequest,
+    security(("session" = []), ("session_cookie" = [])),
+    responses(
+        (status = 201, description = "Changed; a new session for this browser", body = crate::routes::sessions::SessionCreated),
+        (status = 401, description = "`unauthorized` (no live session) or `invalid_credentials` (the current password is wrong)", body = ErrorBody),
+        (status = 409, description = "`account_changed`: the password changed meanwhile (another device)", body = ErrorBody),
+        (status = 422, description = "`weak_password`, `breached_password`, `password_too_long`", body = ErrorBody),
+        (status = 429, description = "`rate_limited_login` or `rate_limited_ip`, with `Retry-After`", body = ErrorBody),
+    ))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    headers: axum::http::HeaderMap,
+    auth: AuthUser,
+    AppJson(body): AppJson<ChangePasswordRequest>,
+) -> Result<axum::response::Response, ApiError> {
+    use shared::audit::{Action, Outcome};
+    let user = &auth.user;
+    password_policy::check_length(&body.current_password)?;
+    password_policy::check_length(&body.new_password)?;
+    let audit = |outcome: Outcome| {
+        crate::recovery::attempt(&state, &ctx, Action::PasswordChange, outcome, Some(user.id))
+    };
+    let address_hash = state.limiter.address_pseudonym(&user.email_key);
+    let budgets = crate::routes::sessions::LoginBudgets {
+        ip: ctx.ip,
+        email_key: &user.email_key,
+        address_hash: &address_hash,
+        device: None,
+    };
+    let rid = ctx.request_id();
+    let attempt = crate::routes::sessions::within_login_budgets(&state, &budgets, rid).await?;
+    let Some(credentials) = store::users::credentials_by_id(&state.db, user.id).await? else {
+        return Err(ApiError::Unauthorized);
+    };
+    let stored = Some(credentials.password_hash.clone());
+    let current = body.current_password.clone();
+    if !state.hasher.verify_for(ctx.ip, current, stored).await? {
+        audit(Outcome::InvalidCredentials).await;
+        return Err(ApiError::InvalidCredentials);
+    }
+    state.limiter.forgive(attempt).await;
+    if let Err(e) = password_policy::judge_new_password(&body.new_password, &user.email).await {
+        audit(Outcome::WeakPassword).await;
+        return Err(e);
+    }
+    if let Err(e) = state.breached.refuse_breached(&body.new_password).await {
+        if matches!(e, ApiError::BreachedPassword) {
+            audit(Outcome::BreachedPassword).await;
+        }
+        return Err(e);
+    }
+    let Some(version) =
+        crate::recovery::change_signed_in(&state, &ctx, user, body.new_password).await?
+    else {
+        return Err(ApiError::AccountChanged);
+    };
+    let changed = store::users::Credentials {
+        password_version: version,
+        ..credentials
+    };
+    let now = state.clock.now();
+    let languages = &ctx.languages;
+    crate::routes::sessions::signed_in(&state, &headers, &changed, &user.email_key, languages, now)
+        .await
 }

@@ -142,7 +142,7 @@ pub async fn log_in(
 
 /// The answer to a sign-in whose password verified: the address off the suppression list, the
 /// account's languages if it had none, a new session, its cookie and the device cookie.
-async fn signed_in(
+pub(crate) async fn signed_in(
     state: &AppState,
     headers: &HeaderMap,
     user: &store::users::Credentials,

@@ -18,6 +18,7 @@ mod imported;
 mod lock;
 mod outage;
 mod pages;
+mod password_change;
 mod refusals;
 mod reset;
 mod reset_code;
