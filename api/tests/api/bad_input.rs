@@ -259,6 +259,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         "POST /v1/password/reset",
         "POST /v1/password/reset/code",
         "POST /v1/account/lock",
+        "POST /v1/account/password",
         "GET /healthz",
         "GET /readyz",
     ];
