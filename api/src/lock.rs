@@ -56,6 +56,13 @@ pub fn unusable_secret() -> String {
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
 }
 
+/// The hash of [`unusable_secret`] with the configured parameters, for an operator's lock
+/// and an imported account without a password (hashed as the local client's work).
+pub async fn unusable_hash(hasher: &crate::hashing::Hasher) -> Result<String, ApiError> {
+    let local = std::net::IpAddr::from([127, 0, 0, 1]);
+    hasher.hash_for(local, unusable_secret()).await
+}
+
 /// Locks `user` if its password version is still the one read; the new version, or `None`
 /// when it moved (the account changed in between: nothing was done).
 pub async fn commit(

@@ -173,9 +173,7 @@ async fn import(config: &Config, path: &str) -> anyhow::Result<()> {
     // The one hash every account imported without a password holds: of a secret nobody
     // keeps, with the configured parameters.
     let hasher = api::hashing::Hasher::new(config.argon2, 1)?;
-    let local = std::net::IpAddr::from([127, 0, 0, 1]);
-    let no_password = hasher
-        .hash_for(local, api::lock::unusable_secret())
+    let no_password = api::lock::unusable_hash(&hasher)
         .await
         .map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
     let input: Box<dyn tokio::io::AsyncRead + Unpin> = if path == "-" {

@@ -52,6 +52,24 @@ pub async fn judge_new_password(password: &str, email: &str) -> Result<(), ApiEr
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("strength check")))?
 }
 
+/// A new password's checks in order: the policy ([`judge_new_password`]), then the
+/// breached-password corpus. On a refusal, the error and the audit outcome to record (`None`
+/// when the check could not be made).
+pub async fn refuse_new_password(
+    breached: &crate::breached::BreachedPasswords,
+    password: &str,
+    email: &str,
+) -> Result<(), (ApiError, Option<shared::audit::Outcome>)> {
+    use shared::audit::Outcome;
+    judge_new_password(password, email)
+        .await
+        .map_err(|e| (e, Some(Outcome::WeakPassword)))?;
+    breached.refuse_breached(password).await.map_err(|e| {
+        let outcome = matches!(e, ApiError::BreachedPassword).then_some(Outcome::BreachedPassword);
+        (e, outcome)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,13 +118,11 @@ pub async fn reset_with_link(
         Ok(checked) => checked,
         Err(r) => return Err(refuse(r).await),
     };
-    if let Err(e) = password_policy::judge_new_password(&new_password, &user.email).await {
-        audit(Outcome::WeakPassword, Some(user.id)).await;
-        return Err(e);
-    }
-    if let Err(e) = state.breached.refuse_breached(&new_password).await {
-        if matches!(e, ApiError::BreachedPassword) {
-            audit(Outcome::BreachedPassword, Some(user.id)).await;
+    let checked =
+        password_policy::refuse_new_password(&state.breached, &new_password, &user.email).await;
+    if let Err((e, outcome)) = checked {
+        if let Some(outcome) = outcome {
+            audit(outcome, Some(user.id)).await;
         }
         return Err(e);
     }
@@ -216,13 +214,11 @@ pub async fn reset_with_code(
     {
         return Err(refuse(reason, user.id).await);
     }
-    if let Err(e) = password_policy::judge_new_password(&new_password, &user.email).await {
-        audit(Outcome::WeakPassword, Some(user.id)).await;
-        return Err(e);
-    }
-    if let Err(e) = state.breached.refuse_breached(&new_password).await {
-        if matches!(e, ApiError::BreachedPassword) {
-            audit(Outcome::BreachedPassword, Some(user.id)).await;
+    let checked =
+        password_policy::refuse_new_password(&state.breached, &new_password, &user.email).await;
+    if let Err((e, outcome)) = checked {
+        if let Some(outcome) = outcome {
+            audit(outcome, Some(user.id)).await;
         }
         return Err(e);
     }

@@ -392,11 +392,11 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Headers of every answer of the public listener: `X-Content-Type-Options: nosniff` (a JSON
+/// Headers of every answer of the public listener (and the admin API's): `X-Content-Type-Options: nosniff` (a JSON
 /// error that echoes input is never sniffed into HTML) and, unless the route chose its own
 /// caching (the static assets), `Cache-Control: no-store`: answers about accounts, sessions
 /// and links are for one client only and must not stay in a shared or browser cache.
-async fn answer_headers(request: Request, next: Next) -> Response {
+pub(crate) async fn answer_headers(request: Request, next: Next) -> Response {
     use axum::http::{HeaderValue, header};
     let mut response = next.run(request).await;
     let headers = response.headers_mut();

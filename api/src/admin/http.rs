@@ -54,7 +54,7 @@ pub fn router(state: AppState, keys: AdminKeys) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BYTES))
         .layer(middleware::from_fn_with_state(Arc::new(keys), authenticate))
-        .layer(middleware::from_fn(no_store))
+        .layer(middleware::from_fn(crate::startup::answer_headers))
         .with_state(state)
 }
 
@@ -122,21 +122,6 @@ async fn authenticate(
             ApiError::Unauthorized.into_response()
         }
     }
-}
-
-/// Answers about accounts stay out of every cache.
-async fn no_store(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        header::HeaderValue::from_static("nosniff"),
-    );
-    response
 }
 
 /// The account id of the path; anything else (not a UUID, not even UTF-8) names no account.
@@ -244,10 +229,7 @@ async fn import_users(
     if !ndjson {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let local = std::net::IpAddr::from([127, 0, 0, 1]);
-    let no_password = (state.hasher)
-        .hash_for(local, crate::lock::unusable_secret())
-        .await?;
+    let no_password = crate::lock::unusable_hash(&state.hasher).await?;
     let body = request
         .into_body()
         .into_data_stream()

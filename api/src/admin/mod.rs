@@ -194,8 +194,7 @@ impl<'a> Desk<'a> {
         let Some(user) = store_user(self.db, id).await? else {
             return Err(ApiError::NotFound);
         };
-        let local = std::net::IpAddr::from([127, 0, 0, 1]);
-        let unusable_hash = self.hasher.hash_for(local, lock::unusable_secret()).await?;
+        let unusable_hash = lock::unusable_hash(self.hasher).await?;
         let detail = actor.detail(Some(reason));
         let trace = Trace::default();
         let lock = lock::Lock {

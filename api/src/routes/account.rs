@@ -112,13 +112,11 @@ pub async fn change_password(
         return Err(ApiError::InvalidCredentials);
     }
     state.limiter.forgive(attempt).await;
-    if let Err(e) = password_policy::judge_new_password(&body.new_password, &user.email).await {
-        audit(Outcome::WeakPassword).await;
-        return Err(e);
-    }
-    if let Err(e) = state.breached.refuse_breached(&body.new_password).await {
-        if matches!(e, ApiError::BreachedPassword) {
-            audit(Outcome::BreachedPassword).await;
+    let (breached, new_password) = (&state.breached, &body.new_password);
+    let checked = password_policy::refuse_new_password(breached, new_password, &user.email).await;
+    if let Err((e, outcome)) = checked {
+        if let Some(outcome) = outcome {
+            audit(outcome).await;
         }
         return Err(e);
     }

@@ -77,8 +77,9 @@ pub async fn sign_up(
     // so a client past it gets nothing computed.
     let (limiter, refusals) = (&state.limiter, &state.refusals);
     within_budget(limiter, refusals, IpBudget::SignUp, ip, ctx.request_id()).await?;
-    password_policy::judge_new_password(&body.password, address.address()).await?;
-    state.breached.refuse_breached(&body.password).await?;
+    password_policy::refuse_new_password(&state.breached, &body.password, address.address())
+        .await
+        .map_err(|(e, _)| e)?;
     let hash = state.hasher.hash_for(ip, body.password).await?;
 
     // The account (if the address is free), its audit row and the email job commit together;
