@@ -44,7 +44,9 @@ impl AuditRow {
             Job::EmailVerification { email, .. } | Job::AccountExistsNotice { email, .. } => {
                 (email.as_str(), None)
             }
-            Job::PasswordChanged { email, ip, .. } => (email.as_str(), ip.as_deref()),
+            Job::PasswordChanged { email, ip, .. } | Job::SecurityNotice { email, ip, .. } => {
+                (email.as_str(), ip.as_deref())
+            }
         };
         AuditRow {
             action: Action::of_job(&job.job),

@@ -1,7 +1,7 @@
 //! The links of an email, minted once its job may send: a reset link and its one-time code,
-//! a verification link, or the "this wasn't me" link of a password-changed notice. Each is
-//! minted once per job and recorded, so every attempt and redelivery of the job sends the
-//! very same link.
+//! a verification link, or the "this wasn't me" link of a password-changed or security
+//! notice. Each is minted once per job and recorded, so every attempt and redelivery of the
+//! job sends the very same link.
 
 use shared::{
     links,
@@ -72,6 +72,24 @@ impl Processor {
                 } else {
                     None
                 },
+            }),
+            // The event happened whatever came after it, so the link is for the account's
+            // password as it is now; without one (a newer notice's link replaced it before
+            // this one went out) the notice goes with the reset link only.
+            Draft::SecurityNotice {
+                recipient,
+                at,
+                from_ip,
+                event,
+            } => Some(EmailContent::SecurityNotice {
+                event,
+                at,
+                from_ip,
+                forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
+                lock_url: self
+                    .mint(Purpose::AccountLock, &recipient, job)
+                    .await?
+                    .map(|link| links::with_token(base, links::LOCK_ACCOUNT_PATH, &link.token)),
             }),
         })
     }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use shared::{
     audit, email, links,
-    message::{Envelope, Job},
+    message::{Envelope, Job, SecurityEvent},
 };
 use uuid::Uuid;
 
@@ -75,17 +75,29 @@ pub enum Draft {
         /// The password version the change made.
         version: i32,
     },
+    /// A security notice, with a "this wasn't me" link for this account's current password.
+    SecurityNotice {
+        recipient: Recipient,
+        /// When the event happened (the job's creation).
+        at: chrono::DateTime<chrono::Utc>,
+        from_ip: Option<String>,
+        event: SecurityEvent,
+    },
 }
 
 impl Draft {
     /// Whether the email counts against the recipient's budget (`MAIL_PER_RECIPIENT_PER_HOUR`).
     ///
     /// Counted: what a stranger can make us send to any address at will (verification emails
-    /// and account-exists notices through sign-up, no-account notices through forgot-password).
+    /// and account-exists notices through sign-up, no-account notices through forgot-password),
+    /// and the new-sign-in notice, which whoever has the password can cause at will (one
+    /// sign-in after another from fresh browsers).
     /// Not counted: reset emails, which have their own per-address budget counted by the api
-    /// (`RATE_LIMIT_EMAIL_PER_HOUR`), and the password-changed notice, which only a completed
-    /// reset triggers. Otherwise a stranger signing up someone's address a few times an hour
-    /// could crowd out that person's own reset email, or hide the notice of a reset.
+    /// (`RATE_LIMIT_EMAIL_PER_HOUR`), the password-changed notice, which only a completed
+    /// reset triggers, and the other security notices (a recovery code spent, a second factor
+    /// added or removed, recovery codes replaced), each a deliberate act on the account.
+    /// Otherwise a stranger signing up someone's address a few times an hour could crowd out
+    /// that person's own reset email, or hide the notice of a reset.
     pub fn counts_against_recipient_budget(&self) -> bool {
         self.send_class() == send_budget::Class::Bulk
     }
@@ -94,10 +106,15 @@ impl Draft {
     /// recipient's budget (what a stranger can cause waits behind what a person waits for).
     pub fn send_class(&self) -> send_budget::Class {
         match self {
-            Draft::PasswordReset { .. } | Draft::PasswordChanged { .. } => {
-                send_budget::Class::Priority
+            Draft::SecurityNotice {
+                event: SecurityEvent::NewSignIn { .. },
+                ..
             }
-            Draft::Ready(_) | Draft::EmailVerification { .. } => send_budget::Class::Bulk,
+            | Draft::Ready(_)
+            | Draft::EmailVerification { .. } => send_budget::Class::Bulk,
+            Draft::PasswordReset { .. }
+            | Draft::PasswordChanged { .. }
+            | Draft::SecurityNotice { .. } => send_budget::Class::Priority,
         }
     }
 }
@@ -155,9 +172,9 @@ impl Planner<'_> {
                     }),
                 }
             }
-            Job::EmailVerification { user_id, .. } | Job::PasswordChanged { user_id, .. } => {
-                Lookup::ById(*user_id)
-            }
+            Job::EmailVerification { user_id, .. }
+            | Job::PasswordChanged { user_id, .. }
+            | Job::SecurityNotice { user_id, .. } => Lookup::ById(*user_id),
             // The notice goes to the account's stored spelling, never the one the stranger
             // typed (which may differ in case and bounce, and must not decide where the
             // owner's mail goes or whether it is suppressed).
@@ -213,6 +230,22 @@ impl Planner<'_> {
                 )
             }
             Job::AccountExistsNotice { email, .. } => self.account_exists(email, found),
+            // True whatever happened to the account since: to the address on file now, while
+            // the account exists.
+            Job::SecurityNotice {
+                user_id, ip, event, ..
+            } => match found {
+                None => drop_unknown(Some(*user_id)),
+                Some(user) => send_to(
+                    user,
+                    Draft::SecurityNotice {
+                        recipient: user.clone(),
+                        at: job.created_at,
+                        from_ip: checked_ip(ip.as_deref()),
+                        event: checked_event(event),
+                    },
+                ),
+            },
         }
     }
 
@@ -400,6 +433,57 @@ pub fn address_key(to: &str) -> String {
 fn checked_ip(ip: Option<&str>) -> Option<String> {
     ip.and_then(|ip| ip.parse::<IpAddr>().ok())
         .map(|ip| ip.to_string())
+}
+
+/// The event with what the email shows verbatim made safe: the device's name on one line of
+/// printable characters and at most [`MAX_DEVICE_CHARS`] (the api names it from the
+/// User-Agent, which the client chooses), the network only if it really is one.
+fn checked_event(event: &SecurityEvent) -> SecurityEvent {
+    match event {
+        SecurityEvent::NewSignIn { device, ip_prefix } => SecurityEvent::NewSignIn {
+            device: checked_device(device),
+            ip_prefix: ip_prefix.as_deref().and_then(checked_prefix),
+        },
+        other => other.clone(),
+    }
+}
+
+/// Longest device name an email shows.
+const MAX_DEVICE_CHARS: usize = 60;
+
+/// `device` without control characters or invisible ones (zero-width, bidirectional
+/// overrides: they could make the name read as something else), its whitespace runs one
+/// space, cut to [`MAX_DEVICE_CHARS`] (empty: the email names no device).
+fn checked_device(device: &str) -> String {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{200b}'..='\u{200f}'
+                    | '\u{202a}'..='\u{202e}'
+                    | '\u{2060}'..='\u{2069}'
+                    | '\u{feff}'
+            )
+    };
+    let words: Vec<String> = (device.split_whitespace())
+        .map(|word| word.chars().filter(|&c| !invisible(c)).collect::<String>())
+        .filter(|word| !word.is_empty())
+        .collect();
+    let line = words.join(" ");
+    match line.char_indices().nth(MAX_DEVICE_CHARS) {
+        Some((end, _)) => format!("{}…", line[..end].trim_end()),
+        None => line,
+    }
+}
+
+/// A network (`203.0.113.0/24`, `2001:db8::/64`) in its canonical spelling, only if it is
+/// one: an address and a prefix length its family allows.
+fn checked_prefix(prefix: &str) -> Option<String> {
+    let (address, length) = prefix.split_once('/')?;
+    let address = address.parse::<IpAddr>().ok()?;
+    let length = length.parse::<u8>().ok()?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    (length <= max).then(|| format!("{address}/{length}"))
 }
 
 #[cfg(test)]

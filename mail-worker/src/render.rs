@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use minijinja::value::Serde;
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
-use shared::locale::Locale;
+use shared::{locale::Locale, message::SecurityEvent};
 
 /// What an email says; the worker fills these from the job and its configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +61,21 @@ pub enum EmailContent {
         /// a newer notice's link replaced it before this one went out.
         lock_url: Option<String>,
     },
+    /// Something happened to the account's security (a sign-in from a new browser, a
+    /// recovery code spent, a second factor added or removed, recovery codes replaced).
+    SecurityNotice {
+        /// What happened; the templates see it as `event.type` and its fields.
+        event: SecurityEvent,
+        /// When it happened (the job's creation).
+        at: DateTime<Utc>,
+        /// The client IP it came from, when known.
+        from_ip: Option<String>,
+        /// Where to ask for a reset link if it was not the owner.
+        forgot_password_url: String,
+        /// The one-time "this wasn't me" link (locks the account, valid 7 days); `None` when
+        /// a newer notice's link replaced it before this one went out.
+        lock_url: Option<String>,
+    },
 }
 
 impl EmailContent {
@@ -72,6 +87,7 @@ impl EmailContent {
             Self::AccountExists { .. } => "account_exists",
             Self::NoAccount { .. } => "no_account",
             Self::PasswordChanged { .. } => "password_changed",
+            Self::SecurityNotice { .. } => "security_notice",
         }
     }
 
@@ -92,6 +108,11 @@ impl EmailContent {
             ],
             Self::NoAccount { sign_up_url } => vec![("sign_up_url", sign_up_url)],
             Self::PasswordChanged {
+                forgot_password_url,
+                lock_url,
+                ..
+            }
+            | Self::SecurityNotice {
                 forgot_password_url,
                 lock_url,
                 ..
@@ -164,6 +185,9 @@ embedded_templates![
     "password_changed.subject.j2",
     "password_changed.txt.j2",
     "password_changed.html.j2",
+    "security_notice.subject.j2",
+    "security_notice.txt.j2",
+    "security_notice.html.j2",
 ];
 
 /// Renders every kind of email in every supported locale, and in the languages an operator's
@@ -287,9 +311,11 @@ impl Renderer {
                 _ => None,
             },
             changed_at_utc: match content {
-                EmailContent::PasswordChanged { changed_at, .. } => {
-                    Some(changed_at.format("%Y-%m-%d %H:%M UTC").to_string())
-                }
+                EmailContent::PasswordChanged { changed_at, .. } => Some(utc_minutes(changed_at)),
+                _ => None,
+            },
+            at_utc: match content {
+                EmailContent::SecurityNotice { at, .. } => Some(utc_minutes(at)),
                 _ => None,
             },
             subject: None,
@@ -330,9 +356,17 @@ struct Context<'a> {
     expires_in: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     changed_at_utc: Option<String>,
+    /// A security notice's time, as `changed_at_utc`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at_utc: Option<String>,
     /// The rendered subject, for the HTML `<title>`.
     #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<String>,
+}
+
+/// `2026-11-26 13:05 UTC`: how emails give a time.
+fn utc_minutes(at: &DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 /// A unit a duration is worded in.
@@ -501,8 +535,61 @@ mod tests {
     const LOCK_LINK: &str =
         "https://accounts.example.com/lock-account?token=eyJ1aWQiOjJ9.Zx1Tqg.lock-123";
 
-    /// One of each kind, with every optional value present.
+    /// A security notice of `event` at 2026-11-26 13:05:42 UTC, from an IP, with its lock
+    /// link when `lock` is set.
+    fn security(event: SecurityEvent, lock: bool) -> EmailContent {
+        EmailContent::SecurityNotice {
+            event,
+            at: DateTime::parse_from_rfc3339("2026-11-26T13:05:42Z")
+                .expect("valid timestamp")
+                .with_timezone(&Utc),
+            from_ip: Some("198.51.100.23".to_owned()),
+            forgot_password_url: FORGOT_LINK.to_owned(),
+            lock_url: lock.then(|| LOCK_LINK.to_owned()),
+        }
+    }
+
+    const FORGOT_LINK: &str = "https://accounts.example.com/forgot-password";
+
+    fn signed_in(device: &str, ip_prefix: Option<&str>) -> SecurityEvent {
+        SecurityEvent::NewSignIn {
+            device: device.to_owned(),
+            ip_prefix: ip_prefix.map(str::to_owned),
+        }
+    }
+
+    /// Every event a security notice tells of, each way it is worded.
+    fn security_events() -> Vec<SecurityEvent> {
+        use shared::message::Factor;
+        vec![
+            signed_in("Firefox on Linux", Some("203.0.113.0/24")),
+            signed_in("", None),
+            SecurityEvent::RecoveryCodeUsed { remaining: 0 },
+            SecurityEvent::RecoveryCodeUsed { remaining: 1 },
+            SecurityEvent::RecoveryCodeUsed { remaining: 2 },
+            SecurityEvent::RecoveryCodeUsed { remaining: 9 },
+            SecurityEvent::FactorAdded {
+                factor: Factor::Totp,
+            },
+            SecurityEvent::FactorAdded {
+                factor: Factor::Passkey,
+            },
+            SecurityEvent::FactorRemoved {
+                factor: Factor::Totp,
+                by_support: false,
+            },
+            SecurityEvent::FactorRemoved {
+                factor: Factor::Passkey,
+                by_support: true,
+            },
+            SecurityEvent::RecoveryCodesReplaced,
+        ]
+    }
+
+    /// One of each kind, with every optional value present, then a security notice of every
+    /// event.
     fn every_kind() -> Vec<EmailContent> {
+        let notices = security_events().into_iter().map(|e| security(e, true));
         vec![
             reset(60, Some("203.0.113.7")),
             EmailContent::EmailVerification {
@@ -518,6 +605,9 @@ mod tests {
             },
             changed(Some("198.51.100.23")),
         ]
+        .into_iter()
+        .chain(notices)
+        .collect()
     }
 
     /// Every URL a content carries.
@@ -592,7 +682,31 @@ mod tests {
     fn an_attacker_controlled_ip_is_escaped_in_html() {
         let script = "<script>alert(1)</script>\"'";
         for locale in LOCALES {
-            for content in [reset(60, Some(script)), changed(Some(script))] {
+            let notice = security(signed_in(script, None), true);
+            let EmailContent::SecurityNotice {
+                event,
+                at,
+                forgot_password_url,
+                lock_url,
+                ..
+            } = security(SecurityEvent::RecoveryCodesReplaced, false)
+            else {
+                unreachable!()
+            };
+            let from_ip = Some(script.to_owned());
+            let replaced = EmailContent::SecurityNotice {
+                event,
+                at,
+                from_ip,
+                forgot_password_url,
+                lock_url,
+            };
+            for content in [
+                reset(60, Some(script)),
+                changed(Some(script)),
+                notice,
+                replaced,
+            ] {
                 let mail = render(&content, locale);
                 assert!(!mail.html.contains("<script"), "{}", mail.html);
                 assert!(
@@ -1103,5 +1217,253 @@ mod tests {
         let mail = render(&every_kind()[3], "en");
         assert!(mail.text.contains("there is no account with this address"));
         assert!(mail.text.contains("If it wasn't you, ignore this email"));
+    }
+
+    #[test]
+    fn each_security_notice_says_what_happened_when_and_offers_to_lock_the_account() {
+        use shared::message::Factor;
+        let cases: [(SecurityEvent, &str, &[&str]); 8] = [
+            (
+                signed_in("Firefox on Linux", Some("203.0.113.0/24")),
+                "New sign-in to your Example Accounts account",
+                &[
+                    "Your Example Accounts account was signed in to from a browser that had\n\
+                     not signed in to it before:",
+                    "Device:  Firefox on Linux\n",
+                    "Network: 203.0.113.0/24\n",
+                    "Time:    2026-11-26 13:05 UTC\n",
+                ],
+            ),
+            (
+                SecurityEvent::RecoveryCodeUsed { remaining: 5 },
+                "Recovery code used on your Example Accounts account",
+                &[
+                    "A recovery code of your Example Accounts account was used on\n\
+                     2026-11-26 13:05 UTC. That code no longer works.",
+                    "This was done from the IP address 198.51.100.23.",
+                    "You have 5 recovery codes left.",
+                    "If this was you, no action is needed.",
+                ],
+            ),
+            (
+                SecurityEvent::FactorAdded {
+                    factor: Factor::Totp,
+                },
+                "Authenticator app added to your Example Accounts account",
+                &[
+                    "An authenticator app was added to your Example Accounts account on\n\
+                   2026-11-26 13:05 UTC, as a second step for signing in.",
+                ],
+            ),
+            (
+                SecurityEvent::FactorAdded {
+                    factor: Factor::Passkey,
+                },
+                "Passkey added to your Example Accounts account",
+                &["A passkey was added to your Example Accounts account on"],
+            ),
+            (
+                SecurityEvent::FactorRemoved {
+                    factor: Factor::Passkey,
+                    by_support: false,
+                },
+                "Passkey removed from your Example Accounts account",
+                &[
+                    "A passkey was removed from your Example Accounts account on\n\
+                   2026-11-26 13:05 UTC, in your account settings.",
+                ],
+            ),
+            (
+                SecurityEvent::FactorRemoved {
+                    factor: Factor::Totp,
+                    by_support: true,
+                },
+                "Authenticator app removed from your Example Accounts account",
+                &[
+                    "Example Accounts support removed an authenticator app from your account on\n\
+                   2026-11-26 13:05 UTC, after verifying your identity.",
+                ],
+            ),
+            (
+                SecurityEvent::FactorRemoved {
+                    factor: Factor::Totp,
+                    by_support: false,
+                },
+                "Authenticator app removed from your Example Accounts account",
+                &["An authenticator app was removed from your Example Accounts account on"],
+            ),
+            (
+                SecurityEvent::RecoveryCodesReplaced,
+                "New recovery codes for your Example Accounts account",
+                &[
+                    "A new set of recovery codes was made for your Example Accounts account on\n\
+                   2026-11-26 13:05 UTC. The old codes no longer work;",
+                ],
+            ),
+        ];
+        for (event, subject, sentences) in cases {
+            let mail = render(&security(event.clone(), true), "en");
+            assert_eq!(mail.subject, subject);
+            assert!(
+                mail.html.contains(&format!("<title>{subject}</title>")),
+                "{}",
+                mail.html
+            );
+            for sentence in sentences {
+                assert!(
+                    mail.text.contains(sentence),
+                    "{sentence:?} in\n{}",
+                    mail.text
+                );
+            }
+            assert!(mail.html.contains("<strong>2026-11-26 13:05 UTC</strong>"));
+            // If it was not the owner: the lock link, then a reset, and the mailbox.
+            assert!(
+                mail.text.contains(
+                    "If this wasn't you, lock your account now: everyone is signed out, your\n\
+                     password stops working"
+                ),
+                "{}",
+                mail.text
+            );
+            assert!(mail.text.contains(&format!("\n{LOCK_LINK}\n")));
+            assert!(mail.text.contains(&format!(
+                "Or reset your password yourself:\n\n{FORGOT_LINK}\n"
+            )));
+            assert!(mail.text.contains("so also secure\nyour email account"));
+            assert!(
+                mail.html.contains("This wasn&#x27;t me: lock my account"),
+                "{}",
+                mail.html
+            );
+            assert!(mail.html.contains(&format!("href=\"{LOCK_LINK}\"")));
+            // Without a live link: a reset instead, and no lock link anywhere.
+            let mail = render(&security(event, false), "en");
+            assert!(!mail.text.contains("lock-account"), "{}", mail.text);
+            assert!(!mail.html.contains("lock-account"));
+            assert!(!mail.text.contains("lock your account"));
+            assert!(
+                mail.text.contains(&format!(
+                    "If this wasn't you, reset your password now:\n\n{FORGOT_LINK}\n"
+                )),
+                "{}",
+                mail.text
+            );
+            assert!(mail.html.contains(&format!("href=\"{FORGOT_LINK}\"")));
+            assert!(mail.text.contains("so also secure\nyour email account"));
+        }
+    }
+
+    #[test]
+    fn a_new_sign_in_names_only_what_is_known_and_no_ip_beside_its_network() {
+        let mail = render(&security(signed_in("", None), true), "en");
+        assert!(!mail.text.contains("Device:"), "{}", mail.text);
+        assert!(!mail.text.contains("Network:"));
+        assert!(mail.text.contains("Time:    2026-11-26 13:05 UTC"));
+        assert!(
+            !mail.text.contains("198.51.100.23"),
+            "the network stands for the IP"
+        );
+        let mail = render(&security(signed_in("Safari on iOS", None), true), "en");
+        assert!(mail.text.contains("Device:  Safari on iOS\n"));
+        assert!(mail.html.contains("Device: <strong>Safari on iOS</strong>"));
+        assert!(!mail.text.contains("Network:"));
+        let mail = render(
+            &security(signed_in("", Some("2001:db8:1:2::/64")), true),
+            "de",
+        );
+        assert!(
+            mail.text.contains("Netzwerk: 2001:db8:1:2::/64\n"),
+            "{}",
+            mail.text
+        );
+        assert!(!mail.text.contains("Gerät:"));
+    }
+
+    #[test]
+    fn the_recovery_code_notice_warns_when_two_or_fewer_are_left() {
+        let used = |remaining| security(SecurityEvent::RecoveryCodeUsed { remaining }, true);
+        let settings = "Make new ones in your account";
+        let cases = [
+            (0, "You have no recovery codes left.", true),
+            (1, "You have only 1 recovery code left.", true),
+            (2, "You have only 2 recovery codes left.", true),
+            (3, "You have 3 recovery codes left.", false),
+        ];
+        for (remaining, says, warns) in cases {
+            let mail = render(&used(remaining), "en");
+            assert!(mail.text.contains(says), "{}", mail.text);
+            assert_eq!(mail.text.contains(settings), warns, "{}", mail.text);
+            assert_eq!(
+                mail.html.contains(&format!("<strong>{says}</strong>")),
+                warns,
+                "{}",
+                mail.html
+            );
+            assert_eq!(
+                mail.text.contains("If this was you, no action is needed."),
+                !warns
+            );
+        }
+        let expected = [
+            ("zh-CN", "您已没有可用的恢复码。", "您只剩 2 个恢复码了。"),
+            (
+                "es",
+                "No te queda ningún código de recuperación.",
+                "Solo te quedan 2 códigos",
+            ),
+            (
+                "fr",
+                "Il ne vous reste aucun code de secours.",
+                "Il ne vous reste que 2 codes",
+            ),
+            (
+                "de",
+                "Sie haben keine Back-up-Codes mehr.",
+                "Sie haben nur noch 2 Back-up-Codes.",
+            ),
+            (
+                "ja",
+                "リカバリーコードはもう残っていません。",
+                "残りのリカバリーコードは 2 個だけです。",
+            ),
+            (
+                "pt-BR",
+                "Você não tem mais nenhum código",
+                "Você só tem mais 2 códigos",
+            ),
+        ];
+        for (locale, none, two) in expected {
+            assert!(render(&used(0), locale).text.contains(none), "{locale}");
+            assert!(render(&used(2), locale).text.contains(two), "{locale}");
+        }
+    }
+
+    #[test]
+    fn every_locale_offers_the_lock_link_or_a_reset_in_a_security_notice() {
+        let lock_words = [
+            ("en", "lock my account"),
+            ("zh-CN", "锁定账号"),
+            ("es", "bloquear mi cuenta"),
+            ("fr", "verrouiller mon compte"),
+            ("de", "Konto sperren"),
+            ("ja", "アカウントをロック"),
+            ("pt-BR", "bloquear minha conta"),
+        ];
+        for (locale, words) in lock_words {
+            for event in security_events() {
+                let mail = render(&security(event.clone(), true), locale);
+                assert!(mail.text.contains(&format!("\n{LOCK_LINK}\n")), "{locale}");
+                assert!(mail.html.contains(words), "{locale}: {}", mail.html);
+                assert!(mail.text.contains("2026-11-26 13:05 UTC"), "{locale}");
+                let mail = render(&security(event, false), locale);
+                assert!(!mail.text.contains("lock-account"), "{locale}");
+                assert!(!mail.html.contains(words), "{locale}");
+                assert!(
+                    mail.text.contains(&format!("\n{FORGOT_LINK}\n")),
+                    "{locale}"
+                );
+            }
+        }
     }
 }

@@ -17,13 +17,14 @@
 //! leaves its log), so a job that waits has consumed no budget. Every SMTP transaction counts:
 //! a retried job is another send to the provider.
 //!
-//! The line is fair: mail a person is waiting for ([`Class::Priority`]: reset emails and
-//! password-changed notices) goes before the kinds a stranger can cause ([`Class::Bulk`]:
-//! verification emails, account-exists and no-account notices), which wait in a line of their
-//! own behind every priority place; and in the bulk line one requester (the client that
-//! caused the job, an IPv4 address or IPv6 /48) holds at most a share of the places
-//! (`SMTP_REQUESTER_SHARE_PERCENT` of the budget's rate): the rest of its jobs ask again a
-//! window later, behind everyone who came meanwhile. So sign-ups of random addresses at one
+//! The line is fair: mail a person is waiting for ([`Class::Priority`]: reset emails,
+//! password-changed notices and security notices but the new-sign-in one) goes before the kinds
+//! a stranger can cause ([`Class::Bulk`]: verification emails, account-exists and no-account
+//! notices; also new-sign-in notices, which whoever has the password can cause at will), which
+//! wait in a line of their own behind every priority place; and in the bulk line one requester
+//! (the client that caused the job, an IPv4 address or IPv6 /48) holds at most a share of the
+//! places (`SMTP_REQUESTER_SHARE_PERCENT` of the budget's rate): the rest of its jobs ask again
+//! a window later, behind everyone who came meanwhile. So sign-ups of random addresses at one
 //! provider can neither push real reset emails past their deadline nor hold the line against
 //! other people's sign-ups.
 
@@ -65,9 +66,11 @@ impl Limit {
 /// Which line a job waits in (see the module's notes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// Reset emails and password-changed notices: someone is waiting for them.
+    /// Reset emails, password-changed notices and security notices (but the new-sign-in
+    /// one): someone is waiting for them.
     Priority,
-    /// What a stranger can cause: verification emails, account-exists and no-account notices.
+    /// What a stranger can cause: verification emails, account-exists and no-account notices;
+    /// also new-sign-in notices (whoever has the password can cause them at will).
     Bulk,
 }
 

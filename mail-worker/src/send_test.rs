@@ -20,6 +20,8 @@ pub enum Kind {
     AccountExists,
     NoAccount,
     PasswordChanged,
+    // Of a sign-in from a new browser.
+    SecurityNotice,
 }
 
 /// What stands in for a token in the test's links.
@@ -51,6 +53,20 @@ fn sample(kind: Kind, base: &str) -> EmailContent {
         },
         Kind::PasswordChanged => EmailContent::PasswordChanged {
             changed_at: shared::clock::Clock::now(&shared::clock::SystemClock),
+            from_ip: Some("192.0.2.1".into()),
+            forgot_password_url,
+            lock_url: Some(links::with_token(
+                base,
+                links::LOCK_ACCOUNT_PATH,
+                NOT_A_TOKEN,
+            )),
+        },
+        Kind::SecurityNotice => EmailContent::SecurityNotice {
+            event: shared::message::SecurityEvent::NewSignIn {
+                device: "Firefox on Linux".into(),
+                ip_prefix: Some("192.0.2.0/24".into()),
+            },
+            at: shared::clock::Clock::now(&shared::clock::SystemClock),
             from_ip: Some("192.0.2.1".into()),
             forgot_password_url,
             lock_url: Some(links::with_token(

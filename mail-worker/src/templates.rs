@@ -18,7 +18,10 @@ use std::error::Error as _;
 use std::path::{Path, PathBuf};
 
 use chrono::DateTime;
-use shared::locale::Locale;
+use shared::{
+    locale::Locale,
+    message::{Factor, SecurityEvent},
+};
 
 use crate::render::{EmailContent, RenderError, Rendered, Renderer, TEMPLATE_FILES};
 
@@ -114,8 +117,9 @@ pub fn load(product_name: &str, dir: Option<&Path>) -> Result<Loaded, Problems> 
 }
 
 /// Sample content: one email of every kind with every optional value, then those with
-/// optional values without them (a template's `{% if %}` and `{% else %}` both run). The
-/// links carry `&` so that an HTML template is seen escaping them.
+/// optional values without them (a template's `{% if %}` and `{% else %}` both run), and a
+/// security notice of every event, each way it can be worded. The links carry `&` so that
+/// an HTML template is seen escaping them.
 pub fn samples() -> Vec<EmailContent> {
     let base = "https://accounts.example.com";
     let changed_at = DateTime::from_timestamp(1_795_000_000, 0).unwrap_or_default();
@@ -152,6 +156,53 @@ pub fn samples() -> Vec<EmailContent> {
         reset(0, None),
         changed(None, None),
     ]
+    .into_iter()
+    .chain(security_notices())
+    .collect()
+}
+
+/// A security notice of every event: each with its links and IP, then every other wording
+/// (a few recovery codes left, many, none; each factor; by support) without them.
+fn security_notices() -> Vec<EmailContent> {
+    let base = "https://accounts.example.com";
+    let at = DateTime::from_timestamp(1_795_000_000, 0).unwrap_or_default();
+    let notice = |event, linked: bool| EmailContent::SecurityNotice {
+        event,
+        at,
+        from_ip: linked.then(|| "198.51.100.23".to_owned()),
+        forgot_password_url: format!("{base}/forgot-password?from=notice&src=mail"),
+        lock_url: linked.then(|| format!("{base}/lock-account?token=sample.Zx1Tqg.lock&n=2")),
+    };
+    let used = |remaining| SecurityEvent::RecoveryCodeUsed { remaining };
+    let removed = |factor, by_support| SecurityEvent::FactorRemoved { factor, by_support };
+    let signed_in = |device: &str, ip_prefix: Option<&str>| SecurityEvent::NewSignIn {
+        device: device.to_owned(),
+        ip_prefix: ip_prefix.map(str::to_owned),
+    };
+    let linked = [
+        signed_in("Firefox on Linux", Some("203.0.113.0/24")),
+        used(1),
+        SecurityEvent::FactorAdded {
+            factor: Factor::Totp,
+        },
+        removed(Factor::Totp, false),
+        SecurityEvent::RecoveryCodesReplaced,
+    ];
+    let unlinked = [
+        signed_in("", None),
+        used(0),
+        used(2),
+        used(7),
+        SecurityEvent::FactorAdded {
+            factor: Factor::Passkey,
+        },
+        removed(Factor::Passkey, true),
+        removed(Factor::Totp, true),
+        removed(Factor::Passkey, false),
+    ];
+    (linked.into_iter().map(|event| notice(event, true)))
+        .chain(unlinked.into_iter().map(|event| notice(event, false)))
+        .collect()
 }
 
 /// A template file read from the directory.
@@ -493,7 +544,7 @@ mod tests {
             "{{ product_name }} 密码重置\n",
         );
         let loaded = dir.load().expect("sound templates");
-        assert_eq!((loaded.templates, loaded.from_dir), (126, 2));
+        assert_eq!((loaded.templates, loaded.from_dir), (147, 2));
         let renderer = loaded.renderer;
         let en = renderer.render(&reset(), Locale::En).expect("renders");
         assert_eq!(en.subject, "Choose a new Example Accounts password");
@@ -525,7 +576,7 @@ mod tests {
             "Reimposta la password di {{ product_name }}\n",
         );
         let loaded = dir.load().expect("a complete new language");
-        assert_eq!((loaded.templates, loaded.from_dir), (144, 18));
+        assert_eq!((loaded.templates, loaded.from_dir), (168, 21));
         let renderer = loaded.renderer;
         assert_eq!(renderer.folders().last().map(String::as_str), Some("it"));
         for tag in ["it", "it-IT", "IT_ch"] {
@@ -551,7 +602,7 @@ mod tests {
             panic!("a new language with one file was accepted");
         };
         let missing: Vec<&str> = problems.iter().map(|p| p.file.as_str()).collect();
-        assert_eq!(problems.len(), 14, "{problems:?}");
+        assert_eq!(problems.len(), 17, "{problems:?}");
         assert!(
             missing
                 .iter()

@@ -59,10 +59,24 @@ pub enum Action {
     AccountExistsNotice,
     /// The worker's decision about a password-changed notice.
     PasswordChanged,
+    /// The worker's decision about a security notice.
+    SecurityNotice,
+    /// A second factor enrolled or confirmed by its signed-in owner (`detail`: which).
+    MfaEnrol,
+    /// A second factor removed: by its owner (password and code), or by support staff
+    /// (with the reason in `detail`).
+    MfaRemove,
+    /// The second step of a sign-in (`POST /v1/sessions/mfa`): a code, a recovery code or
+    /// a passkey.
+    MfaSignIn,
+    /// A new set of recovery codes made by the signed-in owner.
+    RecoveryCodesReplace,
+    /// A session ended by its signed-in owner from the list of sessions.
+    SessionEnd,
 }
 
 impl Action {
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 26] = [
         Action::SignUp,
         Action::SignIn,
         Action::SignOut,
@@ -83,6 +97,12 @@ impl Action {
         Action::EmailVerification,
         Action::AccountExistsNotice,
         Action::PasswordChanged,
+        Action::SecurityNotice,
+        Action::MfaEnrol,
+        Action::MfaRemove,
+        Action::MfaSignIn,
+        Action::RecoveryCodesReplace,
+        Action::SessionEnd,
     ];
 
     /// The stored text.
@@ -108,6 +128,12 @@ impl Action {
             Action::EmailVerification => "email_verification",
             Action::AccountExistsNotice => "account_exists_notice",
             Action::PasswordChanged => "password_changed",
+            Action::SecurityNotice => "security_notice",
+            Action::MfaEnrol => "mfa_enrol",
+            Action::MfaRemove => "mfa_remove",
+            Action::MfaSignIn => "mfa_sign_in",
+            Action::RecoveryCodesReplace => "recovery_codes_replace",
+            Action::SessionEnd => "session_end",
         }
     }
 
@@ -118,6 +144,7 @@ impl Action {
             Job::EmailVerification { .. } => Action::EmailVerification,
             Job::AccountExistsNotice { .. } => Action::AccountExistsNotice,
             Job::PasswordChanged { .. } => Action::PasswordChanged,
+            Job::SecurityNotice { .. } => Action::SecurityNotice,
         }
     }
 }
@@ -217,10 +244,16 @@ pub enum Outcome {
     CodeWrong,
     /// The per-IP budget of reset codes (`RATE_LIMIT_CODE_PER_HOUR`).
     CodeIp,
+    /// A reset of an account with a second factor submitted without one.
+    MfaRequired,
+    /// A wrong, reused or spent second-factor code (or a passkey that did not verify).
+    FactorWrong,
+    /// A sign-in's second step with an unknown, expired or used `mfa_token`.
+    MfaTokenInvalid,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 45] = [
+    pub const ALL: [Outcome; 48] = [
         Outcome::Success,
         Outcome::Created,
         Outcome::Exists,
@@ -266,6 +299,9 @@ impl Outcome {
         Outcome::DroppedSuppressed,
         Outcome::CodeWrong,
         Outcome::CodeIp,
+        Outcome::MfaRequired,
+        Outcome::FactorWrong,
+        Outcome::MfaTokenInvalid,
     ];
 
     /// The stored text (and metrics label).
@@ -316,6 +352,9 @@ impl Outcome {
             Outcome::DroppedSuppressed => "dropped_suppressed",
             Outcome::CodeWrong => "code_wrong",
             Outcome::CodeIp => "code_ip",
+            Outcome::MfaRequired => "mfa_required",
+            Outcome::FactorWrong => "factor_wrong",
+            Outcome::MfaTokenInvalid => "mfa_token_invalid",
         }
     }
 }
@@ -479,6 +518,12 @@ mod tests {
                 email: String::new(),
                 ip: None,
                 password_version: 1,
+            },
+            Job::SecurityNotice {
+                user_id: id,
+                email: String::new(),
+                ip: None,
+                event: crate::message::SecurityEvent::RecoveryCodesReplaced,
             },
         ];
         for job in &jobs {

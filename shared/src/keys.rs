@@ -40,6 +40,12 @@ impl Keys {
         format!("{}rl:ip:{action}:{{{ip_hash}}}", self.prefix)
     }
 
+    /// A sign-in waiting for its second factor, by a SHA-256 of its `mfa_token` (a hash:
+    /// the account, the password version it was created under, the wrong codes so far).
+    pub fn mfa_challenge(&self, token_hash: &str) -> String {
+        format!("{}mfa:{{{token_hash}}}", self.prefix)
+    }
+
     /// Burn marker of a used token (value: nothing of interest; existence is the fact).
     pub fn burn(&self, token_fingerprint: &str) -> String {
         format!("{}burn:{{{token_fingerprint}}}", self.prefix)

@@ -107,6 +107,67 @@ pub enum Job {
         /// version differs (the change was rolled back after the publish).
         password_version: i32,
     },
+    /// Something happened to the account's security that its owner must hear of: a sign-in
+    /// from a new browser, a recovery code spent, a second factor added or removed, recovery
+    /// codes replaced. The worker sends it to the account's address on file with a "this
+    /// wasn't me" link minted for the account's current password version; a notice for an
+    /// account that is gone is dropped. The event's time is the envelope's `created_at`.
+    SecurityNotice {
+        /// The account the notice is about.
+        user_id: Uuid,
+        /// The account's address when the event happened (the notice goes to the address on
+        /// file when it is sent).
+        email: String,
+        /// Client IP of the request that caused the event.
+        ip: Option<String>,
+        /// What happened.
+        event: SecurityEvent,
+    },
+}
+
+/// What a [`Job::SecurityNotice`] tells its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SecurityEvent {
+    /// A sign-in from a browser that had not signed in to the account before.
+    NewSignIn {
+        /// The browser and system named from the User-Agent (`Firefox on Linux`).
+        device: String,
+        /// The client's network (`203.0.113.0/24`, `2001:db8:1:2::/64`), not its address.
+        ip_prefix: Option<String>,
+    },
+    /// A recovery code was spent (to sign in, or to reset the password).
+    RecoveryCodeUsed {
+        /// Unspent codes left.
+        remaining: u32,
+    },
+    /// A second factor was added.
+    FactorAdded { factor: Factor },
+    /// A second factor was removed, by its owner or by support staff (after proving who
+    /// the person asking was).
+    FactorRemoved { factor: Factor, by_support: bool },
+    /// A new set of recovery codes was made; the old set no longer works.
+    RecoveryCodesReplaced,
+}
+
+/// A second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Factor {
+    /// An authenticator app's time-based codes (RFC 6238).
+    Totp,
+    /// A passkey (WebAuthn).
+    Passkey,
+}
+
+impl Factor {
+    /// The stored and wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Factor::Totp => "totp",
+            Factor::Passkey => "passkey",
+        }
+    }
 }
 
 impl Job {
@@ -116,16 +177,18 @@ impl Job {
             Job::PasswordResetRequested { ip, .. }
             | Job::EmailVerification { ip, .. }
             | Job::AccountExistsNotice { ip, .. }
-            | Job::PasswordChanged { ip, .. } => ip.as_deref(),
+            | Job::PasswordChanged { ip, .. }
+            | Job::SecurityNotice { ip, .. } => ip.as_deref(),
         }
     }
 
     /// Every kind's name (see [`Job::kind`]).
-    pub const KINDS: [&'static str; 4] = [
+    pub const KINDS: [&'static str; 5] = [
         "password_reset_requested",
         "email_verification",
         "account_exists_notice",
         "password_changed",
+        "security_notice",
     ];
 
     /// The stable name of this kind (the `kind` field and the AMQP `type` property).
@@ -135,6 +198,7 @@ impl Job {
             Job::EmailVerification { .. } => "email_verification",
             Job::AccountExistsNotice { .. } => "account_exists_notice",
             Job::PasswordChanged { .. } => "password_changed",
+            Job::SecurityNotice { .. } => "security_notice",
         }
     }
 }

@@ -82,7 +82,7 @@ async fn templates_check_names_the_file_and_line_of_a_broken_template_and_exits_
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains(&format!("ok: 126 templates (1 from {dir_arg})")),
+        stdout.contains(&format!("ok: 147 templates (1 from {dir_arg})")),
         "{stdout}"
     );
 }

@@ -5,6 +5,7 @@
 )]
 
 use super::*;
+use shared::message::Factor;
 
 #[test]
 fn only_mail_a_stranger_can_trigger_at_will_counts_against_the_recipient_budget() {
@@ -42,6 +43,35 @@ fn only_mail_a_stranger_can_trigger_at_will_counts_against_the_recipient_budget(
         recipient: recipient(),
     };
     assert!(verification.counts_against_recipient_budget());
+    // Of the security notices, only the new sign-in's: whoever has the password can cause
+    // as many as they like. The others go first, like the password-changed notice.
+    let security = |event| Draft::SecurityNotice {
+        recipient: recipient(),
+        at: chrono::Utc::now(),
+        from_ip: None,
+        event,
+    };
+    let sign_in = security(SecurityEvent::NewSignIn {
+        device: "Firefox on Linux".into(),
+        ip_prefix: None,
+    });
+    assert!(sign_in.counts_against_recipient_budget());
+    assert_eq!(sign_in.send_class(), send_budget::Class::Bulk);
+    for event in [
+        SecurityEvent::RecoveryCodeUsed { remaining: 3 },
+        SecurityEvent::FactorAdded {
+            factor: Factor::Passkey,
+        },
+        SecurityEvent::FactorRemoved {
+            factor: Factor::Totp,
+            by_support: true,
+        },
+        SecurityEvent::RecoveryCodesReplaced,
+    ] {
+        let notice = security(event);
+        assert!(!notice.counts_against_recipient_budget());
+        assert_eq!(notice.send_class(), send_budget::Class::Priority);
+    }
 }
 
 const BASE: &str = "https://account.example.test";
@@ -88,6 +118,22 @@ fn changed(user_id: Uuid, password_version: i32) -> Envelope {
     })
 }
 
+fn security(user_id: Uuid, ip: Option<&str>, event: SecurityEvent) -> Envelope {
+    envelope(Job::SecurityNotice {
+        user_id,
+        email: "typed@example.org".into(),
+        ip: ip.map(str::to_owned),
+        event,
+    })
+}
+
+fn signed_in(device: &str, ip_prefix: Option<&str>) -> SecurityEvent {
+    SecurityEvent::NewSignIn {
+        device: device.into(),
+        ip_prefix: ip_prefix.map(str::to_owned),
+    }
+}
+
 fn notice(email: &str) -> Envelope {
     envelope(Job::AccountExistsNotice {
         email: email.into(),
@@ -125,6 +171,13 @@ fn summary(plan: &Plan) -> String {
                 Draft::PasswordChanged {
                     version, from_ip, ..
                 } => format!("changed v{version} from {from_ip:?}"),
+                Draft::SecurityNotice {
+                    event, from_ip, at, ..
+                } => {
+                    let class = format!("{:?}", draft.send_class()).to_lowercase();
+                    let at = at.format("%H:%M");
+                    format!("security {class} at {at} from {from_ip:?}: {event:?}")
+                }
             };
             format!("send {to} {email} {}", user(u))
         }
@@ -162,6 +215,10 @@ fn what_each_job_needs_looked_up() {
         (changed(id, 2), "by id 7"),
         (notice("ANN@example.org"), "by key ann@example.org"),
         (notice("nope"), "drop dropped_invalid_address -"),
+        (
+            security(id, None, SecurityEvent::RecoveryCodesReplaced),
+            "by id 7",
+        ),
     ];
     for (job, expected) in table {
         assert_eq!(lookup(&job), expected, "{:?}", job.job);
@@ -174,8 +231,10 @@ fn each_job_kind_is_planned_by_the_state_of_its_account() {
     let unverified = account(false, 2, &[]);
     let verified = account(true, 2, &[]);
     let undone = account(true, 3, &[2]);
+    let totp = Factor::Totp;
+    let passkey = Factor::Passkey;
     #[rustfmt::skip]
-    let table: [(Envelope, Option<&Recipient>, bool, &str); 16] = [
+    let table: [(Envelope, Option<&Recipient>, bool, &str); 27] = [
         // Forgot-password: the account's own spelling; the IP shown only if it is one.
         (reset("ann@example.org", Some("203.0.113.9"), true), Some(&verified), false,
             "send Ann@Example.org reset from Some(\"203.0.113.9\") 7"),
@@ -204,6 +263,49 @@ fn each_job_kind_is_planned_by_the_state_of_its_account() {
             "send Ann@Example.org account_exists 7"),
         (reset("ann@example.org", None, true), Some(&verified), true,
             "send Ann@Example.org reset from None 7"),
+        // Security notices: to the address on file whatever the account's state, while it
+        // exists; a new sign-in in the bulk line, every other event first. The time is the
+        // job's, the IP shown only if it is one, the device on one line, the network only if
+        // it is one.
+        (security(id, Some("198.51.100.7"), signed_in("Firefox on Linux", Some("203.0.113.0/24"))),
+            Some(&verified), false,
+            "send Ann@Example.org security bulk at 10:00 from Some(\"198.51.100.7\"): \
+             NewSignIn { device: \"Firefox on Linux\", ip_prefix: Some(\"203.0.113.0/24\") } 7"),
+        (security(id, Some("1.2.3.4\nBcc: x"),
+            signed_in("Evil\r\nBcc: x\u{7}  on\tLinux", Some("2001:DB8:1:2::/64"))),
+            Some(&undone), false,
+            "send Ann@Example.org security bulk at 10:00 from None: \
+             NewSignIn { device: \"Evil Bcc: x on Linux\", \
+             ip_prefix: Some(\"2001:db8:1:2::/64\") } 7"),
+        (security(id, None, signed_in("", Some("203.0.113.0/33"))), Some(&unverified), false,
+            "send Ann@Example.org security bulk at 10:00 from None: \
+             NewSignIn { device: \"\", ip_prefix: None } 7"),
+        (security(id, None, signed_in("Chrome", Some("see http://x.test/24"))), Some(&verified),
+            false,
+            "send Ann@Example.org security bulk at 10:00 from None: \
+             NewSignIn { device: \"Chrome\", ip_prefix: None } 7"),
+        (security(id, Some("2001:db8::1"), SecurityEvent::RecoveryCodeUsed { remaining: 0 }),
+            Some(&verified), false,
+            "send Ann@Example.org security priority at 10:00 from Some(\"2001:db8::1\"): \
+             RecoveryCodeUsed { remaining: 0 } 7"),
+        (security(id, None, SecurityEvent::FactorAdded { factor: totp }), Some(&verified), false,
+            "send Ann@Example.org security priority at 10:00 from None: \
+             FactorAdded { factor: Totp } 7"),
+        (security(id, None, SecurityEvent::FactorRemoved { factor: passkey, by_support: true }),
+            Some(&verified), false,
+            "send Ann@Example.org security priority at 10:00 from None: \
+             FactorRemoved { factor: Passkey, by_support: true } 7"),
+        (security(id, None, SecurityEvent::FactorRemoved { factor: totp, by_support: false }),
+            Some(&verified), true,
+            "send Ann@Example.org security priority at 10:00 from None: \
+             FactorRemoved { factor: Totp, by_support: false } 7"),
+        (security(id, None, SecurityEvent::RecoveryCodesReplaced), Some(&verified), false,
+            "send Ann@Example.org security priority at 10:00 from None: RecoveryCodesReplaced 7"),
+        // Gone (erased): nothing, whatever the event.
+        (security(id, Some("198.51.100.7"), signed_in("Firefox on Linux", None)), None, false,
+            "drop dropped_unknown 7"),
+        (security(id, None, SecurityEvent::RecoveryCodeUsed { remaining: 2 }), None, true,
+            "drop dropped_unknown 7"),
     ];
     for (job, found, notify, expected) in table {
         let plan = planner(notify).decide(&job, found);
@@ -328,6 +430,7 @@ fn an_account_with_languages_gets_its_emails_in_them_whoever_caused_them() {
         reset("ann@example.org", None, true),
         changed(french.id, 3),
         notice("ann@example.org"),
+        security(french.id, None, signed_in("Safari on iOS", None)),
     ];
     for job in &jobs {
         match planner.decide(job, Some(&french)) {
@@ -362,5 +465,31 @@ fn a_reset_email_for_a_known_account_goes_to_that_account_only() {
     for found in [None, Some(&ann)] {
         let plan = planner.decide(&for_ann(erased), found);
         assert_eq!(summary(&plan), "drop dropped_unknown 99");
+    }
+}
+
+#[test]
+fn a_long_device_name_is_cut_to_one_short_line() {
+    let long = format!("Firefox {} on Linux", "x".repeat(200));
+    let shown = checked_device(&long);
+    assert_eq!(shown.chars().count(), MAX_DEVICE_CHARS + 1, "{shown}");
+    assert!(
+        shown.starts_with("Firefox xxx") && shown.ends_with("x…"),
+        "{shown}"
+    );
+    assert_eq!(
+        checked_device(" \u{202e}Edge\u{0} on\n\nWindows "),
+        "Edge on Windows"
+    );
+    assert_eq!(checked_device("Ünïcødé 浏览器"), "Ünïcødé 浏览器");
+    for (prefix, shown) in [
+        ("203.0.113.0/24", Some("203.0.113.0/24")),
+        ("2001:DB8::/48", Some("2001:db8::/48")),
+        ("203.0.113.0/40", None),
+        ("203.0.113.0", None),
+        ("/24", None),
+        ("203.0.113.0/24\nBcc: x", None),
+    ] {
+        assert_eq!(checked_prefix(prefix).as_deref(), shown, "{prefix:?}");
     }
 }

@@ -9,5 +9,6 @@ mod helpers;
 mod links;
 mod outcomes;
 mod render_failure;
+mod security_notice;
 mod send_budget;
 mod suppression;
