@@ -24,6 +24,8 @@ pub enum Act {
     RevokeSessions,
     Lock,
     Unlock,
+    /// Remove the second factor and recovery codes (after proving who the person is).
+    RemoveFactors,
     /// Print a reset link and code for the operator to hand over.
     RecoveryLink,
     /// Queue the ordinary reset email.
@@ -38,7 +40,7 @@ impl Act {
     pub fn needs_reason(self) -> bool {
         matches!(
             self,
-            Act::RevokeSessions | Act::Lock | Act::Unlock | Act::Erase
+            Act::RevokeSessions | Act::Lock | Act::Unlock | Act::RemoveFactors | Act::Erase
         )
     }
 }
@@ -137,6 +139,14 @@ impl Connected {
             Act::Unlock => {
                 desk.unlock(&actor, id, reason).await.map_err(fail)?;
                 format!("unlocked account {id}")
+            }
+            Act::RemoveFactors => {
+                desk.remove_factors(&actor, id, reason)
+                    .await
+                    .map_err(fail)?;
+                format!(
+                    "removed the second factor of account {id}: a notice is queued to its owner"
+                )
             }
             Act::RecoveryLink | Act::RecoveryEmail => {
                 let send = request.act == Act::RecoveryEmail;

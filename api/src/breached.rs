@@ -1,8 +1,15 @@
 //! Breached passwords (OWASP ASVS 6.2.12): a new password that appears in the Pwned Passwords
-//! corpus is refused at sign-up and reset. The corpus is read as its range files, laid out as
-//! the official downloader writes them (`PWNED_PASSWORDS_DIR`: one file per first five hex
-//! digits of the SHA-1, `ABCDE` or `ABCDE.txt`, each line `SUFFIX:COUNT`), so nothing about
-//! a password leaves the machine. A line with count 0 is padding, not a breach.
+//! corpus is refused at sign-up, reset and password change. The corpus is read by range, the
+//! first five hex digits of the password's SHA-1 (k-anonymity: about a million passwords share
+//! a range, and the rest of the digest never leaves the process), either
+//!
+//! - from range files, laid out as the official downloader writes them
+//!   (`PWNED_PASSWORDS_DIR`: one file per range, `ABCDE` or `ABCDE.txt`, each line
+//!   `SUFFIX:COUNT`): nothing about a password leaves the machine; or
+//! - from the range API (`PWNED_PASSWORDS_URL`, the range appended: `…/range/ABCDE`), asked
+//!   with `Add-Padding: true` so the answer's size does not tell the range either.
+//!
+//! A line with count 0 is padding, not a breach.
 //!
 //! A range that cannot be read in time (`PWNED_PASSWORDS_TIMEOUT_MS`) is a failure of the
 //! check, not a verdict: `PWNED_PASSWORDS_FAIL=open` (the default) accepts the password and
@@ -21,19 +28,51 @@ pub enum Verdict {
     Clean,
 }
 
+/// Where the ranges come from.
+#[derive(Debug, Clone)]
+pub enum Corpus {
+    /// Range files (`PWNED_PASSWORDS_DIR`).
+    Files(PathBuf),
+    /// A range API (`PWNED_PASSWORDS_URL`): the base the range is appended to.
+    Api {
+        base: String,
+        client: reqwest::Client,
+    },
+}
+
+impl Corpus {
+    /// The range API at `base`, trusting the system's roots and `extra` (`TLS_CA_FILE`).
+    pub fn api(
+        base: &str,
+        extra: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("password-recovery-api/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(base.starts_with("https://"));
+        for der in extra {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_der(der)?);
+        }
+        Ok(Corpus::Api {
+            base: base.to_owned(),
+            client: builder.build()?,
+        })
+    }
+}
+
 /// The check, as configured.
 #[derive(Debug, Clone)]
 pub struct BreachedPasswords {
-    dir: Option<PathBuf>,
+    corpus: Option<Corpus>,
     timeout: Duration,
     fail_closed: bool,
 }
 
 impl BreachedPasswords {
-    /// `dir`: the range files, `None` for no check.
-    pub fn new(dir: Option<PathBuf>, timeout: Duration, fail_closed: bool) -> Self {
+    /// `corpus`: where ranges come from, `None` for no check.
+    pub fn new(corpus: Option<Corpus>, timeout: Duration, fail_closed: bool) -> Self {
         Self {
-            dir,
+            corpus,
             timeout,
             fail_closed,
         }
@@ -42,14 +81,19 @@ impl BreachedPasswords {
     /// Refuses `password` when the corpus lists it (`422 breached_password`); a range that
     /// cannot be read is a 503 when the check fails closed, and passes otherwise.
     pub async fn refuse_breached(&self, password: &str) -> Result<(), ApiError> {
-        let Some(dir) = &self.dir else {
+        let Some(corpus) = &self.corpus else {
             return Ok(());
         };
         let (prefix, suffix) = range_of(password);
-        let looked_up =
-            tokio::time::timeout(self.timeout, lookup(dir.clone(), prefix, suffix)).await;
+        let range = async {
+            match corpus {
+                Corpus::Files(dir) => read_file(dir.clone(), prefix).await,
+                Corpus::Api { base, client } => fetch(client, base, &prefix).await,
+            }
+        };
+        let looked_up = tokio::time::timeout(self.timeout, range).await;
         let verdict = match looked_up {
-            Ok(Ok(verdict)) => verdict,
+            Ok(Ok(text)) => verdict(&text, &suffix),
             failed => {
                 let error = match failed {
                     Ok(Err(e)) => format!("{e:#}"),
@@ -85,8 +129,25 @@ pub fn range_of(password: &str) -> (String, String) {
     (prefix.to_owned(), suffix.to_owned())
 }
 
-/// Reads the range file of `prefix` and looks for `suffix` with a count above 0.
-async fn lookup(dir: PathBuf, prefix: String, suffix: String) -> anyhow::Result<Verdict> {
+/// Asks the range API for the range `prefix` (and nothing else: no header, body or query
+/// names anything of the password).
+async fn fetch(client: &reqwest::Client, base: &str, prefix: &str) -> anyhow::Result<String> {
+    let url = format!("{base}{prefix}");
+    let response = client
+        .get(&url)
+        .header("Add-Padding", "true")
+        .send()
+        .await?;
+    let status = response.status();
+    anyhow::ensure!(
+        status.is_success(),
+        "range {prefix}: the range API answered {status}"
+    );
+    Ok(response.text().await?)
+}
+
+/// Reads the range file of `prefix`.
+async fn read_file(dir: PathBuf, prefix: String) -> anyhow::Result<String> {
     use anyhow::Context as _;
     let plain = dir.join(&prefix);
     let text = match tokio::fs::read_to_string(&plain).await {
@@ -99,7 +160,7 @@ async fn lookup(dir: PathBuf, prefix: String, suffix: String) -> anyhow::Result<
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("range {prefix}"))),
     };
-    Ok(verdict(&text, &suffix))
+    Ok(text)
 }
 
 /// Whether the range `text` lists `suffix` (any case) with a count above 0.

@@ -69,6 +69,9 @@ pub struct Config {
     pub audit_retention_days: Option<u32>,
     /// `PWNED_PASSWORDS_DIR`: the Pwned Passwords range files; `None`: no breached-password check.
     pub pwned_passwords_dir: Option<std::path::PathBuf>,
+    /// `PWNED_PASSWORDS_URL`: a Pwned Passwords range API (`https://api.pwnedpasswords.com/range/`,
+    /// or a mirror) the first five hex digits of a SHA-1 are appended to; `None`: no range API.
+    pub pwned_passwords_url: Option<String>,
     /// `PWNED_PASSWORDS_TIMEOUT_MS`: how long one range may take to read.
     pub pwned_passwords_timeout: Duration,
     /// `PWNED_PASSWORDS_FAIL`: `closed` refuses (503) when a range cannot be read; `open`
@@ -157,6 +160,19 @@ impl Config {
         let pwned_passwords_dir = (r.raw("PWNED_PASSWORDS_DIR"))
             .filter(|v| !v.trim().is_empty())
             .map(|v| std::path::PathBuf::from(v.trim()));
+        let pwned_passwords_url = (r.raw("PWNED_PASSWORDS_URL"))
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        if let Some(url) = &pwned_passwords_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            r.error(format!(
+                "PWNED_PASSWORDS_URL: expected an http(s) URL the range is appended to (https://api.pwnedpasswords.com/range/), got {url:?}"
+            ));
+        }
+        if pwned_passwords_url.is_some() && pwned_passwords_dir.is_some() {
+            r.error("PWNED_PASSWORDS_URL and PWNED_PASSWORDS_DIR: set one of them, not both");
+        }
         let pwned_passwords_timeout = r.number("PWNED_PASSWORDS_TIMEOUT_MS", 500, 1, 60_000);
         let pwned_passwords_fail_closed = match r.string("PWNED_PASSWORDS_FAIL", "open").trim() {
             "open" => false,
@@ -205,6 +221,7 @@ impl Config {
             admin_keys: AdminKeySecrets(admin_keys),
             audit_retention_days,
             pwned_passwords_dir,
+            pwned_passwords_url,
             pwned_passwords_timeout: Duration::from_millis(pwned_passwords_timeout),
             pwned_passwords_fail_closed,
         })
@@ -319,6 +336,8 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/8, nonsense"),
             ("COOKIE_SECURE", "maybe"),
             ("PWNED_PASSWORDS_FAIL", "sometimes"),
+            ("PWNED_PASSWORDS_URL", "api.pwnedpasswords.com/range/"),
+            ("PWNED_PASSWORDS_DIR", "/srv/pwned"),
         ])
         .expect_err("invalid");
         let text = err.to_string();
@@ -332,6 +351,8 @@ mod tests {
             "TRUSTED_PROXIES: \"nonsense\"",
             "COOKIE_SECURE: expected true or false",
             "PWNED_PASSWORDS_FAIL: expected open or closed",
+            "PWNED_PASSWORDS_URL: expected an http(s) URL",
+            "PWNED_PASSWORDS_URL and PWNED_PASSWORDS_DIR: set one of them",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

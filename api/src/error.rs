@@ -64,6 +64,24 @@ pub enum ApiError {
     AccountChanged,
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
+    /// The account has a second factor and the request offered none (a reset, a password
+    /// change); nothing changed and a link stays usable.
+    #[error(
+        "this account uses a second factor: give a code from the authenticator app or a recovery code"
+    )]
+    MfaRequired,
+    /// A wrong, reused or spent code of a second factor.
+    #[error("this code is not valid; check the authenticator app, or use a recovery code")]
+    InvalidCode,
+    /// The second step of a sign-in with an unknown, expired or used `mfa_token`.
+    #[error("this sign-in has expired; sign in again")]
+    MfaTokenInvalid,
+    #[error("an authenticator app is already set up; remove it first")]
+    MfaAlreadyEnabled,
+    #[error("this account has no authenticator app")]
+    MfaNotEnabled,
+    #[error("no authenticator app is waiting to be confirmed; start again")]
+    NoPendingEnrolment,
     /// A dependency (PostgreSQL, Redis, RabbitMQ) is unreachable or too slow. Never a 202 for
     /// work that was not durably accepted.
     #[error("the service is temporarily unavailable; try again shortly")]
@@ -98,6 +116,12 @@ impl ApiError {
             ApiError::ReasonRequired => "reason_required",
             ApiError::AccountChanged => "account_changed",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MfaRequired => "mfa_required",
+            ApiError::InvalidCode => "invalid_code",
+            ApiError::MfaTokenInvalid => "mfa_token_invalid",
+            ApiError::MfaAlreadyEnabled => "mfa_already_enabled",
+            ApiError::MfaNotEnabled => "mfa_not_enabled",
+            ApiError::NoPendingEnrolment => "no_pending_enrolment",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -117,7 +141,14 @@ impl ApiError {
             | ApiError::TokenUsed
             | ApiError::CodeInvalid
             | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidCredentials | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidCredentials
+            | ApiError::Unauthorized
+            | ApiError::InvalidCode
+            | ApiError::MfaTokenInvalid => StatusCode::UNAUTHORIZED,
+            ApiError::MfaRequired => StatusCode::FORBIDDEN,
+            ApiError::MfaAlreadyEnabled
+            | ApiError::MfaNotEnabled
+            | ApiError::NoPendingEnrolment => StatusCode::CONFLICT,
             ApiError::RateLimitedIp { .. } | ApiError::RateLimitedLogin { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }

@@ -14,6 +14,7 @@ pub mod foreign_hash;
 pub mod hashing;
 pub mod import;
 pub mod lock;
+pub mod mfa;
 pub mod outbox;
 pub mod password_policy;
 pub mod publisher;

@@ -1,6 +1,6 @@
 //! `api` — serves the HTTP api (and the admin API when `ADMIN_API_BIND` is set); `api migrate`
 //! applies pending migrations and exits; `api accounts show|revoke-sessions|lock|unlock|
-//! recovery|export|erase [ADDRESS…]` are the admin API's operations from the shell (addresses
+//! remove-factors|recovery|export|erase [ADDRESS…]` are the admin API's operations from the shell (addresses
 //! from the arguments, or one per line on standard input); `api users import PATH|-` brings
 //! accounts in with their hashes.
 
@@ -62,6 +62,9 @@ enum AccountsCommand {
     Lock(AccountArgs),
     /// Lift the lock mark and clear the address's failed sign-ins (needs --reason).
     Unlock(AccountArgs),
+    /// Remove the second factor and the recovery codes of a person who lost both, once you
+    /// proved who they are (needs --reason); the owner gets a notice.
+    RemoveFactors(AccountArgs),
     /// Print a reset link and its code for you to hand over (JSON); with --send, queue the
     /// ordinary reset email instead.
     Recovery {
@@ -130,6 +133,7 @@ async fn accounts(config: Config, command: AccountsCommand) -> anyhow::Result<()
         AccountsCommand::RevokeSessions(args) => (Act::RevokeSessions, args),
         AccountsCommand::Lock(args) => (Act::Lock, args),
         AccountsCommand::Unlock(args) => (Act::Unlock, args),
+        AccountsCommand::RemoveFactors(args) => (Act::RemoveFactors, args),
         AccountsCommand::Recovery { args, send: false } => (Act::RecoveryLink, args),
         AccountsCommand::Recovery { args, send: true } => (Act::RecoveryEmail, args),
         AccountsCommand::Export(args) => (Act::Export, args),

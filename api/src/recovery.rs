@@ -4,8 +4,10 @@
 //!
 //! A reset runs in one order, whichever way it was authorised: the client's budget (for a code,
 //! after the site-wide breaker, which only reads); the checks of the link or code, which
-//! change nothing but a wrong code's counts; the new password's checks (a refused password
-//! leaves the link usable); the burn, the single point where concurrent submissions are
+//! change nothing but a wrong code's counts; for an account with a second factor, that the
+//! request offers one (`403 mfa_required` otherwise: a link or code proves the mailbox
+//! only); the new password's checks (a refused password leaves the link usable); the
+//! factor's check, which spends it when it is right; the burn, the single point where concurrent submissions are
 //! decided; then the change ([`finish`]): hash, commit with its audit row, event and notice
 //! (the outbox relays the last two), revoke the sessions.
 
@@ -22,6 +24,7 @@ use crate::{
     devices::Proven,
     error::ApiError,
     extract::RequestContext,
+    mfa::{self, Proof},
     outbox, password_policy,
     rate_limit::{IpBudget, within_budget},
     reset_code::{self, CodeCheck},
@@ -70,20 +73,20 @@ pub async fn forgot(state: &AppState, ctx: &RequestContext, email: &str) -> Resu
 }
 
 /// Checks a link without consuming it (the GET of the reset and lock pages: mail scanners
-/// open links, so this must change nothing but the client's per-IP budget). The error the
-/// submission would get.
+/// open links, so this must change nothing but the client's per-IP budget). The account it
+/// is for, or the error the submission would get.
 pub async fn inspect_link(
     state: &AppState,
     ip: std::net::IpAddr,
     purpose: Purpose,
     token: &str,
-) -> Result<(), ApiError> {
+) -> Result<User, ApiError> {
     within_budget(&state.limiter, &state.refusals, IpBudget::Link, ip, None).await?;
     let now = state.clock.now();
     (state.tokens)
         .check_link(&state.db, purpose, token, now)
         .await
-        .map(drop)
+        .map(|(_, user)| user)
         .map_err(|r| r.error)
 }
 
@@ -93,6 +96,7 @@ pub async fn reset_with_link(
     ctx: &RequestContext,
     token: &str,
     new_password: String,
+    factor: Option<Proof>,
 ) -> Result<Proven, ApiError> {
     let action = Action::PasswordReset;
     let audit = |outcome: Outcome, user: Option<Uuid>| attempt(state, ctx, action, outcome, user);
@@ -118,6 +122,7 @@ pub async fn reset_with_link(
         Ok(checked) => checked,
         Err(r) => return Err(refuse(r).await),
     };
+    let factor = mfa::required(state, ctx, &user, action, factor).await?;
     let checked =
         password_policy::refuse_new_password(&state.breached, &new_password, &user.email).await;
     if let Err((e, outcome)) = checked {
@@ -125,6 +130,9 @@ pub async fn reset_with_link(
             audit(outcome, Some(user.id)).await;
         }
         return Err(e);
+    }
+    if let Some(factor) = &factor {
+        mfa::prove(state, ctx, &user, action, factor).await?;
     }
     if !state.tokens.burn(Purpose::PasswordReset, &token).await? {
         audit(Outcome::Used, Some(user.id)).await;
@@ -152,6 +160,7 @@ pub async fn reset_with_code(
     email: &str,
     code: &str,
     new_password: String,
+    factor: Option<Proof>,
 ) -> Result<Proven, ApiError> {
     let action = Action::PasswordResetCode;
     let audit = |outcome: Outcome, user: Option<Uuid>| attempt(state, ctx, action, outcome, user);
@@ -214,6 +223,7 @@ pub async fn reset_with_code(
     {
         return Err(refuse(reason, user.id).await);
     }
+    let factor = mfa::required(state, ctx, &user, action, factor).await?;
     let checked =
         password_policy::refuse_new_password(&state.breached, &new_password, &user.email).await;
     if let Err((e, outcome)) = checked {
@@ -221,6 +231,9 @@ pub async fn reset_with_code(
             audit(outcome, Some(user.id)).await;
         }
         return Err(e);
+    }
+    if let Some(factor) = &factor {
+        mfa::prove(state, ctx, &user, action, factor).await?;
     }
     if !state.tokens.burn_fingerprint(purpose, fingerprint).await? {
         return Err(refuse(Outcome::Used, user.id).await);
@@ -381,4 +394,14 @@ pub(crate) async fn attempt(
         ..AuditEvent::new(action, outcome)
     };
     crate::audit::record(&state.db, &event).await;
+}
+
+/// Records a successful step that changes nothing by itself (the second step of a sign-in).
+pub(crate) async fn attempt_succeeded(
+    state: &AppState,
+    ctx: &RequestContext,
+    action: Action,
+    user: Uuid,
+) {
+    attempt(state, ctx, action, Outcome::Success, Some(user)).await;
 }

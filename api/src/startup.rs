@@ -123,10 +123,12 @@ impl Application {
             },
             pages: Arc::new(routes::pages::Pages::new().context("page templates")?),
             breached: crate::breached::BreachedPasswords::new(
-                config.pwned_passwords_dir.clone(),
+                breached_corpus(&config)?,
                 config.pwned_passwords_timeout,
                 config.pwned_passwords_fail_closed,
             ),
+            factors: crate::mfa::Factors::new(&config.token_secrets, &config.product_name),
+            challenges: crate::mfa::challenge::Challenges::new(redis.clone()),
             db,
             redis,
             schema_ready,
@@ -431,6 +433,20 @@ async fn set_aside_client_request_id(mut request: Request, next: Next) -> Respon
     next.run(request).await
 }
 
+/// Where the breached-password check reads its ranges, if anywhere.
+fn breached_corpus(config: &Config) -> anyhow::Result<Option<crate::breached::Corpus>> {
+    use crate::breached::Corpus;
+    Ok(
+        match (&config.pwned_passwords_dir, &config.pwned_passwords_url) {
+            (Some(dir), _) => Some(Corpus::Files(dir.clone())),
+            (None, Some(url)) => {
+                Some(Corpus::api(url, config.tls.extra()).context("PWNED_PASSWORDS_URL client")?)
+            }
+            (None, None) => None,
+        },
+    )
+}
+
 /// Every documented route with its OpenAPI description.
 pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -438,6 +454,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::sessions::router())
         .merge(routes::password::router())
         .merge(routes::account::router())
+        .merge(routes::mfa::router())
         .merge(routes::health::router())
 }
 

@@ -58,4 +58,8 @@ pub struct Services {
     pub schema_ready: Arc<AtomicBool>,
     /// How long every refused sign-in takes at least while imported hashes remain.
     pub refusal_floor: crate::refusal_floor::RefusalFloor,
+    /// Second factors: the sealing keys of their secrets.
+    pub factors: crate::mfa::Factors,
+    /// Sign-ins waiting for their second factor.
+    pub challenges: crate::mfa::challenge::Challenges,
 }

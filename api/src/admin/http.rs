@@ -71,6 +71,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_sessions))
         .routes(routes!(lock))
         .routes(routes!(unlock))
+        .routes(routes!(remove_factors))
         .routes(routes!(export))
         .routes(routes!(erase))
 }
@@ -380,6 +381,31 @@ async fn unlock(
 ) -> Result<StatusCode, ApiError> {
     let reason = super::reason(body.reason.as_deref())?;
     Desk::of(&state).unlock(&key.actor(), id, reason).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes the account's second factor and recovery codes, for a person who lost both, after
+/// proving who they are (docs/runbooks.md "Lost second factor"). The owner gets a notice.
+#[utoipa::path(post, path = "/admin/v1/users/{id}/mfa/remove", tag = "admin", request_body = Reason,
+    params(("id" = Uuid, Path, description = "The account")),
+    responses(
+        (status = 204, description = "Removed; a notice to the owner is queued"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`mfa_not_enabled`", body = ErrorBody),
+        (status = 422, description = "`reason_required`", body = ErrorBody),
+    ))]
+async fn remove_factors(
+    State(state): State<AppState>,
+    Extension(key): Extension<KeyId>,
+    AccountId(id): AccountId,
+    AppJson(body): AppJson<Reason>,
+) -> Result<StatusCode, ApiError> {
+    let reason = super::reason(body.reason.as_deref())?;
+    Desk::of(&state)
+        .remove_factors(&key.actor(), id, reason)
+        .await?;
+    state.outbox.wake();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -247,6 +247,60 @@ impl<'a> Desk<'a> {
         Ok(())
     }
 
+    /// Removes the account's second factor (the authenticator app and its recovery codes)
+    /// for a person who lost it and has no recovery code left, once support staff proved who
+    /// they are (the documented procedure, docs/runbooks.md "Lost second factor"). Audited
+    /// with the reason; the owner gets a notice with the "this wasn't me" link, so a removal
+    /// obtained by deceit is seen at once. Sessions and password stay.
+    pub async fn remove_factors(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        let Some(user) = store_user(self.db, id).await? else {
+            return Err(ApiError::NotFound);
+        };
+        let detail = actor.detail(Some(reason));
+        let mut tx = self.db.begin().await?;
+        if !crate::store::factors::remove_totp(&mut tx, id).await? {
+            return Err(ApiError::MfaNotEnabled);
+        }
+        shared::audit::record(
+            &mut *tx,
+            &AuditEvent {
+                user_id: Some(id),
+                detail: Some(&detail),
+                ..AuditEvent::new(Action::MfaRemove, Outcome::Success)
+            },
+        )
+        .await?;
+        let event = shared::message::SecurityEvent::FactorRemoved {
+            factor: shared::message::Factor::Totp,
+            by_support: true,
+        };
+        let job = Job::SecurityNotice {
+            user_id: id,
+            email: user.email.clone(),
+            ip: None,
+            event,
+        };
+        let now = self.clock.now();
+        let languages = user.languages();
+        let envelope = Envelope::new(
+            job,
+            now,
+            crate::mfa::NOTICE_TTL,
+            Locale::En,
+            Trace::default(),
+        )
+        .asked_in(&languages);
+        crate::outbox::add_job(&mut tx, Some(id), &envelope).await?;
+        tx.commit().await?;
+        metrics::counter!("admin_actions_total", "action" => "remove_factors").increment(1);
+        Ok(())
+    }
+
     /// A reset link for the account: for a support agent to hand over (`send: false`: the
     /// link, its code and when they expire), or the ordinary reset email (`send: true`). Either
     /// way the account's older reset links die, as with every new reset email.

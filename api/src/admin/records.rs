@@ -19,8 +19,7 @@ pub struct AccountView {
     pub locked: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// The kinds of second factor enrolled (none yet).
-    #[sqlx(skip)]
+    /// The kinds of second factor enrolled (`totp`).
     pub second_factors: Vec<String>,
     #[serde(skip)]
     pub email_key: String,
@@ -57,7 +56,10 @@ macro_rules! select_view {
         concat!(
             "SELECT id, email, email_key, password_version, ",
             "email_verified_at IS NOT NULL AS email_verified, locked_at IS NOT NULL AS locked, ",
-            "created_at, updated_at FROM users WHERE ",
+            "created_at, updated_at, ",
+            "ARRAY(SELECT 'totp' FROM user_totp t ",
+            "WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS second_factors ",
+            "FROM users WHERE ",
             $where
         )
     };

@@ -61,11 +61,20 @@ pub struct ChangePasswordRequest {
     pub current_password: String,
     #[schema(max_length = 1024)]
     pub new_password: String,
+    /// A code of the authenticator app, when the account has one.
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub totp_code: Option<String>,
+    /// One of the recovery codes, instead of `totp_code`.
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub recovery_code: Option<String>,
 }
 
 /// Changes the password of the signed-in account.
 ///
-/// The current password is checked (a wrong one draws on the sign-in budgets of the address
+/// With a second factor, a code of the app or a recovery code is needed too. The current
+/// password is checked (a wrong one draws on the sign-in budgets of the address
 /// and the client, as a wrong sign-in does), then the new one against the policy and the
 /// breached-password corpus. Every session ends, this one too: the answer carries a new
 /// session for this browser (and its cookies), as a sign-in does. The owner gets the
@@ -74,7 +83,8 @@ pub struct ChangePasswordRequest {
     security(("session" = []), ("session_cookie" = [])),
     responses(
         (status = 201, description = "Changed; a new session for this browser", body = crate::routes::sessions::SessionCreated),
-        (status = 401, description = "`unauthorized` (no live session) or `invalid_credentials` (the current password is wrong)", body = ErrorBody),
+        (status = 401, description = "`unauthorized` (no live session), `invalid_credentials` (the current password is wrong) or `invalid_code` (a wrong, reused or spent code)", body = ErrorBody),
+        (status = 403, description = "`mfa_required`: the account has a second factor and no code was given", body = ErrorBody),
         (status = 409, description = "`account_changed`: the password changed meanwhile (another device)", body = ErrorBody),
         (status = 422, description = "`weak_password`, `breached_password`, `password_too_long`", body = ErrorBody),
         (status = 429, description = "`rate_limited_login` or `rate_limited_ip`, with `Retry-After`", body = ErrorBody),
@@ -88,30 +98,15 @@ pub async fn change_password(
 ) -> Result<axum::response::Response, ApiError> {
     use shared::audit::{Action, Outcome};
     let user = &auth.user;
-    password_policy::check_length(&body.current_password)?;
     password_policy::check_length(&body.new_password)?;
+    let proof =
+        crate::mfa::Proof::from_fields(body.totp_code.as_deref(), body.recovery_code.as_deref());
+    let action = Action::PasswordChange;
+    let proof = crate::mfa::required(&state, &ctx, user, action, proof).await?;
+    let credentials = confirm_password(&state, &ctx, user, &body.current_password, action).await?;
     let audit = |outcome: Outcome| {
         crate::recovery::attempt(&state, &ctx, Action::PasswordChange, outcome, Some(user.id))
     };
-    let address_hash = state.limiter.address_pseudonym(&user.email_key);
-    let budgets = crate::routes::sessions::LoginBudgets {
-        ip: ctx.ip,
-        email_key: &user.email_key,
-        address_hash: &address_hash,
-        device: None,
-    };
-    let rid = ctx.request_id();
-    let attempt = crate::routes::sessions::within_login_budgets(&state, &budgets, rid).await?;
-    let Some(credentials) = store::users::credentials_by_id(&state.db, user.id).await? else {
-        return Err(ApiError::Unauthorized);
-    };
-    let stored = Some(credentials.password_hash.clone());
-    let current = body.current_password.clone();
-    if !state.hasher.verify_for(ctx.ip, current, stored).await? {
-        audit(Outcome::InvalidCredentials).await;
-        return Err(ApiError::InvalidCredentials);
-    }
-    state.limiter.forgive(attempt).await;
     let (breached, new_password) = (&state.breached, &body.new_password);
     let checked = password_policy::refuse_new_password(breached, new_password, &user.email).await;
     if let Err((e, outcome)) = checked {
@@ -119,6 +114,11 @@ pub async fn change_password(
             audit(outcome).await;
         }
         return Err(e);
+    }
+    // Last of the checks: a code is spent when it is right, so a refused password must not
+    // cost the person one.
+    if let Some(proof) = &proof {
+        crate::mfa::prove(&state, &ctx, user, action, proof).await?;
     }
     let Some(version) =
         crate::recovery::change_signed_in(&state, &ctx, user, body.new_password).await?
@@ -133,4 +133,41 @@ pub async fn change_password(
     let languages = &ctx.languages;
     crate::routes::sessions::signed_in(&state, &headers, &changed, &user.email_key, languages, now)
         .await
+}
+
+/// Checks the signed-in owner's current password on the sign-in budgets of the address and
+/// the client (a wrong one is a failed sign-in, audited under `action` and answered `401
+/// invalid_credentials`); the account's credentials.
+pub(crate) async fn confirm_password(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &store::users::User,
+    password: &str,
+    action: shared::audit::Action,
+) -> Result<store::users::Credentials, ApiError> {
+    password_policy::check_length(password)?;
+    let address_hash = state.limiter.address_pseudonym(&user.email_key);
+    let budgets = crate::routes::sessions::LoginBudgets {
+        ip: ctx.ip,
+        email_key: &user.email_key,
+        address_hash: &address_hash,
+        device: None,
+    };
+    let rid = ctx.request_id();
+    let attempt = crate::routes::sessions::within_login_budgets(state, &budgets, rid).await?;
+    let Some(credentials) = store::users::credentials_by_id(&state.db, user.id).await? else {
+        return Err(ApiError::Unauthorized);
+    };
+    let stored = Some(credentials.password_hash.clone());
+    if !state
+        .hasher
+        .verify_for(ctx.ip, password.to_owned(), stored)
+        .await?
+    {
+        let outcome = shared::audit::Outcome::InvalidCredentials;
+        crate::recovery::attempt(state, ctx, action, outcome, Some(user.id)).await;
+        return Err(ApiError::InvalidCredentials);
+    }
+    state.limiter.forgive(attempt).await;
+    Ok(credentials)
 }

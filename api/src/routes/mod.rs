@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 
 pub mod account;
 pub mod health;
+pub mod mfa;
 pub mod pages;
 pub mod password;
 pub mod sessions;

@@ -72,6 +72,20 @@ pub struct ResetRequest {
     /// At least 10 characters, at most 1024 bytes, not easy to guess.
     #[schema(min_length = 10, max_length = 1024)]
     pub new_password: String,
+    /// A code of the authenticator app, when the account has one.
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub totp_code: Option<String>,
+    /// One of the recovery codes, instead of `totp_code` (it is spent; the owner is told).
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub recovery_code: Option<String>,
+}
+
+impl ResetRequest {
+    fn factor(&self) -> Option<crate::mfa::Proof> {
+        crate::mfa::Proof::from_fields(self.totp_code.as_deref(), self.recovery_code.as_deref())
+    }
 }
 
 /// Sets a new password through a reset link.
@@ -79,11 +93,14 @@ pub struct ResetRequest {
 /// Order matters: every check that can fail without side effects runs before the burn, so a
 /// refused password leaves the link usable; the burn is the single point where concurrent
 /// submissions are decided; the password change, its audit row, the event and the notice
-/// commit together (the outbox relays the last two with confirms).
+/// commit together (the outbox relays the last two with confirms). A link proves the mailbox
+/// only: an account with a second factor also needs `totp_code` or `recovery_code`.
 #[utoipa::path(post, path = "/v1/password/reset", tag = "password", request_body = ResetRequest,
     responses(
         (status = 204, description = "Password changed; every session of the user is revoked; sets the device cookie"),
         (status = 400, description = "`token_invalid` (also a superseded link), `token_expired`, `token_used`", body = ErrorBody),
+        (status = 401, description = "`invalid_code`: a wrong, reused or spent second-factor code (nothing changed; the link stays usable)", body = ErrorBody),
+        (status = 403, description = "`mfa_required`: the account has a second factor and no code was given (nothing changed; the link stays usable)", body = ErrorBody),
         (status = 422, description = "`weak_password`, `breached_password`, `password_too_long`", body = ErrorBody),
         (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the link endpoints' per-IP budget)", body = ErrorBody),
     ))]
@@ -93,7 +110,9 @@ pub async fn reset_password(
     headers: HeaderMap,
     AppJson(body): AppJson<ResetRequest>,
 ) -> Result<Response, ApiError> {
-    let proven = recovery::reset_with_link(&state, &ctx, &body.token, body.new_password).await?;
+    let factor = body.factor();
+    let proven =
+        recovery::reset_with_link(&state, &ctx, &body.token, body.new_password, factor).await?;
     let done = StatusCode::NO_CONTENT.into_response();
     Ok(with_device(&state, &headers, &proven, done))
 }
@@ -109,6 +128,14 @@ pub struct CodeResetRequest {
     /// At least 10 characters, at most 1024 bytes, not easy to guess.
     #[schema(min_length = 10, max_length = 1024)]
     pub new_password: String,
+    /// A code of the authenticator app, when the account has one.
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub totp_code: Option<String>,
+    /// One of the recovery codes, instead of `totp_code` (it is spent; the owner is told).
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub recovery_code: Option<String>,
 }
 
 /// Sets a new password with the one-time code of a reset email (for resetting on another
@@ -118,11 +145,14 @@ pub struct CodeResetRequest {
 /// both, and it expires with the link. Every failure of the code itself is the same
 /// `400 code_invalid`, after the same work: a wrong code, a dead one (used, superseded, five
 /// wrong codes), and an address without an account. The fifth wrong code kills the code (the
-/// link still works). Codes have their own per-IP budget.
+/// link still works). Codes have their own per-IP budget. An account with a second factor
+/// also needs `totp_code` or `recovery_code`.
 #[utoipa::path(post, path = "/v1/password/reset/code", tag = "password", request_body = CodeResetRequest,
     responses(
         (status = 204, description = "Password changed; every session of the user is revoked; sets the device cookie"),
         (status = 400, description = "`code_invalid` (wrong, used, superseded, expired, or no code for the address; the same answer for each)", body = ErrorBody),
+        (status = 401, description = "`invalid_code`: a wrong, reused or spent second-factor code (nothing changed; the email's code stays usable)", body = ErrorBody),
+        (status = 403, description = "`mfa_required`: the account has a second factor and no code was given (nothing changed; the email's code stays usable)", body = ErrorBody),
         (status = 422, description = "`invalid_email`, `weak_password`, `breached_password`, `password_too_long`", body = ErrorBody),
         (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the per-IP code budget)", body = ErrorBody),
         (status = 503, description = "`code_entry_paused` (too many wrong codes over the whole site: links keep working), with `Retry-After`", body = ErrorBody),
@@ -137,8 +167,12 @@ pub async fn reset_password_with_code(
         email,
         code,
         new_password,
+        totp_code,
+        recovery_code,
     } = body;
-    let proven = recovery::reset_with_code(&state, &ctx, &email, &code, new_password).await?;
+    let factor = crate::mfa::Proof::from_fields(totp_code.as_deref(), recovery_code.as_deref());
+    let proven =
+        recovery::reset_with_code(&state, &ctx, &email, &code, new_password, factor).await?;
     let done = StatusCode::NO_CONTENT.into_response();
     Ok(with_device(&state, &headers, &proven, done))
 }

@@ -18,6 +18,7 @@ use crate::{
     audit,
     error::{ApiError, ErrorBody},
     extract::{AppJson, AuthUser, RequestContext},
+    mfa::{self, challenge},
     password_policy, sessions,
     state::AppState,
     store,
@@ -26,6 +27,7 @@ use crate::{
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(log_in))
+        .routes(routes!(second_step))
         .routes(routes!(log_out))
 }
 
@@ -37,13 +39,31 @@ pub struct LoginRequest {
     pub password: String,
 }
 
+/// The answer to a right password of an account with a second factor.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MfaRequired {
+    /// Always `true`.
+    pub mfa_required: bool,
+    /// For `POST /v1/sessions/mfa`: one use, [`challenge::TTL_SECS`] seconds, five wrong
+    /// codes at most.
+    pub mfa_token: String,
+    /// Seconds the token lives.
+    pub expires_in: u64,
+    /// What the second step takes: `totp`, `recovery_code`.
+    pub methods: Vec<&'static str>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionCreated {
     pub session: String,
     pub expires_at: DateTime<Utc>,
 }
 
-/// Signs in. An unknown address, a wrong password and an account whose address is not
+/// Signs in. A right password of an account with a second factor answers `200` with an
+/// `mfa_token` for `POST /v1/sessions/mfa` instead of a session; until the password is right
+/// nothing differs from an unknown address.
+///
+/// An unknown address, a wrong password and an account whose address is not
 /// verified yet get the same 401 after the same work: one argon2 verification (against a
 /// dummy hash when there is no account) and one audit row. While accounts imported with a
 /// costlier hash remain, every such 401 also waits until the request's start plus the
@@ -56,6 +76,7 @@ pub struct SessionCreated {
 /// address first could use the account before the victim ever saw it.
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = LoginRequest,
     responses(
+        (status = 200, description = "The password is right and the account has a second factor: `mfa_required` with an `mfa_token` for `POST /v1/sessions/mfa`; no session yet", body = MfaRequired),
         (status = 201, description = "Signed in; also sets the session cookie (`__Host-session`: HttpOnly, SameSite=Lax, Secure) and the device cookie (`__Host-device`, a year: this browser is recognised at its next sign-in to the account)", body = SessionCreated),
         (status = 401, description = "`invalid_credentials` (same for unknown addresses, unverified accounts and locked accounts)", body = ErrorBody),
         (status = 422, description = "`invalid_email`, `password_too_long`", body = ErrorBody),
@@ -102,7 +123,9 @@ pub async fn log_in(
         .await?;
     // `valid` holds only for an existing account (the dummy hash never verifies).
     let verified = valid && credentials.as_ref().is_some_and(|c| c.email_verified);
+    let second_step = verified && credentials.as_ref().is_some_and(|c| c.has_factor);
     let outcome = match (valid, verified) {
+        (true, true) if second_step => Outcome::MfaRequired,
         (true, true) => Outcome::Success,
         (true, false) => Outcome::Unverified,
         (false, _) => Outcome::InvalidCredentials,
@@ -137,7 +160,96 @@ pub async fn log_in(
     };
     // Budgets count failures only.
     state.limiter.forgive(attempt).await;
+    if second_step {
+        let pending = challenge::Pending {
+            user: user.id,
+            password_version: user.password_version,
+        };
+        let mfa_token = state.challenges.create(pending).await?;
+        let body = MfaRequired {
+            mfa_required: true,
+            mfa_token,
+            expires_in: challenge::TTL_SECS,
+            methods: vec!["totp", "recovery_code"],
+        };
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
     signed_in(&state, &headers, &user, address.key(), &ctx.languages, now).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MfaSignInRequest {
+    /// The token of the sign-in's first step.
+    #[schema(max_length = 64)]
+    pub mfa_token: String,
+    /// A code of the authenticator app.
+    #[serde(default)]
+    #[schema(max_length = 64, example = "123456")]
+    pub code: Option<String>,
+    /// One of the recovery codes, instead of `code` (it is spent; the owner is told).
+    #[serde(default)]
+    #[schema(max_length = 64, example = "abcd-efgh-jkmn-pqrs")]
+    pub recovery_code: Option<String>,
+}
+
+/// The second step of a sign-in: a code of the authenticator app, or a recovery code, for
+/// the `mfa_token` of a right password. A wrong code counts like a wrong password (the
+/// sign-in budgets of the address and the client) and against the token (five at most).
+#[utoipa::path(post, path = "/v1/sessions/mfa", tag = "sessions", request_body = MfaSignInRequest,
+    responses(
+        (status = 201, description = "Signed in, as `POST /v1/sessions` answers", body = SessionCreated),
+        (status = 401, description = "`invalid_code` (wrong, reused or spent; the token stays usable up to five wrong codes) or `mfa_token_invalid` (unknown, expired, used, or the password changed since)", body = ErrorBody),
+        (status = 422, description = "`invalid_body`: neither `code` nor `recovery_code`", body = ErrorBody),
+        (status = 429, description = "`rate_limited_login` or `rate_limited_ip`, with `Retry-After`", body = ErrorBody),
+    ))]
+pub async fn second_step(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    AppJson(body): AppJson<MfaSignInRequest>,
+) -> Result<Response, ApiError> {
+    let action = Action::MfaSignIn;
+    let proof = mfa::Proof::from_fields(body.code.as_deref(), body.recovery_code.as_deref())
+        .ok_or_else(|| ApiError::InvalidBody("give `code` or `recovery_code`".into()))?;
+    let token = body.mfa_token.as_str();
+    let invalid = async |user: Option<uuid::Uuid>| {
+        let reason = Outcome::MfaTokenInvalid;
+        crate::recovery::attempt(&state, &ctx, action, reason, user).await;
+        ApiError::MfaTokenInvalid
+    };
+    let Some(pending) = state.challenges.pending(token).await? else {
+        return Err(invalid(None).await);
+    };
+    let user = store::users::by_id(&state.db, pending.user).await?;
+    let Some(user) = user.filter(|u| u.password_version == pending.password_version) else {
+        state.challenges.take(token).await?;
+        return Err(invalid(Some(pending.user)).await);
+    };
+    if let Err(e) = mfa::prove(&state, &ctx, &user, action, &proof).await {
+        if matches!(e, ApiError::InvalidCode) {
+            state.challenges.wrong(token).await?;
+        }
+        return Err(e);
+    }
+    if !state.challenges.take(token).await? {
+        return Err(invalid(Some(user.id)).await);
+    }
+    crate::recovery::attempt_succeeded(&state, &ctx, action, user.id).await;
+    let credentials = store::users::credentials_by_id(&state.db, user.id).await?;
+    let Some(credentials) = credentials.filter(|c| c.password_version == user.password_version)
+    else {
+        return Err(ApiError::MfaTokenInvalid);
+    };
+    let now = state.clock.now();
+    signed_in(
+        &state,
+        &headers,
+        &credentials,
+        &user.email_key,
+        &ctx.languages,
+        now,
+    )
+    .await
 }
 
 /// The answer to a sign-in whose password verified: the address off the suppression list, the

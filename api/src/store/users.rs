@@ -14,6 +14,8 @@ pub struct Credentials {
     pub password_hash: String,
     pub password_version: i32,
     pub email_verified: bool,
+    /// The account has a second factor: a right password opens no session by itself.
+    pub has_factor: bool,
 }
 
 /// Inserts a new user unless the address is taken; `None` means it was taken.
@@ -98,8 +100,10 @@ pub async fn credentials_by_id(db: &PgPool, id: Uuid) -> Result<Option<Credentia
 }
 
 /// The columns of [`Credentials`].
-const CREDENTIALS: &str =
-    "id, password_hash, password_version, email_verified_at IS NOT NULL AS email_verified";
+const CREDENTIALS: &str = "id, password_hash, password_version, \
+    email_verified_at IS NOT NULL AS email_verified, \
+    EXISTS (SELECT 1 FROM user_totp t WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) \
+    AS has_factor";
 
 /// Replaces the stored hash of an unchanged password (new argon2 parameters) if the stored
 /// hash is still `old_hash`; the password version does not move.

@@ -758,3 +758,62 @@ async fn an_import_over_the_admin_api_keeps_to_the_verification_budget() {
         json!({"imported": 0, "skipped": 0, "refused": 1, "errors": [{"line": 1, "code": "hash_too_costly"}]})
     );
 }
+
+#[tokio::test]
+async fn support_removes_a_lost_factor_with_a_reason_and_its_recovery_link_respects_the_factor() {
+    use shared::message::{Factor, SecurityEvent};
+    let app = spawn_admin().await;
+    let enrolled = crate::mfa::enrol(&app, ANN).await;
+    let user = enrolled.user;
+    let r = admin(
+        &app,
+        Method::GET,
+        "/admin/v1/users?email=ann@example.org",
+        None,
+    )
+    .await;
+    let view: Value = r.json().await.unwrap();
+    assert_eq!(view["second_factors"], json!(["totp"]));
+
+    // The link support hands over proves the mailbox only, like an emailed one.
+    let path = format!("/admin/v1/users/{user}/recovery");
+    let r = admin(&app, Method::POST, &path, Some(json!({ "send": false }))).await;
+    let handed: Value = r.json().await.unwrap();
+    let link = handed["link"].as_str().unwrap();
+    let token = link.split_once("token=").unwrap().1.to_owned();
+    let reset = json!({ "token": token, "new_password": STRONGER });
+    let r = app.post("/v1/password/reset", reset.clone()).await;
+    assert_error(r, StatusCode::FORBIDDEN, "mfa_required").await;
+
+    // The person lost the phone and the codes; support proved who they are.
+    let remove = format!("/admin/v1/users/{user}/mfa/remove");
+    let r = admin(&app, Method::POST, &remove, Some(json!({}))).await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "reason_required").await;
+    let reason = json!({ "reason": "identity proven on a video call, ticket 4711" });
+    let r = admin(&app, Method::POST, &remove, Some(reason.clone())).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = admin(&app, Method::POST, &remove, Some(reason)).await;
+    assert_error(r, StatusCode::CONFLICT, "mfa_not_enabled").await;
+    let events = crate::mfa::security_events(&app, 1).await;
+    assert_eq!(
+        events,
+        [SecurityEvent::FactorRemoved {
+            factor: Factor::Totp,
+            by_support: true
+        }]
+    );
+    let details = audit_details(&app, "mfa_remove").await;
+    let detail = details.last().unwrap().as_deref().unwrap();
+    assert!(
+        detail.starts_with("by: admin key ")
+            && detail.ends_with("reason: identity proven on a video call, ticket 4711"),
+        "{detail}"
+    );
+    // The same link now resets.
+    let r = app.post("/v1/password/reset", reset).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        sign_in_answer(&app, ANN, STRONGER).await.status(),
+        StatusCode::CREATED
+    );
+}

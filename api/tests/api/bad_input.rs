@@ -260,6 +260,12 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         "POST /v1/password/reset/code",
         "POST /v1/account/lock",
         "POST /v1/account/password",
+        "POST /v1/sessions/mfa",
+        "GET /v1/mfa",
+        "POST /v1/mfa/totp",
+        "POST /v1/mfa/totp/confirm",
+        "DELETE /v1/mfa/totp",
+        "POST /v1/mfa/recovery-codes",
         "GET /healthz",
         "GET /readyz",
     ];

@@ -16,6 +16,7 @@ mod helpers;
 mod import;
 mod imported;
 mod lock;
+mod mfa;
 mod outage;
 mod pages;
 mod password_change;

@@ -23,7 +23,7 @@ pub(super) async fn form(
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
     match recovery::inspect_link(&state, ctx.ip, Purpose::AccountLock, &token).await {
-        Ok(()) => page.form(StatusCode::OK, "lock.html", &token, ""),
+        Ok(_) => page.form(StatusCode::OK, "lock.html", &token, ""),
         Err(e) => page.link_problem(&e),
     }
 }

@@ -31,12 +31,35 @@ pub(super) async fn form(
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
     if token.is_empty() {
-        return code_form(page, StatusCode::OK, "", "", "");
+        let typed = CodeTyped {
+            email: "",
+            code: "",
+            factor: false,
+        };
+        return code_form(page, StatusCode::OK, &typed, "");
     }
-    match recovery::inspect_link(&state, ctx.ip, Purpose::PasswordReset, &token).await {
-        Ok(()) => page.form(StatusCode::OK, "reset.html", &token, ""),
+    let inspected = recovery::inspect_link(&state, ctx.ip, Purpose::PasswordReset, &token).await;
+    let factor = match inspected {
+        Ok(user) => crate::mfa::enrolment(&state, user.id)
+            .await
+            .map(|e| e.has_factor()),
+        Err(e) => Err(e),
+    };
+    match factor {
+        Ok(factor) => link_form(page, StatusCode::OK, &token, factor, ""),
         Err(e) => page.link_problem(&e),
     }
+}
+
+/// The form of a reset link; `factor`: with the field of the account's second factor.
+fn link_form(
+    page: Page<'_>,
+    status: StatusCode,
+    token: &str,
+    factor: bool,
+    error: &str,
+) -> Response {
+    page.render(status, "reset.html", context! { token, factor, error })
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +67,10 @@ pub(super) struct ResetForm {
     token: String,
     password: String,
     password_confirm: String,
+    /// A code of the authenticator app or a recovery code (the form has the field when the
+    /// account has a second factor).
+    #[serde(default)]
+    second_factor: Option<String>,
 }
 
 /// Consumes the link exactly as `POST /v1/password/reset` does; success redirects (303) to a
@@ -55,23 +82,30 @@ pub(super) async fn submit(
     PageForm(form): PageForm<ResetForm>,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
+    let factor = crate::mfa::Proof::from_entry(form.second_factor.as_deref());
+    let asked = factor.is_some();
     let again = |error: &str| {
-        page.form(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "reset.html",
-            &form.token,
-            error,
-        )
+        let status = StatusCode::UNPROCESSABLE_ENTITY;
+        link_form(page, status, &form.token, asked, error)
     };
     if form.password != form.password_confirm {
         return again(page.t("mismatch"));
     }
     let password = form.password.clone();
-    match recovery::reset_with_link(&state, &ctx, &form.token, password).await {
+    match recovery::reset_with_link(&state, &ctx, &form.token, password, factor).await {
         Ok(proven) => {
             let done = Redirect::to(DONE_PATH).into_response();
             with_device(&state, &headers, &proven, done)
         }
+        Err(ApiError::MfaRequired) => {
+            let error = page.t("factor_required");
+            link_form(page, StatusCode::FORBIDDEN, &form.token, true, error)
+        }
+        Err(ApiError::InvalidCode) => {
+            let error = page.t("factor_invalid");
+            link_form(page, StatusCode::UNAUTHORIZED, &form.token, true, error)
+        }
+        Err(ApiError::RateLimitedLogin { retry_after_secs }) => page.rate_limited(retry_after_secs),
         Err(ApiError::WeakPassword(hint)) => again(&page.weak_password(&hint)),
         Err(ApiError::PasswordTooLong) => again(page.t("too_long")),
         Err(ApiError::BreachedPassword) => again(page.t("breached")),
@@ -79,9 +113,28 @@ pub(super) async fn submit(
     }
 }
 
-/// The code form, with what was typed (never the passwords) and an optional error.
-fn code_form(page: Page<'_>, status: StatusCode, email: &str, code: &str, error: &str) -> Response {
-    page.render(status, "reset_code.html", context! { email, code, error })
+/// The code form, with what was typed (never the passwords nor a factor's code) and an
+/// optional error; `factor`: with the field of a second factor (once the code matched an
+/// account that has one).
+fn code_form(page: Page<'_>, status: StatusCode, typed: &CodeTyped<'_>, error: &str) -> Response {
+    let CodeTyped {
+        email,
+        code,
+        factor,
+    } = *typed;
+    page.render(
+        status,
+        "reset_code.html",
+        context! { email, code, factor, error },
+    )
+}
+
+/// What the code form shows again.
+#[derive(Clone, Copy)]
+struct CodeTyped<'a> {
+    email: &'a str,
+    code: &'a str,
+    factor: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +143,8 @@ pub(super) struct CodeForm {
     code: String,
     password: String,
     password_confirm: String,
+    #[serde(default)]
+    second_factor: Option<String>,
 }
 
 /// Resets with a code exactly as `POST /v1/password/reset/code` does; success redirects (303)
@@ -101,15 +156,19 @@ pub(super) async fn code_submit(
     PageForm(form): PageForm<CodeForm>,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
-    let again = |error: &str| {
-        let status = StatusCode::UNPROCESSABLE_ENTITY;
-        code_form(page, status, &form.email, &form.code, error)
+    let factor = crate::mfa::Proof::from_entry(form.second_factor.as_deref());
+    let typed = CodeTyped {
+        email: &form.email,
+        code: &form.code,
+        factor: factor.is_some(),
     };
+    let again = |error: &str| code_form(page, StatusCode::UNPROCESSABLE_ENTITY, &typed, error);
     if form.password != form.password_confirm {
         return again(page.t("mismatch"));
     }
     let password = form.password.clone();
-    match recovery::reset_with_code(&state, &ctx, &form.email, &form.code, password).await {
+    let (email, code) = (&form.email, &form.code);
+    match recovery::reset_with_code(&state, &ctx, email, code, password, factor).await {
         Ok(proven) => {
             let done = Redirect::to(DONE_PATH).into_response();
             with_device(&state, &headers, &proven, done)
@@ -117,8 +176,36 @@ pub(super) async fn code_submit(
         // The typed code is not shown again: it is dead or wrong.
         Err(ApiError::CodeInvalid) => {
             let error = page.t("code_invalid");
-            code_form(page, StatusCode::BAD_REQUEST, &form.email, "", error)
+            let typed = CodeTyped { code: "", ..typed };
+            code_form(page, StatusCode::BAD_REQUEST, &typed, error)
         }
+        // The email's code matched an account with a second factor: it stays usable, and the
+        // form asks for the factor too.
+        Err(ApiError::MfaRequired) => {
+            let typed = CodeTyped {
+                factor: true,
+                ..typed
+            };
+            code_form(
+                page,
+                StatusCode::FORBIDDEN,
+                &typed,
+                page.t("factor_required"),
+            )
+        }
+        Err(ApiError::InvalidCode) => {
+            let typed = CodeTyped {
+                factor: true,
+                ..typed
+            };
+            code_form(
+                page,
+                StatusCode::UNAUTHORIZED,
+                &typed,
+                page.t("factor_invalid"),
+            )
+        }
+        Err(ApiError::RateLimitedLogin { retry_after_secs }) => page.rate_limited(retry_after_secs),
         Err(ApiError::WeakPassword(hint)) => again(&page.weak_password(&hint)),
         Err(ApiError::PasswordTooLong) => again(page.t("too_long")),
         Err(ApiError::BreachedPassword) => again(page.t("breached")),

@@ -1,0 +1,449 @@
+//! Second factors (DESIGN.md §11): an authenticator app's codes (TOTP) with single-use
+//! recovery codes. A factor is asked for where a password alone used to do: the second step
+//! of a sign-in, a reset (the link or code proves the mailbox only), a password change, the
+//! removal of the factor itself.
+//!
+//! Every check of a code counts against the sign-in budgets of the address and the client
+//! (a wrong code is a failure like a wrong password; a right one is forgiven), and is
+//! audited under the action it serves. Spending a recovery code, adding or removing a
+//! factor and replacing the codes each send the owner a security notice (through the
+//! outbox, in the transaction of the change).
+
+pub mod challenge;
+pub mod recovery_codes;
+pub mod secret_box;
+pub mod totp;
+
+use std::sync::Arc;
+
+use shared::{
+    audit::{Action, AuditEvent, Outcome},
+    message::{Envelope, Factor, Job, SecurityEvent},
+};
+use sqlx::PgConnection;
+
+use crate::{
+    error::ApiError,
+    extract::RequestContext,
+    routes::sessions::{LoginBudgets, within_login_budgets},
+    state::AppState,
+    store::{self, factors::Enrolment, users::User},
+};
+
+use secret_box::SecretBox;
+
+/// The sealing keys of TOTP secrets and the issuer name authenticator apps show.
+#[derive(Clone)]
+pub struct Factors {
+    secret_box: Arc<SecretBox>,
+    issuer: String,
+}
+
+impl Factors {
+    pub fn new(token_secrets: &[Vec<u8>], issuer: &str) -> Self {
+        Self {
+            secret_box: Arc::new(SecretBox::new(token_secrets)),
+            issuer: issuer.to_owned(),
+        }
+    }
+}
+
+/// A second factor as a request offers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// A code of the authenticator app.
+    Totp(String),
+    /// One of the recovery codes.
+    RecoveryCode(String),
+}
+
+impl Proof {
+    /// The factor of a JSON body's `totp_code` or `recovery_code` (the first given).
+    pub fn from_fields(totp_code: Option<&str>, recovery_code: Option<&str>) -> Option<Self> {
+        fn given(s: Option<&str>) -> Option<&str> {
+            s.map(str::trim).filter(|s| !s.is_empty())
+        }
+        given(totp_code)
+            .map(|c| Proof::Totp(c.to_owned()))
+            .or_else(|| given(recovery_code).map(|c| Proof::RecoveryCode(c.to_owned())))
+    }
+
+    /// The factor typed into a page's one field: six digits are the app's code, anything
+    /// else a recovery code.
+    pub fn from_entry(entry: Option<&str>) -> Option<Self> {
+        let entry = entry.map(str::trim).filter(|s| !s.is_empty())?;
+        Some(if totp::normalize(entry).is_some() {
+            Proof::Totp(entry.to_owned())
+        } else {
+            Proof::RecoveryCode(entry.to_owned())
+        })
+    }
+}
+
+/// What the account has enrolled.
+pub async fn enrolment(state: &AppState, user: uuid::Uuid) -> Result<Enrolment, ApiError> {
+    Ok(store::factors::enrolment(&state.db, user).await?)
+}
+
+/// A new authenticator-app secret waiting for its first code.
+pub struct Enrolling {
+    /// Base32, for typing into the app.
+    pub secret: String,
+    /// `otpauth://totp/…`, for a QR code.
+    pub uri: String,
+}
+
+/// Starts (or starts over) the enrolment of an authenticator app; `409
+/// mfa_already_enabled` when the account has one.
+pub async fn begin_totp(state: &AppState, user: &User) -> Result<Enrolling, ApiError> {
+    let secret = totp::generate();
+    let sealed = state.factors.secret_box.seal(user.id.as_bytes(), &secret);
+    if !store::factors::begin_totp(&state.db, user.id, &sealed).await? {
+        return Err(ApiError::MfaAlreadyEnabled);
+    }
+    Ok(Enrolling {
+        secret: totp::base32(&secret),
+        uri: totp::uri(&secret, &state.factors.issuer, &user.email),
+    })
+}
+
+/// Confirms the waiting secret with its first code: the factor is on, and the ten recovery
+/// codes (returned, shown once) are made in the same transaction.
+pub async fn confirm_totp(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+    code: &str,
+) -> Result<Vec<String>, ApiError> {
+    let Some(row) = store::factors::totp(&state.db, user.id).await? else {
+        return Err(ApiError::NoPendingEnrolment);
+    };
+    if row.confirmed {
+        return Err(ApiError::MfaAlreadyEnabled);
+    }
+    let attempt = within_budgets(state, ctx, user).await?;
+    let Some(step) = matching_step(state, user, &row, code) else {
+        audit_wrong(state, ctx, Action::MfaEnrol, user).await;
+        return Err(ApiError::InvalidCode);
+    };
+    let codes = recovery_codes::generate();
+    let hashes = hashes(user, &codes);
+    let mut tx = state.db.begin().await?;
+    if !store::factors::spend_step(&mut tx, user.id, step, true).await? {
+        drop(tx);
+        audit_wrong(state, ctx, Action::MfaEnrol, user).await;
+        return Err(ApiError::InvalidCode);
+    }
+    store::factors::replace_recovery_codes(&mut tx, user.id, &hashes).await?;
+    record(&mut tx, ctx, Action::MfaEnrol, user, Some("totp")).await?;
+    let event = SecurityEvent::FactorAdded {
+        factor: Factor::Totp,
+    };
+    notice(&mut tx, state, ctx, user, event).await?;
+    tx.commit().await?;
+    state.outbox.wake();
+    state.limiter.forgive(attempt).await;
+    metrics::counter!("mfa_changes_total", "change" => "totp_added").increment(1);
+    Ok(codes)
+}
+
+/// A new set of recovery codes; the old set dies. `409 mfa_not_enabled` without a factor.
+pub async fn replace_recovery_codes(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+) -> Result<Vec<String>, ApiError> {
+    let codes = recovery_codes::generate();
+    let hashes = hashes(user, &codes);
+    let mut tx = state.db.begin().await?;
+    // The factor is read in the transaction that replaces the codes: a removal in between
+    // leaves no codes behind for an account without a factor.
+    if !store::factors::lock_confirmed_totp(&mut tx, user.id).await? {
+        return Err(ApiError::MfaNotEnabled);
+    }
+    store::factors::replace_recovery_codes(&mut tx, user.id, &hashes).await?;
+    record(&mut tx, ctx, Action::RecoveryCodesReplace, user, None).await?;
+    notice(
+        &mut tx,
+        state,
+        ctx,
+        user,
+        SecurityEvent::RecoveryCodesReplaced,
+    )
+    .await?;
+    tx.commit().await?;
+    state.outbox.wake();
+    Ok(codes)
+}
+
+/// Removes the authenticator app and the recovery codes at the signed-in owner's request
+/// (password and code checked); `409 mfa_not_enabled` when there is none. The owner gets a
+/// notice. Support staff remove a factor through [`crate::admin::Desk::remove_factors`].
+pub async fn remove_totp(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+) -> Result<(), ApiError> {
+    let mut tx = state.db.begin().await?;
+    if !store::factors::remove_totp(&mut tx, user.id).await? {
+        return Err(ApiError::MfaNotEnabled);
+    }
+    record(&mut tx, ctx, Action::MfaRemove, user, None).await?;
+    let event = SecurityEvent::FactorRemoved {
+        factor: Factor::Totp,
+        by_support: false,
+    };
+    notice(&mut tx, state, ctx, user, event).await?;
+    tx.commit().await?;
+    state.outbox.wake();
+    metrics::counter!("mfa_changes_total", "change" => "totp_removed").increment(1);
+    Ok(())
+}
+
+/// Which factor proved the person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proven {
+    Totp,
+    /// A recovery code, now spent; how many are left.
+    RecoveryCode {
+        left: i64,
+    },
+}
+
+/// Checks the factor a request offers for `user`, on the sign-in budgets of the address and
+/// the client: a right one is spent (a TOTP step is accepted once; a recovery code dies and
+/// its owner is told) and forgiven; a wrong, reused or spent one is audited under `action`
+/// and answered `401 invalid_code`.
+pub async fn prove(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+    action: Action,
+    proof: &Proof,
+) -> Result<Proven, ApiError> {
+    let attempt = within_budgets(state, ctx, user).await?;
+    let proven = match proof {
+        Proof::Totp(code) => spend_totp(state, user, code).await?.then_some(Proven::Totp),
+        Proof::RecoveryCode(code) => spend_recovery_code(state, ctx, user, code)
+            .await?
+            .map(|left| Proven::RecoveryCode { left }),
+    };
+    let Some(proven) = proven else {
+        audit_wrong(state, ctx, action, user).await;
+        return Err(ApiError::InvalidCode);
+    };
+    state.limiter.forgive(attempt).await;
+    let factor = match proven {
+        Proven::Totp => "totp",
+        Proven::RecoveryCode { .. } => "recovery_code",
+    };
+    metrics::counter!("mfa_verifications_total", "factor" => factor).increment(1);
+    Ok(proven)
+}
+
+/// Requires a factor for an account that has one: `403 mfa_required` when the request
+/// offers none (audited under `action`), else what to check. `None`: the account has no
+/// factor.
+pub async fn required(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+    action: Action,
+    proof: Option<Proof>,
+) -> Result<Option<Proof>, ApiError> {
+    if !enrolment(state, user.id).await?.has_factor() {
+        return Ok(None);
+    }
+    match proof {
+        Some(proof) => Ok(Some(proof)),
+        None => {
+            crate::recovery::attempt(state, ctx, action, Outcome::MfaRequired, Some(user.id)).await;
+            Err(ApiError::MfaRequired)
+        }
+    }
+}
+
+async fn within_budgets(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+) -> Result<crate::rate_limit::Attempt, ApiError> {
+    let address_hash = state.limiter.address_pseudonym(&user.email_key);
+    let budgets = LoginBudgets {
+        ip: ctx.ip,
+        email_key: &user.email_key,
+        address_hash: &address_hash,
+        device: None,
+    };
+    within_login_budgets(state, &budgets, ctx.request_id()).await
+}
+
+async fn audit_wrong(state: &AppState, ctx: &RequestContext, action: Action, user: &User) {
+    let reason = Outcome::FactorWrong;
+    metrics::counter!("tokens_rejected_total", "reason" => reason.as_str()).increment(1);
+    crate::recovery::attempt(state, ctx, action, reason, Some(user.id)).await;
+}
+
+/// The step of `code` under the stored secret, if it is newer than the last accepted one.
+fn matching_step(
+    state: &AppState,
+    user: &User,
+    row: &store::factors::TotpRow,
+    code: &str,
+) -> Option<i64> {
+    let code = totp::normalize(code)?;
+    let sealed = row.sealed();
+    let Some(opened) = state.factors.secret_box.open(user.id.as_bytes(), &sealed) else {
+        tracing::error!(
+            key_id = %sealed.key_id,
+            "a TOTP secret does not open: its TOKEN_SECRETS entry is no longer listed"
+        );
+        return None;
+    };
+    let now = u64::try_from(state.clock.now().timestamp()).ok()?;
+    let step = i64::try_from(totp::matching_step(&opened.plaintext, &code, now)?).ok()?;
+    if step <= row.last_step {
+        return None;
+    }
+    if opened.stale {
+        let resealed = state
+            .factors
+            .secret_box
+            .seal(user.id.as_bytes(), &opened.plaintext);
+        let (db, id) = (state.db.clone(), user.id);
+        tokio::spawn(async move {
+            if let Err(e) = store::factors::reseal_totp(&db, id, &sealed, &resealed).await {
+                tracing::warn!(error = %e, "could not seal a TOTP secret under the current key");
+            }
+        });
+    }
+    Some(step)
+}
+
+/// Accepts a code of the confirmed app once.
+async fn spend_totp(state: &AppState, user: &User, code: &str) -> Result<bool, ApiError> {
+    let Some(row) = store::factors::totp(&state.db, user.id).await? else {
+        return Ok(false);
+    };
+    if !row.confirmed {
+        return Ok(false);
+    }
+    let Some(step) = matching_step(state, user, &row, code) else {
+        return Ok(false);
+    };
+    let id = user.id;
+    let spent = shared::db::pinned(&state.db, async |c| {
+        store::factors::spend_step(c, id, step, false).await
+    })
+    .await?;
+    Ok(spent)
+}
+
+/// Spends a recovery code and queues its notice; the codes left, or `None` when it was no
+/// unspent code of the account.
+async fn spend_recovery_code(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+    code: &str,
+) -> Result<Option<i64>, ApiError> {
+    let Some(code) = recovery_codes::normalize(code) else {
+        return Ok(None);
+    };
+    let hash = recovery_codes::hash(user.id, &code);
+    let mut tx = state.db.begin().await?;
+    let Some(left) = store::factors::spend_recovery_code(&mut tx, user.id, &hash).await? else {
+        return Ok(None);
+    };
+    let event = SecurityEvent::RecoveryCodeUsed {
+        remaining: u32::try_from(left).unwrap_or(0),
+    };
+    notice(&mut tx, state, ctx, user, event).await?;
+    tx.commit().await?;
+    state.outbox.wake();
+    Ok(Some(left))
+}
+
+fn hashes(user: &User, codes: &[String]) -> Vec<Vec<u8>> {
+    codes
+        .iter()
+        .filter_map(|c| recovery_codes::normalize(c))
+        .map(|c| recovery_codes::hash(user.id, &c))
+        .collect()
+}
+
+/// The audit row of a change, in its transaction.
+async fn record(
+    tx: &mut PgConnection,
+    ctx: &RequestContext,
+    action: Action,
+    user: &User,
+    detail: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let event = AuditEvent {
+        user_id: Some(user.id),
+        ip: Some(ctx.ip),
+        request_id: ctx.request_id(),
+        detail,
+        ..AuditEvent::new(action, Outcome::Success)
+    };
+    shared::audit::record(tx, &event).await
+}
+
+/// Queues a security notice to the owner of `user` in the transaction of its cause.
+pub(crate) async fn notice(
+    tx: &mut PgConnection,
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+    event: SecurityEvent,
+) -> Result<(), sqlx::Error> {
+    let envelope = Envelope::new(
+        Job::SecurityNotice {
+            user_id: user.id,
+            email: user.email.clone(),
+            ip: Some(ctx.ip.to_string()),
+            event,
+        },
+        state.clock.now(),
+        NOTICE_TTL,
+        ctx.locale,
+        ctx.trace.clone(),
+    )
+    .asked_in(&ctx.languages);
+    crate::outbox::add_job(tx, Some(user.id), &envelope).await
+}
+
+/// How long a security notice may wait to be sent.
+pub(crate) const NOTICE_TTL: chrono::Duration = chrono::Duration::days(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_offers_the_app_code_first_and_ignores_empty_fields() {
+        assert_eq!(
+            Proof::from_fields(Some("123456"), Some("x")),
+            Some(Proof::Totp("123456".into()))
+        );
+        assert_eq!(
+            Proof::from_fields(Some(" "), Some("abcd-efgh-jkmn-pqrs")),
+            Some(Proof::RecoveryCode("abcd-efgh-jkmn-pqrs".into()))
+        );
+        assert_eq!(Proof::from_fields(None, Some("")), None);
+    }
+
+    #[test]
+    fn a_page_entry_of_six_digits_is_the_app_code() {
+        assert_eq!(
+            Proof::from_entry(Some("123 456")),
+            Some(Proof::Totp("123 456".into()))
+        );
+        assert_eq!(
+            Proof::from_entry(Some("abcd-efgh-jkmn-pqrs")),
+            Some(Proof::RecoveryCode("abcd-efgh-jkmn-pqrs".into()))
+        );
+        assert_eq!(Proof::from_entry(Some("  ")), None);
+    }
+}

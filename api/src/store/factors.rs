@@ -1,0 +1,216 @@
+//! The `user_totp` and `recovery_codes` tables (second factors, see [`crate::mfa`]).
+//!
+//! Every query names its statement only when the pool may (behind a transaction pooler it
+//! may not; see [`shared::db`]).
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::mfa::secret_box::Sealed;
+
+/// What an account has enrolled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct Enrolment {
+    /// A confirmed authenticator app.
+    pub totp: bool,
+    /// Unspent recovery codes.
+    pub recovery_codes_left: i64,
+}
+
+impl Enrolment {
+    /// Whether the account has a second factor (recovery codes alone are none: they come
+    /// with, and go with, a factor).
+    pub fn has_factor(&self) -> bool {
+        self.totp
+    }
+}
+
+/// What the account has enrolled.
+pub async fn enrolment(db: &PgPool, user: Uuid) -> Result<Enrolment, sqlx::Error> {
+    let found = shared::db::fetch_optional(
+        db,
+        sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM user_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL) AS totp,
+                    (SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL) AS recovery_codes_left",
+        )
+        .bind(user),
+    )
+    .await?;
+    Ok(found.unwrap_or_default())
+}
+
+/// An account's TOTP secret as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TotpRow {
+    pub sealed: Vec<u8>,
+    pub key_id: String,
+    pub confirmed: bool,
+    pub last_step: i64,
+}
+
+impl TotpRow {
+    pub fn sealed(&self) -> Sealed {
+        Sealed {
+            key_id: self.key_id.clone(),
+            bytes: self.sealed.clone(),
+        }
+    }
+}
+
+/// The account's TOTP secret, confirmed or waiting for its first code.
+pub async fn totp(db: &PgPool, user: Uuid) -> Result<Option<TotpRow>, sqlx::Error> {
+    shared::db::fetch_optional(
+        db,
+        sqlx::query_as(
+            "SELECT sealed, key_id, confirmed_at IS NOT NULL AS confirmed, last_step
+             FROM user_totp WHERE user_id = $1",
+        )
+        .bind(user),
+    )
+    .await
+}
+
+/// Stores a new secret waiting for its first code, replacing one that waits; `false` when
+/// the account has a confirmed one (it must be removed first).
+pub async fn begin_totp(db: &PgPool, user: Uuid, sealed: &Sealed) -> Result<bool, sqlx::Error> {
+    let done = shared::db::execute(
+        db,
+        sqlx::query(
+            "INSERT INTO user_totp (user_id, sealed, key_id) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id) DO UPDATE
+                 SET sealed = EXCLUDED.sealed, key_id = EXCLUDED.key_id, last_step = 0,
+                     created_at = now()
+                 WHERE user_totp.confirmed_at IS NULL",
+        )
+        .bind(user)
+        .bind(&sealed.bytes)
+        .bind(&sealed.key_id),
+    )
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records that the code of `step` was accepted, if no code of this step or a later one was
+/// (each code is accepted once); `confirm` also confirms a waiting secret. Whether it was
+/// recorded here (a concurrent use of the same code loses).
+pub async fn spend_step(
+    conn: &mut PgConnection,
+    user: Uuid,
+    step: i64,
+    confirm: bool,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE user_totp
+         SET last_step = $2,
+             confirmed_at = CASE WHEN $3 THEN coalesce(confirmed_at, now()) ELSE confirmed_at END
+         WHERE user_id = $1 AND last_step < $2 AND (confirmed_at IS NOT NULL) <> $3",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(user)
+    .bind(step)
+    .bind(confirm)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether the account has a confirmed TOTP secret, locking its row for the transaction.
+pub async fn lock_confirmed_totp(conn: &mut PgConnection, user: Uuid) -> Result<bool, sqlx::Error> {
+    let confirmed: Option<bool> = sqlx::query_scalar(
+        "SELECT confirmed_at IS NOT NULL FROM user_totp WHERE user_id = $1 FOR UPDATE",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(user)
+    .fetch_optional(conn)
+    .await?;
+    Ok(confirmed == Some(true))
+}
+
+/// Seals the secret again (under the current key), if it is still the one read.
+pub async fn reseal_totp(
+    db: &PgPool,
+    user: Uuid,
+    old: &Sealed,
+    new: &Sealed,
+) -> Result<(), sqlx::Error> {
+    shared::db::execute(
+        db,
+        sqlx::query(
+            "UPDATE user_totp SET sealed = $3, key_id = $4 WHERE user_id = $1 AND sealed = $2",
+        )
+        .bind(user)
+        .bind(&old.bytes)
+        .bind(&new.bytes)
+        .bind(&new.key_id),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes the account's TOTP secret and its recovery codes; whether it had a confirmed one.
+pub async fn remove_totp(conn: &mut PgConnection, user: Uuid) -> Result<bool, sqlx::Error> {
+    let confirmed: Option<bool> = sqlx::query_scalar(
+        "DELETE FROM user_totp WHERE user_id = $1 RETURNING confirmed_at IS NOT NULL",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(user)
+    .fetch_optional(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+        .persistent(shared::db::named_statements())
+        .bind(user)
+        .execute(&mut *conn)
+        .await?;
+    Ok(confirmed == Some(true))
+}
+
+/// Replaces the account's recovery codes with these hashes.
+pub async fn replace_recovery_codes(
+    conn: &mut PgConnection,
+    user: Uuid,
+    hashes: &[Vec<u8>],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+        .persistent(shared::db::named_statements())
+        .bind(user)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO recovery_codes (user_id, code_hash) SELECT $1, h FROM unnest($2::bytea[]) AS h",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(user)
+    .bind(hashes)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Spends the recovery code with this hash if it is unspent; the unspent codes left, or
+/// `None` when it was no unspent code of the account.
+pub async fn spend_recovery_code(
+    conn: &mut PgConnection,
+    user: Uuid,
+    hash: &[u8],
+) -> Result<Option<i64>, sqlx::Error> {
+    let spent = sqlx::query(
+        "UPDATE recovery_codes SET used_at = now()
+         WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(user)
+    .bind(hash)
+    .execute(&mut *conn)
+    .await?;
+    if spent.rows_affected() != 1 {
+        return Ok(None);
+    }
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(user)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Some(left))
+}
