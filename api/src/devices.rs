@@ -205,6 +205,76 @@ impl Devices {
     }
 }
 
+/// Tells the owner of a sign-in from a browser new to the account (no entry of the account in
+/// its device cookie, under any password version): a security notice with the device's name,
+/// its network and the "this wasn't me" link. At most one a day per device: the cookie's device
+/// id when it has one, else its name and network (a client that keeps no cookies would
+/// otherwise get a notice at every sign-in). Best effort: a failure is logged, the sign-in
+/// stands.
+pub(crate) async fn tell_if_new(
+    state: &crate::state::AppState,
+    ctx: &crate::extract::RequestContext,
+    headers: &HeaderMap,
+    account: &crate::routes::sessions::SignedIn<'_>,
+    origin: &crate::sessions::Origin,
+) {
+    use sha2::Digest as _;
+    if state
+        .devices
+        .recognise(headers, account.email_key)
+        .is_some()
+    {
+        return;
+    }
+    let user = account.credentials.id;
+    let device = match state.devices.read(headers) {
+        Some(cookie) => format!("cookie\0{}", cookie.id),
+        None => format!("origin\0{}\0{}", origin.device, origin.network),
+    };
+    let key = (state.redis.keys()).new_device_notice(user, &hex::encode(Sha256::digest(device)));
+    let first_today = state
+        .redis
+        .run(|mut c| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(NEW_DEVICE_NOTICE_EVERY_SECS)
+                .query_async::<Option<String>>(&mut c)
+                .await
+        })
+        .await;
+    match first_today {
+        Ok(Some(_)) => {}
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check for a new-sign-in notice today");
+            return;
+        }
+    }
+    let event = shared::message::SecurityEvent::NewSignIn {
+        device: origin.device.clone(),
+        ip_prefix: Some(origin.network.clone()),
+    };
+    let queued = async {
+        let mut tx = state.db.begin().await?;
+        crate::mfa::notice(&mut tx, state, ctx, user, account.email, event).await?;
+        tx.commit().await
+    }
+    .await;
+    match queued {
+        Ok(()) => {
+            state.outbox.wake();
+            metrics::counter!("new_device_notices_total").increment(1);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not queue a new-sign-in notice"),
+    }
+}
+
+/// How often one device can cause a new-sign-in notice.
+const NEW_DEVICE_NOTICE_EVERY_SECS: u64 = 86_400;
+
 /// The MAC that binds a device id to an address key and a password version.
 fn mac(key: &[u8], device_id: &str, email_key: &str, password_version: i32) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key");

@@ -189,7 +189,7 @@ impl FromRequestParts<AppState> for AuthUser {
             .or_else(|| cookie(&parts.headers, sessions::PLAIN_COOKIE_NAME))
             .ok_or(ApiError::Unauthorized)?;
         let session = sessions::SessionToken::parse(&raw).ok_or(ApiError::Unauthorized)?;
-        let Some(pv) = state.sessions.lookup(&session).await? else {
+        let Some(pv) = state.sessions.lookup(&session, state.clock.now()).await? else {
             return Err(ApiError::Unauthorized);
         };
         let user = crate::store::users::by_id(&state.db, session.user)

@@ -29,3 +29,4 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod user_agent;

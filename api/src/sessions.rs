@@ -1,9 +1,13 @@
 //! Sessions in Redis: revocable one at a time or all at once per user, each carrying the
-//! password version it was created under.
+//! password version it was created under, and listed to their owner with where they were
+//! opened (device name, network) and when they were last used.
 //!
 //! A session token is `<user id>.<secret>`. Redis stores only a SHA-256 of the secret, so a
-//! dump of Redis cannot be replayed as sessions. All keys of a user share one hash tag, so the
-//! revoke-all script is valid on Redis Cluster.
+//! dump of Redis cannot be replayed as sessions. Beside each session a hash (`…:meta`, same
+//! lifetime) holds when it was created and last seen, its device name and its network; the
+//! session key itself keeps holding only the password version, so an older api reads new
+//! sessions unchanged. A session is named to its owner by the first 16 hex digits of its hash.
+//! All keys of a user share one hash tag, so the revoke-all script is valid on Redis Cluster.
 
 use std::time::Duration;
 
@@ -80,10 +84,49 @@ pub struct Sessions {
     redis: RedisPool,
     ttl: Duration,
     revoke_all: Script,
+    touch: Script,
 }
 
+/// Where a session is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The device's name from its User-Agent (see [`crate::user_agent::device_name`]).
+    pub device: String,
+    /// The client's network (see [`crate::user_agent::network`]).
+    pub network: String,
+}
+
+/// A session as its owner sees it in the list.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct SessionInfo {
+    /// The session's name in `DELETE /v1/sessions/{id}` (not the token: it cannot be used).
+    pub id: String,
+    pub created_at: Option<DateTime<Utc>>,
+    /// When it last made a request (to the minute).
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// `Firefox on Linux`; absent for sessions opened before names were kept.
+    pub device: Option<String>,
+    /// `203.0.113.0/24`, `2001:db8:1:2::/64`: where it was opened, not the full address.
+    pub network: Option<String>,
+    /// The session of this request.
+    pub current: bool,
+}
+
+/// Characters of a session's public id.
+const ID_LEN: usize = 16;
+/// How stale `last seen` may get before a request writes it again.
+const SEEN_EVERY_SECS: i64 = 60;
+
+/// Sets a session's `seen` time if its metadata still exists (an expired one is not brought
+/// back without its expiry).
+const TOUCH_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'seen', ARGV[1]) end
+return 0
+";
+
 /// Deletes every session of a user. `KEYS[1]` is the user's set of session hashes, `KEYS[2..]`
-/// the session keys it listed when the caller read it, `ARGV` those hashes in the same order.
+/// the session keys (and their metadata keys) it listed when the caller read it, `ARGV` those
+/// hashes.
 /// Every key is declared (Redis Cluster routes and checks a script by its declared keys; all
 /// share the user's hash tag, so they are one slot). If the set changed since it was read (a
 /// sign-in in between), nothing is deleted and -1 tells the caller to read it again.
@@ -109,6 +152,7 @@ impl Sessions {
             redis,
             ttl,
             revoke_all: Script::new(REVOKE_ALL_LUA),
+            touch: Script::new(TOUCH_LUA),
         }
     }
 
@@ -117,12 +161,13 @@ impl Sessions {
         self.ttl
     }
 
-    /// Creates a session for `user` bound to `password_version`.
+    /// Creates a session for `user` bound to `password_version`, opened from `origin`.
     pub async fn create(
         &self,
         user: Uuid,
         password_version: i32,
         now: DateTime<Utc>,
+        origin: &Origin,
     ) -> Result<(SessionToken, DateTime<Utc>), ApiError> {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
@@ -134,9 +179,23 @@ impl Sessions {
         let hash = token.secret_hash();
         let ttl = self.ttl.as_secs();
         let set = keys.user_sessions(user);
+        let meta = keys.session_meta(user, &hash);
+        let at = now.timestamp().to_string();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .set_ex(keys.session(user, &hash), password_version, ttl)
+            .ignore()
+            .hset_multiple(
+                &meta,
+                &[
+                    ("created", at.as_str()),
+                    ("seen", at.as_str()),
+                    ("device", origin.device.as_str()),
+                    ("net", origin.network.as_str()),
+                ],
+            )
+            .ignore()
+            .expire(&meta, ttl as i64)
             .ignore()
             .sadd(&set, &hash)
             .ignore()
@@ -149,30 +208,140 @@ impl Sessions {
         Ok((token, expires_at))
     }
 
-    /// The password version of a live session, or `None` when it is unknown or expired.
-    pub async fn lookup(&self, token: &SessionToken) -> Result<Option<i32>, ApiError> {
-        let key = self.redis.keys().session(token.user, &token.secret_hash());
-        let pv: Option<i32> = self
+    /// The password version of a live session, or `None` when it is unknown or expired;
+    /// notes that it was seen at `now` (at most once a minute).
+    pub async fn lookup(
+        &self,
+        token: &SessionToken,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i32>, ApiError> {
+        let keys = self.redis.keys();
+        let hash = token.secret_hash();
+        let (key, meta) = (
+            keys.session(token.user, &hash),
+            keys.session_meta(token.user, &hash),
+        );
+        let mut pipe = redis::pipe();
+        pipe.get(&key).hget(&meta, "seen");
+        let (pv, seen): (Option<i32>, Option<i64>) = self
             .redis
-            .run(|mut c| async move { redis::cmd("GET").arg(&key).query_async(&mut c).await })
+            .run(|mut c| async move { pipe.query_async(&mut c).await })
             .await?;
+        if pv.is_some() && seen.is_some_and(|seen| now.timestamp() - seen >= SEEN_EVERY_SECS) {
+            let mut touch = self.touch.key(&meta);
+            touch.arg(now.timestamp());
+            let touched = self
+                .redis
+                .run(|mut c| async move { touch.invoke_async::<i64>(&mut c).await })
+                .await;
+            if let Err(e) = touched {
+                tracing::debug!(error = %e, "could not note when a session was last seen");
+            }
+        }
         Ok(pv)
     }
 
     /// Ends one session.
     pub async fn revoke(&self, token: &SessionToken) -> Result<(), ApiError> {
+        self.end_hashes(token.user, &[token.secret_hash()]).await
+    }
+
+    /// Ends the sessions of `user` with these hashes.
+    async fn end_hashes(&self, user: Uuid, hashes: &[String]) -> Result<(), ApiError> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
         let keys = self.redis.keys();
-        let hash = token.secret_hash();
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(keys.session(token.user, &hash))
-            .ignore()
-            .srem(keys.user_sessions(token.user), &hash)
-            .ignore();
+        pipe.atomic();
+        for hash in hashes {
+            pipe.del(keys.session(user, hash))
+                .ignore()
+                .del(keys.session_meta(user, hash))
+                .ignore()
+                .srem(keys.user_sessions(user), hash)
+                .ignore();
+        }
         self.redis
             .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
             .await?;
         Ok(())
+    }
+
+    /// The hashes in the user's set.
+    async fn members(&self, user: Uuid) -> Result<Vec<String>, ApiError> {
+        let set = self.redis.keys().user_sessions(user);
+        Ok(self
+            .redis
+            .run(|mut c| async move { redis::cmd("SMEMBERS").arg(&set).query_async(&mut c).await })
+            .await?)
+    }
+
+    /// The user's live sessions, `current`'s first, then the most recently seen.
+    pub async fn list(&self, current: &SessionToken) -> Result<Vec<SessionInfo>, ApiError> {
+        let user = current.user;
+        let members = self.members(user).await?;
+        let keys = self.redis.keys();
+        let mut pipe = redis::pipe();
+        for hash in &members {
+            pipe.exists(keys.session(user, hash))
+                .hgetall(keys.session_meta(user, hash));
+        }
+        type Meta = std::collections::HashMap<String, String>;
+        let found: Vec<(bool, Meta)> = if members.is_empty() {
+            Vec::new()
+        } else {
+            self.redis
+                .run(|mut c| async move { pipe.query_async(&mut c).await })
+                .await?
+        };
+        let current_hash = current.secret_hash();
+        let time = |meta: &Meta, field: &str| {
+            let secs = meta.get(field)?.parse::<i64>().ok()?;
+            DateTime::<Utc>::from_timestamp(secs, 0)
+        };
+        let mut sessions: Vec<SessionInfo> = members
+            .iter()
+            .zip(found)
+            .filter(|(_, (live, _))| *live)
+            .map(|(hash, (_, meta))| SessionInfo {
+                id: hash[..ID_LEN.min(hash.len())].to_owned(),
+                created_at: time(&meta, "created"),
+                last_seen_at: time(&meta, "seen"),
+                device: meta.get("device").cloned(),
+                network: meta.get("net").cloned(),
+                current: *hash == current_hash,
+            })
+            .collect();
+        sessions.sort_by_key(|s| std::cmp::Reverse((s.current, s.last_seen_at)));
+        Ok(sessions)
+    }
+
+    /// Ends the session of `user` named `id` (see [`SessionInfo::id`]); whether there was one.
+    pub async fn end(&self, user: Uuid, id: &str) -> Result<bool, ApiError> {
+        let valid =
+            id.len() == ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !valid {
+            return Ok(false);
+        }
+        let members = self.members(user).await?;
+        let named: Vec<String> = members.into_iter().filter(|h| h.starts_with(id)).collect();
+        if named.is_empty() {
+            return Ok(false);
+        }
+        self.end_hashes(user, &named).await?;
+        Ok(true)
+    }
+
+    /// Ends every session of the user but `keep`; how many ended.
+    pub async fn end_others(&self, keep: &SessionToken) -> Result<usize, ApiError> {
+        let keep_hash = keep.secret_hash();
+        let others: Vec<String> = (self.members(keep.user).await?)
+            .into_iter()
+            .filter(|h| *h != keep_hash)
+            .collect();
+        self.end_hashes(keep.user, &others).await?;
+        Ok(others.len())
     }
 
     /// Ends every session of `user`; returns how many there were.
@@ -192,7 +361,10 @@ impl Sessions {
                 .await?;
             let mut invocation = self.revoke_all.key(&set);
             for member in &members {
-                invocation.key(keys.session(user, member)).arg(member);
+                invocation
+                    .key(keys.session(user, member))
+                    .key(keys.session_meta(user, member))
+                    .arg(member);
             }
             let deleted: i64 = self
                 .redis

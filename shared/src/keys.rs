@@ -70,6 +70,18 @@ impl Keys {
         format!("{}sess:{{u:{user}}}:{secret_hash}", self.prefix)
     }
 
+    /// When a session was created and last seen, its device name and its network (a hash
+    /// beside the session, with its lifetime).
+    pub fn session_meta(&self, user: Uuid, secret_hash: &str) -> String {
+        format!("{}sess:{{u:{user}}}:{secret_hash}:meta", self.prefix)
+    }
+
+    /// Marks that a device (by a hash of its cookie id, or of its name and network) caused a
+    /// new-sign-in notice to the user today.
+    pub fn new_device_notice(&self, user: Uuid, device_hash: &str) -> String {
+        format!("{}newdev:{{u:{user}}}:{device_hash}", self.prefix)
+    }
+
     /// Set of a user's session hashes, so all sessions can be revoked in one script.
     pub fn user_sessions(&self, user: Uuid) -> String {
         format!("{}sess:{{u:{user}}}", self.prefix)

@@ -139,7 +139,7 @@ pub async fn confirm_totp(
     let event = SecurityEvent::FactorAdded {
         factor: Factor::Totp,
     };
-    notice(&mut tx, state, ctx, user, event).await?;
+    notice(&mut tx, state, ctx, user.id, &user.email, event).await?;
     tx.commit().await?;
     state.outbox.wake();
     state.limiter.forgive(attempt).await;
@@ -163,14 +163,8 @@ pub async fn replace_recovery_codes(
     }
     store::factors::replace_recovery_codes(&mut tx, user.id, &hashes).await?;
     record(&mut tx, ctx, Action::RecoveryCodesReplace, user, None).await?;
-    notice(
-        &mut tx,
-        state,
-        ctx,
-        user,
-        SecurityEvent::RecoveryCodesReplaced,
-    )
-    .await?;
+    let event = SecurityEvent::RecoveryCodesReplaced;
+    notice(&mut tx, state, ctx, user.id, &user.email, event).await?;
     tx.commit().await?;
     state.outbox.wake();
     Ok(codes)
@@ -193,7 +187,7 @@ pub async fn remove_totp(
         factor: Factor::Totp,
         by_support: false,
     };
-    notice(&mut tx, state, ctx, user, event).await?;
+    notice(&mut tx, state, ctx, user.id, &user.email, event).await?;
     tx.commit().await?;
     state.outbox.wake();
     metrics::counter!("mfa_changes_total", "change" => "totp_removed").increment(1);
@@ -358,7 +352,7 @@ async fn spend_recovery_code(
     let event = SecurityEvent::RecoveryCodeUsed {
         remaining: u32::try_from(left).unwrap_or(0),
     };
-    notice(&mut tx, state, ctx, user, event).await?;
+    notice(&mut tx, state, ctx, user.id, &user.email, event).await?;
     tx.commit().await?;
     state.outbox.wake();
     Ok(Some(left))
@@ -390,18 +384,20 @@ async fn record(
     shared::audit::record(tx, &event).await
 }
 
-/// Queues a security notice to the owner of `user` in the transaction of its cause.
+/// Queues a security notice to the owner of account `user` (address `email`) in the
+/// transaction of its cause.
 pub(crate) async fn notice(
     tx: &mut PgConnection,
     state: &AppState,
     ctx: &RequestContext,
-    user: &User,
+    user: uuid::Uuid,
+    email: &str,
     event: SecurityEvent,
 ) -> Result<(), sqlx::Error> {
     let envelope = Envelope::new(
         Job::SecurityNotice {
-            user_id: user.id,
-            email: user.email.clone(),
+            user_id: user,
+            email: email.to_owned(),
             ip: Some(ctx.ip.to_string()),
             event,
         },
@@ -411,7 +407,7 @@ pub(crate) async fn notice(
         ctx.trace.clone(),
     )
     .asked_in(&ctx.languages);
-    crate::outbox::add_job(tx, Some(user.id), &envelope).await
+    crate::outbox::add_job(tx, Some(user), &envelope).await
 }
 
 /// How long a security notice may wait to be sent.

@@ -130,9 +130,13 @@ pub async fn change_password(
         ..credentials
     };
     let now = state.clock.now();
-    let languages = &ctx.languages;
-    crate::routes::sessions::signed_in(&state, &headers, &changed, &user.email_key, languages, now)
-        .await
+    let account = crate::routes::sessions::SignedIn {
+        credentials: &changed,
+        email: &user.email,
+        email_key: &user.email_key,
+        new_device_notice: false,
+    };
+    crate::routes::sessions::signed_in(&state, &ctx, &headers, &account, now).await
 }
 
 /// Checks the signed-in owner's current password on the sign-in budgets of the address and

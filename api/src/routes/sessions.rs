@@ -1,4 +1,6 @@
-//! `POST /v1/sessions` and `DELETE /v1/sessions/current`.
+//! Sessions: `POST /v1/sessions` (and its second step, `POST /v1/sessions/mfa`), the owner's
+//! list (`GET /v1/sessions`), `DELETE /v1/sessions/{id}`, `DELETE /v1/sessions/others` and
+//! `DELETE /v1/sessions/current`.
 
 use axum::{
     Json,
@@ -29,6 +31,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(log_in))
         .routes(routes!(second_step))
         .routes(routes!(log_out))
+        .routes(routes!(list))
+        .routes(routes!(end_others))
+        .routes(routes!(end_one))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -174,7 +179,13 @@ pub async fn log_in(
         };
         return Ok((StatusCode::OK, Json(body)).into_response());
     }
-    signed_in(&state, &headers, &user, address.key(), &ctx.languages, now).await
+    let account = SignedIn {
+        credentials: &user,
+        email: address.address(),
+        email_key: address.key(),
+        new_device_notice: true,
+    };
+    signed_in(&state, &ctx, &headers, &account, now).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -241,27 +252,38 @@ pub async fn second_step(
         return Err(ApiError::MfaTokenInvalid);
     };
     let now = state.clock.now();
-    signed_in(
-        &state,
-        &headers,
-        &credentials,
-        &user.email_key,
-        &ctx.languages,
-        now,
-    )
-    .await
+    let account = SignedIn {
+        credentials: &credentials,
+        email: &user.email,
+        email_key: &user.email_key,
+        new_device_notice: true,
+    };
+    signed_in(&state, &ctx, &headers, &account, now).await
+}
+
+/// An account whose owner just proved themselves (password, and the factor when it has one).
+pub(crate) struct SignedIn<'a> {
+    pub credentials: &'a store::users::Credentials,
+    /// The address (for the new-sign-in notice's job) and its key.
+    pub email: &'a str,
+    pub email_key: &'a str,
+    /// Tell the owner when this browser is new to the account (a sign-in; not a password
+    /// change from a session that exists already).
+    pub new_device_notice: bool,
 }
 
 /// The answer to a sign-in whose password verified: the address off the suppression list, the
-/// account's languages if it had none, a new session, its cookie and the device cookie.
+/// account's languages if it had none, a new session (with where it was opened), its cookie
+/// and the device cookie; the owner is told of a browser new to the account (see
+/// [`crate::devices::tell_if_new`]).
 pub(crate) async fn signed_in(
     state: &AppState,
+    ctx: &RequestContext,
     headers: &HeaderMap,
-    user: &store::users::Credentials,
-    email_key: &str,
-    languages: &[String],
+    account: &SignedIn<'_>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Response, ApiError> {
+    let (user, email_key, languages) = (account.credentials, account.email_key, &ctx.languages);
     // Its owner is here: mail to the address goes out again (see `shared::suppression`).
     // Pinned: behind a transaction pooler, an unnamed statement's two exchanges must reach one
     // server connection (see `shared::db`).
@@ -275,9 +297,19 @@ pub(crate) async fn signed_in(
     if let Err(e) = store::users::adopt_languages(&state.db, user.id, languages).await {
         tracing::warn!(error = %e, "could not store a signed-in account's languages");
     }
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let origin = sessions::Origin {
+        device: crate::user_agent::device_name(user_agent),
+        network: crate::user_agent::network(ctx.ip),
+    };
+    if account.new_device_notice {
+        crate::devices::tell_if_new(state, ctx, headers, account, &origin).await;
+    }
     let (token, expires_at) = state
         .sessions
-        .create(user.id, user.password_version, now)
+        .create(user.id, user.password_version, now, &origin)
         .await?;
     let cookie = session_cookie(
         &token.expose(),
@@ -391,6 +423,87 @@ pub async fn log_out(
         set.append(header::SET_COOKIE, session_cookie("", 0, false));
     }
     Ok(response)
+}
+
+/// The signed-in owner's sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// This request's session first, then the most recently used.
+    pub sessions: Vec<sessions::SessionInfo>,
+}
+
+/// Lists the signed-in owner's live sessions: when each was created and last used, the device
+/// (named from its User-Agent) and the network it was opened from.
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", security(("session" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The live sessions", body = SessionList),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<Json<SessionList>, ApiError> {
+    let sessions = state.sessions.list(&auth.session).await?;
+    Ok(Json(SessionList { sessions }))
+}
+
+/// Ends one of the owner's sessions (by the `id` the list gives). Ending this request's own
+/// session signs it out.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions", security(("session" = []), ("session_cookie" = [])),
+    params(("id" = String, Path, description = "A session's `id` from `GET /v1/sessions`")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no live session of this account has that id", body = ErrorBody),
+    ))]
+pub async fn end_one(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    auth: AuthUser,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.sessions.end(auth.user.id, &id).await? {
+        return Err(ApiError::NotFound);
+    }
+    let detail = "one";
+    audit_session_end(&state, &ctx, auth.user.id, detail).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// How many sessions ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ended {
+    pub ended: usize,
+}
+
+/// Ends every session of the owner but this one ("sign out everywhere else").
+#[utoipa::path(delete, path = "/v1/sessions/others", tag = "sessions", security(("session" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The other sessions ended", body = Ended),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ))]
+pub async fn end_others(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    auth: AuthUser,
+) -> Result<Json<Ended>, ApiError> {
+    let ended = state.sessions.end_others(&auth.session).await?;
+    audit_session_end(&state, &ctx, auth.user.id, "others").await;
+    Ok(Json(Ended { ended }))
+}
+
+async fn audit_session_end(state: &AppState, ctx: &RequestContext, user: uuid::Uuid, which: &str) {
+    audit::record(
+        &state.db,
+        &AuditEvent {
+            user_id: Some(user),
+            ip: Some(ctx.ip),
+            request_id: ctx.request_id(),
+            detail: Some(which),
+            ..AuditEvent::new(Action::SessionEnd, Outcome::Success)
+        },
+    )
+    .await;
 }
 
 /// The session cookie: HttpOnly (no script can read it), SameSite=Lax (not sent on

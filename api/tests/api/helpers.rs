@@ -50,6 +50,10 @@ pub(crate) struct TestApp {
     pub reader: QueueReader,
     pub keys: Keys,
     pub token_keys: TokenKeys,
+    /// The device cookie of the test's own browser (`name=value`): the browser that verifies
+    /// addresses and signs in through [`TestApp::verify`] and [`TestApp::login`], so those
+    /// sign-ins are from a browser the account knows (no new-sign-in notice).
+    browser: std::sync::Mutex<Option<String>>,
     server: tokio::task::JoinHandle<()>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -130,6 +134,7 @@ pub(crate) async fn spawn_config(config: Config) -> TestApp {
         reader: QueueReader::connect().await.expect("broker reachable"),
         keys,
         token_keys,
+        browser: std::sync::Mutex::new(None),
         server,
         shutdown: Some(tx),
     }
@@ -168,18 +173,26 @@ impl TestApp {
             .await
     }
 
-    /// Waits for `n` mail jobs and returns them.
+    /// Waits for `n` mail jobs and returns them. Notices of sign-ins from a new browser are
+    /// read past: a test that signs in without the test's browser causes them, and only the
+    /// tests of that notice look for them (through the reader itself).
     pub(crate) async fn jobs(&self, n: usize) -> Vec<Received> {
-        let got = self
-            .reader
-            .take(&self.topology.jobs_queue(), n, Duration::from_secs(10))
-            .await
-            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < n && std::time::Instant::now() < deadline {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let taken = self
+                .reader
+                .take(&self.topology.jobs_queue(), n - got.len(), wait)
+                .await
+                .unwrap();
+            got.extend(taken.into_iter().filter(|r| !new_sign_in(&r.envelope())));
+        }
         assert_eq!(got.len(), n, "expected {n} jobs");
         got
     }
 
-    /// Everything queued right now.
+    /// Everything queued right now (but notices of sign-ins from a new browser).
     pub(crate) async fn drain_jobs(&self) -> Vec<Envelope> {
         self.reader
             .drain(&self.topology.jobs_queue())
@@ -187,6 +200,7 @@ impl TestApp {
             .unwrap()
             .iter()
             .map(Received::envelope)
+            .filter(|envelope| !new_sign_in(envelope))
             .collect()
     }
 
@@ -207,10 +221,34 @@ impl TestApp {
         .await
     }
 
-    /// Confirms `user`'s address with a fresh verification link and `password`.
+    /// Posts `body` to `path` from the test's browser, which keeps the device cookie it gets.
+    async fn post_from_browser(&self, path: &str, body: Value) -> Response {
+        let mut request = self.client.post(self.url(path)).json(&body);
+        let cookie = self.browser.lock().unwrap().clone();
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        let r = request.send().await.unwrap();
+        let device = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("__Host-device=") || v.starts_with("device="))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned);
+        if let Some(device) = device {
+            *self.browser.lock().unwrap() = Some(device);
+        }
+        r
+    }
+
+    /// Confirms `user`'s address with a fresh verification link and `password`, in the test's
+    /// browser.
     pub(crate) async fn verify(&self, user: Uuid, password: &str) {
         let token = self.mint(Purpose::EmailVerify, user).await;
-        let r = self.verify_answer(&token, password).await;
+        let body = json!({ "token": token, "password": password });
+        let r = self.post_from_browser("/v1/email/verify", body).await;
         assert_eq!(
             r.status(),
             StatusCode::NO_CONTENT,
@@ -253,14 +291,10 @@ impl TestApp {
         panic!("no verification job for {email}")
     }
 
-    /// Signs in and returns the session token.
+    /// Signs in from the test's browser and returns the session token.
     pub(crate) async fn login(&self, email: &str, password: &str) -> String {
-        let r = self
-            .post(
-                "/v1/sessions",
-                json!({ "email": email, "password": password }),
-            )
-            .await;
+        let body = json!({ "email": email, "password": password });
+        let r = self.post_from_browser("/v1/sessions", body).await;
         assert_eq!(
             r.status(),
             StatusCode::CREATED,
@@ -387,6 +421,17 @@ impl NowSecs for ManualClock {
         use shared::clock::Clock as _;
         self.now().timestamp()
     }
+}
+
+/// Whether `envelope` is the notice of a sign-in from a new browser.
+fn new_sign_in(envelope: &Envelope) -> bool {
+    matches!(
+        &envelope.job,
+        Job::SecurityNotice {
+            event: shared::message::SecurityEvent::NewSignIn { .. },
+            ..
+        }
+    )
 }
 
 /// Asserts the JSON error shape and code of a response.

@@ -26,4 +26,5 @@ mod reset_code;
 mod retention;
 mod security;
 mod sessions;
+mod sessions_list;
 mod users;

@@ -121,13 +121,17 @@ async fn second_step(app: &TestApp, token: &str, field: &str, value: &str) -> re
     .await
 }
 
-/// The next `n` security notices queued (other jobs are skipped), waiting for the outbox.
-pub(crate) async fn security_events(app: &TestApp, n: usize) -> Vec<SecurityEvent> {
+/// Security notices queued (other jobs are read past) until `done` holds for the list, or
+/// 10 s passed.
+pub(crate) async fn notices(
+    app: &TestApp,
+    done: impl Fn(&[SecurityEvent]) -> bool,
+) -> Vec<SecurityEvent> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut events = Vec::new();
-    while events.len() < n && std::time::Instant::now() < deadline {
+    while !done(&events) && std::time::Instant::now() < deadline {
         let queue = app.topology.jobs_queue();
-        let wait = std::time::Duration::from_secs(1);
+        let wait = std::time::Duration::from_millis(500);
         for received in app.reader.take(&queue, 1, wait).await.unwrap() {
             if let Job::SecurityNotice { event, .. } = received.envelope().job {
                 events.push(event);
@@ -135,6 +139,13 @@ pub(crate) async fn security_events(app: &TestApp, n: usize) -> Vec<SecurityEven
         }
     }
     events
+}
+
+/// The next `n` security notices queued (but those of sign-ins from a new browser).
+pub(crate) async fn security_events(app: &TestApp, n: usize) -> Vec<SecurityEvent> {
+    let others = |e: &&SecurityEvent| !matches!(e, SecurityEvent::NewSignIn { .. });
+    let events = notices(app, |events| events.iter().filter(others).count() >= n).await;
+    events.iter().filter(others).cloned().collect()
 }
 
 #[tokio::test]

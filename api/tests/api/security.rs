@@ -126,7 +126,15 @@ async fn a_stranger_who_signs_up_someone_elses_address_never_gets_the_account() 
     let (old_session, _) = app
         .state
         .sessions
-        .create(user, app.password_version(user).await, chrono::Utc::now())
+        .create(
+            user,
+            app.password_version(user).await,
+            chrono::Utc::now(),
+            &api::sessions::Origin {
+                device: "Unknown device".into(),
+                network: "127.0.0.0/24".into(),
+            },
+        )
         .await
         .unwrap();
     let old_session = old_session.expose();
@@ -200,7 +208,15 @@ async fn a_wrong_password_leaves_the_verification_link_usable_and_verification_e
     let (old_session, _) = app
         .state
         .sessions
-        .create(user, app.password_version(user).await, chrono::Utc::now())
+        .create(
+            user,
+            app.password_version(user).await,
+            chrono::Utc::now(),
+            &api::sessions::Origin {
+                device: "Unknown device".into(),
+                network: "127.0.0.0/24".into(),
+            },
+        )
         .await
         .unwrap();
     let link = app.mint(Purpose::EmailVerify, user).await;
@@ -210,7 +226,11 @@ async fn a_wrong_password_leaves_the_verification_link_usable_and_verification_e
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert!(is_verified(&app, user).await);
     assert_eq!(
-        app.state.sessions.lookup(&old_session).await.unwrap(),
+        app.state
+            .sessions
+            .lookup(&old_session, chrono::Utc::now())
+            .await
+            .unwrap(),
         None,
         "the session from before verification is gone"
     );
