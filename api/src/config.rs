@@ -69,6 +69,10 @@ pub struct Config {
     pub audit_retention_days: Option<u32>,
     /// `PWNED_PASSWORDS_DIR`: the Pwned Passwords range files; `None`: no breached-password check.
     pub pwned_passwords_dir: Option<std::path::PathBuf>,
+    /// `MFA_ENROLMENT`: whether owners may set up second factors. Factors already set up are
+    /// asked for either way; `off` is for the rollout from a release without them (an api of
+    /// that release, side by side or after a rollback, would not ask for them).
+    pub mfa_enrolment: bool,
     /// `PWNED_PASSWORDS_URL`: a Pwned Passwords range API (`https://api.pwnedpasswords.com/range/`,
     /// or a mirror) the first five hex digits of a SHA-1 are appended to; `None`: no range API.
     pub pwned_passwords_url: Option<String>,
@@ -174,6 +178,14 @@ impl Config {
             r.error("PWNED_PASSWORDS_URL and PWNED_PASSWORDS_DIR: set one of them, not both");
         }
         let pwned_passwords_timeout = r.number("PWNED_PASSWORDS_TIMEOUT_MS", 500, 1, 60_000);
+        let mfa_enrolment = match r.string("MFA_ENROLMENT", "on").trim() {
+            "on" => true,
+            "off" => false,
+            other => {
+                r.error(format!("MFA_ENROLMENT: expected on or off, got {other:?}"));
+                true
+            }
+        };
         let pwned_passwords_fail_closed = match r.string("PWNED_PASSWORDS_FAIL", "open").trim() {
             "open" => false,
             "closed" => true,
@@ -222,6 +234,7 @@ impl Config {
             audit_retention_days,
             pwned_passwords_dir,
             pwned_passwords_url,
+            mfa_enrolment,
             pwned_passwords_timeout: Duration::from_millis(pwned_passwords_timeout),
             pwned_passwords_fail_closed,
         })

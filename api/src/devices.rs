@@ -259,7 +259,8 @@ pub(crate) async fn tell_if_new(
     };
     let queued = async {
         let mut tx = state.db.begin().await?;
-        crate::mfa::notice(&mut tx, state, ctx, user, account.email, event).await?;
+        let version = account.credentials.password_version;
+        crate::mfa::notice(&mut tx, state, ctx, user, account.email, version, event).await?;
         tx.commit().await
     }
     .await;

@@ -76,6 +76,9 @@ pub enum ApiError {
     /// The second step of a sign-in with an unknown, expired or used `mfa_token`.
     #[error("this sign-in has expired; sign in again")]
     MfaTokenInvalid,
+    /// Second factors cannot be set up here yet (`MFA_ENROLMENT=off`).
+    #[error("second factors cannot be set up yet")]
+    MfaEnrolmentOff,
     #[error("an authenticator app is already set up; remove it first")]
     MfaAlreadyEnabled,
     #[error("this account has no authenticator app")]
@@ -119,6 +122,7 @@ impl ApiError {
             ApiError::MfaRequired => "mfa_required",
             ApiError::InvalidCode => "invalid_code",
             ApiError::MfaTokenInvalid => "mfa_token_invalid",
+            ApiError::MfaEnrolmentOff => "mfa_enrolment_off",
             ApiError::MfaAlreadyEnabled => "mfa_already_enabled",
             ApiError::MfaNotEnabled => "mfa_not_enabled",
             ApiError::NoPendingEnrolment => "no_pending_enrolment",
@@ -145,7 +149,7 @@ impl ApiError {
             | ApiError::Unauthorized
             | ApiError::InvalidCode
             | ApiError::MfaTokenInvalid => StatusCode::UNAUTHORIZED,
-            ApiError::MfaRequired => StatusCode::FORBIDDEN,
+            ApiError::MfaRequired | ApiError::MfaEnrolmentOff => StatusCode::FORBIDDEN,
             ApiError::MfaAlreadyEnabled
             | ApiError::MfaNotEnabled
             | ApiError::NoPendingEnrolment => StatusCode::CONFLICT,

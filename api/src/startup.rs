@@ -279,6 +279,11 @@ fn background(
     tasks.push(tokio::spawn(
         floor.keep_fresh(state.db.clone(), state.hasher.clone()),
     ));
+    // Secrets sealed under an older TOKEN_SECRETS entry move to the current one.
+    let (db, factors) = (state.db.clone(), state.factors.clone());
+    tasks.push(tokio::spawn(async move {
+        crate::mfa::reseal_all(db, factors).await;
+    }));
     if let Some(days) = state.config.audit_retention_days {
         let pruning = crate::audit::keep_for(state.db.clone(), state.clock.clone(), days);
         tasks.push(tokio::spawn(pruning));

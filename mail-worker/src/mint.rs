@@ -76,8 +76,11 @@ impl Processor {
             // The event happened whatever came after it, so the link is for the account's
             // password as it is now; without one (a newer notice's link replaced it before
             // this one went out) the notice goes with the reset link only.
+            // Like the password-changed notice: a link only while the password is the one
+            // the event happened under.
             Draft::SecurityNotice {
                 recipient,
+                version,
                 at,
                 from_ip,
                 event,
@@ -86,10 +89,13 @@ impl Processor {
                 at,
                 from_ip,
                 forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
-                lock_url: self
-                    .mint(Purpose::AccountLock, &recipient, job)
-                    .await?
-                    .map(|link| links::with_token(base, links::LOCK_ACCOUNT_PATH, &link.token)),
+                lock_url: if recipient.password_version == version {
+                    self.mint(Purpose::AccountLock, &recipient, job)
+                        .await?
+                        .map(|link| links::with_token(base, links::LOCK_ACCOUNT_PATH, &link.token))
+                } else {
+                    None
+                },
             }),
         })
     }

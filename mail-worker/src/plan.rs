@@ -75,9 +75,12 @@ pub enum Draft {
         /// The password version the change made.
         version: i32,
     },
-    /// A security notice, with a "this wasn't me" link for this account's current password.
+    /// A security notice, with a "this wasn't me" link while the account's password version
+    /// is still the event's.
     SecurityNotice {
         recipient: Recipient,
+        /// The password version when the event happened.
+        version: i32,
         /// When the event happened (the job's creation).
         at: chrono::DateTime<chrono::Utc>,
         from_ip: Option<String>,
@@ -233,13 +236,18 @@ impl Planner<'_> {
             // True whatever happened to the account since: to the address on file now, while
             // the account exists.
             Job::SecurityNotice {
-                user_id, ip, event, ..
+                user_id,
+                ip,
+                event,
+                password_version,
+                ..
             } => match found {
                 None => drop_unknown(Some(*user_id)),
                 Some(user) => send_to(
                     user,
                     Draft::SecurityNotice {
                         recipient: user.clone(),
+                        version: *password_version,
                         at: job.created_at,
                         from_ip: checked_ip(ip.as_deref()),
                         event: checked_event(event),
@@ -477,13 +485,33 @@ fn checked_device(device: &str) -> String {
 }
 
 /// A network (`203.0.113.0/24`, `2001:db8::/64`) in its canonical spelling, only if it is
-/// one: an address and a prefix length its family allows.
+/// one: an address and a prefix length its family allows. Never narrower than a /24 or a
+/// /64, host bits cleared: a notice names the network, never the address.
 fn checked_prefix(prefix: &str) -> Option<String> {
     let (address, length) = prefix.split_once('/')?;
     let address = address.parse::<IpAddr>().ok()?;
     let length = length.parse::<u8>().ok()?;
-    let max = if address.is_ipv4() { 32 } else { 128 };
-    (length <= max).then(|| format!("{address}/{length}"))
+    let (max, widest_shown) = if address.is_ipv4() {
+        (32, 24)
+    } else {
+        (128, 64)
+    };
+    if length > max {
+        return None;
+    }
+    let length = length.min(widest_shown);
+    let bits = if address.is_ipv4() { 32 } else { 128 };
+    let network = match address {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(bits - u32::from(length)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(bits - u32::from(length)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    };
+    Some(format!("{network}/{length}"))
 }
 
 #[cfg(test)]

@@ -523,6 +523,7 @@ mod tests {
                 user_id: id,
                 email: String::new(),
                 ip: None,
+                password_version: 1,
                 event: crate::message::SecurityEvent::RecoveryCodesReplaced,
             },
         ];

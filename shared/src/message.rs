@@ -109,9 +109,11 @@ pub enum Job {
     },
     /// Something happened to the account's security that its owner must hear of: a sign-in
     /// from a new browser, a recovery code spent, a second factor added or removed, recovery
-    /// codes replaced. The worker sends it to the account's address on file with a "this
-    /// wasn't me" link minted for the account's current password version; a notice for an
-    /// account that is gone is dropped. The event's time is the envelope's `created_at`.
+    /// codes replaced. The worker sends it to the account's address on file, with a "this
+    /// wasn't me" link while the account's password version is still the event's (a later
+    /// change has its own notice and link: a late notice must neither lock the newer password
+    /// nor kill that notice's link); a notice for an account that is gone is dropped. The
+    /// event's time is the envelope's `created_at`.
     SecurityNotice {
         /// The account the notice is about.
         user_id: Uuid,
@@ -120,6 +122,8 @@ pub enum Job {
         email: String,
         /// Client IP of the request that caused the event.
         ip: Option<String>,
+        /// The account's password version when it happened.
+        password_version: i32,
         /// What happened.
         event: SecurityEvent,
     },

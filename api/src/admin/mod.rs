@@ -283,6 +283,7 @@ impl<'a> Desk<'a> {
             user_id: id,
             email: user.email.clone(),
             ip: None,
+            password_version: user.password_version,
             event,
         };
         let now = self.clock.now();

@@ -23,11 +23,14 @@ return n
 ";
 
 /// A sign-in waiting for its factor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     pub user: Uuid,
     /// The password version the password was right for.
     pub password_version: i32,
+    /// The browser of the first step, when the account recognised it (its codes count in
+    /// the device's budget, see [`crate::devices`]).
+    pub device: Option<String>,
 }
 
 /// The challenges, in Redis.
@@ -58,15 +61,16 @@ impl Challenges {
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let key = key_of(&self.redis, &token).expect("a token of the right shape");
+        let mut fields = vec![
+            ("user", pending.user.to_string()),
+            ("pv", pending.password_version.to_string()),
+        ];
+        if let Some(device) = pending.device {
+            fields.push(("device", device));
+        }
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .hset_multiple(
-                &key,
-                &[
-                    ("user", pending.user.to_string()),
-                    ("pv", pending.password_version.to_string()),
-                ],
-            )
+            .hset_multiple(&key, &fields)
             .ignore()
             .expire(&key, TTL_SECS as i64)
             .ignore();
@@ -81,13 +85,14 @@ impl Challenges {
         let Some(key) = key_of(&self.redis, token) else {
             return Ok(None);
         };
-        let (user, pv): (Option<String>, Option<String>) = self
+        let (user, pv, device): (Option<String>, Option<String>, Option<String>) = self
             .redis
             .run(|mut c| async move {
                 redis::cmd("HMGET")
                     .arg(&key)
                     .arg("user")
                     .arg("pv")
+                    .arg("device")
                     .query_async(&mut c)
                     .await
             })
@@ -100,6 +105,7 @@ impl Challenges {
                     .map(|(user, password_version)| Pending {
                         user,
                         password_version,
+                        device,
                     })
             }
             _ => None,

@@ -96,6 +96,9 @@ pub struct Enrolling {
 /// Starts (or starts over) the enrolment of an authenticator app; `409
 /// mfa_already_enabled` when the account has one.
 pub async fn begin_totp(state: &AppState, user: &User) -> Result<Enrolling, ApiError> {
+    if !state.config.mfa_enrolment {
+        return Err(ApiError::MfaEnrolmentOff);
+    }
     let secret = totp::generate();
     let sealed = state.factors.secret_box.seal(user.id.as_bytes(), &secret);
     if !store::factors::begin_totp(&state.db, user.id, &sealed).await? {
@@ -115,13 +118,16 @@ pub async fn confirm_totp(
     user: &User,
     code: &str,
 ) -> Result<Vec<String>, ApiError> {
+    if !state.config.mfa_enrolment {
+        return Err(ApiError::MfaEnrolmentOff);
+    }
     let Some(row) = store::factors::totp(&state.db, user.id).await? else {
         return Err(ApiError::NoPendingEnrolment);
     };
     if row.confirmed {
         return Err(ApiError::MfaAlreadyEnabled);
     }
-    let attempt = within_budgets(state, ctx, user).await?;
+    let attempt = within_budgets(state, ctx, user, None).await?;
     let Some(step) = matching_step(state, user, &row, code) else {
         audit_wrong(state, ctx, Action::MfaEnrol, user).await;
         return Err(ApiError::InvalidCode);
@@ -129,7 +135,7 @@ pub async fn confirm_totp(
     let codes = recovery_codes::generate();
     let hashes = hashes(user, &codes);
     let mut tx = state.db.begin().await?;
-    if !store::factors::spend_step(&mut tx, user.id, step, true).await? {
+    if !store::factors::confirm_step(&mut tx, user.id, step, &row.sealed).await? {
         drop(tx);
         audit_wrong(state, ctx, Action::MfaEnrol, user).await;
         return Err(ApiError::InvalidCode);
@@ -139,7 +145,16 @@ pub async fn confirm_totp(
     let event = SecurityEvent::FactorAdded {
         factor: Factor::Totp,
     };
-    notice(&mut tx, state, ctx, user.id, &user.email, event).await?;
+    notice(
+        &mut tx,
+        state,
+        ctx,
+        user.id,
+        &user.email,
+        user.password_version,
+        event,
+    )
+    .await?;
     tx.commit().await?;
     state.outbox.wake();
     state.limiter.forgive(attempt).await;
@@ -164,7 +179,16 @@ pub async fn replace_recovery_codes(
     store::factors::replace_recovery_codes(&mut tx, user.id, &hashes).await?;
     record(&mut tx, ctx, Action::RecoveryCodesReplace, user, None).await?;
     let event = SecurityEvent::RecoveryCodesReplaced;
-    notice(&mut tx, state, ctx, user.id, &user.email, event).await?;
+    notice(
+        &mut tx,
+        state,
+        ctx,
+        user.id,
+        &user.email,
+        user.password_version,
+        event,
+    )
+    .await?;
     tx.commit().await?;
     state.outbox.wake();
     Ok(codes)
@@ -187,11 +211,71 @@ pub async fn remove_totp(
         factor: Factor::Totp,
         by_support: false,
     };
-    notice(&mut tx, state, ctx, user.id, &user.email, event).await?;
+    notice(
+        &mut tx,
+        state,
+        ctx,
+        user.id,
+        &user.email,
+        user.password_version,
+        event,
+    )
+    .await?;
     tx.commit().await?;
     state.outbox.wake();
     metrics::counter!("mfa_changes_total", "change" => "totp_removed").increment(1);
     Ok(())
+}
+
+/// Seals every TOTP secret still sealed under an older `TOKEN_SECRETS` entry under the
+/// current one (each replica at start; a secret is also sealed again at its next use), so an
+/// old secret can leave `TOKEN_SECRETS` without stranding apps that were not used meanwhile.
+/// A secret whose key is no longer listed is counted and logged: its account signs in with a
+/// recovery code, or support removes the factor. The number resealed.
+pub async fn reseal_all(db: sqlx::PgPool, factors: Factors) -> u64 {
+    const BATCH: i64 = 500;
+    let current = factors.secret_box.current_key_id().to_owned();
+    let (mut after, mut resealed, mut unopenable) = (uuid::Uuid::nil(), 0u64, 0u64);
+    loop {
+        let rows = match store::factors::sealed_under_other_keys(&db, &current, after, BATCH).await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read TOTP secrets to seal again");
+                break;
+            }
+        };
+        let Some((last, _, _)) = rows.last() else {
+            break;
+        };
+        after = *last;
+        for (user, bytes, key_id) in rows {
+            let sealed = secret_box::Sealed { key_id, bytes };
+            let Some(opened) = factors.secret_box.open(user.as_bytes(), &sealed) else {
+                unopenable += 1;
+                continue;
+            };
+            let new = factors.secret_box.seal(user.as_bytes(), &opened.plaintext);
+            match store::factors::reseal_totp(&db, user, &sealed, &new).await {
+                Ok(()) => resealed += 1,
+                Err(e) => tracing::warn!(error = %e, "could not seal a TOTP secret again"),
+            }
+        }
+    }
+    metrics::gauge!("mfa_secrets_unopenable").set(unopenable as f64);
+    if unopenable > 0 {
+        tracing::error!(
+            unopenable,
+            "TOTP secrets sealed under a key no TOKEN_SECRETS entry gives: those accounts need a recovery code"
+        );
+    }
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "TOTP secrets sealed under the current TOKEN_SECRETS entry"
+        );
+    }
+    resealed
 }
 
 /// Which factor proved the person.
@@ -215,7 +299,21 @@ pub async fn prove(
     action: Action,
     proof: &Proof,
 ) -> Result<Proven, ApiError> {
-    let attempt = within_budgets(state, ctx, user).await?;
+    prove_from(state, ctx, user, action, proof, None).await
+}
+
+/// [`prove`] from a browser the account recognises (`device`, see [`crate::devices`]): its
+/// codes count in the device's own budget, as its passwords do, so strangers who spent the
+/// address's budget do not keep the owner's browser out at the second step either.
+pub async fn prove_from(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+    action: Action,
+    proof: &Proof,
+    device: Option<&str>,
+) -> Result<Proven, ApiError> {
+    let attempt = within_budgets(state, ctx, user, device).await?;
     let proven = match proof {
         Proof::Totp(code) => spend_totp(state, user, code).await?.then_some(Proven::Totp),
         Proof::RecoveryCode(code) => spend_recovery_code(state, ctx, user, code)
@@ -261,13 +359,14 @@ async fn within_budgets(
     state: &AppState,
     ctx: &RequestContext,
     user: &User,
+    device: Option<&str>,
 ) -> Result<crate::rate_limit::Attempt, ApiError> {
     let address_hash = state.limiter.address_pseudonym(&user.email_key);
     let budgets = LoginBudgets {
         ip: ctx.ip,
         email_key: &user.email_key,
         address_hash: &address_hash,
-        device: None,
+        device,
     };
     within_login_budgets(state, &budgets, ctx.request_id()).await
 }
@@ -327,7 +426,7 @@ async fn spend_totp(state: &AppState, user: &User, code: &str) -> Result<bool, A
     };
     let id = user.id;
     let spent = shared::db::pinned(&state.db, async |c| {
-        store::factors::spend_step(c, id, step, false).await
+        store::factors::spend_step(c, id, step).await
     })
     .await?;
     Ok(spent)
@@ -352,7 +451,16 @@ async fn spend_recovery_code(
     let event = SecurityEvent::RecoveryCodeUsed {
         remaining: u32::try_from(left).unwrap_or(0),
     };
-    notice(&mut tx, state, ctx, user.id, &user.email, event).await?;
+    notice(
+        &mut tx,
+        state,
+        ctx,
+        user.id,
+        &user.email,
+        user.password_version,
+        event,
+    )
+    .await?;
     tx.commit().await?;
     state.outbox.wake();
     Ok(Some(left))
@@ -384,14 +492,15 @@ async fn record(
     shared::audit::record(tx, &event).await
 }
 
-/// Queues a security notice to the owner of account `user` (address `email`) in the
-/// transaction of its cause.
+/// Queues a security notice to the owner of account `user` (address `email`, password version
+/// `password_version`) in the transaction of its cause.
 pub(crate) async fn notice(
     tx: &mut PgConnection,
     state: &AppState,
     ctx: &RequestContext,
     user: uuid::Uuid,
     email: &str,
+    password_version: i32,
     event: SecurityEvent,
 ) -> Result<(), sqlx::Error> {
     let envelope = Envelope::new(
@@ -399,6 +508,7 @@ pub(crate) async fn notice(
             user_id: user,
             email: email.to_owned(),
             ip: Some(ctx.ip.to_string()),
+            password_version,
             event,
         },
         state.clock.now(),

@@ -58,6 +58,11 @@ impl SecretBox {
         }
     }
 
+    /// The id of the key that seals.
+    pub fn current_key_id(&self) -> &str {
+        self.keys.first().map_or("", |(id, _)| id.as_str())
+    }
+
     /// Seals `plaintext` bound to `context` (the account id: a value moved to another account
     /// does not open).
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Sealed {

@@ -78,6 +78,7 @@ pub struct TotpEnrolment {
     responses(
         (status = 200, description = "The secret, to show once as a QR code and as text", body = TotpEnrolment),
         (status = 401, description = "`unauthorized` or `invalid_credentials` (the password is wrong; it counts like a wrong sign-in)", body = ErrorBody),
+        (status = 403, description = "`mfa_enrolment_off`: second factors cannot be set up yet (`MFA_ENROLMENT=off`)", body = ErrorBody),
         (status = 409, description = "`mfa_already_enabled`", body = ErrorBody),
         (status = 429, description = "`rate_limited_login` or `rate_limited_ip`, with `Retry-After`", body = ErrorBody),
     ))]
@@ -119,6 +120,7 @@ pub struct RecoveryCodes {
     responses(
         (status = 200, description = "Confirmed; the recovery codes", body = RecoveryCodes),
         (status = 401, description = "`unauthorized` or `invalid_code`", body = ErrorBody),
+        (status = 403, description = "`mfa_enrolment_off`", body = ErrorBody),
         (status = 409, description = "`mfa_already_enabled` or `no_pending_enrolment`", body = ErrorBody),
         (status = 429, description = "`rate_limited_login` or `rate_limited_ip`, with `Retry-After`", body = ErrorBody),
     ))]

@@ -102,7 +102,7 @@ impl ResetRequest {
         (status = 401, description = "`invalid_code`: a wrong, reused or spent second-factor code (nothing changed; the link stays usable)", body = ErrorBody),
         (status = 403, description = "`mfa_required`: the account has a second factor and no code was given (nothing changed; the link stays usable)", body = ErrorBody),
         (status = 422, description = "`weak_password`, `breached_password`, `password_too_long`", body = ErrorBody),
-        (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the link endpoints' per-IP budget)", body = ErrorBody),
+        (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the link endpoints' per-IP budget); `rate_limited_login` when a second factor's code is checked (its codes draw on the sign-in budgets)", body = ErrorBody),
     ))]
 pub async fn reset_password(
     State(state): State<AppState>,
@@ -154,7 +154,7 @@ pub struct CodeResetRequest {
         (status = 401, description = "`invalid_code`: a wrong, reused or spent second-factor code (nothing changed; the email's code stays usable)", body = ErrorBody),
         (status = 403, description = "`mfa_required`: the account has a second factor and no code was given (nothing changed; the email's code stays usable)", body = ErrorBody),
         (status = 422, description = "`invalid_email`, `weak_password`, `breached_password`, `password_too_long`", body = ErrorBody),
-        (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the per-IP code budget)", body = ErrorBody),
+        (status = 429, description = "`rate_limited_ip`, with `Retry-After` (the per-IP code budget); `rate_limited_login` when a second factor's code is checked (its codes draw on the sign-in budgets)", body = ErrorBody),
         (status = 503, description = "`code_entry_paused` (too many wrong codes over the whole site: links keep working), with `Retry-After`", body = ErrorBody),
     ))]
 pub async fn reset_password_with_code(

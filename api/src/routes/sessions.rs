@@ -166,9 +166,13 @@ pub async fn log_in(
     // Budgets count failures only.
     state.limiter.forgive(attempt).await;
     if second_step {
+        // The browser counts as recognised at the second step as at the first (a device
+        // of an older password version was counted as a stranger above).
+        let recognised = device.filter(|d| d.password_version == user.password_version);
         let pending = challenge::Pending {
             user: user.id,
             password_version: user.password_version,
+            device: recognised.map(|d| d.id),
         };
         let mfa_token = state.challenges.create(pending).await?;
         let body = MfaRequired {
@@ -236,7 +240,8 @@ pub async fn second_step(
         state.challenges.take(token).await?;
         return Err(invalid(Some(pending.user)).await);
     };
-    if let Err(e) = mfa::prove(&state, &ctx, &user, action, &proof).await {
+    let device = pending.device.as_deref();
+    if let Err(e) = mfa::prove_from(&state, &ctx, &user, action, &proof, device).await {
         if matches!(e, ApiError::InvalidCode) {
             state.challenges.wrong(token).await?;
         }

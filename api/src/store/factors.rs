@@ -90,25 +90,43 @@ pub async fn begin_totp(db: &PgPool, user: Uuid, sealed: &Sealed) -> Result<bool
     Ok(done.rows_affected() == 1)
 }
 
-/// Records that the code of `step` was accepted, if no code of this step or a later one was
-/// (each code is accepted once); `confirm` also confirms a waiting secret. Whether it was
-/// recorded here (a concurrent use of the same code loses).
+/// Records that the code of `step` of the confirmed secret was accepted, if no code of this
+/// step or a later one was (each code is accepted once). Whether it was recorded here (of
+/// concurrent uses of one code, one is).
 pub async fn spend_step(
     conn: &mut PgConnection,
     user: Uuid,
     step: i64,
-    confirm: bool,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE user_totp
-         SET last_step = $2,
-             confirmed_at = CASE WHEN $3 THEN coalesce(confirmed_at, now()) ELSE confirmed_at END
-         WHERE user_id = $1 AND last_step < $2 AND (confirmed_at IS NOT NULL) <> $3",
+        "UPDATE user_totp SET last_step = $2
+         WHERE user_id = $1 AND last_step < $2 AND confirmed_at IS NOT NULL",
     )
     .persistent(shared::db::named_statements())
     .bind(user)
     .bind(step)
-    .bind(confirm)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Confirms the waiting secret `sealed` with the code of `step` (which is spent), if that
+/// secret still waits: an enrolment started over in between is not confirmed by a code of
+/// the one it replaced.
+pub async fn confirm_step(
+    conn: &mut PgConnection,
+    user: Uuid,
+    step: i64,
+    sealed: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE user_totp SET last_step = $2, confirmed_at = now()
+         WHERE user_id = $1 AND last_step < $2 AND confirmed_at IS NULL AND sealed = $3",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(user)
+    .bind(step)
+    .bind(sealed)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -145,6 +163,27 @@ pub async fn reseal_totp(
     )
     .await?;
     Ok(())
+}
+
+/// Up to `limit` secrets sealed under another key than `current`, of accounts after `after`
+/// (in id order).
+pub async fn sealed_under_other_keys(
+    db: &PgPool,
+    current: &str,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<(Uuid, Vec<u8>, String)>, sqlx::Error> {
+    shared::db::fetch_all(
+        db,
+        sqlx::query_as(
+            "SELECT user_id, sealed, key_id FROM user_totp
+             WHERE key_id <> $1 AND user_id > $2 ORDER BY user_id LIMIT $3",
+        )
+        .bind(current)
+        .bind(after)
+        .bind(limit),
+    )
+    .await
 }
 
 /// Removes the account's TOTP secret and its recovery codes; whether it had a confirmed one.

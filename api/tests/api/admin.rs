@@ -11,7 +11,7 @@ use crate::helpers::{
 };
 
 const ANN: &str = "ann@example.org";
-const KEY: &str = "9c1d5e0f7a3b28c46d95e1f0a7b3c2d8e4f6a1b0c9d8e7f6a5b4c3d2e1f0a9b8";
+pub(crate) const KEY: &str = "9c1d5e0f7a3b28c46d95e1f0a7b3c2d8e4f6a1b0c9d8e7f6a5b4c3d2e1f0a9b8";
 const OTHER_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f1";
 
 async fn spawn_admin() -> TestApp {
@@ -42,7 +42,12 @@ async fn admin_as(
     request.send().await.unwrap()
 }
 
-async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> Response {
+pub(crate) async fn admin(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Response {
     admin_as(app, Some(KEY), method, path, body).await
 }
 

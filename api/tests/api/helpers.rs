@@ -291,6 +291,12 @@ impl TestApp {
         panic!("no verification job for {email}")
     }
 
+    /// `POST /v1/sessions` from the test's browser.
+    pub(crate) async fn sign_in_from_browser(&self, email: &str, password: &str) -> Response {
+        let body = json!({ "email": email, "password": password });
+        self.post_from_browser("/v1/sessions", body).await
+    }
+
     /// Signs in from the test's browser and returns the session token.
     pub(crate) async fn login(&self, email: &str, password: &str) -> String {
         let body = json!({ "email": email, "password": password });

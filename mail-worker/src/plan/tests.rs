@@ -47,6 +47,7 @@ fn only_mail_a_stranger_can_trigger_at_will_counts_against_the_recipient_budget(
     // as many as they like. The others go first, like the password-changed notice.
     let security = |event| Draft::SecurityNotice {
         recipient: recipient(),
+        version: 1,
         at: chrono::Utc::now(),
         from_ip: None,
         event,
@@ -123,6 +124,7 @@ fn security(user_id: Uuid, ip: Option<&str>, event: SecurityEvent) -> Envelope {
         user_id,
         email: "typed@example.org".into(),
         ip: ip.map(str::to_owned),
+        password_version: 1,
         event,
     })
 }
@@ -486,6 +488,12 @@ fn a_long_device_name_is_cut_to_one_short_line() {
         ("203.0.113.0/24", Some("203.0.113.0/24")),
         ("2001:DB8::/48", Some("2001:db8::/48")),
         ("203.0.113.0/40", None),
+        // Never an address: host bits cleared, no narrower than a /24 or a /64.
+        ("203.0.113.77/24", Some("203.0.113.0/24")),
+        ("203.0.113.77/32", Some("203.0.113.0/24")),
+        ("2001:db8:1:2:3:4:5:6/128", Some("2001:db8:1:2::/64")),
+        ("10.0.0.0/8", Some("10.0.0.0/8")),
+        ("0.0.0.0/0", Some("0.0.0.0/0")),
         ("203.0.113.0", None),
         ("/24", None),
         ("203.0.113.0/24\nBcc: x", None),
