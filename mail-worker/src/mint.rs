@@ -73,11 +73,10 @@ impl Processor {
                     None
                 },
             }),
-            // The event happened whatever came after it, so the link is for the account's
-            // password as it is now; without one (a newer notice's link replaced it before
-            // this one went out) the notice goes with the reset link only.
-            // Like the password-changed notice: a link only while the password is the one
-            // the event happened under.
+            // Like the password-changed notice, a link only while the password is the one the
+            // event happened under; minted beside the links of earlier emails, not instead of
+            // them (a new sign-in must not kill the link of the password-changed notice the
+            // owner is about to use). Without one, the notice goes with the reset link only.
             Draft::SecurityNotice {
                 recipient,
                 version,
@@ -90,7 +89,7 @@ impl Processor {
                 from_ip,
                 forgot_password_url: links::page(base, links::FORGOT_PASSWORD_PATH),
                 lock_url: if recipient.password_version == version {
-                    self.mint(Purpose::AccountLock, &recipient, job)
+                    self.mint_as(Purpose::AccountLock, &recipient, job, true)
                         .await?
                         .map(|link| links::with_token(base, links::LOCK_ACCOUNT_PATH, &link.token))
                 } else {
@@ -124,6 +123,18 @@ impl Processor {
         user: &Recipient,
         job: Uuid,
     ) -> Result<Option<Minted>, RedisError> {
+        self.mint_as(purpose, user, job, false).await
+    }
+
+    /// [`Self::mint`]; `beside`: the links minted before stay alive (see
+    /// [`shared::mint::mint_beside`]).
+    async fn mint_as(
+        &self,
+        purpose: Purpose,
+        user: &Recipient,
+        job: Uuid,
+        beside: bool,
+    ) -> Result<Option<Minted>, RedisError> {
         let max_age = match purpose {
             Purpose::PasswordReset => self.config.reset_token_max_age,
             Purpose::EmailVerify => self.config.verify_token_max_age,
@@ -136,15 +147,11 @@ impl Processor {
             password_version: user.password_version,
         };
         let now = self.clock.now();
-        shared::mint::mint(
-            &self.redis,
-            &self.tokens,
-            now,
-            purpose,
-            max_age,
-            holder,
-            job,
-        )
-        .await
+        let (redis, tokens) = (&self.redis, &self.tokens);
+        if beside {
+            shared::mint::mint_beside(redis, tokens, now, purpose, max_age, holder, job).await
+        } else {
+            shared::mint::mint(redis, tokens, now, purpose, max_age, holder, job).await
+        }
     }
 }

@@ -179,16 +179,24 @@ return g
 /// job's link ([`Keys::job_link`]); `ARGV` now (ms), the generation's TTL (ms), the password
 /// version, the link record's TTL (ms). A job seen before gets its recorded
 /// `"<generation>:<signed at, s>:<password version>"` back; a new one bumps the generation as
-/// [`NEXT_GENERATION_LUA`] does and records it. Also returns the user's current generation,
-/// so the caller sees when a newer email has made this job's link dead.
+/// [`NEXT_GENERATION_LUA`] does and records it (with `ARGV[5]` = `join`, a new one takes the
+/// current generation when there is one, so links minted before stay alive). Also returns the
+/// user's current generation, so the caller sees when a newer email has made this job's link
+/// dead.
 pub const MINT_ONCE_LUA: &str = r"
 local minted = redis.call('GET', KEYS[2])
 if minted then
   return {minted, redis.call('GET', KEYS[1]) or '0'}
 end
 local now = tonumber(ARGV[1])
-local g = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
-if now > g then g = now end
+local current = redis.call('GET', KEYS[1])
+local g
+if ARGV[5] == 'join' and current then
+  g = tonumber(current)
+else
+  g = tonumber(current or '0') + 1
+  if now > g then g = now end
+end
 redis.call('SET', KEYS[1], g, 'PX', ARGV[2])
 minted = string.format('%d:%d:%s', g, math.floor(now / 1000), ARGV[3])
 redis.call('SET', KEYS[2], minted, 'PX', ARGV[4])

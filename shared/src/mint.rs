@@ -39,6 +39,39 @@ pub async fn mint(
     holder: Holder,
     job: Uuid,
 ) -> Result<Option<Minted>, RedisError> {
+    mint_with(redis, keys, now, purpose, max_age, holder, job, "bump").await
+}
+
+/// [`mint`], but beside the links minted before rather than instead of them: the link takes
+/// the user's current generation (a new one only when there is none). For the "this wasn't
+/// me" links of security notices: a later notice must not kill the link of an earlier one
+/// (a password-changed notice's, say); each dies when it is used or the password changes.
+pub async fn mint_beside(
+    redis: &RedisPool,
+    keys: &TokenKeys,
+    now: DateTime<Utc>,
+    purpose: Purpose,
+    max_age: std::time::Duration,
+    holder: Holder,
+    job: Uuid,
+) -> Result<Option<Minted>, RedisError> {
+    mint_with(redis, keys, now, purpose, max_age, holder, job, "join").await
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the two public forms above name them"
+)]
+async fn mint_with(
+    redis: &RedisPool,
+    keys: &TokenKeys,
+    now: DateTime<Utc>,
+    purpose: Purpose,
+    max_age: std::time::Duration,
+    holder: Holder,
+    job: Uuid,
+    generation: &'static str,
+) -> Result<Option<Minted>, RedisError> {
     let generation_key = redis.keys().token_generation(holder.user, purpose);
     let link_key = redis.keys().job_link(holder.user, job);
     // Keep the generation and the job's record a little longer than any link can live.
@@ -54,6 +87,7 @@ pub async fn mint(
                 .arg(ttl_ms)
                 .arg(holder.password_version)
                 .arg(ttl_ms)
+                .arg(generation)
                 .invoke_async(&mut c)
                 .await
         })

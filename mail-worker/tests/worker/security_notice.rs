@@ -23,6 +23,17 @@ async fn a_new_sign_in_notice_reaches_the_account_with_a_lock_link_and_a_gone_ac
         .execute(&w.db)
         .await
         .expect("password version");
+    // A lock link of an earlier email is alive (its generation is the account's): the notice's
+    // link is minted beside it, not instead of it.
+    let earlier: i64 = 1_700_000_000_000;
+    let _: () = redis::cmd("SET")
+        .arg(w.keys.token_generation(user, Purpose::AccountLock))
+        .arg(earlier)
+        .arg("EX")
+        .arg(3600)
+        .query_async(&mut w.redis().await)
+        .await
+        .expect("redis");
     let gone = w.job(Job::SecurityNotice {
         user_id: Uuid::now_v7(),
         email: "erased@example.org".into(),
@@ -93,6 +104,11 @@ async fn a_new_sign_in_notice_reaches_the_account_with_a_lock_link_and_a_gone_ac
         .await
         .expect("redis");
     assert_eq!(Some(claims.r#gen), generation);
+    assert_eq!(
+        generation,
+        Some(earlier),
+        "the earlier link is still the newest"
+    );
     assert!(
         line("https://account.example.test/forgot-password"),
         "{text}"
