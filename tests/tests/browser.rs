@@ -319,3 +319,137 @@ async fn a_person_resets_a_forgotten_password_in_a_phone_sized_browser() {
     assert_eq!(login_third.status(), 201);
     browser.client.clone().close().await.unwrap();
 }
+
+/// The code of an authenticator app holding `secret` (base32), `steps` steps from now.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the api under test reads the real clock too"
+)]
+fn app_code(secret: &str, steps: i64) -> String {
+    let secret = totp_rs::Secret::try_from_base32(secret).unwrap();
+    let totp = totp_rs::Builder::new()
+        .with_secret(secret.as_ref().to_vec())
+        .build()
+        .unwrap();
+    let now = chrono::Utc::now().timestamp() + steps * 30;
+    totp.generate(u64::try_from(now).unwrap()).to_string()
+}
+
+#[tokio::test]
+async fn a_person_with_an_authenticator_app_resets_with_its_code_in_the_browser() {
+    let sink = SmtpSink::start().await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    let port = free_port().await;
+    env.set("API_BIND", &format!("127.0.0.1:{port}"));
+    env.set("PUBLIC_BASE_URL", &format!("http://127.0.0.1:{port}"));
+    let (_api, base) = env.start_api().await.unwrap();
+    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let http = reqwest::Client::new();
+    let (email, old, new) = (
+        "kim@example.org",
+        "correct horse battery staple 42",
+        "plaid zebra umbrella tangerine 97",
+    );
+    let post = async |path: &str, body: serde_json::Value, session: Option<&str>| {
+        let mut request = http.post(format!("{base}{path}")).json(&body);
+        if let Some(session) = session {
+            request = request.bearer_auth(session);
+        }
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        (
+            status,
+            r.json::<serde_json::Value>().await.unwrap_or_default(),
+        )
+    };
+    // The owner signs up, confirms the address and sets up an authenticator app.
+    let (status, _) = post(
+        "/v1/users",
+        json!({ "email": email, "password": old }),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let verification = sink.wait_for(1, WAIT).await.remove(0);
+    let verify_link = verification
+        .link(&format!("{base}/verify-email?token="))
+        .unwrap();
+    let token = e2e::stack::token_of(&verify_link);
+    let body = json!({ "token": token, "password": old });
+    assert_eq!(post("/v1/email/verify", body, None).await.0, 204);
+    let (status, body) = post(
+        "/v1/sessions",
+        json!({ "email": email, "password": old }),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let session = body["session"].as_str().unwrap().to_owned();
+    let (status, body) = post("/v1/mfa/totp", json!({ "password": old }), Some(&session)).await;
+    assert_eq!(status, 200);
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    let body = json!({ "code": app_code(&secret, 0) });
+    let (status, _) = post("/v1/mfa/totp/confirm", body, Some(&session)).await;
+    assert_eq!(status, 200);
+
+    // The reset email's link alone is not enough: the page asks for the app's code.
+    assert_eq!(
+        post("/v1/password/forgot", json!({ "email": email }), None)
+            .await
+            .0,
+        202
+    );
+    let reset_email = sink.wait_for_reset_email(1, WAIT).await.unwrap();
+    let link = reset_email
+        .link(&format!("{base}/reset-password?token="))
+        .unwrap();
+    let browser = Browser::start(360, 780).await;
+    let c = &browser.client;
+    c.goto(&link).await.unwrap();
+    browser
+        .wait_for_text("Code from your authenticator app")
+        .await;
+    browser.screenshot("8-reset-with-factor").await;
+    let fields = browser.field_styles().await;
+    let ids: Vec<&str> = fields.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["password", "password_confirm", "second_factor"]);
+    assert!(
+        fields.iter().all(|(_, style)| style == &fields[0].1),
+        "{fields:?}"
+    );
+    // A wrong code is explained; nothing changed, the link still works.
+    browser.fill("#password", new).await;
+    browser.fill("#password_confirm", new).await;
+    browser.fill("#second_factor", "000000").await;
+    browser.submit().await;
+    browser.wait_for_text("This code is not valid").await;
+    browser.screenshot("8-factor-wrong").await;
+    let login = async |password: &str| {
+        post(
+            "/v1/sessions",
+            json!({ "email": email, "password": password }),
+            None,
+        )
+        .await
+        .0
+    };
+    assert_eq!(
+        login(old).await,
+        200,
+        "the old password still opens the first step"
+    );
+    // The app's next code resets.
+    browser.fill("#password", new).await;
+    browser.fill("#password_confirm", new).await;
+    browser.fill("#second_factor", &app_code(&secret, 1)).await;
+    browser.submit().await;
+    browser.wait_for_text("Password changed").await;
+    browser.screenshot("8-factor-done").await;
+    assert_eq!(login(old).await, 401);
+    assert_eq!(
+        login(new).await,
+        200,
+        "the new password, then the app's code"
+    );
+    browser.client.clone().close().await.unwrap();
+}

@@ -8,6 +8,7 @@
 //! ./target/release/bench all [--update BENCHMARKS.md]
 //! ./target/release/bench forgot|worker|scale|reset|memory|signin|stores|pipeline|code|colocated|refusals
 //! ./target/release/bench budget     # send budgets: a burst's spread (not in `all`: ~2 min)
+//! ./target/release/bench factors    # sign-in with and without a second factor, breached check
 //! ```
 //! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
 //! (`--update FILE` also replaces the table between the `bench:begin`/`bench:end` markers of
@@ -15,7 +16,8 @@
 //! `BENCH_ROUNDS` (raw/api alternations, 2), `BENCH_TIMING_PAIRS` (2000), `BENCH_JOBS`
 //! (2000), `BENCH_CODE_PAIRS` (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8), `BENCH_SETTLE_SECS` (10, the wait
 //! before the api's resident size is read after the hashing flood), `BENCH_SIGNIN_TRIPLES` (300),
-//! `BENCH_COLOCATED_PAIRS` (600), `BENCH_REFUSALS` (1000).
+//! `BENCH_COLOCATED_PAIRS` (600), `BENCH_REFUSALS` (1000), `BENCH_FACTOR_ACCOUNTS` (200),
+//! `BENCH_BREACHED_CHECKS` (2000).
 #![allow(
     clippy::disallowed_methods,
     reason = "tests measure real time against real services"
@@ -24,6 +26,7 @@
 mod budget;
 mod code;
 mod colocated;
+mod factors;
 mod forgot;
 mod import;
 mod limits;
@@ -43,7 +46,7 @@ use std::time::Instant;
 
 use report::Row;
 
-const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code | colocated | refusals | budget | import";
+const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code | colocated | refusals | budget | import | factors";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -71,9 +74,12 @@ async fn main() -> anyhow::Result<()> {
             "colocated",
             "refusals",
             "import",
+            "factors",
         ],
         "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" | "pipeline"
-        | "code" | "colocated" | "refusals" | "budget" | "import" => std::slice::from_ref(&section),
+        | "code" | "colocated" | "refusals" | "budget" | "import" | "factors" => {
+            std::slice::from_ref(&section)
+        }
         _ => anyhow::bail!(USAGE),
     };
 
@@ -100,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             "refusals" => refusals::run(&mut rows).await,
             "budget" => budget::run(&mut rows).await,
             "import" => import::run(&mut rows).await,
+            "factors" => factors::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
         if let Err(e) = result {
@@ -161,6 +168,7 @@ fn section_label(name: &str) -> &'static str {
         "colocated" => "12 co-located worker",
         "refusals" => "13 refusals",
         "import" => "14 import",
+        "factors" => "15 second factors",
         _ => "5 reset",
     }
 }

@@ -15,7 +15,7 @@ use crate::{
 };
 
 const SESSIONS: &str = "/v1/sessions";
-const PASSWORD: &str = "a long and right password 42";
+pub(crate) const PASSWORD: &str = "a long and right password 42";
 const WRONG: &str = "a long but wrong password 42";
 
 pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
@@ -30,7 +30,11 @@ pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
 }
 
 /// Accounts with a hash of [`PASSWORD`] made with the api's parameters.
-async fn insert_account(pool: &sqlx::PgPool, email: &str, verified: bool) -> anyhow::Result<()> {
+pub(crate) async fn insert_account(
+    pool: &sqlx::PgPool,
+    email: &str,
+    verified: bool,
+) -> anyhow::Result<()> {
     use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, Version};
     let params = Params::new(19_456, 2, 1, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let hash = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
