@@ -141,22 +141,11 @@ pub async fn confirm_totp(
         return Err(ApiError::InvalidCode);
     }
     store::factors::replace_recovery_codes(&mut tx, user.id, &hashes).await?;
-    record(&mut tx, ctx, Action::MfaEnrol, user, Some("totp")).await?;
     let event = SecurityEvent::FactorAdded {
         factor: Factor::Totp,
     };
-    notice(
-        &mut tx,
-        state,
-        ctx,
-        user.id,
-        &user.email,
-        user.password_version,
-        event,
-    )
-    .await?;
-    tx.commit().await?;
-    state.outbox.wake();
+    let change = Changed::new(ctx, user, Action::MfaEnrol, event);
+    change.commit(state, tx, Some("totp")).await?;
     state.limiter.forgive(attempt).await;
     metrics::counter!("mfa_changes_total", "change" => "totp_added").increment(1);
     Ok(codes)
@@ -177,20 +166,9 @@ pub async fn replace_recovery_codes(
         return Err(ApiError::MfaNotEnabled);
     }
     store::factors::replace_recovery_codes(&mut tx, user.id, &hashes).await?;
-    record(&mut tx, ctx, Action::RecoveryCodesReplace, user, None).await?;
     let event = SecurityEvent::RecoveryCodesReplaced;
-    notice(
-        &mut tx,
-        state,
-        ctx,
-        user.id,
-        &user.email,
-        user.password_version,
-        event,
-    )
-    .await?;
-    tx.commit().await?;
-    state.outbox.wake();
+    let change = Changed::new(ctx, user, Action::RecoveryCodesReplace, event);
+    change.commit(state, tx, None).await?;
     Ok(codes)
 }
 
@@ -206,23 +184,12 @@ pub async fn remove_totp(
     if !store::factors::remove_totp(&mut tx, user.id).await? {
         return Err(ApiError::MfaNotEnabled);
     }
-    record(&mut tx, ctx, Action::MfaRemove, user, None).await?;
     let event = SecurityEvent::FactorRemoved {
         factor: Factor::Totp,
         by_support: false,
     };
-    notice(
-        &mut tx,
-        state,
-        ctx,
-        user.id,
-        &user.email,
-        user.password_version,
-        event,
-    )
-    .await?;
-    tx.commit().await?;
-    state.outbox.wake();
+    let change = Changed::new(ctx, user, Action::MfaRemove, event);
+    change.commit(state, tx, None).await?;
     metrics::counter!("mfa_changes_total", "change" => "totp_removed").increment(1);
     Ok(())
 }
@@ -474,22 +441,52 @@ fn hashes(user: &User, codes: &[String]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The audit row of a change, in its transaction.
-async fn record(
-    tx: &mut PgConnection,
-    ctx: &RequestContext,
+/// An owner's change to their factors, as its transaction ends.
+struct Changed<'a> {
+    ctx: &'a RequestContext,
+    user: &'a User,
     action: Action,
-    user: &User,
-    detail: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    let event = AuditEvent {
-        user_id: Some(user.id),
-        ip: Some(ctx.ip),
-        request_id: ctx.request_id(),
-        detail,
-        ..AuditEvent::new(action, Outcome::Success)
-    };
-    shared::audit::record(tx, &event).await
+    event: SecurityEvent,
+}
+
+impl<'a> Changed<'a> {
+    fn new(ctx: &'a RequestContext, user: &'a User, action: Action, event: SecurityEvent) -> Self {
+        Self {
+            ctx,
+            user,
+            action,
+            event,
+        }
+    }
+
+    /// Ends the change's transaction `tx` with its audit row (`detail`: which factor) and the
+    /// owner's notice, then wakes the outbox.
+    async fn commit(
+        self,
+        state: &AppState,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        detail: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Self {
+            ctx,
+            user,
+            action,
+            event,
+        } = self;
+        let row = AuditEvent {
+            user_id: Some(user.id),
+            ip: Some(ctx.ip),
+            request_id: ctx.request_id(),
+            detail,
+            ..AuditEvent::new(action, Outcome::Success)
+        };
+        shared::audit::record(&mut *tx, &row).await?;
+        let version = user.password_version;
+        notice(&mut tx, state, ctx, user.id, &user.email, version, event).await?;
+        tx.commit().await?;
+        state.outbox.wake();
+        Ok(())
+    }
 }
 
 /// Queues a security notice to the owner of account `user` (address `email`, password version

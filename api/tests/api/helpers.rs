@@ -229,15 +229,7 @@ impl TestApp {
             request = request.header("cookie", cookie);
         }
         let r = request.send().await.unwrap();
-        let device = r
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with("__Host-device=") || v.starts_with("device="))
-            .and_then(|v| v.split(';').next())
-            .map(str::to_owned);
-        if let Some(device) = device {
+        if let Some(device) = device_cookie(&r) {
             *self.browser.lock().unwrap() = Some(device);
         }
         r
@@ -427,6 +419,17 @@ impl NowSecs for ManualClock {
         use shared::clock::Clock as _;
         self.now().timestamp()
     }
+}
+
+/// The device cookie an answer sets (`name=value`), if it sets one.
+pub(crate) fn device_cookie(r: &Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("__Host-device=") || v.starts_with("device="))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
 }
 
 /// Whether `envelope` is the notice of a sign-in from a new browser.

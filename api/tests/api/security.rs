@@ -130,10 +130,7 @@ async fn a_stranger_who_signs_up_someone_elses_address_never_gets_the_account() 
             user,
             app.password_version(user).await,
             chrono::Utc::now(),
-            &api::sessions::Origin {
-                device: "Unknown device".into(),
-                network: "127.0.0.0/24".into(),
-            },
+            &origin(),
         )
         .await
         .unwrap();
@@ -212,10 +209,7 @@ async fn a_wrong_password_leaves_the_verification_link_usable_and_verification_e
             user,
             app.password_version(user).await,
             chrono::Utc::now(),
-            &api::sessions::Origin {
-                device: "Unknown device".into(),
-                network: "127.0.0.0/24".into(),
-            },
+            &origin(),
         )
         .await
         .unwrap();
@@ -852,4 +846,12 @@ async fn password_checks_at_verification_draw_on_the_sign_in_budget_of_the_addre
     assert!(!is_verified(&app, user).await);
     let r = sign_in_answer(&app, "leaked@example.org", STRONG).await;
     assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited_login").await;
+}
+
+/// Where a session the test opens directly comes from.
+fn origin() -> api::sessions::Origin {
+    api::sessions::Origin {
+        device: "Unknown device".into(),
+        network: "127.0.0.0/24".into(),
+    }
 }

@@ -25,17 +25,7 @@ async fn sign_in_from(app: &TestApp, user_agent: &str, cookie: Option<&str>) -> 
     }
     let r = request.send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let device = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .find(|v| v.starts_with("__Host-device=") || v.starts_with("device="))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let device = crate::helpers::device_cookie(&r).unwrap();
     let body: Value = r.json().await.unwrap();
     (body["session"].as_str().unwrap().to_owned(), device)
 }
