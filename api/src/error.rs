@@ -79,6 +79,13 @@ pub enum ApiError {
     /// Second factors cannot be set up here yet (`MFA_ENROLMENT=off`).
     #[error("second factors cannot be set up yet")]
     MfaEnrolmentOff,
+    /// A passkey ceremony's answer that does not verify, comes too late or twice, or names
+    /// no passkey of this site.
+    #[error("the passkey could not be verified; try again")]
+    PasskeyInvalid,
+    /// Passkeys are off here (`PUBLIC_BASE_URL`'s host is an IP address).
+    #[error("passkeys are not available on this site")]
+    PasskeysOff,
     #[error("an authenticator app is already set up; remove it first")]
     MfaAlreadyEnabled,
     #[error("this account has no authenticator app")]
@@ -123,6 +130,8 @@ impl ApiError {
             ApiError::InvalidCode => "invalid_code",
             ApiError::MfaTokenInvalid => "mfa_token_invalid",
             ApiError::MfaEnrolmentOff => "mfa_enrolment_off",
+            ApiError::PasskeyInvalid => "passkey_invalid",
+            ApiError::PasskeysOff => "passkeys_off",
             ApiError::MfaAlreadyEnabled => "mfa_already_enabled",
             ApiError::MfaNotEnabled => "mfa_not_enabled",
             ApiError::NoPendingEnrolment => "no_pending_enrolment",
@@ -148,6 +157,7 @@ impl ApiError {
             ApiError::InvalidCredentials
             | ApiError::Unauthorized
             | ApiError::InvalidCode
+            | ApiError::PasskeyInvalid
             | ApiError::MfaTokenInvalid => StatusCode::UNAUTHORIZED,
             ApiError::MfaRequired | ApiError::MfaEnrolmentOff => StatusCode::FORBIDDEN,
             ApiError::MfaAlreadyEnabled
@@ -158,7 +168,7 @@ impl ApiError {
             }
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::PasskeysOff => StatusCode::NOT_FOUND,
             ApiError::ReasonRequired => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::AccountChanged => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

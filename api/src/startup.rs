@@ -129,6 +129,12 @@ impl Application {
             ),
             factors: crate::mfa::Factors::new(&config.token_secrets, &config.product_name),
             challenges: crate::mfa::challenge::Challenges::new(redis.clone()),
+            passkeys: crate::mfa::passkeys::Passkeys::new(
+                &config.public_base_url,
+                &config.product_name,
+                redis.clone(),
+            )
+            .context("PUBLIC_BASE_URL as the passkeys' relying party")?,
             db,
             redis,
             schema_ready,

@@ -60,6 +60,8 @@ pub struct Services {
     pub refusal_floor: crate::refusal_floor::RefusalFloor,
     /// Second factors: the sealing keys of their secrets.
     pub factors: crate::mfa::Factors,
+    /// Passkeys: the relying party and its ceremonies.
+    pub passkeys: crate::mfa::passkeys::Passkeys,
     /// Sign-ins waiting for their second factor.
     pub challenges: crate::mfa::challenge::Challenges,
 }

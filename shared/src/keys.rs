@@ -46,6 +46,12 @@ impl Keys {
         format!("{}mfa:{{{token_hash}}}", self.prefix)
     }
 
+    /// The state of a passkey ceremony between its two requests (registration or sign-in),
+    /// by a SHA-256 of its id.
+    pub fn passkey_ceremony(&self, id_hash: &str) -> String {
+        format!("{}pk:{{{id_hash}}}", self.prefix)
+    }
+
     /// Burn marker of a used token (value: nothing of interest; existence is the fact).
     pub fn burn(&self, token_fingerprint: &str) -> String {
         format!("{}burn:{{{token_fingerprint}}}", self.prefix)

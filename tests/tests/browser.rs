@@ -453,3 +453,151 @@ async fn a_person_with_an_authenticator_app_resets_with_its_code_in_the_browser(
     );
     browser.client.clone().close().await.unwrap();
 }
+
+/// WebDriver's "Add Virtual Authenticator" (Chromium): a platform authenticator that keeps
+/// discoverable credentials and verifies its user (as a phone's fingerprint would).
+#[derive(Debug)]
+struct AddVirtualAuthenticator;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for AddVirtualAuthenticator {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/webauthn/authenticator",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({
+            "protocol": "ctap2",
+            "transport": "internal",
+            "hasResidentKey": true,
+            "hasUserVerification": true,
+            "isUserVerified": true,
+        });
+        (http::Method::POST, Some(body.to_string()))
+    }
+}
+
+#[tokio::test]
+async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
+    let sink = SmtpSink::start().await.unwrap();
+    let mut env = StackEnv::new().await.unwrap();
+    // A passkey belongs to a domain (its relying party), never to an IP address: the browser
+    // uses localhost, the api's public origin.
+    let port = free_port().await;
+    env.set("API_BIND", &format!("127.0.0.1:{port}"));
+    env.set("PUBLIC_BASE_URL", &format!("http://localhost:{port}"));
+    env.set("COOKIE_SECURE", "false");
+    let (_api, _) = env.start_api().await.unwrap();
+    let base = format!("http://localhost:{port}");
+    let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
+    let http = reqwest::Client::new();
+    let (email, password) = ("lee@example.org", "correct horse battery staple 42");
+    let api = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let r = http
+        .post(api("/v1/users"))
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let verification = sink.wait_for(1, WAIT).await.remove(0);
+    let link = verification
+        .link(&format!("{base}/verify-email?token="))
+        .unwrap();
+    let r = http
+        .post(api("/v1/email/verify"))
+        .json(&json!({ "token": e2e::stack::token_of(&link), "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .post(api("/v1/sessions"))
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let session: serde_json::Value = r.json().await.unwrap();
+    let session = session["session"].as_str().unwrap().to_owned();
+
+    let browser = Browser::start(1024, 800).await;
+    let c = &browser.client;
+    c.issue_cmd(AddVirtualAuthenticator).await.unwrap();
+    // Signed in in this browser (the session of the sign-in above, as its cookie).
+    c.goto(&format!("{base}/passkeys")).await.unwrap();
+    let cookie = format!("session={session}; path=/");
+    c.execute("document.cookie = arguments[0];", vec![json!(cookie)])
+        .await
+        .unwrap();
+    c.refresh().await.unwrap();
+    browser.wait_for_text("Add a passkey").await;
+    browser.screenshot("9-passkeys").await;
+
+    // 1. Add a passkey: the password, then the device.
+    browser.fill("#passkey-password", password).await;
+    browser.fill("#passkey-name", "Test laptop").await;
+    browser.submit().await;
+    browser.wait_for_text("Passkey added").await;
+    browser.screenshot("9-passkey-added").await;
+    let codes = c
+        .find_all(Locator::Css("#recovery-codes li"))
+        .await
+        .unwrap();
+    assert_eq!(
+        codes.len(),
+        10,
+        "the account's first factor brings recovery codes"
+    );
+    let status: serde_json::Value = http
+        .get(api("/v1/mfa"))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["passkeys"][0]["name"], "Test laptop", "{status}");
+    // It is a second factor now: the password alone opens only the first step.
+    let r = http
+        .post(api("/v1/sessions"))
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    sink.wait_for_email(email, "Passkey added", WAIT)
+        .await
+        .expect("the owner is told of the new passkey");
+
+    // 2. Signed out, the passkey alone signs in: no address, no password.
+    c.delete_all_cookies().await.unwrap();
+    c.refresh().await.unwrap();
+    browser.wait_for_text("Sign in with a passkey").await;
+    c.find(Locator::Css("#passkey-sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for_text("You are signed in").await;
+    browser.screenshot("9-passkey-signed-in").await;
+    let cookie = c.get_named_cookie("session").await.unwrap();
+    let me = http
+        .get(api("/v1/me"))
+        .bearer_auth(cookie.value())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(me["email"], email);
+    browser.client.clone().close().await.unwrap();
+}

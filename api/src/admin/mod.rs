@@ -263,7 +263,7 @@ impl<'a> Desk<'a> {
         };
         let detail = actor.detail(Some(reason));
         let mut tx = self.db.begin().await?;
-        if !crate::store::factors::remove_totp(&mut tx, id).await? {
+        if !crate::store::factors::remove_all_factors(&mut tx, id).await? {
             return Err(ApiError::MfaNotEnabled);
         }
         shared::audit::record(

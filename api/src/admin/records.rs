@@ -19,7 +19,7 @@ pub struct AccountView {
     pub locked: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// The kinds of second factor enrolled (`totp`).
+    /// The kinds of second factor enrolled (`totp`, `passkey`).
     pub second_factors: Vec<String>,
     #[serde(skip)]
     pub email_key: String,
@@ -58,7 +58,9 @@ macro_rules! select_view {
             "email_verified_at IS NOT NULL AS email_verified, locked_at IS NOT NULL AS locked, ",
             "created_at, updated_at, ",
             "ARRAY(SELECT 'totp' FROM user_totp t ",
-            "WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS second_factors ",
+            "WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL ",
+            "UNION ALL SELECT DISTINCT 'passkey' FROM passkeys p WHERE p.user_id = users.id) ",
+            "AS second_factors ",
             "FROM users WHERE ",
             $where
         )

@@ -10,6 +10,7 @@
 //! outbox, in the transaction of the change).
 
 pub mod challenge;
+pub mod passkeys;
 pub mod recovery_codes;
 pub mod secret_box;
 pub mod totp;
@@ -151,6 +152,68 @@ pub async fn confirm_totp(
     Ok(codes)
 }
 
+/// Registers the passkey of registration `ceremony` for the signed-in owner, named `name`.
+/// Its credential id, and the recovery codes when the account had none (shown once).
+pub async fn register_passkey(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+    ceremony: &str,
+    credential: &webauthn_rs::prelude::RegisterPublicKeyCredential,
+    name: &str,
+) -> Result<(Vec<u8>, Option<Vec<String>>), ApiError> {
+    if !state.config.mfa_enrolment {
+        return Err(ApiError::MfaEnrolmentOff);
+    }
+    let passkey = state
+        .passkeys
+        .register(user.id, ceremony, credential)
+        .await?;
+    let credential_id = passkey.cred_id().to_vec();
+    let record = passkeys::record(&passkey)?;
+    let mut tx = state.db.begin().await?;
+    if !store::factors::add_passkey(&mut tx, user.id, &credential_id, name, &record).await? {
+        return Err(ApiError::PasskeyInvalid);
+    }
+    let codes = if store::factors::has_recovery_codes(&mut tx, user.id).await? {
+        None
+    } else {
+        let codes = recovery_codes::generate();
+        store::factors::replace_recovery_codes(&mut tx, user.id, &hashes(user, &codes)).await?;
+        Some(codes)
+    };
+    let event = SecurityEvent::FactorAdded {
+        factor: Factor::Passkey,
+    };
+    let change = Changed::new(ctx, user, Action::MfaEnrol, event);
+    change.commit(state, tx, Some("passkey")).await?;
+    metrics::counter!("mfa_changes_total", "change" => "passkey_added").increment(1);
+    Ok((credential_id, codes))
+}
+
+/// Removes one of the owner's passkeys (password and a code checked); `404 not_found` when
+/// it is none of theirs. The recovery codes go with the last factor.
+pub async fn remove_passkey(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+    credential_id: &[u8],
+) -> Result<(), ApiError> {
+    let mut tx = state.db.begin().await?;
+    if !store::factors::remove_passkey(&mut tx, user.id, credential_id).await? {
+        return Err(ApiError::NotFound);
+    }
+    store::factors::drop_recovery_codes_without_factor(&mut tx, user.id).await?;
+    let event = SecurityEvent::FactorRemoved {
+        factor: Factor::Passkey,
+        by_support: false,
+    };
+    let change = Changed::new(ctx, user, Action::MfaRemove, event);
+    change.commit(state, tx, Some("passkey")).await?;
+    metrics::counter!("mfa_changes_total", "change" => "passkey_removed").increment(1);
+    Ok(())
+}
+
 /// A new set of recovery codes; the old set dies. `409 mfa_not_enabled` without a factor.
 pub async fn replace_recovery_codes(
     state: &AppState,
@@ -162,7 +225,7 @@ pub async fn replace_recovery_codes(
     let mut tx = state.db.begin().await?;
     // The factor is read in the transaction that replaces the codes: a removal in between
     // leaves no codes behind for an account without a factor.
-    if !store::factors::lock_confirmed_totp(&mut tx, user.id).await? {
+    if !store::factors::lock_factors(&mut tx, user.id).await? {
         return Err(ApiError::MfaNotEnabled);
     }
     store::factors::replace_recovery_codes(&mut tx, user.id, &hashes).await?;

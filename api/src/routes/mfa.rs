@@ -25,6 +25,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(begin_totp, remove_totp))
         .routes(routes!(confirm_totp))
         .routes(routes!(replace_recovery_codes))
+        .routes(routes!(passkey_options))
+        .routes(routes!(register_passkey))
+        .routes(routes!(remove_passkey))
 }
 
 /// The account's second factors.
@@ -32,8 +35,25 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct MfaStatus {
     /// An authenticator app is set up (and confirmed).
     pub totp: bool,
+    /// The account's passkeys, oldest first.
+    pub passkeys: Vec<PasskeyInfo>,
     /// Unspent recovery codes.
     pub recovery_codes_left: i64,
+}
+
+/// A passkey as its owner sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasskeyInfo {
+    /// Its credential id (base64url): its name in `DELETE /v1/mfa/passkeys/{id}`.
+    pub id: String,
+    pub name: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// What second factors the signed-in account has.
@@ -47,8 +67,19 @@ pub async fn status(
     auth: AuthUser,
 ) -> Result<Json<MfaStatus>, ApiError> {
     let enrolment = mfa::enrolment(&state, auth.user.id).await?;
+    let passkeys = crate::store::factors::passkeys(&state.db, auth.user.id).await?;
+    let passkeys = passkeys
+        .into_iter()
+        .map(|p| PasskeyInfo {
+            id: b64(&p.credential_id),
+            name: p.name,
+            created_at: p.created_at,
+            last_used_at: p.last_used_at,
+        })
+        .collect();
     Ok(Json(MfaStatus {
         totp: enrolment.totp,
+        passkeys,
         recovery_codes_left: enrolment.recovery_codes_left,
     }))
 }
@@ -215,4 +246,131 @@ pub async fn replace_recovery_codes(
     let recovery_codes = mfa::replace_recovery_codes(&state, &ctx, &auth.user).await?;
     let body = RecoveryCodes { recovery_codes };
     Ok(Json(body).into_response())
+}
+
+/// Starts registering a passkey (with the current password, as an app is set up): the
+/// options for `navigator.credentials.create` and the ceremony's id (5 minutes, one answer).
+#[utoipa::path(post, path = "/v1/mfa/passkeys/options", tag = "mfa", request_body = PasswordOnly,
+    security(("session" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The options (`{publicKey: …}`, binary values in base64url)", body = mfa::passkeys::Ceremony),
+        (status = 401, description = "`unauthorized` or `invalid_credentials`", body = ErrorBody),
+        (status = 403, description = "`mfa_enrolment_off`", body = ErrorBody),
+        (status = 429, description = "`rate_limited_login` or `rate_limited_ip`, with `Retry-After`", body = ErrorBody),
+    ))]
+pub async fn passkey_options(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    auth: AuthUser,
+    AppJson(body): AppJson<PasswordOnly>,
+) -> Result<Json<mfa::passkeys::Ceremony>, ApiError> {
+    let user = &auth.user;
+    if !state.config.mfa_enrolment {
+        return Err(ApiError::MfaEnrolmentOff);
+    }
+    confirm_password(&state, &ctx, user, &body.password, Action::MfaEnrol).await?;
+    let rows = crate::store::factors::passkeys(&state.db, user.id).await?;
+    let existing = rows
+        .iter()
+        .map(mfa::passkeys::read)
+        .collect::<Result<Vec<_>, _>>()?;
+    let ceremony = (state.passkeys)
+        .registration(user.id, &user.email, &existing)
+        .await?;
+    Ok(Json(ceremony))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterPasskeyRequest {
+    /// The id of the ceremony the options came with.
+    #[schema(max_length = 64)]
+    pub ceremony_id: String,
+    /// What `navigator.credentials.create` gave (binary values in base64url).
+    #[schema(value_type = Object)]
+    pub credential: webauthn_rs::prelude::RegisterPublicKeyCredential,
+    /// What to call it (`MacBook`, `Phone`); at most 64 characters.
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub name: Option<String>,
+}
+
+/// A passkey registered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasskeyRegistered {
+    pub id: String,
+    pub name: String,
+    /// Ten recovery codes, when the account had none (shown once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_codes: Option<Vec<String>>,
+}
+
+/// Registers the passkey of a ceremony's answer: from now on the account asks for a second
+/// factor at sign-in and at a reset, and the passkey alone signs in. A notice goes to the owner.
+#[utoipa::path(post, path = "/v1/mfa/passkeys", tag = "mfa", request_body = RegisterPasskeyRequest,
+    security(("session" = []), ("session_cookie" = [])),
+    responses(
+        (status = 201, description = "Registered", body = PasskeyRegistered),
+        (status = 401, description = "`unauthorized` or `passkey_invalid` (the answer does not verify, came too late, or twice)", body = ErrorBody),
+        (status = 403, description = "`mfa_enrolment_off`", body = ErrorBody),
+    ))]
+pub async fn register_passkey(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    auth: AuthUser,
+    AppJson(body): AppJson<RegisterPasskeyRequest>,
+) -> Result<Response, ApiError> {
+    let name: String = body
+        .name
+        .as_deref()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    let name = match name.trim() {
+        "" => "Passkey".to_owned(),
+        name => name.to_owned(),
+    };
+    let (id, recovery_codes) = mfa::register_passkey(
+        &state,
+        &ctx,
+        &auth.user,
+        &body.ceremony_id,
+        &body.credential,
+        &name,
+    )
+    .await?;
+    let body = PasskeyRegistered {
+        id: b64(&id),
+        name,
+        recovery_codes,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Removes one of the account's passkeys, with the password and a code (of the app, or a
+/// recovery code). A notice goes to the owner.
+#[utoipa::path(delete, path = "/v1/mfa/passkeys/{id}", tag = "mfa", request_body = ProvenRequest,
+    security(("session" = []), ("session_cookie" = [])),
+    params(("id" = String, Path, description = "The passkey's `id` from `GET /v1/mfa`")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "`unauthorized`, `invalid_credentials` or `invalid_code`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no passkey of this account has that id", body = ErrorBody),
+        (status = 422, description = "`invalid_body`: neither `code` nor `recovery_code`", body = ErrorBody),
+    ))]
+pub async fn remove_passkey(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    auth: AuthUser,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    AppJson(body): AppJson<ProvenRequest>,
+) -> Result<StatusCode, ApiError> {
+    use base64::Engine as _;
+    let credential_id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(id.as_bytes())
+        .map_err(|_| ApiError::NotFound)?;
+    body.check(&state, &ctx, &auth, Action::MfaRemove).await?;
+    mfa::remove_passkey(&state, &ctx, &auth.user, &credential_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -30,6 +30,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(log_in))
         .routes(routes!(second_step))
+        .routes(routes!(passkey_options))
+        .routes(routes!(passkey_sign_in))
         .routes(routes!(log_out))
         .routes(routes!(list))
         .routes(routes!(end_others))
@@ -256,6 +258,83 @@ pub async fn second_step(
     else {
         return Err(ApiError::MfaTokenInvalid);
     };
+    let now = state.clock.now();
+    let account = SignedIn {
+        credentials: &credentials,
+        email: &user.email,
+        email_key: &user.email_key,
+        new_device_notice: true,
+    };
+    signed_in(&state, &ctx, &headers, &account, now).await
+}
+
+/// Starts a sign-in with a passkey (no address, no password): the options for
+/// `navigator.credentials.get` and the ceremony's id (5 minutes, one answer).
+#[utoipa::path(post, path = "/v1/sessions/passkey/options", tag = "sessions",
+    responses(
+        (status = 200, description = "The options (`{publicKey: …}`, binary values in base64url)", body = mfa::passkeys::Ceremony),
+        (status = 429, description = "`rate_limited_ip`, with `Retry-After`", body = ErrorBody),
+    ))]
+pub async fn passkey_options(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+) -> Result<Json<mfa::passkeys::Ceremony>, ApiError> {
+    use crate::rate_limit::{IpBudget, within_budget};
+    let (limiter, refusals) = (&state.limiter, &state.refusals);
+    within_budget(limiter, refusals, IpBudget::Link, ctx.ip, ctx.request_id()).await?;
+    Ok(Json(state.passkeys.sign_in_options().await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PasskeySignInRequest {
+    /// The id of the ceremony the options came with.
+    #[schema(max_length = 64)]
+    pub ceremony_id: String,
+    /// What `navigator.credentials.get` gave (binary values in base64url).
+    #[schema(value_type = Object)]
+    pub credential: webauthn_rs::prelude::PublicKeyCredential,
+}
+
+/// Signs in with a passkey: the device's passkey with its user verification is both factors,
+/// so no password or code is asked for. A locked or unverified account does not sign in.
+#[utoipa::path(post, path = "/v1/sessions/passkey", tag = "sessions", request_body = PasskeySignInRequest,
+    responses(
+        (status = 201, description = "Signed in, as `POST /v1/sessions` answers", body = SessionCreated),
+        (status = 401, description = "`passkey_invalid`: the answer does not verify, came too late or twice, or names no passkey of an account that may sign in", body = ErrorBody),
+        (status = 429, description = "`rate_limited_login` or `rate_limited_ip`, with `Retry-After`", body = ErrorBody),
+    ))]
+pub async fn passkey_sign_in(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    AppJson(body): AppJson<PasskeySignInRequest>,
+) -> Result<Response, ApiError> {
+    let action = Action::MfaSignIn;
+    let refuse = async |user: Option<uuid::Uuid>| {
+        crate::recovery::attempt(&state, &ctx, action, Outcome::FactorWrong, user).await;
+        ApiError::PasskeyInvalid
+    };
+    let verified = state
+        .passkeys
+        .sign_in(&state.db, &body.ceremony_id, &body.credential)
+        .await;
+    let verified = match verified {
+        Ok(verified) => verified,
+        Err(ApiError::PasskeyInvalid) => return Err(refuse(None).await),
+        Err(e) => return Err(e),
+    };
+    let user = store::users::by_id(&state.db, verified.user).await?;
+    let Some(user) = user.filter(|u| u.email_verified) else {
+        return Err(refuse(Some(verified.user)).await);
+    };
+    if store::users::is_locked(&state.db, user.id).await? {
+        return Err(refuse(Some(user.id)).await);
+    }
+    let Some(credentials) = store::users::credentials_by_id(&state.db, user.id).await? else {
+        return Err(refuse(Some(user.id)).await);
+    };
+    crate::recovery::attempt_succeeded(&state, &ctx, action, user.id).await;
+    metrics::counter!("mfa_verifications_total", "factor" => "passkey").increment(1);
     let now = state.clock.now();
     let account = SignedIn {
         credentials: &credentials,

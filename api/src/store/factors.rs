@@ -13,6 +13,8 @@ use crate::mfa::secret_box::Sealed;
 pub struct Enrolment {
     /// A confirmed authenticator app.
     pub totp: bool,
+    /// Passkeys.
+    pub passkeys: i64,
     /// Unspent recovery codes.
     pub recovery_codes_left: i64,
 }
@@ -21,7 +23,7 @@ impl Enrolment {
     /// Whether the account has a second factor (recovery codes alone are none: they come
     /// with, and go with, a factor).
     pub fn has_factor(&self) -> bool {
-        self.totp
+        self.totp || self.passkeys > 0
     }
 }
 
@@ -31,6 +33,7 @@ pub async fn enrolment(db: &PgPool, user: Uuid) -> Result<Enrolment, sqlx::Error
         db,
         sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM user_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL) AS totp,
+                    (SELECT count(*) FROM passkeys WHERE user_id = $1) AS passkeys,
                     (SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL) AS recovery_codes_left",
         )
         .bind(user),
@@ -132,16 +135,123 @@ pub async fn confirm_step(
     Ok(done.rows_affected() == 1)
 }
 
-/// Whether the account has a confirmed TOTP secret, locking its row for the transaction.
-pub async fn lock_confirmed_totp(conn: &mut PgConnection, user: Uuid) -> Result<bool, sqlx::Error> {
-    let confirmed: Option<bool> = sqlx::query_scalar(
-        "SELECT confirmed_at IS NOT NULL FROM user_totp WHERE user_id = $1 FOR UPDATE",
+/// Whether the account has a second factor, locking the account's row for the transaction
+/// (a removal of its last factor waits, or is waited for).
+pub async fn lock_factors(conn: &mut PgConnection, user: Uuid) -> Result<bool, sqlx::Error> {
+    let has: Option<bool> = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM user_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL)
+             OR EXISTS (SELECT 1 FROM passkeys WHERE user_id = $1)
+         FROM users WHERE id = $1 FOR UPDATE",
     )
     .persistent(shared::db::named_statements())
     .bind(user)
     .fetch_optional(conn)
     .await?;
-    Ok(confirmed == Some(true))
+    Ok(has == Some(true))
+}
+
+/// A passkey as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PasskeyRow {
+    pub credential_id: Vec<u8>,
+    pub user_id: Uuid,
+    pub name: String,
+    pub passkey: sqlx::types::Json<serde_json::Value>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The account's passkeys, oldest first.
+pub async fn passkeys(db: &PgPool, user: Uuid) -> Result<Vec<PasskeyRow>, sqlx::Error> {
+    shared::db::fetch_all(
+        db,
+        sqlx::query_as(
+            "SELECT credential_id, user_id, name, passkey, created_at, last_used_at
+             FROM passkeys WHERE user_id = $1 ORDER BY created_at",
+        )
+        .bind(user),
+    )
+    .await
+}
+
+/// The passkey with this credential id.
+pub async fn passkey(db: &PgPool, credential_id: &[u8]) -> Result<Option<PasskeyRow>, sqlx::Error> {
+    shared::db::fetch_optional(
+        db,
+        sqlx::query_as(
+            "SELECT credential_id, user_id, name, passkey, created_at, last_used_at
+             FROM passkeys WHERE credential_id = $1",
+        )
+        .bind(credential_id),
+    )
+    .await
+}
+
+/// Stores a new passkey; `false` when its credential id is taken.
+pub async fn add_passkey(
+    conn: &mut PgConnection,
+    user: Uuid,
+    credential_id: &[u8],
+    name: &str,
+    passkey: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO passkeys (credential_id, user_id, name, passkey) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (credential_id) DO NOTHING",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(credential_id)
+    .bind(user)
+    .bind(name)
+    .bind(sqlx::types::Json(passkey))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Notes a passkey's use (and its record, when the use changed its counter or flags).
+pub async fn passkey_used(
+    db: &PgPool,
+    credential_id: &[u8],
+    passkey: Option<&serde_json::Value>,
+) -> Result<(), sqlx::Error> {
+    shared::db::execute(
+        db,
+        sqlx::query(
+            "UPDATE passkeys SET last_used_at = now(), passkey = coalesce($2, passkey)
+             WHERE credential_id = $1",
+        )
+        .bind(credential_id)
+        .bind(passkey.map(sqlx::types::Json)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes one of the account's passkeys; whether it was one.
+pub async fn remove_passkey(
+    conn: &mut PgConnection,
+    user: Uuid,
+    credential_id: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM passkeys WHERE user_id = $1 AND credential_id = $2")
+        .persistent(shared::db::named_statements())
+        .bind(user)
+        .bind(credential_id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether the account has unspent recovery codes.
+pub async fn has_recovery_codes(conn: &mut PgConnection, user: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL)",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(user)
+    .fetch_one(conn)
+    .await
 }
 
 /// Seals the secret again (under the current key), if it is still the one read.
@@ -195,12 +305,40 @@ pub async fn remove_totp(conn: &mut PgConnection, user: Uuid) -> Result<bool, sq
     .bind(user)
     .fetch_optional(&mut *conn)
     .await?;
-    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+    drop_recovery_codes_without_factor(conn, user).await?;
+    Ok(confirmed == Some(true))
+}
+
+/// Deletes the account's recovery codes unless a factor is left (they come and go with the
+/// account's factors).
+pub async fn drop_recovery_codes_without_factor(
+    conn: &mut PgConnection,
+    user: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM recovery_codes WHERE user_id = $1
+         AND NOT EXISTS (SELECT 1 FROM passkeys WHERE user_id = $1)
+         AND NOT EXISTS (SELECT 1 FROM user_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL)",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(user)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Removes every factor of the account and its recovery codes (support staff's removal);
+/// whether it had one.
+pub async fn remove_all_factors(conn: &mut PgConnection, user: Uuid) -> Result<bool, sqlx::Error> {
+    let app = remove_totp(&mut *conn, user).await?;
+    let passkeys = sqlx::query("DELETE FROM passkeys WHERE user_id = $1")
         .persistent(shared::db::named_statements())
         .bind(user)
         .execute(&mut *conn)
-        .await?;
-    Ok(confirmed == Some(true))
+        .await?
+        .rows_affected();
+    drop_recovery_codes_without_factor(conn, user).await?;
+    Ok(app || passkeys > 0)
 }
 
 /// Replaces the account's recovery codes with these hashes.

@@ -102,8 +102,8 @@ pub async fn credentials_by_id(db: &PgPool, id: Uuid) -> Result<Option<Credentia
 /// The columns of [`Credentials`].
 const CREDENTIALS: &str = "id, password_hash, password_version, \
     email_verified_at IS NOT NULL AS email_verified, \
-    EXISTS (SELECT 1 FROM user_totp t WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) \
-    AS has_factor";
+    (EXISTS (SELECT 1 FROM user_totp t WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) \
+    OR EXISTS (SELECT 1 FROM passkeys p WHERE p.user_id = users.id)) AS has_factor";
 
 /// Replaces the stored hash of an unchanged password (new argon2 parameters) if the stored
 /// hash is still `old_hash`; the password version does not move.
@@ -226,4 +226,15 @@ pub async fn adopt_languages(
     let query = sqlx::query("UPDATE users SET locale = $2 WHERE id = $1 AND locale IS NULL");
     shared::db::execute(db, query.bind(id).bind(&locale)).await?;
     Ok(())
+}
+
+/// Whether the account is locked (its owner's "this wasn't me", or support staff): nothing
+/// signs in until a reset, a passkey neither.
+pub async fn is_locked(db: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let locked: Option<(bool,)> = shared::db::fetch_optional(
+        db,
+        sqlx::query_as("SELECT locked_at IS NOT NULL FROM users WHERE id = $1").bind(id),
+    )
+    .await?;
+    Ok(locked.is_none_or(|(locked,)| locked))
 }

@@ -269,6 +269,11 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         "POST /v1/mfa/totp/confirm",
         "DELETE /v1/mfa/totp",
         "POST /v1/mfa/recovery-codes",
+        "POST /v1/mfa/passkeys/options",
+        "POST /v1/mfa/passkeys",
+        "DELETE /v1/mfa/passkeys/{id}",
+        "POST /v1/sessions/passkey/options",
+        "POST /v1/sessions/passkey",
         "GET /healthz",
         "GET /readyz",
     ];

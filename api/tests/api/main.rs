@@ -19,6 +19,7 @@ mod lock;
 mod mfa;
 mod outage;
 mod pages;
+mod passkeys;
 mod password_change;
 mod refusals;
 mod reset;

@@ -243,7 +243,10 @@ async fn setting_up_an_app_takes_the_password_and_its_first_code_and_then_sign_i
         .json()
         .await
         .unwrap();
-    assert_eq!(status, json!({ "totp": true, "recovery_codes_left": 10 }));
+    assert_eq!(
+        status,
+        json!({ "totp": true, "passkeys": [], "recovery_codes_left": 10 })
+    );
     let events = security_events(&app, 1).await;
     assert_eq!(
         events,

@@ -49,7 +49,8 @@ pub fn is_cross_site(headers: &HeaderMap, public_origin: &str) -> bool {
 
 /// Content-Security-Policy of every page.
 pub const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; \
-                       form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+                       connect-src 'self'; form-action 'self'; base-uri 'none'; \
+                       frame-ancestors 'none'";
 
 /// The security headers of every page (see the module documentation of [`super`]).
 pub(super) async fn page_headers(request: Request, next: Next) -> Response {
@@ -79,6 +80,13 @@ pub(super) async fn script() -> Response {
     asset(
         "text/javascript; charset=utf-8",
         include_str!("../../../assets/clean-url.js"),
+    )
+}
+
+pub(super) async fn passkeys_script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../../assets/passkeys.js"),
     )
 }
 
