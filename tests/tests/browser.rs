@@ -599,5 +599,84 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
     assert_eq!(me.status(), 200);
     let me: serde_json::Value = me.json().await.unwrap();
     assert_eq!(me["email"], email);
+
+    // 3. The passkey as the second step of a password sign-in (the page's own origin runs
+    //    the ceremony, as an application's sign-in form would).
+    let statuses = c
+        .execute_async(
+            &format!("{CEREMONY_JS}
+            const [email, password, done] = arguments;
+            (async () => {{
+              const first = await post('/v1/sessions', {{email, password}});
+              const token = first.json.mfa_token;
+              const options = await post('/v1/sessions/mfa/passkey-options', {{mfa_token: token}});
+              const credential = await get(options.json.options);
+              const second = await post('/v1/sessions/mfa', {{mfa_token: token,
+                passkey: {{ceremony_id: options.json.ceremony_id, credential: credential.toJSON()}}}});
+              done([first.status, first.json.methods, options.status, second.status]);
+            }})().catch(e => done(String(e)));"),
+            vec![json!(email), json!(password)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses,
+        json!([200, ["passkey", "recovery_code"], 200, 201]),
+        "{statuses}"
+    );
+
+    // 4. A reset link alone changes nothing; with the passkey it resets.
+    let r = http
+        .post(api("/v1/password/forgot"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let reset_email = sink.wait_for_reset_email(1, WAIT).await.unwrap();
+    let link = reset_email
+        .link(&format!("{base}/reset-password?token="))
+        .unwrap();
+    let token = e2e::stack::token_of(&link);
+    let new = "plaid zebra umbrella tangerine 97";
+    let r = http
+        .post(api("/v1/password/reset"))
+        .json(&json!({ "token": token, "new_password": new }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a link proves the mailbox only");
+    let statuses = c
+        .execute_async(
+            &format!("{CEREMONY_JS}
+            const [token, newPassword, done] = arguments;
+            (async () => {{
+              const options = await post('/v1/password/reset/passkey-options', {{token}});
+              const credential = await get(options.json.options);
+              const reset = await post('/v1/password/reset', {{token, new_password: newPassword,
+                passkey: {{ceremony_id: options.json.ceremony_id, credential: credential.toJSON()}}}});
+              done([options.status, reset.status]);
+            }})().catch(e => done(String(e)));"),
+            vec![json!(token), json!(new)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(statuses, json!([200, 204]), "{statuses}");
+    let r = http
+        .post(api("/v1/sessions"))
+        .json(&json!({ "email": email, "password": new }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the new password, then the factor");
     browser.client.clone().close().await.unwrap();
 }
+
+/// What the ceremonies run in the page share: a JSON `post` and a passkey `get`.
+const CEREMONY_JS: &str = "
+const post = (path, body) => fetch(path, {method: 'POST',
+    headers: {'content-type': 'application/json'}, body: JSON.stringify(body)})
+  .then(async r => ({status: r.status, json: await r.json().catch(() => null)}));
+const get = (options) => navigator.credentials.get({
+    publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(options.publicKey)});
+";

@@ -19,8 +19,8 @@ use sha2::{Digest as _, Sha256};
 use shared::redis_pool::RedisPool;
 use uuid::Uuid;
 use webauthn_rs::prelude::{
-    DiscoverableAuthentication, Passkey, PasskeyRegistration, PublicKeyCredential,
-    RegisterPublicKeyCredential, Url, Webauthn, WebauthnBuilder,
+    DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration,
+    PublicKeyCredential, RegisterPublicKeyCredential, Url, Webauthn, WebauthnBuilder,
 };
 
 use crate::{error::ApiError, store};
@@ -183,6 +183,62 @@ impl Passkeys {
             user,
             credential_id: row.credential_id,
         })
+    }
+
+    /// Options for `user` to prove the second factor with one of `passkeys` (a sign-in's
+    /// second step, a reset); `409 mfa_not_enabled` without one.
+    pub async fn factor_options(
+        &self,
+        user: Uuid,
+        passkeys: &[Passkey],
+    ) -> Result<Ceremony, ApiError> {
+        if passkeys.is_empty() {
+            return Err(ApiError::MfaNotEnabled);
+        }
+        let (options, state) = self
+            .webauthn()?
+            .start_passkey_authentication(passkeys)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("passkey factor: {e}")))?;
+        let options = serde_json::to_value(options).map_err(internal)?;
+        let id = self.put(&(user, state)).await?;
+        Ok(Ceremony {
+            ceremony_id: id,
+            options,
+        })
+    }
+
+    /// Whether `credential` answers factor ceremony `ceremony` of `user` with one of its
+    /// passkeys (whose use is then recorded). A ceremony is answered once.
+    pub async fn verify_factor(
+        &self,
+        db: &sqlx::PgPool,
+        user: Uuid,
+        ceremony: &str,
+        credential: &PublicKeyCredential,
+    ) -> Result<bool, ApiError> {
+        let webauthn = self.webauthn()?;
+        let Some((owner, state)) = self.take::<(Uuid, PasskeyAuthentication)>(ceremony).await?
+        else {
+            return Ok(false);
+        };
+        if owner != user {
+            return Ok(false);
+        }
+        let result = match webauthn.finish_passkey_authentication(credential, &state) {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::info!(error = %e, "a passkey assertion did not verify");
+                return Ok(false);
+            }
+        };
+        let Some(row) = store::factors::passkey(db, result.cred_id()).await? else {
+            return Ok(false);
+        };
+        let mut passkey = read(&row)?;
+        let changed = passkey.update_credential(&result) == Some(true);
+        let record = changed.then(|| record(&passkey)).transpose()?;
+        store::factors::passkey_used(db, &row.credential_id, record.as_ref()).await?;
+        Ok(true)
     }
 
     /// Keeps a ceremony's state; its id.

@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(request_password_reset))
         .routes(routes!(reset_password))
         .routes(routes!(reset_password_with_code))
+        .routes(routes!(reset_passkey_options))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -80,12 +81,46 @@ pub struct ResetRequest {
     #[serde(default)]
     #[schema(max_length = 64)]
     pub recovery_code: Option<String>,
+    /// A passkey's answer to the options of `POST /v1/password/reset/passkey-options`.
+    #[serde(default)]
+    pub passkey: Option<crate::mfa::PasskeyAnswer>,
 }
 
 impl ResetRequest {
-    fn factor(&self) -> Option<crate::mfa::Proof> {
+    fn factor(&mut self) -> Option<crate::mfa::Proof> {
+        if let Some(answer) = self.passkey.take() {
+            return Some(crate::mfa::Proof::Passkey(Box::new(answer)));
+        }
         crate::mfa::Proof::from_fields(self.totp_code.as_deref(), self.recovery_code.as_deref())
     }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenOnly {
+    /// The token from the reset link.
+    #[schema(max_length = 4096)]
+    pub token: String,
+}
+
+/// Options to prove the second factor of a reset link's account with one of its passkeys,
+/// for `POST /v1/password/reset` with `passkey`. Checks the link as its page does (nothing
+/// changes; the link's per-IP budget).
+#[utoipa::path(post, path = "/v1/password/reset/passkey-options", tag = "password", request_body = TokenOnly,
+    responses(
+        (status = 200, description = "The options (`{publicKey: …}`, binary values in base64url)", body = crate::mfa::passkeys::Ceremony),
+        (status = 400, description = "`token_invalid`, `token_expired`, `token_used`", body = ErrorBody),
+        (status = 409, description = "`mfa_not_enabled`: the account has no passkey", body = ErrorBody),
+        (status = 429, description = "`rate_limited_ip`, with `Retry-After`", body = ErrorBody),
+    ))]
+pub async fn reset_passkey_options(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    AppJson(body): AppJson<TokenOnly>,
+) -> Result<Json<crate::mfa::passkeys::Ceremony>, ApiError> {
+    let purpose = shared::token::Purpose::PasswordReset;
+    let user = recovery::inspect_link(&state, ctx.ip, purpose, &body.token).await?;
+    let ceremony = crate::routes::sessions::passkey_factor_options(&state, user.id).await?;
+    Ok(Json(ceremony))
 }
 
 /// Sets a new password through a reset link.
@@ -108,7 +143,7 @@ pub async fn reset_password(
     State(state): State<AppState>,
     ctx: RequestContext,
     headers: HeaderMap,
-    AppJson(body): AppJson<ResetRequest>,
+    AppJson(mut body): AppJson<ResetRequest>,
 ) -> Result<Response, ApiError> {
     let factor = body.factor();
     let proven =

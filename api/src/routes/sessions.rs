@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(log_in))
         .routes(routes!(second_step))
         .routes(routes!(passkey_options))
+        .routes(routes!(second_step_passkey_options))
         .routes(routes!(passkey_sign_in))
         .routes(routes!(log_out))
         .routes(routes!(list))
@@ -56,7 +57,7 @@ pub struct MfaRequired {
     pub mfa_token: String,
     /// Seconds the token lives.
     pub expires_in: u64,
-    /// What the second step takes: `totp`, `recovery_code`.
+    /// What the second step takes: `totp`, `passkey`, `recovery_code` (those the account has).
     pub methods: Vec<&'static str>,
 }
 
@@ -177,11 +178,20 @@ pub async fn log_in(
             device: recognised.map(|d| d.id),
         };
         let mfa_token = state.challenges.create(pending).await?;
+        let enrolment = mfa::enrolment(&state, user.id).await?;
+        let mut methods = Vec::with_capacity(3);
+        if enrolment.totp {
+            methods.push("totp");
+        }
+        if enrolment.passkeys > 0 {
+            methods.push("passkey");
+        }
+        methods.push("recovery_code");
         let body = MfaRequired {
             mfa_required: true,
             mfa_token,
             expires_in: challenge::TTL_SECS,
-            methods: vec!["totp", "recovery_code"],
+            methods,
         };
         return Ok((StatusCode::OK, Json(body)).into_response());
     }
@@ -207,6 +217,10 @@ pub struct MfaSignInRequest {
     #[serde(default)]
     #[schema(max_length = 64, example = "abcd-efgh-jkmn-pqrs")]
     pub recovery_code: Option<String>,
+    /// A passkey's answer to the options of `POST /v1/sessions/mfa/passkey-options`, instead
+    /// of a code.
+    #[serde(default)]
+    pub passkey: Option<mfa::PasskeyAnswer>,
 }
 
 /// The second step of a sign-in: a code of the authenticator app, or a recovery code, for
@@ -226,8 +240,12 @@ pub async fn second_step(
     AppJson(body): AppJson<MfaSignInRequest>,
 ) -> Result<Response, ApiError> {
     let action = Action::MfaSignIn;
-    let proof = mfa::Proof::from_fields(body.code.as_deref(), body.recovery_code.as_deref())
-        .ok_or_else(|| ApiError::InvalidBody("give `code` or `recovery_code`".into()))?;
+    let proof = match body.passkey {
+        Some(answer) => Some(mfa::Proof::Passkey(Box::new(answer))),
+        None => mfa::Proof::from_fields(body.code.as_deref(), body.recovery_code.as_deref()),
+    };
+    let proof = proof
+        .ok_or_else(|| ApiError::InvalidBody("give `code`, `recovery_code` or `passkey`".into()))?;
     let token = body.mfa_token.as_str();
     let invalid = async |user: Option<uuid::Uuid>| {
         let reason = Outcome::MfaTokenInvalid;
@@ -343,6 +361,45 @@ pub async fn passkey_sign_in(
         new_device_notice: true,
     };
     signed_in(&state, &ctx, &headers, &account, now).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MfaTokenOnly {
+    /// The token of the sign-in's first step.
+    #[schema(max_length = 64)]
+    pub mfa_token: String,
+}
+
+/// Options for the second step with one of the account's passkeys (`navigator.credentials.get`
+/// with the account's credentials), for `POST /v1/sessions/mfa` with `passkey`.
+#[utoipa::path(post, path = "/v1/sessions/mfa/passkey-options", tag = "sessions", request_body = MfaTokenOnly,
+    responses(
+        (status = 200, description = "The options (`{publicKey: …}`, binary values in base64url)", body = mfa::passkeys::Ceremony),
+        (status = 401, description = "`mfa_token_invalid`", body = ErrorBody),
+        (status = 409, description = "`mfa_not_enabled`: the account has no passkey", body = ErrorBody),
+    ))]
+pub async fn second_step_passkey_options(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<MfaTokenOnly>,
+) -> Result<Json<mfa::passkeys::Ceremony>, ApiError> {
+    let Some(pending) = state.challenges.pending(&body.mfa_token).await? else {
+        return Err(ApiError::MfaTokenInvalid);
+    };
+    let ceremony = passkey_factor_options(&state, pending.user).await?;
+    Ok(Json(ceremony))
+}
+
+/// Options to prove the factor with one of `user`'s passkeys.
+pub(crate) async fn passkey_factor_options(
+    state: &AppState,
+    user: uuid::Uuid,
+) -> Result<mfa::passkeys::Ceremony, ApiError> {
+    let rows = store::factors::passkeys(&state.db, user).await?;
+    let passkeys = rows
+        .iter()
+        .map(mfa::passkeys::read)
+        .collect::<Result<Vec<_>, _>>()?;
+    state.passkeys.factor_options(user, &passkeys).await
 }
 
 /// An account whose owner just proved themselves (password, and the factor when it has one).

@@ -274,6 +274,8 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         "DELETE /v1/mfa/passkeys/{id}",
         "POST /v1/sessions/passkey/options",
         "POST /v1/sessions/passkey",
+        "POST /v1/sessions/mfa/passkey-options",
+        "POST /v1/password/reset/passkey-options",
         "GET /healthz",
         "GET /readyz",
     ];
