@@ -555,6 +555,10 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
         10,
         "the account's first factor brings recovery codes"
     );
+    let mut recovery_codes = Vec::new();
+    for code in &codes {
+        recovery_codes.push(code.text().await.unwrap());
+    }
     let status: serde_json::Value = http
         .get(api("/v1/mfa"))
         .bearer_auth(&session)
@@ -669,6 +673,46 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "the new password, then the factor");
+
+    // 5. Removed (the password and a recovery code), the passkey no longer counts.
+    let recovery = &recovery_codes[0];
+    let signed_in = http
+        .post(api("/v1/sessions/mfa"))
+        .json(
+            &json!({ "mfa_token": r.json::<serde_json::Value>().await.unwrap()["mfa_token"],
+            "recovery_code": recovery }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 201);
+    let session: serde_json::Value = signed_in.json().await.unwrap();
+    let session = session["session"].as_str().unwrap().to_owned();
+    let status: serde_json::Value = http
+        .get(api("/v1/mfa"))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = status["passkeys"][0]["id"].as_str().unwrap().to_owned();
+    let r = http
+        .delete(api(&format!("/v1/mfa/passkeys/{id}")))
+        .bearer_auth(&session)
+        .json(&json!({ "password": new, "recovery_code": recovery_codes[1] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .post(api("/v1/sessions"))
+        .json(&json!({ "email": email, "password": new }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "no factor left");
     browser.client.clone().close().await.unwrap();
 }
 

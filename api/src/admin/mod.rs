@@ -263,9 +263,9 @@ impl<'a> Desk<'a> {
         };
         let detail = actor.detail(Some(reason));
         let mut tx = self.db.begin().await?;
-        if !crate::store::factors::remove_all_factors(&mut tx, id).await? {
+        let Some(factor) = crate::store::factors::remove_all_factors(&mut tx, id).await? else {
             return Err(ApiError::MfaNotEnabled);
-        }
+        };
         shared::audit::record(
             &mut *tx,
             &AuditEvent {
@@ -276,7 +276,7 @@ impl<'a> Desk<'a> {
         )
         .await?;
         let event = shared::message::SecurityEvent::FactorRemoved {
-            factor: shared::message::Factor::Totp,
+            factor,
             by_support: true,
         };
         let job = Job::SecurityNotice {

@@ -328,8 +328,11 @@ pub async fn drop_recovery_codes_without_factor(
 }
 
 /// Removes every factor of the account and its recovery codes (support staff's removal);
-/// whether it had one.
-pub async fn remove_all_factors(conn: &mut PgConnection, user: Uuid) -> Result<bool, sqlx::Error> {
+/// the factor it had (the app when it had both), if any.
+pub async fn remove_all_factors(
+    conn: &mut PgConnection,
+    user: Uuid,
+) -> Result<Option<shared::message::Factor>, sqlx::Error> {
     let app = remove_totp(&mut *conn, user).await?;
     let passkeys = sqlx::query("DELETE FROM passkeys WHERE user_id = $1")
         .persistent(shared::db::named_statements())
@@ -338,7 +341,12 @@ pub async fn remove_all_factors(conn: &mut PgConnection, user: Uuid) -> Result<b
         .await?
         .rows_affected();
     drop_recovery_codes_without_factor(conn, user).await?;
-    Ok(app || passkeys > 0)
+    use shared::message::Factor;
+    Ok(if app {
+        Some(Factor::Totp)
+    } else {
+        (passkeys > 0).then_some(Factor::Passkey)
+    })
 }
 
 /// Replaces the account's recovery codes with these hashes.
