@@ -48,17 +48,21 @@
       }, function () { say("cancelled"); return null; });
     }).then(function (done) {
       if (done) { say(done.status === 201 ? "signedin" : "failed"); }
-    });
+    }).catch(function () { say("failed"); });
   });
   document.getElementById("passkey-add").addEventListener("submit", function (event) {
     event.preventDefault();
     var password = document.getElementById("passkey-password").value;
     var name = document.getElementById("passkey-name").value;
-    post("/v1/mfa/passkeys/options", { password: password }).then(function (options) {
-      if (options.status === 401 && options.json && options.json.code === "unauthorized") {
-        say("signin");
-        return null;
-      }
+    // The account's factor, when it has one: six digits are the app's code.
+    var factor = document.getElementById("passkey-factor").value.replace(/\s/g, "");
+    var body = { password: password };
+    if (/^[0-9]{6}$/.test(factor)) { body.code = factor; } else if (factor) { body.recovery_code = factor; }
+    post("/v1/mfa/passkeys/options", body).then(function (options) {
+      var code = options.json && options.json.code;
+      if (options.status === 401 && code === "unauthorized") { say("signin"); return null; }
+      if (code === "mfa_required") { say("factor"); return null; }
+      if (code === "invalid_code") { say("wrongcode"); return null; }
       if (options.status !== 200) { say("failed"); return null; }
       var publicKey = pkc.parseCreationOptionsFromJSON(options.json.options.publicKey);
       return navigator.credentials.create({ publicKey: publicKey }).then(function (credential) {
@@ -73,6 +77,6 @@
       if (done.status !== 201) { say("failed"); return; }
       say("added");
       if (done.json.recovery_codes) { showCodes(done.json.recovery_codes); }
-    });
+    }).catch(function () { say("failed"); });
   });
 })();

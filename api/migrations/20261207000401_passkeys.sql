@@ -8,6 +8,10 @@ CREATE TABLE passkeys (
     name          TEXT NOT NULL,
     passkey       JSONB NOT NULL,
     created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
-    last_used_at  TIMESTAMPTZ
+    last_used_at  TIMESTAMPTZ,
+    -- Set by a lock ("this wasn't me", or support's): the passkey still counts as the
+    -- account's factor (a reset asks for one) but proves nothing until its owner removes it,
+    -- so one an intruder added cannot outlive the lock and the reset.
+    suspended_at  TIMESTAMPTZ
 );
 CREATE INDEX passkeys_user ON passkeys (user_id);

@@ -76,6 +76,10 @@ pub async fn commit(
     else {
         return Ok(None);
     };
+    // A passkey an intruder added must not outlive the lock and the reset: every passkey is
+    // suspended (still the account's factor, so a reset asks for one; proving nothing until
+    // its owner removes it).
+    store::factors::suspend_passkeys(&mut tx, user.id).await?;
     shared::audit::record(
         &mut *tx,
         &AuditEvent {

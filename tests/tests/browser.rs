@@ -674,13 +674,91 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
         .unwrap();
     assert_eq!(r.status(), 200, "the new password, then the factor");
 
-    // 5. Removed (the password and a recovery code), the passkey no longer counts.
-    let recovery = &recovery_codes[0];
+    // 5. "This wasn't me" (the password-changed notice's link): the account is locked, and a
+    //    passkey (an intruder's, say) no longer signs in, even after the reset.
+    let notice = sink
+        .wait_for_email(email, "password was changed", WAIT)
+        .await
+        .expect("the password-changed notice");
+    let lock_link = notice
+        .link(&format!("{base}/lock-account?token="))
+        .unwrap_or_else(|| panic!("no lock link in {}", notice.text()));
+    let r = http
+        .post(api("/v1/account/lock"))
+        .json(&json!({ "token": e2e::stack::token_of(&lock_link), "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    c.delete_all_cookies().await.unwrap();
+    c.refresh().await.unwrap();
+    browser.wait_for_text("Sign in with a passkey").await;
+    c.find(Locator::Css("#passkey-sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for_text("That did not work").await;
+    browser.screenshot("9-passkey-suspended").await;
+    // The lock's reset email: the suspended passkey still counts as the account's factor, so
+    // the reset takes a recovery code.
+    let lock_reset = sink.wait_for_reset_email(2, WAIT).await.unwrap();
+    let token = e2e::stack::token_of(
+        &lock_reset
+            .link(&format!("{base}/reset-password?token="))
+            .unwrap(),
+    );
+    let third = "violet harbour quilt rocket 58";
+    let r = http
+        .post(api("/v1/password/reset"))
+        .json(&json!({ "token": token, "new_password": third }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "the factor is still asked for");
+    let r = http
+        .post(api("/v1/password/reset"))
+        .json(&json!({ "token": token, "new_password": third, "recovery_code": recovery_codes[0] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let statuses = c
+        .execute_async(
+            &format!("{CEREMONY_JS}
+            const done = arguments[0];
+            (async () => {{
+              const options = await post('/v1/sessions/passkey/options', {{}});
+              const credential = await get(options.json.options);
+              const signIn = await post('/v1/sessions/passkey', {{ceremony_id: options.json.ceremony_id,
+                credential: credential.toJSON()}});
+              done([options.status, signIn.status]);
+            }})().catch(e => done(String(e)));"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses,
+        json!([200, 401]),
+        "suspended after the reset too: {statuses}"
+    );
+
+    // 6. Its owner signs in (password and a recovery code), sees it suspended and removes it
+    //    (the password and a code); then no factor is left.
+    let r = http
+        .post(api("/v1/sessions"))
+        .json(&json!({ "email": email, "password": third }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let signed_in = http
         .post(api("/v1/sessions/mfa"))
         .json(
             &json!({ "mfa_token": r.json::<serde_json::Value>().await.unwrap()["mfa_token"],
-            "recovery_code": recovery }),
+            "recovery_code": recovery_codes[1] }),
         )
         .send()
         .await
@@ -697,18 +775,19 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
         .json()
         .await
         .unwrap();
+    assert_eq!(status["passkeys"][0]["suspended"], true, "{status}");
     let id = status["passkeys"][0]["id"].as_str().unwrap().to_owned();
     let r = http
         .delete(api(&format!("/v1/mfa/passkeys/{id}")))
         .bearer_auth(&session)
-        .json(&json!({ "password": new, "recovery_code": recovery_codes[1] }))
+        .json(&json!({ "password": third, "recovery_code": recovery_codes[2] }))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
     let r = http
         .post(api("/v1/sessions"))
-        .json(&json!({ "email": email, "password": new }))
+        .json(&json!({ "email": email, "password": third }))
         .send()
         .await
         .unwrap();

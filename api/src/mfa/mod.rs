@@ -149,6 +149,7 @@ pub async fn confirm_totp(
     let codes = recovery_codes::generate();
     let hashes = hashes(user, &codes);
     let mut tx = state.db.begin().await?;
+    store::factors::lock_factors(&mut tx, user.id).await?;
     if !store::factors::confirm_step(&mut tx, user.id, step, &row.sealed).await? {
         drop(tx);
         audit_wrong(state, ctx, Action::MfaEnrol, user).await;
@@ -185,6 +186,7 @@ pub async fn register_passkey(
     let credential_id = passkey.cred_id().to_vec();
     let record = passkeys::record(&passkey)?;
     let mut tx = state.db.begin().await?;
+    store::factors::lock_factors(&mut tx, user.id).await?;
     if !store::factors::add_passkey(&mut tx, user.id, &credential_id, name, &record).await? {
         return Err(ApiError::PasskeyInvalid);
     }
@@ -213,6 +215,7 @@ pub async fn remove_passkey(
     credential_id: &[u8],
 ) -> Result<(), ApiError> {
     let mut tx = state.db.begin().await?;
+    store::factors::lock_factors(&mut tx, user.id).await?;
     if !store::factors::remove_passkey(&mut tx, user.id, credential_id).await? {
         return Err(ApiError::NotFound);
     }
@@ -257,6 +260,7 @@ pub async fn remove_totp(
     user: &User,
 ) -> Result<(), ApiError> {
     let mut tx = state.db.begin().await?;
+    store::factors::lock_factors(&mut tx, user.id).await?;
     if !store::factors::remove_totp(&mut tx, user.id).await? {
         return Err(ApiError::MfaNotEnabled);
     }

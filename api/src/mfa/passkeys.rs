@@ -98,7 +98,7 @@ impl Passkeys {
             selection["residentKey"] = "required".into();
             selection["requireResidentKey"] = true.into();
         }
-        let id = self.put(&(user, state)).await?;
+        let id = self.put(Purpose::Register, &(user, state)).await?;
         Ok(Ceremony {
             ceremony_id: id,
             options,
@@ -112,7 +112,10 @@ impl Passkeys {
         ceremony: &str,
         credential: &RegisterPublicKeyCredential,
     ) -> Result<Passkey, ApiError> {
-        let Some((owner, state)) = self.take::<(Uuid, PasskeyRegistration)>(ceremony).await? else {
+        let Some((owner, state)) = self
+            .take::<(Uuid, PasskeyRegistration)>(Purpose::Register, ceremony)
+            .await?
+        else {
             return Err(ApiError::PasskeyInvalid);
         };
         if owner != user {
@@ -138,7 +141,7 @@ impl Passkeys {
         if let Some(options) = options.as_object_mut() {
             options.remove("mediation");
         }
-        let id = self.put(&state).await?;
+        let id = self.put(Purpose::SignIn, &state).await?;
         Ok(Ceremony {
             ceremony_id: id,
             options,
@@ -154,7 +157,10 @@ impl Passkeys {
         credential: &PublicKeyCredential,
     ) -> Result<Verified, ApiError> {
         let webauthn = self.webauthn()?;
-        let Some(state) = self.take::<DiscoverableAuthentication>(ceremony).await? else {
+        let Some(state) = self
+            .take::<DiscoverableAuthentication>(Purpose::SignIn, ceremony)
+            .await?
+        else {
             return Err(ApiError::PasskeyInvalid);
         };
         let (user, credential_id) = webauthn
@@ -163,7 +169,7 @@ impl Passkeys {
         let Some(row) = store::factors::passkey(db, credential_id).await? else {
             return Err(ApiError::PasskeyInvalid);
         };
-        if row.user_id != user {
+        if row.user_id != user || row.suspended {
             return Err(ApiError::PasskeyInvalid);
         }
         let mut passkey: Passkey = serde_json::from_value(row.passkey.0).map_err(internal)?;
@@ -200,7 +206,7 @@ impl Passkeys {
             .start_passkey_authentication(passkeys)
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("passkey factor: {e}")))?;
         let options = serde_json::to_value(options).map_err(internal)?;
-        let id = self.put(&(user, state)).await?;
+        let id = self.put(Purpose::Factor, &(user, state)).await?;
         Ok(Ceremony {
             ceremony_id: id,
             options,
@@ -217,7 +223,9 @@ impl Passkeys {
         credential: &PublicKeyCredential,
     ) -> Result<bool, ApiError> {
         let webauthn = self.webauthn()?;
-        let Some((owner, state)) = self.take::<(Uuid, PasskeyAuthentication)>(ceremony).await?
+        let Some((owner, state)) = self
+            .take::<(Uuid, PasskeyAuthentication)>(Purpose::Factor, ceremony)
+            .await?
         else {
             return Ok(false);
         };
@@ -234,6 +242,9 @@ impl Passkeys {
         let Some(row) = store::factors::passkey(db, result.cred_id()).await? else {
             return Ok(false);
         };
+        if row.user_id != user || row.suspended {
+            return Ok(false);
+        }
         let mut passkey = read(&row)?;
         let changed = passkey.update_credential(&result) == Some(true);
         let record = changed.then(|| record(&passkey)).transpose()?;
@@ -242,10 +253,10 @@ impl Passkeys {
     }
 
     /// Keeps a ceremony's state; its id.
-    async fn put(&self, state: &impl Serialize) -> Result<String, ApiError> {
+    async fn put(&self, purpose: Purpose, state: &impl Serialize) -> Result<String, ApiError> {
         let id =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        let key = self.key(&id);
+        let key = self.key(purpose, &id);
         let value = serde_json::to_string(state).map_err(internal)?;
         self.redis
             .run(|mut c| async move {
@@ -262,7 +273,11 @@ impl Passkeys {
     }
 
     /// Takes a ceremony's state (once).
-    async fn take<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>, ApiError> {
+    async fn take<T: DeserializeOwned>(
+        &self,
+        purpose: Purpose,
+        id: &str,
+    ) -> Result<Option<T>, ApiError> {
         if id.len() != 43
             || !id
                 .bytes()
@@ -270,7 +285,7 @@ impl Passkeys {
         {
             return Ok(None);
         }
-        let key = self.key(id);
+        let key = self.key(purpose, id);
         let value: Option<String> = self
             .redis
             .run(|mut c| async move { redis::cmd("GETDEL").arg(&key).query_async(&mut c).await })
@@ -278,9 +293,33 @@ impl Passkeys {
         Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
     }
 
-    fn key(&self, id: &str) -> String {
-        let hash = hex::encode(Sha256::digest(id.as_bytes()));
-        self.redis.keys().passkey_ceremony(&hash)
+    /// A ceremony's key: its purpose and id hashed, so an id answers only the ceremony it
+    /// was given for.
+    fn key(&self, purpose: Purpose, id: &str) -> String {
+        let mut digest = Sha256::new();
+        digest.update(purpose.tag());
+        digest.update(id.as_bytes());
+        self.redis
+            .keys()
+            .passkey_ceremony(&hex::encode(digest.finalize()))
+    }
+}
+
+/// What a ceremony is for.
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    Register,
+    SignIn,
+    Factor,
+}
+
+impl Purpose {
+    fn tag(self) -> &'static [u8] {
+        match self {
+            Purpose::Register => b"register\0",
+            Purpose::SignIn => b"sign-in\0",
+            Purpose::Factor => b"factor\0",
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub struct PasskeyInfo {
     pub name: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Suspended by a lock: it proves nothing until removed (and added again, if it is yours).
+    pub suspended: bool,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -75,6 +77,7 @@ pub async fn status(
             name: p.name,
             created_at: p.created_at,
             last_used_at: p.last_used_at,
+            suspended: p.suspended,
         })
         .collect();
     Ok(Json(MfaStatus {
@@ -89,6 +92,35 @@ pub struct PasswordOnly {
     /// The account's current password.
     #[schema(max_length = 1024)]
     pub password: String,
+    /// When the account has a factor already: a code of its app, …
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub code: Option<String>,
+    /// … or one of its recovery codes (a new factor must not be easier to get than the
+    /// ones the account has: a passkey signs in alone).
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub recovery_code: Option<String>,
+}
+
+impl PasswordOnly {
+    /// The password, then, when the account has a factor, a proof of it (`403
+    /// mfa_required` without one).
+    async fn check(
+        &self,
+        state: &AppState,
+        ctx: &RequestContext,
+        user: &crate::store::users::User,
+    ) -> Result<(), ApiError> {
+        let action = Action::MfaEnrol;
+        let proof = Proof::from_fields(self.code.as_deref(), self.recovery_code.as_deref());
+        let proof = mfa::required(state, ctx, user, action, proof).await?;
+        confirm_password(state, ctx, user, &self.password, action).await?;
+        if let Some(proof) = &proof {
+            mfa::prove(state, ctx, user, action, proof).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A new authenticator-app secret.
@@ -120,7 +152,13 @@ pub async fn begin_totp(
     AppJson(body): AppJson<PasswordOnly>,
 ) -> Result<Response, ApiError> {
     let user = &auth.user;
-    confirm_password(&state, &ctx, user, &body.password, Action::MfaEnrol).await?;
+    if !state.config.mfa_enrolment {
+        return Err(ApiError::MfaEnrolmentOff);
+    }
+    if mfa::enrolment(&state, user.id).await?.totp {
+        return Err(ApiError::MfaAlreadyEnabled);
+    }
+    body.check(&state, &ctx, user).await?;
     let enrolling = mfa::begin_totp(&state, user).await?;
     let body = TotpEnrolment {
         secret: enrolling.secret,
@@ -268,7 +306,7 @@ pub async fn passkey_options(
     if !state.config.mfa_enrolment {
         return Err(ApiError::MfaEnrolmentOff);
     }
-    confirm_password(&state, &ctx, user, &body.password, Action::MfaEnrol).await?;
+    body.check(&state, &ctx, user).await?;
     let rows = crate::store::factors::passkeys(&state.db, user.id).await?;
     let existing = rows
         .iter()
@@ -370,6 +408,11 @@ pub async fn remove_passkey(
     let credential_id = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(id.as_bytes())
         .map_err(|_| ApiError::NotFound)?;
+    // Its own passkey, before a code is spent on it.
+    let found = crate::store::factors::passkey(&state.db, &credential_id).await?;
+    if found.is_none_or(|p| p.user_id != auth.user.id) {
+        return Err(ApiError::NotFound);
+    }
     body.check(&state, &ctx, &auth, Action::MfaRemove).await?;
     mfa::remove_passkey(&state, &ctx, &auth.user, &credential_id).await?;
     Ok(StatusCode::NO_CONTENT)

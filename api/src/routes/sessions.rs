@@ -318,8 +318,7 @@ pub struct PasskeySignInRequest {
 #[utoipa::path(post, path = "/v1/sessions/passkey", tag = "sessions", request_body = PasskeySignInRequest,
     responses(
         (status = 201, description = "Signed in, as `POST /v1/sessions` answers", body = SessionCreated),
-        (status = 401, description = "`passkey_invalid`: the answer does not verify, came too late or twice, or names no passkey of an account that may sign in", body = ErrorBody),
-        (status = 429, description = "`rate_limited_login` or `rate_limited_ip`, with `Retry-After`", body = ErrorBody),
+        (status = 401, description = "`passkey_invalid`: the answer does not verify, came too late or twice, or names no passkey of an account that may sign in (a suspended passkey, a locked or unverified account)", body = ErrorBody),
     ))]
 pub async fn passkey_sign_in(
     State(state): State<AppState>,
@@ -395,8 +394,8 @@ pub(crate) async fn passkey_factor_options(
     user: uuid::Uuid,
 ) -> Result<mfa::passkeys::Ceremony, ApiError> {
     let rows = store::factors::passkeys(&state.db, user).await?;
-    let passkeys = rows
-        .iter()
+    // A suspended passkey (a lock since) proves nothing: the owner uses another factor.
+    let passkeys = (rows.iter().filter(|row| !row.suspended))
         .map(mfa::passkeys::read)
         .collect::<Result<Vec<_>, _>>()?;
     state.passkeys.factor_options(user, &passkeys).await

@@ -159,16 +159,21 @@ pub struct PasskeyRow {
     pub passkey: sqlx::types::Json<serde_json::Value>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Suspended by a lock: it proves nothing until its owner removes it.
+    pub suspended: bool,
 }
+
+/// The columns of [`PasskeyRow`].
+const PASSKEY: &str = "credential_id, user_id, name, passkey, created_at, last_used_at, \
+    suspended_at IS NOT NULL AS suspended";
 
 /// The account's passkeys, oldest first.
 pub async fn passkeys(db: &PgPool, user: Uuid) -> Result<Vec<PasskeyRow>, sqlx::Error> {
     shared::db::fetch_all(
         db,
-        sqlx::query_as(
-            "SELECT credential_id, user_id, name, passkey, created_at, last_used_at
-             FROM passkeys WHERE user_id = $1 ORDER BY created_at",
-        )
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {PASSKEY} FROM passkeys WHERE user_id = $1 ORDER BY created_at"
+        )))
         .bind(user),
     )
     .await
@@ -178,10 +183,9 @@ pub async fn passkeys(db: &PgPool, user: Uuid) -> Result<Vec<PasskeyRow>, sqlx::
 pub async fn passkey(db: &PgPool, credential_id: &[u8]) -> Result<Option<PasskeyRow>, sqlx::Error> {
     shared::db::fetch_optional(
         db,
-        sqlx::query_as(
-            "SELECT credential_id, user_id, name, passkey, created_at, last_used_at
-             FROM passkeys WHERE credential_id = $1",
-        )
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {PASSKEY} FROM passkeys WHERE credential_id = $1"
+        )))
         .bind(credential_id),
     )
     .await
@@ -224,6 +228,18 @@ pub async fn passkey_used(
         .bind(credential_id)
         .bind(passkey.map(sqlx::types::Json)),
     )
+    .await?;
+    Ok(())
+}
+
+/// Suspends every passkey of the account (a lock).
+pub async fn suspend_passkeys(conn: &mut PgConnection, user: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE passkeys SET suspended_at = now() WHERE user_id = $1 AND suspended_at IS NULL",
+    )
+    .persistent(shared::db::named_statements())
+    .bind(user)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -333,6 +349,7 @@ pub async fn remove_all_factors(
     conn: &mut PgConnection,
     user: Uuid,
 ) -> Result<Option<shared::message::Factor>, sqlx::Error> {
+    lock_factors(&mut *conn, user).await?;
     let app = remove_totp(&mut *conn, user).await?;
     let passkeys = sqlx::query("DELETE FROM passkeys WHERE user_id = $1")
         .persistent(shared::db::named_statements())
