@@ -170,6 +170,57 @@ pub async fn reset_with_code(
         ApiError::CodeInvalid
     };
 
+    if let Err(e) = password_policy::check_length(&new_password) {
+        audit(Outcome::PasswordTooLong, None).await;
+        return Err(e);
+    }
+    let (link, user) = code_account(state, ctx, email, code).await?;
+    let now = state.clock.now();
+    let purpose = Purpose::PasswordReset;
+    let fingerprint = &link.fingerprint;
+    let factor = mfa::required(state, ctx, &user, action, factor).await?;
+    let checked =
+        password_policy::refuse_new_password(&state.breached, &new_password, &user.email).await;
+    if let Err((e, outcome)) = checked {
+        if let Some(outcome) = outcome {
+            audit(outcome, Some(user.id)).await;
+        }
+        return Err(e);
+    }
+    if let Some(factor) = &factor {
+        mfa::prove(state, ctx, &user, action, factor).await?;
+    }
+    if !state.tokens.burn_fingerprint(purpose, fingerprint).await? {
+        return Err(refuse(Outcome::Used, user.id).await);
+    }
+    let change = Change { ctx, action, now };
+    let Some(password_version) = finish(state, &change, &user, fingerprint, new_password).await?
+    else {
+        return Err(refuse(Outcome::PasswordChanged, user.id).await);
+    };
+    link.kill(&state.redis).await;
+    Ok(Proven {
+        email_key: user.email_key,
+        password_version,
+    })
+}
+
+/// The account an emailed reset code is for, once it matched a live code (the breaker, the
+/// per-IP code budget and every check of the code, as [`reset_with_code`] runs them; a wrong
+/// code is counted and answered `code_invalid` alike for every address). Nothing changes but
+/// a wrong code's counts.
+pub async fn code_account(
+    state: &AppState,
+    ctx: &RequestContext,
+    email: &str,
+    code: &str,
+) -> Result<(reset_code::CodeLink, User), ApiError> {
+    let action = Action::PasswordResetCode;
+    let refuse = |outcome: Outcome, user: Uuid| async move {
+        metrics::counter!("tokens_rejected_total", "reason" => outcome.as_str()).increment(1);
+        attempt(state, ctx, action, outcome, Some(user)).await;
+        ApiError::CodeInvalid
+    };
     // The breaker first: it only reads, and a paused code entry spends nobody's budget.
     let breaker = reset_code::Breaker {
         limit: state.config.code_breaker_per_minute,
@@ -177,10 +228,6 @@ pub async fn reset_with_code(
     breaker.check(&state.redis, state.clock.now()).await?;
     let (limiter, refusals) = (&state.limiter, &state.refusals);
     within_budget(limiter, refusals, IpBudget::Code, ctx.ip, ctx.request_id()).await?;
-    if let Err(e) = password_policy::check_length(&new_password) {
-        audit(Outcome::PasswordTooLong, None).await;
-        return Err(e);
-    }
     let address = email::normalize(email).map_err(|e| ApiError::InvalidEmail(e.to_string()))?;
     let secret = state.config.pseudonym_secret();
     let checked = match shared::reset_code::normalize(code) {
@@ -223,31 +270,7 @@ pub async fn reset_with_code(
     {
         return Err(refuse(reason, user.id).await);
     }
-    let factor = mfa::required(state, ctx, &user, action, factor).await?;
-    let checked =
-        password_policy::refuse_new_password(&state.breached, &new_password, &user.email).await;
-    if let Err((e, outcome)) = checked {
-        if let Some(outcome) = outcome {
-            audit(outcome, Some(user.id)).await;
-        }
-        return Err(e);
-    }
-    if let Some(factor) = &factor {
-        mfa::prove(state, ctx, &user, action, factor).await?;
-    }
-    if !state.tokens.burn_fingerprint(purpose, fingerprint).await? {
-        return Err(refuse(Outcome::Used, user.id).await);
-    }
-    let change = Change { ctx, action, now };
-    let Some(password_version) = finish(state, &change, &user, fingerprint, new_password).await?
-    else {
-        return Err(refuse(Outcome::PasswordChanged, user.id).await);
-    };
-    link.kill(&state.redis).await;
-    Ok(Proven {
-        email_key: user.email_key,
-        password_version,
-    })
+    Ok((link, user))
 }
 
 /// A password change and the request it comes from.

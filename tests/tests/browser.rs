@@ -629,6 +629,60 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
         "{statuses}"
     );
 
+    // 3b. The passkey proves the factor of a password change (this browser is signed in).
+    let changed = "sunflower granite kettle 71";
+    let statuses = c
+        .execute_async(
+            &format!("{CEREMONY_JS}
+            const [current, changed, done] = arguments;
+            (async () => {{
+              const options = await post('/v1/mfa/passkeys/factor-options', {{}});
+              const credential = await get(options.json.options);
+              const change = await post('/v1/account/password', {{current_password: current,
+                new_password: changed,
+                passkey: {{ceremony_id: options.json.ceremony_id, credential: credential.toJSON()}}}});
+              done([options.status, change.status]);
+            }})().catch(e => done(String(e)));"),
+            vec![json!(password), json!(changed)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(statuses, json!([200, 201]), "{statuses}");
+
+    // 3c. And of a reset by the emailed code (the code is checked before the options).
+    let r = http
+        .post(api("/v1/password/forgot"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let code = sink
+        .wait_for_reset_email(1, WAIT)
+        .await
+        .unwrap()
+        .reset_code()
+        .unwrap();
+    let by_code = "maple orbit lantern 64";
+    let statuses = c
+        .execute_async(
+            &format!("{CEREMONY_JS}
+            const [email, code, byCode, done] = arguments;
+            (async () => {{
+              const wrong = await post('/v1/password/reset/code/passkey-options',
+                {{email, code: '0000 0000'}});
+              const options = await post('/v1/password/reset/code/passkey-options', {{email, code}});
+              const credential = await get(options.json.options);
+              const reset = await post('/v1/password/reset/code', {{email, code, new_password: byCode,
+                passkey: {{ceremony_id: options.json.ceremony_id, credential: credential.toJSON()}}}});
+              done([wrong.status, options.status, reset.status]);
+            }})().catch(e => done(String(e)));"),
+            vec![json!(email), json!(code), json!(by_code)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(statuses, json!([400, 200, 204]), "{statuses}");
+
     // 4. A reset link alone changes nothing; with the passkey it resets.
     let r = http
         .post(api("/v1/password/forgot"))
@@ -637,7 +691,7 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let reset_email = sink.wait_for_reset_email(1, WAIT).await.unwrap();
+    let reset_email = sink.wait_for_reset_email(2, WAIT).await.unwrap();
     let link = reset_email
         .link(&format!("{base}/reset-password?token="))
         .unwrap();
@@ -676,10 +730,17 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
 
     // 5. "This wasn't me" (the password-changed notice's link): the account is locked, and a
     //    passkey (an intruder's, say) no longer signs in, even after the reset.
-    let notice = sink
-        .wait_for_email(email, "password was changed", WAIT)
-        .await
-        .expect("the password-changed notice");
+    // The newest of the three password-changed notices (3b, 3c and 4).
+    let notice = poll_until(WAIT, || async {
+        let notices: Vec<_> = (sink.emails().into_iter())
+            .filter(|e| e.rcpt_to() == email && e.subject().contains("password was changed"))
+            .collect();
+        (notices.len() >= 3)
+            .then(|| notices.last().cloned())
+            .flatten()
+    })
+    .await
+    .expect("the password-changed notices");
     let lock_link = notice
         .link(&format!("{base}/lock-account?token="))
         .unwrap_or_else(|| panic!("no lock link in {}", notice.text()));
@@ -703,7 +764,7 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
     browser.screenshot("9-passkey-suspended").await;
     // The lock's reset email: the suspended passkey still counts as the account's factor, so
     // the reset takes a recovery code.
-    let lock_reset = sink.wait_for_reset_email(2, WAIT).await.unwrap();
+    let lock_reset = sink.wait_for_reset_email(3, WAIT).await.unwrap();
     let token = e2e::stack::token_of(
         &lock_reset
             .link(&format!("{base}/reset-password?token="))

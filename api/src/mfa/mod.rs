@@ -82,6 +82,18 @@ impl Proof {
             .or_else(|| given(recovery_code).map(|c| Proof::RecoveryCode(c.to_owned())))
     }
 
+    /// The factor of a JSON body's `code` (or `totp_code`), `recovery_code` or `passkey`.
+    pub fn of(
+        code: &Option<String>,
+        recovery_code: &Option<String>,
+        passkey: &Option<PasskeyAnswer>,
+    ) -> Option<Self> {
+        match passkey {
+            Some(answer) => Some(Proof::Passkey(Box::new(answer.clone()))),
+            None => Self::from_fields(code.as_deref(), recovery_code.as_deref()),
+        }
+    }
+
     /// The factor typed into a page's one field: six digits are the app's code, anything
     /// else a recovery code.
     pub fn from_entry(entry: Option<&str>) -> Option<Self> {

@@ -69,6 +69,9 @@ pub struct ChangePasswordRequest {
     #[serde(default)]
     #[schema(max_length = 64)]
     pub recovery_code: Option<String>,
+    /// A passkey's answer to `POST /v1/mfa/passkeys/factor-options`, instead of a code.
+    #[serde(default)]
+    pub passkey: Option<crate::mfa::PasskeyAnswer>,
 }
 
 /// Changes the password of the signed-in account.
@@ -99,8 +102,7 @@ pub async fn change_password(
     use shared::audit::{Action, Outcome};
     let user = &auth.user;
     password_policy::check_length(&body.new_password)?;
-    let proof =
-        crate::mfa::Proof::from_fields(body.totp_code.as_deref(), body.recovery_code.as_deref());
+    let proof = crate::mfa::Proof::of(&body.totp_code, &body.recovery_code, &body.passkey);
     let action = Action::PasswordChange;
     let proof = crate::mfa::required(&state, &ctx, user, action, proof).await?;
     let credentials = confirm_password(&state, &ctx, user, &body.current_password, action).await?;

@@ -14,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     error::{ApiError, ErrorBody},
     extract::{AppJson, AuthUser, RequestContext},
-    mfa::{self, Proof},
+    mfa,
     routes::account::confirm_password,
     state::AppState,
 };
@@ -28,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(passkey_options))
         .routes(routes!(register_passkey))
         .routes(routes!(remove_passkey))
+        .routes(routes!(own_passkey_options))
 }
 
 /// The account's second factors.
@@ -97,10 +98,13 @@ pub struct PasswordOnly {
     #[schema(max_length = 64)]
     pub code: Option<String>,
     /// … or one of its recovery codes (a new factor must not be easier to get than the
-    /// ones the account has: a passkey signs in alone).
+    /// ones the account has: a passkey signs in alone) …
     #[serde(default)]
     #[schema(max_length = 64)]
     pub recovery_code: Option<String>,
+    /// … or a passkey's answer to `POST /v1/mfa/passkeys/factor-options`.
+    #[serde(default)]
+    pub passkey: Option<mfa::PasskeyAnswer>,
 }
 
 impl PasswordOnly {
@@ -113,7 +117,7 @@ impl PasswordOnly {
         user: &crate::store::users::User,
     ) -> Result<(), ApiError> {
         let action = Action::MfaEnrol;
-        let proof = Proof::from_fields(self.code.as_deref(), self.recovery_code.as_deref());
+        let proof = mfa::Proof::of(&self.code, &self.recovery_code, &self.passkey);
         let proof = mfa::required(state, ctx, user, action, proof).await?;
         confirm_password(state, ctx, user, &self.password, action).await?;
         if let Some(proof) = &proof {
@@ -217,6 +221,9 @@ pub struct ProvenRequest {
     #[serde(default)]
     #[schema(max_length = 64)]
     pub recovery_code: Option<String>,
+    /// A passkey's answer to `POST /v1/mfa/passkeys/factor-options`, instead of a code.
+    #[serde(default)]
+    pub passkey: Option<mfa::PasskeyAnswer>,
 }
 
 impl ProvenRequest {
@@ -228,8 +235,10 @@ impl ProvenRequest {
         auth: &AuthUser,
         action: Action,
     ) -> Result<(), ApiError> {
-        let proof = Proof::from_fields(self.code.as_deref(), self.recovery_code.as_deref())
-            .ok_or_else(|| ApiError::InvalidBody("give `code` or `recovery_code`".into()))?;
+        let proof =
+            mfa::Proof::of(&self.code, &self.recovery_code, &self.passkey).ok_or_else(|| {
+                ApiError::InvalidBody("give `code`, `recovery_code` or `passkey`".into())
+            })?;
         let user = &auth.user;
         confirm_password(state, ctx, user, &self.password, action).await?;
         if !mfa::enrolment(state, user.id).await?.has_factor() {
@@ -416,4 +425,22 @@ pub async fn remove_passkey(
     body.check(&state, &ctx, &auth, Action::MfaRemove).await?;
     mfa::remove_passkey(&state, &ctx, &auth.user, &credential_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Options for the signed-in owner to prove the factor with one of their passkeys (to change
+/// the password, add or remove a factor, replace the recovery codes): answered with `passkey`
+/// in those requests.
+#[utoipa::path(post, path = "/v1/mfa/passkeys/factor-options", tag = "mfa",
+    security(("session" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The options (`{publicKey: …}`, binary values in base64url)", body = mfa::passkeys::Ceremony),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 409, description = "`mfa_not_enabled`: no passkey that proves anything", body = ErrorBody),
+    ))]
+pub async fn own_passkey_options(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<Json<mfa::passkeys::Ceremony>, ApiError> {
+    let ceremony = crate::routes::sessions::passkey_factor_options(&state, auth.user.id).await?;
+    Ok(Json(ceremony))
 }

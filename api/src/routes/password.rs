@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(reset_password))
         .routes(routes!(reset_password_with_code))
         .routes(routes!(reset_passkey_options))
+        .routes(routes!(code_reset_passkey_options))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -171,6 +172,41 @@ pub struct CodeResetRequest {
     #[serde(default)]
     #[schema(max_length = 64)]
     pub recovery_code: Option<String>,
+    /// A passkey's answer to the options of `POST /v1/password/reset/code/passkey-options`.
+    #[serde(default)]
+    pub passkey: Option<crate::mfa::PasskeyAnswer>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EmailAndCode {
+    #[schema(format = "email", min_length = 3, max_length = 254)]
+    pub email: String,
+    /// The 8-digit code from the reset email.
+    #[schema(max_length = 64, example = "1234 5678")]
+    pub code: String,
+}
+
+/// Options to prove the second factor of a reset code's account with one of its passkeys,
+/// for `POST /v1/password/reset/code` with `passkey`. The code is checked as a reset checks
+/// it (a wrong one is counted and answered `code_invalid` alike for every address); nothing
+/// is spent.
+#[utoipa::path(post, path = "/v1/password/reset/code/passkey-options", tag = "password", request_body = EmailAndCode,
+    responses(
+        (status = 200, description = "The options (`{publicKey: …}`, binary values in base64url)", body = crate::mfa::passkeys::Ceremony),
+        (status = 400, description = "`code_invalid`", body = ErrorBody),
+        (status = 409, description = "`mfa_not_enabled`: the account has no passkey", body = ErrorBody),
+        (status = 422, description = "`invalid_email`", body = ErrorBody),
+        (status = 429, description = "`rate_limited_ip`, with `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`code_entry_paused`, with `Retry-After`", body = ErrorBody),
+    ))]
+pub async fn code_reset_passkey_options(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    AppJson(body): AppJson<EmailAndCode>,
+) -> Result<Json<crate::mfa::passkeys::Ceremony>, ApiError> {
+    let (_, user) = recovery::code_account(&state, &ctx, &body.email, &body.code).await?;
+    let ceremony = crate::routes::sessions::passkey_factor_options(&state, user.id).await?;
+    Ok(Json(ceremony))
 }
 
 /// Sets a new password with the one-time code of a reset email (for resetting on another
@@ -204,8 +240,12 @@ pub async fn reset_password_with_code(
         new_password,
         totp_code,
         recovery_code,
+        passkey,
     } = body;
-    let factor = crate::mfa::Proof::from_fields(totp_code.as_deref(), recovery_code.as_deref());
+    let factor = match passkey {
+        Some(answer) => Some(crate::mfa::Proof::Passkey(Box::new(answer))),
+        None => crate::mfa::Proof::from_fields(totp_code.as_deref(), recovery_code.as_deref()),
+    };
     let proven =
         recovery::reset_with_code(&state, &ctx, &email, &code, new_password, factor).await?;
     let done = StatusCode::NO_CONTENT.into_response();

@@ -276,6 +276,8 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         "POST /v1/sessions/passkey",
         "POST /v1/sessions/mfa/passkey-options",
         "POST /v1/password/reset/passkey-options",
+        "POST /v1/password/reset/code/passkey-options",
+        "POST /v1/mfa/passkeys/factor-options",
         "GET /healthz",
         "GET /readyz",
     ];
