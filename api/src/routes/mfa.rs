@@ -88,17 +88,19 @@ pub async fn status(
     }))
 }
 
+/// The current password and a proof of the account's factor: required to remove a factor or
+/// replace the recovery codes; to add a factor, required when the account has one (a new
+/// factor must not be easier to get than the ones it has: a passkey signs in alone).
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct PasswordOnly {
+pub struct PasswordAndFactor {
     /// The account's current password.
     #[schema(max_length = 1024)]
     pub password: String,
-    /// When the account has a factor already: a code of its app, …
+    /// A code of the authenticator app, …
     #[serde(default)]
     #[schema(max_length = 64)]
     pub code: Option<String>,
-    /// … or one of its recovery codes (a new factor must not be easier to get than the
-    /// ones the account has: a passkey signs in alone) …
+    /// … or one of the recovery codes (it is spent), …
     #[serde(default)]
     #[schema(max_length = 64)]
     pub recovery_code: Option<String>,
@@ -107,10 +109,10 @@ pub struct PasswordOnly {
     pub passkey: Option<mfa::PasskeyAnswer>,
 }
 
-impl PasswordOnly {
+impl PasswordAndFactor {
     /// The password, then, when the account has a factor, a proof of it (`403
     /// mfa_required` without one).
-    async fn check(
+    async fn check_to_add(
         &self,
         state: &AppState,
         ctx: &RequestContext,
@@ -140,7 +142,7 @@ pub struct TotpEnrolment {
 /// current password is needed: a session alone (a borrowed laptop) must not be able to tie
 /// the account to someone else's phone. Nothing is protected until the first code confirms
 /// it (`POST /v1/mfa/totp/confirm`).
-#[utoipa::path(post, path = "/v1/mfa/totp", tag = "mfa", request_body = PasswordOnly,
+#[utoipa::path(post, path = "/v1/mfa/totp", tag = "mfa", request_body = PasswordAndFactor,
     security(("session" = []), ("session_cookie" = [])),
     responses(
         (status = 200, description = "The secret, to show once as a QR code and as text", body = TotpEnrolment),
@@ -153,7 +155,7 @@ pub async fn begin_totp(
     State(state): State<AppState>,
     ctx: RequestContext,
     auth: AuthUser,
-    AppJson(body): AppJson<PasswordOnly>,
+    AppJson(body): AppJson<PasswordAndFactor>,
 ) -> Result<Response, ApiError> {
     let user = &auth.user;
     if !state.config.mfa_enrolment {
@@ -162,7 +164,7 @@ pub async fn begin_totp(
     if mfa::enrolment(&state, user.id).await?.totp {
         return Err(ApiError::MfaAlreadyEnabled);
     }
-    body.check(&state, &ctx, user).await?;
+    body.check_to_add(&state, &ctx, user).await?;
     let enrolling = mfa::begin_totp(&state, user).await?;
     let body = TotpEnrolment {
         secret: enrolling.secret,
@@ -208,25 +210,7 @@ pub async fn confirm_totp(
     Ok(Json(body).into_response())
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct ProvenRequest {
-    /// The account's current password.
-    #[schema(max_length = 1024)]
-    pub password: String,
-    /// A code of the authenticator app.
-    #[serde(default)]
-    #[schema(max_length = 64)]
-    pub code: Option<String>,
-    /// One of the recovery codes, instead of `code` (it is spent).
-    #[serde(default)]
-    #[schema(max_length = 64)]
-    pub recovery_code: Option<String>,
-    /// A passkey's answer to `POST /v1/mfa/passkeys/factor-options`, instead of a code.
-    #[serde(default)]
-    pub passkey: Option<mfa::PasskeyAnswer>,
-}
-
-impl ProvenRequest {
+impl PasswordAndFactor {
     /// The password, then the factor: both must be right.
     async fn check(
         &self,
@@ -251,7 +235,7 @@ impl ProvenRequest {
 
 /// Removes the authenticator app and the recovery codes, with the password and a code (or a
 /// recovery code). The owner gets a notice.
-#[utoipa::path(delete, path = "/v1/mfa/totp", tag = "mfa", request_body = ProvenRequest,
+#[utoipa::path(delete, path = "/v1/mfa/totp", tag = "mfa", request_body = PasswordAndFactor,
     security(("session" = []), ("session_cookie" = [])),
     responses(
         (status = 204, description = "Removed"),
@@ -264,7 +248,7 @@ pub async fn remove_totp(
     State(state): State<AppState>,
     ctx: RequestContext,
     auth: AuthUser,
-    AppJson(body): AppJson<ProvenRequest>,
+    AppJson(body): AppJson<PasswordAndFactor>,
 ) -> Result<StatusCode, ApiError> {
     body.check(&state, &ctx, &auth, Action::MfaRemove).await?;
     mfa::remove_totp(&state, &ctx, &auth.user).await?;
@@ -273,7 +257,7 @@ pub async fn remove_totp(
 
 /// Makes a new set of ten recovery codes, with the password and a code; the old set stops
 /// working. The owner gets a notice.
-#[utoipa::path(post, path = "/v1/mfa/recovery-codes", tag = "mfa", request_body = ProvenRequest,
+#[utoipa::path(post, path = "/v1/mfa/recovery-codes", tag = "mfa", request_body = PasswordAndFactor,
     security(("session" = []), ("session_cookie" = [])),
     responses(
         (status = 200, description = "The new codes, shown once", body = RecoveryCodes),
@@ -286,7 +270,7 @@ pub async fn replace_recovery_codes(
     State(state): State<AppState>,
     ctx: RequestContext,
     auth: AuthUser,
-    AppJson(body): AppJson<ProvenRequest>,
+    AppJson(body): AppJson<PasswordAndFactor>,
 ) -> Result<Response, ApiError> {
     let action = Action::RecoveryCodesReplace;
     body.check(&state, &ctx, &auth, action).await?;
@@ -297,7 +281,7 @@ pub async fn replace_recovery_codes(
 
 /// Starts registering a passkey (with the current password, as an app is set up): the
 /// options for `navigator.credentials.create` and the ceremony's id (5 minutes, one answer).
-#[utoipa::path(post, path = "/v1/mfa/passkeys/options", tag = "mfa", request_body = PasswordOnly,
+#[utoipa::path(post, path = "/v1/mfa/passkeys/options", tag = "mfa", request_body = PasswordAndFactor,
     security(("session" = []), ("session_cookie" = [])),
     responses(
         (status = 200, description = "The options (`{publicKey: …}`, binary values in base64url)", body = mfa::passkeys::Ceremony),
@@ -309,13 +293,13 @@ pub async fn passkey_options(
     State(state): State<AppState>,
     ctx: RequestContext,
     auth: AuthUser,
-    AppJson(body): AppJson<PasswordOnly>,
+    AppJson(body): AppJson<PasswordAndFactor>,
 ) -> Result<Json<mfa::passkeys::Ceremony>, ApiError> {
     let user = &auth.user;
     if !state.config.mfa_enrolment {
         return Err(ApiError::MfaEnrolmentOff);
     }
-    body.check(&state, &ctx, user).await?;
+    body.check_to_add(&state, &ctx, user).await?;
     let rows = crate::store::factors::passkeys(&state.db, user.id).await?;
     let existing = rows
         .iter()
@@ -397,7 +381,7 @@ pub async fn register_passkey(
 
 /// Removes one of the account's passkeys, with the password and a code (of the app, or a
 /// recovery code). A notice goes to the owner.
-#[utoipa::path(delete, path = "/v1/mfa/passkeys/{id}", tag = "mfa", request_body = ProvenRequest,
+#[utoipa::path(delete, path = "/v1/mfa/passkeys/{id}", tag = "mfa", request_body = PasswordAndFactor,
     security(("session" = []), ("session_cookie" = [])),
     params(("id" = String, Path, description = "The passkey's `id` from `GET /v1/mfa`")),
     responses(
@@ -411,7 +395,7 @@ pub async fn remove_passkey(
     ctx: RequestContext,
     auth: AuthUser,
     axum::extract::Path(id): axum::extract::Path<String>,
-    AppJson(body): AppJson<ProvenRequest>,
+    AppJson(body): AppJson<PasswordAndFactor>,
 ) -> Result<StatusCode, ApiError> {
     use base64::Engine as _;
     let credential_id = base64::engine::general_purpose::URL_SAFE_NO_PAD
