@@ -15,6 +15,7 @@ pub mod hashing;
 pub mod import;
 pub mod lock;
 pub mod mfa;
+pub mod migrations;
 pub mod outbox;
 pub mod password_policy;
 pub mod publisher;

@@ -1,5 +1,5 @@
 //! `api` — serves the HTTP api (and the admin API when `ADMIN_API_BIND` is set); `api migrate`
-//! applies pending migrations and exits; `api accounts show|revoke-sessions|lock|unlock|
+//! applies pending migrations and exits (`api migrate status` lists them); `api accounts show|revoke-sessions|lock|unlock|
 //! remove-factors|recovery|export|erase [ADDRESS…]` are the admin API's operations from the shell (addresses
 //! from the arguments, or one per line on standard input); `api users import PATH|-` brings
 //! accounts in with their hashes.
@@ -24,8 +24,12 @@ struct Cli {
 enum Command {
     /// Serve the api (the default).
     Serve,
-    /// Apply pending database migrations (with `MIGRATE_DATABASE_URL` when set) and exit.
-    Migrate,
+    /// Apply pending database migrations (with `MIGRATE_DATABASE_URL` when set) and exit;
+    /// `migrate status` prints what is applied, pending, unknown (a newer release's) or failed.
+    Migrate {
+        #[command(subcommand)]
+        command: Option<MigrateCommand>,
+    },
     /// Support staff's tools for one account (audited with the reason and the operator).
     Accounts {
         #[command(subcommand)]
@@ -36,6 +40,14 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+}
+
+#[derive(clap::Subcommand)]
+enum MigrateCommand {
+    /// Print one line per migration, `applied|pending|unknown|failed VERSION DESCRIPTION`
+    /// (unknown: applied by a newer release, which this build serves on); exit status 1 when
+    /// one failed halfway.
+    Status,
 }
 
 #[derive(clap::Subcommand)]
@@ -112,10 +124,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .run_until(shared::telemetry::shutdown_signal())
                 .await
         }
-        Command::Migrate => {
+        Command::Migrate { command: None } => {
             let db = api::startup::connect_for_migrations(&config).await?;
-            api::startup::migrate(&db).await?;
+            api::migrations::migrate(&db).await?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Migrate {
+            command: Some(MigrateCommand::Status),
+        } => {
+            let db = api::startup::connect_for_migrations(&config).await?;
+            let status = api::migrations::status(&db).await?;
+            for line in status.lines() {
+                println!("{line}");
+            }
+            anyhow::ensure!(
+                status.failed.is_empty(),
+                "a migration failed halfway; repair it before anything migrates again"
+            );
             Ok(())
         }
         Command::Users {

@@ -52,9 +52,6 @@ pub struct Application {
     state: AppState,
 }
 
-/// The embedded migrations (also run by `api migrate`).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
 impl Application {
     /// Connects to PostgreSQL (running pending migrations), Redis and RabbitMQ and binds the
     /// listener. Uses the system clock.
@@ -69,7 +66,7 @@ impl Application {
         if config.migrate_on_start {
             match connect_for_migrations(&config).await {
                 Ok(direct) => {
-                    migrate(&direct).await?;
+                    crate::migrations::migrate(&direct).await?;
                     direct.close().await;
                     schema_ready.store(true, Ordering::Release);
                 }
@@ -79,6 +76,10 @@ impl Application {
                     tokio::spawn(migrate_when_reachable(config.clone(), schema_ready.clone()));
                 }
             }
+        } else {
+            // Migrations are a release job's; still say when the schema is a newer release's.
+            let db = db.clone();
+            tokio::spawn(async move { crate::migrations::log_unknown(&db).await });
         }
 
         let redis = config.redis()?;
@@ -331,18 +332,6 @@ pub async fn connect_for_migrations(config: &Config) -> anyhow::Result<PgPool> {
     shared::telemetry::connect_db(url, 1, &config.tls).await
 }
 
-/// Applies pending migrations and the data tasks that follow them.
-pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(db)
-        .await
-        .context("running database migrations")?;
-    crate::store::maintenance::run_pending(db)
-        .await
-        .context("running data tasks after the migrations")?;
-    Ok(())
-}
-
 /// Retries the migrations every few seconds until PostgreSQL answers and they succeed; the
 /// api stays unready until then. A migration that fails on a reachable database is logged on
 /// every try (an operator has to act), never silently skipped.
@@ -351,7 +340,7 @@ async fn migrate_when_reachable(config: Config, schema_ready: Arc<AtomicBool>) {
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         let result = async {
             let direct = connect_for_migrations(&config).await?;
-            let result = migrate(&direct).await;
+            let result = crate::migrations::migrate(&direct).await;
             direct.close().await;
             result
         }

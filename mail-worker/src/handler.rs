@@ -11,7 +11,11 @@ use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
 };
-use shared::{audit, message::Envelope, topology::Topology};
+use shared::{
+    audit,
+    message::{DecodeError, Envelope, Newer},
+    topology::Topology,
+};
 use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -102,6 +106,7 @@ impl Handler {
         for delivery in deliveries {
             match Envelope::decode(&delivery.data) {
                 Ok(envelope) => jobs.push(Job { delivery, envelope }),
+                Err(DecodeError::Newer(newer)) => self.newer(&delivery, &newer).await,
                 Err(e) => self.undecodable(&delivery, &e.to_string()).await,
             }
         }
@@ -212,6 +217,34 @@ impl Handler {
         }
     }
 
+    /// A job of a newer release is left for a worker that knows it (see
+    /// [`settlement::held_for_newer`]): never dead-lettered. If the wait cannot be published,
+    /// the delivery goes back to the queue.
+    async fn newer(&self, delivery: &Delivery, newer: &Newer) {
+        let headers = delivery.properties.headers().as_ref();
+        let settlement =
+            settlement::held_for_newer(headers, newer.not_after, self.processor.clock.now());
+        let (kind, version, outcome) = (newer.kind(), newer.version, settlement.label);
+        metrics::counter!("jobs_total", "kind" => "newer", "outcome" => outcome).increment(1);
+        let Some(republish) = settlement.action.into_republish() else {
+            tracing::warn!(
+                kind,
+                version,
+                outcome,
+                "a job of a newer release was useless before a worker that knows it took it"
+            );
+            return ack(delivery).await;
+        };
+        tracing::warn!(
+            kind,
+            version,
+            outcome,
+            wait_ms = republish.expiration_ms,
+            "a job of a newer release; left for a worker that knows it"
+        );
+        self.republish(delivery, republish, true).await;
+    }
+
     /// Never crash, never loop: an undecodable job goes to the dead letters as is.
     async fn undecodable(&self, delivery: &Delivery, error: &str) {
         let headers = delivery.properties.headers().as_ref();
@@ -272,9 +305,21 @@ impl Handler {
             settlement,
             ..
         } = settled;
-        let Some(republish) = settlement.action.into_republish() else {
-            return ack(delivery).await;
-        };
+        match settlement.action.into_republish() {
+            Some(republish) => self.republish(delivery, republish, job.is_some()).await,
+            None => ack(delivery).await,
+        }
+    }
+
+    /// Re-publishes `delivery` as `republish` says, then acks it. When the broker does not
+    /// confirm, the delivery goes back to its queue if `requeue`, else it is rejected (its
+    /// queue's dead-letter exchange takes it).
+    async fn republish(
+        &self,
+        delivery: &Delivery,
+        republish: settlement::Republish,
+        requeue: bool,
+    ) {
         let mut properties = delivery.properties.clone();
         if let Some(ms) = republish.expiration_ms {
             properties = properties.with_expiration(ms.to_string().into());
@@ -283,14 +328,14 @@ impl Handler {
         let properties = properties.with_headers(republish.headers);
         if self.publish(&republish.routing_key, body, properties).await {
             ack(delivery).await;
-        } else if job.is_none() {
-            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-        } else {
+        } else if requeue {
             let requeue = BasicNackOptions {
                 requeue: true,
                 ..BasicNackOptions::default()
             };
             let _ = delivery.nack(requeue).await;
+        } else {
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
         }
     }
 

@@ -16,10 +16,17 @@ pub const WAITS_HEADER: &str = "x-waits";
 
 /// Header counting how often a job waited for a send budget (or a throttled domain).
 pub const BUDGET_WAITS_HEADER: &str = "x-budget-waits";
+/// How often a job of a newer release was left for a worker that knows it.
+pub const HELD_HEADER: &str = "x-held-for-newer";
 
 /// How often the job in `headers` has already waited for a send budget.
 pub fn budget_waits(headers: Option<&FieldTable>) -> u32 {
     count_header(headers, BUDGET_WAITS_HEADER)
+}
+
+/// How often the job in `headers`, of a newer release, was left for a worker that knows it.
+pub fn held(headers: Option<&FieldTable>) -> u32 {
+    count_header(headers, HELD_HEADER)
 }
 
 /// How often the job in `headers` has already waited for a dependency.

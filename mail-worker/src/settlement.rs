@@ -24,6 +24,16 @@ const RETRIED: &str = "retried";
 const WAITING: &str = "waiting";
 /// The `jobs_total` label of a job that waits for its turn at a send budget.
 const BUDGET_WAIT: &str = "budget_wait";
+/// The `jobs_total` label of a job of a newer release left for a worker that knows it.
+pub const HELD_FOR_NEWER: &str = "held_for_newer";
+/// The `jobs_total` label of a job of a newer release that no worker took before its
+/// `not_after`.
+pub const EXPIRED_NEWER: &str = "expired";
+/// How long a job of a newer release waits before it is offered again (a budget wait queue's
+/// step, so no queue is added for it): during a rolling deploy the next worker to take it is
+/// soon a newer one; after a rollback it comes back until one is, or it is useless.
+pub const HOLD_FOR_NEWER_MS: u64 = 32_000;
+const _: () = assert!(shared::topology::BUDGET_WAIT_STEPS_MS[7] == HOLD_FOR_NEWER_MS);
 
 /// What the broker is told about a delivery, and what is recorded about its job.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +160,31 @@ pub fn undecodable(headers: Option<&FieldTable>, error: &str, now: DateTime<Utc>
         now,
         None,
     )
+}
+
+/// A job of a newer release (see [`shared::message::Newer`]) is never dead-lettered nor
+/// dropped while it is of use: it goes back, as it is, to wait [`HOLD_FOR_NEWER_MS`] and be
+/// offered again, to a newer worker if one runs. Past its `not_after` (the envelope's promise
+/// every version keeps) it is acked, as any worker would drop it.
+pub fn held_for_newer(
+    headers: Option<&FieldTable>,
+    not_after: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Settlement {
+    if now > not_after {
+        return ack(None, EXPIRED_NEWER);
+    }
+    let mut headers = headers.cloned().unwrap_or_default();
+    let held = retry::held(Some(&headers)).saturating_add(1);
+    headers.insert(retry::HELD_HEADER.into(), AMQPValue::LongUInt(held));
+    Settlement {
+        action: Action::Park {
+            step_ms: HOLD_FOR_NEWER_MS,
+            headers,
+        },
+        audit: None,
+        label: HELD_FOR_NEWER,
+    }
 }
 
 fn ack(audit: Option<audit::Outcome>, label: &'static str) -> Settlement {
@@ -370,6 +405,33 @@ mod tests {
         &'static str,
         Vec<String>,
     );
+
+    #[test]
+    fn a_job_of_a_newer_release_waits_as_it_is_until_it_is_useless() {
+        let now = at().now;
+        let first = held_for_newer(None, now + chrono::Duration::minutes(5), now);
+        assert_eq!(first.label, HELD_FOR_NEWER);
+        assert_eq!(first.audit, None, "no decision about it is taken");
+        let Action::Park { step_ms, headers } = &first.action else {
+            panic!("{first:?}");
+        };
+        assert_eq!(*step_ms, HOLD_FOR_NEWER_MS);
+        assert_eq!(retry::held(Some(headers)), 1);
+        let again = held_for_newer(Some(headers), now + chrono::Duration::minutes(5), now);
+        let Action::Park { headers, .. } = &again.action else {
+            panic!("{again:?}");
+        };
+        assert_eq!(retry::held(Some(headers)), 2, "counted, body untouched");
+        let republish = again.action.clone().into_republish().expect("re-published");
+        assert!(republish.body.is_none(), "the delivery's own bytes");
+        assert_eq!(republish.expiration_ms, Some(HOLD_FOR_NEWER_MS));
+
+        let late = held_for_newer(Some(headers), now - chrono::Duration::seconds(1), now);
+        assert_eq!(
+            (late.action, late.audit, late.label),
+            (Action::Ack, None, EXPIRED_NEWER)
+        );
+    }
 
     #[test]
     fn every_outcome_settles_to_one_destination_audit_outcome_and_label() {

@@ -7,8 +7,9 @@ use uuid::Uuid;
 
 use crate::locale::Locale;
 
-/// Envelope format version. A worker refuses (dead-letters) versions it does not know instead
-/// of guessing at their meaning.
+/// Envelope format version. A worker does not guess at the meaning of a version it does not
+/// know: a newer one is left for a newer worker ([`DecodeError::Newer`]), an older one is
+/// refused (dead-lettered).
 pub const ENVELOPE_VERSION: u16 = 1;
 
 /// Largest job accepted by the decoder; real jobs are a few hundred bytes.
@@ -217,6 +218,51 @@ pub enum DecodeError {
     Invalid(#[from] serde_json::Error),
     #[error("envelope version {0} is not supported (this build knows {ENVELOPE_VERSION})")]
     UnsupportedVersion(u16),
+    #[error("a job of a newer release: {0}")]
+    Newer(Newer),
+}
+
+/// A job this build cannot read but a newer release can: a kind it does not know, or a newer
+/// envelope version. What every version of the envelope keeps is read, so it can be left for
+/// a worker that knows it until it is useless.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Newer {
+    pub version: u16,
+    pub kind: String,
+    /// The envelope's promise every version keeps: after this instant the job is useless.
+    pub not_after: DateTime<Utc>,
+}
+
+impl std::fmt::Display for Newer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "kind {:?}, envelope version {}",
+            self.kind(),
+            self.version
+        )
+    }
+}
+
+impl Newer {
+    /// The job's kind for logs: at most 64 characters of the set kinds are named with.
+    pub fn kind(&self) -> String {
+        self.kind
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            .take(64)
+            .collect()
+    }
+
+    /// `bytes` as a newer release's job, if that is what they are: an envelope whose version
+    /// is newer than this build's, or of this version with a kind this build does not know.
+    fn of(bytes: &[u8]) -> Option<Self> {
+        let newer: Self = serde_json::from_slice(bytes).ok()?;
+        let newer_version = newer.version > ENVELOPE_VERSION;
+        let unknown_kind =
+            newer.version == ENVELOPE_VERSION && !Job::KINDS.contains(&newer.kind.as_str());
+        (newer_version || unknown_kind).then_some(newer)
+    }
 }
 
 impl Envelope {
@@ -259,11 +305,14 @@ impl Envelope {
         if bytes.len() > MAX_JOB_BYTES {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
-        let envelope: Envelope = serde_json::from_slice(bytes)?;
-        if envelope.version != ENVELOPE_VERSION {
-            return Err(DecodeError::UnsupportedVersion(envelope.version));
+        match serde_json::from_slice::<Envelope>(bytes) {
+            Ok(envelope) if envelope.version == ENVELOPE_VERSION => Ok(envelope),
+            Ok(envelope) => Err(Newer::of(bytes).map_or(
+                DecodeError::UnsupportedVersion(envelope.version),
+                DecodeError::Newer,
+            )),
+            Err(e) => Err(Newer::of(bytes).map_or(DecodeError::Invalid(e), DecodeError::Newer)),
         }
-        Ok(envelope)
     }
 
     /// Whether the job is past its `not_after` at `now`.
@@ -321,19 +370,53 @@ mod tests {
     }
 
     #[test]
-    fn garbage_unknown_kinds_and_versions_are_refused() {
+    fn garbage_and_older_versions_are_refused_newer_kinds_and_versions_told_apart() {
         assert!(matches!(
             Envelope::decode(b"not json"),
             Err(DecodeError::Invalid(_))
         ));
-        let mut v: serde_json::Value = serde_json::from_slice(&sample().encode()).expect("json");
-        v["kind"] = "launch_missiles".into();
-        assert!(Envelope::decode(&serde_json::to_vec(&v).expect("json")).is_err());
-        let mut v: serde_json::Value = serde_json::from_slice(&sample().encode()).expect("json");
-        v["version"] = 99.into();
+        let base = sample();
+        let with = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_slice(&base.encode()).expect("json");
+            change(&mut v);
+            Envelope::decode(&serde_json::to_vec(&v).expect("json"))
+        };
+        match with(&|v| v["kind"] = "launch_missiles\n\u{1b}[31m".into()) {
+            Err(DecodeError::Newer(newer)) => {
+                assert_eq!(newer.version, ENVELOPE_VERSION);
+                assert_eq!(newer.kind(), "launch_missiles31m", "safe to log");
+                assert_eq!(newer.not_after, base.not_after);
+            }
+            other => panic!("{other:?}"),
+        }
+        match with(&|v| {
+            v["version"] = 2.into();
+            v["payload"] = serde_json::json!({"a": "shape this build has never seen"});
+        }) {
+            Err(DecodeError::Newer(newer)) => {
+                assert_eq!(
+                    (newer.version, newer.kind()),
+                    (2, "password_reset_requested".into())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
-            Envelope::decode(&serde_json::to_vec(&v).expect("json")),
-            Err(DecodeError::UnsupportedVersion(99))
+            with(&|v| v["version"] = 0.into()),
+            Err(DecodeError::UnsupportedVersion(0))
+        ));
+        // A known kind with a broken payload is broken, not newer.
+        assert!(matches!(
+            with(&|v| v["payload"] = serde_json::json!({"email": 5})),
+            Err(DecodeError::Invalid(_))
+        ));
+        // Without the fields every version keeps, it is no job at all.
+        assert!(matches!(
+            with(&|v| {
+                v["kind"] = "launch_missiles".into();
+                v.as_object_mut().expect("object").remove("not_after");
+            }),
+            Err(DecodeError::Invalid(_))
         ));
         assert!(matches!(
             Envelope::decode(&vec![b' '; MAX_JOB_BYTES + 1]),

@@ -256,7 +256,7 @@ async fn with_migrations_left_to_a_release_job_the_api_does_not_touch_the_schema
         .await;
     assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
     // `api migrate`'s work, then the api is ready and works.
-    api::startup::migrate(&app.state.db).await.unwrap();
+    api::migrations::migrate(&app.state.db).await.unwrap();
     assert_eq!(app.readiness().await.status(), StatusCode::OK);
     app.create_user("soon@example.org", STRONG).await;
 }

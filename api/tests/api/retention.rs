@@ -31,7 +31,7 @@ async fn ages(db: &PgPool) -> Vec<i64> {
 async fn pruning_deletes_only_rows_past_the_period_however_many_batches_it_takes() {
     let config = test_config(&[]).await;
     let db = config.database().unwrap();
-    api::startup::migrate(&db).await.unwrap();
+    api::migrations::migrate(&db).await.unwrap();
     rows(&db, 7, 40).await;
     rows(&db, 2, 10).await;
     let deleted = api::audit::prune(&db, Utc::now() - Duration::days(30), 3)
@@ -49,7 +49,7 @@ async fn pruning_deletes_only_rows_past_the_period_however_many_batches_it_takes
 async fn a_running_api_prunes_the_audit_table_by_itself() {
     let config = test_config(&[("AUDIT_RETENTION_DAYS", "30")]).await;
     let db = config.database().unwrap();
-    api::startup::migrate(&db).await.unwrap();
+    api::migrations::migrate(&db).await.unwrap();
     rows(&db, 5, 31).await;
     rows(&db, 1, 29).await;
     let _app = spawn_config(config).await;

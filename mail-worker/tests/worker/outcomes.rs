@@ -151,6 +151,69 @@ async fn a_permanent_failure_and_an_undecodable_job_become_dead_letters_with_the
 }
 
 #[tokio::test]
+async fn jobs_of_a_newer_release_are_left_as_they_are_for_a_worker_that_knows_them() {
+    let mut w = spawn().await;
+    w.add_user("eve@example.org", true).await;
+    let wire = |job: &Envelope, change: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_slice(&job.encode()).expect("json");
+        change(&mut v);
+        serde_json::to_vec(&v).expect("json")
+    };
+    let newer_kind = wire(&w.job(reset_request("eve@example.org")), &|v| {
+        v["kind"] = "passkey_added_digest".into();
+        v["payload"] = json!({"user_id": Uuid::nil(), "new_field": [1, 2, 3]});
+    });
+    let newer_version = wire(&w.job(reset_request("eve@example.org")), &|v| {
+        v["version"] = 2.into();
+        v["recipients"] = json!(["eve@example.org"]);
+    });
+    let useless = wire(&w.job(reset_request("eve@example.org")), &|v| {
+        v["kind"] = "passkey_added_digest".into();
+        v["not_after"] = json!(w.clock.now() - chrono::Duration::seconds(1));
+    });
+    let (held_before, expired_before) = (
+        w.jobs_total("newer", "held_for_newer"),
+        w.jobs_total("newer", "expired"),
+    );
+    for body in [&newer_kind, &newer_version, &useless] {
+        w.publish_raw(body, None).await;
+    }
+
+    let held = w
+        .take(
+            &w.topology
+                .budget_wait_queue(mail_worker::settlement::HOLD_FOR_NEWER_MS),
+            2,
+        )
+        .await;
+    let mut bodies: Vec<&[u8]> = held.iter().map(|r| r.body.as_slice()).collect();
+    bodies.sort();
+    let mut sent: Vec<&[u8]> = vec![&newer_kind, &newer_version];
+    sent.sort();
+    assert_eq!(bodies, sent, "left byte for byte as they came");
+    for r in &held {
+        assert_eq!(mail_worker::retry::held(r.properties.headers().as_ref()), 1);
+    }
+    let counted = e2e::poll_until(PATIENCE, || async {
+        (w.jobs_total("newer", "expired") > expired_before).then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the useless one is acked as any worker would"
+    );
+    assert_eq!(w.jobs_total("newer", "held_for_newer"), held_before + 2);
+    w.stop().await;
+    assert_eq!(
+        w.ready_in(&w.topology.dead_queue()).await,
+        0,
+        "no dead letter"
+    );
+    assert!(w.dead_letters(0).await.is_empty());
+    assert!(w.sink.emails().is_empty(), "nothing guessed at");
+}
+
+#[tokio::test]
 async fn a_job_whose_redis_is_down_waits_without_spending_an_attempt() {
     let proxy = e2e::FaultProxy::start(&redis_host()).await.expect("proxy");
     let redis_url = format!("redis://127.0.0.1:{}", proxy.port());
