@@ -226,10 +226,11 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         })
 }
 
-/// The request's correlation ids: our `x-request-id` and the caller's `traceparent` when it
-/// sent a valid one; otherwise a trace whose id is our request id, so a reset can be followed
-/// from HTTP to SMTP either way.
-fn trace(headers: &HeaderMap) -> Trace {
+/// The request's correlation ids: our `x-request-id` and a `traceparent`. When spans are
+/// exported, the request's server span's (its jobs' spans are its children); otherwise the
+/// caller's when it sent a valid one, else a trace whose id is our request id, so a reset can
+/// be followed from HTTP to SMTP either way.
+pub(crate) fn trace(headers: &HeaderMap) -> Trace {
     let get = |name: &str| {
         headers
             .get(name)
@@ -238,6 +239,12 @@ fn trace(headers: &HeaderMap) -> Trace {
             .map(str::to_owned)
     };
     let request_id = get("x-request-id");
+    if let Some(traceparent) = shared::otel::traceparent(&tracing::Span::current()) {
+        return Trace {
+            request_id,
+            traceparent: Some(traceparent),
+        };
+    }
     let traceparent = get("traceparent")
         .filter(|t| valid_traceparent(t))
         .or_else(|| {
@@ -252,7 +259,7 @@ fn trace(headers: &HeaderMap) -> Trace {
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
-fn valid_traceparent(t: &str) -> bool {
+pub(crate) fn valid_traceparent(t: &str) -> bool {
     let parts: Vec<&str> = t.split('-').collect();
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     parts.len() == 4

@@ -110,7 +110,7 @@ struct AccountArgs {
 async fn main() -> std::process::ExitCode {
     // `--help`, `--version` and a wrong command are answered before any configuration is read.
     let cli = Cli::parse();
-    shared::telemetry::init("info");
+    shared::telemetry::init("api", "info");
     shared::tls::install_crypto_provider();
     shared::telemetry::exit_code("api", run(cli).await)
 }

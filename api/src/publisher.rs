@@ -96,8 +96,41 @@ impl Publisher {
             .is_some_and(Link::usable)
     }
 
-    /// Publishes a mail job and waits for the broker's confirm.
+    /// Publishes a mail job and waits for the broker's confirm, in a producer span that
+    /// continues the job's trace (the request's, also when the outbox relays the job later).
     pub async fn publish_job(&self, envelope: &Envelope) -> Result<(), ApiError> {
+        use tracing::Instrument as _;
+        let exchange = self.inner.topology.mail_exchange();
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("publish {exchange}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.destination.name = %exchange,
+            messaging.rabbitmq.destination.routing_key = shared::topology::JOBS_ROUTING_KEY,
+            messaging.message.id = %envelope.id,
+            job.kind = envelope.job.kind(),
+        );
+        shared::otel::continue_trace(&span, envelope.trace.traceparent.as_deref());
+        let result = self
+            .publish_job_in(envelope, exchange, shared::otel::traceparent(&span))
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    /// See [`Self::publish_job`]; `traceparent` is the producer span's, when exported.
+    async fn publish_job_in(
+        &self,
+        envelope: &Envelope,
+        exchange: String,
+        traceparent: Option<String>,
+    ) -> Result<(), ApiError> {
         let mut headers = FieldTable::default();
         if let Some(id) = &envelope.trace.request_id {
             headers.insert(
@@ -105,7 +138,7 @@ impl Publisher {
                 AMQPValue::LongString(LongString::from(id.as_str())),
             );
         }
-        if let Some(tp) = &envelope.trace.traceparent {
+        if let Some(tp) = traceparent.as_ref().or(envelope.trace.traceparent.as_ref()) {
             headers.insert(
                 "traceparent".into(),
                 AMQPValue::LongString(LongString::from(tp.as_str())),
@@ -119,7 +152,7 @@ impl Publisher {
         let started = Instant::now();
         let result = self
             .publish(
-                self.inner.topology.mail_exchange(),
+                exchange,
                 shared::topology::JOBS_ROUTING_KEY,
                 &envelope.encode(),
                 properties,

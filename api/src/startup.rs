@@ -493,9 +493,11 @@ impl utoipa::Modify for SessionAuth {
     }
 }
 
-/// One log line and the request metrics per request. Logs the route pattern, never the URI:
-/// query strings may carry tokens.
+/// The server span, one log line and the request metrics per request. Logs the route
+/// pattern, never the URI: query strings may carry tokens. The span continues the caller's
+/// trace when its `traceparent` is valid; its `trace_id` is on every line logged within it.
 async fn track(mut request: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
     let started = Instant::now();
     let _in_flight = crate::request_metrics::InFlight::enter();
     let method = request.method().clone();
@@ -509,21 +511,51 @@ async fn track(mut request: Request, next: Next) -> Response {
         .unwrap_or("");
     let client_request_id = request.extensions_mut().remove::<ClientRequestId>();
     let client_request_id = client_request_id.as_ref().map_or("", |c| c.0.as_str());
-    let response = next.run(request).await;
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        request_id,
+        trace_id = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| crate::extract::valid_traceparent(t));
+    shared::otel::continue_trace(&span, traceparent);
+    let trace_id = shared::otel::trace_id(&span).or_else(|| {
+        let fallback = crate::extract::trace(request.headers()).traceparent?;
+        shared::otel::trace_id_of(&fallback).map(str::to_owned)
+    });
+    let trace_id = trace_id.as_deref().unwrap_or("");
+    span.record("trace_id", trace_id);
+    let response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     let code = response.extensions().get::<ErrorCode>().map_or("", |c| c.0);
     crate::request_metrics::record(route, &method, status, elapsed.as_secs_f64());
-    tracing::info!(
-        request_id,
-        client_request_id,
-        %method,
-        route,
-        status,
-        code,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        "request"
-    );
+    span.in_scope(|| {
+        tracing::info!(
+            request_id,
+            client_request_id,
+            trace_id,
+            %method,
+            route,
+            status,
+            code,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    });
     response
 }
 

@@ -81,15 +81,55 @@ impl Drop for Held {
     }
 }
 
-/// A delivery with its decoded job.
+/// A delivery with its decoded job and the job's consumer span.
 struct Job {
     delivery: Held,
     envelope: Envelope,
+    span: tracing::Span,
+}
+
+/// The consumer span of a job: the child of its publish when the AMQP headers carry the
+/// producer span's `traceparent` (else the job's own), so the api's and the worker's spans
+/// are one trace. Every line logged within it carries the `trace_id`.
+fn consumer_span(delivery: &Delivery, envelope: &Envelope) -> tracing::Span {
+    let header =
+        delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| match h.inner().get("traceparent") {
+                Some(lapin::types::AMQPValue::LongString(s)) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                _ => None,
+            });
+    let traceparent = header.or_else(|| envelope.trace.traceparent.clone());
+    let span = tracing::info_span!(
+        "job",
+        otel.name = "process mail.jobs",
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.message.id = %envelope.id,
+        job_id = %envelope.id,
+        kind = envelope.job.kind(),
+        attempt = envelope.attempt,
+        request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
+        trace_id = tracing::field::Empty,
+    );
+    shared::otel::continue_trace(&span, traceparent.as_deref());
+    let trace_id = shared::otel::trace_id(&span)
+        .or_else(|| Some(shared::otel::trace_id_of(traceparent.as_deref()?)?.to_owned()));
+    span.record("trace_id", trace_id.as_deref().unwrap_or(""));
+    span
 }
 
 /// A delivery with its settlement, ready to be carried out.
 struct Settled<'a> {
     delivery: &'a Delivery,
+    /// The job's consumer span (`None` for a delivery that is no job).
+    span: Option<&'a tracing::Span>,
     /// `None` for a delivery that is no job.
     job: Option<&'a Envelope>,
     /// The account the job is about, when known (its audit row's user).
@@ -105,7 +145,14 @@ impl Handler {
         let mut jobs = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             match Envelope::decode(&delivery.data) {
-                Ok(envelope) => jobs.push(Job { delivery, envelope }),
+                Ok(envelope) => {
+                    let span = consumer_span(&delivery, &envelope);
+                    jobs.push(Job {
+                        delivery,
+                        envelope,
+                        span,
+                    });
+                }
                 Err(DecodeError::Newer(newer)) => self.newer(&delivery, &newer).await,
                 Err(e) => self.undecodable(&delivery, &e.to_string()).await,
             }
@@ -169,9 +216,7 @@ impl Handler {
     /// Carries out one job's plan and settles it.
     async fn send(&self, job: Job, plan: Plan) {
         let envelope = &job.envelope;
-        let span = tracing::info_span!("job", job_id = %envelope.id, kind = envelope.job.kind(), attempt = envelope.attempt,
-            request_id = envelope.trace.request_id.as_deref().unwrap_or(""),
-            traceparent = envelope.trace.traceparent.as_deref().unwrap_or(""));
+        let span = job.span.clone();
         let Some((outcome, user)) = self.deliver(envelope, plan).instrument(span.clone()).await
         else {
             return;
@@ -251,6 +296,7 @@ impl Handler {
         let settlement = settlement::undecodable(headers, error, self.processor.clock.now());
         self.execute(vec![Settled {
             delivery,
+            span: None,
             job: None,
             user: None,
             settlement,
@@ -268,6 +314,7 @@ impl Handler {
         let headers = job.delivery.properties.headers().as_ref();
         Settled {
             delivery: &job.delivery,
+            span: Some(&job.span),
             job: Some(&job.envelope),
             user,
             settlement: settlement::settle(outcome, &job.envelope, headers, at),
@@ -285,7 +332,15 @@ impl Handler {
         });
         self.processor.audit_log.record(rows).await;
         for s in &settled {
-            s.log();
+            match s.span {
+                Some(span) => {
+                    if matches!(s.settlement.action, Action::DeadLetter { .. }) {
+                        span.record("otel.status_code", "ERROR");
+                    }
+                    span.in_scope(|| s.log());
+                }
+                None => s.log(),
+            }
             metrics::counter!("jobs_total", "kind" => s.kind(), "outcome" => s.settlement.label)
                 .increment(1);
         }

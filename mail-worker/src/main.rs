@@ -94,7 +94,7 @@ enum Dlq {
 async fn main() -> std::process::ExitCode {
     // `--help`, `--version` and a wrong command are answered before any configuration is read.
     let cli = Cli::parse();
-    shared::telemetry::init("info");
+    shared::telemetry::init("mail-worker", "info");
     shared::tls::install_crypto_provider();
     shared::telemetry::exit_code("mail-worker", run(cli).await)
 }

@@ -5,6 +5,7 @@
 //! (see [`crate::settlement`]) and writes the job's audit row.
 
 use std::{sync::Arc, time::Instant};
+use tracing::Instrument as _;
 
 use lettre::message::Mailbox;
 use shared::{
@@ -226,7 +227,22 @@ impl Processor {
             to,
             content: rendered,
         };
-        let result = self.mailer.send(&self.from, outgoing).await;
+        let span = tracing::info_span!(
+            "smtp send",
+            otel.name = "smtp send",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            network.protocol.name = "smtp",
+            email.domain_class = domain.class,
+        );
+        let result = self
+            .mailer
+            .send(&self.from, outgoing)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
         metrics::histogram!("smtp_send_duration_seconds").record(started.elapsed().as_secs_f64());
         match result {
             Ok(_) => JobOutcome::Sent,

@@ -11,27 +11,39 @@ use sqlx::{
 };
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. `LOG_FORMAT=pretty` gives human-readable lines for local
-/// work; anything else gives one JSON object per line, which is what log pipelines expect.
-/// `.env` is loaded first, so `RUST_LOG` and `LOG_FORMAT` written there apply too.
-pub fn init(default_filter: &str) {
+/// Installs the global subscriber of the process `service` (`api`, `mail-worker`).
+/// `LOG_FORMAT=pretty` gives human-readable lines for local work; anything else gives one JSON
+/// object per line, which is what log pipelines expect; a line written within a request or a
+/// job carries its span's fields, among them `trace_id`. When an OTLP endpoint is configured
+/// (see [`crate::otel`]) the spans of this workspace's crates are exported too, whatever
+/// `RUST_LOG` keeps of the lines. `.env` is loaded first, so `RUST_LOG`, `LOG_FORMAT` and the
+/// `OTEL_*` variables written there apply too.
+pub fn init(service: &'static str, default_filter: &str) {
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let _ = dotenvy::dotenv();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let pretty = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("pretty"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
-    // A second init (tests build several services in one process) is harmless: keep the first.
-    let _ = if pretty {
-        builder.try_init()
+    let lines = if pretty {
+        tracing_subscriber::fmt::layer().with_target(true).boxed()
     } else {
-        builder
+        tracing_subscriber::fmt::layer()
+            .with_target(true)
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init()
+            .with_span_list(false)
+            .boxed()
     };
+    let ours = tracing_subscriber::filter::Targets::new()
+        .with_target("api", tracing::Level::INFO)
+        .with_target("mail_worker", tracing::Level::INFO)
+        .with_target("shared", tracing::Level::INFO);
+    // A second init (tests build several services in one process) is harmless: keep the first.
+    let _ = tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(crate::otel::layer(service).map(|otel| otel.with_filter(ours)))
+        .try_init();
 }
 
 /// Histogram buckets (seconds) for every latency metric, so each has `_bucket` series.
@@ -152,6 +164,7 @@ pub async fn shutdown_signal() {
 
 /// The process exit code for a binary's result; a failure is logged and printed once.
 pub fn exit_code(binary: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    crate::otel::shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

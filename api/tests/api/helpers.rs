@@ -98,7 +98,7 @@ pub(crate) async fn spawn_with(overrides: &[(&str, &str)]) -> TestApp {
 
 pub(crate) async fn spawn_config(config: Config) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
-        shared::telemetry::init("warn");
+        shared::telemetry::init("api", "warn");
     }
     let clock = ManualClock::new(chrono::Utc::now());
     let topology = config.topology();

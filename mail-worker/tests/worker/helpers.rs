@@ -65,7 +65,7 @@ async fn migrate(db: &PgPool) {
 /// Starts a worker with the test settings, `overrides` winning.
 pub(crate) async fn spawn_with(overrides: &[(&str, &str)]) -> TestWorker {
     if std::env::var_os("TEST_LOG").is_some() {
-        shared::telemetry::init("info");
+        shared::telemetry::init("mail-worker", "info");
     }
     shared::tls::install_crypto_provider();
     let id = e2e::unique_id();
