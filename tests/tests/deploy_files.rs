@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde_json::Value;
+
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
@@ -151,4 +153,117 @@ fn the_kubernetes_manifests_parse_and_cover_probes_autoscaling_and_disruption() 
             "{resource} is missing"
         );
     }
+}
+
+// ---- Shared readers --------------------------------------------------------------------------
+
+/// Every YAML file of deploy/k8s, sorted.
+fn k8s_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir().join("k8s"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every document of deploy/k8s.
+fn k8s_docs() -> Vec<Value> {
+    e2e::parse_yaml(&k8s_files())
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+// ---- Schemas -------------------------------------------------------------------------------------
+
+/// The Kubernetes versions the manifests are checked against: the oldest they support (the
+/// PDBs' unhealthyPodEvictionPolicy) and the newest kubernetes-validate knows.
+const KUBERNETES_VERSIONS: &str = "1.27,1.30,1.37";
+
+/// Runs tests/schemas/validate_manifests.py over `files`; (success, output).
+fn validate(files: &[PathBuf]) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/validate_manifests.py");
+    let python = e2e::test_python();
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(KUBERNETES_VERSIONS)
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (source deploy/local/venv.sh)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn every_manifest_passes_strict_schema_validation_and_a_misspelt_field_fails_it() {
+    let files = k8s_files();
+    let (ok, out) = validate(&files);
+    assert!(ok, "{out}");
+    // Every document was checked against a schema: the built-in kinds for each version, the
+    // custom resources and the Kustomization against tests/schemas/.
+    for d in k8s_docs() {
+        let kind = d["kind"].as_str().unwrap();
+        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+        let checked: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("ok   ") && l.contains(format!(": {kind} {name}").trim_end()))
+            .collect();
+        let custom = [
+            "ScaledObject",
+            "TriggerAuthentication",
+            "ServiceMonitor",
+            "Kustomization",
+        ];
+        if custom.contains(&kind) {
+            assert!(
+                checked.iter().any(|l| l.ends_with("(vendored schema)")),
+                "{kind}: {out}"
+            );
+        } else {
+            for version in KUBERNETES_VERSIONS.split(',') {
+                let against = format!("(Kubernetes {version})");
+                assert!(
+                    checked.iter().any(|l| l.ends_with(&against)),
+                    "{kind} {name} {against}: {out}"
+                );
+            }
+        }
+    }
+    // Strict: a field the API server does not know fails, in a built-in kind and in each
+    // custom resource (a copy of the file with one field misspelt).
+    let dir = std::env::temp_dir().join(format!("pwr-manifests-{}", e2e::unique_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, field, misspelt) in [
+        (
+            "worker-deployment.yaml",
+            "terminationGracePeriodSeconds:",
+            "terminationGracePeriodSecond:",
+        ),
+        (
+            "worker-scaledobject.yaml",
+            "pollingInterval:",
+            "pollingIntervall:",
+        ),
+        (
+            "worker-triggerauth.yaml",
+            "    - parameter: host",
+            "    - parametre: host",
+        ),
+        ("kustomization.yaml", "resources:", "resource:"),
+    ] {
+        let original = std::fs::read_to_string(deploy_dir().join("k8s").join(file)).unwrap();
+        assert!(original.contains(field), "{file} has no {field}");
+        let broken = dir.join(file);
+        std::fs::write(&broken, original.replacen(field, misspelt, 1)).unwrap();
+        let (ok, out) = validate(&[broken]);
+        assert!(!ok, "{file} with {misspelt} passed:\n{out}");
+        assert!(out.contains("FAIL"), "{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
