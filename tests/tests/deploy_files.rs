@@ -157,6 +157,11 @@ fn the_kubernetes_manifests_parse_and_cover_probes_autoscaling_and_disruption() 
 
 // ---- Shared readers --------------------------------------------------------------------------
 
+/// The compose file's document.
+fn compose() -> Value {
+    e2e::parse_yaml(&[deploy_dir().join("compose.yaml")])[0][0].clone()
+}
+
 /// Every YAML file of deploy/k8s, sorted.
 fn k8s_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir().join("k8s"))
@@ -174,6 +179,202 @@ fn k8s_docs() -> Vec<Value> {
         .into_iter()
         .flatten()
         .collect()
+}
+
+// ---- Images ------------------------------------------------------------------------------------
+
+/// The instructions of a Dockerfile: (KEYWORD, arguments), continuation lines joined and
+/// comments dropped.
+fn instructions(path: &std::path::Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut joined = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('\\') {
+            current.push_str(head);
+            current.push(' ');
+        } else {
+            current.push_str(line);
+            joined.push(std::mem::take(&mut current));
+        }
+    }
+    joined
+        .into_iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (keyword, rest) = l.split_once(' ').unwrap_or((&l, ""));
+            (keyword.to_uppercase(), rest.trim().to_owned())
+        })
+        .collect()
+}
+
+/// `image` is pinned: a digest, or a tag that names a release (`1.95.0`, `15.18`), never
+/// `latest` or a bare major.
+fn pinned(image: &str) -> bool {
+    if let Some((_, digest)) = image.split_once("@sha256:") {
+        return digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit());
+    }
+    let Some((_, tag)) = image.rsplit_once(':').filter(|(name, _)| !name.is_empty()) else {
+        return false;
+    };
+    let version: Vec<&str> = tag.split('-').next().unwrap().split('.').collect();
+    tag != "latest"
+        && version.len() >= 2
+        && version
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+#[test]
+fn the_images_are_pinned_labelled_distroless_and_checked_by_their_own_binary() {
+    for binary in ["api", "mail-worker"] {
+        let path = deploy_dir().join(format!("docker/{binary}.Dockerfile"));
+        let all = instructions(&path);
+        let first_from = all.iter().position(|(k, _)| k == "FROM").unwrap();
+        let global_args: Vec<(String, String)> = all[..first_from]
+            .iter()
+            .filter(|(k, _)| k == "ARG")
+            .filter_map(|(_, a)| a.split_once('=').map(|(n, v)| (n.to_owned(), v.to_owned())))
+            .collect();
+        let resolve = |image: &str| {
+            let name = image.trim_start_matches("${").trim_end_matches('}');
+            global_args
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(image.to_owned(), |(_, v)| v.clone())
+        };
+        let froms: Vec<String> = all
+            .iter()
+            .filter(|(k, _)| k == "FROM")
+            .map(|(_, a)| resolve(a.split_whitespace().next().unwrap()))
+            .collect();
+        for image in &froms {
+            assert!(
+                pinned(image),
+                "{binary}: FROM {image} is not pinned to a release"
+            );
+        }
+        assert!(froms[0].starts_with("rust:1."), "{froms:?}");
+        let runtime = froms.last().unwrap();
+        assert!(
+            runtime.starts_with("gcr.io/distroless/cc-debian12:nonroot@sha256:"),
+            "{binary}: the runtime is distroless cc, pinned by digest: {runtime}"
+        );
+        let build = all
+            .iter()
+            .find(|(k, a)| k == "RUN" && a.contains("cargo build"))
+            .unwrap();
+        assert!(
+            build
+                .1
+                .contains(&format!("cargo build --release --locked -p {binary}")),
+            "{}",
+            build.1
+        );
+        assert!(
+            build.1.contains("libz.so.1"),
+            "the binary links libz, which distroless lacks"
+        );
+
+        let last_from = all.iter().rposition(|(k, _)| k == "FROM").unwrap();
+        let runtime_stage = &all[last_from + 1..];
+        let get = |keyword: &str| -> Vec<&str> {
+            runtime_stage
+                .iter()
+                .filter(|(k, _)| k == keyword)
+                .map(|(_, a)| a.as_str())
+                .collect()
+        };
+        assert!(
+            get("RUN").is_empty(),
+            "{binary}: distroless has no shell to RUN in"
+        );
+        let labels = get("LABEL").join(" ");
+        for (key, arg) in [
+            ("title", None),
+            ("description", None),
+            ("licenses", None),
+            ("version", Some("VERSION")),
+            ("revision", Some("REVISION")),
+            ("source", Some("SOURCE")),
+            ("created", Some("CREATED")),
+        ] {
+            let label = format!("org.opencontainers.image.{key}=\"");
+            let value = labels
+                .split(&label)
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .unwrap_or_else(|| panic!("{binary}: no label {label}"));
+            assert!(!value.is_empty(), "{binary}: {label} is empty");
+            if let Some(arg) = arg {
+                assert_eq!(
+                    value,
+                    format!("${{{arg}}}"),
+                    "{binary}: {key} from a build argument"
+                );
+                assert!(
+                    get("ARG").iter().any(|a| a.split('=').next() == Some(arg)),
+                    "{binary}: ARG {arg} is not declared in the runtime stage"
+                );
+            }
+        }
+        let user = get("USER").pop().unwrap();
+        let uid: u32 = user.split(':').next().unwrap().parse().unwrap();
+        assert_ne!(uid, 0, "{binary}: runs as root");
+        let entrypoint: Vec<String> = serde_json::from_str(get("ENTRYPOINT")[0]).unwrap();
+        let healthcheck = get("HEALTHCHECK")[0];
+        let command: Vec<String> =
+            serde_json::from_str(healthcheck.split_once("CMD").unwrap().1.trim()).unwrap();
+        assert_eq!(
+            command,
+            [entrypoint[0].clone(), "healthcheck".into()],
+            "{healthcheck}"
+        );
+        assert_eq!(entrypoint[0], format!("/usr/local/bin/{binary}"));
+
+        // compose checks the containers with the same command.
+        let compose = compose();
+        let test = &compose["services"][binary]["healthcheck"]["test"];
+        assert_eq!(
+            *test,
+            serde_json::json!(["CMD", entrypoint[0], "healthcheck"])
+        );
+    }
+}
+
+#[test]
+fn compose_pins_every_image_and_a_supported_rabbitmq() {
+    let compose = compose();
+    for (name, service) in compose["services"].as_object().unwrap() {
+        let image = service["image"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no image"));
+        if service.get("build").is_some() {
+            // Built from this checkout and tagged with the build's VERSION, never pulled.
+            let tag = image.split_once(':').map_or("latest", |(_, t)| t);
+            assert!(tag.contains("VERSION"), "{name}: {image}");
+            continue;
+        }
+        assert!(pinned(image), "{name}: {image} is not pinned to a release");
+    }
+    // RabbitMQ gives community support to its newest minor series only; 3.x has had none
+    // since 2024. 4.2 is the series this file was pinned to.
+    let rabbitmq = compose["services"]["rabbitmq"]["image"].as_str().unwrap();
+    let version: Vec<u32> = rabbitmq
+        .split_once(':')
+        .unwrap()
+        .1
+        .split('-')
+        .next()
+        .unwrap()
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(version[..2] >= [4, 2][..], "{rabbitmq}");
 }
 
 // ---- Schemas -------------------------------------------------------------------------------------
