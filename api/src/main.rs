@@ -1,5 +1,6 @@
 //! `api` — serves the HTTP api (and the admin API when `ADMIN_API_BIND` is set); `api migrate`
-//! applies pending migrations and exits (`api migrate status` lists them); `api accounts show|revoke-sessions|lock|unlock|
+//! applies pending migrations and exits (`api migrate status` lists them); `api healthcheck`
+//! asks the running api's `/healthz` (for container health checks); `api accounts show|revoke-sessions|lock|unlock|
 //! remove-factors|recovery|export|erase [ADDRESS…]` are the admin API's operations from the shell (addresses
 //! from the arguments, or one per line on standard input); `api users import PATH|-` brings
 //! accounts in with their hashes.
@@ -30,6 +31,9 @@ enum Command {
         #[command(subcommand)]
         command: Option<MigrateCommand>,
     },
+    /// Ask the api running with this configuration for `/healthz` on `API_BIND` (a wildcard
+    /// address through the loopback): exit status 0 when it answers 200 within 3 s, else 1.
+    Healthcheck,
     /// Support staff's tools for one account (audited with the reason and the operator).
     Accounts {
         #[command(subcommand)]
@@ -110,7 +114,11 @@ struct AccountArgs {
 async fn main() -> std::process::ExitCode {
     // `--help`, `--version` and a wrong command are answered before any configuration is read.
     let cli = Cli::parse();
-    shared::telemetry::init("api", "info");
+    // A health check prints one line and sets the exit status: no log setup, so a container
+    // runtime that runs it every few seconds keeps no log lines of its own.
+    if !matches!(cli.command, Some(Command::Healthcheck)) {
+        shared::telemetry::init("api", "info");
+    }
     shared::tls::install_crypto_provider();
     shared::telemetry::exit_code("api", run(cli).await)
 }
@@ -144,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Healthcheck => shared::healthcheck::run("API_BIND", config.bind).await,
         Command::Users {
             command: UsersCommand::Import { path },
         } => import(&config, &path).await,

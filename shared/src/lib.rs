@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod email;
+pub mod healthcheck;
 pub mod html;
 pub mod keys;
 pub mod links;
