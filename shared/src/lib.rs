@@ -15,6 +15,7 @@ pub mod locale;
 pub mod message;
 pub mod mint;
 pub mod operator;
+pub mod process_metrics;
 pub mod redis_pool;
 pub mod reset_code;
 pub mod suppression;

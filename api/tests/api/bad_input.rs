@@ -177,13 +177,16 @@ async fn health_readiness_and_metrics_answer() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("http_requests_total"), "{metrics}");
     assert!(
-        metrics.contains("http_request_duration_seconds_bucket"),
+        metrics.contains("pwrecovery_http_requests_total"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("publish_duration_seconds_bucket"),
+        metrics.contains("pwrecovery_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pwrecovery_publish_duration_seconds_bucket"),
         "{metrics}"
     );
 }
