@@ -171,6 +171,7 @@ fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
         build_info::COMMIT,
     );
     metrics::counter!("mail_suppressions_total").increment(0);
+    metrics::counter!("mail_dead_letters_archived_total").increment(0);
     for class in crate::send_budget::DOMAIN_CLASSES {
         metrics::counter!("mail_smtp_throttled_total", "domain_class" => class).increment(0);
         for limit in crate::send_budget::Limit::ALL {
