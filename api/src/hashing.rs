@@ -32,7 +32,7 @@ use std::{
     net::IpAddr,
     panic::AssertUnwindSafe,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, LazyLock, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
@@ -264,6 +264,9 @@ impl Hasher {
     /// Takes the client's turn, then `slots` hashing slots, within the queue timeout.
     async fn admit(&self, client: IpAddr, slots: u32) -> Result<Admission, ApiError> {
         let closed = |e: tokio::sync::AcquireError| ApiError::Internal(e.into());
+        // Counted as waiting until admitted, timed out or abandoned (the guard drops with
+        // this future whichever way it ends).
+        let _waiting = GaugeGuard::enter(&QUEUE_DEPTH);
         let wait = async {
             let ticket = self.clients.enter(ip_subject(client));
             let turn = ticket.turns.clone().acquire_owned().await.map_err(closed)?;
@@ -274,6 +277,7 @@ impl Hasher {
                 _slot: slot,
                 _turn: Some(turn),
                 _ticket: Some(ticket),
+                _running: Some(GaugeGuard::enter(&IN_PROGRESS)),
             })
         };
         // A burst beyond what the cores can hash waits at most this long, then gets a 503:
@@ -293,6 +297,40 @@ struct Admission {
     _slot: OwnedSemaphorePermit,
     _turn: Option<OwnedSemaphorePermit>,
     _ticket: Option<ClientTicket>,
+    /// Counted in `hashing_in_progress` (a hash of its own: not a slot held for another's).
+    _running: Option<GaugeGuard>,
+}
+
+/// Requests waiting for their client's turn or a hashing slot, over every hasher of the
+/// process (`pwrecovery_hashing_queue_depth`): a queue that stays above zero means the
+/// hashing threads are saturated and requests approach `HASH_QUEUE_TIMEOUT` (then 503).
+static QUEUE_DEPTH: LazyLock<metrics::Gauge> =
+    LazyLock::new(|| metrics::gauge!("hashing_queue_depth"));
+/// Hashes admitted and not yet done (`pwrecovery_hashing_in_progress`): at most
+/// `HASH_CONCURRENCY` per api.
+static IN_PROGRESS: LazyLock<metrics::Gauge> =
+    LazyLock::new(|| metrics::gauge!("hashing_in_progress"));
+
+/// One unit of a gauge for as long as it lives.
+struct GaugeGuard(&'static LazyLock<metrics::Gauge>);
+
+impl GaugeGuard {
+    fn enter(gauge: &'static LazyLock<metrics::Gauge>) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Makes both hashing gauges exist (at 0) before the first request.
+pub fn register_metrics() {
+    QUEUE_DEPTH.increment(0.0);
+    IN_PROGRESS.increment(0.0);
 }
 
 /// The clients with hashes queued or running, each with its own turns.
@@ -443,6 +481,7 @@ impl Threads {
                 _slot: slot,
                 _turn: None,
                 _ticket: None,
+                _running: None,
             };
             let hold = Job {
                 work: hold,

@@ -33,6 +33,13 @@ const BATCH: i64 = 64;
 /// How often a relay looks for rows without being woken (rows of a relay that died, rows
 /// whose publish failed).
 const POLL: Duration = Duration::from_secs(1);
+/// How often a relay reports the backlog (`pwrecovery_outbox_rows`,
+/// `pwrecovery_outbox_oldest_row_age_seconds`): one small query per replica, whatever the
+/// request rate.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// The most rows the backlog count reads: past this the gauge says "at least this many",
+/// and a count during a long broker outage stays a bounded read.
+const BACKLOG_COUNT_LIMIT: i64 = 100_000;
 
 /// Adds a mail job for `user` (its ordering key; `None`: no order with anything else).
 pub async fn add_job(
@@ -126,15 +133,25 @@ impl Outbox {
     ) {
         let lease = (publish_limit * 2).max(MIN_CLAIM);
         tokio::pin!(stop);
+        let mut reported: Option<tokio::time::Instant> = None;
         loop {
             // Pass after pass while there is work (a user's next row waits for the pass
             // after its previous one).
             loop {
+                let due = reported.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY);
                 let outcome = tokio::select! {
                     biased;
                     () = &mut stop => return,
-                    outcome = pass(&db, &publisher, lease) => outcome,
+                    outcome = async {
+                        if due {
+                            report_backlog(&db).await;
+                        }
+                        pass(&db, &publisher, lease).await
+                    } => outcome,
                 };
+                if due {
+                    reported = Some(tokio::time::Instant::now());
+                }
                 match outcome {
                     Ok(0) => break,
                     Ok(_) => {}
@@ -150,6 +167,34 @@ impl Outbox {
                 () = tokio::time::sleep(POLL) => {}
             }
         }
+    }
+}
+
+/// Makes both backlog gauges exist (at 0) before the relay's first report.
+pub fn register_metrics() {
+    metrics::gauge!("outbox_rows").set(0.0);
+    metrics::gauge!("outbox_oldest_row_age_seconds").set(0.0);
+}
+
+/// Sets the backlog gauges: how many rows wait (counted up to [`BACKLOG_COUNT_LIMIT`]) and
+/// how long the oldest has waited (0 when none does). Every replica reports the same table,
+/// so dashboards take the `max` over replicas, not the sum. The oldest row is the one with
+/// the lowest id, found by the primary key, not by reading every `created_at`.
+async fn report_backlog(db: &PgPool) {
+    let query = sqlx::query_as::<_, (i64, Option<f64>)>(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) AS capped),
+                (SELECT EXTRACT(EPOCH FROM now() - created_at)::float8
+                 FROM outbox ORDER BY id LIMIT 1)",
+    )
+    .bind(BACKLOG_COUNT_LIMIT);
+    match shared::db::fetch_optional(db, query).await {
+        Ok(Some((rows, oldest))) => {
+            metrics::gauge!("outbox_rows").set(rows as f64);
+            metrics::gauge!("outbox_oldest_row_age_seconds").set(oldest.unwrap_or(0.0).max(0.0));
+        }
+        Ok(None) => {}
+        // The pass that follows reports the same failure: a debug line is enough here.
+        Err(e) => tracing::debug!(error = %e, "could not count the outbox backlog"),
     }
 }
 

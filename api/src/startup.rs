@@ -569,4 +569,7 @@ fn register_failure_counters() {
     metrics::counter!("code_entry_refused_total").increment(0);
     metrics::counter!("rate_limit_audit_skipped_total").increment(0);
     metrics::gauge!("code_entry_paused").set(0.0);
+    crate::hashing::register_metrics();
+    crate::outbox::register_metrics();
+    shared::telemetry::record_build_info("api", env!("CARGO_PKG_VERSION"), build_info::COMMIT);
 }

@@ -32,6 +32,9 @@ FROM ${RUST_IMAGE} AS builder
 WORKDIR /app
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
+# The commit `pwrecovery_build_info` reports (the build context has no .git).
+ARG REVISION=unknown
+ENV GIT_COMMIT=${REVISION}
 COPY . .
 # The registry, git checkouts and target/ live in BuildKit cache mounts (shared with the
 # mail-worker image, so the common dependencies compile once). target/ is a cache mount, so the

@@ -2,8 +2,9 @@
 //! ([`archive`], acked once stored), so `mail-worker dlq list` is a query that streams rows
 //! (bounded memory; nothing is redelivered, reordered or counted against a delivery limit,
 //! however often it runs) and `mail-worker dlq replay [--id ID | --all]` publishes rows back to the work queue
-//! with confirms, deleting each only once the broker confirmed it. Rows older than
-//! `DEAD_LETTER_RETENTION_DAYS` are deleted ([`expire`]): they hold addresses and IPs.
+//! with confirms, deleting each only once the broker confirmed it; `mail-worker dlq discard
+//! (--id ID | --older-than DAYS)` deletes rows for good, audited ([`discard`]). Rows older
+//! than `DEAD_LETTER_RETENTION_DAYS` are deleted ([`expire`]): they hold addresses and IPs.
 
 use anyhow::Context as _;
 use futures_util::TryStreamExt as _;
@@ -68,6 +69,8 @@ pub async fn archive(db: PgPool, delivery: Delivery) {
     loop {
         match insert(&db, &delivery).await {
             Ok(()) => {
+                // What the dead-letter alert reads: new dead letters, not the ones kept.
+                metrics::counter!("mail_dead_letters_archived_total").increment(1);
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                     tracing::warn!(error = %e, "ack failed; the dead letter will be stored again");
                 }
@@ -143,7 +146,7 @@ pub async fn count(db: &PgPool) -> Result<i64, sqlx::Error> {
     Ok(n)
 }
 
-/// Publishes the number of stored dead letters as the `mail_dead_letters` gauge.
+/// Publishes the number of stored dead letters as the `pwrecovery_mail_dead_letters` gauge.
 pub async fn report_count(db: PgPool) {
     if let Ok(n) = count(&db).await {
         metrics::gauge!("mail_dead_letters").set(n as f64);
@@ -170,6 +173,86 @@ pub async fn expire(db: &PgPool, days: u64) -> Result<u64, sqlx::Error> {
     )
     .await?
     .rows_affected())
+}
+
+/// Which dead letters `dlq discard` deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discard {
+    /// The one with this id (as `dlq list` shows it).
+    Id(String),
+    /// Every one that died more than this many days ago (at least 1).
+    OlderThanDays(u32),
+}
+
+/// Checks an id given to `dlq discard --id`: the job id `dlq list` shows, an AMQP message id
+/// (at most 255 bytes, printable, no spaces). Anything else cannot name a dead letter.
+pub fn parse_id(id: &str) -> Result<String, String> {
+    let id = id.trim();
+    if id.is_empty() || id.len() > 255 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(
+            "not a dead letter's id: give the id `mail-worker dlq list` shows \
+                    (up to 255 printable characters, no spaces)"
+                .into(),
+        );
+    }
+    Ok(id.to_owned())
+}
+
+/// Who runs an operator command, as the audit trail names them: the login name.
+pub fn operator_name() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "an unnamed operator".into())
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect()
+}
+
+/// Deletes the selected dead letters for good and writes one audit row saying who deleted
+/// which and how many, in one transaction (no deletion without its row); returns how many.
+/// For mail that must not go out any more (a notice that is stale, a job for an address
+/// that is gone): the dead-letter count falls and `dlq list` no longer shows them.
+pub async fn discard(db: &PgPool, which: &Discard, operator: &str) -> anyhow::Result<u64> {
+    let mut tx = db.begin().await?;
+    let (deleted, what) = match which {
+        Discard::Id(id) => {
+            let deleted = sqlx::query("DELETE FROM dead_letters WHERE message_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            (deleted, format!("id: {id}"))
+        }
+        Discard::OlderThanDays(days) => {
+            // Refused here too, not only by the command line: 0 would delete every one.
+            anyhow::ensure!(*days >= 1, "--older-than: at least 1 day");
+            let deleted = sqlx::query(
+                "DELETE FROM dead_letters WHERE dead_at < now() - make_interval(days => $1)",
+            )
+            .bind(i32::try_from(*days).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            (deleted, format!("older than {days} days"))
+        }
+    };
+    let by = operator.replace(';', ",");
+    let detail = format!("by: {by}; {what}; discarded: {deleted}");
+    shared::audit::record(
+        &mut *tx,
+        &shared::audit::AuditEvent {
+            detail: Some(&detail),
+            ..shared::audit::AuditEvent::new(
+                shared::audit::Action::DeadLetterDiscard,
+                shared::audit::Outcome::Success,
+            )
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(discarded = deleted, operator = %by, selection = %what, "dead letters discarded");
+    Ok(deleted)
 }
 
 const COLUMNS: &str = "id, message_id, kind, reason, attempts, body, message_type, content_type, \

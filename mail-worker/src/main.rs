@@ -1,5 +1,6 @@
 //! `mail-worker` — consumes and delivers mail jobs;
-//! `mail-worker dlq list` / `mail-worker dlq replay (--id ID | --all)` — the dead letters;
+//! `mail-worker dlq list` / `mail-worker dlq replay (--id ID | --all)` /
+//! `mail-worker dlq discard (--id ID | --older-than DAYS)` — the dead letters;
 //! `mail-worker suppression list` / `suppression remove [ADDRESS…]` (or addresses on standard
 //! input) — the suppression list
 //! (these read only the database's and the broker's settings);
@@ -93,6 +94,17 @@ enum Dlq {
         #[arg(long)]
         all: bool,
     },
+    /// Delete dead letters for good (audited): mail that must not go out any more.
+    Discard {
+        /// The dead letter with this id (as `dlq list` shows it).
+        #[arg(long, conflicts_with = "older_than", required_unless_present = "older_than",
+              value_parser = dlq::parse_id)]
+        id: Option<String>,
+        /// Every dead letter that died more than DAYS days ago (1 or more).
+        #[arg(long, value_name = "DAYS", allow_negative_numbers = true,
+              value_parser = clap::value_parser!(u32).range(1..=36500))]
+        older_than: Option<u32>,
+    },
 }
 
 #[tokio::main]
@@ -139,6 +151,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("no dead letter with id {id}");
             }
             eprintln!("replayed {n} dead letter(s)");
+            Ok(())
+        }
+        Command::Dlq(Dlq::Discard { id, older_than }) => {
+            let which = match id {
+                Some(id) => dlq::Discard::Id(id),
+                None => dlq::Discard::OlderThanDays(older_than.unwrap_or_default()),
+            };
+            let db = operator_db(&OperatorConfig::from_env()?).await?;
+            let n = dlq::discard(&db, &which, &dlq::operator_name()).await?;
+            eprintln!("discarded {n} dead letter(s)");
+            if let (0, dlq::Discard::Id(id)) = (n, &which) {
+                anyhow::bail!("no dead letter with id {id} (mail-worker dlq list shows them)");
+            }
             Ok(())
         }
         Command::SendTest { to, kind, locale } => {

@@ -165,7 +165,13 @@ impl Worker {
 /// shows 0 rather than no data).
 fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
     let handle = shared::telemetry::prometheus();
+    shared::telemetry::record_build_info(
+        "mail-worker",
+        env!("CARGO_PKG_VERSION"),
+        build_info::COMMIT,
+    );
     metrics::counter!("mail_suppressions_total").increment(0);
+    metrics::counter!("mail_dead_letters_archived_total").increment(0);
     for class in crate::send_budget::DOMAIN_CLASSES {
         metrics::counter!("mail_smtp_throttled_total", "domain_class" => class).increment(0);
         for limit in crate::send_budget::Limit::ALL {

@@ -73,10 +73,13 @@ pub enum Action {
     RecoveryCodesReplace,
     /// A session ended by its signed-in owner from the list of sessions.
     SessionEnd,
+    /// Dead letters deleted for good by an operator (`mail-worker dlq discard`; `detail`
+    /// says who, which and how many).
+    DeadLetterDiscard,
 }
 
 impl Action {
-    pub const ALL: [Action; 26] = [
+    pub const ALL: [Action; 27] = [
         Action::SignUp,
         Action::SignIn,
         Action::SignOut,
@@ -103,6 +106,7 @@ impl Action {
         Action::MfaSignIn,
         Action::RecoveryCodesReplace,
         Action::SessionEnd,
+        Action::DeadLetterDiscard,
     ];
 
     /// The stored text.
@@ -134,6 +138,7 @@ impl Action {
             Action::MfaSignIn => "mfa_sign_in",
             Action::RecoveryCodesReplace => "recovery_codes_replace",
             Action::SessionEnd => "session_end",
+            Action::DeadLetterDiscard => "dead_letter_discard",
         }
     }
 

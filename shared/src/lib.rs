@@ -17,6 +17,7 @@ pub mod message;
 pub mod mint;
 pub mod operator;
 pub mod otel;
+pub mod process_metrics;
 pub mod redis_pool;
 pub mod reset_code;
 pub mod suppression;

@@ -5,6 +5,7 @@ use std::{sync::OnceLock, time::Duration};
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::layers::{Layer as _, PrefixLayer};
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -54,8 +55,14 @@ const LATENCY_BUCKETS: [f64; 15] = [
 /// How often the recorder folds recorded histogram samples into its buckets.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
+/// The prefix of every metric either service records: call sites name a metric by its short
+/// name (`jobs_total`), `/metrics` shows `pwrecovery_jobs_total`. One prefix for both
+/// services keeps their series apart from every other program's in a shared Prometheus. The
+/// standard `process_*` metrics keep their usual names (see [`crate::process_metrics`]).
+pub const METRIC_PREFIX: &str = "pwrecovery";
+
 /// The process-wide Prometheus recorder, installed on first use (tests build several
-/// services in one process; they share it).
+/// services in one process; they share it), behind a layer that adds [`METRIC_PREFIX`].
 ///
 /// The recorder keeps every histogram sample until it is folded into the buckets, which a
 /// scrape does, or the upkeep this starts on a thread of its own every [`UPKEEP_EVERY`].
@@ -65,12 +72,17 @@ pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
+            let recorder = PrometheusBuilder::new()
                 .set_buckets(&LATENCY_BUCKETS)
-                .expect("bucket list is not empty");
-            let handle = match builder.install_recorder() {
-                Ok(handle) => handle,
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // The layer joins prefix and name with a `.`, which the exporter writes as `_`.
+            let prefixed = PrefixLayer::new(METRIC_PREFIX).layer(recorder);
+            let handle = match metrics::set_global_recorder(prefixed) {
+                Ok(()) => handle,
                 // Another recorder is installed (an embedding program): keep ours private.
+                // Nothing is recorded into it, so there is nothing for a prefix to rename.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             };
             let upkeep = handle.clone();
@@ -92,6 +104,13 @@ pub fn prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Sets `pwrecovery_build_info{service, version, commit}` to 1: which release and commit
+/// each replica runs (a rollout shows as two series, one per version).
+pub fn record_build_info(service: &'static str, version: &'static str, commit: &'static str) {
+    metrics::gauge!("build_info", "service" => service, "version" => version, "commit" => commit)
+        .set(1.0);
 }
 
 /// Connects a PostgreSQL pool. Acquiring a connection is bounded, so an unreachable database
@@ -250,15 +269,18 @@ pub async fn readiness(
         .response(true)
 }
 
-/// The answer of a service's `/metrics`: the Prometheus text exposition of `handle`.
+/// The answer of a service's `/metrics`: the Prometheus text exposition of `handle`, and
+/// the `process_*` metrics read now.
 pub fn metrics_response(handle: &PrometheusHandle) -> axum::response::Response {
     use axum::response::IntoResponse as _;
+    let mut text = handle.render();
+    crate::process_metrics::Process::read().render(&mut text);
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        handle.render(),
+        text,
     )
         .into_response()
 }

@@ -50,12 +50,12 @@ pub async fn metrics_text(base: &str) -> String {
         .expect("metrics text")
 }
 
-/// A worker's `jobs_total` by outcome, of one job kind or (`None`) all kinds together, from
+/// A worker's `pwrecovery_jobs_total` by outcome, of one job kind or (`None`) all kinds together, from
 /// its `/metrics`.
 pub async fn job_outcomes(worker_base: &str, kind: Option<&str>) -> HashMap<String, u64> {
     let mut outcomes = HashMap::new();
     for line in metrics_text(worker_base).await.lines() {
-        let Some(rest) = line.strip_prefix("jobs_total{") else {
+        let Some(rest) = line.strip_prefix("pwrecovery_jobs_total{") else {
             continue;
         };
         let (labels, value) = rest.split_once("} ").unwrap_or_default();
@@ -120,12 +120,12 @@ pub async fn wait_outcome(base: &str, outcome: &str, n: u64, timeout: Duration) 
     .unwrap_or(count().await)
 }
 
-/// The jobs the worker at `base` holds (`mail_jobs_held`: received, not yet settled).
+/// The jobs the worker at `base` holds (`pwrecovery_mail_jobs_held`: received, not yet settled).
 pub async fn jobs_held(worker_base: &str) -> Option<f64> {
     metrics_text(worker_base)
         .await
         .lines()
-        .find_map(|l| l.strip_prefix("mail_jobs_held "))
+        .find_map(|l| l.strip_prefix("pwrecovery_mail_jobs_held "))
         .and_then(|v| v.trim().parse().ok())
 }
 
@@ -497,7 +497,7 @@ impl StackEnv {
     }
 
     /// Waits until nothing is left to do: no job waits in the work queue or a delay queue,
-    /// and the workers at `worker_bases` hold none (`mail_jobs_held`), seen twice in a row
+    /// and the workers at `worker_bases` hold none (`pwrecovery_mail_jobs_held`), seen twice in a row
     /// (a job moving from a delay queue to the work queue is briefly in neither).
     pub async fn wait_idle(&self, worker_bases: &[&str]) -> anyhow::Result<()> {
         let idle_now = || async {

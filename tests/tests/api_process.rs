@@ -150,7 +150,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let in_flight_now = e2e::poll_until(Duration::from_secs(20), || async {
         let text = e2e::stack::metrics_text(&metrics).await;
         text.lines()
-            .find_map(|l| l.strip_prefix("http_requests_in_flight "))
+            .find_map(|l| l.strip_prefix("pwrecovery_http_requests_in_flight "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|n| *n >= 1.0)
     })

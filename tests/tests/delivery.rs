@@ -645,3 +645,134 @@ async fn a_job_that_waited_for_a_send_slot_is_decided_on_the_account_as_it_is_th
         "no verification email for a verified address"
     );
 }
+
+/// Runs `mail-worker dlq discard <args>` with the stack's settings: (exit code, output).
+async fn discard(env: &StackEnv, args: &[&str]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(e2e::workspace_binary("mail-worker"))
+        .arg("dlq")
+        .arg("discard")
+        .args(args)
+        .env_clear()
+        .env("USER", "sam")
+        .envs(env.vars.iter().cloned())
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// The worker's `pwrecovery_mail_dead_letters` (refreshed every 10 s).
+async fn dead_letter_gauge(worker_http: &str) -> Option<f64> {
+    e2e::stack::metrics_text(worker_http)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("pwrecovery_mail_dead_letters "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn dead_letters_are_discarded_by_id_or_age_audited_and_the_count_falls() {
+    let sink = SmtpSink::start().await.unwrap();
+    sink.set_mode(json!({ "data_code": 550, "data_message": "5.7.1 message refused" }))
+        .await
+        .unwrap();
+    let env = StackEnv::new().await.unwrap();
+    let (_worker, worker_http) = env.start_worker(&sink.url()).await.unwrap();
+    publish_raw_jobs(&env.topology(), &notice_jobs("discard", 3))
+        .await
+        .unwrap();
+    let letters = e2e::poll_until(WAIT, || async {
+        let l = dead_letters(&env).await;
+        (l.len() == 3).then_some(l)
+    })
+    .await
+    .expect("every job dead-lettered");
+    let counted = e2e::poll_until(WAIT, || async {
+        (dead_letter_gauge(&worker_http).await? == 3.0).then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "the worker reports 3 dead letters");
+
+    // Refused before anything is read or deleted: no selection, a zero age, an id no dead
+    // letter can have. Usage errors: exit status 2, never a panic.
+    for (args, expect) in [
+        (&[][..], "--id"),
+        (&["--older-than", "0"][..], "0 is not in 1..=36500"),
+        (
+            &["--older-than", "-3"][..],
+            "invalid value '-3' for '--older-than <DAYS>'",
+        ),
+        (&["--older-than", "soon"][..], "invalid digit"),
+        (&["--id", " "][..], "not a dead letter's id"),
+        (&["--id", "two words"][..], "not a dead letter's id"),
+        (
+            &["--id", "x", "--older-than", "3"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let (code, out) = discard(&env, args).await;
+        assert_eq!(code, Some(2), "{args:?}: {out}");
+        assert!(out.contains(expect), "{args:?}: {out}");
+        assert!(!out.contains("panicked"), "{out}");
+    }
+    // A well-formed id of no dead letter: an error, and nothing is deleted.
+    let (code, out) = discard(&env, &["--id", "no-such-id"]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no dead letter with id no-such-id"), "{out}");
+    assert_eq!(dead_letters(&env).await.len(), 3);
+
+    // By id: that one goes, the others stay.
+    let first = letters[0]["id"].as_str().unwrap();
+    let (code, out) = discard(&env, &["--id", first]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("discarded 1 dead letter(s)"), "{out}");
+    let left = dead_letters(&env).await;
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|l| l["id"] != first));
+
+    // By age: none is a day old yet; two days back in time, both are.
+    let (code, out) = discard(&env, &["--older-than", "1"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("discarded 0 dead letter(s)"), "{out}");
+    assert_eq!(dead_letters(&env).await.len(), 2);
+    let db = sqlx::PgPool::connect(&env.database_url).await.unwrap();
+    sqlx::query("UPDATE dead_letters SET dead_at = dead_at - interval '2 days 1 hour'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (code, out) = discard(&env, &["--older-than", "2"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("discarded 2 dead letter(s)"), "{out}");
+    assert!(dead_letters(&env).await.is_empty());
+
+    // Each discard left an audit row: who, which, how many.
+    let details: Vec<String> = sqlx::query_scalar(
+        "SELECT detail FROM audit_events WHERE action = 'dead_letter_discard' ORDER BY id",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        details,
+        [
+            "by: sam; id: no-such-id; discarded: 0".to_owned(),
+            format!("by: sam; id: {first}; discarded: 1"),
+            "by: sam; older than 1 days; discarded: 0".to_owned(),
+            "by: sam; older than 2 days; discarded: 2".to_owned(),
+        ]
+    );
+    // The running worker's count falls to 0 at its next report.
+    let fallen = e2e::poll_until(WAIT, || async {
+        (dead_letter_gauge(&worker_http).await? == 0.0).then_some(())
+    })
+    .await;
+    assert!(
+        fallen.is_some(),
+        "{:?}",
+        dead_letter_gauge(&worker_http).await
+    );
+    // Nothing of the discarded mail went out.
+    assert!(sink.emails().is_empty());
+}

@@ -205,10 +205,10 @@ async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
     assert_metrics(
         &worker_http,
         &[
-            "jobs_total",
-            "smtp_send_duration_seconds_bucket",
-            "mail_queue_depth",
-            "mail_oldest_job_age_seconds",
+            "pwrecovery_jobs_total",
+            "pwrecovery_smtp_send_duration_seconds_bucket",
+            "pwrecovery_mail_queue_depth",
+            "pwrecovery_mail_oldest_job_age_seconds",
         ],
     )
     .await;
@@ -225,9 +225,9 @@ async fn a_person_signs_up_verifies_forgets_and_resets_their_password() {
     assert_metrics(
         &api_metrics,
         &[
-            "http_requests_total",
-            "publish_duration_seconds_bucket",
-            "password_resets_total",
+            "pwrecovery_http_requests_total",
+            "pwrecovery_publish_duration_seconds_bucket",
+            "pwrecovery_password_resets_total",
         ],
     )
     .await;

@@ -106,7 +106,7 @@ async fn the_import_command_reads_standard_input_reports_by_line_and_its_account
     );
     let metrics = e2e::stack::metrics_text(&StackEnv::api_metrics_base(&api).await.unwrap()).await;
     let floor: f64 = (metrics.lines())
-        .find_map(|l| l.strip_prefix("sign_in_refusal_floor_seconds "))
+        .find_map(|l| l.strip_prefix("pwrecovery_sign_in_refusal_floor_seconds "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no floor in {metrics}"));
     assert!(floor > 0.0, "{floor}");

@@ -30,11 +30,11 @@ fn per_mailbox(sink: &SmtpSink) -> HashMap<String, usize> {
     counts
 }
 
-/// The worker's `jobs_total` summed over kinds for each of `outcomes`.
+/// The worker's `pwrecovery_jobs_total` summed over kinds for each of `outcomes`.
 fn jobs_done(metrics: &str, outcomes: &[&str]) -> u64 {
     metrics
         .lines()
-        .filter(|l| l.starts_with("jobs_total{"))
+        .filter(|l| l.starts_with("pwrecovery_jobs_total{"))
         .filter(|l| {
             outcomes
                 .iter()
@@ -153,7 +153,7 @@ async fn sign_ups_and_forgot_password_requests_cannot_mail_bomb_an_address() {
     for kind in ["account_exists_notice", "password_reset_requested"] {
         assert!(
             metrics.contains(&format!(
-                "mail_recipient_budget_hits_total{{kind=\"{kind}\"}}"
+                "pwrecovery_mail_recipient_budget_hits_total{{kind=\"{kind}\"}}"
             )),
             "no budget hit counted for {kind}:\n{metrics}"
         );

@@ -186,7 +186,7 @@ async fn a_burst_to_one_domain_is_spread_at_its_budget_and_other_domains_go_on()
             .await
             .lines()
             .filter(|l| {
-                l.starts_with("mail_send_budget_waits_total{")
+                l.starts_with("pwrecovery_mail_send_budget_waits_total{")
                     && l.contains("limit=\"domain\"")
                     && l.contains("domain_class=\"gmail\"")
             })

@@ -177,13 +177,16 @@ async fn health_readiness_and_metrics_answer() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("http_requests_total"), "{metrics}");
     assert!(
-        metrics.contains("http_request_duration_seconds_bucket"),
+        metrics.contains("pwrecovery_http_requests_total"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("publish_duration_seconds_bucket"),
+        metrics.contains("pwrecovery_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pwrecovery_publish_duration_seconds_bucket"),
         "{metrics}"
     );
 }
@@ -321,4 +324,56 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
     ] {
         assert!(text.contains(code), "{code} is not documented");
     }
+}
+
+#[tokio::test]
+async fn requests_waiting_for_a_hashing_slot_show_in_the_hashing_queue_depth() {
+    // One hashing thread and hashes that take a while: a burst of sign-ins queues.
+    let app = crate::helpers::spawn_with(&[
+        ("HASH_CONCURRENCY", "1"),
+        ("ARGON2_MEMORY_KIB", "32768"),
+        ("ARGON2_ITERATIONS", "2"),
+    ])
+    .await;
+    let metrics_url = format!("{}/metrics", app.metrics_base);
+    let depth = || async {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("pwrecovery_hashing_in_progress "), "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix("pwrecovery_hashing_queue_depth "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the hashing queue depth is exported")
+    };
+    depth().await;
+    let burst: Vec<_> = (0..8)
+        .map(|n| {
+            let client = app.client.clone();
+            let url = app.url("/v1/sessions");
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&json!({ "email": format!("nobody{n}@example.org"), "password": "not a password 1234" }))
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    let mut deepest = 0.0_f64;
+    while !burst.iter().all(tokio::task::JoinHandle::is_finished) {
+        deepest = deepest.max(depth().await);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for request in burst {
+        assert_eq!(request.await.unwrap().unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    assert!(
+        deepest >= 1.0,
+        "eight sign-ins on one hashing thread, none seen waiting"
+    );
 }

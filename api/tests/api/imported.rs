@@ -166,7 +166,7 @@ async fn while_an_imported_hash_remains_every_refused_sign_in_takes_as_long_as_i
         .await
         .unwrap();
     assert!(
-        metrics.contains("sign_in_refusal_floor_seconds"),
+        metrics.contains("pwrecovery_sign_in_refusal_floor_seconds"),
         "the floor is exported"
     );
 

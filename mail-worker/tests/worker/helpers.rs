@@ -300,9 +300,9 @@ impl TestWorker {
             .expect("redis")
     }
 
-    /// This process's count of `jobs_total{kind, outcome}`.
+    /// This process's count of `pwrecovery_jobs_total{kind, outcome}`.
     pub(crate) fn jobs_total(&self, kind: &str, outcome: &str) -> u64 {
-        let wanted = format!("jobs_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} ");
+        let wanted = format!("pwrecovery_jobs_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} ");
         shared::telemetry::prometheus()
             .render()
             .lines()

@@ -51,10 +51,11 @@ async fn parked(w: &TestWorker, n: usize) -> Vec<(u64, e2e::Received)> {
     found
 }
 
-/// The worker's `mail_send_budget_waits_total` for one limit and domain class.
+/// The worker's `pwrecovery_mail_send_budget_waits_total` for one limit and domain class.
 fn budget_waits_total(limit: &str, class: &str) -> u64 {
-    let wanted =
-        format!("mail_send_budget_waits_total{{limit=\"{limit}\",domain_class=\"{class}\"}} ");
+    let wanted = format!(
+        "pwrecovery_mail_send_budget_waits_total{{limit=\"{limit}\",domain_class=\"{class}\"}} "
+    );
     let text = shared::telemetry::prometheus().render();
     text.lines()
         .find_map(|l| {
@@ -62,7 +63,7 @@ fn budget_waits_total(limit: &str, class: &str) -> u64 {
                 .or_else(|| {
                     // The exporter may order the labels either way.
                     l.strip_prefix(&format!(
-                        "mail_send_budget_waits_total{{domain_class=\"{class}\",limit=\"{limit}\"}} "
+                        "pwrecovery_mail_send_budget_waits_total{{domain_class=\"{class}\",limit=\"{limit}\"}} "
                     ))
                 })?
                 .trim()
@@ -185,7 +186,7 @@ async fn a_throttling_answer_pauses_the_domain_and_others_go_on() {
         .render()
         .lines()
         .find_map(|l| {
-            l.strip_prefix("mail_smtp_throttled_total{domain_class=\"other\"} ")?
+            l.strip_prefix("pwrecovery_mail_smtp_throttled_total{domain_class=\"other\"} ")?
                 .trim()
                 .parse::<u64>()
                 .ok()

@@ -161,7 +161,7 @@ async fn latencies(env: &StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         .unwrap_or_default();
     let metrics = e2e::stack::metrics_text(&StackEnv::api_metrics_base(&api).await?).await;
     let floor = (metrics.lines())
-        .find_map(|l| l.strip_prefix("sign_in_refusal_floor_seconds "))
+        .find_map(|l| l.strip_prefix("pwrecovery_sign_in_refusal_floor_seconds "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(std::time::Duration::from_secs_f64)
         .unwrap_or_default();
