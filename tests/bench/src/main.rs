@@ -9,6 +9,7 @@
 //! ./target/release/bench forgot|worker|scale|reset|memory|signin|stores|pipeline|code|colocated|refusals
 //! ./target/release/bench budget     # send budgets: a burst's spread (not in `all`: ~2 min)
 //! ./target/release/bench factors    # sign-in with and without a second factor, breached check
+//! ./target/release/bench pooler     # queries and sign-in, direct and through PgBouncer
 //! ```
 //! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
 //! (`--update FILE` also replaces the table between the `bench:begin`/`bench:end` markers of
@@ -17,7 +18,7 @@
 //! (2000), `BENCH_CODE_PAIRS` (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8), `BENCH_SETTLE_SECS` (10, the wait
 //! before the api's resident size is read after the hashing flood), `BENCH_SIGNIN_TRIPLES` (300),
 //! `BENCH_COLOCATED_PAIRS` (600), `BENCH_REFUSALS` (1000), `BENCH_FACTOR_ACCOUNTS` (200),
-//! `BENCH_BREACHED_CHECKS` (2000).
+//! `BENCH_BREACHED_CHECKS` (2000), `BENCH_POOLER_QUERIES` (2000), `BENCH_POOLER_SIGNINS` (600).
 #![allow(
     clippy::disallowed_methods,
     reason = "tests measure real time against real services"
@@ -34,6 +35,7 @@ mod load;
 mod mail;
 mod memory;
 mod pipeline;
+mod pooler;
 mod refusals;
 mod report;
 mod reset;
@@ -46,7 +48,7 @@ use std::time::Instant;
 
 use report::Row;
 
-const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code | colocated | refusals | budget | import | factors";
+const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code | colocated | refusals | budget | import | factors | pooler";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -75,9 +77,10 @@ async fn main() -> anyhow::Result<()> {
             "refusals",
             "import",
             "factors",
+            "pooler",
         ],
         "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" | "pipeline"
-        | "code" | "colocated" | "refusals" | "budget" | "import" | "factors" => {
+        | "code" | "colocated" | "refusals" | "budget" | "import" | "factors" | "pooler" => {
             std::slice::from_ref(&section)
         }
         _ => anyhow::bail!(USAGE),
@@ -107,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             "budget" => budget::run(&mut rows).await,
             "import" => import::run(&mut rows).await,
             "factors" => factors::run(&mut rows).await,
+            "pooler" => pooler::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
         if let Err(e) = result {
@@ -169,6 +173,7 @@ fn section_label(name: &str) -> &'static str {
         "refusals" => "13 refusals",
         "import" => "14 import",
         "factors" => "15 second factors",
+        "pooler" => "16 PgBouncer path",
         _ => "5 reset",
     }
 }
