@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 bash deploy/local/services.sh
+# Section 16 starts Debian's pgbouncer itself.
+bash deploy/local/pgbouncer.sh
 
 source deploy/local/venv.sh
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432}"

@@ -41,14 +41,8 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
-# The PgBouncer test starts Debian's pgbouncer itself (transaction pooling, on a free port).
-if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  echo "[test] installing pgbouncer"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
-fi
-# The package's own service is not needed (and not started on machines without systemd).
+# The PgBouncer test starts Debian's pgbouncer itself.
+bash deploy/local/pgbouncer.sh
 
 # `promtool check rules` for deploy/observability/alerts.yml (tests/tests/observability.rs).
 if ! command -v promtool >/dev/null 2>&1; then

@@ -721,18 +721,25 @@ fn network_policies_deny_by_default_and_open_what_the_configuration_uses() {
             "{name}"
         );
     }
-    // Ingress per pod: port number -> the namespaces' labels it is open to.
-    let ingress = |name: &str| -> Vec<(u64, Value)> {
-        let template = pods(name);
-        let container = &template["spec"]["containers"][0];
+    // The policies that select a pod template.
+    let selecting = |template: &Value| -> Vec<&Value> {
         policies
             .iter()
+            .copied()
             .filter(|p| {
                 matches(
                     &p["spec"]["podSelector"]["matchLabels"],
                     &template["metadata"]["labels"],
                 )
             })
+            .collect()
+    };
+    // Ingress per pod: port number -> the namespaces' labels it is open to.
+    let ingress = |name: &str| -> Vec<(u64, Value)> {
+        let template = pods(name);
+        let container = &template["spec"]["containers"][0];
+        selecting(template)
+            .into_iter()
             .flat_map(|p| p["spec"]["ingress"].as_array().cloned().unwrap_or_default())
             .flat_map(|rule| {
                 let from = rule["from"].clone();
@@ -796,15 +803,8 @@ fn network_policies_deny_by_default_and_open_what_the_configuration_uses() {
     // Egress per pod: every port of the URLs it connects to (the Secret's placeholders carry
     // the default ports), and DNS.
     let egress = |name: &str| -> Vec<u64> {
-        let template = pods(name);
-        policies
-            .iter()
-            .filter(|p| {
-                matches(
-                    &p["spec"]["podSelector"]["matchLabels"],
-                    &template["metadata"]["labels"],
-                )
-            })
+        selecting(pods(name))
+            .into_iter()
             .flat_map(|p| p["spec"]["egress"].as_array().cloned().unwrap_or_default())
             .flat_map(|rule| rule["ports"].as_array().cloned().unwrap_or_default())
             .map(|p| p["port"].as_u64().unwrap())

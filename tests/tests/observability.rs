@@ -404,29 +404,10 @@ fn unexported_labels(
     missing
 }
 
-#[test]
-fn promtool_accepts_the_alert_rules() {
+/// Runs `promtool ARGS` in deploy/observability; its standard output once it succeeded.
+fn promtool(args: &[&str]) -> String {
     let out = std::process::Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(dir().join("alerts.yml"))
-        .output()
-        .expect("promtool (Debian's prometheus package; the test command installs it)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"));
-}
-
-#[test]
-fn promtool_passes_the_unit_tests_of_the_alert_rules() {
-    // alerts.test.yml: the dead-letter alert fires on new dead letters and resolves while
-    // the stored count stays above 0; the absent-target alerts fire when every worker's or
-    // every api's series vanish.
-    let out = std::process::Command::new("promtool")
-        .args(["test", "rules", "alerts.test.yml"])
+        .args(args)
         .current_dir(dir())
         .output()
         .expect("promtool (Debian's prometheus package; the test command installs it)");
@@ -436,6 +417,21 @@ fn promtool_passes_the_unit_tests_of_the_alert_rules() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    let stdout = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(stdout.contains("SUCCESS"));
+}
+
+#[test]
+fn promtool_passes_the_unit_tests_of_the_alert_rules() {
+    // alerts.test.yml: the dead-letter alert fires on new dead letters and resolves while
+    // the stored count stays above 0; the absent-target alerts fire when every worker's or
+    // every api's series vanish.
+    promtool(&["test", "rules", "alerts.test.yml"]);
     let tests = &e2e::parse_yaml(&[dir().join("alerts.test.yml")])[0][0];
     let tested: BTreeSet<&str> = tests["tests"]
         .as_array()
