@@ -10,6 +10,17 @@
 
 use std::fmt::Write as _;
 
+/// The names of the metrics this module writes.
+pub const NAMES: [&str; 7] = [
+    "process_cpu_seconds_total",
+    "process_start_time_seconds",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_threads",
+    "process_open_fds",
+    "process_max_fds",
+];
+
 /// Clock ticks per second of the CPU and start times in `/proc/self/stat`: `USER_HZ`, which
 /// the kernel's interface to user space fixes at 100 whatever its own tick rate.
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -183,15 +194,7 @@ mod tests {
         let p = Process::read();
         let mut out = String::new();
         p.render(&mut out);
-        for name in [
-            "process_cpu_seconds_total",
-            "process_start_time_seconds",
-            "process_resident_memory_bytes",
-            "process_virtual_memory_bytes",
-            "process_threads",
-            "process_open_fds",
-            "process_max_fds",
-        ] {
+        for name in NAMES {
             assert!(out.contains(&format!("\n{name} ")), "{name} in {out}");
         }
         assert!(p.resident_memory_bytes.unwrap_or_default() > 1024 * 1024);

@@ -27,15 +27,7 @@ fn dir() -> PathBuf {
 const TARGET_LABELS: [&str; 3] = ["job", "namespace", "instance"];
 
 /// The standard process metrics, which keep their usual names (no `pwrecovery_` prefix).
-const PROCESS_METRICS: [&str; 7] = [
-    "process_cpu_seconds_total",
-    "process_start_time_seconds",
-    "process_resident_memory_bytes",
-    "process_virtual_memory_bytes",
-    "process_threads",
-    "process_open_fds",
-    "process_max_fds",
-];
+const PROCESS_METRICS: [&str; 7] = shared::process_metrics::NAMES;
 
 fn alert_rules() -> Vec<Value> {
     let rules = &e2e::parse_yaml(&[dir().join("alerts.yml")])[0][0];
