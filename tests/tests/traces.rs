@@ -105,7 +105,16 @@ async fn one_forgot_password_request_is_one_trace_across_api_and_worker() {
             .into_iter()
             .filter(|s| s["trace_id"] == CALLER_TRACE)
             .collect();
-        (one(&spans, "mail-worker", "SPAN_KIND_CLIENT").is_some()).then_some(spans)
+        // Each process exports on its own schedule: wait for all four.
+        let whole = [
+            ("api", "SPAN_KIND_SERVER"),
+            ("api", "SPAN_KIND_PRODUCER"),
+            ("mail-worker", "SPAN_KIND_CONSUMER"),
+            ("mail-worker", "SPAN_KIND_CLIENT"),
+        ]
+        .iter()
+        .all(|(service, kind)| one(&spans, service, kind).is_some());
+        whole.then_some(spans)
     })
     .await
     .unwrap_or_else(|| panic!("no whole trace; api: {:?}", api.output()));
@@ -129,21 +138,23 @@ async fn one_forgot_password_request_is_one_trace_across_api_and_worker() {
         env!("CARGO_PKG_VERSION")
     );
 
-    // The trace id is on the api's access log line and on the worker's lines about the job.
-    let access = log_lines(&api.output())
-        .into_iter()
-        .find(|l| l["message"] == "request" && l["route"] == "/v1/password/forgot")
-        .expect("the access log line");
+    // The trace id is on the api's access log line and on the worker's lines about the job
+    // (read from their output as it arrives).
+    let access = e2e::poll_until(Duration::from_secs(10), || async {
+        log_lines(&api.output())
+            .into_iter()
+            .find(|l| l["message"] == "request" && l["route"] == "/v1/password/forgot")
+    })
+    .await
+    .expect("the access log line");
     assert_eq!(access["trace_id"], CALLER_TRACE);
-    let job_lines: Vec<Value> = log_lines(&worker.output())
-        .into_iter()
-        .filter(|l| l["span"]["trace_id"] == CALLER_TRACE)
-        .collect();
-    assert!(
-        job_lines.iter().any(|l| l["message"] == "job done"),
-        "{:?}",
-        worker.output()
-    );
+    let job_done = e2e::poll_until(Duration::from_secs(10), || async {
+        log_lines(&worker.output())
+            .into_iter()
+            .find(|l| l["span"]["trace_id"] == CALLER_TRACE && l["message"] == "job done")
+    })
+    .await;
+    assert!(job_done.is_some(), "{:?}", worker.output());
 
     // Without a caller's trace the request starts one of its own, named in its log line.
     let r = http
