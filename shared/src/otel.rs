@@ -72,7 +72,8 @@ where
         "service.version",
         env!("CARGO_PKG_VERSION"),
     ));
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    // Empty counts as unset, as a copied `.env.example` leaves it.
+    if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
         resource = resource.with_service_name(service);
     }
     let provider = SdkTracerProvider::builder()

@@ -76,6 +76,22 @@ async fn one_forgot_password_request_is_one_trace_across_api_and_worker() {
     let mut env = StackEnv::new().await.unwrap();
     env.set("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url);
     env.set("OTEL_BSP_SCHEDULE_DELAY", "100");
+    for (name, value) in [
+        ("OTEL_SDK_DISABLED", "false"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000"),
+    ] {
+        env.set(name, value);
+    }
+    // As a copy of .env.example leaves them: empty is unset.
+    for empty in [
+        "OTEL_SERVICE_NAME",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_TRACES_SAMPLER_ARG",
+    ] {
+        env.set(empty, "");
+    }
     let (api, base) = env.start_api().await.unwrap();
     let (worker, _) = env.start_worker(&sink.url()).await.unwrap();
     let email = "traced@example.org";
