@@ -230,7 +230,7 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// exported, the request's server span's (its jobs' spans are its children); otherwise the
 /// caller's when it sent a valid one, else a trace whose id is our request id, so a reset can
 /// be followed from HTTP to SMTP either way.
-pub(crate) fn trace(headers: &HeaderMap) -> Trace {
+fn trace(headers: &HeaderMap) -> Trace {
     let get = |name: &str| {
         headers
             .get(name)

@@ -72,6 +72,32 @@ pub async fn forgot(state: &AppState, ctx: &RequestContext, email: &str) -> Resu
     state.publisher.publish_job(&job).await
 }
 
+/// What a reset checks before it burns its link or code: the account's second factor is
+/// asked for, the new password is refused if the policy refuses it (audited), then the factor
+/// is proven, last, so a refused password does not spend a recovery code.
+async fn new_password_and_factor(
+    state: &AppState,
+    ctx: &RequestContext,
+    user: &User,
+    action: Action,
+    new_password: &str,
+    factor: Option<Proof>,
+) -> Result<(), ApiError> {
+    let factor = mfa::required(state, ctx, user, action, factor).await?;
+    let checked =
+        password_policy::refuse_new_password(&state.breached, new_password, &user.email).await;
+    if let Err((e, outcome)) = checked {
+        if let Some(outcome) = outcome {
+            attempt(state, ctx, action, outcome, Some(user.id)).await;
+        }
+        return Err(e);
+    }
+    if let Some(factor) = &factor {
+        mfa::prove(state, ctx, user, action, factor).await?;
+    }
+    Ok(())
+}
+
 /// Checks a link without consuming it (the GET of the reset and lock pages: mail scanners
 /// open links, so this must change nothing but the client's per-IP budget). The account it
 /// is for, or the error the submission would get.
@@ -122,18 +148,7 @@ pub async fn reset_with_link(
         Ok(checked) => checked,
         Err(r) => return Err(refuse(r).await),
     };
-    let factor = mfa::required(state, ctx, &user, action, factor).await?;
-    let checked =
-        password_policy::refuse_new_password(&state.breached, &new_password, &user.email).await;
-    if let Err((e, outcome)) = checked {
-        if let Some(outcome) = outcome {
-            audit(outcome, Some(user.id)).await;
-        }
-        return Err(e);
-    }
-    if let Some(factor) = &factor {
-        mfa::prove(state, ctx, &user, action, factor).await?;
-    }
+    new_password_and_factor(state, ctx, &user, action, &new_password, factor).await?;
     if !state.tokens.burn(Purpose::PasswordReset, &token).await? {
         audit(Outcome::Used, Some(user.id)).await;
         return Err(ApiError::TokenUsed);
@@ -178,18 +193,7 @@ pub async fn reset_with_code(
     let now = state.clock.now();
     let purpose = Purpose::PasswordReset;
     let fingerprint = &link.fingerprint;
-    let factor = mfa::required(state, ctx, &user, action, factor).await?;
-    let checked =
-        password_policy::refuse_new_password(&state.breached, &new_password, &user.email).await;
-    if let Err((e, outcome)) = checked {
-        if let Some(outcome) = outcome {
-            audit(outcome, Some(user.id)).await;
-        }
-        return Err(e);
-    }
-    if let Some(factor) = &factor {
-        mfa::prove(state, ctx, &user, action, factor).await?;
-    }
+    new_password_and_factor(state, ctx, &user, action, &new_password, factor).await?;
     if !state.tokens.burn_fingerprint(purpose, fingerprint).await? {
         return Err(refuse(Outcome::Used, user.id).await);
     }

@@ -528,9 +528,10 @@ async fn track(mut request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|t| crate::extract::valid_traceparent(t));
     shared::otel::continue_trace(&span, traceparent);
-    let trace_id = shared::otel::trace_id(&span).or_else(|| {
-        let fallback = crate::extract::trace(request.headers()).traceparent?;
-        shared::otel::trace_id_of(&fallback).map(str::to_owned)
+    // Unexported, the trace id the job will carry: the caller's, else our request id's.
+    let trace_id = shared::otel::trace_id(&span).or_else(|| match traceparent {
+        Some(traceparent) => shared::otel::trace_id_of(traceparent).map(str::to_owned),
+        None => Some(request_id.replace('-', "")).filter(|id| id.len() == 32),
     });
     let trace_id = trace_id.as_deref().unwrap_or("");
     span.record("trace_id", trace_id);
