@@ -1,11 +1,13 @@
 //! The worker's audit rows, written in groups: every row asked for while the previous
-//! statement ran goes into the next one (one multi-row INSERT and one commit for all of
-//! them). A caller waits until its row is committed (or failed), so a job is still settled
-//! only after its audit row is written; under load hundreds of jobs share one commit, and
-//! alone a row costs what it did on its own.
+//! statement ran, or within [`LINGER`] of the first, goes into the next one (one multi-row
+//! INSERT and one commit for all of them, on a connection the writer keeps). A caller waits
+//! until its row is committed (or failed), so a job is still settled only after its audit row
+//! is written; under load hundreds of jobs share one commit, and a lone row waits [`LINGER`]
+//! longer than it would on its own.
 
 use std::net::IpAddr;
 
+use shared::db::Kept;
 use shared::{
     audit::{Action, AuditEvent, Outcome},
     email,
@@ -20,6 +22,12 @@ const MAX_ROWS: usize = 512;
 /// Longest wait for one statement: a connection that hangs (no answer, no error) must not
 /// hold every job that waits for its audit row.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the writer waits for more rows after the first of a group. A job's ack waits for
+/// its row, so this is what a lone job's settlement costs more; under load it turns a
+/// statement and a commit per sent email into one per several.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long without a row before the writer gives its connection back to the pool.
+const KEEP_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// One audit row of the worker, owned so it can wait for the writer.
 #[derive(Debug, Clone)]
@@ -122,11 +130,34 @@ impl AuditLog {
 }
 
 async fn write_loop(db: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut conn = Kept::new(db);
     let mut group = Vec::with_capacity(MAX_ROWS);
-    while rx.recv_many(&mut group, MAX_ROWS).await > 0 {
+    loop {
+        // The connection is kept while rows keep coming; a quiet moment gives it back (a
+        // pool that closes at shutdown waits for every connection).
+        let received =
+            match tokio::time::timeout(KEEP_IDLE, rx.recv_many(&mut group, MAX_ROWS)).await {
+                Ok(received) => received,
+                Err(_) => {
+                    conn.give_back();
+                    rx.recv_many(&mut group, MAX_ROWS).await
+                }
+            };
+        if received == 0 {
+            break;
+        }
+        // The rows of jobs settled one by one (each sent email) arrive a few at a time: wait
+        // a moment for more, so that they share the statement and its commit.
+        let until = tokio::time::Instant::now() + LINGER;
+        while group.len() < MAX_ROWS {
+            let room = MAX_ROWS - group.len();
+            match tokio::time::timeout_at(until, rx.recv_many(&mut group, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         let events: Vec<AuditEvent<'_>> = group.iter().map(|p| p.row.event()).collect();
-        let result =
-            tokio::time::timeout(WRITE_TIMEOUT, shared::audit::record_many(&db, &events)).await;
+        let result = tokio::time::timeout(WRITE_TIMEOUT, write(&mut conn, &events)).await;
         drop(events);
         match result {
             Ok(Ok(())) => {}
@@ -143,4 +174,39 @@ async fn write_loop(db: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) 
             let _ = pending.written.send(());
         }
     }
+}
+
+/// Writes `events` on the kept connection. When the connection itself was lost (the server
+/// restarted, a network cut, a pooler's idle timeout), once more on a fresh one: a lost
+/// connection almost always lost its statement with it, so a repeated row is rare and a
+/// lost one rarer.
+async fn write(conn: &mut Kept, events: &[AuditEvent<'_>]) -> Result<(), sqlx::Error> {
+    match write_once(conn, events).await {
+        Err(e) if shared::db::connection_lost(&e) => write_once(conn, events).await,
+        other => other,
+    }
+}
+
+/// One statement on the kept connection: on its own, or behind a transaction pooler in a
+/// transaction that pins one server connection (see [`shared::db::Session`]).
+async fn write_once(kept: &mut Kept, events: &[AuditEvent<'_>]) -> Result<(), sqlx::Error> {
+    let result = match kept.conn().await {
+        Ok(conn) if shared::db::named_statements() => {
+            shared::audit::record_many(conn, events).await
+        }
+        Ok(conn) => match sqlx::Connection::begin(conn).await {
+            Ok(mut transaction) => {
+                match shared::audit::record_many(&mut *transaction, events).await {
+                    Ok(()) => transaction.commit().await,
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    if result.is_err() {
+        kept.give_back();
+    }
+    result
 }

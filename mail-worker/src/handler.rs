@@ -4,7 +4,7 @@
 //! by [`Handler::execute`], the one place that writes a job's audit row and `jobs_total`
 //! and then tells the broker: ack, or re-publish (confirmed) first.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use lapin::{
     BasicProperties, Channel,
@@ -27,6 +27,14 @@ use crate::{
     process::{JobOutcome, Processor},
     settlement::{self, Action, Circumstances, Settlement},
 };
+
+/// How old a plan may be when its job gets a send slot. A job that waited longer for its
+/// slot is decided again on the account as it is then; a shorter wait (the other sends of a
+/// busy batch, a fraction of a second) keeps its batch's plan, so a busy worker does not look
+/// every job up twice. Whatever the age of the plan, a link carries the password version the
+/// plan read, so the api refuses it if the password changed since: a late decision costs at
+/// most a pointless email, never a working link it should not have.
+const REPLAN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What deciding and settling the jobs of one broker session needs (shared by its batches).
 pub(crate) struct Handler {
@@ -168,6 +176,7 @@ impl Handler {
         metrics::gauge!("mail_oldest_job_age_seconds").set(waited);
         let envelopes: Vec<&Envelope> = jobs.iter().map(|j| &j.envelope).collect();
         let plans = self.processor.plan(&envelopes).await;
+        let planned_at = Instant::now();
         let mut dropped = Vec::new();
         let mut others = Vec::new();
         for (job, plan) in jobs.into_iter().zip(plans) {
@@ -177,7 +186,9 @@ impl Handler {
             }
         }
         let send_all = futures_util::future::join_all(
-            others.into_iter().map(|(job, plan)| self.send(job, plan)),
+            others
+                .into_iter()
+                .map(|(job, plan)| self.send(job, plan, planned_at)),
         );
         tokio::join!(self.drop_all(&dropped), send_all);
     }
@@ -213,11 +224,14 @@ impl Handler {
         self.execute(settled).await;
     }
 
-    /// Carries out one job's plan and settles it.
-    async fn send(&self, job: Job, plan: Plan) {
+    /// Carries out one job's plan (made at `planned_at`) and settles it.
+    async fn send(&self, job: Job, plan: Plan, planned_at: Instant) {
         let envelope = &job.envelope;
         let span = job.span.clone();
-        let Some((outcome, user)) = self.deliver(envelope, plan).instrument(span.clone()).await
+        let Some((outcome, user)) = self
+            .deliver(envelope, plan, planned_at)
+            .instrument(span.clone())
+            .await
         else {
             return;
         };
@@ -226,9 +240,15 @@ impl Handler {
             .await;
     }
 
-    /// Carries out a plan within a send slot; with the account it is about. `None` when the
-    /// session ended while the job waited for a slot (the broker takes the job back).
-    async fn deliver(&self, envelope: &Envelope, plan: Plan) -> Option<(JobOutcome, Option<Uuid>)> {
+    /// Carries out a plan (made at `planned_at`) within a send slot; with the account it is
+    /// about. `None` when the session ended while the job waited for a slot (the broker takes
+    /// the job back).
+    async fn deliver(
+        &self,
+        envelope: &Envelope,
+        plan: Plan,
+        planned_at: Instant,
+    ) -> Option<(JobOutcome, Option<Uuid>)> {
         if let Plan::DependencyDown(error) = plan {
             return Some((JobOutcome::DependencyDown(error), None));
         }
@@ -238,9 +258,13 @@ impl Handler {
             Ok(permit) => (permit, plan),
             Err(_) => {
                 let permit = self.send_slot().await?;
-                // Waiting may have taken several sends' time: decide again on what the
-                // account is now (a newer password, a verified address, a stale job).
-                (permit, self.processor.plan(&[envelope]).await.pop()?)
+                if planned_at.elapsed() < REPLAN_AFTER {
+                    (permit, plan)
+                } else {
+                    // The wait took several sends' time: decide again on what the account is
+                    // now (a newer password, a verified address, a stale job).
+                    (permit, self.processor.plan(&[envelope]).await.pop()?)
+                }
             }
         };
         let user = plan.user();

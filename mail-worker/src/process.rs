@@ -11,6 +11,7 @@ use lettre::message::Mailbox;
 use shared::{
     audit,
     clock::Clock,
+    db::Session,
     message::Envelope,
     redis_pool::{RedisError, RedisPool},
     token::TokenKeys,
@@ -91,7 +92,8 @@ struct Domain {
 
 impl Processor {
     /// Plans a batch of jobs with one database statement for all their lookups and one for
-    /// the suppression list. A job whose lookup failed gets [`Plan::DependencyDown`].
+    /// the suppression list, both on one connection. A job whose lookup failed gets
+    /// [`Plan::DependencyDown`].
     pub async fn plan(&self, jobs: &[&Envelope]) -> Vec<Plan> {
         let planner = Planner {
             public_base_url: &self.config.public_base_url,
@@ -100,18 +102,32 @@ impl Processor {
         };
         let lookups: Vec<plan::Lookup> = jobs.iter().map(|job| planner.lookup(job)).collect();
         let (email_keys, ids) = plan::wanted(&lookups);
-        let found = shared::account::lookup(&self.db, &email_keys, &ids)
-            .await
-            .map_err(|e| format!("database: {e}"));
+        if email_keys.is_empty() && ids.is_empty() {
+            // Every job was decided without its account (stale ones, say).
+            return planner.plans(jobs, lookups, Ok(&[]));
+        }
+        let mut session = Session::begin(&self.db).await;
+        let found = match &mut session {
+            Ok(session) => shared::account::lookup(session.conn(), &email_keys, &ids)
+                .await
+                .map_err(|e| format!("database: {e}")),
+            Err(e) => Err(format!("database: {e}")),
+        };
         let plans = planner.plans(jobs, lookups, found.as_deref().map_err(String::as_str));
         let recipients = plan::recipients(&plans);
         let sending: Vec<(String, String)> = recipients.iter().flatten().cloned().collect();
-        if sending.is_empty() {
-            return plans;
+        let suppressed = match (&mut session, sending.is_empty()) {
+            (_, true) => Ok(Vec::new()),
+            (Ok(session), false) => shared::suppression::which(session.conn(), &sending)
+                .await
+                .map_err(|e| format!("suppression list: {e}")),
+            (Err(_), false) => Err("suppression list: no database connection".to_owned()),
+        };
+        if let Ok(session) = session {
+            // Behind a transaction pooler the reads ran in a transaction of their own; its
+            // end changes nothing they read.
+            let _ = session.finish().await;
         }
-        let suppressed = shared::suppression::which(&self.db, &sending)
-            .await
-            .map_err(|e| format!("suppression list: {e}"));
         plan::drop_suppressed(
             plans,
             recipients,

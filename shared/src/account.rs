@@ -2,7 +2,7 @@
 //! writes it; the api (sessions, links) and the worker (whom a job mails) read an account
 //! with the one statement here.
 
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// An account as read for sessions, links and mail (never the password hash).
@@ -53,18 +53,20 @@ pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<Account>, sqlx::Error
 }
 
 /// Every account whose address key is in `email_keys` or whose id is in `ids`, with one
-/// statement (the worker looks a batch of jobs up at once).
+/// statement (the worker looks a batch of jobs up at once, on the connection of a
+/// [`crate::db::Session`]).
 pub async fn lookup(
-    db: &PgPool,
+    db: impl PgExecutor<'_>,
     email_keys: &[&str],
     ids: &[Uuid],
 ) -> Result<Vec<Account>, sqlx::Error> {
     if email_keys.is_empty() && ids.is_empty() {
         return Ok(Vec::new());
     }
-    let query = sqlx::query_as(select_accounts!("email_key = ANY($1) OR id = ANY($2)"))
+    sqlx::query_as(select_accounts!("email_key = ANY($1) OR id = ANY($2)"))
         .bind(email_keys)
         .bind(ids)
-        .persistent(crate::db::named_statements());
-    crate::db::pinned(db, async |c| query.fetch_all(c).await).await
+        .persistent(crate::db::named_statements())
+        .fetch_all(db)
+        .await
 }

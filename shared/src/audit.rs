@@ -413,7 +413,10 @@ pub async fn record_on(db: &sqlx::PgPool, e: &AuditEvent<'_>) -> Result<(), sqlx
 
 /// Appends many audit rows with one statement (one round trip and, outside a transaction,
 /// one commit for all of them).
-pub async fn record_many(db: &sqlx::PgPool, events: &[AuditEvent<'_>]) -> Result<(), sqlx::Error> {
+pub async fn record_many(
+    db: impl PgExecutor<'_>,
+    events: &[AuditEvent<'_>],
+) -> Result<(), sqlx::Error> {
     if events.is_empty() {
         return Ok(());
     }
@@ -445,7 +448,10 @@ pub async fn record_many(db: &sqlx::PgPool, events: &[AuditEvent<'_>]) -> Result
     } else {
         query.bind(details)
     };
-    crate::db::execute(db, query).await?;
+    query
+        .persistent(crate::db::named_statements())
+        .execute(db)
+        .await?;
     Ok(())
 }
 

@@ -124,6 +124,49 @@ impl Session {
     }
 }
 
+/// One pooled connection kept for the statements of a long-lived loop (the worker's audit
+/// writer): taken once and used again and again, so its statements skip the pool's checks of
+/// a connection when it is taken and when it is given back (a round trip each). After a
+/// failed statement the loop gives it back ([`Kept::give_back`]); the pool's check decides
+/// whether it is still good, and the next statement takes one anew.
+pub struct Kept {
+    db: PgPool,
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl Kept {
+    pub fn new(db: PgPool) -> Self {
+        Self { db, conn: None }
+    }
+
+    /// The kept connection, taken from the pool first when there is none.
+    pub async fn conn(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.db.acquire().await?,
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    /// Gives the kept connection back to the pool.
+    pub fn give_back(&mut self) {
+        self.conn = None;
+    }
+}
+
+/// Whether `error` means the connection is gone rather than the statement refused: I/O and
+/// TLS failures, and the server's connection exceptions (class 08) and operator
+/// interventions (57P01 and its kin: a shutdown, a terminated backend).
+pub fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,9 +62,9 @@ pub async fn remove(db: impl PgExecutor<'_>, address_key: &str) -> Result<bool, 
 }
 
 /// Which of `addresses` (each `(key, spelling)`) are on the list, as their spellings (one
-/// statement for a batch of jobs).
+/// statement for a batch of jobs; the worker runs it on the connection of its lookup).
 pub async fn which(
-    db: &PgPool,
+    db: impl PgExecutor<'_>,
     addresses: &[(String, String)],
 ) -> Result<Vec<String>, sqlx::Error> {
     if addresses.is_empty() {
@@ -74,15 +74,16 @@ pub async fn which(
         .iter()
         .map(|(key, spelling)| (key.as_str(), spelling.as_str()))
         .unzip();
-    let query = sqlx::query_scalar(
+    sqlx::query_scalar(
         "SELECT j.address FROM unnest($1::text[], $2::text[]) AS j(address_key, address)
          JOIN suppressed_addresses s ON s.address_key = j.address_key
           AND (s.addresses IS NULL OR j.address = ANY(s.addresses))",
     )
     .bind(keys)
     .bind(spellings)
-    .persistent(crate::db::named_statements());
-    crate::db::pinned(db, async |c| query.fetch_all(c).await).await
+    .persistent(crate::db::named_statements())
+    .fetch_all(db)
+    .await
 }
 
 /// Every suppressed address, oldest first.

@@ -307,6 +307,11 @@ impl SmtpSink {
         })
     }
 
+    /// The sink's process id (its CPU is metered by the benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// `smtp://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.smtp_port)

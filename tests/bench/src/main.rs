@@ -10,6 +10,8 @@
 //! ./target/release/bench budget     # send budgets: a burst's spread (not in `all`: ~2 min)
 //! ./target/release/bench factors    # sign-in with and without a second factor, breached check
 //! ./target/release/bench pooler     # queries and sign-in, direct and through PgBouncer
+//! ./target/release/bench delivery   # CPU per delivered reset email, its latency, the profile
+//! ./target/release/bench flask      # the same wrk load against the Flask seed (not in `all`)
 //! ```
 //! `bench all` prints one table and writes it as markdown to `artifacts/bench/latest.md`
 //! (`--update FILE` also replaces the table between the `bench:begin`/`bench:end` markers of
@@ -18,7 +20,8 @@
 //! (2000), `BENCH_CODE_PAIRS` (2000), `BENCH_SCALE_SECS` (6), `BENCH_RESET_SECS` (8), `BENCH_SETTLE_SECS` (10, the wait
 //! before the api's resident size is read after the hashing flood), `BENCH_SIGNIN_TRIPLES` (300),
 //! `BENCH_COLOCATED_PAIRS` (600), `BENCH_REFUSALS` (1000), `BENCH_FACTOR_ACCOUNTS` (200),
-//! `BENCH_BREACHED_CHECKS` (2000), `BENCH_POOLER_QUERIES` (2000), `BENCH_POOLER_SIGNINS` (600).
+//! `BENCH_BREACHED_CHECKS` (2000), `BENCH_POOLER_QUERIES` (2000), `BENCH_POOLER_SIGNINS` (600),
+//! `BENCH_DELIVERY_SECS` (10), `BENCH_PEER_SECS` (10), `FLASK_SEED_DIR`.
 #![allow(
     clippy::disallowed_methods,
     reason = "tests measure real time against real services"
@@ -27,6 +30,7 @@
 mod budget;
 mod code;
 mod colocated;
+mod delivery;
 mod factors;
 mod forgot;
 mod import;
@@ -34,6 +38,7 @@ mod limits;
 mod load;
 mod mail;
 mod memory;
+mod peer;
 mod pipeline;
 mod pooler;
 mod refusals;
@@ -48,7 +53,7 @@ use std::time::Instant;
 
 use report::Row;
 
-const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code | colocated | refusals | budget | import | factors | pooler";
+const USAGE: &str = "usage: bench all [--update FILE] | forgot | worker | scale | reset | memory | signin | stores | pipeline | code | colocated | refusals | budget | import | factors | pooler | delivery | flask";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -78,11 +83,11 @@ async fn main() -> anyhow::Result<()> {
             "import",
             "factors",
             "pooler",
+            "delivery",
         ],
         "forgot" | "worker" | "scale" | "reset" | "memory" | "signin" | "stores" | "pipeline"
-        | "code" | "colocated" | "refusals" | "budget" | "import" | "factors" | "pooler" => {
-            std::slice::from_ref(&section)
-        }
+        | "code" | "colocated" | "refusals" | "budget" | "import" | "factors" | "pooler"
+        | "delivery" | "flask" => std::slice::from_ref(&section),
         _ => anyhow::bail!(USAGE),
     };
 
@@ -111,6 +116,8 @@ async fn main() -> anyhow::Result<()> {
             "import" => import::run(&mut rows).await,
             "factors" => factors::run(&mut rows).await,
             "pooler" => pooler::run(&mut rows).await,
+            "delivery" => delivery::run(&mut rows).await,
+            "flask" => peer::run(&mut rows).await,
             _ => reset::run(&mut rows).await,
         };
         if let Err(e) = result {
@@ -174,6 +181,8 @@ fn section_label(name: &str) -> &'static str {
         "import" => "14 import",
         "factors" => "15 second factors",
         "pooler" => "16 PgBouncer path",
+        "delivery" => "17 delivered email",
+        "flask" => "18 Flask seed",
         _ => "5 reset",
     }
 }
