@@ -150,17 +150,26 @@ impl Processor {
             Plan::Drop { reason, .. } => return JobOutcome::Dropped(reason),
             Plan::DependencyDown(error) => return JobOutcome::DependencyDown(error),
         };
-        match self.already_sent(job.id).await {
+        // Mail goes to the normalised address (ASCII domain), also for accounts stored before
+        // domains were normalised to that form.
+        let to = plan::deliverable(&to);
+        // The idempotency check and the recipient's budget go to Redis together (one round
+        // trip): the budget counts a job once, however often it is asked, so a repeat of a
+        // sent job spends nothing.
+        let budget = async {
+            if draft.counts_against_recipient_budget() {
+                self.spend_recipient_budget(job, &to).await
+            } else {
+                None
+            }
+        };
+        let (sent, refused) = tokio::join!(self.already_sent(job.id), budget);
+        match sent {
             Ok(true) => return JobOutcome::Dropped(audit::Outcome::Duplicate),
             Ok(false) => {}
             Err(e) => return JobOutcome::DependencyDown(format!("idempotency check: {e}")),
         }
-        // Mail goes to the normalised address (ASCII domain), also for accounts stored before
-        // domains were normalised to that form.
-        let to = plan::deliverable(&to);
-        if draft.counts_against_recipient_budget()
-            && let Some(refused) = self.spend_recipient_budget(job, &to).await
-        {
+        if let Some(refused) = refused {
             return refused;
         }
         // The send budgets last, right before the link is minted: a job that waits for its
@@ -243,14 +252,20 @@ impl Processor {
             to,
             content: rendered,
         };
-        let span = tracing::info_span!(
-            "smtp send",
-            otel.name = "smtp send",
-            otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
-            network.protocol.name = "smtp",
-            email.domain_class = domain.class,
-        );
+        // Only for an exported trace: within it the worker logs no more than debug lines
+        // about its connections, and a span costs its fields' formatting even unread.
+        let span = if shared::otel::exporting() {
+            tracing::info_span!(
+                "smtp send",
+                otel.name = "smtp send",
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                network.protocol.name = "smtp",
+                email.domain_class = domain.class,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let result = self
             .mailer
             .send(&self.from, outgoing)

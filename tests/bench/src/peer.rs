@@ -207,9 +207,8 @@ async fn measure(env: &StackEnv, seed: &Seed, rows: &mut Vec<Row>) -> anyhow::Re
     crate::util::migrate(env).await?;
     delivery::seed_users(&env.database_url, delivery::USERS).await?;
     let (api, base) = env.start_api().await?;
-    let (worker, worker_base) = env
-        .start_worker(&format!("smtp://127.0.0.1:{}", seed.mail_port))
-        .await?;
+    let (worker, worker_base) =
+        delivery::start_worker(env, &format!("smtp://127.0.0.1:{}", seed.mail_port)).await?;
     let secs = env_num("BENCH_PEER_SECS", 10);
     let product = format!("{base}/v1/password/forgot");
     let seed_forgot = format!("{SEED_URL}/forgot-password");
