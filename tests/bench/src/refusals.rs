@@ -42,11 +42,26 @@ async fn footprint(env: &StackEnv, db: &sqlx::PgPool) -> anyhow::Result<(i64, us
     let client = redis::Client::open(e2e::redis_url())?;
     let mut redis = client.get_multiplexed_async_connection().await?;
     let prefix = env.var("REDIS_KEY_PREFIX").unwrap_or_default();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut redis)
-        .await?;
-    Ok((rows, keys.len()))
+    // SCAN, not KEYS: on a server holding millions of other keys (a long-used development
+    // machine) one KEYS call outlasts the client's response timeout.
+    let mut keys = 0;
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut redis)
+            .await?;
+        keys += batch.len();
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    Ok((rows, keys))
 }
 
 async fn measure(env: &mut StackEnv, rows: &mut Vec<Row>) -> anyhow::Result<()> {
