@@ -242,42 +242,8 @@ async fn measure(env: &StackEnv, seed: &Seed, rows: &mut Vec<Row>) -> anyhow::Re
     let seed_emails = seed_registered.requests - seed_registered.errors;
     let total_sent = Seed::sink_count(&stopped);
     let seed_emails_rate = seed_emails as f64 / secs as f64;
-    let errors = |w: &Wrk| {
-        if w.errors == 0 {
-            String::new()
-        } else {
-            format!(", {} errors", w.errors)
-        }
-    };
-    rows.push(
-        Row::new(
-            SECTION,
-            "forgot-password, registered addresses, wrk -t2 -c64",
-        )
-        .measured(format!(
-            "{:.0} req/s{}",
-            registered.rate,
-            errors(&registered)
-        ))
-        .limit(format!(
-            "Flask seed: {:.0} req/s{}",
-            seed_registered.rate,
-            errors(&seed_registered)
-        ))
-        .ratio(registered.rate / seed_registered.rate)
-        .target(Target::AtLeast(6.0), "≥ 6×"),
-    );
-    rows.push(
-        Row::new(SECTION, "forgot-password, unknown addresses, wrk -t2 -c64")
-            .measured(format!("{:.0} req/s{}", unknown.rate, errors(&unknown)))
-            .limit(format!(
-                "Flask seed: {:.0} req/s{}",
-                seed_unknown.rate,
-                errors(&seed_unknown)
-            ))
-            .ratio(unknown.rate / seed_unknown.rate)
-            .target(Target::AtLeast(6.0), "≥ 6×"),
-    );
+    rows.push(rate_row("registered", &registered, &seed_registered));
+    rows.push(rate_row("unknown", &unknown, &seed_unknown));
     rows.push(
         Row::new(SECTION, "reset emails delivered per second, into the seed's SMTP sink")
             .measured(format!(
@@ -311,4 +277,27 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Forgot-password requests/s of the product against the seed's, for `kind` addresses.
+fn rate_row(kind: &str, product: &Wrk, seed: &Wrk) -> Row {
+    let errors = |w: &Wrk| {
+        if w.errors == 0 {
+            String::new()
+        } else {
+            format!(", {} errors", w.errors)
+        }
+    };
+    Row::new(
+        SECTION,
+        format!("forgot-password, {kind} addresses, wrk -t2 -c64"),
+    )
+    .measured(format!("{:.0} req/s{}", product.rate, errors(product)))
+    .limit(format!(
+        "Flask seed: {:.0} req/s{}",
+        seed.rate,
+        errors(seed)
+    ))
+    .ratio(product.rate / seed.rate)
+    .target(Target::AtLeast(6.0), "≥ 6×")
 }

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo build --release -p api -p mail-worker -p bench
-//! ./target/release/soak            # 10 minutes; SOAK_SECS, SOAK_RATE to change
+//! ./target/release/soak            # 10 minutes; SOAK_SECS, SOAK_RATE, SOAK_SERVICE_ENV to change
 //! ```
 //! The maximum is measured first (5 s of closed-loop load from 64 clients); the soak then
 //! sends forgot-password requests open-loop at half that rate (SOAK_RATE overrides it): one
@@ -120,6 +120,15 @@ async fn main() -> anyhow::Result<()> {
     env.set("RATE_LIMIT_EMAIL_PER_HOUR", "1000");
     env.set("ARGON2_MEMORY_KIB", "19456");
     env.set("ARGON2_ITERATIONS", "2");
+    // `SOAK_SERVICE_ENV` (`NAME=value,…`): a setting to try on both services, such as an
+    // allocator's (`MALLOC_ARENA_MAX=2`), on the same run without a rebuild.
+    for (name, value) in std::env::var("SOAK_SERVICE_ENV")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+    {
+        env.set(name.trim(), value.trim());
+    }
     let (api, base) = env.start_api().await.context("api")?;
     seed_users(&env.database_url).await?;
     let (worker, _) = env.start_worker(&sink.url()).await.context("worker")?;
