@@ -102,28 +102,33 @@ impl Processor {
         };
         let lookups: Vec<plan::Lookup> = jobs.iter().map(|job| planner.lookup(job)).collect();
         let (email_keys, ids) = plan::wanted(&lookups);
-        if email_keys.is_empty() && ids.is_empty() {
-            // Every job was decided without its account (stale ones, say).
-            return planner.plans(jobs, lookups, Ok(&[]));
+        // A connection only when there is something to read: a batch of stale jobs needs none.
+        let mut session = None;
+        if !email_keys.is_empty() || !ids.is_empty() {
+            session = Some(Session::begin(&self.db).await);
         }
-        let mut session = Session::begin(&self.db).await;
         let found = match &mut session {
-            Ok(session) => shared::account::lookup(session.conn(), &email_keys, &ids)
+            None => Ok(Vec::new()),
+            Some(Ok(session)) => shared::account::lookup(session.conn(), &email_keys, &ids)
                 .await
                 .map_err(|e| format!("database: {e}")),
-            Err(e) => Err(format!("database: {e}")),
+            Some(Err(e)) => Err(format!("database: {e}")),
         };
         let plans = planner.plans(jobs, lookups, found.as_deref().map_err(String::as_str));
         let recipients = plan::recipients(&plans);
         let sending: Vec<(String, String)> = recipients.iter().flatten().cloned().collect();
+        if !sending.is_empty() && session.is_none() {
+            session = Some(Session::begin(&self.db).await);
+        }
         let suppressed = match (&mut session, sending.is_empty()) {
             (_, true) => Ok(Vec::new()),
-            (Ok(session), false) => shared::suppression::which(session.conn(), &sending)
+            (Some(Ok(session)), false) => shared::suppression::which(session.conn(), &sending)
                 .await
                 .map_err(|e| format!("suppression list: {e}")),
-            (Err(_), false) => Err("suppression list: no database connection".to_owned()),
+            (Some(Err(e)), false) => Err(format!("suppression list: {e}")),
+            (None, false) => Err("suppression list: no database connection".to_owned()),
         };
-        if let Ok(session) = session {
+        if let Some(Ok(session)) = session {
             // Behind a transaction pooler the reads ran in a transaction of their own; its
             // end changes nothing they read.
             let _ = session.finish().await;
