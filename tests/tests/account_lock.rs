@@ -1,7 +1,8 @@
 //! "This wasn't me" and support staff's tools through the real pipeline: the password-changed
 //! email carries a lock link; locking ends the sessions, refuses sign-in and sends a reset
 //! email, whose reset unlocks; `api accounts revoke-sessions|lock` do the same for an operator,
-//! audited with the reason; `api accounts show|recovery|export|erase` from the shell.
+//! audited with the reason; `api accounts show|recovery|remove-factors|export|erase` from the
+//! shell.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -232,7 +233,7 @@ fn printed_json(out: &[String]) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn support_staff_hand_over_a_link_export_and_erase_from_the_shell() {
+async fn support_staff_hand_over_a_link_remove_a_factor_export_and_erase_from_the_shell() {
     let sink = SmtpSink::start().await.unwrap();
     let env = StackEnv::new().await.unwrap();
     let public = env.var("PUBLIC_BASE_URL").unwrap().to_owned();
@@ -269,7 +270,80 @@ async fn support_staff_hand_over_a_link_export_and_erase_from_the_shell() {
         client.post("/v1/password/reset", body).await.0,
         StatusCode::NO_CONTENT
     );
-    client.sign_in(carl, NEW).await.unwrap();
+    let session = client.sign_in(carl, NEW).await.unwrap();
+
+    // Carl sets up an authenticator app, then loses it with its recovery codes: support
+    // removes the factor from the shell, with a reason, and Carl is told.
+    let authed = |path: &str, body: serde_json::Value| {
+        client
+            .http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&session)
+            .json(&body)
+            .send()
+    };
+    let r = authed("/v1/mfa/totp", json!({ "password": NEW }))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let secret: serde_json::Value = r.json().await.unwrap();
+    let secret = totp_rs::Secret::try_from_base32(secret["secret"].as_str().unwrap()).unwrap();
+    let app = totp_rs::Builder::new()
+        .with_secret(secret.as_ref().to_vec())
+        .build()
+        .unwrap();
+    let code = app.generate_current().to_string();
+    let r = authed("/v1/mfa/totp/confirm", json!({ "code": code }))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let signing_in = json!({ "email": carl, "password": NEW });
+    let (status, body) = client.post("/v1/sessions", signing_in.clone()).await;
+    assert_eq!(
+        (status, &body["mfa_required"]),
+        (StatusCode::OK, &json!(true))
+    );
+    let (ok, _) = env
+        .api_command(&["accounts", "remove-factors", carl])
+        .await
+        .unwrap();
+    assert!(!ok, "remove-factors without --reason");
+    let reason = "identity proven at the front desk, ticket 31";
+    let (ok, out) = env
+        .api_command(&["accounts", "remove-factors", carl, "--reason", reason])
+        .await
+        .unwrap();
+    assert!(ok, "{out:?}");
+    let (ok, _) = env
+        .api_command(&["accounts", "remove-factors", carl, "--reason", reason])
+        .await
+        .unwrap();
+    assert!(!ok, "nothing left to remove");
+    let (_, detail) = audit_rows(&env, "mfa_remove").await.pop().unwrap();
+    let detail = detail.unwrap();
+    assert!(detail.ends_with(&format!("reason: {reason}")), "{detail}");
+    let notice = sink
+        .wait_for_email(carl, "Authenticator app removed", WAIT)
+        .await
+        .expect("the owner is told");
+    assert!(
+        notice.text().contains("support removed"),
+        "{}",
+        notice.text()
+    );
+    assert!(
+        notice
+            .link(&format!("{public}/lock-account?token="))
+            .is_some(),
+        "{}",
+        notice.text()
+    );
+    let (status, _) = client.post("/v1/sessions", signing_in).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the password alone signs in again"
+    );
 
     let (ok, out) = env
         .api_command(&["accounts", "export", carl])

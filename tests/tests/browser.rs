@@ -493,6 +493,8 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
     env.set("API_BIND", &format!("127.0.0.1:{port}"));
     env.set("PUBLIC_BASE_URL", &format!("http://localhost:{port}"));
     env.set("COOKIE_SECURE", "false");
+    // Three reset emails asked for, and the lock's.
+    env.set("RATE_LIMIT_EMAIL_PER_HOUR", "10");
     let (_api, _) = env.start_api().await.unwrap();
     let base = format!("http://localhost:{port}");
     let (_worker, _) = env.start_worker(&sink.url()).await.unwrap();
@@ -683,7 +685,8 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
         .unwrap();
     assert_eq!(statuses, json!([400, 200, 204]), "{statuses}");
 
-    // 4. A reset link alone changes nothing; with the passkey it resets.
+    // 3d. The same on the code page: once the code matched, the page asks for the factor and
+    //     offers the passkey.
     let r = http
         .post(api("/v1/password/forgot"))
         .json(&json!({ "email": email }))
@@ -691,7 +694,40 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let reset_email = sink.wait_for_reset_email(2, WAIT).await.unwrap();
+    let code = sink
+        .wait_for_reset_email(2, WAIT)
+        .await
+        .unwrap()
+        .reset_code()
+        .unwrap();
+    let on_page = "quartz meadow bicycle 38";
+    c.goto(&format!("{base}/reset-password")).await.unwrap();
+    browser.fill("#email", email).await;
+    browser.fill("#code", &code).await;
+    browser.fill("#password", on_page).await;
+    browser.fill("#password_confirm", on_page).await;
+    browser.submit().await;
+    browser.wait_for_text("Use a passkey instead").await;
+    browser.screenshot("9-reset-code-asks-for-the-factor").await;
+    browser.fill("#password", on_page).await;
+    browser.fill("#password_confirm", on_page).await;
+    c.find(Locator::Css("#reset-passkey"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for_text("Password changed").await;
+
+    // 4. A reset link alone changes nothing; with the passkey (the page's button) it resets.
+    let r = http
+        .post(api("/v1/password/forgot"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let reset_email = sink.wait_for_reset_email(3, WAIT).await.unwrap();
     let link = reset_email
         .link(&format!("{base}/reset-password?token="))
         .unwrap();
@@ -704,22 +740,19 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403, "a link proves the mailbox only");
-    let statuses = c
-        .execute_async(
-            &format!("{CEREMONY_JS}
-            const [token, newPassword, done] = arguments;
-            (async () => {{
-              const options = await post('/v1/password/reset/passkey-options', {{token}});
-              const credential = await get(options.json.options);
-              const reset = await post('/v1/password/reset', {{token, new_password: newPassword,
-                passkey: {{ceremony_id: options.json.ceremony_id, credential: credential.toJSON()}}}});
-              done([options.status, reset.status]);
-            }})().catch(e => done(String(e)));"),
-            vec![json!(token), json!(new)],
-        )
+    // On the link's page: the passwords, then the passkey instead of a typed code.
+    c.goto(&link).await.unwrap();
+    browser.wait_for_text("Use a passkey instead").await;
+    browser.fill("#password", new).await;
+    browser.fill("#password_confirm", new).await;
+    c.find(Locator::Css("#reset-passkey"))
+        .await
+        .unwrap()
+        .click()
         .await
         .unwrap();
-    assert_eq!(statuses, json!([200, 204]), "{statuses}");
+    browser.wait_for_text("Password changed").await;
+    browser.screenshot("9-reset-with-a-passkey").await;
     let r = http
         .post(api("/v1/sessions"))
         .json(&json!({ "email": email, "password": new }))
@@ -730,12 +763,12 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
 
     // 5. "This wasn't me" (the password-changed notice's link): the account is locked, and a
     //    passkey (an intruder's, say) no longer signs in, even after the reset.
-    // The newest of the three password-changed notices (3b, 3c and 4).
+    // The newest of the four password-changed notices (3b, 3c, 3d and 4).
     let notice = poll_until(WAIT, || async {
         let notices: Vec<_> = (sink.emails().into_iter())
             .filter(|e| e.rcpt_to() == email && e.subject().contains("password was changed"))
             .collect();
-        (notices.len() >= 3)
+        (notices.len() >= 4)
             .then(|| notices.last().cloned())
             .flatten()
     })
@@ -764,7 +797,7 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
     browser.screenshot("9-passkey-suspended").await;
     // The lock's reset email: the suspended passkey still counts as the account's factor, so
     // the reset takes a recovery code.
-    let lock_reset = sink.wait_for_reset_email(3, WAIT).await.unwrap();
+    let lock_reset = sink.wait_for_reset_email(4, WAIT).await.unwrap();
     let token = e2e::stack::token_of(
         &lock_reset
             .link(&format!("{base}/reset-password?token="))

@@ -247,9 +247,9 @@ impl<'a> Desk<'a> {
         Ok(())
     }
 
-    /// Removes the account's second factor (the authenticator app and its recovery codes)
-    /// for a person who lost it and has no recovery code left, once support staff proved who
-    /// they are (the documented procedure, docs/runbooks.md "Lost second factor"). Audited
+    /// Removes the account's second factors (the authenticator app, its passkeys and the
+    /// recovery codes) for a person who lost them and has no recovery code left, once support
+    /// staff proved who they are (the documented procedure, README "Lost second factor"). Audited
     /// with the reason; the owner gets a notice with the "this wasn't me" link, so a removal
     /// obtained by deceit is seen at once. Sessions and password stay.
     pub async fn remove_factors(

@@ -94,6 +94,19 @@ impl Proof {
         }
     }
 
+    /// The factor a reset page's form carries: the answer its script put in the hidden
+    /// `passkey` field (JSON, as a body's `passkey`), else what was typed into its one field
+    /// (see [`Proof::from_entry`]). `invalid_code` for an answer that is not one.
+    pub fn from_page(entry: Option<&str>, passkey: Option<&str>) -> Result<Option<Self>, ApiError> {
+        match passkey.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(json) => match serde_json::from_str::<PasskeyAnswer>(json) {
+                Ok(answer) => Ok(Some(Proof::Passkey(Box::new(answer)))),
+                Err(_) => Err(ApiError::InvalidCode),
+            },
+            None => Ok(Self::from_entry(entry)),
+        }
+    }
+
     /// The factor typed into a page's one field: six digits are the app's code, anything
     /// else a recovery code.
     pub fn from_entry(entry: Option<&str>) -> Option<Self> {

@@ -75,6 +75,11 @@ impl Passkeys {
         Ok(Self { webauthn, redis })
     }
 
+    /// Whether the site has passkeys (its public address is a domain).
+    pub fn on(&self) -> bool {
+        self.webauthn.is_some()
+    }
+
     fn webauthn(&self) -> Result<&Webauthn, ApiError> {
         self.webauthn.as_deref().ok_or(ApiError::PasskeysOff)
     }

@@ -1,5 +1,6 @@
-//! Breached passwords (`PWNED_PASSWORDS_DIR`): refused at sign-up and reset from range files
-//! the test writes, with the fail-open and fail-closed answers to a range that is missing.
+//! Breached passwords (`PWNED_PASSWORDS_DIR`): refused at sign-up, reset and the signed-in
+//! change from range files the test writes, with the fail-open and fail-closed answers to a
+//! range that is missing.
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -57,7 +58,7 @@ async fn sign_up(app: &TestApp, email: &str, password: &str) -> reqwest::Respons
 }
 
 #[tokio::test]
-async fn a_breached_password_is_refused_at_sign_up_and_reset_and_the_link_stays_usable() {
+async fn a_breached_password_is_refused_at_sign_up_reset_and_change_and_the_link_stays_usable() {
     let ranges = Ranges::listing(&[BREACHED, ALSO_BREACHED]);
     ranges.padded(STRONG);
     ranges.padded(STRONGER);
@@ -110,6 +111,26 @@ async fn a_breached_password_is_refused_at_sign_up_and_reset_and_the_link_stays_
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.text().await.unwrap().contains("Datenleck"));
+
+    // And at the signed-in change: refused, the session and the password as they were.
+    let session = app.login("ann@example.org", STRONGER).await;
+    let version = app.password_version(user).await;
+    let change = |password: &'static str| {
+        app.client
+            .post(app.url("/v1/account/password"))
+            .bearer_auth(&session)
+            .json(&json!({ "current_password": STRONGER, "new_password": password }))
+            .send()
+    };
+    let r = change(BREACHED).await.unwrap();
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "breached_password").await;
+    assert_eq!(app.password_version(user).await, version, "nothing changed");
+    assert_eq!(app.me(&session).await.status(), StatusCode::OK);
+    assert_eq!(
+        change(STRONG).await.unwrap().status(),
+        StatusCode::CREATED,
+        "a password only padding lists"
+    );
 }
 
 #[tokio::test]

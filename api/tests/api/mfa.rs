@@ -333,6 +333,38 @@ async fn a_code_is_accepted_once_within_one_step_either_side() {
 }
 
 #[tokio::test]
+async fn an_mfa_token_lives_five_minutes_and_is_refused_once_it_expired() {
+    use sha2::Digest as _;
+    let app = spawn_app().await;
+    let enrolled = enrol(&app, ANN).await;
+    let token = first_step(&app, ANN).await;
+    // Redis keeps the challenge under the token's SHA-256, for the five minutes it promised.
+    let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    let key = app.state.redis.keys().mfa_challenge(&hash);
+    let mut redis = app.redis().await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!((290..=300).contains(&ttl), "TTL {ttl}");
+    // Its time runs out: the right code is then refused, as for a token never issued.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let r = second_step(&app, &token, "code", &code(&app, &enrolled.secret, 0)).await;
+    assert_error(r, StatusCode::UNAUTHORIZED, "mfa_token_invalid").await;
+    // A new first step still works.
+    let token = first_step(&app, ANN).await;
+    let r = second_step(&app, &token, "code", &code(&app, &enrolled.secret, 0)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
 async fn recovery_codes_sign_in_once_each_and_the_owner_is_told() {
     let app = spawn_app().await;
     let enrolled = enrol(&app, ANN).await;

@@ -1,5 +1,5 @@
 //! What every page shares beside its flow: the refusal of cross-site form posts, the
-//! security headers, and the two static assets.
+//! security headers, and the static assets.
 
 use axum::{
     extract::{Request, State},
@@ -87,6 +87,13 @@ pub(super) async fn passkeys_script() -> Response {
     asset(
         "text/javascript; charset=utf-8",
         include_str!("../../../assets/passkeys.js"),
+    )
+}
+
+pub(super) async fn reset_passkey_script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../../assets/reset-passkey.js"),
     )
 }
 

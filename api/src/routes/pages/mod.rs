@@ -134,6 +134,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/assets/clean-url.js", get(guard::script))
         .route(passkeys::PATH, get(passkeys::page))
         .route("/assets/passkeys.js", get(guard::passkeys_script))
+        .route("/assets/reset-passkey.js", get(guard::reset_passkey_script))
         .layer(middleware::from_fn_with_state(
             state,
             guard::refuse_cross_site_posts,

@@ -12,7 +12,8 @@ use shared::token::Purpose;
 
 use super::{LinkToken, Page, PageForm, with_retry_after};
 use crate::{
-    error::ApiError, extract::RequestContext, recovery, routes::with_device, state::AppState,
+    error::ApiError, extract::RequestContext, mfa::Proof, recovery, routes::with_device,
+    state::AppState,
 };
 
 /// Where the code form posts.
@@ -51,7 +52,8 @@ pub(super) async fn form(
     }
 }
 
-/// The form of a reset link; `factor`: with the field of the account's second factor.
+/// The form of a reset link; `factor`: with the field of the account's second factor (and,
+/// where the site has passkeys, the button that proves it with one).
 fn link_form(
     page: Page<'_>,
     status: StatusCode,
@@ -59,7 +61,9 @@ fn link_form(
     factor: bool,
     error: &str,
 ) -> Response {
-    page.render(status, "reset.html", context! { token, factor, error })
+    let passkeys = factor && page.state.passkeys.on();
+    let ctx = context! { token, factor, passkeys, error };
+    page.render(status, "reset.html", ctx)
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +75,9 @@ pub(super) struct ResetForm {
     /// account has a second factor).
     #[serde(default)]
     second_factor: Option<String>,
+    /// A passkey's answer, which the page's script puts here instead of a typed code.
+    #[serde(default)]
+    passkey: Option<String>,
 }
 
 /// Consumes the link exactly as `POST /v1/password/reset` does; success redirects (303) to a
@@ -82,7 +89,11 @@ pub(super) async fn submit(
     PageForm(form): PageForm<ResetForm>,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
-    let factor = crate::mfa::Proof::from_entry(form.second_factor.as_deref());
+    let proof = Proof::from_page(form.second_factor.as_deref(), form.passkey.as_deref());
+    let Ok(factor) = proof else {
+        let (status, error) = (StatusCode::UNAUTHORIZED, page.t("factor_invalid"));
+        return link_form(page, status, &form.token, true, error);
+    };
     let asked = factor.is_some();
     let again = |error: &str| {
         let status = StatusCode::UNPROCESSABLE_ENTITY;
@@ -122,11 +133,9 @@ fn code_form(page: Page<'_>, status: StatusCode, typed: &CodeTyped<'_>, error: &
         code,
         factor,
     } = *typed;
-    page.render(
-        status,
-        "reset_code.html",
-        context! { email, code, factor, error },
-    )
+    let passkeys = factor && page.state.passkeys.on();
+    let ctx = context! { email, code, factor, passkeys, error };
+    page.render(status, "reset_code.html", ctx)
 }
 
 /// What the code form shows again.
@@ -145,6 +154,8 @@ pub(super) struct CodeForm {
     password_confirm: String,
     #[serde(default)]
     second_factor: Option<String>,
+    #[serde(default)]
+    passkey: Option<String>,
 }
 
 /// Resets with a code exactly as `POST /v1/password/reset/code` does; success redirects (303)
@@ -156,11 +167,15 @@ pub(super) async fn code_submit(
     PageForm(form): PageForm<CodeForm>,
 ) -> Response {
     let page = Page::new(&state, ctx.locale);
-    let factor = crate::mfa::Proof::from_entry(form.second_factor.as_deref());
+    let proof = Proof::from_page(form.second_factor.as_deref(), form.passkey.as_deref());
     let typed = CodeTyped {
         email: &form.email,
         code: &form.code,
-        factor: factor.is_some(),
+        factor: !matches!(proof, Ok(None)),
+    };
+    let Ok(factor) = proof else {
+        let (status, error) = (StatusCode::UNAUTHORIZED, page.t("factor_invalid"));
+        return code_form(page, status, &typed, error);
     };
     let again = |error: &str| code_form(page, StatusCode::UNPROCESSABLE_ENTITY, &typed, error);
     if form.password != form.password_confirm {
