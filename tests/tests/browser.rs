@@ -785,7 +785,7 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
         .unwrap();
     assert_eq!(r.status(), 204);
     c.delete_all_cookies().await.unwrap();
-    c.refresh().await.unwrap();
+    c.goto(&format!("{base}/passkeys")).await.unwrap();
     browser.wait_for_text("Sign in with a passkey").await;
     c.find(Locator::Css("#passkey-sign-in"))
         .await

@@ -549,6 +549,11 @@ async fn the_reset_pages_ask_for_the_factor() {
         .await
         .unwrap();
     assert!(page.contains(r#"name="second_factor""#), "{page}");
+    // A site on a domain has passkeys: the page offers one, through its script.
+    assert!(
+        page.contains(r#"id="reset-passkey""#) && page.contains("/assets/reset-passkey.js"),
+        "{page}"
+    );
     let fields = |factor: Option<&str>| {
         let mut f = vec![
             ("token", link.clone()),
@@ -576,6 +581,16 @@ async fn the_reset_pages_ask_for_the_factor() {
     );
     let r = post(fields(Some("000000"))).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // What the script would send as a passkey's answer, but not one: a wrong factor too.
+    let mut forged = fields(None);
+    forged.push(("passkey", r#"{"ceremony_id":"x"}"#.to_owned()));
+    let r = post(forged).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.password_version(enrolled.user).await,
+        1,
+        "nothing changed"
+    );
     let r = post(fields(Some(&code(&app, &enrolled.secret, 0)))).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(app.password_version(enrolled.user).await, 2);
