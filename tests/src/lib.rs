@@ -43,9 +43,56 @@ pub fn postgres_server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into())
 }
 
-/// Redis URL (`TEST_REDIS_URL`).
+/// Redis URL (`TEST_REDIS_URL`), on the database [`use_own_redis_database`] chose, if any.
 pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    match OWN_REDIS_DATABASE.get() {
+        Some(&db) => with_redis_database(&url, db),
+        None => url,
+    }
+}
+
+/// The Redis database of this process's stacks when it is not the URL's own.
+static OWN_REDIS_DATABASE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+
+/// Redis database of the benchmarks and the soak: they leave millions of keys behind, and
+/// the tests list theirs with `KEYS`, which walks every key of its database.
+pub const BENCH_REDIS_DATABASE: u8 = 15;
+
+/// `url` with its database set to `db` (a URL that names a database already keeps it).
+fn with_redis_database(url: &str, db: u8) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if matches!(parsed.path(), "" | "/") => {
+            parsed.set_path(&format!("/{db}"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Makes every stack this process starts use Redis database `db` of `TEST_REDIS_URL`'s
+/// server, and empties it: now, and again by [`empty_own_redis_database`] when the process is
+/// done. For the benchmarks and the soak, whose keys would otherwise stay in the database
+/// the tests use.
+pub async fn use_own_redis_database(db: u8) -> anyhow::Result<()> {
+    OWN_REDIS_DATABASE
+        .set(db)
+        .map_err(|_| anyhow::anyhow!("the Redis database of this process is chosen already"))?;
+    empty_own_redis_database().await
+}
+
+/// Empties the database [`use_own_redis_database`] chose (nothing without one).
+pub async fn empty_own_redis_database() -> anyhow::Result<()> {
+    if OWN_REDIS_DATABASE.get().is_none() {
+        return Ok(());
+    }
+    let client = redis::Client::open(redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    redis::cmd("FLUSHDB")
+        .arg("ASYNC")
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(())
 }
 
 /// RabbitMQ URL (`TEST_AMQP_URL`).
@@ -748,4 +795,25 @@ fn hashes_of(password: &str, args: &[&str]) -> std::collections::BTreeMap<String
 /// PyYAML, schemathesis and the frameworks' password hashers.
 pub fn test_python() -> String {
     std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+#[cfg(test)]
+mod redis_database_tests {
+    use super::with_redis_database;
+
+    #[test]
+    fn a_bench_database_goes_into_a_url_without_one_and_never_replaces_one() {
+        assert_eq!(
+            with_redis_database("redis://127.0.0.1:6379", 15),
+            "redis://127.0.0.1:6379/15"
+        );
+        assert_eq!(
+            with_redis_database("redis://:pass@cache:6380/", 15),
+            "redis://:pass@cache:6380/15"
+        );
+        assert_eq!(
+            with_redis_database("redis://cache:6380/3", 15),
+            "redis://cache:6380/3"
+        );
+    }
 }

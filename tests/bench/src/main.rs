@@ -91,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!(USAGE),
     };
 
+    // The bench's keys (millions of them) go to a Redis database of their own, emptied
+    // before and after.
+    e2e::use_own_redis_database(e2e::BENCH_REDIS_DATABASE).await?;
     // The services' log lines (one per request) go to files, not through this process.
     let logs = std::path::PathBuf::from("artifacts/bench/logs");
     let _ = std::fs::remove_dir_all(&logs);
@@ -128,6 +131,9 @@ async fn main() -> anyhow::Result<()> {
             "[bench] {name} took {:.0} s",
             section_started.elapsed().as_secs_f64()
         );
+    }
+    if let Err(e) = e2e::empty_own_redis_database().await {
+        eprintln!("[bench] could not empty its Redis database: {e:#}");
     }
     // Sections in the order of the issue, memory last.
     rows.sort_by_key(|r| r.section);

@@ -107,6 +107,8 @@ async fn measure_max(client: &reqwest::Client, url: &str, secs: u64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let secs = env_num("SOAK_SECS", 600);
+    // Its million keys go to a Redis database of their own, emptied before and after.
+    e2e::use_own_redis_database(e2e::BENCH_REDIS_DATABASE).await?;
     let sink = SmtpSink::start().await?;
     let mut env = StackEnv::new().await?;
     env.set(
@@ -358,6 +360,9 @@ async fn main() -> anyhow::Result<()> {
     drop(worker);
     drop(api);
     let _ = std::fs::remove_dir_all(&sink.dir);
+    if let Err(e) = e2e::empty_own_redis_database().await {
+        eprintln!("could not empty the soak's Redis database: {e:#}");
+    }
     if errors > 0 {
         std::process::exit(1);
     }
