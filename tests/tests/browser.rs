@@ -115,6 +115,21 @@ impl Browser {
             .unwrap();
     }
 
+    /// On a reset page that asks for the factor: the new password, then the passkey instead
+    /// of a typed code (the virtual authenticator answers); waits for the done page.
+    async fn reset_with_passkey(&self, password: &str) {
+        self.fill("#password", password).await;
+        self.fill("#password_confirm", password).await;
+        self.client
+            .find(Locator::Css("#reset-passkey"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        self.wait_for_text("Password changed").await;
+    }
+
     /// Waits until the page shows `needle`.
     async fn wait_for_text(&self, needle: &str) {
         let shown = poll_until(WAIT, || async {
@@ -709,15 +724,7 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
     browser.submit().await;
     browser.wait_for_text("Use a passkey instead").await;
     browser.screenshot("9-reset-code-asks-for-the-factor").await;
-    browser.fill("#password", on_page).await;
-    browser.fill("#password_confirm", on_page).await;
-    c.find(Locator::Css("#reset-passkey"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser.wait_for_text("Password changed").await;
+    browser.reset_with_passkey(on_page).await;
 
     // 4. A reset link alone changes nothing; with the passkey (the page's button) it resets.
     let r = http
@@ -743,15 +750,7 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
     // On the link's page: the passwords, then the passkey instead of a typed code.
     c.goto(&link).await.unwrap();
     browser.wait_for_text("Use a passkey instead").await;
-    browser.fill("#password", new).await;
-    browser.fill("#password_confirm", new).await;
-    c.find(Locator::Css("#reset-passkey"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser.wait_for_text("Password changed").await;
+    browser.reset_with_passkey(new).await;
     browser.screenshot("9-reset-with-a-passkey").await;
     let r = http
         .post(api("/v1/sessions"))

@@ -59,6 +59,10 @@ impl Pages {
             ),
             ("reset.html", include_str!("../../../templates/reset.html")),
             (
+                "reset_fields.html",
+                include_str!("../../../templates/reset_fields.html"),
+            ),
+            (
                 "reset_code.html",
                 include_str!("../../../templates/reset_code.html"),
             ),
