@@ -498,6 +498,25 @@ impl fantoccini::wd::WebDriverCompatibleCommand for AddVirtualAuthenticator {
     }
 }
 
+/// Asks the api at `api` for a reset email to `email` and waits for it, the `n`th reset email
+/// the sink holds.
+async fn ask_reset(
+    http: &reqwest::Client,
+    api: &str,
+    sink: &SmtpSink,
+    email: &str,
+    n: usize,
+) -> e2e::stack::StoredEmail {
+    let r = http
+        .post(format!("{api}/v1/password/forgot"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    sink.wait_for_reset_email(n, WAIT).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
     let sink = SmtpSink::start().await.unwrap();
@@ -667,17 +686,8 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
     assert_eq!(statuses, json!([200, 201]), "{statuses}");
 
     // 3c. And of a reset by the emailed code (the code is checked before the options).
-    let r = http
-        .post(api("/v1/password/forgot"))
-        .json(&json!({ "email": email }))
-        .send()
+    let code = ask_reset(&http, &api(""), &sink, email, 1)
         .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let code = sink
-        .wait_for_reset_email(1, WAIT)
-        .await
-        .unwrap()
         .reset_code()
         .unwrap();
     let by_code = "maple orbit lantern 64";
@@ -702,17 +712,8 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
 
     // 3d. The same on the code page: once the code matched, the page asks for the factor and
     //     offers the passkey.
-    let r = http
-        .post(api("/v1/password/forgot"))
-        .json(&json!({ "email": email }))
-        .send()
+    let code = ask_reset(&http, &api(""), &sink, email, 2)
         .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let code = sink
-        .wait_for_reset_email(2, WAIT)
-        .await
-        .unwrap()
         .reset_code()
         .unwrap();
     let on_page = "quartz meadow bicycle 38";
@@ -727,14 +728,7 @@ async fn a_person_adds_a_passkey_and_signs_in_with_it_alone_in_the_browser() {
     browser.reset_with_passkey(on_page).await;
 
     // 4. A reset link alone changes nothing; with the passkey (the page's button) it resets.
-    let r = http
-        .post(api("/v1/password/forgot"))
-        .json(&json!({ "email": email }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let reset_email = sink.wait_for_reset_email(3, WAIT).await.unwrap();
+    let reset_email = ask_reset(&http, &api(""), &sink, email, 3).await;
     let link = reset_email
         .link(&format!("{base}/reset-password?token="))
         .unwrap();
