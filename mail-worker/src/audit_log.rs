@@ -187,26 +187,8 @@ async fn write(conn: &mut Kept, events: &[AuditEvent<'_>]) -> Result<(), sqlx::E
     }
 }
 
-/// One statement on the kept connection: on its own, or behind a transaction pooler in a
-/// transaction that pins one server connection (see [`shared::db::Session`]).
+/// One statement on the kept connection (pinned behind a transaction pooler).
 async fn write_once(kept: &mut Kept, events: &[AuditEvent<'_>]) -> Result<(), sqlx::Error> {
-    let result = match kept.conn().await {
-        Ok(conn) if shared::db::named_statements() => {
-            shared::audit::record_many(conn, events).await
-        }
-        Ok(conn) => match sqlx::Connection::begin(conn).await {
-            Ok(mut transaction) => {
-                match shared::audit::record_many(&mut *transaction, events).await {
-                    Ok(()) => transaction.commit().await,
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        },
-        Err(e) => return Err(e),
-    };
-    if result.is_err() {
-        kept.give_back();
-    }
-    result
+    kept.pinned(async |conn| shared::audit::record_many(conn, events).await)
+        .await
 }

@@ -90,6 +90,38 @@ struct Domain {
     class: &'static str,
 }
 
+/// The connection of a batch's reads, taken when the first read needs it (a batch of stale
+/// jobs reads nothing) and shared by the next; a failure to take it answers every read.
+struct BatchReads<'a> {
+    db: &'a PgPool,
+    session: Option<Result<Session, String>>,
+}
+
+impl<'a> BatchReads<'a> {
+    fn new(db: &'a PgPool) -> Self {
+        Self { db, session: None }
+    }
+
+    async fn conn(&mut self) -> Result<&mut sqlx::PgConnection, String> {
+        let session = match self.session.take() {
+            Some(session) => session,
+            None => Session::begin(self.db).await.map_err(|e| e.to_string()),
+        };
+        match self.session.insert(session) {
+            Ok(session) => Ok(session.conn()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// Behind a transaction pooler the reads ran in a transaction of their own; its end
+    /// changes nothing they read.
+    async fn finish(self) {
+        if let Some(Ok(session)) = self.session {
+            let _ = session.finish().await;
+        }
+    }
+}
+
 impl Processor {
     /// Plans a batch of jobs with one database statement for all their lookups and one for
     /// the suppression list, both on one connection. A job whose lookup failed gets
@@ -102,37 +134,31 @@ impl Processor {
         };
         let lookups: Vec<plan::Lookup> = jobs.iter().map(|job| planner.lookup(job)).collect();
         let (email_keys, ids) = plan::wanted(&lookups);
-        // A connection only when there is something to read: a batch of stale jobs needs none.
-        let mut session = None;
-        if !email_keys.is_empty() || !ids.is_empty() {
-            session = Some(Session::begin(&self.db).await);
-        }
-        let found = match &mut session {
-            None => Ok(Vec::new()),
-            Some(Ok(session)) => shared::account::lookup(session.conn(), &email_keys, &ids)
-                .await
-                .map_err(|e| format!("database: {e}")),
-            Some(Err(e)) => Err(format!("database: {e}")),
+        let mut reads = BatchReads::new(&self.db);
+        let found = if email_keys.is_empty() && ids.is_empty() {
+            Ok(Vec::new())
+        } else {
+            match reads.conn().await {
+                Ok(conn) => shared::account::lookup(conn, &email_keys, &ids)
+                    .await
+                    .map_err(|e| format!("database: {e}")),
+                Err(e) => Err(format!("database: {e}")),
+            }
         };
         let plans = planner.plans(jobs, lookups, found.as_deref().map_err(String::as_str));
         let recipients = plan::recipients(&plans);
         let sending: Vec<(String, String)> = recipients.iter().flatten().cloned().collect();
-        if !sending.is_empty() && session.is_none() {
-            session = Some(Session::begin(&self.db).await);
-        }
-        let suppressed = match (&mut session, sending.is_empty()) {
-            (_, true) => Ok(Vec::new()),
-            (Some(Ok(session)), false) => shared::suppression::which(session.conn(), &sending)
-                .await
-                .map_err(|e| format!("suppression list: {e}")),
-            (Some(Err(e)), false) => Err(format!("suppression list: {e}")),
-            (None, false) => Err("suppression list: no database connection".to_owned()),
+        let suppressed = if sending.is_empty() {
+            Ok(Vec::new())
+        } else {
+            match reads.conn().await {
+                Ok(conn) => shared::suppression::which(conn, &sending)
+                    .await
+                    .map_err(|e| format!("suppression list: {e}")),
+                Err(e) => Err(format!("suppression list: {e}")),
+            }
         };
-        if let Some(Ok(session)) = session {
-            // Behind a transaction pooler the reads ran in a transaction of their own; its
-            // end changes nothing they read.
-            let _ = session.finish().await;
-        }
+        reads.finish().await;
         plan::drop_suppressed(
             plans,
             recipients,

@@ -152,6 +152,34 @@ impl Kept {
     pub fn give_back(&mut self) {
         self.conn = None;
     }
+
+    /// Runs `work` on the kept connection, pinned behind a transaction pooler as [`pinned`]
+    /// pins; after a failure the connection is given back, and the pool's check decides
+    /// whether it is still good.
+    pub async fn pinned<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let result = self.pinned_once(work).await;
+        if result.is_err() {
+            self.give_back();
+        }
+        result
+    }
+
+    async fn pinned_once<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let conn = self.conn().await?;
+        if named_statements() {
+            return work(conn).await;
+        }
+        let mut transaction = sqlx::Connection::begin(conn).await?;
+        let value = work(&mut transaction).await?;
+        transaction.commit().await?;
+        Ok(value)
+    }
 }
 
 /// Whether `error` means the connection is gone rather than the statement refused: I/O and
