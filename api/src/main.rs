@@ -127,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
+            shared::heap::start_trimming(config.common.memory_trim);
             Application::build(config)
                 .await?
                 .run_until(shared::telemetry::shutdown_signal())

@@ -123,7 +123,9 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            Worker::build(Config::from_env()?)
+            let config = Config::from_env()?;
+            shared::heap::start_trimming(config.common.memory_trim);
+            Worker::build(config)
                 .await?
                 .run_until(shared::telemetry::shutdown_signal())
                 .await

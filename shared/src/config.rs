@@ -447,6 +447,8 @@ pub struct CommonConfig {
     pub broker_queue_expires_ms: Option<i64>,
     /// Name of the product on pages and in emails.
     pub product_name: String,
+    /// How often freed heap pages go back to the system (`MEMORY_TRIM_SECS`; zero: never).
+    pub memory_trim: std::time::Duration,
 }
 
 impl std::fmt::Debug for CommonConfig {
@@ -477,6 +479,7 @@ impl std::fmt::Debug for CommonConfig {
             .field("broker_namespace", &self.broker_namespace)
             .field("broker_queue_expires_ms", &self.broker_queue_expires_ms)
             .field("product_name", &self.product_name)
+            .field("memory_trim", &self.memory_trim)
             .finish_non_exhaustive()
     }
 }
@@ -530,6 +533,7 @@ impl CommonConfig {
         let redis_key_prefix = r.string("REDIS_KEY_PREFIX", "");
         let broker_namespace = r.string("BROKER_NAMESPACE", "");
         let product_name = r.string("PRODUCT_NAME", "Example Accounts");
+        let memory_trim = r.number("MEMORY_TRIM_SECS", 10, 0, 3600);
         if product_name.trim().is_empty() || product_name.chars().any(char::is_control) {
             r.error(
                 "PRODUCT_NAME: must be non-empty text without line breaks or control characters",
@@ -558,6 +562,7 @@ impl CommonConfig {
             broker_namespace,
             broker_queue_expires_ms: r.broker_queue_expires_ms(),
             product_name,
+            memory_trim: Duration::from_secs(memory_trim),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod email;
 pub mod healthcheck;
+pub mod heap;
 pub mod html;
 pub mod keys;
 pub mod links;
