@@ -6,6 +6,11 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 
 /// Header listing every failed attempt (`attempt N at <time>: <error>`).
 pub const HISTORY_HEADER: &str = "x-attempt-history";
+/// The most lines the history keeps: the first and the latest. A job that waits through a
+/// long outage (backing off to an hour, for as long as its link lives) would otherwise grow
+/// its headers without end, and the headers of a message must fit one AMQP frame
+/// ([`shared::amqp::FRAME_MAX`]): 20 lines of at most ~560 bytes take 11 KB of its 32 KiB.
+pub const HISTORY_MAX_LINES: usize = 20;
 /// Header with the reason a job was dead-lettered.
 pub const DEAD_REASON_HEADER: &str = "x-dead-reason";
 /// Header with the time a job was dead-lettered.
@@ -86,6 +91,9 @@ pub fn with_history(
         "attempt {attempt} at {}: {error}",
         at.format("%Y-%m-%dT%H:%M:%SZ")
     ))));
+    if history.len() > HISTORY_MAX_LINES {
+        history.drain(1..=history.len() - HISTORY_MAX_LINES);
+    }
     headers.insert(
         HISTORY_HEADER.into(),
         AMQPValue::FieldArray(FieldArray::from(history)),
@@ -177,5 +185,34 @@ mod tests {
             string_header(Some(&twice), "x-request-id").as_deref(),
             Some("r1")
         );
+    }
+
+    #[test]
+    fn the_history_keeps_the_first_line_and_the_latest_ones() {
+        let at = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let long_error = "x".repeat(2_000);
+        let mut headers = FieldTable::default();
+        for attempt in 1..=200 {
+            headers = with_history(Some(&headers), attempt, at, &long_error);
+        }
+        let lines = history(Some(&headers));
+        assert_eq!(lines.len(), HISTORY_MAX_LINES);
+        assert!(lines[0].starts_with("attempt 1 at"), "{}", &lines[0][..20]);
+        assert!(
+            lines[1].starts_with("attempt 182 at"),
+            "{}",
+            &lines[1][..20]
+        );
+        assert!(
+            lines[19].starts_with("attempt 200 at"),
+            "{}",
+            &lines[19][..20]
+        );
+        // On the wire each line is a type byte, a 4-byte length and its text: the history
+        // takes well under half a frame of the size the connections propose.
+        let size: usize = lines.iter().map(|line| 5 + line.len()).sum();
+        assert!(size < shared::amqp::FRAME_MAX as usize / 2, "{size} bytes");
     }
 }

@@ -24,6 +24,21 @@ use crate::topology::Topology;
 /// How long one node may take to accept a connection before the next one is tried.
 const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The largest frame each connection proposes to the broker, unless the URL says otherwise
+/// (`?frame_max=`). lapin keeps a send and a receive buffer of 32 frames per connection: 4 MiB
+/// each at RabbitMQ's default of 128 KiB, and every page of them becomes resident as the
+/// buffers cycle under load; 1 MiB each at this size. A job is well under 4 KiB and a larger
+/// body goes out as several frames, but a message's headers must fit one frame: the
+/// worker's attempt history is bounded for that reason (11 KB at most).
+pub const FRAME_MAX: u32 = 32 * 1024;
+
+/// `url` with [`FRAME_MAX`] proposed unless it sets `frame_max` itself.
+fn with_frame_max(url: &str) -> Result<lapin::uri::AMQPUri, String> {
+    let mut uri: lapin::uri::AMQPUri = url.parse()?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Ok(uri)
+}
+
 /// The broker nodes of `AMQP_URL` and what their TLS certificates are checked against.
 #[derive(Debug, Clone)]
 pub struct Broker {
@@ -85,9 +100,16 @@ impl Broker {
                 identity: None,
                 cert_chain: self.trust.extra_pem(),
             };
+            let uri = match with_frame_max(&self.urls[index]) {
+                Ok(uri) => uri,
+                Err(e) => {
+                    last = format!("{}: {e}", self.node(index));
+                    continue;
+                }
+            };
             let attempt = async {
-                Connection::connect_with_config(
-                    &self.urls[index],
+                Connection::connect_uri_with_config(
+                    uri,
                     properties,
                     tls,
                     lapin::runtime::default_runtime()?,
@@ -218,6 +240,28 @@ mod tests {
         );
         assert_eq!(broker.node(0), "rabbit-1.internal:5671");
         assert_eq!(broker.node(1), "rabbit-2:5672");
+    }
+
+    #[test]
+    fn connections_propose_small_frames_unless_the_url_sets_its_own() {
+        let frame_max = |url: &str| with_frame_max(url).expect(url).query.frame_max;
+        assert_eq!(
+            frame_max("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            Some(FRAME_MAX)
+        );
+        assert_eq!(
+            frame_max("amqps://u:p@rabbit-1.internal:5671/%2f?heartbeat=10"),
+            Some(FRAME_MAX)
+        );
+        assert_eq!(
+            frame_max("amqp://rabbit:5672/%2f?frame_max=131072"),
+            Some(131_072)
+        );
+        let uri =
+            with_frame_max("amqps://u:p@rabbit-1.internal:5671/vhost?heartbeat=10").expect("valid");
+        assert_eq!(uri.query.heartbeat, Some(10));
+        assert_eq!(uri.vhost, "vhost");
+        assert!(with_frame_max("amqp://rabbit:5672/%2f?frame_max=lots").is_err());
     }
 
     #[tokio::test]

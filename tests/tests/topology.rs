@@ -112,3 +112,44 @@ async fn a_work_queue_declared_with_older_arguments_is_used_as_it_is() {
         .unwrap();
     assert!(!jobs.contains("at-least-once"), "kept as it was: {jobs}");
 }
+
+/// `rabbitmqctl list_connections client_properties frame_max`: the frame size the broker
+/// agreed to with the connection that named itself `name` (its `connection_name`).
+fn broker_frame_max(name: &str) -> Option<u32> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_connections",
+            "--no-table-headers",
+            "client_properties",
+            "frame_max",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(name))
+        .find_map(|l| l.rsplit_once('\t')?.1.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn connections_agree_on_small_frames_unless_the_url_sets_its_own() {
+    let url = e2e::amqp_url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    for (url, expected) in [
+        (url.clone(), shared::amqp::FRAME_MAX),
+        (format!("{url}{separator}frame_max=65536"), 65_536),
+    ] {
+        let name = format!("frames-{}", e2e::unique_id());
+        let broker = shared::amqp::Broker::new(vec![url], shared::tls::Trust::default());
+        let connection = broker.connect(&name).await.unwrap();
+        assert_eq!(connection.configuration().frame_max(), expected);
+        // The broker's side of the same connection (its statistics lag a little).
+        let agreed = e2e::poll_until(std::time::Duration::from_secs(10), || async {
+            broker_frame_max(&name)
+        })
+        .await;
+        assert_eq!(agreed, Some(expected));
+        connection.close(200, "done".into()).await.unwrap();
+    }
+}
