@@ -673,6 +673,33 @@ mod tests {
     }
 
     #[test]
+    fn heap_trimming_runs_every_ten_seconds_unless_set_and_zero_turns_it_off() {
+        let read = |trim: Option<&str>| {
+            let mut pairs = vec![
+                ("DATABASE_URL", "postgres://db.internal/accounts"),
+                ("PUBLIC_BASE_URL", "https://account.example.com"),
+                (
+                    "TOKEN_SECRETS",
+                    "e43de5f2b9f2474f240ac337136fac09635126cdd45ca0c7e39a19b70ab1edb1",
+                ),
+            ];
+            pairs.extend(trim.map(|v| ("MEMORY_TRIM_SECS", v)));
+            let lookup = pairs_lookup(&pairs);
+            let mut r = EnvReader::new(&lookup);
+            let c = CommonConfig::read(&mut r);
+            r.finish().map(|()| c.memory_trim)
+        };
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(read(None), Ok(secs(10)));
+        assert_eq!(read(Some("0")), Ok(secs(0)));
+        assert_eq!(read(Some("60")), Ok(secs(60)));
+        for bad in ["-1", "often", "3601"] {
+            let errors = read(Some(bad)).expect_err(bad).join("; ");
+            assert!(errors.contains("MEMORY_TRIM_SECS"), "{bad}: {errors}");
+        }
+    }
+
+    #[test]
     fn random_hex_and_base64_secrets_are_accepted() {
         let bytes: Vec<u8> = (0u8..32)
             .map(|i| i.wrapping_mul(37).wrapping_add(11))

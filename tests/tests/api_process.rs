@@ -45,6 +45,46 @@ async fn the_api_binary_migrates_serves_publishes_and_stops_cleanly_on_sigterm()
     assert!(!logs.contains("someone@example.org"), "{logs}");
 }
 
+/// The names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_api_and_the_worker_trim_their_heaps_unless_memory_trim_secs_is_zero() {
+    let mut env = StackEnv::new().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("pwr-trim-{}", e2e::unique_id()));
+    env.set("MAIL_TRANSPORT", "file");
+    env.set("MAIL_FILE_DIR", dir.to_str().unwrap());
+    let (api, _) = env.start_api().await.unwrap();
+    let (worker, _) = env.start_worker_with(&[]).await.unwrap();
+    for (name, process) in [("api", &api), ("worker", &worker)] {
+        let threads = thread_names(process.child.id().unwrap());
+        assert!(
+            threads.iter().any(|t| t == "heap-trim"),
+            "{name}: {threads:?}"
+        );
+    }
+    drop((api, worker));
+    env.set("MEMORY_TRIM_SECS", "0");
+    let (api, _) = env.start_api().await.unwrap();
+    let (worker, _) = env.start_worker_with(&[]).await.unwrap();
+    for (name, process) in [("api", &api), ("worker", &worker)] {
+        let threads = thread_names(process.child.id().unwrap());
+        assert!(threads.len() > 2, "{name}: {threads:?}");
+        assert!(
+            !threads.iter().any(|t| t == "heap-trim"),
+            "{name}: {threads:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn bad_configuration_fails_at_start_naming_the_variable_and_the_fix() {
     let mut env = StackEnv::new().await.unwrap();

@@ -132,62 +132,49 @@ async fn measure(env: &StackEnv, sink: &SmtpSink, rows: &mut Vec<Row>) -> anyhow
         .ratio(resets.rate() / raw_rate)
         .target(Target::AtLeast(0.90), "≥ 0.90"),
     );
-    rows.push(
-        Row::new(
-            "5 reset",
-            format!(
-                "forgot-password latency at {FORGOT_RATE:.0} req/s while resets saturate hashing"
-            ),
-        )
-        .measured(format!(
-            "p50 {}, p99 {} ({} errors)",
-            ms(during.p(0.5)),
-            ms(during.p(0.99)),
-            during.errors
-        ))
-        .limit(format!(
+    rows.push(forgot_row(
+        format!("forgot-password latency at {FORGOT_RATE:.0} req/s while resets saturate hashing"),
+        &during,
+        format!(
             "20 ms (hashing idle: p50 {}, p99 {})",
             ms(baseline.p(0.5)),
             ms(baseline.p(0.99))
-        ))
-        .ratio(during.p(0.99).as_secs_f64() / 0.020)
-        .target(Target::Below(1.0), "p99 < 20 ms"),
-    );
-    rows.push(
-        Row::new(
-            "5 reset",
-            format!(
-                "the same, with the resets on a second api process on the same cores ({:.1} resets/s)",
-                apart_resets.rate()
-            ),
-        )
-        .measured(format!(
-            "p50 {}, p99 {} ({} errors)",
-            ms(apart.p(0.5)),
-            ms(apart.p(0.99)),
-            apart.errors
-        ))
-        .limit("20 ms: what is left is the cores the two processes share")
-        .ratio(apart.p(0.99).as_secs_f64() / 0.020)
-        .target(Target::Below(1.0), "p99 < 20 ms"),
-    );
+        ),
+    ));
+    rows.push(forgot_row(
+        format!(
+            "the same, with the resets on a second api process on the same cores ({:.1} resets/s)",
+            apart_resets.rate()
+        ),
+        &apart,
+        "20 ms: what is left is the cores the two processes share".into(),
+    ));
     let figure = "the same, the second api process in a scheduling group of its own at nice 19";
     rows.push(match low {
-        Some((low_resets, low)) => Row::new("5 reset", format!("{figure} ({:.1} resets/s)", low_resets.rate()))
-            .measured(format!(
-                "p50 {}, p99 {} ({} errors)",
-                ms(low.p(0.5)),
-                ms(low.p(0.99)),
-                low.errors
-            ))
-            .limit("20 ms: the forgot-password path's own share")
-            .ratio(low.p(0.99).as_secs_f64() / 0.020)
-            .target(Target::Below(1.0), "p99 < 20 ms"),
-        None => Row::new("5 reset", figure.to_owned()).measured(
+        Some((low_resets, low)) => forgot_row(
+            format!("{figure} ({:.1} resets/s)", low_resets.rate()),
+            &low,
+            "20 ms: the forgot-password path's own share".into(),
+        ),
+        None => Row::new("5 reset", figure).measured(
             "not measured: the kernel does not group tasks by session here (sched_autogroup_enabled is not 1)",
         ),
     });
     Ok(())
+}
+
+/// A row of forgot-password latency (p99 < 20 ms) beside resets.
+fn forgot_row(figure: String, latency: &load::LoadResult, limit: String) -> Row {
+    Row::new("5 reset", figure)
+        .measured(format!(
+            "p50 {}, p99 {} ({} errors)",
+            ms(latency.p(0.5)),
+            ms(latency.p(0.99)),
+            latency.errors
+        ))
+        .limit(limit)
+        .ratio(latency.p(0.99).as_secs_f64() / 0.020)
+        .target(Target::Below(1.0), "p99 < 20 ms")
 }
 
 /// A second api in a session of its own (`setsid`), whose scheduling group (Linux's
