@@ -86,7 +86,13 @@ pub fn with_history(
         Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
         _ => Vec::new(),
     };
-    let error: String = error.chars().take(500).collect();
+    // At most 500 bytes, cut at a character: the line's size is bounded in bytes, which is
+    // what a frame counts.
+    let mut end = error.len().min(500);
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    let error = &error[..end];
     history.push(AMQPValue::LongString(LongString::from(format!(
         "attempt {attempt} at {}: {error}",
         at.format("%Y-%m-%dT%H:%M:%SZ")
@@ -192,7 +198,8 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
             .expect("time")
             .with_timezone(&Utc);
-        let long_error = "x".repeat(2_000);
+        // Four bytes a character: cut by characters, 500 of them would be 2,000 bytes.
+        let long_error = "𝕩".repeat(2_000);
         let mut headers = FieldTable::default();
         for attempt in 1..=200 {
             headers = with_history(Some(&headers), attempt, at, &long_error);
