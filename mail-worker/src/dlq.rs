@@ -382,7 +382,7 @@ async fn publish(publisher: &lapin::Channel, topology: &Topology, row: &Row) -> 
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    properties = properties.with_headers(kept.into());
+    properties = properties.with_headers(retry::with_bounded_history(kept.into()));
     shared::amqp::publish_confirmed(
         publisher,
         &topology.mail_exchange(),

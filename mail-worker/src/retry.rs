@@ -9,7 +9,7 @@ pub const HISTORY_HEADER: &str = "x-attempt-history";
 /// The most lines the history keeps: the first and the latest. A job that waits through a
 /// long outage (backing off to an hour, for as long as its link lives) would otherwise grow
 /// its headers without end, and the headers of a message must fit one AMQP frame
-/// ([`shared::amqp::FRAME_MAX`]): 20 lines of at most ~560 bytes take 11 KB of its 32 KiB.
+/// ([`shared::amqp::FRAME_MAX`]): 20 lines of at most 560 bytes take 11 KB of its 32 KiB.
 pub const HISTORY_MAX_LINES: usize = 20;
 /// Header with the reason a job was dead-lettered.
 pub const DEAD_REASON_HEADER: &str = "x-dead-reason";
@@ -82,29 +82,52 @@ pub fn with_history(
     error: &str,
 ) -> FieldTable {
     let mut headers = original.cloned().unwrap_or_default();
-    let mut history: Vec<AMQPValue> = match headers.inner().get(HISTORY_HEADER) {
-        Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
-        _ => Vec::new(),
-    };
-    // At most 500 bytes, cut at a character: the line's size is bounded in bytes, which is
-    // what a frame counts.
-    let mut end = error.len().min(500);
-    while !error.is_char_boundary(end) {
-        end -= 1;
+    let mut history = history(Some(&headers));
+    history.push(format!(
+        "attempt {attempt} at {}: {}",
+        at.format("%Y-%m-%dT%H:%M:%SZ"),
+        cut(error, 500)
+    ));
+    set_history(&mut headers, history);
+    headers
+}
+
+/// `headers` with their history within its bounds: a history written by an earlier release
+/// (lines cut at 500 characters, any number of them) is cut to this one's on the way out.
+pub fn with_bounded_history(mut headers: FieldTable) -> FieldTable {
+    if headers.inner().contains_key(HISTORY_HEADER) {
+        let history = history(Some(&headers));
+        set_history(&mut headers, history);
     }
-    let error = &error[..end];
-    history.push(AMQPValue::LongString(LongString::from(format!(
-        "attempt {attempt} at {}: {error}",
-        at.format("%Y-%m-%dT%H:%M:%SZ")
-    ))));
+    headers
+}
+
+/// Writes `history` into `headers`: its first line and its latest ones, at most
+/// [`HISTORY_MAX_LINES`], each at most [`HISTORY_LINE_MAX_BYTES`].
+fn set_history(headers: &mut FieldTable, mut history: Vec<String>) {
     if history.len() > HISTORY_MAX_LINES {
         history.drain(1..=history.len() - HISTORY_MAX_LINES);
     }
+    let lines = history
+        .iter()
+        .map(|line| AMQPValue::LongString(LongString::from(cut(line, HISTORY_LINE_MAX_BYTES))))
+        .collect::<Vec<_>>();
     headers.insert(
         HISTORY_HEADER.into(),
-        AMQPValue::FieldArray(FieldArray::from(history)),
+        AMQPValue::FieldArray(FieldArray::from(lines)),
     );
-    headers
+}
+
+/// The longest history line in bytes: the attempt, its time and 500 bytes of error.
+pub const HISTORY_LINE_MAX_BYTES: usize = 560;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// The attempt history recorded in `headers`, oldest first.
@@ -198,8 +221,9 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
             .expect("time")
             .with_timezone(&Utc);
-        // Four bytes a character: cut by characters, 500 of them would be 2,000 bytes.
-        let long_error = "𝕩".repeat(2_000);
+        // Three bytes a character (500 is no multiple of 3): cut by characters, 500 of
+        // them would be 1,500 bytes.
+        let long_error = "€".repeat(2_000);
         let mut headers = FieldTable::default();
         for attempt in 1..=200 {
             headers = with_history(Some(&headers), attempt, at, &long_error);
@@ -221,5 +245,57 @@ mod tests {
         // takes well under half a frame of the size the connections propose.
         let size: usize = lines.iter().map(|line| 5 + line.len()).sum();
         assert!(size < shared::amqp::FRAME_MAX as usize / 2, "{size} bytes");
+        assert!(
+            lines
+                .iter()
+                .all(|line| line.len() <= HISTORY_LINE_MAX_BYTES)
+        );
+        assert!(lines[19].ends_with('€'), "cut at a character");
+    }
+
+    #[test]
+    fn a_history_an_earlier_release_wrote_is_cut_to_the_bounds_on_the_way_out() {
+        // 100 lines of 2,000 bytes each: no bound before.
+        let old: Vec<AMQPValue> = (1..=100)
+            .map(|n| {
+                AMQPValue::LongString(LongString::from(format!(
+                    "attempt {n}: {}",
+                    "é".repeat(1_000)
+                )))
+            })
+            .collect();
+        let mut headers = FieldTable::default();
+        headers.insert(
+            HISTORY_HEADER.into(),
+            AMQPValue::FieldArray(FieldArray::from(old)),
+        );
+        headers.insert("x-request-id".into(), AMQPValue::LongString("r1".into()));
+        let bounded = with_bounded_history(headers);
+        let lines = history(Some(&bounded));
+        assert_eq!(lines.len(), HISTORY_MAX_LINES);
+        assert!(lines[0].starts_with("attempt 1: "));
+        assert!(lines[1].starts_with("attempt 82: "));
+        assert!(
+            lines
+                .iter()
+                .all(|line| line.len() <= HISTORY_LINE_MAX_BYTES)
+        );
+        assert_eq!(
+            string_header(Some(&bounded), "x-request-id").as_deref(),
+            Some("r1")
+        );
+        assert!(
+            with_bounded_history(FieldTable::default())
+                .inner()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn cut_stops_at_a_character_boundary() {
+        assert_eq!(cut("abc", 10), "abc");
+        assert_eq!(cut("a€b", 2), "a");
+        assert_eq!(cut("a€b", 4), "a€");
+        assert_eq!(cut("€", 0), "");
     }
 }

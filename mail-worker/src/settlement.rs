@@ -289,14 +289,14 @@ fn retry(
     }
 }
 
-/// A dead letter: `headers` with the reason (at most 1,000 characters) and the time added.
+/// A dead letter: `headers` with the reason (at most 1,000 bytes) and the time added.
 fn dead_letter(
     mut headers: FieldTable,
     reason: &str,
     now: DateTime<Utc>,
     audit: Option<audit::Outcome>,
 ) -> Settlement {
-    let reason: String = reason.chars().take(1000).collect();
+    let reason = retry::cut(reason, 1000).to_owned();
     headers.insert(
         retry::DEAD_REASON_HEADER.into(),
         AMQPValue::LongString(LongString::from(reason.clone())),

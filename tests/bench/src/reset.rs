@@ -157,7 +157,7 @@ async fn measure(env: &StackEnv, sink: &SmtpSink, rows: &mut Vec<Row>) -> anyhow
             "20 ms: the forgot-password path's own share".into(),
         ),
         None => Row::new("5 reset", figure).measured(
-            "not measured: the kernel does not group tasks by session here (sched_autogroup_enabled is not 1)",
+            "not measured: the kernel does not group this process's tasks by session (sched_autogroup_enabled is not 1, or it runs in a CPU cgroup of its own)",
         ),
     });
     Ok(())
@@ -180,11 +180,24 @@ fn forgot_row(figure: String, latency: &load::LoadResult, limit: String) -> Row 
 /// A second api in a session of its own (`setsid`), whose scheduling group (Linux's
 /// autogroup: one per session) is set to nice 19, so the CPU goes to every other group first
 /// while the second api's hashing threads stay busy; raising a group's nice needs no
-/// privilege. `None` where the kernel does not group tasks by session.
+/// privilege. `None` where the kernel does not group this process's tasks by session.
 async fn low_share_api(env: &StackEnv) -> anyhow::Result<Option<(e2e::ServiceProcess, String)>> {
+    // The kernel groups by session only tasks in the root CPU cgroup: in a container the
+    // write would succeed and change nothing.
     let grouped = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
         .is_ok_and(|v| v.trim() == "1");
-    if !grouped {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let in_root_cpu_group = cgroups.lines().any(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
+        let cpu = controllers.is_some_and(|c| c.is_empty() || c.split(',').any(|c| c == "cpu"));
+        cpu && path == Some("/")
+    }) && !cgroups.lines().any(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
+        controllers.is_some_and(|c| c.split(',').any(|c| c == "cpu")) && path != Some("/")
+    });
+    if !grouped || !in_root_cpu_group {
         return Ok(None);
     }
     let api = e2e::workspace_binary("api");
