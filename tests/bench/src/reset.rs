@@ -187,16 +187,24 @@ async fn low_share_api(env: &StackEnv) -> anyhow::Result<Option<(e2e::ServicePro
     let grouped = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
         .is_ok_and(|v| v.trim() == "1");
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let in_root_cpu_group = cgroups.lines().any(|line| {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
-        let cpu = controllers.is_some_and(|c| c.is_empty() || c.split(',').any(|c| c == "cpu"));
-        cpu && path == Some("/")
-    }) && !cgroups.lines().any(|line| {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
-        controllers.is_some_and(|c| c.split(',').any(|c| c == "cpu")) && path != Some("/")
-    });
+    // The group that schedules this process: cgroup v1's `cpu` controller, else v2's one.
+    let entries: Vec<(&str, &str)> = cgroups
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(':')?;
+            rest.split_once(':')
+        })
+        .collect();
+    let cpu_path = entries
+        .iter()
+        .find(|(controllers, _)| controllers.split(',').any(|c| c == "cpu"))
+        .or_else(|| {
+            entries
+                .iter()
+                .find(|(controllers, _)| controllers.is_empty())
+        })
+        .map(|(_, path)| *path);
+    let in_root_cpu_group = cpu_path == Some("/");
     if !grouped || !in_root_cpu_group {
         return Ok(None);
     }
